@@ -1,0 +1,222 @@
+//! SQLite backend: one connection owned by one dedicated thread.
+//!
+//! Every transaction is a closure sent to that thread, so a whole transaction
+//! costs one hand-off instead of one per statement, and prepared statements are
+//! cached on the connection. SQLite allows one writer at a time anyway, so one
+//! connection loses no concurrency for writes.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use tokio::sync::oneshot;
+
+use crate::conn::{Conn, Row};
+use crate::error::{StoreError, StoreErrorKind};
+use crate::value::{ToValue, Value};
+
+type Job = Box<dyn FnOnce(&mut rusqlite::Connection) + Send>;
+
+#[derive(Clone)]
+pub(crate) struct SqliteDb {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl SqliteDb {
+    pub(crate) async fn open(path: PathBuf) -> Result<SqliteDb, StoreError> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::new(
+                        StoreErrorKind::Unavailable,
+                        format!("cannot create directory {}: {e}", dir.display()),
+                    )
+                })?;
+            }
+        }
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let name = format!(
+            "sqlite-{}",
+            path.file_stem().and_then(|s| s.to_str()).unwrap_or("db")
+        );
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                let mut conn = match open_connection(&path) {
+                    Ok(conn) => {
+                        let _ = ready_tx.send(Ok(()));
+                        conn
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                // Runs until every `SqliteDb` clone (and so every sender) is gone.
+                while let Ok(job) = rx.recv() {
+                    // A panicking closure has already rolled its transaction
+                    // back while unwinding; keep serving the others.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)));
+                }
+            })
+            .map_err(|e| StoreError::new(StoreErrorKind::Other, format!("cannot spawn thread: {e}")))?;
+        ready_rx
+            .await
+            .map_err(|_| StoreError::new(StoreErrorKind::Other, "database thread exited"))??;
+        Ok(SqliteDb { jobs })
+    }
+
+    pub(crate) async fn transaction<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&mut dyn Conn) -> Result<T, E> + Send + 'static,
+    {
+        let (done_tx, done_rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = run_transaction(conn, f);
+            // The caller may have gone away (request cancelled); the
+            // transaction's outcome stands either way.
+            let _ = done_tx.send(result);
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| StoreError::new(StoreErrorKind::Unavailable, "database thread stopped"))?;
+        match done_rx.await {
+            Ok(result) => result,
+            // The closure panicked: the transaction was rolled back when the
+            // panic unwound through it.
+            Err(_) => Err(StoreError::new(StoreErrorKind::Other, "transaction panicked").into()),
+        }
+    }
+}
+
+fn run_transaction<T, E, F>(conn: &mut rusqlite::Connection, f: F) -> Result<T, E>
+where
+    E: From<StoreError>,
+    F: FnOnce(&mut dyn Conn) -> Result<T, E>,
+{
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(StoreError::from)?;
+    let mut c = SqliteConn { conn: &tx };
+    let value = f(&mut c)?; // dropping `tx` on error rolls back
+    tx.commit().map_err(StoreError::from)?;
+    Ok(value)
+}
+
+fn open_connection(path: &std::path::Path) -> Result<rusqlite::Connection, StoreError> {
+    let conn = rusqlite::Connection::open(path)?;
+    // WAL + NORMAL survives a process crash without losing committed
+    // transactions; only an OS crash or power loss can drop the last ones.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = NORMAL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 5000;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(256);
+    Ok(conn)
+}
+
+struct SqliteConn<'a> {
+    conn: &'a rusqlite::Connection,
+}
+
+struct Param(Value);
+
+impl rusqlite::ToSql for Param {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match &self.0 {
+            Value::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+            Value::Int(i) => ToSqlOutput::Borrowed(ValueRef::Integer(*i)),
+            Value::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+        })
+    }
+}
+
+fn params(params: &[&dyn ToValue]) -> Vec<Param> {
+    params.iter().map(|p| Param(p.to_value())).collect()
+}
+
+/// Rewrites PostgreSQL-style `$N` placeholders to SQLite's `?N`, which binds by
+/// explicit index (SQLite reads `$N` as a *named* parameter numbered by first
+/// appearance, which breaks when `$2` appears before `$1`).
+fn rewrite_placeholders(sql: &str) -> std::borrow::Cow<'_, str> {
+    if !sql.contains('$') {
+        return std::borrow::Cow::Borrowed(sql);
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    let mut in_string = false;
+    while let Some(ch) = chars.next() {
+        if ch == '\'' {
+            in_string = !in_string;
+        }
+        if ch == '$' && !in_string && chars.peek().is_some_and(|c| c.is_ascii_digit()) {
+            out.push('?');
+        } else {
+            out.push(ch);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+fn read_value(v: ValueRef<'_>) -> Result<Value, StoreError> {
+    Ok(match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Int(i),
+        ValueRef::Text(t) | ValueRef::Blob(t) => Value::Text(
+            String::from_utf8(t.to_vec())
+                .map_err(|e| StoreError::new(StoreErrorKind::Decode, e.to_string()))?,
+        ),
+        ValueRef::Real(r) => {
+            return Err(StoreError::new(
+                StoreErrorKind::Decode,
+                format!("unexpected REAL column value {r}"),
+            ));
+        }
+    })
+}
+
+impl Conn for SqliteConn<'_> {
+    fn execute(&mut self, sql: &str, p: &[&dyn ToValue]) -> Result<u64, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&rewrite_placeholders(sql))?;
+        let n = stmt.execute(rusqlite::params_from_iter(params(p)))?;
+        Ok(n as u64)
+    }
+
+    fn query(&mut self, sql: &str, p: &[&dyn ToValue]) -> Result<Vec<Row>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&rewrite_placeholders(sql))?;
+        let width = stmt.column_count();
+        let mut rows = stmt.query(rusqlite::params_from_iter(params(p)))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let mut values = Vec::with_capacity(width);
+            for i in 0..width {
+                values.push(read_value(row.get_ref(i)?)?);
+            }
+            out.push(Row(values));
+        }
+        Ok(out)
+    }
+
+    fn execute_batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        self.conn.execute_batch(sql)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rewrite_placeholders;
+
+    #[test]
+    fn placeholders_are_rewritten_outside_string_literals_only() {
+        assert_eq!(
+            rewrite_placeholders("SELECT '$1', $2 WHERE a = $10"),
+            "SELECT '$1', ?2 WHERE a = ?10"
+        );
+    }
+}
