@@ -1,0 +1,150 @@
+//! The one error type every HTTP handler returns, and its JSON shape:
+//! `{"errors":[{"message":"...","field":"..."}]}`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// One entry of the `errors` array.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FieldError {
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl FieldError {
+    pub fn new(field: &str, message: impl Into<String>) -> Self {
+        FieldError { message: message.into(), field: Some(field.to_owned()) }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Errors named by what a client can do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400 with one entry per bad field.
+    #[error("validation failed: {0:?}")]
+    Validation(Vec<FieldError>),
+    /// 400 about the request as a whole (bad JSON, bad query string).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("not authorized")]
+    Unauthorized,
+    /// 401 with a specific message (sign-in failures).
+    #[error("unauthorized: {0}")]
+    InvalidCredentials(String),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// 402: the payment gateway declined the card.
+    #[error("payment declined: {0}")]
+    PaymentDeclined(String),
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    #[error("too many requests")]
+    TooManyRequests { retry_after_secs: u64 },
+    /// 503: a dependency is down; the client may retry.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// 500: a bug. The cause is logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(#[source] BoxError),
+}
+
+impl ApiError {
+    pub fn internal(err: impl Into<BoxError>) -> Self {
+        ApiError::Internal(err.into())
+    }
+
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        ApiError::Validation(vec![FieldError::new(field, message)])
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Validation(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized | ApiError::InvalidCredentials(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PaymentDeclined(_) => StatusCode::PAYMENT_REQUIRED,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn entries(&self) -> Vec<FieldError> {
+        let plain = |m: &str| vec![FieldError { message: m.to_owned(), field: None }];
+        match self {
+            ApiError::Validation(errors) => errors.clone(),
+            ApiError::BadRequest(m)
+            | ApiError::InvalidCredentials(m)
+            | ApiError::Forbidden(m)
+            | ApiError::Conflict(m)
+            | ApiError::PaymentDeclined(m)
+            | ApiError::Unavailable(m) => plain(m),
+            ApiError::Unauthorized => plain("Not authorized"),
+            ApiError::NotFound => plain("Not found"),
+            ApiError::MethodNotAllowed => plain("Method not allowed"),
+            ApiError::PayloadTooLarge => plain("Request body is too large (limit 64 KiB)"),
+            ApiError::UnsupportedMediaType => plain("Content-Type must be application/json"),
+            ApiError::TooManyRequests { .. } => plain("Too many attempts, try again later"),
+            ApiError::Internal(_) => plain("Something went wrong"),
+        }
+    }
+}
+
+/// Builds the shared JSON error body.
+pub fn error_body(entries: &[FieldError]) -> serde_json::Value {
+    serde_json::json!({ "errors": entries })
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            ApiError::Internal(cause) => {
+                let mut chain = cause.to_string();
+                let mut source = cause.source();
+                while let Some(s) = source {
+                    chain.push_str(": ");
+                    chain.push_str(&s.to_string());
+                    source = s.source();
+                }
+                tracing::error!(error = %chain, "request failed");
+            }
+            ApiError::Unavailable(reason) => tracing::warn!(%reason, "dependency unavailable"),
+            _ => {}
+        }
+        let mut response = (self.status(), axum::Json(error_body(&self.entries()))).into_response();
+        if let ApiError::TooManyRequests { retry_after_secs } = self {
+            if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        response
+    }
+}
+
+impl From<store::StoreError> for ApiError {
+    fn from(err: store::StoreError) -> Self {
+        match err.kind() {
+            store::StoreErrorKind::Unavailable => {
+                ApiError::Unavailable("The database is unavailable, try again shortly".into())
+            }
+            _ => ApiError::Internal(Box::new(err)),
+        }
+    }
+}

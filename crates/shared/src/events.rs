@@ -1,0 +1,261 @@
+//! Typed events: one Rust type per event, bound to its subject at compile
+//! time. A listener for `TicketCreated` can only ever be handed a
+//! `TicketCreated`, decoded from a message on `ticket.created`.
+//!
+//! Money in events is integer cents; every event about a versioned record
+//! carries the record's new version.
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::ids::{OrderId, PaymentId, TicketId, UserId};
+use crate::money::Money;
+use crate::time::Timestamp;
+
+/// An event type: its payload, subject and schema version.
+pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The subject it is published on, e.g. `ticket.created`.
+    const SUBJECT: &'static str;
+    /// Bumped when the payload changes incompatibly.
+    const SCHEMA_VERSION: u32 = 1;
+}
+
+/// Header naming the event type (its subject) on every message.
+pub const EVENT_TYPE_HEADER: &str = "Ticketing-Event";
+/// Header carrying the event's schema version.
+pub const SCHEMA_VERSION_HEADER: &str = "Ticketing-Schema";
+
+macro_rules! event {
+    ($ty:ident, $subject:literal) => {
+        impl Event for $ty {
+            const SUBJECT: &'static str = $subject;
+        }
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TicketStatus {
+    Available,
+    Reserved,
+    Sold,
+}
+
+impl TicketStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TicketStatus::Available => "available",
+            TicketStatus::Reserved => "reserved",
+            TicketStatus::Sold => "sold",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "available" => Some(TicketStatus::Available),
+            "reserved" => Some(TicketStatus::Reserved),
+            "sold" => Some(TicketStatus::Sold),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderStatus {
+    Created,
+    Cancelled,
+    Complete,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Created => "created",
+            OrderStatus::Cancelled => "cancelled",
+            OrderStatus::Complete => "complete",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "created" => Some(OrderStatus::Created),
+            "cancelled" => Some(OrderStatus::Cancelled),
+            "complete" => Some(OrderStatus::Complete),
+            _ => None,
+        }
+    }
+}
+
+/// `user.created`: auth, on sign-up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserCreated {
+    pub id: UserId,
+    pub email: String,
+}
+event!(UserCreated, "user.created");
+
+/// `ticket.created`: tickets, on create.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TicketCreated {
+    pub id: TicketId,
+    pub version: i64,
+    pub title: String,
+    pub price_cents: Money,
+    pub user_id: UserId,
+}
+event!(TicketCreated, "ticket.created");
+
+/// `ticket.updated`: tickets, on edit, reserve, release and sale.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TicketUpdated {
+    pub id: TicketId,
+    pub version: i64,
+    pub title: String,
+    pub price_cents: Money,
+    pub user_id: UserId,
+    pub order_id: Option<OrderId>,
+    pub status: TicketStatus,
+}
+event!(TicketUpdated, "ticket.updated");
+
+/// The ticket as an `order.created` event carries it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderTicket {
+    pub id: TicketId,
+    pub price_cents: Money,
+}
+
+/// A bare ticket reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TicketRef {
+    pub id: TicketId,
+}
+
+/// `order.created`: orders, on create.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderCreated {
+    pub id: OrderId,
+    pub version: i64,
+    pub status: OrderStatus,
+    pub user_id: UserId,
+    pub expires_at: Timestamp,
+    pub ticket: OrderTicket,
+}
+event!(OrderCreated, "order.created");
+
+/// `order.cancelled`: orders, on cancel or expiry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderCancelled {
+    pub id: OrderId,
+    pub version: i64,
+    pub ticket: TicketRef,
+}
+event!(OrderCancelled, "order.cancelled");
+
+/// `order.completed`: orders, when paid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderCompleted {
+    pub id: OrderId,
+    pub version: i64,
+    pub ticket: TicketRef,
+}
+event!(OrderCompleted, "order.completed");
+
+/// `expiration.complete`: expiration, when an order's timer fires.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExpirationComplete {
+    pub order_id: OrderId,
+}
+event!(ExpirationComplete, "expiration.complete");
+
+/// `payment.created`: payments, after a successful charge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentCreated {
+    pub id: PaymentId,
+    pub order_id: OrderId,
+    pub charge_id: String,
+    pub amount_cents: Money,
+}
+event!(PaymentCreated, "payment.created");
+
+/// `payment.refunded`: payments, when a charge is refunded because its order
+/// was cancelled first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentRefunded {
+    pub id: PaymentId,
+    pub order_id: OrderId,
+    pub refund_id: String,
+    pub amount_cents: Money,
+}
+event!(PaymentRefunded, "payment.refunded");
+
+/// Every subject, for catalogues and stream definitions.
+pub const ALL_SUBJECTS: &[&str] = &[
+    UserCreated::SUBJECT,
+    TicketCreated::SUBJECT,
+    TicketUpdated::SUBJECT,
+    OrderCreated::SUBJECT,
+    OrderCancelled::SUBJECT,
+    OrderCompleted::SUBJECT,
+    ExpirationComplete::SUBJECT,
+    PaymentCreated::SUBJECT,
+    PaymentRefunded::SUBJECT,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn payloads_use_the_contracts_field_names_and_integer_cents() {
+        let ticket = TicketId::new();
+        let order = OrderId::new();
+        let user = UserId::new();
+        let e = OrderCreated {
+            id: order,
+            version: 0,
+            status: OrderStatus::Created,
+            user_id: user,
+            expires_at: Timestamp::from_millis(0),
+            ticket: OrderTicket { id: ticket, price_cents: Money::from_cents(1999) },
+        };
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            json!({
+                "id": order.to_string(), "version": 0, "status": "created",
+                "userId": user.to_string(), "expiresAt": "1970-01-01T00:00:00.000Z",
+                "ticket": {"id": ticket.to_string(), "priceCents": 1999}
+            })
+        );
+        let u = TicketUpdated {
+            id: ticket,
+            version: 3,
+            title: "t".into(),
+            price_cents: Money::from_cents(5),
+            user_id: user,
+            order_id: None,
+            status: TicketStatus::Available,
+        };
+        let v = serde_json::to_value(&u).unwrap();
+        assert_eq!(v["orderId"], json!(null));
+        assert_eq!(v["priceCents"], json!(5));
+        assert_eq!(v["status"], json!("available"));
+    }
+
+    #[test]
+    fn subjects_are_dotted_and_grouped_by_owner() {
+        for s in ALL_SUBJECTS {
+            let prefix = s.split('.').next().unwrap();
+            assert!(["user", "ticket", "order", "expiration", "payment"].contains(&prefix), "{s}");
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! W3C trace context (`traceparent`), carried on requests and events so one
+//! request can be followed across services.
+
+use std::fmt;
+
+/// A `traceparent`: version 00, a 16-byte trace id, an 8-byte parent span id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: u128,
+    pub span_id: u64,
+}
+
+pub const TRACEPARENT: &str = "traceparent";
+
+impl TraceContext {
+    /// Starts a new trace.
+    pub fn new_root() -> Self {
+        let id = uuid::Uuid::new_v4().as_u128();
+        TraceContext { trace_id: id, span_id: (id as u64) | 1 }
+    }
+
+    /// A new span in the same trace.
+    pub fn child(&self) -> Self {
+        let span = (uuid::Uuid::new_v4().as_u128() as u64) | 1;
+        TraceContext { trace_id: self.trace_id, span_id: span }
+    }
+
+    /// Parses a `traceparent` header value; invalid values are ignored (the
+    /// W3C rule: start a new trace).
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.trim().split('-');
+        let (version, trace, span, _flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if version.len() != 2 || trace.len() != 32 || span.len() != 16 {
+            return None;
+        }
+        let trace_id = u128::from_str_radix(trace, 16).ok()?;
+        let span_id = u64::from_str_radix(span, 16).ok()?;
+        if trace_id == 0 || span_id == 0 {
+            return None;
+        }
+        Some(TraceContext { trace_id, span_id })
+    }
+
+    pub fn trace_id_hex(&self) -> String {
+        format!("{:032x}", self.trace_id)
+    }
+}
+
+impl fmt::Display for TraceContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "00-{:032x}-{:016x}-01", self.trace_id, self.span_id)
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for TraceContext {
+    type Rejection = std::convert::Infallible;
+
+    /// The caller's trace continued, or a new one.
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .headers
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceContext::parse)
+            .map(|t| t.child())
+            .unwrap_or_else(TraceContext::new_root))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TraceContext;
+
+    #[test]
+    fn a_traceparent_round_trips_and_children_keep_the_trace() {
+        let root = TraceContext::new_root();
+        let parsed = TraceContext::parse(&root.to_string()).unwrap();
+        assert_eq!(parsed, root);
+        let child = root.child();
+        assert_eq!(child.trace_id, root.trace_id);
+        assert_ne!(child.span_id, root.span_id);
+        assert!(TraceContext::parse("00-xyz-abc-01").is_none());
+    }
+}
