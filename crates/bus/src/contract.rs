@@ -1,0 +1,303 @@
+//! The bus contract, as a test suite written once and run against every
+//! implementation. An implementation's test file calls
+//! [`bus_contract_tests!`](crate::bus_contract_tests) with an async function
+//! returning a fresh, isolated [`Env`].
+//!
+//! Timing-based cases use short ack waits and generous margins so they hold on
+//! a loaded CI machine as well as against a real broker.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{Bus, ConsumerConfig, Delivery, Message, Subscription};
+
+/// A fresh bus and a subject prefix no other test uses.
+pub struct Env {
+    pub bus: Arc<dyn Bus>,
+    /// Every subject a test uses starts with `{prefix}.`; a JetStream harness
+    /// provides a stream covering `{prefix}.>`.
+    pub prefix: String,
+    /// Keeps temporary directories or servers alive for the test's duration.
+    pub guard: Box<dyn std::any::Any + Send>,
+}
+
+impl Env {
+    fn subject(&self, s: &str) -> String {
+        format!("{}.{s}", self.prefix)
+    }
+
+    fn durable(&self, s: &str) -> String {
+        format!("{}-{s}", self.prefix.replace('.', "-"))
+    }
+
+    fn config(&self, durable: &str, filter: &str) -> ConsumerConfig {
+        ConsumerConfig {
+            durable: self.durable(durable),
+            filter_subject: self.subject(filter),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+        }
+    }
+}
+
+fn msg(subject: String, id: &str, body: &str) -> Message {
+    Message {
+        subject,
+        id: id.to_owned(),
+        headers: vec![("traceparent".into(), "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into())],
+        payload: body.as_bytes().to_vec(),
+    }
+}
+
+/// The next delivery within `wait`, or `None`.
+pub async fn next_within(sub: &mut Subscription, wait: Duration) -> Option<Delivery> {
+    match tokio::time::timeout(wait, sub.next()).await {
+        Ok(Some(Ok(d))) => Some(d),
+        Ok(Some(Err(e))) => panic!("subscription failed: {e}"),
+        Ok(None) | Err(_) => None,
+    }
+}
+
+const SOON: Duration = Duration::from_secs(5);
+const QUIET: Duration = Duration::from_millis(700);
+
+pub async fn a_published_message_is_delivered_with_its_subject_id_headers_and_payload(env: Env) {
+    let mut sub = env.bus.subscribe(env.config("c", "a")).await.unwrap();
+    let ack = env.bus.publish(msg(env.subject("a"), "m1", r#"{"n":1}"#)).await.unwrap();
+    assert!(!ack.duplicate);
+    let d = next_within(&mut sub, SOON).await.expect("message delivered");
+    assert_eq!(d.message.subject, env.subject("a"));
+    assert_eq!(d.message.id, "m1");
+    assert_eq!(d.message.payload, br#"{"n":1}"#);
+    assert_eq!(
+        d.message.header("traceparent"),
+        Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    );
+    assert_eq!(d.delivered, 1);
+    d.ack().await.unwrap();
+    assert!(next_within(&mut sub, QUIET).await.is_none(), "an acked message came back");
+}
+
+pub async fn a_message_id_seen_before_is_not_stored_twice(env: Env) {
+    let first = env.bus.publish(msg(env.subject("a"), "same", "1")).await.unwrap();
+    let second = env.bus.publish(msg(env.subject("a"), "same", "1")).await.unwrap();
+    assert!(!first.duplicate);
+    assert!(second.duplicate);
+    assert_eq!(first.seq, second.seq);
+    let mut sub = env.bus.subscribe(env.config("c", "a")).await.unwrap();
+    next_within(&mut sub, SOON).await.expect("one copy").ack().await.unwrap();
+    assert!(next_within(&mut sub, QUIET).await.is_none(), "a duplicate was delivered");
+}
+
+pub async fn a_new_durable_replays_the_stream_from_the_first_message_in_order(env: Env) {
+    for i in 0..5 {
+        env.bus.publish(msg(env.subject("a"), &format!("m{i}"), &i.to_string())).await.unwrap();
+    }
+    let mut sub = env.bus.subscribe(env.config("late", "a")).await.unwrap();
+    for i in 0..5 {
+        let d = next_within(&mut sub, SOON).await.expect("replayed message");
+        assert_eq!(d.message.id, format!("m{i}"));
+        d.ack().await.unwrap();
+    }
+}
+
+pub async fn a_durable_resumes_where_it_left_off(env: Env) {
+    let mut sub = env.bus.subscribe(env.config("c", "a")).await.unwrap();
+    for i in 0..3 {
+        env.bus.publish(msg(env.subject("a"), &format!("m{i}"), "x")).await.unwrap();
+    }
+    for _ in 0..3 {
+        next_within(&mut sub, SOON).await.expect("message").ack().await.unwrap();
+    }
+    drop(sub);
+    env.bus.publish(msg(env.subject("a"), "m3", "x")).await.unwrap();
+    let mut again = env.bus.subscribe(env.config("c", "a")).await.unwrap();
+    let d = next_within(&mut again, SOON).await.expect("the new message");
+    assert_eq!(d.message.id, "m3");
+    d.ack().await.unwrap();
+    assert!(next_within(&mut again, QUIET).await.is_none(), "acked messages came back");
+}
+
+pub async fn consumers_see_only_subjects_their_filter_matches(env: Env) {
+    let mut only_a = env.bus.subscribe(env.config("a", "a")).await.unwrap();
+    let mut all = env.bus.subscribe(env.config("all", ">")).await.unwrap();
+    env.bus.publish(msg(env.subject("b"), "b1", "x")).await.unwrap();
+    env.bus.publish(msg(env.subject("a"), "a1", "x")).await.unwrap();
+    let d = next_within(&mut only_a, SOON).await.expect("a1");
+    assert_eq!(d.message.id, "a1");
+    d.ack().await.unwrap();
+    assert!(next_within(&mut only_a, QUIET).await.is_none());
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let d = next_within(&mut all, SOON).await.expect("both");
+        ids.push(d.message.id.clone());
+        d.ack().await.unwrap();
+    }
+    assert_eq!(ids, ["b1", "a1"]);
+}
+
+pub async fn every_durable_gets_every_message(env: Env) {
+    let mut one = env.bus.subscribe(env.config("one", "a")).await.unwrap();
+    let mut two = env.bus.subscribe(env.config("two", "a")).await.unwrap();
+    env.bus.publish(msg(env.subject("a"), "m", "x")).await.unwrap();
+    next_within(&mut one, SOON).await.expect("one gets it").ack().await.unwrap();
+    next_within(&mut two, SOON).await.expect("two gets it").ack().await.unwrap();
+}
+
+pub async fn members_of_one_durable_share_the_messages_without_duplicates(env: Env) {
+    const N: usize = 40;
+    let members: Vec<Subscription> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(env.bus.subscribe(env.config("group", "a")).await.unwrap());
+        }
+        v
+    };
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut tasks = Vec::new();
+    for mut sub in members {
+        let seen = seen.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(d) = next_within(&mut sub, Duration::from_secs(2)).await {
+                seen.lock().unwrap().push(d.message.id.clone());
+                d.ack().await.unwrap();
+            }
+        }));
+    }
+    for i in 0..N {
+        env.bus.publish(msg(env.subject("a"), &format!("m{i}"), "x")).await.unwrap();
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let seen = seen.lock().unwrap().clone();
+    let unique: HashSet<_> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), N, "every message handled");
+    assert_eq!(seen.len(), N, "no message handled twice: {seen:?}");
+}
+
+pub async fn a_nak_redelivers_after_the_delay(env: Env) {
+    let mut sub = env.bus.subscribe(env.config("c", "a")).await.unwrap();
+    env.bus.publish(msg(env.subject("a"), "m", "x")).await.unwrap();
+    let d = next_within(&mut sub, SOON).await.expect("first delivery");
+    let start = tokio::time::Instant::now();
+    d.nak(Duration::from_millis(500)).await.unwrap();
+    let again = next_within(&mut sub, SOON).await.expect("redelivered");
+    assert!(start.elapsed() >= Duration::from_millis(400), "redelivered too early: {:?}", start.elapsed());
+    assert_eq!(again.message.id, "m");
+    assert_eq!(again.delivered, 2);
+    again.ack().await.unwrap();
+}
+
+pub async fn an_unacknowledged_message_is_redelivered_after_the_ack_wait(env: Env) {
+    let mut config = env.config("c", "a");
+    config.ack_wait = Duration::from_secs(1);
+    let mut sub = env.bus.subscribe(config).await.unwrap();
+    env.bus.publish(msg(env.subject("a"), "m", "x")).await.unwrap();
+    let first = next_within(&mut sub, SOON).await.expect("first delivery");
+    let start = tokio::time::Instant::now();
+    drop(first); // neither acked nor nak'ed: as if the handler crashed
+    let again = next_within(&mut sub, SOON).await.expect("redelivered after ack wait");
+    assert!(start.elapsed() >= Duration::from_millis(800), "redelivered before the ack wait");
+    assert_eq!(again.delivered, 2);
+    again.ack().await.unwrap();
+}
+
+pub async fn progress_acks_keep_a_slow_message_from_being_redelivered(env: Env) {
+    let mut config = env.config("c", "a");
+    config.ack_wait = Duration::from_secs(1);
+    let mut worker = env.bus.subscribe(config.clone()).await.unwrap();
+    let mut other = env.bus.subscribe(config).await.unwrap();
+    env.bus.publish(msg(env.subject("a"), "slow", "x")).await.unwrap();
+    let d = match next_within(&mut worker, SOON).await {
+        Some(d) => d,
+        None => {
+            // The other member won it; swap roles.
+            std::mem::swap(&mut worker, &mut other);
+            next_within(&mut worker, SOON).await.expect("delivered to someone")
+        }
+    };
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        d.in_progress().await.unwrap();
+    }
+    assert!(next_within(&mut other, Duration::from_millis(300)).await.is_none(), "redelivered while in progress");
+    d.ack().await.unwrap();
+    assert!(next_within(&mut other, Duration::from_millis(1500)).await.is_none(), "redelivered after ack");
+}
+
+pub async fn a_message_out_of_deliveries_is_parked_and_does_not_block_the_rest(env: Env) {
+    let mut config = env.config("c", "a");
+    config.max_deliver = 2;
+    let mut sub = env.bus.subscribe(config.clone()).await.unwrap();
+    env.bus.publish(msg(env.subject("a"), "poison", "x")).await.unwrap();
+    for attempt in 1..=2 {
+        let d = next_within(&mut sub, SOON).await.expect("delivery");
+        assert_eq!((d.message.id.as_str(), d.delivered), ("poison", attempt));
+        d.nak(Duration::from_millis(50)).await.unwrap();
+    }
+    env.bus.publish(msg(env.subject("a"), "fine", "x")).await.unwrap();
+    let d = next_within(&mut sub, SOON).await.expect("the next message flows");
+    assert_eq!(d.message.id, "fine");
+    d.ack().await.unwrap();
+    assert!(next_within(&mut sub, QUIET).await.is_none(), "the poison message came back");
+    let parked = wait_for_parked(&env, &config.durable, 1).await;
+    assert_eq!(parked[0].id, "poison");
+    assert_eq!(parked[0].deliveries, 2);
+}
+
+pub async fn a_terminated_message_is_parked_with_its_reason_and_never_redelivered(env: Env) {
+    let mut sub = env.bus.subscribe(env.config("c", "a")).await.unwrap();
+    env.bus.publish(msg(env.subject("a"), "bad", "not json")).await.unwrap();
+    let d = next_within(&mut sub, SOON).await.expect("delivery");
+    d.term("undecodable").await.unwrap();
+    assert!(next_within(&mut sub, QUIET).await.is_none(), "terminated message came back");
+    let parked = wait_for_parked(&env, &env.durable("c"), 1).await;
+    assert_eq!(parked[0].id, "bad");
+    assert!(parked[0].reason.contains("undecodable"), "{}", parked[0].reason);
+}
+
+async fn wait_for_parked(env: &Env, durable: &str, n: usize) -> Vec<crate::ParkedMessage> {
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        let parked = env.bus.parked(durable).await.unwrap();
+        if parked.len() >= n || tokio::time::Instant::now() > deadline {
+            assert_eq!(parked.len(), n, "parked: {parked:?}");
+            return parked;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Expands to one `#[tokio::test]` per contract case, each given a fresh
+/// environment from `$fresh` (an async fn returning [`Env`]).
+#[macro_export]
+macro_rules! bus_contract_tests {
+    ($fresh:path) => {
+        $crate::bus_contract_tests!(@cases $fresh,
+            a_published_message_is_delivered_with_its_subject_id_headers_and_payload,
+            a_message_id_seen_before_is_not_stored_twice,
+            a_new_durable_replays_the_stream_from_the_first_message_in_order,
+            a_durable_resumes_where_it_left_off,
+            consumers_see_only_subjects_their_filter_matches,
+            every_durable_gets_every_message,
+            members_of_one_durable_share_the_messages_without_duplicates,
+            a_nak_redelivers_after_the_delay,
+            an_unacknowledged_message_is_redelivered_after_the_ack_wait,
+            progress_acks_keep_a_slow_message_from_being_redelivered,
+            a_message_out_of_deliveries_is_parked_and_does_not_block_the_rest,
+            a_terminated_message_is_parked_with_its_reason_and_never_redelivered,
+        );
+    };
+    (@cases $fresh:path, $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                if let Some(env) = $fresh().await {
+                    $crate::contract::$case(env).await;
+                }
+            }
+        )*
+    };
+}

@@ -1,0 +1,496 @@
+//! The embedded bus: a durable, in-process implementation of the bus
+//! contract for the all-in-one mode. Its log, consumers and their pending
+//! deliveries live in a SQLite database (`bus.db` in the data directory), so a
+//! restart loses nothing; waiting members are woken in-process on publish.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shared::time::Clock;
+use store::{Conn, Db, Migration, StoreError};
+use tokio::sync::Notify;
+
+use crate::{
+    Acker, Bus, BusError, BusErrorKind, ConsumerConfig, DeliverySource, Delivery, Message,
+    ParkedMessage, PublishAck, Subscription, subject,
+};
+
+static MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "log, consumers, pending deliveries, parked messages",
+    sql: "
+        CREATE TABLE messages (
+            seq INTEGER PRIMARY KEY,
+            subject TEXT NOT NULL,
+            msg_id TEXT NOT NULL UNIQUE,
+            headers TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            published_at BIGINT NOT NULL
+        );
+        CREATE TABLE consumers (
+            name TEXT PRIMARY KEY,
+            filter_subject TEXT NOT NULL,
+            ack_wait_ms BIGINT NOT NULL,
+            max_deliver BIGINT NOT NULL,
+            created_at BIGINT NOT NULL
+        );
+        CREATE TABLE pending (
+            consumer TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            deliveries BIGINT NOT NULL,
+            visible_at BIGINT NOT NULL,
+            PRIMARY KEY (consumer, seq)
+        ) WITHOUT ROWID;
+        CREATE TABLE parked (
+            consumer TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            subject TEXT NOT NULL,
+            msg_id TEXT NOT NULL,
+            deliveries BIGINT NOT NULL,
+            reason TEXT NOT NULL,
+            parked_at BIGINT NOT NULL,
+            PRIMARY KEY (consumer, seq)
+        );
+    ",
+}];
+
+/// How many messages one fetch claims for a member.
+const FETCH_BATCH: i64 = 64;
+
+#[derive(Debug, Clone)]
+struct ConsumerDef {
+    filter: String,
+    ack_wait_ms: i64,
+    max_deliver: i64,
+}
+
+struct Inner {
+    db: Db,
+    clock: Clock,
+    /// Consumer definitions, read and changed only inside database closures
+    /// (which run one at a time), so they always agree with the tables.
+    consumers: Arc<Mutex<HashMap<String, ConsumerDef>>>,
+    /// Woken on every publish and nak so waiting members fetch again.
+    wake: Notify,
+}
+
+/// The embedded durable bus. Cheap to clone.
+#[derive(Clone)]
+pub struct EmbeddedBus {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Poisoning means a closure panicked mid-update of a plain map; the
+    // tables are the truth and the map is only a cache of them.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl EmbeddedBus {
+    /// Opens (creating if needed) the bus database at `path`.
+    pub async fn open(path: &Path) -> Result<EmbeddedBus, BusError> {
+        Self::open_with_clock(path, Clock::System).await
+    }
+
+    pub async fn open_with_clock(path: &Path, clock: Clock) -> Result<EmbeddedBus, BusError> {
+        let db = Db::open_sqlite(path, MIGRATIONS).await?;
+        let consumers = Arc::new(Mutex::new(HashMap::new()));
+        let loaded = db
+            .read(|c| {
+                c.query("SELECT name, filter_subject, ack_wait_ms, max_deliver FROM consumers", &[])?
+                    .into_iter()
+                    .map(|r| {
+                        Ok((
+                            r.get::<String>(0)?,
+                            ConsumerDef { filter: r.get(1)?, ack_wait_ms: r.get(2)?, max_deliver: r.get(3)? },
+                        ))
+                    })
+                    .collect::<Result<HashMap<_, _>, StoreError>>()
+            })
+            .await?;
+        *lock(&consumers) = loaded;
+        Ok(EmbeddedBus { inner: Arc::new(Inner { db, clock, consumers, wake: Notify::new() }) })
+    }
+
+    async fn publish_all(&self, msgs: Vec<Message>) -> Result<Vec<PublishAck>, BusError> {
+        let now = self.inner.clock.now().millis();
+        let consumers = self.inner.consumers.clone();
+        let acks = self
+            .inner
+            .db
+            .write(move |c| {
+                let defs = lock(&consumers).clone();
+                msgs.iter().map(|m| insert_message(c, &defs, m, now)).collect::<Result<Vec<_>, _>>()
+            })
+            .await
+            .map_err(BusError::from)?;
+        if acks.iter().any(|a| !a.duplicate) {
+            self.inner.wake.notify_waiters();
+        }
+        Ok(acks)
+    }
+}
+
+fn encode_headers(headers: &[(String, String)]) -> String {
+    serde_json::to_string(headers).unwrap_or_else(|_| "[]".into())
+}
+
+fn decode_headers(s: &str) -> Vec<(String, String)> {
+    serde_json::from_str(s).unwrap_or_default()
+}
+
+fn insert_message(
+    c: &mut dyn Conn,
+    defs: &HashMap<String, ConsumerDef>,
+    m: &Message,
+    now: i64,
+) -> Result<PublishAck, StoreError> {
+    if let Some(row) = c.query_opt("SELECT seq FROM messages WHERE msg_id = $1", &[&m.id])? {
+        return Ok(PublishAck { seq: row.get::<i64>(0)? as u64, duplicate: true });
+    }
+    let payload = String::from_utf8_lossy(&m.payload).into_owned();
+    let seq: i64 = c
+        .query(
+            "INSERT INTO messages (subject, msg_id, headers, payload, published_at)
+             VALUES ($1, $2, $3, $4, $5) RETURNING seq",
+            &[&m.subject, &m.id, &encode_headers(&m.headers), &payload, &now],
+        )?[0]
+        .get(0)?;
+    for (name, def) in defs {
+        if subject::matches(&def.filter, &m.subject) {
+            c.execute(
+                "INSERT INTO pending (consumer, seq, deliveries, visible_at) VALUES ($1, $2, 0, $3)",
+                &[name, &seq, &now],
+            )?;
+        }
+    }
+    Ok(PublishAck { seq: seq as u64, duplicate: false })
+}
+
+fn park(
+    c: &mut dyn Conn,
+    consumer: &str,
+    seq: i64,
+    reason: &str,
+    now: i64,
+) -> Result<Option<ParkedMessage>, StoreError> {
+    let Some(row) = c.query_opt(
+        "SELECT p.deliveries, m.subject, m.msg_id FROM pending p JOIN messages m ON m.seq = p.seq
+         WHERE p.consumer = $1 AND p.seq = $2",
+        &[&consumer, &seq],
+    )?
+    else {
+        return Ok(None); // already acked or parked
+    };
+    let parked = ParkedMessage {
+        consumer: consumer.to_owned(),
+        seq: seq as u64,
+        subject: row.get(1)?,
+        id: row.get(2)?,
+        deliveries: row.get(0)?,
+        reason: reason.to_owned(),
+    };
+    c.execute("DELETE FROM pending WHERE consumer = $1 AND seq = $2", &[&consumer, &seq])?;
+    c.execute(
+        "INSERT INTO parked (consumer, seq, subject, msg_id, deliveries, reason, parked_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        &[&consumer, &seq, &parked.subject, &parked.id, &parked.deliveries, &reason, &now],
+    )?;
+    Ok(Some(parked))
+}
+
+fn report_parked(p: &ParkedMessage) {
+    tracing::warn!(
+        consumer = %p.consumer, seq = p.seq, subject = %p.subject, msg_id = %p.id,
+        deliveries = p.deliveries, reason = %p.reason, "message parked"
+    );
+    shared::metrics::inc("bus_parked_total", &[("consumer", &p.consumer)]);
+}
+
+impl Bus for EmbeddedBus {
+    fn publish(&self, msg: Message) -> crate::BoxFuture<'_, Result<PublishAck, BusError>> {
+        Box::pin(async move { Ok(self.publish_all(vec![msg]).await?.remove(0)) })
+    }
+
+    fn publish_batch(&self, msgs: Vec<Message>) -> crate::BoxFuture<'_, Result<Vec<PublishAck>, BusError>> {
+        Box::pin(self.publish_all(msgs))
+    }
+
+    fn subscribe(&self, config: ConsumerConfig) -> crate::BoxFuture<'_, Result<Subscription, BusError>> {
+        Box::pin(async move {
+            let now = self.inner.clock.now().millis();
+            let consumers = self.inner.consumers.clone();
+            let def = ConsumerDef {
+                filter: config.filter_subject.clone(),
+                ack_wait_ms: config.ack_wait.as_millis() as i64,
+                max_deliver: i64::from(config.max_deliver.max(1)),
+            };
+            let name = config.durable.clone();
+            self.inner
+                .db
+                .write(move |c| -> Result<(), BusError> {
+                    let existing = lock(&consumers).get(&name).cloned();
+                    match existing {
+                        Some(old) if old.filter != def.filter => Err(BusError::new(
+                            BusErrorKind::Config,
+                            format!(
+                                "durable {name} already filters {}, not {}",
+                                old.filter, def.filter
+                            ),
+                        )),
+                        Some(_) => {
+                            c.execute(
+                                "UPDATE consumers SET ack_wait_ms = $2, max_deliver = $3 WHERE name = $1",
+                                &[&name, &def.ack_wait_ms, &def.max_deliver],
+                            )?;
+                            lock(&consumers).insert(name, def);
+                            Ok(())
+                        }
+                        None => {
+                            c.execute(
+                                "INSERT INTO consumers (name, filter_subject, ack_wait_ms, max_deliver, created_at)
+                                 VALUES ($1, $2, $3, $4, $5)",
+                                &[&name, &def.filter, &def.ack_wait_ms, &def.max_deliver, &now],
+                            )?;
+                            // A new durable replays the log from the first message.
+                            for row in c.query("SELECT seq, subject FROM messages ORDER BY seq", &[])? {
+                                let (seq, subj): (i64, String) = (row.get(0)?, row.get(1)?);
+                                if subject::matches(&def.filter, &subj) {
+                                    c.execute(
+                                        "INSERT INTO pending (consumer, seq, deliveries, visible_at)
+                                         VALUES ($1, $2, 0, $3)",
+                                        &[&name, &seq, &now],
+                                    )?;
+                                }
+                            }
+                            lock(&consumers).insert(name, def);
+                            Ok(())
+                        }
+                    }
+                })
+                .await?;
+            Ok(Subscription::new(Box::new(EmbeddedSource {
+                inner: self.inner.clone(),
+                consumer: Arc::from(config.durable.as_str()),
+                buffer: VecDeque::new(),
+            })))
+        })
+    }
+
+    fn parked(&self, durable: &str) -> crate::BoxFuture<'_, Result<Vec<ParkedMessage>, BusError>> {
+        let durable = durable.to_owned();
+        Box::pin(async move {
+            self.inner
+                .db
+                .read(move |c| {
+                    c.query(
+                        "SELECT consumer, seq, subject, msg_id, deliveries, reason FROM parked
+                         WHERE consumer = $1 ORDER BY seq",
+                        &[&durable],
+                    )?
+                    .into_iter()
+                    .map(|r| {
+                        Ok(ParkedMessage {
+                            consumer: r.get(0)?,
+                            seq: r.get::<i64>(1)? as u64,
+                            subject: r.get(2)?,
+                            id: r.get(3)?,
+                            deliveries: r.get(4)?,
+                            reason: r.get(5)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()
+                })
+                .await
+                .map_err(BusError::from)
+        })
+    }
+
+    fn check_ready(&self) -> crate::BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move { self.inner.db.ping().await.map_err(BusError::from) })
+    }
+}
+
+/// One member of a durable consumer on the embedded bus.
+struct EmbeddedSource {
+    inner: Arc<Inner>,
+    consumer: Arc<str>,
+    buffer: VecDeque<Delivery>,
+}
+
+struct Fetched {
+    deliveries: Vec<(Message, i64, u32)>,
+    parked: Vec<ParkedMessage>,
+    /// When the next invisible pending message becomes visible, if any.
+    next_visible: Option<i64>,
+}
+
+impl EmbeddedSource {
+    async fn fetch(&self) -> Result<Fetched, BusError> {
+        let now = self.inner.clock.now().millis();
+        let consumer = self.consumer.clone();
+        let consumers = self.inner.consumers.clone();
+        self.inner
+            .db
+            .write(move |c| -> Result<Fetched, BusError> {
+                let def = lock(&consumers).get(&*consumer).cloned().ok_or_else(|| {
+                    BusError::new(BusErrorKind::Config, format!("no consumer {consumer}"))
+                })?;
+                let rows = c.query(
+                    "SELECT p.seq, p.deliveries, m.subject, m.msg_id, m.headers, m.payload
+                     FROM pending p JOIN messages m ON m.seq = p.seq
+                     WHERE p.consumer = $1 AND p.visible_at <= $2
+                     ORDER BY p.seq LIMIT $3",
+                    &[&&*consumer, &now, &FETCH_BATCH],
+                )?;
+                let mut out = Fetched { deliveries: Vec::new(), parked: Vec::new(), next_visible: None };
+                for r in rows {
+                    let seq: i64 = r.get(0)?;
+                    let deliveries: i64 = r.get(1)?;
+                    if deliveries >= def.max_deliver {
+                        let reason = format!("not acknowledged after {deliveries} deliveries");
+                        if let Some(p) = park(c, &consumer, seq, &reason, now)? {
+                            out.parked.push(p);
+                        }
+                        continue;
+                    }
+                    c.execute(
+                        "UPDATE pending SET deliveries = deliveries + 1, visible_at = $3
+                         WHERE consumer = $1 AND seq = $2",
+                        &[&&*consumer, &seq, &(now + def.ack_wait_ms)],
+                    )?;
+                    let message = Message {
+                        subject: r.get(2)?,
+                        id: r.get(3)?,
+                        headers: decode_headers(&r.get::<String>(4)?),
+                        payload: r.get::<String>(5)?.into_bytes(),
+                    };
+                    out.deliveries.push((message, seq, (deliveries + 1) as u32));
+                }
+                if out.deliveries.is_empty() {
+                    out.next_visible = c
+                        .query_opt(
+                            "SELECT MIN(visible_at) FROM pending WHERE consumer = $1",
+                            &[&&*consumer],
+                        )?
+                        .and_then(|r| r.get::<Option<i64>>(0).ok().flatten());
+                }
+                Ok(out)
+            })
+            .await
+    }
+}
+
+impl DeliverySource for EmbeddedSource {
+    fn next(&mut self) -> crate::BoxFuture<'_, Option<Result<Delivery, BusError>>> {
+        Box::pin(async move {
+            loop {
+                if let Some(d) = self.buffer.pop_front() {
+                    return Some(Ok(d));
+                }
+                // Register for wake-ups before looking, so a publish that
+                // lands between the look and the wait is not missed.
+                let inner = self.inner.clone();
+                let woken = inner.wake.notified();
+                tokio::pin!(woken);
+                woken.as_mut().enable();
+                let fetched = match self.fetch().await {
+                    Ok(f) => f,
+                    Err(e) => return Some(Err(e)),
+                };
+                fetched.parked.iter().for_each(report_parked);
+                for (message, seq, delivered) in fetched.deliveries {
+                    let acker = Arc::new(EmbeddedAcker {
+                        inner: self.inner.clone(),
+                        consumer: self.consumer.clone(),
+                        seq,
+                    });
+                    self.buffer.push_back(Delivery::new(message, seq as u64, delivered, acker));
+                }
+                if !self.buffer.is_empty() || !fetched.parked.is_empty() {
+                    continue;
+                }
+                let sleep_for = match fetched.next_visible {
+                    Some(at) => Duration::from_millis((at - self.inner.clock.now().millis()).max(1) as u64),
+                    None => Duration::from_secs(3600),
+                };
+                tokio::select! {
+                    _ = woken => {}
+                    _ = tokio::time::sleep(sleep_for) => {}
+                }
+            }
+        })
+    }
+}
+
+struct EmbeddedAcker {
+    inner: Arc<Inner>,
+    consumer: Arc<str>,
+    seq: i64,
+}
+
+impl EmbeddedAcker {
+    async fn set_visible_in(&self, delay: Duration) -> Result<(), BusError> {
+        let at = self.inner.clock.now().millis() + delay.as_millis() as i64;
+        let (consumer, seq) = (self.consumer.clone(), self.seq);
+        self.inner
+            .db
+            .write(move |c| {
+                c.execute(
+                    "UPDATE pending SET visible_at = $3 WHERE consumer = $1 AND seq = $2",
+                    &[&&*consumer, &seq, &at],
+                )
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+impl Acker for EmbeddedAcker {
+    fn ack(&self) -> crate::BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            let (consumer, seq) = (self.consumer.clone(), self.seq);
+            self.inner
+                .db
+                .write(move |c| c.execute("DELETE FROM pending WHERE consumer = $1 AND seq = $2", &[&&*consumer, &seq]))
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn nak(&self, delay: Duration) -> crate::BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            self.set_visible_in(delay).await?;
+            self.inner.wake.notify_waiters();
+            Ok(())
+        })
+    }
+
+    fn term(&self, reason: String) -> crate::BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            let now = self.inner.clock.now().millis();
+            let (consumer, seq) = (self.consumer.clone(), self.seq);
+            let parked = self
+                .inner
+                .db
+                .write(move |c| park(c, &consumer, seq, &format!("terminated: {reason}"), now))
+                .await?;
+            if let Some(p) = parked {
+                report_parked(&p);
+            }
+            Ok(())
+        })
+    }
+
+    fn in_progress(&self) -> crate::BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            let ack_wait = lock(&self.inner.consumers)
+                .get(&*self.consumer)
+                .map(|d| d.ack_wait_ms)
+                .unwrap_or(30_000);
+            self.set_visible_in(Duration::from_millis(ack_wait as u64)).await
+        })
+    }
+}

@@ -1,0 +1,233 @@
+//! Typed listeners: subscribe a handler for one event type to its durable
+//! consumer, decode each message into that type, and settle the delivery by
+//! the handler's outcome. Acks happen only after the handler (and so its
+//! transaction) has finished.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shared::events::Event;
+use shared::shutdown::Shutdown;
+use shared::trace::{TRACEPARENT, TraceContext};
+
+use crate::{Bus, ConsumerConfig, Delivery};
+
+/// What a handler decided about an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied, or a duplicate safely ignored: ack it.
+    Done,
+    /// Arrived before its predecessor: deliver it again shortly.
+    NotYet(String),
+}
+
+/// A failure that may pass (a database hiccup, a gateway timeout): the event
+/// is delivered again with back-off until it succeeds or is parked.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ListenerError(pub String);
+
+impl From<store::StoreError> for ListenerError {
+    fn from(e: store::StoreError) -> Self {
+        ListenerError(e.to_string())
+    }
+}
+
+impl From<crate::BusError> for ListenerError {
+    fn from(e: crate::BusError) -> Self {
+        ListenerError(e.to_string())
+    }
+}
+
+/// Facts about the delivery an event came in.
+#[derive(Debug, Clone)]
+pub struct EventContext {
+    /// Continue this trace in whatever the handler publishes.
+    pub trace: TraceContext,
+    pub message_id: String,
+    pub delivered: u32,
+}
+
+/// Tuning for one listener.
+#[derive(Debug, Clone)]
+pub struct ListenerOptions {
+    pub ack_wait: Duration,
+    pub max_deliver: u32,
+    /// Members of the durable consumer this process runs.
+    pub concurrency: usize,
+}
+
+impl Default for ListenerOptions {
+    fn default() -> Self {
+        ListenerOptions { ack_wait: Duration::from_secs(30), max_deliver: 20, concurrency: 1 }
+    }
+}
+
+/// The durable consumer name for `service` consuming `subject`:
+/// `orders-ticket-created`. (JetStream durable names cannot hold dots.)
+pub fn durable_name(service: &str, subject: &str) -> String {
+    format!("{service}-{}", subject.replace('.', "-"))
+}
+
+/// Delay before the next delivery: doubling from `base`, capped at 30 s.
+fn backoff(base: Duration, delivered: u32) -> Duration {
+    let factor = 1u32 << delivered.saturating_sub(1).min(10);
+    (base * factor).min(Duration::from_secs(30))
+}
+
+/// Starts the members of `service`'s listener for `E`. Each keeps trying to
+/// join its durable consumer (the bus may not be ready yet) and then handles
+/// deliveries until `shutdown` fires, finishing the one in hand first.
+pub fn spawn<E, H, Fut>(
+    bus: Arc<dyn Bus>,
+    service: &'static str,
+    options: ListenerOptions,
+    handler: H,
+    shutdown: Shutdown,
+) -> Vec<tokio::task::JoinHandle<()>>
+where
+    E: Event,
+    H: Fn(E, EventContext) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Outcome, ListenerError>> + Send + 'static,
+{
+    (0..options.concurrency.max(1))
+        .map(|_| {
+            let (bus, handler, options, shutdown) = (bus.clone(), handler.clone(), options.clone(), shutdown.clone());
+            tokio::spawn(run_member::<E, H, Fut>(bus, service, options, handler, shutdown))
+        })
+        .collect()
+}
+
+async fn run_member<E, H, Fut>(
+    bus: Arc<dyn Bus>,
+    service: &'static str,
+    options: ListenerOptions,
+    handler: H,
+    mut shutdown: Shutdown,
+) where
+    E: Event,
+    H: Fn(E, EventContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Outcome, ListenerError>> + Send + 'static,
+{
+    let config = ConsumerConfig {
+        durable: durable_name(service, E::SUBJECT),
+        filter_subject: E::SUBJECT.to_owned(),
+        ack_wait: options.ack_wait,
+        max_deliver: options.max_deliver,
+    };
+    let mut retry = Duration::from_millis(200);
+    let mut sub = loop {
+        match bus.subscribe(config.clone()).await {
+            Ok(sub) => break sub,
+            Err(e) => {
+                tracing::warn!(service, subject = E::SUBJECT, error = %e, "cannot join consumer yet");
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    _ = shutdown.wait() => return,
+                }
+                retry = (retry * 2).min(Duration::from_secs(10));
+            }
+        }
+    };
+    tracing::debug!(service, durable = %config.durable, "listener started");
+    loop {
+        let next = tokio::select! {
+            next = sub.next() => next,
+            _ = shutdown.wait() => break,
+        };
+        match next {
+            None => break,
+            Some(Err(e)) => {
+                tracing::warn!(service, subject = E::SUBJECT, error = %e, "cannot fetch events");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.wait() => break,
+                }
+            }
+            Some(Ok(delivery)) => settle::<E, H, Fut>(service, &options, &handler, delivery).await,
+        }
+    }
+    tracing::debug!(service, durable = %config.durable, "listener stopped");
+}
+
+async fn settle<E, H, Fut>(service: &'static str, options: &ListenerOptions, handler: &H, delivery: Delivery)
+where
+    E: Event,
+    H: Fn(E, EventContext) -> Fut,
+    Fut: Future<Output = Result<Outcome, ListenerError>>,
+{
+    let subject = E::SUBJECT;
+    let event = match serde_json::from_slice::<E>(&delivery.message.payload) {
+        Ok(e) => e,
+        Err(e) => {
+            // Decoding will never succeed: park it now rather than retrying.
+            let reason = format!("undecodable {subject} payload: {e}");
+            if let Err(err) = delivery.term(reason).await {
+                tracing::warn!(service, subject, error = %err, "cannot park message");
+            }
+            return;
+        }
+    };
+    let ctx = EventContext {
+        trace: delivery
+            .message
+            .header(TRACEPARENT)
+            .and_then(TraceContext::parse)
+            .map(|t| t.child())
+            .unwrap_or_else(TraceContext::new_root),
+        message_id: delivery.message.id.clone(),
+        delivered: delivery.delivered,
+    };
+    let delivered = delivery.delivered;
+    // Tell the bus we are still working on slow handlers, so the message is
+    // not handed to another member meanwhile.
+    let work = handler(event, ctx);
+    tokio::pin!(work);
+    let mut progress = tokio::time::interval(options.ack_wait / 2);
+    progress.tick().await;
+    let result = loop {
+        tokio::select! {
+            r = &mut work => break r,
+            _ = progress.tick() => { let _ = delivery.in_progress().await; }
+        }
+    };
+    let settled = match result {
+        Ok(Outcome::Done) => {
+            shared::metrics::inc("events_handled_total", &[("service", service), ("subject", subject)]);
+            delivery.ack().await
+        }
+        Ok(Outcome::NotYet(why)) => {
+            tracing::debug!(service, subject, delivered, reason = %why, "event early, retrying later");
+            delivery.nak(backoff(Duration::from_millis(50), delivered)).await
+        }
+        Err(e) => {
+            tracing::warn!(service, subject, delivered, error = %e, "event handler failed, retrying later");
+            shared::metrics::inc("events_failed_total", &[("service", service), ("subject", subject)]);
+            delivery.nak(backoff(Duration::from_millis(200), delivered)).await
+        }
+    };
+    if let Err(e) = settled {
+        // The message will come back after the ack wait; handlers are idempotent.
+        tracing::warn!(service, subject, error = %e, "cannot settle delivery");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let b = Duration::from_millis(100);
+        assert_eq!(backoff(b, 1), Duration::from_millis(100));
+        assert_eq!(backoff(b, 2), Duration::from_millis(200));
+        assert_eq!(backoff(b, 4), Duration::from_millis(800));
+        assert_eq!(backoff(b, 50), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn durable_names_hold_no_dots() {
+        assert_eq!(durable_name("orders", "ticket.created"), "orders-ticket-created");
+    }
+}
