@@ -17,6 +17,7 @@
 pub mod embedded;
 pub mod listener;
 pub mod outbox;
+pub mod service;
 pub mod subject;
 
 #[cfg(feature = "testing")]

@@ -1,0 +1,91 @@
+//! What the binary hands every service to start it, and what a started
+//! service hands back. Keeps the wiring uniform so any subset of services can
+//! run in one process.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use shared::auth::AuthKeys;
+use shared::http::ReadyCheck;
+use shared::shutdown::Shutdown;
+use shared::time::Clock;
+use store::{Db, Migration};
+
+use crate::Bus;
+use crate::outbox::Outbox;
+
+/// Everything a service needs from its surroundings.
+#[derive(Clone)]
+pub struct Deps {
+    /// Where the service keeps its SQLite database (`<dir>/<service>.db`).
+    pub data_dir: PathBuf,
+    pub bus: Arc<dyn Bus>,
+    pub keys: Arc<AuthKeys>,
+    pub clock: Clock,
+    pub shutdown: Shutdown,
+}
+
+impl Deps {
+    /// Opens the service's own database and applies its migrations.
+    pub async fn open_db(&self, service: &str, migrations: &'static [Migration]) -> Result<Db, store::StoreError> {
+        Db::open_sqlite(&self.data_dir.join(format!("{service}.db")), migrations).await
+    }
+}
+
+/// A started service: its routes, its readiness checks and its tasks.
+pub struct Running {
+    pub name: &'static str,
+    pub router: axum::Router,
+    pub ready_checks: Vec<(String, ReadyCheck)>,
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The checks every service with a database and an outbox has.
+pub fn standard_checks(service: &'static str, db: Db, bus: Arc<dyn Bus>, outbox: Option<Outbox>) -> Vec<(String, ReadyCheck)> {
+    let mut checks: Vec<(String, ReadyCheck)> = vec![
+        (
+            format!("{service} database"),
+            Arc::new(move || {
+                let db = db.clone();
+                Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
+            }),
+        ),
+        (
+            format!("{service} bus"),
+            Arc::new(move || {
+                let bus = bus.clone();
+                Box::pin(async move { bus.check_ready().await.map_err(|e| e.to_string()) })
+            }),
+        ),
+    ];
+    if let Some(outbox) = outbox {
+        checks.push((
+            format!("{service} outbox"),
+            Arc::new(move || {
+                let outbox = outbox.clone();
+                Box::pin(async move { outbox.health() })
+            }),
+        ));
+    }
+    checks
+}
+
+/// Merges the routes of started services with the health routes into one
+/// client-facing router (the all-in-one gateway, or a lone service).
+pub fn compose(services: &mut [Running]) -> axum::Router {
+    let mut router = axum::Router::new();
+    let mut checks = Vec::new();
+    for s in services.iter_mut() {
+        router = router.merge(std::mem::take(&mut s.router));
+        checks.append(&mut s.ready_checks);
+    }
+    shared::http::finish(router.merge(shared::http::health_router(checks)))
+}
+
+/// Serves `router` on `listener` until `shutdown` fires, then stops accepting
+/// and lets in-flight requests finish.
+pub async fn serve(listener: tokio::net::TcpListener, router: axum::Router, mut shutdown: Shutdown) -> std::io::Result<()> {
+    axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await
+}

@@ -1,0 +1,171 @@
+//! Test support shared by the services' black-box tests: start a real
+//! service on port 0 with its own fresh database and embedded bus, talk to it
+//! over HTTP, mint session tokens, and publish events as another service
+//! would.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus::embedded::EmbeddedBus;
+use bus::service::{Deps, Running};
+use bus::{Bus, ConsumerConfig, Message};
+use shared::auth::{AuthKeys, AuthUser};
+use shared::events::Event;
+use shared::ids::{EventId, UserId};
+use shared::shutdown::{self, ShutdownTrigger};
+use shared::time::Clock;
+
+/// The signing key every test service shares.
+pub const TEST_JWT_KEY: &[u8] = b"test-jwt-key-not-a-secret";
+
+/// A running service (or several) and a client for it.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    /// A client that keeps cookies, like a browser.
+    pub client: reqwest::Client,
+    pub bus: Arc<dyn Bus>,
+    pub keys: Arc<AuthKeys>,
+    pub deps: Deps,
+    pub dir: tempfile::TempDir,
+    trigger: ShutdownTrigger,
+    server: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl TestApp {
+    /// Starts the services `start` returns, in a fresh data directory.
+    pub async fn spawn<F, Fut, E>(start: F) -> TestApp
+    where
+        F: FnOnce(Deps) -> Fut,
+        Fut: Future<Output = Result<Vec<Running>, E>>,
+        E: std::fmt::Debug,
+    {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::open(&dir.path().join("bus.db")).await.expect("bus"));
+        let keys = AuthKeys::new(TEST_JWT_KEY, Duration::from_secs(3600), false);
+        let (trigger, signal) = shutdown::channel();
+        let deps = Deps {
+            data_dir: dir.path().to_path_buf(),
+            bus: bus.clone(),
+            keys: keys.clone(),
+            clock: Clock::System,
+            shutdown: signal.clone(),
+        };
+        let mut running = start(deps.clone()).await.expect("service starts");
+        let tasks = running.iter_mut().flat_map(|r| std::mem::take(&mut r.tasks)).collect();
+        let router = bus::service::compose(&mut running);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            bus::service::serve(listener, router, signal).await.expect("serve");
+        });
+        let client = reqwest::Client::builder().cookie_store(true).build().expect("client");
+        TestApp { addr, client, bus, keys, deps, dir, trigger, server, tasks }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// A session token for a new user, as auth would issue it.
+    pub fn user(&self) -> (UserId, String) {
+        let id = UserId::new();
+        let token = self
+            .keys
+            .issue(&AuthUser { id, email: format!("{id}@example.com") }, Clock::System.now())
+            .expect("token");
+        (id, token)
+    }
+
+    /// Sends `method path` with an optional bearer token and JSON body.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> reqwest::Response {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    /// Publishes `event` on the bus, as its owning service would.
+    pub async fn publish<E: Event>(&self, event: &E) {
+        self.bus
+            .publish(Message {
+                subject: E::SUBJECT.to_owned(),
+                id: EventId::new().to_string(),
+                headers: vec![],
+                payload: serde_json::to_vec(event).expect("encode"),
+            })
+            .await
+            .expect("publish");
+    }
+
+    /// Subscribes a test consumer to `E`'s subject (replaying from the start).
+    pub async fn watch<E: Event>(&self) -> EventWatch<E> {
+        let sub = self
+            .bus
+            .subscribe(ConsumerConfig::new(format!("test-{}", EventId::new()), E::SUBJECT))
+            .await
+            .expect("subscribe");
+        EventWatch { sub, _e: std::marker::PhantomData }
+    }
+
+    /// Stops the services gracefully and waits for their tasks.
+    pub async fn shutdown(self) -> tempfile::TempDir {
+        self.trigger.fire();
+        let _ = self.server.await;
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.dir
+    }
+}
+
+/// Events of one type as a test consumer sees them.
+pub struct EventWatch<E> {
+    sub: bus::Subscription,
+    _e: std::marker::PhantomData<E>,
+}
+
+impl<E: Event> EventWatch<E> {
+    /// The next event within five seconds, or a panic.
+    pub async fn next(&mut self) -> E {
+        self.next_within(Duration::from_secs(5)).await.unwrap_or_else(|| panic!("no {} event", E::SUBJECT))
+    }
+
+    /// The next event within `wait`, if any.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<E> {
+        let d = bus::contract::next_within(&mut self.sub, wait).await?;
+        let e = serde_json::from_slice(&d.message.payload).expect("decodes");
+        d.ack().await.expect("ack");
+        Some(e)
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some` or `wait` passes.
+pub async fn eventually<T, F, Fut>(wait: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
