@@ -1,0 +1,86 @@
+//! The tickets service: the catalogue of tickets for sale.
+//!
+//! Owns `tickets`; publishes `ticket.created` and `ticket.updated`; consumes
+//! `order.created` (reserve), `order.cancelled` (release) and
+//! `order.completed` (sold). It keeps a small replica of orders (id, ticket,
+//! version, status) so order events that arrive out of order are applied in
+//! version order and a late `order.created` never re-reserves a ticket for a
+//! cancelled order.
+
+mod listeners;
+mod tickets;
+
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
+use bus::service::{Deps, Running, standard_checks};
+use shared::auth::AuthKeys;
+use shared::events::{Event, OrderCancelled, OrderCompleted, OrderCreated, TicketCreated, TicketUpdated};
+use shared::time::Clock;
+use store::{Db, Migration};
+
+pub const SERVICE: &str = "tickets";
+/// Subjects this service publishes.
+pub const PUBLISHES: &[&str] = &[TicketCreated::SUBJECT, TicketUpdated::SUBJECT];
+/// Subjects this service consumes.
+pub const CONSUMES: &[&str] = &[OrderCreated::SUBJECT, OrderCancelled::SUBJECT, OrderCompleted::SUBJECT];
+
+pub static MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "tickets and the order replica",
+        sql: "CREATE TABLE tickets (
+                  id TEXT PRIMARY KEY,
+                  title TEXT NOT NULL,
+                  price_cents BIGINT NOT NULL,
+                  user_id TEXT NOT NULL,
+                  version BIGINT NOT NULL,
+                  status TEXT NOT NULL,
+                  order_id TEXT,
+                  created_at BIGINT NOT NULL
+              );
+              CREATE INDEX tickets_available ON tickets (status, id);
+              CREATE TABLE orders (
+                  id TEXT PRIMARY KEY,
+                  ticket_id TEXT NOT NULL,
+                  version BIGINT NOT NULL,
+                  status TEXT NOT NULL
+              );",
+    },
+    Migration { version: 2, description: "outbox", sql: OUTBOX_TABLE_SQL },
+];
+
+#[derive(Clone)]
+pub struct AppState {
+    db: Db,
+    outbox: Outbox,
+    keys: Arc<AuthKeys>,
+    clock: Clock,
+}
+
+impl FromRef<AppState> for Arc<AuthKeys> {
+    fn from_ref(s: &AppState) -> Self {
+        s.keys.clone()
+    }
+}
+
+/// The tickets service's routes.
+pub fn router(state: AppState) -> axum::Router {
+    tickets::router().with_state(state)
+}
+
+/// Opens the database, starts the relay and the listeners, returns the routes.
+pub async fn start(deps: &Deps, listener_options: bus::listener::ListenerOptions) -> Result<Running, store::StoreError> {
+    let db = deps.open_db(SERVICE, MIGRATIONS).await?;
+    let outbox = Outbox::new(db.clone(), SERVICE);
+    let state = AppState { db: db.clone(), outbox: outbox.clone(), keys: deps.keys.clone(), clock: deps.clock.clone() };
+    let mut tasks = vec![outbox.spawn_relay(deps.bus.clone(), deps.shutdown.clone())];
+    tasks.extend(listeners::spawn(&state, deps, &listener_options));
+    Ok(Running {
+        name: SERVICE,
+        router: router(state),
+        ready_checks: standard_checks(SERVICE, db, deps.bus.clone(), Some(outbox)),
+        tasks,
+    })
+}

@@ -1,0 +1,242 @@
+//! `/api/tickets`: list, show, create, edit.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use shared::ApiError;
+use shared::auth::AuthUser;
+use shared::events::{TicketCreated, TicketStatus, TicketUpdated};
+use shared::http::{ApiQuery, Fields, JsonBody};
+use shared::ids::{OrderId, TicketId, UserId};
+use shared::money::Money;
+use shared::trace::TraceContext;
+use store::{Conn, Row, StoreError};
+
+use crate::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/tickets", get(list).post(create))
+        .route("/api/tickets/{id}", get(show).put(update))
+}
+
+/// A ticket as stored.
+#[derive(Debug, Clone)]
+pub(crate) struct Ticket {
+    pub id: TicketId,
+    pub title: String,
+    pub price: Money,
+    pub user_id: UserId,
+    pub version: i64,
+    pub status: TicketStatus,
+    pub order_id: Option<OrderId>,
+}
+
+pub(crate) const COLUMNS: &str = "id, title, price_cents, user_id, version, status, order_id";
+
+impl Ticket {
+    pub(crate) fn from_row(r: &Row) -> Result<Self, StoreError> {
+        let status: String = r.get(5)?;
+        Ok(Ticket {
+            id: r.get(0)?,
+            title: r.get(1)?,
+            price: r.get(2)?,
+            user_id: r.get(3)?,
+            version: r.get(4)?,
+            status: TicketStatus::parse(&status)
+                .ok_or_else(|| StoreError::new(store::StoreErrorKind::Decode, format!("bad status {status}")))?,
+            order_id: r.get(6)?,
+        })
+    }
+
+    pub(crate) fn find(c: &mut dyn Conn, id: TicketId) -> Result<Option<Ticket>, StoreError> {
+        c.query_opt(&format!("SELECT {COLUMNS} FROM tickets WHERE id = $1"), &[&id])?
+            .map(|r| Ticket::from_row(&r))
+            .transpose()
+    }
+
+    /// Writes the ticket's current fields back (its version already bumped).
+    pub(crate) fn save(&self, c: &mut dyn Conn) -> Result<(), StoreError> {
+        c.execute(
+            "UPDATE tickets SET title = $2, price_cents = $3, version = $4, status = $5, order_id = $6 WHERE id = $1",
+            &[&self.id, &self.title, &self.price, &self.version, &self.status.as_str(), &self.order_id],
+        )?;
+        Ok(())
+    }
+
+    pub(crate) fn updated_event(&self) -> TicketUpdated {
+        TicketUpdated {
+            id: self.id,
+            version: self.version,
+            title: self.title.clone(),
+            price_cents: self.price,
+            user_id: self.user_id,
+            order_id: self.order_id,
+            status: self.status,
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "title": self.title,
+            "price": self.price.to_dollars_json(),
+            "userId": self.user_id,
+            "version": self.version,
+            "status": self.status,
+            "orderId": self.order_id,
+        })
+    }
+}
+
+/// Validated create/edit input.
+struct TicketInput {
+    title: String,
+    price: Money,
+}
+
+fn parse_input(body: &JsonBody) -> Result<TicketInput, ApiError> {
+    let mut f = Fields::new(body);
+    let title = f.string("title", "Title").map(str::trim).filter(|t| {
+        let n = t.chars().count();
+        if n == 0 {
+            f.fail("title", "Title is required");
+        } else if n > 120 {
+            f.fail("title", "Title must be at most 120 characters");
+        }
+        (1..=120).contains(&n)
+    });
+    let price = match f.value("price") {
+        None => {
+            f.fail("price", "Price is required");
+            None
+        }
+        Some(v) => match Money::parse_price(v) {
+            Ok(m) => Some(m),
+            Err(msg) => {
+                f.fail("price", msg);
+                None
+            }
+        },
+    };
+    f.finish()?;
+    Ok(TicketInput { title: title.expect("validated").to_owned(), price: price.expect("validated") })
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Value>, ApiError> {
+    let limit = match q.limit.as_deref() {
+        None => 50,
+        Some(s) => match s.parse::<i64>() {
+            Ok(n) if (1..=200).contains(&n) => n,
+            _ => return Err(ApiError::field("limit", "limit must be a whole number from 1 to 200")),
+        },
+    };
+    let after = match q.after.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(TicketId::parse(s).ok_or_else(|| ApiError::field("after", "after must be a ticket id"))?),
+    };
+    let tickets = state
+        .db
+        .read(move |c| {
+            let rows = match after {
+                Some(after) => c.query(
+                    &format!("SELECT {COLUMNS} FROM tickets WHERE status = 'available' AND id > $1 ORDER BY id LIMIT $2"),
+                    &[&after, &limit],
+                )?,
+                None => c.query(
+                    &format!("SELECT {COLUMNS} FROM tickets WHERE status = 'available' ORDER BY id LIMIT $1"),
+                    &[&limit],
+                )?,
+            };
+            rows.iter().map(Ticket::from_row).collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+    Ok(Json(Value::Array(tickets.iter().map(Ticket::to_json).collect())))
+}
+
+async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = TicketId::parse(&id).ok_or(ApiError::NotFound)?;
+    let ticket = state.db.read(move |c| Ticket::find(c, id)).await?.ok_or(ApiError::NotFound)?;
+    Ok(Json(ticket.to_json()))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    user: AuthUser,
+    trace: TraceContext,
+    body: JsonBody,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let input = parse_input(&body)?;
+    let now = state.clock.now();
+    let ticket = Ticket {
+        id: TicketId::new(),
+        title: input.title,
+        price: input.price,
+        user_id: user.id,
+        version: 0,
+        status: TicketStatus::Available,
+        order_id: None,
+    };
+    let t = ticket.clone();
+    state
+        .db
+        .write(move |c| {
+            c.execute(
+                "INSERT INTO tickets (id, title, price_cents, user_id, version, status, order_id, created_at)
+                 VALUES ($1, $2, $3, $4, 0, 'available', NULL, $5)",
+                &[&t.id, &t.title, &t.price, &t.user_id, &now],
+            )?;
+            let event = TicketCreated { id: t.id, version: 0, title: t.title.clone(), price_cents: t.price, user_id: t.user_id };
+            bus::outbox::enqueue(c, &event, &trace, now)?;
+            Ok::<_, StoreError>(())
+        })
+        .await?;
+    state.outbox.wake();
+    Ok((StatusCode::CREATED, Json(ticket.to_json())))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    user: AuthUser,
+    trace: TraceContext,
+    Path(id): Path<String>,
+    body: JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let input = parse_input(&body)?;
+    let id = TicketId::parse(&id).ok_or(ApiError::NotFound)?;
+    let now = state.clock.now();
+    // Check and change in one transaction, so a reservation cannot slip in
+    // between the check and the write.
+    let ticket = state
+        .db
+        .write(move |c| {
+            let mut ticket = Ticket::find(c, id)?.ok_or(ApiError::NotFound)?;
+            if ticket.user_id != user.id {
+                return Err(ApiError::Forbidden("Only the seller can edit this ticket".into()));
+            }
+            match ticket.status {
+                TicketStatus::Reserved => return Err(ApiError::Conflict("Cannot edit a reserved ticket".into())),
+                TicketStatus::Sold => return Err(ApiError::Conflict("Cannot edit a sold ticket".into())),
+                TicketStatus::Available => {}
+            }
+            ticket.title = input.title;
+            ticket.price = input.price;
+            ticket.version += 1;
+            ticket.save(c)?;
+            bus::outbox::enqueue(c, &ticket.updated_event(), &trace, now)?;
+            Ok(ticket)
+        })
+        .await?;
+    state.outbox.wake();
+    Ok(Json(ticket.to_json()))
+}
