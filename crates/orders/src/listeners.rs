@@ -1,0 +1,108 @@
+//! How orders reacts to the world: keep the ticket replica current (in
+//! version order), cancel expired orders, complete paid ones.
+
+use bus::listener::{self, EventContext, ListenerError, ListenerOptions, Outcome};
+use bus::service::Deps;
+use shared::events::{ExpirationComplete, OrderCompleted, OrderStatus, PaymentCreated, TicketCreated, TicketRef, TicketUpdated};
+
+use crate::orders::Order;
+use crate::{AppState, SERVICE};
+
+pub(crate) fn spawn(state: &AppState, deps: &Deps, options: &ListenerOptions) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let s = state.clone();
+    tasks.extend(listener::spawn(deps.bus.clone(), SERVICE, options.clone(), move |e: TicketCreated, _| on_ticket_created(s.clone(), e), deps.shutdown.clone()));
+    let s = state.clone();
+    tasks.extend(listener::spawn(deps.bus.clone(), SERVICE, options.clone(), move |e: TicketUpdated, _| on_ticket_updated(s.clone(), e), deps.shutdown.clone()));
+    let s = state.clone();
+    tasks.extend(listener::spawn(deps.bus.clone(), SERVICE, options.clone(), move |e: ExpirationComplete, ctx| on_expired(s.clone(), e, ctx), deps.shutdown.clone()));
+    let s = state.clone();
+    tasks.extend(listener::spawn(deps.bus.clone(), SERVICE, options.clone(), move |e: PaymentCreated, ctx| on_paid(s.clone(), e, ctx), deps.shutdown.clone()));
+    tasks
+}
+
+async fn on_ticket_created(state: AppState, e: TicketCreated) -> Result<Outcome, ListenerError> {
+    state
+        .db
+        .write(move |c| {
+            c.execute(
+                "INSERT INTO tickets (id, title, price_cents, user_id, version) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (id) DO NOTHING",
+                &[&e.id, &e.title, &e.price_cents, &e.user_id, &e.version],
+            )?;
+            Ok(Outcome::Done)
+        })
+        .await
+}
+
+async fn on_ticket_updated(state: AppState, e: TicketUpdated) -> Result<Outcome, ListenerError> {
+    state
+        .db
+        .write(move |c| {
+            let stored: Option<i64> =
+                c.query_opt("SELECT version FROM tickets WHERE id = $1", &[&e.id])?.map(|r| r.get(0)).transpose()?;
+            match stored {
+                None => Ok(Outcome::NotYet(format!("ticket {} not seen yet", e.id))),
+                Some(v) if v >= e.version => Ok(Outcome::Done), // duplicate or older
+                Some(v) if v + 1 < e.version => Ok(Outcome::NotYet(format!("ticket {} at {v}, event at {}", e.id, e.version))),
+                Some(_) => {
+                    c.execute(
+                        "UPDATE tickets SET title = $2, price_cents = $3, version = $4 WHERE id = $1",
+                        &[&e.id, &e.title, &e.price_cents, &e.version],
+                    )?;
+                    Ok(Outcome::Done)
+                }
+            }
+        })
+        .await
+}
+
+async fn on_expired(state: AppState, e: ExpirationComplete, ctx: EventContext) -> Result<Outcome, ListenerError> {
+    let now = state.clock.now();
+    let changed = state
+        .db
+        .write(move |c| {
+            let Some(mut order) = Order::find(c, e.order_id)? else {
+                tracing::warn!(order_id = %e.order_id, "expiration for an unknown order");
+                return Ok(false);
+            };
+            if order.status != OrderStatus::Created {
+                return Ok(false); // paid or already cancelled: nothing to do
+            }
+            order.finish(c, OrderStatus::Cancelled)?;
+            bus::outbox::enqueue(c, &order.cancelled_event(), &ctx.trace, now)?;
+            tracing::info!(order_id = %order.id, "order expired");
+            Ok::<_, ListenerError>(true)
+        })
+        .await?;
+    if changed {
+        state.outbox.wake();
+    }
+    Ok(Outcome::Done)
+}
+
+async fn on_paid(state: AppState, e: PaymentCreated, ctx: EventContext) -> Result<Outcome, ListenerError> {
+    let now = state.clock.now();
+    let changed = state
+        .db
+        .write(move |c| {
+            let Some(mut order) = Order::find(c, e.order_id)? else {
+                tracing::warn!(order_id = %e.order_id, "payment for an unknown order");
+                return Ok(false);
+            };
+            if order.status != OrderStatus::Created {
+                // Cancelled first: payments refunds it when it sees the
+                // cancellation. Complete: a duplicate.
+                return Ok(false);
+            }
+            order.finish(c, OrderStatus::Complete)?;
+            let event = OrderCompleted { id: order.id, version: order.version, ticket: TicketRef { id: order.ticket_id } };
+            bus::outbox::enqueue(c, &event, &ctx.trace, now)?;
+            Ok::<_, ListenerError>(true)
+        })
+        .await?;
+    if changed {
+        state.outbox.wake();
+    }
+    Ok(Outcome::Done)
+}
