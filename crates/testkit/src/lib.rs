@@ -42,7 +42,16 @@ impl TestApp {
         Fut: Future<Output = Result<Vec<Running>, E>>,
         E: std::fmt::Debug,
     {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::spawn_in(tempfile::tempdir().expect("temp dir"), start).await
+    }
+
+    /// Starts the services on an existing data directory (a restart).
+    pub async fn spawn_in<F, Fut, E>(dir: tempfile::TempDir, start: F) -> TestApp
+    where
+        F: FnOnce(Deps) -> Fut,
+        Fut: Future<Output = Result<Vec<Running>, E>>,
+        E: std::fmt::Debug,
+    {
         let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::open(&dir.path().join("bus.db")).await.expect("bus"));
         let keys = AuthKeys::new(TEST_JWT_KEY, Duration::from_secs(3600), false);
         let (trigger, signal) = shutdown::channel();

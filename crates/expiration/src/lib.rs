@@ -1,0 +1,121 @@
+//! The expiration service: one durable timer per order.
+//!
+//! Consumes `order.created` and stores a timer for its `expiresAt` in its own
+//! database; a scheduler sleeps until the earliest timer is due (woken early
+//! when a sooner one arrives — no polling), then deletes the due timers and
+//! writes `expiration.complete` to the outbox in the same transaction, so each
+//! timer fires once. Timers that came due while the process was down fire
+//! right after start.
+
+use std::time::Duration;
+
+use bus::listener::{self, ListenerError, ListenerOptions, Outcome};
+use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
+use bus::service::{Deps, Running, standard_checks};
+use shared::events::{Event, ExpirationComplete, OrderCreated};
+use shared::ids::OrderId;
+use shared::shutdown::Shutdown;
+use shared::time::{Clock, Timestamp};
+use shared::trace::TraceContext;
+use store::{Db, Migration, StoreError};
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+pub const SERVICE: &str = "expiration";
+pub const PUBLISHES: &[&str] = &[ExpirationComplete::SUBJECT];
+pub const CONSUMES: &[&str] = &[OrderCreated::SUBJECT];
+
+pub static MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "timers",
+        sql: "CREATE TABLE timers (
+                  order_id TEXT PRIMARY KEY,
+                  expires_at BIGINT NOT NULL,
+                  traceparent TEXT NOT NULL
+              );
+              CREATE INDEX timers_due ON timers (expires_at);",
+    },
+    Migration { version: 2, description: "outbox", sql: OUTBOX_TABLE_SQL },
+];
+
+/// Stores (once) a timer for an order.
+async fn on_order_created(db: Db, wake: Arc<Notify>, e: OrderCreated, trace: TraceContext) -> Result<Outcome, ListenerError> {
+    db.write(move |c| {
+        c.execute(
+            "INSERT INTO timers (order_id, expires_at, traceparent) VALUES ($1, $2, $3) ON CONFLICT (order_id) DO NOTHING",
+            &[&e.id, &e.expires_at, &trace.to_string()],
+        )
+    })
+    .await?;
+    wake.notify_one();
+    Ok(Outcome::Done)
+}
+
+/// Fires every timer due at `now`; returns how many fired.
+async fn fire_due(db: &Db, now: Timestamp) -> Result<usize, StoreError> {
+    db.write(move |c| {
+        let due = c.query("SELECT order_id, traceparent FROM timers WHERE expires_at <= $1 ORDER BY expires_at", &[&now])?;
+        for row in &due {
+            let order_id: OrderId = row.get(0)?;
+            let trace = TraceContext::parse(&row.get::<String>(1)?).unwrap_or_else(TraceContext::new_root);
+            c.execute("DELETE FROM timers WHERE order_id = $1", &[&order_id])?;
+            bus::outbox::enqueue(c, &ExpirationComplete { order_id }, &trace, now)?;
+            tracing::info!(%order_id, "order timer fired");
+        }
+        Ok(due.len())
+    })
+    .await
+}
+
+async fn next_due(db: &Db) -> Result<Option<Timestamp>, StoreError> {
+    db.read(|c| c.query("SELECT MIN(expires_at) FROM timers", &[])?[0].get::<Option<Timestamp>>(0)).await
+}
+
+/// The scheduler: fire what is due, sleep until the next timer or a wake-up.
+async fn run_scheduler(db: Db, outbox: Outbox, clock: Clock, wake: Arc<Notify>, mut shutdown: Shutdown) {
+    loop {
+        match fire_due(&db, clock.now()).await {
+            Ok(0) => {}
+            Ok(_) => outbox.wake(),
+            Err(e) => tracing::warn!(error = %e, "cannot fire timers"),
+        }
+        let sleep_until = match next_due(&db).await {
+            Ok(Some(at)) => clock.instant_at(at),
+            Ok(None) => tokio::time::Instant::now() + Duration::from_secs(3600),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read timers");
+                tokio::time::Instant::now() + Duration::from_secs(1)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(sleep_until) => {}
+            _ = wake.notified() => {}
+            _ = shutdown.wait() => break,
+        }
+    }
+    tracing::info!("expiration scheduler stopped");
+}
+
+/// Opens the database, starts the listener, the scheduler and the relay.
+pub async fn start(deps: &Deps, listener_options: ListenerOptions) -> Result<Running, StoreError> {
+    let db = deps.open_db(SERVICE, MIGRATIONS).await?;
+    let outbox = Outbox::new(db.clone(), SERVICE);
+    let wake = Arc::new(Notify::new());
+    let mut tasks = vec![outbox.spawn_relay(deps.bus.clone(), deps.shutdown.clone())];
+    let (d, w) = (db.clone(), wake.clone());
+    tasks.extend(listener::spawn(
+        deps.bus.clone(),
+        SERVICE,
+        listener_options,
+        move |e: OrderCreated, ctx| on_order_created(d.clone(), w.clone(), e, ctx.trace),
+        deps.shutdown.clone(),
+    ));
+    tasks.push(tokio::spawn(run_scheduler(db.clone(), outbox.clone(), deps.clock.clone(), wake, deps.shutdown.clone())));
+    Ok(Running {
+        name: SERVICE,
+        router: axum::Router::new(),
+        ready_checks: standard_checks(SERVICE, db, deps.bus.clone(), Some(outbox)),
+        tasks,
+    })
+}
