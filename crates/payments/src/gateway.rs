@@ -1,0 +1,158 @@
+//! The payment gateway seam: Stripe over HTTP, or an offline gateway with
+//! Stripe's test-mode behaviour for running without a key.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use shared::http::BoxFuture;
+use shared::money::Money;
+
+/// A charge to make.
+#[derive(Debug, Clone)]
+pub struct ChargeRequest {
+    pub amount: Money,
+    pub currency: String,
+    /// A card token such as `tok_visa`.
+    pub token: String,
+    /// The same key always yields the same charge (one per order).
+    pub idempotency_key: String,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    /// The card was declined (HTTP 402 to the client).
+    #[error("declined: {0}")]
+    Declined(String),
+    /// The request was refused as invalid (bad token): the client's fault.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The gateway could not be reached or failed; retry later.
+    #[error("gateway unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Charges and refunds.
+pub trait PaymentGateway: Send + Sync + 'static {
+    /// Short name for logs and start-up messages.
+    fn name(&self) -> &'static str;
+    /// Charges a card; returns the charge id.
+    fn charge(&self, req: ChargeRequest) -> BoxFuture<'_, Result<String, GatewayError>>;
+    /// Refunds a charge in full; returns the refund id.
+    fn refund(&self, charge_id: String, idempotency_key: String) -> BoxFuture<'_, Result<String, GatewayError>>;
+}
+
+/// Stripe's test-mode behaviour, offline: `tok_visa` and `tok_mastercard`
+/// succeed, `tok_chargeDeclined` is declined, anything else is invalid. Ids
+/// derive from the idempotency key, so a retried charge is the same charge.
+pub struct OfflineGateway;
+
+fn offline_id(prefix: &str, key: &str) -> String {
+    let clean: String = key.chars().filter(char::is_ascii_alphanumeric).collect();
+    format!("{prefix}_offline_{clean}")
+}
+
+impl PaymentGateway for OfflineGateway {
+    fn name(&self) -> &'static str {
+        "offline"
+    }
+
+    fn charge(&self, req: ChargeRequest) -> BoxFuture<'_, Result<String, GatewayError>> {
+        Box::pin(async move {
+            match req.token.as_str() {
+                "tok_visa" | "tok_mastercard" => Ok(offline_id("ch", &req.idempotency_key)),
+                "tok_chargeDeclined" => Err(GatewayError::Declined("Your card was declined.".into())),
+                other => Err(GatewayError::Invalid(format!("No such token: '{other}'"))),
+            }
+        })
+    }
+
+    fn refund(&self, _charge_id: String, idempotency_key: String) -> BoxFuture<'_, Result<String, GatewayError>> {
+        Box::pin(async move { Ok(offline_id("re", &idempotency_key)) })
+    }
+}
+
+/// The real Stripe API (`/v1/charges`, `/v1/refunds`), form-encoded, with the
+/// secret key as bearer token and an `Idempotency-Key` on every request.
+pub struct StripeGateway {
+    client: reqwest::Client,
+    base_url: String,
+    secret_key: String,
+}
+
+#[derive(Deserialize)]
+struct StripeObject {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct StripeErrorBody {
+    error: StripeErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct StripeErrorDetail {
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+}
+
+impl StripeGateway {
+    /// `base_url` is `https://api.stripe.com` in production.
+    pub fn new(base_url: impl Into<String>, secret_key: impl Into<String>) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+        Ok(StripeGateway { client, base_url: base_url.into().trim_end_matches('/').to_owned(), secret_key: secret_key.into() })
+    }
+
+    async fn post(&self, path: &str, idempotency_key: &str, form: &[(&str, &str)]) -> Result<String, GatewayError> {
+        let res = self
+            .client
+            .post(format!("{}{path}", self.base_url))
+            .bearer_auth(&self.secret_key)
+            .header("Idempotency-Key", idempotency_key)
+            .form(form)
+            .send()
+            .await
+            .map_err(|e| GatewayError::Unavailable(e.to_string()))?;
+        let status = res.status();
+        let body = res.bytes().await.map_err(|e| GatewayError::Unavailable(e.to_string()))?;
+        if status.is_success() {
+            return serde_json::from_slice::<StripeObject>(&body)
+                .map(|o| o.id)
+                .map_err(|e| GatewayError::Unavailable(format!("unexpected Stripe response: {e}")));
+        }
+        let detail = serde_json::from_slice::<StripeErrorBody>(&body).ok().map(|b| b.error);
+        let message = detail.as_ref().and_then(|d| d.message.clone()).unwrap_or_else(|| format!("Stripe answered {status}"));
+        let card_error = detail.as_ref().and_then(|d| d.kind.as_deref()) == Some("card_error");
+        Err(match status.as_u16() {
+            402 => GatewayError::Declined(message),
+            400 | 404 if card_error => GatewayError::Declined(message),
+            400 | 404 => GatewayError::Invalid(message),
+            // 401 (bad key), 409 (idempotent request in flight), 429, 5xx.
+            _ => GatewayError::Unavailable(message),
+        })
+    }
+}
+
+impl PaymentGateway for StripeGateway {
+    fn name(&self) -> &'static str {
+        "stripe"
+    }
+
+    fn charge(&self, req: ChargeRequest) -> BoxFuture<'_, Result<String, GatewayError>> {
+        Box::pin(async move {
+            let amount = req.amount.cents().to_string();
+            self.post(
+                "/v1/charges",
+                &req.idempotency_key,
+                &[("amount", &amount), ("currency", &req.currency), ("source", &req.token), ("description", &req.description)],
+            )
+            .await
+        })
+    }
+
+    fn refund(&self, charge_id: String, idempotency_key: String) -> BoxFuture<'_, Result<String, GatewayError>> {
+        Box::pin(async move { self.post("/v1/refunds", &idempotency_key, &[("charge", &charge_id)]).await })
+    }
+}

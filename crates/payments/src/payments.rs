@@ -1,0 +1,188 @@
+//! `POST /api/payments`: pay for an order, and the refund of payments whose
+//! order was cancelled first.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use serde_json::{Value, json};
+use shared::ApiError;
+use shared::auth::AuthUser;
+use shared::events::{OrderStatus, PaymentCreated, PaymentRefunded};
+use shared::http::{Fields, JsonBody};
+use shared::ids::{OrderId, PaymentId, UserId};
+use shared::money::Money;
+use shared::trace::TraceContext;
+use store::StoreError;
+
+use crate::AppState;
+use crate::gateway::{ChargeRequest, GatewayError};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/payments", post(pay))
+}
+
+struct OrderCopy {
+    user_id: UserId,
+    price: Money,
+    status: OrderStatus,
+}
+
+fn load_order(c: &mut dyn store::Conn, id: OrderId) -> Result<Option<OrderCopy>, StoreError> {
+    c.query_opt("SELECT user_id, price_cents, status FROM orders WHERE id = $1", &[&id])?
+        .map(|r| {
+            let status: String = r.get(2)?;
+            Ok(OrderCopy {
+                user_id: r.get(0)?,
+                price: r.get(1)?,
+                status: OrderStatus::parse(&status)
+                    .ok_or_else(|| StoreError::new(store::StoreErrorKind::Decode, format!("bad status {status}")))?,
+            })
+        })
+        .transpose()
+}
+
+fn already_paid() -> ApiError {
+    ApiError::Conflict("Order is already paid".into())
+}
+
+fn cancelled() -> ApiError {
+    ApiError::Conflict("Cannot pay for a cancelled order".into())
+}
+
+async fn pay(
+    State(state): State<AppState>,
+    user: AuthUser,
+    trace: TraceContext,
+    body: JsonBody,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let mut f = Fields::new(&body);
+    let order_id = f.non_empty("orderId", "orderId");
+    let token = f.non_empty("token", "token");
+    f.finish()?;
+    let order_id = OrderId::parse(order_id.expect("validated").trim()).ok_or(ApiError::NotFound)?;
+    let token = token.expect("validated").trim().to_owned();
+
+    let order = state
+        .db
+        .read(move |c| {
+            let order = load_order(c, order_id)?;
+            let paid = c.query_opt("SELECT 1 FROM payments WHERE order_id = $1", &[&order_id])?.is_some();
+            Ok::<_, StoreError>(order.map(|o| (o, paid)))
+        })
+        .await?;
+    let (order, paid) = match order {
+        Some((o, paid)) if o.user_id == user.id => (o, paid),
+        _ => return Err(ApiError::NotFound),
+    };
+    match order.status {
+        OrderStatus::Cancelled => return Err(cancelled()),
+        OrderStatus::Complete => return Err(already_paid()),
+        OrderStatus::Created if paid => return Err(already_paid()),
+        OrderStatus::Created => {}
+    }
+
+    // One idempotency key per order: a retried or concurrent payment gets
+    // the same charge back from the gateway instead of a second one.
+    let charge_id = state
+        .config
+        .gateway
+        .charge(ChargeRequest {
+            amount: order.price,
+            currency: state.config.currency.clone(),
+            token,
+            idempotency_key: format!("charge-{order_id}"),
+            description: format!("ticketing order {order_id}"),
+        })
+        .await
+        .map_err(|e| match e {
+            GatewayError::Declined(m) => ApiError::PaymentDeclined(m),
+            GatewayError::Invalid(m) => ApiError::field("token", m),
+            GatewayError::Unavailable(m) => {
+                tracing::warn!(error = %m, "payment gateway unavailable");
+                ApiError::Unavailable("The payment gateway is unavailable, try again shortly".into())
+            }
+        })?;
+
+    let now = state.clock.now();
+    let payment_id = PaymentId::new();
+    let amount = order.price;
+    let charge = charge_id.clone();
+    // Record the charge even if the order was cancelled meanwhile, so the
+    // refund below (or the cancellation listener) gives the money back.
+    let status_now = state
+        .db
+        .write(move |c| {
+            let status = load_order(c, order_id)?.map(|o| o.status).unwrap_or(OrderStatus::Cancelled);
+            c.execute(
+                "INSERT INTO payments (id, order_id, charge_id, amount_cents, created_at) VALUES ($1, $2, $3, $4, $5)",
+                &[&payment_id, &order_id, &charge, &amount, &now],
+            )
+            .map_err(|e| if e.is_unique_violation() { already_paid() } else { e.into() })?;
+            let event = PaymentCreated { id: payment_id, order_id, charge_id: charge.clone(), amount_cents: amount };
+            bus::outbox::enqueue(c, &event, &trace, now)?;
+            Ok::<_, ApiError>(status)
+        })
+        .await?;
+    state.outbox.wake();
+    tracing::info!(%order_id, %payment_id, charge_id = %charge_id, "payment recorded");
+
+    if status_now == OrderStatus::Cancelled {
+        refund_if_cancelled(&state, order_id, &TraceContext::new_root()).await.map_err(ApiError::internal)?;
+        return Err(cancelled());
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": payment_id, "orderId": order_id, "chargeId": charge_id, "amount": amount.to_dollars_json() })),
+    ))
+}
+
+/// Refunds the order's payment if the order is cancelled and the payment not
+/// yet refunded. Safe to call any number of times: the gateway sees one
+/// idempotency key per payment and the refund is recorded once.
+pub(crate) async fn refund_if_cancelled(state: &AppState, order_id: OrderId, trace: &TraceContext) -> Result<(), String> {
+    let pending = state
+        .db
+        .read(move |c| {
+            c.query_opt(
+                "SELECT p.id, p.charge_id, p.amount_cents FROM payments p JOIN orders o ON o.id = p.order_id
+                 WHERE p.order_id = $1 AND p.refund_id IS NULL AND o.status = 'cancelled'",
+                &[&order_id],
+            )?
+            .map(|r| Ok::<_, StoreError>((r.get::<PaymentId>(0)?, r.get::<String>(1)?, r.get::<Money>(2)?)))
+            .transpose()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some((payment_id, charge_id, amount)) = pending else {
+        return Ok(());
+    };
+    let refund_id = state
+        .config
+        .gateway
+        .refund(charge_id, format!("refund-{payment_id}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let now = state.clock.now();
+    let trace = *trace;
+    let recorded = state
+        .db
+        .write(move |c| {
+            let n = c.execute(
+                "UPDATE payments SET refund_id = $2 WHERE id = $1 AND refund_id IS NULL",
+                &[&payment_id, &refund_id],
+            )?;
+            if n == 1 {
+                bus::outbox::enqueue(c, &PaymentRefunded { id: payment_id, order_id, refund_id, amount_cents: amount }, &trace, now)?;
+            }
+            Ok::<_, StoreError>(n == 1)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    if recorded {
+        state.outbox.wake();
+        tracing::info!(%order_id, %payment_id, "payment refunded: its order was cancelled first");
+    }
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! A local stand-in for the Stripe API: records every request and answers
+//! like Stripe's test mode (idempotency keys included).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use serde_json::json;
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub path: String,
+    pub authorization: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub content_type: Option<String>,
+    pub form: HashMap<String, String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    requests: Vec<Recorded>,
+    /// Idempotency key → object id, as Stripe remembers them.
+    by_key: HashMap<String, String>,
+    counter: u64,
+}
+
+#[derive(Clone)]
+pub struct FakeStripe {
+    addr: std::net::SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+}
+
+fn decode(s: &str) -> String {
+    let bytes = s.replace('+', " ").into_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or(""), 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn header(h: &HeaderMap, name: &str) -> Option<String> {
+    h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+fn record(inner: &Mutex<Inner>, path: &str, headers: &HeaderMap, body: &Bytes) -> Recorded {
+    let form = std::str::from_utf8(body)
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (decode(k), decode(v)))
+        .collect();
+    let r = Recorded {
+        path: path.to_owned(),
+        authorization: header(headers, "authorization"),
+        idempotency_key: header(headers, "idempotency-key"),
+        content_type: header(headers, "content-type"),
+        form,
+    };
+    inner.lock().unwrap().requests.push(r.clone());
+    r
+}
+
+fn object(inner: &Mutex<Inner>, prefix: &str, key: Option<&String>) -> String {
+    let mut g = inner.lock().unwrap();
+    if let Some(id) = key.and_then(|k| g.by_key.get(k)) {
+        return id.clone();
+    }
+    g.counter += 1;
+    let id = format!("{prefix}_fake_{}", g.counter);
+    if let Some(k) = key {
+        g.by_key.insert(k.clone(), id.clone());
+    }
+    id
+}
+
+async fn charges(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: Bytes) -> (StatusCode, axum::Json<serde_json::Value>) {
+    let r = record(&inner, "/v1/charges", &headers, &body);
+    if r.authorization.as_deref() != Some("Bearer sk_test_123") {
+        return (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": {"type": "invalid_request_error", "message": "Invalid API Key provided"}})));
+    }
+    match r.form.get("source").map(String::as_str) {
+        Some("tok_visa" | "tok_mastercard") => {
+            let id = object(&inner, "ch", r.idempotency_key.as_ref());
+            (StatusCode::OK, axum::Json(json!({"id": id, "object": "charge", "amount": r.form.get("amount")})))
+        }
+        Some("tok_chargeDeclined") => (
+            StatusCode::PAYMENT_REQUIRED,
+            axum::Json(json!({"error": {"type": "card_error", "code": "card_declined", "message": "Your card was declined."}})),
+        ),
+        Some("tok_outage") => (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"error": {"type": "api_error", "message": "internal"}}))),
+        _ => (StatusCode::BAD_REQUEST, axum::Json(json!({"error": {"type": "invalid_request_error", "message": "No such token"}}))),
+    }
+}
+
+async fn refunds(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: Bytes) -> (StatusCode, axum::Json<serde_json::Value>) {
+    let r = record(&inner, "/v1/refunds", &headers, &body);
+    let id = object(&inner, "re", r.idempotency_key.as_ref());
+    (StatusCode::OK, axum::Json(json!({"id": id, "object": "refund", "charge": r.form.get("charge")})))
+}
+
+impl FakeStripe {
+    pub async fn start() -> FakeStripe {
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let app = Router::new().route("/v1/charges", post(charges)).route("/v1/refunds", post(refunds)).with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        FakeStripe { addr, inner }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests_to(&self, path: &str) -> Vec<Recorded> {
+        self.inner.lock().unwrap().requests.iter().filter(|r| r.path == path).cloned().collect()
+    }
+
+    /// Charges created (a replay of an idempotency key creates none).
+    pub fn distinct_charges(&self) -> usize {
+        self.inner.lock().unwrap().by_key.values().filter(|id| id.starts_with("ch_")).count()
+    }
+}
