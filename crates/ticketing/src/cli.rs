@@ -1,0 +1,38 @@
+//! The command line: `ticketing [run] [flags]`. Every flag has an environment
+//! variable equivalent.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "ticketing", version, about = "A ticket resale marketplace of event-driven services")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run services (the default): all of them, with the gateway, on one port.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on.
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+    /// Where the embedded databases, the bus log and the generated JWT key live.
+    #[arg(long, env = "TICKETING_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Comma-separated services to run: auth, tickets, orders, expiration,
+    /// payments, or all.
+    #[arg(long, env = "TICKETING_SERVICES", default_value = "all", value_delimiter = ',')]
+    pub services: Vec<String>,
+}

@@ -1,0 +1,84 @@
+//! The ticketing binary's library: turns settings into running services.
+//! Knows every service (it is the only crate that does) and nothing else.
+
+pub mod cli;
+pub mod config;
+pub mod telemetry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus::Bus;
+use bus::embedded::EmbeddedBus;
+use bus::listener::ListenerOptions;
+use bus::service::{Deps, Running};
+use shared::auth::AuthKeys;
+use shared::shutdown::{self, Shutdown};
+use shared::time::Clock;
+
+pub use config::Settings;
+
+/// Entry point after argument parsing.
+pub async fn main(cli: cli::Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let args = match cli.command {
+        Some(cli::Command::Run(args)) => args,
+        None => cli.run,
+    };
+    let settings = Settings::load(&args)?;
+    let addr = format!("{}:{}", settings.host, settings.port);
+    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let (trigger, signal) = shutdown::channel();
+    tokio::spawn(async move {
+        shutdown::os_signal().await;
+        trigger.fire();
+    });
+    run(settings, listener, signal).await
+}
+
+/// Starts the configured services on the embedded bus and serves them on
+/// `listener` until `shutdown` fires; then stops accepting, finishes
+/// in-flight requests and handlers, and flushes the outbox relays.
+pub async fn run(settings: Settings, listener: tokio::net::TcpListener, shutdown: Shutdown) -> Result<(), Box<dyn std::error::Error>> {
+    let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::open(&settings.data_dir.join("bus.db")).await?);
+    let deps = Deps {
+        data_dir: settings.data_dir.clone(),
+        bus,
+        keys: AuthKeys::new(&settings.jwt_key, settings.jwt_ttl, settings.secure_cookies),
+        clock: Clock::System,
+        shutdown: shutdown.clone(),
+    };
+    let mut running = start_services(&settings, &deps).await?;
+    let tasks: Vec<_> = running.iter_mut().flat_map(|r| std::mem::take(&mut r.tasks)).collect();
+    let names: Vec<_> = running.iter().map(|r| r.name).collect();
+    let router = bus::service::compose(&mut running);
+    let local = listener.local_addr()?;
+    tracing::info!(services = ?names, data_dir = %settings.data_dir.display(), "ticketing listening on http://{local}");
+    bus::service::serve(listener, router, shutdown).await?;
+    tracing::info!("http server stopped; finishing handlers and flushing outboxes");
+    let drain = async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(15), drain).await.is_err() {
+        tracing::warn!("some tasks did not stop within 15 s");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn start_services(settings: &Settings, deps: &Deps) -> Result<Vec<Running>, store::StoreError> {
+    let options = ListenerOptions::default();
+    let mut running = Vec::new();
+    for name in &settings.services {
+        running.push(match *name {
+            "auth" => auth::start(deps, settings.auth.clone()).await?,
+            "tickets" => tickets::start(deps, options.clone()).await?,
+            "orders" => orders::start(deps, orders::Config { order_expiration: settings.order_expiration }, options.clone()).await?,
+            "expiration" => expiration::start(deps, options.clone()).await?,
+            "payments" => payments::start(deps, settings.payments.clone(), options.clone()).await?,
+            other => unreachable!("service {other} passed validation"),
+        });
+    }
+    Ok(running)
+}
