@@ -34,7 +34,11 @@ pub static MIGRATIONS: &[Migration] = &[
               );
               CREATE UNIQUE INDEX users_email_key ON users (email);",
     },
-    Migration { version: 2, description: "outbox", sql: OUTBOX_TABLE_SQL },
+    Migration {
+        version: 2,
+        description: "outbox",
+        sql: OUTBOX_TABLE_SQL,
+    },
 ];
 
 /// Settings of the auth service.
@@ -50,7 +54,11 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { attempts_per_window: 20, window: Duration::from_secs(60), trust_forwarded_for: false }
+        Config {
+            attempts_per_window: 20,
+            window: Duration::from_secs(60),
+            trust_forwarded_for: false,
+        }
     }
 }
 

@@ -14,7 +14,11 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(limit: u32, window: Duration) -> Self {
-        RateLimiter { limit, window, clients: Mutex::new(HashMap::new()) }
+        RateLimiter {
+            limit,
+            window,
+            clients: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Counts one attempt by `client`; `Err(seconds until allowed)` once the

@@ -38,7 +38,9 @@ fn client_key(state: &AppState, headers: &HeaderMap, peer: PeerAddr) -> String {
             return first.trim().to_owned();
         }
     }
-    peer.0.map(|p| p.ip().to_string()).unwrap_or_else(|| "unknown".into())
+    peer.0
+        .map(|p| p.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn limit(state: &AppState, headers: &HeaderMap, peer: PeerAddr) -> Result<(), ApiError> {
@@ -68,13 +70,15 @@ async fn sign_up(
 ) -> Result<Response, ApiError> {
     limit(&state, &headers, peer)?;
     let mut f = Fields::new(&body);
-    let email = f.string("email", "Email").and_then(|raw| match Email::parse(raw) {
-        Ok(e) => Some(e),
-        Err(msg) => {
-            f.fail("email", msg);
-            None
-        }
-    });
+    let email = f
+        .string("email", "Email")
+        .and_then(|raw| match Email::parse(raw) {
+            Ok(e) => Some(e),
+            Err(msg) => {
+                f.fail("email", msg);
+                None
+            }
+        });
     let password = f.string("password", "Password").filter(|p| {
         let n = p.chars().count();
         let ok = (8..=128).contains(&n);
@@ -84,13 +88,19 @@ async fn sign_up(
         ok
     });
     f.finish()?;
-    let (email, password) = (email.expect("validated"), password.expect("validated").to_owned());
+    let (email, password) = (
+        email.expect("validated"),
+        password.expect("validated").to_owned(),
+    );
 
     let hash = tokio::task::spawn_blocking(move || password::hash(&password))
         .await
         .map_err(ApiError::internal)?
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let user = AuthUser { id: UserId::new(), email: email.to_string() };
+    let user = AuthUser {
+        id: UserId::new(),
+        email: email.to_string(),
+    };
     let now = state.clock.now();
     let row = user.clone();
     let created = state
@@ -100,7 +110,15 @@ async fn sign_up(
                 "INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4)",
                 &[&row.id, &row.email, &hash, &now],
             )?;
-            outbox::enqueue(c, &UserCreated { id: row.id, email: row.email.clone() }, &trace, now)?;
+            outbox::enqueue(
+                c,
+                &UserCreated {
+                    id: row.id,
+                    email: row.email.clone(),
+                },
+                &trace,
+                now,
+            )?;
             Ok::<_, StoreError>(())
         })
         .await;
@@ -123,13 +141,15 @@ async fn sign_in(
 ) -> Result<Response, ApiError> {
     limit(&state, &headers, peer)?;
     let mut f = Fields::new(&body);
-    let email = f.non_empty("email", "Email").and_then(|raw| match Email::parse(raw) {
-        Ok(e) => Some(e),
-        Err(msg) => {
-            f.fail("email", msg);
-            None
-        }
-    });
+    let email = f
+        .non_empty("email", "Email")
+        .and_then(|raw| match Email::parse(raw) {
+            Ok(e) => Some(e),
+            Err(msg) => {
+                f.fail("email", msg);
+                None
+            }
+        });
     let password = f.string("password", "Password").filter(|p| {
         if p.is_empty() {
             f.fail("password", "Password is required");
@@ -137,15 +157,21 @@ async fn sign_in(
         !p.is_empty()
     });
     f.finish()?;
-    let (email, password) = (email.expect("validated"), password.expect("validated").to_owned());
+    let (email, password) = (
+        email.expect("validated"),
+        password.expect("validated").to_owned(),
+    );
 
     let lookup = email.to_string();
     let found = state
         .db
         .read(move |c| {
-            c.query_opt("SELECT id, password_hash FROM users WHERE email = $1", &[&lookup])?
-                .map(|r| Ok::<_, StoreError>((r.get::<UserId>(0)?, r.get::<String>(1)?)))
-                .transpose()
+            c.query_opt(
+                "SELECT id, password_hash FROM users WHERE email = $1",
+                &[&lookup],
+            )?
+            .map(|r| Ok::<_, StoreError>((r.get::<UserId>(0)?, r.get::<String>(1)?)))
+            .transpose()
         })
         .await?;
     let (id, hash) = match found {
@@ -157,13 +183,24 @@ async fn sign_in(
         .await
         .map_err(ApiError::internal)?;
     match id {
-        Some(id) if matches => signed_in(&state, StatusCode::OK, AuthUser { id, email: email.to_string() }),
+        Some(id) if matches => signed_in(
+            &state,
+            StatusCode::OK,
+            AuthUser {
+                id,
+                email: email.to_string(),
+            },
+        ),
         _ => Err(ApiError::InvalidCredentials("Invalid credentials".into())),
     }
 }
 
 async fn sign_out(State(state): State<AppState>) -> Response {
-    (StatusCode::NO_CONTENT, [(header::SET_COOKIE, state.keys.clear_cookie())]).into_response()
+    (
+        StatusCode::NO_CONTENT,
+        [(header::SET_COOKIE, state.keys.clear_cookie())],
+    )
+        .into_response()
 }
 
 async fn current_user(user: MaybeAuthUser) -> Json<serde_json::Value> {

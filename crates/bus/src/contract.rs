@@ -45,7 +45,10 @@ fn msg(subject: String, id: &str, body: &str) -> Message {
     Message {
         subject,
         id: id.to_owned(),
-        headers: vec![("traceparent".into(), "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into())],
+        headers: vec![(
+            "traceparent".into(),
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+        )],
         payload: body.as_bytes().to_vec(),
     }
 }
@@ -64,9 +67,15 @@ const QUIET: Duration = Duration::from_millis(700);
 
 pub async fn a_published_message_is_delivered_with_its_subject_id_headers_and_payload(env: Env) {
     let mut sub = env.bus.subscribe(env.config("c", "a")).await.unwrap();
-    let ack = env.bus.publish(msg(env.subject("a"), "m1", r#"{"n":1}"#)).await.unwrap();
+    let ack = env
+        .bus
+        .publish(msg(env.subject("a"), "m1", r#"{"n":1}"#))
+        .await
+        .unwrap();
     assert!(!ack.duplicate);
-    let d = next_within(&mut sub, SOON).await.expect("message delivered");
+    let d = next_within(&mut sub, SOON)
+        .await
+        .expect("message delivered");
     assert_eq!(d.message.subject, env.subject("a"));
     assert_eq!(d.message.id, "m1");
     assert_eq!(d.message.payload, br#"{"n":1}"#);
@@ -76,23 +85,45 @@ pub async fn a_published_message_is_delivered_with_its_subject_id_headers_and_pa
     );
     assert_eq!(d.delivered, 1);
     d.ack().await.unwrap();
-    assert!(next_within(&mut sub, QUIET).await.is_none(), "an acked message came back");
+    assert!(
+        next_within(&mut sub, QUIET).await.is_none(),
+        "an acked message came back"
+    );
 }
 
 pub async fn a_message_id_seen_before_is_not_stored_twice(env: Env) {
-    let first = env.bus.publish(msg(env.subject("a"), "same", "1")).await.unwrap();
-    let second = env.bus.publish(msg(env.subject("a"), "same", "1")).await.unwrap();
+    let first = env
+        .bus
+        .publish(msg(env.subject("a"), "same", "1"))
+        .await
+        .unwrap();
+    let second = env
+        .bus
+        .publish(msg(env.subject("a"), "same", "1"))
+        .await
+        .unwrap();
     assert!(!first.duplicate);
     assert!(second.duplicate);
     assert_eq!(first.seq, second.seq);
     let mut sub = env.bus.subscribe(env.config("c", "a")).await.unwrap();
-    next_within(&mut sub, SOON).await.expect("one copy").ack().await.unwrap();
-    assert!(next_within(&mut sub, QUIET).await.is_none(), "a duplicate was delivered");
+    next_within(&mut sub, SOON)
+        .await
+        .expect("one copy")
+        .ack()
+        .await
+        .unwrap();
+    assert!(
+        next_within(&mut sub, QUIET).await.is_none(),
+        "a duplicate was delivered"
+    );
 }
 
 pub async fn a_new_durable_replays_the_stream_from_the_first_message_in_order(env: Env) {
     for i in 0..5 {
-        env.bus.publish(msg(env.subject("a"), &format!("m{i}"), &i.to_string())).await.unwrap();
+        env.bus
+            .publish(msg(env.subject("a"), &format!("m{i}"), &i.to_string()))
+            .await
+            .unwrap();
     }
     let mut sub = env.bus.subscribe(env.config("late", "a")).await.unwrap();
     for i in 0..5 {
@@ -105,25 +136,47 @@ pub async fn a_new_durable_replays_the_stream_from_the_first_message_in_order(en
 pub async fn a_durable_resumes_where_it_left_off(env: Env) {
     let mut sub = env.bus.subscribe(env.config("c", "a")).await.unwrap();
     for i in 0..3 {
-        env.bus.publish(msg(env.subject("a"), &format!("m{i}"), "x")).await.unwrap();
+        env.bus
+            .publish(msg(env.subject("a"), &format!("m{i}"), "x"))
+            .await
+            .unwrap();
     }
     for _ in 0..3 {
-        next_within(&mut sub, SOON).await.expect("message").ack().await.unwrap();
+        next_within(&mut sub, SOON)
+            .await
+            .expect("message")
+            .ack()
+            .await
+            .unwrap();
     }
     drop(sub);
-    env.bus.publish(msg(env.subject("a"), "m3", "x")).await.unwrap();
+    env.bus
+        .publish(msg(env.subject("a"), "m3", "x"))
+        .await
+        .unwrap();
     let mut again = env.bus.subscribe(env.config("c", "a")).await.unwrap();
-    let d = next_within(&mut again, SOON).await.expect("the new message");
+    let d = next_within(&mut again, SOON)
+        .await
+        .expect("the new message");
     assert_eq!(d.message.id, "m3");
     d.ack().await.unwrap();
-    assert!(next_within(&mut again, QUIET).await.is_none(), "acked messages came back");
+    assert!(
+        next_within(&mut again, QUIET).await.is_none(),
+        "acked messages came back"
+    );
 }
 
 pub async fn consumers_see_only_subjects_their_filter_matches(env: Env) {
     let mut only_a = env.bus.subscribe(env.config("a", "a")).await.unwrap();
     let mut all = env.bus.subscribe(env.config("all", ">")).await.unwrap();
-    env.bus.publish(msg(env.subject("b"), "b1", "x")).await.unwrap();
-    env.bus.publish(msg(env.subject("a"), "a1", "x")).await.unwrap();
+    env.bus
+        .publish(msg(env.subject("b"), "b1", "x"))
+        .await
+        .unwrap();
+    env.bus
+        .publish(msg(env.subject("a"), "a1", "x"))
+        .await
+        .unwrap();
     let d = next_within(&mut only_a, SOON).await.expect("a1");
     assert_eq!(d.message.id, "a1");
     d.ack().await.unwrap();
@@ -140,9 +193,22 @@ pub async fn consumers_see_only_subjects_their_filter_matches(env: Env) {
 pub async fn every_durable_gets_every_message(env: Env) {
     let mut one = env.bus.subscribe(env.config("one", "a")).await.unwrap();
     let mut two = env.bus.subscribe(env.config("two", "a")).await.unwrap();
-    env.bus.publish(msg(env.subject("a"), "m", "x")).await.unwrap();
-    next_within(&mut one, SOON).await.expect("one gets it").ack().await.unwrap();
-    next_within(&mut two, SOON).await.expect("two gets it").ack().await.unwrap();
+    env.bus
+        .publish(msg(env.subject("a"), "m", "x"))
+        .await
+        .unwrap();
+    next_within(&mut one, SOON)
+        .await
+        .expect("one gets it")
+        .ack()
+        .await
+        .unwrap();
+    next_within(&mut two, SOON)
+        .await
+        .expect("two gets it")
+        .ack()
+        .await
+        .unwrap();
 }
 
 pub async fn members_of_one_durable_share_the_messages_without_duplicates(env: Env) {
@@ -166,7 +232,10 @@ pub async fn members_of_one_durable_share_the_messages_without_duplicates(env: E
         }));
     }
     for i in 0..N {
-        env.bus.publish(msg(env.subject("a"), &format!("m{i}"), "x")).await.unwrap();
+        env.bus
+            .publish(msg(env.subject("a"), &format!("m{i}"), "x"))
+            .await
+            .unwrap();
     }
     for t in tasks {
         t.await.unwrap();
@@ -179,12 +248,19 @@ pub async fn members_of_one_durable_share_the_messages_without_duplicates(env: E
 
 pub async fn a_nak_redelivers_after_the_delay(env: Env) {
     let mut sub = env.bus.subscribe(env.config("c", "a")).await.unwrap();
-    env.bus.publish(msg(env.subject("a"), "m", "x")).await.unwrap();
+    env.bus
+        .publish(msg(env.subject("a"), "m", "x"))
+        .await
+        .unwrap();
     let d = next_within(&mut sub, SOON).await.expect("first delivery");
     let start = tokio::time::Instant::now();
     d.nak(Duration::from_millis(500)).await.unwrap();
     let again = next_within(&mut sub, SOON).await.expect("redelivered");
-    assert!(start.elapsed() >= Duration::from_millis(400), "redelivered too early: {:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_millis(400),
+        "redelivered too early: {:?}",
+        start.elapsed()
+    );
     assert_eq!(again.message.id, "m");
     assert_eq!(again.delivered, 2);
     again.ack().await.unwrap();
@@ -194,12 +270,20 @@ pub async fn an_unacknowledged_message_is_redelivered_after_the_ack_wait(env: En
     let mut config = env.config("c", "a");
     config.ack_wait = Duration::from_secs(1);
     let mut sub = env.bus.subscribe(config).await.unwrap();
-    env.bus.publish(msg(env.subject("a"), "m", "x")).await.unwrap();
+    env.bus
+        .publish(msg(env.subject("a"), "m", "x"))
+        .await
+        .unwrap();
     let first = next_within(&mut sub, SOON).await.expect("first delivery");
     let start = tokio::time::Instant::now();
     drop(first); // neither acked nor nak'ed: as if the handler crashed
-    let again = next_within(&mut sub, SOON).await.expect("redelivered after ack wait");
-    assert!(start.elapsed() >= Duration::from_millis(800), "redelivered before the ack wait");
+    let again = next_within(&mut sub, SOON)
+        .await
+        .expect("redelivered after ack wait");
+    assert!(
+        start.elapsed() >= Duration::from_millis(800),
+        "redelivered before the ack wait"
+    );
     assert_eq!(again.delivered, 2);
     again.ack().await.unwrap();
 }
@@ -209,39 +293,65 @@ pub async fn progress_acks_keep_a_slow_message_from_being_redelivered(env: Env) 
     config.ack_wait = Duration::from_secs(1);
     let mut worker = env.bus.subscribe(config.clone()).await.unwrap();
     let mut other = env.bus.subscribe(config).await.unwrap();
-    env.bus.publish(msg(env.subject("a"), "slow", "x")).await.unwrap();
+    env.bus
+        .publish(msg(env.subject("a"), "slow", "x"))
+        .await
+        .unwrap();
     let d = match next_within(&mut worker, SOON).await {
         Some(d) => d,
         None => {
             // The other member won it; swap roles.
             std::mem::swap(&mut worker, &mut other);
-            next_within(&mut worker, SOON).await.expect("delivered to someone")
+            next_within(&mut worker, SOON)
+                .await
+                .expect("delivered to someone")
         }
     };
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(400)).await;
         d.in_progress().await.unwrap();
     }
-    assert!(next_within(&mut other, Duration::from_millis(300)).await.is_none(), "redelivered while in progress");
+    assert!(
+        next_within(&mut other, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "redelivered while in progress"
+    );
     d.ack().await.unwrap();
-    assert!(next_within(&mut other, Duration::from_millis(1500)).await.is_none(), "redelivered after ack");
+    assert!(
+        next_within(&mut other, Duration::from_millis(1500))
+            .await
+            .is_none(),
+        "redelivered after ack"
+    );
 }
 
 pub async fn a_message_out_of_deliveries_is_parked_and_does_not_block_the_rest(env: Env) {
     let mut config = env.config("c", "a");
     config.max_deliver = 2;
     let mut sub = env.bus.subscribe(config.clone()).await.unwrap();
-    env.bus.publish(msg(env.subject("a"), "poison", "x")).await.unwrap();
+    env.bus
+        .publish(msg(env.subject("a"), "poison", "x"))
+        .await
+        .unwrap();
     for attempt in 1..=2 {
         let d = next_within(&mut sub, SOON).await.expect("delivery");
         assert_eq!((d.message.id.as_str(), d.delivered), ("poison", attempt));
         d.nak(Duration::from_millis(50)).await.unwrap();
     }
-    env.bus.publish(msg(env.subject("a"), "fine", "x")).await.unwrap();
-    let d = next_within(&mut sub, SOON).await.expect("the next message flows");
+    env.bus
+        .publish(msg(env.subject("a"), "fine", "x"))
+        .await
+        .unwrap();
+    let d = next_within(&mut sub, SOON)
+        .await
+        .expect("the next message flows");
     assert_eq!(d.message.id, "fine");
     d.ack().await.unwrap();
-    assert!(next_within(&mut sub, QUIET).await.is_none(), "the poison message came back");
+    assert!(
+        next_within(&mut sub, QUIET).await.is_none(),
+        "the poison message came back"
+    );
     let parked = wait_for_parked(&env, &config.durable, 1).await;
     assert_eq!(parked[0].id, "poison");
     assert_eq!(parked[0].deliveries, 2);
@@ -249,13 +359,23 @@ pub async fn a_message_out_of_deliveries_is_parked_and_does_not_block_the_rest(e
 
 pub async fn a_terminated_message_is_parked_with_its_reason_and_never_redelivered(env: Env) {
     let mut sub = env.bus.subscribe(env.config("c", "a")).await.unwrap();
-    env.bus.publish(msg(env.subject("a"), "bad", "not json")).await.unwrap();
+    env.bus
+        .publish(msg(env.subject("a"), "bad", "not json"))
+        .await
+        .unwrap();
     let d = next_within(&mut sub, SOON).await.expect("delivery");
     d.term("undecodable").await.unwrap();
-    assert!(next_within(&mut sub, QUIET).await.is_none(), "terminated message came back");
+    assert!(
+        next_within(&mut sub, QUIET).await.is_none(),
+        "terminated message came back"
+    );
     let parked = wait_for_parked(&env, &env.durable("c"), 1).await;
     assert_eq!(parked[0].id, "bad");
-    assert!(parked[0].reason.contains("undecodable"), "{}", parked[0].reason);
+    assert!(
+        parked[0].reason.contains("undecodable"),
+        "{}",
+        parked[0].reason
+    );
 }
 
 async fn wait_for_parked(env: &Env, durable: &str, n: usize) -> Vec<crate::ParkedMessage> {

@@ -13,7 +13,7 @@ use store::{Conn, Db, Migration, StoreError};
 use tokio::sync::Notify;
 
 use crate::{
-    Acker, Bus, BusError, BusErrorKind, ConsumerConfig, DeliverySource, Delivery, Message,
+    Acker, Bus, BusError, BusErrorKind, ConsumerConfig, Delivery, DeliverySource, Message,
     ParkedMessage, PublishAck, Subscription, subject,
 };
 
@@ -99,19 +99,33 @@ impl EmbeddedBus {
         let consumers = Arc::new(Mutex::new(HashMap::new()));
         let loaded = db
             .read(|c| {
-                c.query("SELECT name, filter_subject, ack_wait_ms, max_deliver FROM consumers", &[])?
-                    .into_iter()
-                    .map(|r| {
-                        Ok((
-                            r.get::<String>(0)?,
-                            ConsumerDef { filter: r.get(1)?, ack_wait_ms: r.get(2)?, max_deliver: r.get(3)? },
-                        ))
-                    })
-                    .collect::<Result<HashMap<_, _>, StoreError>>()
+                c.query(
+                    "SELECT name, filter_subject, ack_wait_ms, max_deliver FROM consumers",
+                    &[],
+                )?
+                .into_iter()
+                .map(|r| {
+                    Ok((
+                        r.get::<String>(0)?,
+                        ConsumerDef {
+                            filter: r.get(1)?,
+                            ack_wait_ms: r.get(2)?,
+                            max_deliver: r.get(3)?,
+                        },
+                    ))
+                })
+                .collect::<Result<HashMap<_, _>, StoreError>>()
             })
             .await?;
         *lock(&consumers) = loaded;
-        Ok(EmbeddedBus { inner: Arc::new(Inner { db, clock, consumers, wake: Notify::new() }) })
+        Ok(EmbeddedBus {
+            inner: Arc::new(Inner {
+                db,
+                clock,
+                consumers,
+                wake: Notify::new(),
+            }),
+        })
     }
 
     async fn publish_all(&self, msgs: Vec<Message>) -> Result<Vec<PublishAck>, BusError> {
@@ -122,7 +136,9 @@ impl EmbeddedBus {
             .db
             .write(move |c| {
                 let defs = lock(&consumers).clone();
-                msgs.iter().map(|m| insert_message(c, &defs, m, now)).collect::<Result<Vec<_>, _>>()
+                msgs.iter()
+                    .map(|m| insert_message(c, &defs, m, now))
+                    .collect::<Result<Vec<_>, _>>()
             })
             .await
             .map_err(BusError::from)?;
@@ -148,15 +164,23 @@ fn insert_message(
     now: i64,
 ) -> Result<PublishAck, StoreError> {
     if let Some(row) = c.query_opt("SELECT seq FROM messages WHERE msg_id = $1", &[&m.id])? {
-        return Ok(PublishAck { seq: row.get::<i64>(0)? as u64, duplicate: true });
+        return Ok(PublishAck {
+            seq: row.get::<i64>(0)? as u64,
+            duplicate: true,
+        });
     }
     let payload = String::from_utf8_lossy(&m.payload).into_owned();
-    let seq: i64 = c
-        .query(
-            "INSERT INTO messages (subject, msg_id, headers, payload, published_at)
+    let seq: i64 = c.query(
+        "INSERT INTO messages (subject, msg_id, headers, payload, published_at)
              VALUES ($1, $2, $3, $4, $5) RETURNING seq",
-            &[&m.subject, &m.id, &encode_headers(&m.headers), &payload, &now],
-        )?[0]
+        &[
+            &m.subject,
+            &m.id,
+            &encode_headers(&m.headers),
+            &payload,
+            &now,
+        ],
+    )?[0]
         .get(0)?;
     for (name, def) in defs {
         if subject::matches(&def.filter, &m.subject) {
@@ -166,7 +190,10 @@ fn insert_message(
             )?;
         }
     }
-    Ok(PublishAck { seq: seq as u64, duplicate: false })
+    Ok(PublishAck {
+        seq: seq as u64,
+        duplicate: false,
+    })
 }
 
 fn park(
@@ -192,11 +219,22 @@ fn park(
         deliveries: row.get(0)?,
         reason: reason.to_owned(),
     };
-    c.execute("DELETE FROM pending WHERE consumer = $1 AND seq = $2", &[&consumer, &seq])?;
+    c.execute(
+        "DELETE FROM pending WHERE consumer = $1 AND seq = $2",
+        &[&consumer, &seq],
+    )?;
     c.execute(
         "INSERT INTO parked (consumer, seq, subject, msg_id, deliveries, reason, parked_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-        &[&consumer, &seq, &parked.subject, &parked.id, &parked.deliveries, &reason, &now],
+        &[
+            &consumer,
+            &seq,
+            &parked.subject,
+            &parked.id,
+            &parked.deliveries,
+            &reason,
+            &now,
+        ],
     )?;
     Ok(Some(parked))
 }
@@ -214,11 +252,17 @@ impl Bus for EmbeddedBus {
         Box::pin(async move { Ok(self.publish_all(vec![msg]).await?.remove(0)) })
     }
 
-    fn publish_batch(&self, msgs: Vec<Message>) -> crate::BoxFuture<'_, Result<Vec<PublishAck>, BusError>> {
+    fn publish_batch(
+        &self,
+        msgs: Vec<Message>,
+    ) -> crate::BoxFuture<'_, Result<Vec<PublishAck>, BusError>> {
         Box::pin(self.publish_all(msgs))
     }
 
-    fn subscribe(&self, config: ConsumerConfig) -> crate::BoxFuture<'_, Result<Subscription, BusError>> {
+    fn subscribe(
+        &self,
+        config: ConsumerConfig,
+    ) -> crate::BoxFuture<'_, Result<Subscription, BusError>> {
         Box::pin(async move {
             let now = self.inner.clock.now().millis();
             let consumers = self.inner.consumers.clone();
@@ -345,7 +389,11 @@ impl EmbeddedSource {
                      ORDER BY p.seq LIMIT $3",
                     &[&&*consumer, &now, &FETCH_BATCH],
                 )?;
-                let mut out = Fetched { deliveries: Vec::new(), parked: Vec::new(), next_visible: None };
+                let mut out = Fetched {
+                    deliveries: Vec::new(),
+                    parked: Vec::new(),
+                    next_visible: None,
+                };
                 for r in rows {
                     let seq: i64 = r.get(0)?;
                     let deliveries: i64 = r.get(1)?;
@@ -407,13 +455,16 @@ impl DeliverySource for EmbeddedSource {
                         consumer: self.consumer.clone(),
                         seq,
                     });
-                    self.buffer.push_back(Delivery::new(message, seq as u64, delivered, acker));
+                    self.buffer
+                        .push_back(Delivery::new(message, seq as u64, delivered, acker));
                 }
                 if !self.buffer.is_empty() || !fetched.parked.is_empty() {
                     continue;
                 }
                 let sleep_for = match fetched.next_visible {
-                    Some(at) => Duration::from_millis((at - self.inner.clock.now().millis()).max(1) as u64),
+                    Some(at) => {
+                        Duration::from_millis((at - self.inner.clock.now().millis()).max(1) as u64)
+                    }
                     None => Duration::from_secs(3600),
                 };
                 tokio::select! {
@@ -454,7 +505,12 @@ impl Acker for EmbeddedAcker {
             let (consumer, seq) = (self.consumer.clone(), self.seq);
             self.inner
                 .db
-                .write(move |c| c.execute("DELETE FROM pending WHERE consumer = $1 AND seq = $2", &[&&*consumer, &seq]))
+                .write(move |c| {
+                    c.execute(
+                        "DELETE FROM pending WHERE consumer = $1 AND seq = $2",
+                        &[&&*consumer, &seq],
+                    )
+                })
                 .await?;
             Ok(())
         })
@@ -490,7 +546,8 @@ impl Acker for EmbeddedAcker {
                 .get(&*self.consumer)
                 .map(|d| d.ack_wait_ms)
                 .unwrap_or(30_000);
-            self.set_visible_in(Duration::from_millis(ack_wait as u64)).await
+            self.set_visible_in(Duration::from_millis(ack_wait as u64))
+                .await
         })
     }
 }

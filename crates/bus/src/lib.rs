@@ -114,7 +114,10 @@ pub struct BusError {
 
 impl BusError {
     pub fn new(kind: BusErrorKind, message: impl Into<String>) -> Self {
-        BusError { kind, message: message.into() }
+        BusError {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -135,7 +138,10 @@ pub trait Bus: Send + Sync + 'static {
     fn publish(&self, msg: Message) -> BoxFuture<'_, Result<PublishAck, BusError>>;
 
     /// Publishes several messages, in order; resolves once all are durable.
-    fn publish_batch(&self, msgs: Vec<Message>) -> BoxFuture<'_, Result<Vec<PublishAck>, BusError>> {
+    fn publish_batch(
+        &self,
+        msgs: Vec<Message>,
+    ) -> BoxFuture<'_, Result<Vec<PublishAck>, BusError>> {
         Box::pin(async move {
             let mut acks = Vec::with_capacity(msgs.len());
             for m in msgs {
@@ -197,7 +203,12 @@ pub struct Delivery {
 
 impl Delivery {
     pub fn new(message: Message, seq: u64, delivered: u32, acker: Arc<dyn Acker>) -> Self {
-        Delivery { message, seq, delivered, acker }
+        Delivery {
+            message,
+            seq,
+            delivered,
+            acker,
+        }
     }
 
     /// Done: never deliver again.

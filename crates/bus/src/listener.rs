@@ -60,7 +60,11 @@ pub struct ListenerOptions {
 
 impl Default for ListenerOptions {
     fn default() -> Self {
-        ListenerOptions { ack_wait: Duration::from_secs(30), max_deliver: 20, concurrency: 1 }
+        ListenerOptions {
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 20,
+            concurrency: 1,
+        }
     }
 }
 
@@ -93,8 +97,15 @@ where
 {
     (0..options.concurrency.max(1))
         .map(|_| {
-            let (bus, handler, options, shutdown) = (bus.clone(), handler.clone(), options.clone(), shutdown.clone());
-            tokio::spawn(run_member::<E, H, Fut>(bus, service, options, handler, shutdown))
+            let (bus, handler, options, shutdown) = (
+                bus.clone(),
+                handler.clone(),
+                options.clone(),
+                shutdown.clone(),
+            );
+            tokio::spawn(run_member::<E, H, Fut>(
+                bus, service, options, handler, shutdown,
+            ))
         })
         .collect()
 }
@@ -151,8 +162,12 @@ async fn run_member<E, H, Fut>(
     tracing::debug!(service, durable = %config.durable, "listener stopped");
 }
 
-async fn settle<E, H, Fut>(service: &'static str, options: &ListenerOptions, handler: &H, delivery: Delivery)
-where
+async fn settle<E, H, Fut>(
+    service: &'static str,
+    options: &ListenerOptions,
+    handler: &H,
+    delivery: Delivery,
+) where
     E: Event,
     H: Fn(E, EventContext) -> Fut,
     Fut: Future<Output = Result<Outcome, ListenerError>>,
@@ -194,17 +209,27 @@ where
     };
     let settled = match result {
         Ok(Outcome::Done) => {
-            shared::metrics::inc("events_handled_total", &[("service", service), ("subject", subject)]);
+            shared::metrics::inc(
+                "events_handled_total",
+                &[("service", service), ("subject", subject)],
+            );
             delivery.ack().await
         }
         Ok(Outcome::NotYet(why)) => {
             tracing::debug!(service, subject, delivered, reason = %why, "event early, retrying later");
-            delivery.nak(backoff(Duration::from_millis(50), delivered)).await
+            delivery
+                .nak(backoff(Duration::from_millis(50), delivered))
+                .await
         }
         Err(e) => {
             tracing::warn!(service, subject, delivered, error = %e, "event handler failed, retrying later");
-            shared::metrics::inc("events_failed_total", &[("service", service), ("subject", subject)]);
-            delivery.nak(backoff(Duration::from_millis(200), delivered)).await
+            shared::metrics::inc(
+                "events_failed_total",
+                &[("service", service), ("subject", subject)],
+            );
+            delivery
+                .nak(backoff(Duration::from_millis(200), delivered))
+                .await
         }
     };
     if let Err(e) = settled {
@@ -228,6 +253,9 @@ mod tests {
 
     #[test]
     fn durable_names_hold_no_dots() {
-        assert_eq!(durable_name("orders", "ticket.created"), "orders-ticket-created");
+        assert_eq!(
+            durable_name("orders", "ticket.created"),
+            "orders-ticket-created"
+        );
     }
 }

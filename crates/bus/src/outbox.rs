@@ -39,12 +39,19 @@ pub fn enqueue<E: Event>(
     now: Timestamp,
 ) -> Result<EventId, StoreError> {
     let id = EventId::new();
-    let payload = serde_json::to_string(event)
-        .map_err(|e| StoreError::new(StoreErrorKind::Other, format!("cannot encode {}: {e}", E::SUBJECT)))?;
+    let payload = serde_json::to_string(event).map_err(|e| {
+        StoreError::new(
+            StoreErrorKind::Other,
+            format!("cannot encode {}: {e}", E::SUBJECT),
+        )
+    })?;
     let headers = vec![
         (TRACEPARENT.to_owned(), trace.child().to_string()),
         (EVENT_TYPE_HEADER.to_owned(), E::SUBJECT.to_owned()),
-        (SCHEMA_VERSION_HEADER.to_owned(), E::SCHEMA_VERSION.to_string()),
+        (
+            SCHEMA_VERSION_HEADER.to_owned(),
+            E::SCHEMA_VERSION.to_string(),
+        ),
     ];
     let headers = serde_json::to_string(&headers).unwrap_or_else(|_| "[]".into());
     c.execute(
@@ -70,7 +77,12 @@ pub struct Outbox {
 impl Outbox {
     pub fn new(db: Db, service: &'static str) -> Self {
         Outbox {
-            inner: Arc::new(Inner { db, service, wake: Notify::new(), last_error: Mutex::new(None) }),
+            inner: Arc::new(Inner {
+                db,
+                service,
+                wake: Notify::new(),
+                last_error: Mutex::new(None),
+            }),
         }
     }
 
@@ -82,12 +94,20 @@ impl Outbox {
 
     /// Rows not yet published.
     pub async fn pending(&self) -> Result<i64, StoreError> {
-        self.inner.db.read(|c| c.query("SELECT COUNT(*) FROM outbox", &[])?[0].get(0)).await
+        self.inner
+            .db
+            .read(|c| c.query("SELECT COUNT(*) FROM outbox", &[])?[0].get(0))
+            .await
     }
 
     /// `Err` with the reason while the relay cannot reach the bus.
     pub fn health(&self) -> Result<(), String> {
-        match &*self.inner.last_error.lock().unwrap_or_else(|e| e.into_inner()) {
+        match &*self
+            .inner
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+        {
             Some(e) => Err(format!("outbox relay cannot publish: {e}")),
             None => Ok(()),
         }
@@ -100,17 +120,20 @@ impl Outbox {
             .inner
             .db
             .read(|c| {
-                c.query("SELECT id, subject, headers, payload FROM outbox ORDER BY id LIMIT $1", &[&BATCH])?
-                    .into_iter()
-                    .map(|r| {
-                        Ok(Message {
-                            id: r.get(0)?,
-                            subject: r.get(1)?,
-                            headers: serde_json::from_str(&r.get::<String>(2)?).unwrap_or_default(),
-                            payload: r.get::<String>(3)?.into_bytes(),
-                        })
+                c.query(
+                    "SELECT id, subject, headers, payload FROM outbox ORDER BY id LIMIT $1",
+                    &[&BATCH],
+                )?
+                .into_iter()
+                .map(|r| {
+                    Ok(Message {
+                        id: r.get(0)?,
+                        subject: r.get(1)?,
+                        headers: serde_json::from_str(&r.get::<String>(2)?).unwrap_or_default(),
+                        payload: r.get::<String>(3)?.into_bytes(),
                     })
-                    .collect::<Result<Vec<_>, StoreError>>()
+                })
+                .collect::<Result<Vec<_>, StoreError>>()
             })
             .await?;
         if rows.is_empty() {
@@ -129,18 +152,29 @@ impl Outbox {
             })
             .await?;
         for s in &subjects {
-            shared::metrics::inc("events_published_total", &[("service", self.inner.service), ("subject", s)]);
+            shared::metrics::inc(
+                "events_published_total",
+                &[("service", self.inner.service), ("subject", s)],
+            );
         }
         Ok(subjects.len())
     }
 
     fn set_error(&self, e: Option<String>) {
-        *self.inner.last_error.lock().unwrap_or_else(|e| e.into_inner()) = e;
+        *self
+            .inner
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = e;
     }
 
     /// Runs the relay until `shutdown` fires, then publishes what is left
     /// (for at most five seconds) and returns.
-    pub fn spawn_relay(&self, bus: Arc<dyn Bus>, mut shutdown: Shutdown) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_relay(
+        &self,
+        bus: Arc<dyn Bus>,
+        mut shutdown: Shutdown,
+    ) -> tokio::task::JoinHandle<()> {
         let outbox = self.clone();
         tokio::spawn(async move {
             let service = outbox.inner.service;
@@ -178,8 +212,14 @@ impl Outbox {
                     }
                 }
             };
-            if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
-                tracing::warn!(service, "outbox relay stopped before draining; rows stay for the next start");
+            if tokio::time::timeout(Duration::from_secs(5), drain)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    service,
+                    "outbox relay stopped before draining; rows stay for the next start"
+                );
             }
             tracing::info!(service, "outbox relay stopped");
         })

@@ -27,7 +27,11 @@ pub struct Deps {
 
 impl Deps {
     /// Opens the service's own database and applies its migrations.
-    pub async fn open_db(&self, service: &str, migrations: &'static [Migration]) -> Result<Db, store::StoreError> {
+    pub async fn open_db(
+        &self,
+        service: &str,
+        migrations: &'static [Migration],
+    ) -> Result<Db, store::StoreError> {
         Db::open_sqlite(&self.data_dir.join(format!("{service}.db")), migrations).await
     }
 }
@@ -41,7 +45,12 @@ pub struct Running {
 }
 
 /// The checks every service with a database and an outbox has.
-pub fn standard_checks(service: &'static str, db: Db, bus: Arc<dyn Bus>, outbox: Option<Outbox>) -> Vec<(String, ReadyCheck)> {
+pub fn standard_checks(
+    service: &'static str,
+    db: Db,
+    bus: Arc<dyn Bus>,
+    outbox: Option<Outbox>,
+) -> Vec<(String, ReadyCheck)> {
     let mut checks: Vec<(String, ReadyCheck)> = vec![
         (
             format!("{service} database"),
@@ -84,8 +93,15 @@ pub fn compose(services: &mut [Running]) -> axum::Router {
 
 /// Serves `router` on `listener` until `shutdown` fires, then stops accepting
 /// and lets in-flight requests finish.
-pub async fn serve(listener: tokio::net::TcpListener, router: axum::Router, mut shutdown: Shutdown) -> std::io::Result<()> {
-    axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(async move { shutdown.wait().await })
-        .await
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    mut shutdown: Shutdown,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.wait().await })
+    .await
 }

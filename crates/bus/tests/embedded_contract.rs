@@ -11,13 +11,22 @@ use bus::{Bus, ConsumerConfig, Message};
 async fn fresh() -> Option<Env> {
     let dir = tempfile::tempdir().unwrap();
     let bus = EmbeddedBus::open(&dir.path().join("bus.db")).await.unwrap();
-    Some(Env { bus: Arc::new(bus), prefix: "t".into(), guard: Box::new(dir) })
+    Some(Env {
+        bus: Arc::new(bus),
+        prefix: "t".into(),
+        guard: Box::new(dir),
+    })
 }
 
 bus::bus_contract_tests!(fresh);
 
 fn msg(id: &str) -> Message {
-    Message { subject: "t.a".into(), id: id.into(), headers: vec![], payload: b"{}".to_vec() }
+    Message {
+        subject: "t.a".into(),
+        id: id.into(),
+        headers: vec![],
+        payload: b"{}".to_vec(),
+    }
 }
 
 #[tokio::test]
@@ -32,7 +41,12 @@ async fn messages_and_consumer_positions_survive_a_restart() {
         for id in ["m1", "m2", "m3"] {
             bus.publish(msg(id)).await.unwrap();
         }
-        next_within(&mut sub, Duration::from_secs(5)).await.unwrap().ack().await.unwrap();
+        next_within(&mut sub, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .ack()
+            .await
+            .unwrap();
         // m2 is delivered but never acked: the process "dies" here.
         let _in_flight = next_within(&mut sub, Duration::from_secs(5)).await.unwrap();
     }
@@ -56,7 +70,13 @@ async fn messages_and_consumer_positions_survive_a_restart() {
 async fn a_durable_cannot_be_rejoined_with_a_different_filter() {
     let dir = tempfile::tempdir().unwrap();
     let bus = EmbeddedBus::open(&dir.path().join("bus.db")).await.unwrap();
-    bus.subscribe(ConsumerConfig::new("c", "t.a")).await.unwrap();
-    let err = bus.subscribe(ConsumerConfig::new("c", "t.b")).await.err().expect("refused");
+    bus.subscribe(ConsumerConfig::new("c", "t.a"))
+        .await
+        .unwrap();
+    let err = bus
+        .subscribe(ConsumerConfig::new("c", "t.b"))
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(err.kind, bus::BusErrorKind::Config);
 }

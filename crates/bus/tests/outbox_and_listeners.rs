@@ -15,7 +15,11 @@ use shared::time::Clock;
 use shared::trace::TraceContext;
 use store::{Db, Migration, StoreError};
 
-static MIGRATIONS: &[Migration] = &[Migration { version: 1, description: "outbox", sql: OUTBOX_TABLE_SQL }];
+static MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "outbox",
+    sql: OUTBOX_TABLE_SQL,
+}];
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -26,14 +30,24 @@ struct Fixture {
 
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open_sqlite(&dir.path().join("svc.db"), MIGRATIONS).await.unwrap();
+    let db = Db::open_sqlite(&dir.path().join("svc.db"), MIGRATIONS)
+        .await
+        .unwrap();
     let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::open(&dir.path().join("bus.db")).await.unwrap());
     let outbox = Outbox::new(db.clone(), "test");
-    Fixture { _dir: dir, db, bus, outbox }
+    Fixture {
+        _dir: dir,
+        db,
+        bus,
+        outbox,
+    }
 }
 
 fn user(email: &str) -> UserCreated {
-    UserCreated { id: UserId::new(), email: email.into() }
+    UserCreated {
+        id: UserId::new(),
+        email: email.into(),
+    }
 }
 
 async fn enqueue(f: &Fixture, event: UserCreated) {
@@ -45,13 +59,22 @@ async fn enqueue(f: &Fixture, event: UserCreated) {
 #[tokio::test]
 async fn the_relay_publishes_committed_events_with_type_and_trace_headers_then_forgets_them() {
     let f = fixture().await;
-    let mut sub = f.bus.subscribe(ConsumerConfig::new("c", "user.>")).await.unwrap();
+    let mut sub = f
+        .bus
+        .subscribe(ConsumerConfig::new("c", "user.>"))
+        .await
+        .unwrap();
     enqueue(&f, user("a@b.co")).await;
     assert_eq!(f.outbox.relay_once(f.bus.as_ref()).await.unwrap(), 1);
-    let d = next_within(&mut sub, Duration::from_secs(5)).await.expect("published");
+    let d = next_within(&mut sub, Duration::from_secs(5))
+        .await
+        .expect("published");
     let event: UserCreated = serde_json::from_slice(&d.message.payload).unwrap();
     assert_eq!(event.email, "a@b.co");
-    assert_eq!(d.message.header("Ticketing-Event"), Some(UserCreated::SUBJECT));
+    assert_eq!(
+        d.message.header("Ticketing-Event"),
+        Some(UserCreated::SUBJECT)
+    );
     assert!(TraceContext::parse(d.message.header("traceparent").unwrap()).is_some());
     assert_eq!(f.outbox.pending().await.unwrap(), 0);
 }
@@ -60,11 +83,13 @@ async fn the_relay_publishes_committed_events_with_type_and_trace_headers_then_f
 async fn an_event_written_in_a_rolled_back_transaction_is_never_published() {
     let f = fixture().await;
     let event = user("a@b.co");
-    let _ = f
-        .db
-        .write(move |c| -> Result<(), StoreError> {
+    let _ =
+        f.db.write(move |c| -> Result<(), StoreError> {
             outbox::enqueue(c, &event, &TraceContext::new_root(), Clock::System.now())?;
-            Err(StoreError::new(store::StoreErrorKind::Other, "the state change failed"))
+            Err(StoreError::new(
+                store::StoreErrorKind::Other,
+                "the state change failed",
+            ))
         })
         .await;
     assert_eq!(f.outbox.pending().await.unwrap(), 0);
@@ -76,20 +101,43 @@ async fn a_crash_between_publish_and_delete_publishes_nothing_twice() {
     let f = fixture().await;
     enqueue(&f, user("a@b.co")).await;
     // Simulate a relay that published and died before deleting the row.
-    let (id, subject, payload): (String, String, String) = f
-        .db
-        .read(|c| {
-            let r = c.query("SELECT id, subject, payload FROM outbox", &[])?.remove(0);
+    let (id, subject, payload): (String, String, String) =
+        f.db.read(|c| {
+            let r = c
+                .query("SELECT id, subject, payload FROM outbox", &[])?
+                .remove(0);
             Ok::<_, StoreError>((r.get(0)?, r.get(1)?, r.get(2)?))
         })
         .await
         .unwrap();
-    f.bus.publish(Message { subject, id, headers: vec![], payload: payload.into_bytes() }).await.unwrap();
+    f.bus
+        .publish(Message {
+            subject,
+            id,
+            headers: vec![],
+            payload: payload.into_bytes(),
+        })
+        .await
+        .unwrap();
     // The restarted relay publishes the row again; the bus drops the copy.
     assert_eq!(f.outbox.relay_once(f.bus.as_ref()).await.unwrap(), 1);
-    let mut sub = f.bus.subscribe(ConsumerConfig::new("late", "user.created")).await.unwrap();
-    next_within(&mut sub, Duration::from_secs(5)).await.expect("one copy").ack().await.unwrap();
-    assert!(next_within(&mut sub, Duration::from_millis(500)).await.is_none(), "published twice");
+    let mut sub = f
+        .bus
+        .subscribe(ConsumerConfig::new("late", "user.created"))
+        .await
+        .unwrap();
+    next_within(&mut sub, Duration::from_secs(5))
+        .await
+        .expect("one copy")
+        .ack()
+        .await
+        .unwrap();
+    assert!(
+        next_within(&mut sub, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "published twice"
+    );
 }
 
 #[tokio::test]
@@ -97,10 +145,19 @@ async fn the_relay_task_publishes_soon_after_a_wake_and_drains_on_shutdown() {
     let f = fixture().await;
     let (trigger, signal) = shutdown::channel();
     let relay = f.outbox.spawn_relay(f.bus.clone(), signal);
-    let mut sub = f.bus.subscribe(ConsumerConfig::new("c", "user.created")).await.unwrap();
+    let mut sub = f
+        .bus
+        .subscribe(ConsumerConfig::new("c", "user.created"))
+        .await
+        .unwrap();
     enqueue(&f, user("one@b.co")).await;
     f.outbox.wake();
-    next_within(&mut sub, Duration::from_millis(800)).await.expect("published promptly").ack().await.unwrap();
+    next_within(&mut sub, Duration::from_millis(800))
+        .await
+        .expect("published promptly")
+        .ack()
+        .await
+        .unwrap();
     trigger.fire();
     enqueue(&f, user("two@b.co")).await; // committed while shutting down
     relay.await.unwrap();
@@ -126,7 +183,13 @@ async fn a_listener_gets_typed_events_retries_early_ones_and_parks_undecodable_o
             }
         }
     };
-    let tasks = listener::spawn::<UserCreated, _, _>(f.bus.clone(), "svc", ListenerOptions::default(), handler, signal);
+    let tasks = listener::spawn::<UserCreated, _, _>(
+        f.bus.clone(),
+        "svc",
+        ListenerOptions::default(),
+        handler,
+        signal,
+    );
     enqueue(&f, user("early@b.co")).await;
     f.outbox.relay_once(f.bus.as_ref()).await.unwrap();
     f.bus
@@ -142,10 +205,21 @@ async fn a_listener_gets_typed_events_retries_early_ones_and_parks_undecodable_o
     while seen.lock().unwrap().len() < 2 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(*seen.lock().unwrap(), [("early@b.co".to_string(), 1), ("early@b.co".to_string(), 2)]);
-    let parked = f.bus.parked(&listener::durable_name("svc", UserCreated::SUBJECT)).await.unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [("early@b.co".to_string(), 1), ("early@b.co".to_string(), 2)]
+    );
+    let parked = f
+        .bus
+        .parked(&listener::durable_name("svc", UserCreated::SUBJECT))
+        .await
+        .unwrap();
     assert_eq!(parked.len(), 1);
-    assert!(parked[0].reason.contains("undecodable"), "{}", parked[0].reason);
+    assert!(
+        parked[0].reason.contains("undecodable"),
+        "{}",
+        parked[0].reason
+    );
     trigger.fire();
     for t in tasks {
         t.await.unwrap();

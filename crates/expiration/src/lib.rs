@@ -17,8 +17,8 @@ use shared::ids::OrderId;
 use shared::shutdown::Shutdown;
 use shared::time::{Clock, Timestamp};
 use shared::trace::TraceContext;
-use store::{Db, Migration, StoreError};
 use std::sync::Arc;
+use store::{Db, Migration, StoreError};
 use tokio::sync::Notify;
 
 pub const SERVICE: &str = "expiration";
@@ -36,11 +36,20 @@ pub static MIGRATIONS: &[Migration] = &[
               );
               CREATE INDEX timers_due ON timers (expires_at);",
     },
-    Migration { version: 2, description: "outbox", sql: OUTBOX_TABLE_SQL },
+    Migration {
+        version: 2,
+        description: "outbox",
+        sql: OUTBOX_TABLE_SQL,
+    },
 ];
 
 /// Stores (once) a timer for an order.
-async fn on_order_created(db: Db, wake: Arc<Notify>, e: OrderCreated, trace: TraceContext) -> Result<Outcome, ListenerError> {
+async fn on_order_created(
+    db: Db,
+    wake: Arc<Notify>,
+    e: OrderCreated,
+    trace: TraceContext,
+) -> Result<Outcome, ListenerError> {
     db.write(move |c| {
         c.execute(
             "INSERT INTO timers (order_id, expires_at, traceparent) VALUES ($1, $2, $3) ON CONFLICT (order_id) DO NOTHING",
@@ -55,10 +64,14 @@ async fn on_order_created(db: Db, wake: Arc<Notify>, e: OrderCreated, trace: Tra
 /// Fires every timer due at `now`; returns how many fired.
 async fn fire_due(db: &Db, now: Timestamp) -> Result<usize, StoreError> {
     db.write(move |c| {
-        let due = c.query("SELECT order_id, traceparent FROM timers WHERE expires_at <= $1 ORDER BY expires_at", &[&now])?;
+        let due = c.query(
+            "SELECT order_id, traceparent FROM timers WHERE expires_at <= $1 ORDER BY expires_at",
+            &[&now],
+        )?;
         for row in &due {
             let order_id: OrderId = row.get(0)?;
-            let trace = TraceContext::parse(&row.get::<String>(1)?).unwrap_or_else(TraceContext::new_root);
+            let trace =
+                TraceContext::parse(&row.get::<String>(1)?).unwrap_or_else(TraceContext::new_root);
             c.execute("DELETE FROM timers WHERE order_id = $1", &[&order_id])?;
             bus::outbox::enqueue(c, &ExpirationComplete { order_id }, &trace, now)?;
             tracing::info!(%order_id, "order timer fired");
@@ -69,11 +82,18 @@ async fn fire_due(db: &Db, now: Timestamp) -> Result<usize, StoreError> {
 }
 
 async fn next_due(db: &Db) -> Result<Option<Timestamp>, StoreError> {
-    db.read(|c| c.query("SELECT MIN(expires_at) FROM timers", &[])?[0].get::<Option<Timestamp>>(0)).await
+    db.read(|c| c.query("SELECT MIN(expires_at) FROM timers", &[])?[0].get::<Option<Timestamp>>(0))
+        .await
 }
 
 /// The scheduler: fire what is due, sleep until the next timer or a wake-up.
-async fn run_scheduler(db: Db, outbox: Outbox, clock: Clock, wake: Arc<Notify>, mut shutdown: Shutdown) {
+async fn run_scheduler(
+    db: Db,
+    outbox: Outbox,
+    clock: Clock,
+    wake: Arc<Notify>,
+    mut shutdown: Shutdown,
+) {
     loop {
         match fire_due(&db, clock.now()).await {
             Ok(0) => {}
@@ -111,7 +131,13 @@ pub async fn start(deps: &Deps, listener_options: ListenerOptions) -> Result<Run
         move |e: OrderCreated, ctx| on_order_created(d.clone(), w.clone(), e, ctx.trace),
         deps.shutdown.clone(),
     ));
-    tasks.push(tokio::spawn(run_scheduler(db.clone(), outbox.clone(), deps.clock.clone(), wake, deps.shutdown.clone())));
+    tasks.push(tokio::spawn(run_scheduler(
+        db.clone(),
+        outbox.clone(),
+        deps.clock.clone(),
+        wake,
+        deps.shutdown.clone(),
+    )));
     Ok(Running {
         name: SERVICE,
         router: axum::Router::new(),

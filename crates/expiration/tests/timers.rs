@@ -10,7 +10,11 @@ use shared::time::{Clock, Timestamp};
 use testkit::TestApp;
 
 async fn start(dir: Option<tempfile::TempDir>) -> TestApp {
-    let start = |deps: bus::service::Deps| async move { expiration::start(&deps, ListenerOptions::default()).await.map(|r| vec![r]) };
+    let start = |deps: bus::service::Deps| async move {
+        expiration::start(&deps, ListenerOptions::default())
+            .await
+            .map(|r| vec![r])
+    };
     match dir {
         None => TestApp::spawn(start).await,
         Some(dir) => TestApp::spawn_in(dir, start).await,
@@ -24,7 +28,10 @@ fn order(expires_at: Timestamp) -> OrderCreated {
         status: OrderStatus::Created,
         user_id: UserId::new(),
         expires_at,
-        ticket: OrderTicket { id: TicketId::new(), price_cents: Money::from_cents(100) },
+        ticket: OrderTicket {
+            id: TicketId::new(),
+            price_cents: Money::from_cents(100),
+        },
     }
 }
 
@@ -38,12 +45,29 @@ async fn a_timer_fires_at_its_expiry_not_before_and_not_much_after() {
     let mut fired = app.watch::<ExpirationComplete>().await;
     let o = order(in_ms(800));
     app.publish(&o).await;
-    assert!(fired.next_within(Duration::from_millis(500)).await.is_none(), "fired early");
-    let e = fired.next_within(Duration::from_secs(3)).await.expect("fired");
+    assert!(
+        fired
+            .next_within(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "fired early"
+    );
+    let e = fired
+        .next_within(Duration::from_secs(3))
+        .await
+        .expect("fired");
     let now = Clock::System.now().millis();
     assert_eq!(e.order_id, o.id);
-    assert!(now >= o.expires_at.millis(), "fired {} ms early", o.expires_at.millis() - now);
-    assert!(now - o.expires_at.millis() < 1500, "fired {} ms late", now - o.expires_at.millis());
+    assert!(
+        now >= o.expires_at.millis(),
+        "fired {} ms early",
+        o.expires_at.millis() - now
+    );
+    assert!(
+        now - o.expires_at.millis() < 1500,
+        "fired {} ms late",
+        now - o.expires_at.millis()
+    );
 }
 
 #[tokio::test]
@@ -55,7 +79,14 @@ async fn a_sooner_timer_arriving_later_fires_first() {
     app.publish(&late).await;
     tokio::time::sleep(Duration::from_millis(100)).await; // the scheduler now sleeps for a minute
     app.publish(&soon).await;
-    assert_eq!(fired.next_within(Duration::from_secs(3)).await.expect("soon fired").order_id, soon.id);
+    assert_eq!(
+        fired
+            .next_within(Duration::from_secs(3))
+            .await
+            .expect("soon fired")
+            .order_id,
+        soon.id
+    );
 }
 
 #[tokio::test]
@@ -66,7 +97,13 @@ async fn a_duplicate_order_event_fires_once() {
     app.publish(&o).await;
     app.publish(&o).await;
     assert_eq!(fired.next().await.order_id, o.id);
-    assert!(fired.next_within(Duration::from_millis(800)).await.is_none(), "fired twice");
+    assert!(
+        fired
+            .next_within(Duration::from_millis(800))
+            .await
+            .is_none(),
+        "fired twice"
+    );
 }
 
 #[tokio::test]
@@ -80,5 +117,12 @@ async fn a_timer_that_came_due_while_stopped_fires_right_after_start() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     let app = start(Some(dir)).await;
     let mut fired = app.watch::<ExpirationComplete>().await;
-    assert_eq!(fired.next_within(Duration::from_secs(3)).await.expect("fired after restart").order_id, o.id);
+    assert_eq!(
+        fired
+            .next_within(Duration::from_secs(3))
+            .await
+            .expect("fired after restart")
+            .order_id,
+        o.id
+    );
 }

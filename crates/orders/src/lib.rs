@@ -17,14 +17,25 @@ use axum::extract::FromRef;
 use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
 use bus::service::{Deps, Running, standard_checks};
 use shared::auth::AuthKeys;
-use shared::events::{Event, ExpirationComplete, OrderCancelled, OrderCompleted, OrderCreated, PaymentCreated, TicketCreated, TicketUpdated};
+use shared::events::{
+    Event, ExpirationComplete, OrderCancelled, OrderCompleted, OrderCreated, PaymentCreated,
+    TicketCreated, TicketUpdated,
+};
 use shared::time::Clock;
 use store::{Db, Migration};
 
 pub const SERVICE: &str = "orders";
-pub const PUBLISHES: &[&str] = &[OrderCreated::SUBJECT, OrderCancelled::SUBJECT, OrderCompleted::SUBJECT];
-pub const CONSUMES: &[&str] =
-    &[TicketCreated::SUBJECT, TicketUpdated::SUBJECT, ExpirationComplete::SUBJECT, PaymentCreated::SUBJECT];
+pub const PUBLISHES: &[&str] = &[
+    OrderCreated::SUBJECT,
+    OrderCancelled::SUBJECT,
+    OrderCompleted::SUBJECT,
+];
+pub const CONSUMES: &[&str] = &[
+    TicketCreated::SUBJECT,
+    TicketUpdated::SUBJECT,
+    ExpirationComplete::SUBJECT,
+    PaymentCreated::SUBJECT,
+];
 
 pub static MIGRATIONS: &[Migration] = &[
     Migration {
@@ -50,7 +61,11 @@ pub static MIGRATIONS: &[Migration] = &[
               CREATE UNIQUE INDEX orders_one_active_per_ticket ON orders (ticket_id)
                   WHERE status IN ('created', 'complete');",
     },
-    Migration { version: 2, description: "outbox", sql: OUTBOX_TABLE_SQL },
+    Migration {
+        version: 2,
+        description: "outbox",
+        sql: OUTBOX_TABLE_SQL,
+    },
 ];
 
 /// Settings of the orders service.
@@ -62,7 +77,9 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { order_expiration: Duration::from_secs(900) }
+        Config {
+            order_expiration: Duration::from_secs(900),
+        }
     }
 }
 
@@ -85,10 +102,20 @@ pub fn router(state: AppState) -> axum::Router {
     orders::router().with_state(state)
 }
 
-pub async fn start(deps: &Deps, config: Config, listener_options: bus::listener::ListenerOptions) -> Result<Running, store::StoreError> {
+pub async fn start(
+    deps: &Deps,
+    config: Config,
+    listener_options: bus::listener::ListenerOptions,
+) -> Result<Running, store::StoreError> {
     let db = deps.open_db(SERVICE, MIGRATIONS).await?;
     let outbox = Outbox::new(db.clone(), SERVICE);
-    let state = AppState { db: db.clone(), outbox: outbox.clone(), keys: deps.keys.clone(), clock: deps.clock.clone(), config };
+    let state = AppState {
+        db: db.clone(),
+        outbox: outbox.clone(),
+        keys: deps.keys.clone(),
+        clock: deps.clock.clone(),
+        config,
+    };
     let mut tasks = vec![outbox.spawn_relay(deps.bus.clone(), deps.shutdown.clone())];
     tasks.extend(listeners::spawn(&state, deps, &listener_options));
     Ok(Running {

@@ -3,21 +3,52 @@
 
 use bus::listener::{self, EventContext, ListenerError, ListenerOptions, Outcome};
 use bus::service::Deps;
-use shared::events::{ExpirationComplete, OrderCompleted, OrderStatus, PaymentCreated, TicketCreated, TicketRef, TicketUpdated};
+use shared::events::{
+    ExpirationComplete, OrderCompleted, OrderStatus, PaymentCreated, TicketCreated, TicketRef,
+    TicketUpdated,
+};
 
 use crate::orders::Order;
 use crate::{AppState, SERVICE};
 
-pub(crate) fn spawn(state: &AppState, deps: &Deps, options: &ListenerOptions) -> Vec<tokio::task::JoinHandle<()>> {
+pub(crate) fn spawn(
+    state: &AppState,
+    deps: &Deps,
+    options: &ListenerOptions,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     let s = state.clone();
-    tasks.extend(listener::spawn(deps.bus.clone(), SERVICE, options.clone(), move |e: TicketCreated, _| on_ticket_created(s.clone(), e), deps.shutdown.clone()));
+    tasks.extend(listener::spawn(
+        deps.bus.clone(),
+        SERVICE,
+        options.clone(),
+        move |e: TicketCreated, _| on_ticket_created(s.clone(), e),
+        deps.shutdown.clone(),
+    ));
     let s = state.clone();
-    tasks.extend(listener::spawn(deps.bus.clone(), SERVICE, options.clone(), move |e: TicketUpdated, _| on_ticket_updated(s.clone(), e), deps.shutdown.clone()));
+    tasks.extend(listener::spawn(
+        deps.bus.clone(),
+        SERVICE,
+        options.clone(),
+        move |e: TicketUpdated, _| on_ticket_updated(s.clone(), e),
+        deps.shutdown.clone(),
+    ));
     let s = state.clone();
-    tasks.extend(listener::spawn(deps.bus.clone(), SERVICE, options.clone(), move |e: ExpirationComplete, ctx| on_expired(s.clone(), e, ctx), deps.shutdown.clone()));
+    tasks.extend(listener::spawn(
+        deps.bus.clone(),
+        SERVICE,
+        options.clone(),
+        move |e: ExpirationComplete, ctx| on_expired(s.clone(), e, ctx),
+        deps.shutdown.clone(),
+    ));
     let s = state.clone();
-    tasks.extend(listener::spawn(deps.bus.clone(), SERVICE, options.clone(), move |e: PaymentCreated, ctx| on_paid(s.clone(), e, ctx), deps.shutdown.clone()));
+    tasks.extend(listener::spawn(
+        deps.bus.clone(),
+        SERVICE,
+        options.clone(),
+        move |e: PaymentCreated, ctx| on_paid(s.clone(), e, ctx),
+        deps.shutdown.clone(),
+    ));
     tasks
 }
 
@@ -57,7 +88,11 @@ async fn on_ticket_updated(state: AppState, e: TicketUpdated) -> Result<Outcome,
         .await
 }
 
-async fn on_expired(state: AppState, e: ExpirationComplete, ctx: EventContext) -> Result<Outcome, ListenerError> {
+async fn on_expired(
+    state: AppState,
+    e: ExpirationComplete,
+    ctx: EventContext,
+) -> Result<Outcome, ListenerError> {
     let now = state.clock.now();
     let changed = state
         .db
@@ -81,7 +116,11 @@ async fn on_expired(state: AppState, e: ExpirationComplete, ctx: EventContext) -
     Ok(Outcome::Done)
 }
 
-async fn on_paid(state: AppState, e: PaymentCreated, ctx: EventContext) -> Result<Outcome, ListenerError> {
+async fn on_paid(
+    state: AppState,
+    e: PaymentCreated,
+    ctx: EventContext,
+) -> Result<Outcome, ListenerError> {
     let now = state.clock.now();
     let changed = state
         .db
@@ -96,7 +135,13 @@ async fn on_paid(state: AppState, e: PaymentCreated, ctx: EventContext) -> Resul
                 return Ok(false);
             }
             order.finish(c, OrderStatus::Complete)?;
-            let event = OrderCompleted { id: order.id, version: order.version, ticket: TicketRef { id: order.ticket_id } };
+            let event = OrderCompleted {
+                id: order.id,
+                version: order.version,
+                ticket: TicketRef {
+                    id: order.ticket_id,
+                },
+            };
             bus::outbox::enqueue(c, &event, &ctx.trace, now)?;
             Ok::<_, ListenerError>(true)
         })

@@ -47,8 +47,12 @@ impl Order {
         Ok(Order {
             id: r.get(0)?,
             user_id: r.get(1)?,
-            status: OrderStatus::parse(&status)
-                .ok_or_else(|| StoreError::new(store::StoreErrorKind::Decode, format!("bad status {status}")))?,
+            status: OrderStatus::parse(&status).ok_or_else(|| {
+                StoreError::new(
+                    store::StoreErrorKind::Decode,
+                    format!("bad status {status}"),
+                )
+            })?,
             expires_at: r.get(3)?,
             version: r.get(4)?,
             ticket_id: r.get(5)?,
@@ -59,11 +63,17 @@ impl Order {
     }
 
     pub(crate) fn find(c: &mut dyn Conn, id: OrderId) -> Result<Option<Order>, StoreError> {
-        c.query_opt(&format!("{SELECT} WHERE o.id = $1"), &[&id])?.map(|r| Order::from_row(&r)).transpose()
+        c.query_opt(&format!("{SELECT} WHERE o.id = $1"), &[&id])?
+            .map(|r| Order::from_row(&r))
+            .transpose()
     }
 
     /// Moves the order to a terminal `status`, bumping its version.
-    pub(crate) fn finish(&mut self, c: &mut dyn Conn, status: OrderStatus) -> Result<(), StoreError> {
+    pub(crate) fn finish(
+        &mut self,
+        c: &mut dyn Conn,
+        status: OrderStatus,
+    ) -> Result<(), StoreError> {
         self.status = status;
         self.version += 1;
         c.execute(
@@ -74,7 +84,11 @@ impl Order {
     }
 
     pub(crate) fn cancelled_event(&self) -> OrderCancelled {
-        OrderCancelled { id: self.id, version: self.version, ticket: TicketRef { id: self.ticket_id } }
+        OrderCancelled {
+            id: self.id,
+            version: self.version,
+            ticket: TicketRef { id: self.ticket_id },
+        }
     }
 
     fn to_json(&self) -> Value {
@@ -111,7 +125,8 @@ async fn create(
     let mut f = Fields::new(&body);
     let ticket_id = f.non_empty("ticketId", "ticketId");
     f.finish()?;
-    let ticket_id = TicketId::parse(ticket_id.expect("validated").trim()).ok_or(ApiError::NotFound)?;
+    let ticket_id =
+        TicketId::parse(ticket_id.expect("validated").trim()).ok_or(ApiError::NotFound)?;
     let now = state.clock.now();
     let expires_at = now.plus_secs(state.config.order_expiration.as_secs());
     let result = state
@@ -161,16 +176,25 @@ async fn list(State(state): State<AppState>, user: AuthUser) -> Result<Json<Valu
     let orders = state
         .db
         .read(move |c| {
-            c.query(&format!("{SELECT} WHERE o.user_id = $1 ORDER BY o.id DESC"), &[&user.id])?
-                .iter()
-                .map(Order::from_row)
-                .collect::<Result<Vec<_>, _>>()
+            c.query(
+                &format!("{SELECT} WHERE o.user_id = $1 ORDER BY o.id DESC"),
+                &[&user.id],
+            )?
+            .iter()
+            .map(Order::from_row)
+            .collect::<Result<Vec<_>, _>>()
         })
         .await?;
-    Ok(Json(Value::Array(orders.iter().map(Order::to_json).collect())))
+    Ok(Json(Value::Array(
+        orders.iter().map(Order::to_json).collect(),
+    )))
 }
 
-async fn show(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn show(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = OrderId::parse(&id).ok_or(ApiError::NotFound)?;
     let order = state.db.read(move |c| find_mine(c, id, user.id)).await?;
     Ok(Json(order.to_json()))
@@ -189,7 +213,9 @@ async fn cancel(
         .write(move |c| {
             let mut order = find_mine(c, id, user.id)?;
             match order.status {
-                OrderStatus::Complete => Err(ApiError::Conflict("Cannot cancel a completed order".into())),
+                OrderStatus::Complete => {
+                    Err(ApiError::Conflict("Cannot cancel a completed order".into()))
+                }
                 OrderStatus::Cancelled => Ok(false),
                 OrderStatus::Created => {
                     order.finish(c, OrderStatus::Cancelled)?;

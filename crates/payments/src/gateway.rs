@@ -39,7 +39,11 @@ pub trait PaymentGateway: Send + Sync + 'static {
     /// Charges a card; returns the charge id.
     fn charge(&self, req: ChargeRequest) -> BoxFuture<'_, Result<String, GatewayError>>;
     /// Refunds a charge in full; returns the refund id.
-    fn refund(&self, charge_id: String, idempotency_key: String) -> BoxFuture<'_, Result<String, GatewayError>>;
+    fn refund(
+        &self,
+        charge_id: String,
+        idempotency_key: String,
+    ) -> BoxFuture<'_, Result<String, GatewayError>>;
 }
 
 /// Stripe's test-mode behaviour, offline: `tok_visa` and `tok_mastercard`
@@ -61,13 +65,19 @@ impl PaymentGateway for OfflineGateway {
         Box::pin(async move {
             match req.token.as_str() {
                 "tok_visa" | "tok_mastercard" => Ok(offline_id("ch", &req.idempotency_key)),
-                "tok_chargeDeclined" => Err(GatewayError::Declined("Your card was declined.".into())),
+                "tok_chargeDeclined" => {
+                    Err(GatewayError::Declined("Your card was declined.".into()))
+                }
                 other => Err(GatewayError::Invalid(format!("No such token: '{other}'"))),
             }
         })
     }
 
-    fn refund(&self, _charge_id: String, idempotency_key: String) -> BoxFuture<'_, Result<String, GatewayError>> {
+    fn refund(
+        &self,
+        _charge_id: String,
+        idempotency_key: String,
+    ) -> BoxFuture<'_, Result<String, GatewayError>> {
         Box::pin(async move { Ok(offline_id("re", &idempotency_key)) })
     }
 }
@@ -100,12 +110,26 @@ struct StripeErrorDetail {
 
 impl StripeGateway {
     /// `base_url` is `https://api.stripe.com` in production.
-    pub fn new(base_url: impl Into<String>, secret_key: impl Into<String>) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
-        Ok(StripeGateway { client, base_url: base_url.into().trim_end_matches('/').to_owned(), secret_key: secret_key.into() })
+    pub fn new(
+        base_url: impl Into<String>,
+        secret_key: impl Into<String>,
+    ) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(StripeGateway {
+            client,
+            base_url: base_url.into().trim_end_matches('/').to_owned(),
+            secret_key: secret_key.into(),
+        })
     }
 
-    async fn post(&self, path: &str, idempotency_key: &str, form: &[(&str, &str)]) -> Result<String, GatewayError> {
+    async fn post(
+        &self,
+        path: &str,
+        idempotency_key: &str,
+        form: &[(&str, &str)],
+    ) -> Result<String, GatewayError> {
         let res = self
             .client
             .post(format!("{}{path}", self.base_url))
@@ -116,14 +140,24 @@ impl StripeGateway {
             .await
             .map_err(|e| GatewayError::Unavailable(e.to_string()))?;
         let status = res.status();
-        let body = res.bytes().await.map_err(|e| GatewayError::Unavailable(e.to_string()))?;
+        let body = res
+            .bytes()
+            .await
+            .map_err(|e| GatewayError::Unavailable(e.to_string()))?;
         if status.is_success() {
             return serde_json::from_slice::<StripeObject>(&body)
                 .map(|o| o.id)
-                .map_err(|e| GatewayError::Unavailable(format!("unexpected Stripe response: {e}")));
+                .map_err(|e| {
+                    GatewayError::Unavailable(format!("unexpected Stripe response: {e}"))
+                });
         }
-        let detail = serde_json::from_slice::<StripeErrorBody>(&body).ok().map(|b| b.error);
-        let message = detail.as_ref().and_then(|d| d.message.clone()).unwrap_or_else(|| format!("Stripe answered {status}"));
+        let detail = serde_json::from_slice::<StripeErrorBody>(&body)
+            .ok()
+            .map(|b| b.error);
+        let message = detail
+            .as_ref()
+            .and_then(|d| d.message.clone())
+            .unwrap_or_else(|| format!("Stripe answered {status}"));
         let card_error = detail.as_ref().and_then(|d| d.kind.as_deref()) == Some("card_error");
         Err(match status.as_u16() {
             402 => GatewayError::Declined(message),
@@ -146,13 +180,25 @@ impl PaymentGateway for StripeGateway {
             self.post(
                 "/v1/charges",
                 &req.idempotency_key,
-                &[("amount", &amount), ("currency", &req.currency), ("source", &req.token), ("description", &req.description)],
+                &[
+                    ("amount", &amount),
+                    ("currency", &req.currency),
+                    ("source", &req.token),
+                    ("description", &req.description),
+                ],
             )
             .await
         })
     }
 
-    fn refund(&self, charge_id: String, idempotency_key: String) -> BoxFuture<'_, Result<String, GatewayError>> {
-        Box::pin(async move { self.post("/v1/refunds", &idempotency_key, &[("charge", &charge_id)]).await })
+    fn refund(
+        &self,
+        charge_id: String,
+        idempotency_key: String,
+    ) -> BoxFuture<'_, Result<String, GatewayError>> {
+        Box::pin(async move {
+            self.post("/v1/refunds", &idempotency_key, &[("charge", &charge_id)])
+                .await
+        })
     }
 }

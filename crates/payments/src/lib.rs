@@ -17,7 +17,9 @@ use axum::extract::FromRef;
 use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
 use bus::service::{Deps, Running, standard_checks};
 use shared::auth::AuthKeys;
-use shared::events::{Event, OrderCancelled, OrderCompleted, OrderCreated, PaymentCreated, PaymentRefunded};
+use shared::events::{
+    Event, OrderCancelled, OrderCompleted, OrderCreated, PaymentCreated, PaymentRefunded,
+};
 use shared::time::Clock;
 use store::{Db, Migration};
 
@@ -25,7 +27,11 @@ pub use gateway::{OfflineGateway, PaymentGateway, StripeGateway};
 
 pub const SERVICE: &str = "payments";
 pub const PUBLISHES: &[&str] = &[PaymentCreated::SUBJECT, PaymentRefunded::SUBJECT];
-pub const CONSUMES: &[&str] = &[OrderCreated::SUBJECT, OrderCancelled::SUBJECT, OrderCompleted::SUBJECT];
+pub const CONSUMES: &[&str] = &[
+    OrderCreated::SUBJECT,
+    OrderCancelled::SUBJECT,
+    OrderCompleted::SUBJECT,
+];
 
 pub static MIGRATIONS: &[Migration] = &[
     Migration {
@@ -48,7 +54,11 @@ pub static MIGRATIONS: &[Migration] = &[
               );
               CREATE UNIQUE INDEX payments_one_per_order ON payments (order_id);",
     },
-    Migration { version: 2, description: "outbox", sql: OUTBOX_TABLE_SQL },
+    Migration {
+        version: 2,
+        description: "outbox",
+        sql: OUTBOX_TABLE_SQL,
+    },
 ];
 
 /// Settings of the payments service.
@@ -61,7 +71,10 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { gateway: Arc::new(OfflineGateway), currency: "usd".into() }
+        Config {
+            gateway: Arc::new(OfflineGateway),
+            currency: "usd".into(),
+        }
     }
 }
 
@@ -84,15 +97,30 @@ pub fn router(state: AppState) -> axum::Router {
     payments::router().with_state(state)
 }
 
-pub async fn start(deps: &Deps, config: Config, listener_options: bus::listener::ListenerOptions) -> Result<Running, store::StoreError> {
+pub async fn start(
+    deps: &Deps,
+    config: Config,
+    listener_options: bus::listener::ListenerOptions,
+) -> Result<Running, store::StoreError> {
     let db = deps.open_db(SERVICE, MIGRATIONS).await?;
     let outbox = Outbox::new(db.clone(), SERVICE);
     if config.gateway.name() == "offline" {
-        tracing::warn!("no STRIPE_SECRET_KEY: using the offline test gateway (tok_visa and tok_mastercard succeed, tok_chargeDeclined is declined); no real money moves");
+        tracing::warn!(
+            "no STRIPE_SECRET_KEY: using the offline test gateway (tok_visa and tok_mastercard succeed, tok_chargeDeclined is declined); no real money moves"
+        );
     } else {
-        tracing::info!(gateway = config.gateway.name(), "payment gateway configured");
+        tracing::info!(
+            gateway = config.gateway.name(),
+            "payment gateway configured"
+        );
     }
-    let state = AppState { db: db.clone(), outbox: outbox.clone(), keys: deps.keys.clone(), clock: deps.clock.clone(), config };
+    let state = AppState {
+        db: db.clone(),
+        outbox: outbox.clone(),
+        keys: deps.keys.clone(),
+        clock: deps.clock.clone(),
+        config,
+    };
     let mut tasks = vec![outbox.spawn_relay(deps.bus.clone(), deps.shutdown.clone())];
     tasks.extend(listeners::spawn(&state, deps, &listener_options));
     Ok(Running {

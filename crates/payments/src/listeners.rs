@@ -9,16 +9,18 @@ use shared::ids::OrderId;
 use crate::payments::refund_if_cancelled;
 use crate::{AppState, SERVICE};
 
-pub(crate) fn spawn(state: &AppState, deps: &Deps, options: &ListenerOptions) -> Vec<tokio::task::JoinHandle<()>> {
+pub(crate) fn spawn(
+    state: &AppState,
+    deps: &Deps,
+    options: &ListenerOptions,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
-    let s = state.clone();
-    tasks.extend(listener::spawn(deps.bus.clone(), SERVICE, options.clone(), move |e: OrderCreated, _| on_created(s.clone(), e), deps.shutdown.clone()));
     let s = state.clone();
     tasks.extend(listener::spawn(
         deps.bus.clone(),
         SERVICE,
         options.clone(),
-        move |e: OrderCancelled, ctx| on_finished(s.clone(), e.id, e.version, OrderStatus::Cancelled, ctx),
+        move |e: OrderCreated, _| on_created(s.clone(), e),
         deps.shutdown.clone(),
     ));
     let s = state.clone();
@@ -26,7 +28,19 @@ pub(crate) fn spawn(state: &AppState, deps: &Deps, options: &ListenerOptions) ->
         deps.bus.clone(),
         SERVICE,
         options.clone(),
-        move |e: OrderCompleted, ctx| on_finished(s.clone(), e.id, e.version, OrderStatus::Complete, ctx),
+        move |e: OrderCancelled, ctx| {
+            on_finished(s.clone(), e.id, e.version, OrderStatus::Cancelled, ctx)
+        },
+        deps.shutdown.clone(),
+    ));
+    let s = state.clone();
+    tasks.extend(listener::spawn(
+        deps.bus.clone(),
+        SERVICE,
+        options.clone(),
+        move |e: OrderCompleted, ctx| {
+            on_finished(s.clone(), e.id, e.version, OrderStatus::Complete, ctx)
+        },
         deps.shutdown.clone(),
     ));
     tasks
@@ -46,18 +60,31 @@ async fn on_created(state: AppState, e: OrderCreated) -> Result<Outcome, Listene
         .await
 }
 
-async fn on_finished(state: AppState, id: OrderId, version: i64, status: OrderStatus, ctx: EventContext) -> Result<Outcome, ListenerError> {
+async fn on_finished(
+    state: AppState,
+    id: OrderId,
+    version: i64,
+    status: OrderStatus,
+    ctx: EventContext,
+) -> Result<Outcome, ListenerError> {
     let outcome = state
         .db
         .write(move |c| {
-            let stored: Option<i64> =
-                c.query_opt("SELECT version FROM orders WHERE id = $1", &[&id])?.map(|r| r.get(0)).transpose()?;
+            let stored: Option<i64> = c
+                .query_opt("SELECT version FROM orders WHERE id = $1", &[&id])?
+                .map(|r| r.get(0))
+                .transpose()?;
             Ok::<_, ListenerError>(match stored {
                 None => Outcome::NotYet(format!("order {id} not seen yet")),
                 Some(v) if v >= version => Outcome::Done,
-                Some(v) if v + 1 < version => Outcome::NotYet(format!("order {id} at {v}, event at {version}")),
+                Some(v) if v + 1 < version => {
+                    Outcome::NotYet(format!("order {id} at {v}, event at {version}"))
+                }
                 Some(_) => {
-                    c.execute("UPDATE orders SET status = $2, version = $3 WHERE id = $1", &[&id, &status.as_str(), &version])?;
+                    c.execute(
+                        "UPDATE orders SET status = $2, version = $3 WHERE id = $1",
+                        &[&id, &status.as_str(), &version],
+                    )?;
                     Outcome::Done
                 }
             })
@@ -66,7 +93,9 @@ async fn on_finished(state: AppState, id: OrderId, version: i64, status: OrderSt
     // Checked on every delivery, duplicates included, so a refund that failed
     // half-way (gateway down, crash) is retried until it is recorded.
     if outcome == Outcome::Done && status == OrderStatus::Cancelled {
-        refund_if_cancelled(&state, id, &ctx.trace).await.map_err(ListenerError)?;
+        refund_if_cancelled(&state, id, &ctx.trace)
+            .await
+            .map_err(ListenerError)?;
     }
     Ok(outcome)
 }

@@ -30,17 +30,24 @@ struct OrderCopy {
 }
 
 fn load_order(c: &mut dyn store::Conn, id: OrderId) -> Result<Option<OrderCopy>, StoreError> {
-    c.query_opt("SELECT user_id, price_cents, status FROM orders WHERE id = $1", &[&id])?
-        .map(|r| {
-            let status: String = r.get(2)?;
-            Ok(OrderCopy {
-                user_id: r.get(0)?,
-                price: r.get(1)?,
-                status: OrderStatus::parse(&status)
-                    .ok_or_else(|| StoreError::new(store::StoreErrorKind::Decode, format!("bad status {status}")))?,
-            })
+    c.query_opt(
+        "SELECT user_id, price_cents, status FROM orders WHERE id = $1",
+        &[&id],
+    )?
+    .map(|r| {
+        let status: String = r.get(2)?;
+        Ok(OrderCopy {
+            user_id: r.get(0)?,
+            price: r.get(1)?,
+            status: OrderStatus::parse(&status).ok_or_else(|| {
+                StoreError::new(
+                    store::StoreErrorKind::Decode,
+                    format!("bad status {status}"),
+                )
+            })?,
         })
-        .transpose()
+    })
+    .transpose()
 }
 
 fn already_paid() -> ApiError {
@@ -68,7 +75,9 @@ async fn pay(
         .db
         .read(move |c| {
             let order = load_order(c, order_id)?;
-            let paid = c.query_opt("SELECT 1 FROM payments WHERE order_id = $1", &[&order_id])?.is_some();
+            let paid = c
+                .query_opt("SELECT 1 FROM payments WHERE order_id = $1", &[&order_id])?
+                .is_some();
             Ok::<_, StoreError>(order.map(|o| (o, paid)))
         })
         .await?;
@@ -101,7 +110,9 @@ async fn pay(
             GatewayError::Invalid(m) => ApiError::field("token", m),
             GatewayError::Unavailable(m) => {
                 tracing::warn!(error = %m, "payment gateway unavailable");
-                ApiError::Unavailable("The payment gateway is unavailable, try again shortly".into())
+                ApiError::Unavailable(
+                    "The payment gateway is unavailable, try again shortly".into(),
+                )
             }
         })?;
 
@@ -129,19 +140,27 @@ async fn pay(
     tracing::info!(%order_id, %payment_id, charge_id = %charge_id, "payment recorded");
 
     if status_now == OrderStatus::Cancelled {
-        refund_if_cancelled(&state, order_id, &TraceContext::new_root()).await.map_err(ApiError::internal)?;
+        refund_if_cancelled(&state, order_id, &TraceContext::new_root())
+            .await
+            .map_err(ApiError::internal)?;
         return Err(cancelled());
     }
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "id": payment_id, "orderId": order_id, "chargeId": charge_id, "amount": amount.to_dollars_json() })),
+        Json(
+            json!({ "id": payment_id, "orderId": order_id, "chargeId": charge_id, "amount": amount.to_dollars_json() }),
+        ),
     ))
 }
 
 /// Refunds the order's payment if the order is cancelled and the payment not
 /// yet refunded. Safe to call any number of times: the gateway sees one
 /// idempotency key per payment and the refund is recorded once.
-pub(crate) async fn refund_if_cancelled(state: &AppState, order_id: OrderId, trace: &TraceContext) -> Result<(), String> {
+pub(crate) async fn refund_if_cancelled(
+    state: &AppState,
+    order_id: OrderId,
+    trace: &TraceContext,
+) -> Result<(), String> {
     let pending = state
         .db
         .read(move |c| {
@@ -174,7 +193,17 @@ pub(crate) async fn refund_if_cancelled(state: &AppState, order_id: OrderId, tra
                 &[&payment_id, &refund_id],
             )?;
             if n == 1 {
-                bus::outbox::enqueue(c, &PaymentRefunded { id: payment_id, order_id, refund_id, amount_cents: amount }, &trace, now)?;
+                bus::outbox::enqueue(
+                    c,
+                    &PaymentRefunded {
+                        id: payment_id,
+                        order_id,
+                        refund_id,
+                        amount_cents: amount,
+                    },
+                    &trace,
+                    now,
+                )?;
             }
             Ok::<_, StoreError>(n == 1)
         })

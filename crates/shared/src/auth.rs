@@ -65,7 +65,10 @@ impl AuthKeys {
     /// The user a token names, if its signature and expiry check out.
     pub fn verify(&self, token: &str) -> Option<AuthUser> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok()?;
-        Some(AuthUser { id: UserId::parse(&data.claims.sub)?, email: data.claims.email })
+        Some(AuthUser {
+            id: UserId::parse(&data.claims.sub)?,
+            email: data.claims.email,
+        })
     }
 
     /// `Set-Cookie` value holding a session token.
@@ -80,7 +83,9 @@ impl AuthKeys {
 
     fn cookie(&self, value: &str, max_age: u64) -> HeaderValue {
         let secure = if self.secure_cookie { "; Secure" } else { "" };
-        let s = format!("{SESSION_COOKIE}={value}; HttpOnly; SameSite=Lax; Path=/; Max-Age={max_age}{secure}");
+        let s = format!(
+            "{SESSION_COOKIE}={value}; HttpOnly; SameSite=Lax; Path=/; Max-Age={max_age}{secure}"
+        );
         // A JWT is base64url and dots, always a valid header value.
         HeaderValue::from_str(&s).expect("cookie of token characters is a valid header")
     }
@@ -125,7 +130,9 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let keys = Arc::<AuthKeys>::from_ref(state);
-        token_from_parts(parts).and_then(|t| keys.verify(t)).ok_or(ApiError::Unauthorized)
+        token_from_parts(parts)
+            .and_then(|t| keys.verify(t))
+            .ok_or(ApiError::Unauthorized)
     }
 }
 
@@ -138,7 +145,9 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let keys = Arc::<AuthKeys>::from_ref(state);
-        Ok(MaybeAuthUser(token_from_parts(parts).and_then(|t| keys.verify(t))))
+        Ok(MaybeAuthUser(
+            token_from_parts(parts).and_then(|t| keys.verify(t)),
+        ))
     }
 }
 
@@ -148,7 +157,10 @@ mod tests {
     use crate::time::Clock;
 
     fn user() -> AuthUser {
-        AuthUser { id: UserId::new(), email: "a@b.co".into() }
+        AuthUser {
+            id: UserId::new(),
+            email: "a@b.co".into(),
+        }
     }
 
     #[test]
@@ -170,7 +182,9 @@ mod tests {
         let mut tampered = token.clone();
         tampered.push('x');
         assert!(keys.verify(&tampered).is_none());
-        let old = keys.issue(&u, Timestamp::from_millis(now.millis() - 7_200_000)).unwrap();
+        let old = keys
+            .issue(&u, Timestamp::from_millis(now.millis() - 7_200_000))
+            .unwrap();
         assert!(keys.verify(&old).is_none());
     }
 
@@ -178,7 +192,10 @@ mod tests {
     fn cookies_are_http_only_same_site_and_secure_unless_disabled() {
         let keys = AuthKeys::new(b"s", Duration::from_secs(60), true);
         let c = keys.session_cookie("tok");
-        assert_eq!(c, "session=tok; HttpOnly; SameSite=Lax; Path=/; Max-Age=60; Secure");
+        assert_eq!(
+            c,
+            "session=tok; HttpOnly; SameSite=Lax; Path=/; Max-Age=60; Secure"
+        );
         let plain = AuthKeys::new(b"s", Duration::from_secs(60), false);
         assert!(!plain.clear_cookie().to_str().unwrap().contains("Secure"));
         assert!(plain.clear_cookie().to_str().unwrap().contains("Max-Age=0"));

@@ -15,7 +15,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: &str, message: impl Into<String>) -> Self {
-        FieldError { message: message.into(), field: Some(field.to_owned()) }
+        FieldError {
+            message: message.into(),
+            field: Some(field.to_owned()),
+        }
     }
 }
 
@@ -87,7 +90,12 @@ impl ApiError {
     }
 
     fn entries(&self) -> Vec<FieldError> {
-        let plain = |m: &str| vec![FieldError { message: m.to_owned(), field: None }];
+        let plain = |m: &str| {
+            vec![FieldError {
+                message: m.to_owned(),
+                field: None,
+            }]
+        };
         match self {
             ApiError::Validation(errors) => errors.clone(),
             ApiError::BadRequest(m)

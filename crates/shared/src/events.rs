@@ -226,7 +226,10 @@ mod tests {
             status: OrderStatus::Created,
             user_id: user,
             expires_at: Timestamp::from_millis(0),
-            ticket: OrderTicket { id: ticket, price_cents: Money::from_cents(1999) },
+            ticket: OrderTicket {
+                id: ticket,
+                price_cents: Money::from_cents(1999),
+            },
         };
         assert_eq!(
             serde_json::to_value(&e).unwrap(),
@@ -255,7 +258,10 @@ mod tests {
     fn subjects_are_dotted_and_grouped_by_owner() {
         for s in ALL_SUBJECTS {
             let prefix = s.split('.').next().unwrap();
-            assert!(["user", "ticket", "order", "expiration", "payment"].contains(&prefix), "{s}");
+            assert!(
+                ["user", "ticket", "order", "expiration", "payment"].contains(&prefix),
+                "{s}"
+            );
         }
     }
 }

@@ -28,7 +28,12 @@ fn is_json_content_type(value: Option<&header::HeaderValue>) -> bool {
     let Some(ct) = value.and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
@@ -54,8 +59,12 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             .map_err(|_| ApiError::PayloadTooLarge)?;
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(Value::Object(map)) => Ok(JsonBody(map)),
-            Ok(_) => Err(ApiError::BadRequest("Request body must be a JSON object".into())),
-            Err(_) => Err(ApiError::BadRequest("Request body must be valid JSON".into())),
+            Ok(_) => Err(ApiError::BadRequest(
+                "Request body must be a JSON object".into(),
+            )),
+            Err(_) => Err(ApiError::BadRequest(
+                "Request body must be valid JSON".into(),
+            )),
         }
     }
 }
@@ -69,7 +78,10 @@ pub struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     pub fn new(body: &'a JsonBody) -> Self {
-        Fields { body: &body.0, errors: Vec::new() }
+        Fields {
+            body: &body.0,
+            errors: Vec::new(),
+        }
     }
 
     /// The raw value of `field`, if present and not null.
@@ -109,7 +121,11 @@ impl<'a> Fields<'a> {
 
     /// `Ok` when every field was valid, else the 400 listing each bad field.
     pub fn finish(self) -> Result<(), ApiError> {
-        if self.errors.is_empty() { Ok(()) } else { Err(ApiError::Validation(self.errors)) }
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Validation(self.errors))
+        }
     }
 }
 
@@ -142,7 +158,10 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("handler panicked");
     (
         StatusCode::INTERNAL_SERVER_ERROR,
-        axum::Json(error_body(&[FieldError { message: "Something went wrong".into(), field: None }])),
+        axum::Json(error_body(&[FieldError {
+            message: "Something went wrong".into(),
+            field: None,
+        }])),
     )
         .into_response()
 }
@@ -168,7 +187,9 @@ pub fn finish(router: Router) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(count_requests))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
@@ -183,7 +204,10 @@ pub type ReadyCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + S
 pub fn health_router(checks: Vec<(String, ReadyCheck)>) -> Router {
     let checks = Arc::new(checks);
     Router::new()
-        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
         .route(
             "/readyz",
             get(move || {
@@ -192,13 +216,22 @@ pub fn health_router(checks: Vec<(String, ReadyCheck)>) -> Router {
                     let mut failures = Vec::new();
                     for (name, check) in checks.iter() {
                         if let Err(reason) = check().await {
-                            failures.push(FieldError { message: format!("{name}: {reason}"), field: None });
+                            failures.push(FieldError {
+                                message: format!("{name}: {reason}"),
+                                field: None,
+                            });
                         }
                     }
                     if failures.is_empty() {
-                        (StatusCode::OK, axum::Json(serde_json::json!({"status": "ready"})))
+                        (
+                            StatusCode::OK,
+                            axum::Json(serde_json::json!({"status": "ready"})),
+                        )
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(error_body(&failures)))
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            axum::Json(error_body(&failures)),
+                        )
                     }
                 }
             }),
@@ -206,7 +239,10 @@ pub fn health_router(checks: Vec<(String, ReadyCheck)>) -> Router {
         .route(
             "/metrics",
             get(|| async {
-                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render())
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    crate::metrics::render(),
+                )
             }),
         )
 }
@@ -219,7 +255,10 @@ pub struct PeerAddr(pub Option<std::net::SocketAddr>);
 impl<S: Send + Sync> FromRequestParts<S> for PeerAddr {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
         Ok(PeerAddr(
             parts
                 .extensions

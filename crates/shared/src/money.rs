@@ -86,7 +86,10 @@ mod tests {
         assert!(Money::parse_price(&json!(-5)).is_err());
         assert!(Money::parse_price(&json!(19.999)).is_err());
         assert!(Money::parse_price(&json!(1000000.01)).is_err());
-        assert_eq!(Money::parse_price(&json!("20")), Err("Price must be a number"));
+        assert_eq!(
+            Money::parse_price(&json!("20")),
+            Err("Price must be a number")
+        );
         assert!(Money::parse_price(&json!(null)).is_err());
     }
 

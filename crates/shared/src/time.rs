@@ -40,7 +40,9 @@ impl Timestamp {
 
     pub fn parse_rfc3339(s: &str) -> Option<Self> {
         let dt = OffsetDateTime::parse(s, &Rfc3339).ok()?;
-        i64::try_from(dt.unix_timestamp_nanos() / 1_000_000).ok().map(Timestamp)
+        i64::try_from(dt.unix_timestamp_nanos() / 1_000_000)
+            .ok()
+            .map(Timestamp)
     }
 }
 
@@ -77,13 +79,19 @@ impl FromValue for Timestamp {
 pub enum Clock {
     System,
     /// `base` plus however much Tokio time has passed since `start`.
-    Tokio { base: Timestamp, start: tokio::time::Instant },
+    Tokio {
+        base: Timestamp,
+        start: tokio::time::Instant,
+    },
 }
 
 impl Clock {
     /// A Tokio-driven clock starting at the current system time.
     pub fn tokio() -> Clock {
-        Clock::Tokio { base: Clock::System.now(), start: tokio::time::Instant::now() }
+        Clock::Tokio {
+            base: Clock::System.now(),
+            start: tokio::time::Instant::now(),
+        }
     }
 
     pub fn now(&self) -> Timestamp {

@@ -16,20 +16,27 @@ impl TraceContext {
     /// Starts a new trace.
     pub fn new_root() -> Self {
         let id = uuid::Uuid::new_v4().as_u128();
-        TraceContext { trace_id: id, span_id: (id as u64) | 1 }
+        TraceContext {
+            trace_id: id,
+            span_id: (id as u64) | 1,
+        }
     }
 
     /// A new span in the same trace.
     pub fn child(&self) -> Self {
         let span = (uuid::Uuid::new_v4().as_u128() as u64) | 1;
-        TraceContext { trace_id: self.trace_id, span_id: span }
+        TraceContext {
+            trace_id: self.trace_id,
+            span_id: span,
+        }
     }
 
     /// Parses a `traceparent` header value; invalid values are ignored (the
     /// W3C rule: start a new trace).
     pub fn parse(s: &str) -> Option<Self> {
         let mut parts = s.trim().split('-');
-        let (version, trace, span, _flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let (version, trace, span, _flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
         if version.len() != 2 || trace.len() != 32 || span.len() != 16 {
             return None;
         }

@@ -29,7 +29,10 @@ pub struct Db {
 impl Db {
     /// Opens (creating if needed) the SQLite database at `path` and applies
     /// `migrations` that have not run yet.
-    pub async fn open_sqlite(path: &Path, migrations: &'static [Migration]) -> Result<Db, StoreError> {
+    pub async fn open_sqlite(
+        path: &Path,
+        migrations: &'static [Migration],
+    ) -> Result<Db, StoreError> {
         let backend = sqlite::SqliteDb::open(path.to_path_buf()).await?;
         let db = Db { backend };
         db.migrate(migrations).await?;

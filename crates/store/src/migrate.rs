@@ -28,7 +28,11 @@ pub(crate) fn apply(c: &mut dyn Conn, migrations: &[Migration]) -> Result<(), St
         if applied.contains(&m.version) {
             continue;
         }
-        tracing::info!(version = m.version, description = m.description, "applying migration");
+        tracing::info!(
+            version = m.version,
+            description = m.description,
+            "applying migration"
+        );
         c.execute_batch(m.sql)?;
         c.execute(
             "INSERT INTO schema_migrations (version, description) VALUES ($1, $2)",

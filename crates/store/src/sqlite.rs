@@ -57,10 +57,13 @@ impl SqliteDb {
                 while let Ok(job) = rx.recv() {
                     // A panicking closure has already rolled its transaction
                     // back while unwinding; keep serving the others.
-                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)));
+                    let _ =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)));
                 }
             })
-            .map_err(|e| StoreError::new(StoreErrorKind::Other, format!("cannot spawn thread: {e}")))?;
+            .map_err(|e| {
+                StoreError::new(StoreErrorKind::Other, format!("cannot spawn thread: {e}"))
+            })?;
         ready_rx
             .await
             .map_err(|_| StoreError::new(StoreErrorKind::Other, "database thread exited"))??;

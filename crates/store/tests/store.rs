@@ -11,21 +11,32 @@ static MIGRATIONS: &[Migration] = &[Migration {
 
 async fn fresh() -> (tempfile::TempDir, Db) {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open_sqlite(&dir.path().join("t.db"), MIGRATIONS).await.unwrap();
+    let db = Db::open_sqlite(&dir.path().join("t.db"), MIGRATIONS)
+        .await
+        .unwrap();
     (dir, db)
 }
 
 #[tokio::test]
 async fn a_committed_write_is_visible_and_survives_reopening() {
     let (dir, db) = fresh().await;
-    db.write(|c| c.execute("INSERT INTO items (id, n, note) VALUES ($1, $2, $3)", &[&"a", &7i64, &None::<String>]))
+    db.write(|c| {
+        c.execute(
+            "INSERT INTO items (id, n, note) VALUES ($1, $2, $3)",
+            &[&"a", &7i64, &None::<String>],
+        )
+    })
+    .await
+    .unwrap();
+    drop(db);
+    let db = Db::open_sqlite(&dir.path().join("t.db"), MIGRATIONS)
         .await
         .unwrap();
-    drop(db);
-    let db = Db::open_sqlite(&dir.path().join("t.db"), MIGRATIONS).await.unwrap();
     let (n, note): (i64, Option<String>) = db
         .read(|c| {
-            let row = c.query_opt("SELECT n, note FROM items WHERE id = $1", &[&"a"])?.unwrap();
+            let row = c
+                .query_opt("SELECT n, note FROM items WHERE id = $1", &[&"a"])?
+                .unwrap();
             Ok::<_, StoreError>((row.get(0)?, row.get(1)?))
         })
         .await
@@ -53,16 +64,26 @@ async fn an_error_inside_the_closure_rolls_the_whole_transaction_back() {
 #[tokio::test]
 async fn unique_constraints_and_partial_indexes_report_a_unique_violation() {
     let (_dir, db) = fresh().await;
-    db.write(|c| c.execute("INSERT INTO items (id, n) VALUES ($1, $2)", &[&"a", &500i64]))
-        .await
-        .unwrap();
+    db.write(|c| {
+        c.execute(
+            "INSERT INTO items (id, n) VALUES ($1, $2)",
+            &[&"a", &500i64],
+        )
+    })
+    .await
+    .unwrap();
     let dup_pk = db
         .write(|c| c.execute("INSERT INTO items (id, n) VALUES ($1, $2)", &[&"a", &1i64]))
         .await
         .unwrap_err();
     assert!(dup_pk.is_unique_violation(), "{dup_pk}");
     let dup_partial = db
-        .write(|c| c.execute("INSERT INTO items (id, n) VALUES ($1, $2)", &[&"b", &500i64]))
+        .write(|c| {
+            c.execute(
+                "INSERT INTO items (id, n) VALUES ($1, $2)",
+                &[&"b", &500i64],
+            )
+        })
         .await
         .unwrap_err();
     assert!(dup_partial.is_unique_violation(), "{dup_partial}");
@@ -92,7 +113,9 @@ async fn placeholders_bind_by_number_whatever_order_they_appear_in() {
 async fn migrations_run_once_even_when_the_database_is_opened_again() {
     let (dir, db) = fresh().await;
     drop(db);
-    let db = Db::open_sqlite(&dir.path().join("t.db"), MIGRATIONS).await.unwrap();
+    let db = Db::open_sqlite(&dir.path().join("t.db"), MIGRATIONS)
+        .await
+        .unwrap();
     let applied: i64 = db
         .read(|c| c.query("SELECT COUNT(*) FROM schema_migrations", &[])?[0].get(0))
         .await

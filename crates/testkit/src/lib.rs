@@ -52,7 +52,11 @@ impl TestApp {
         Fut: Future<Output = Result<Vec<Running>, E>>,
         E: std::fmt::Debug,
     {
-        let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::open(&dir.path().join("bus.db")).await.expect("bus"));
+        let bus: Arc<dyn Bus> = Arc::new(
+            EmbeddedBus::open(&dir.path().join("bus.db"))
+                .await
+                .expect("bus"),
+        );
         let keys = AuthKeys::new(TEST_JWT_KEY, Duration::from_secs(3600), false);
         let (trigger, signal) = shutdown::channel();
         let deps = Deps {
@@ -63,15 +67,35 @@ impl TestApp {
             shutdown: signal.clone(),
         };
         let mut running = start(deps.clone()).await.expect("service starts");
-        let tasks = running.iter_mut().flat_map(|r| std::mem::take(&mut r.tasks)).collect();
+        let tasks = running
+            .iter_mut()
+            .flat_map(|r| std::mem::take(&mut r.tasks))
+            .collect();
         let router = bus::service::compose(&mut running);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let server = tokio::spawn(async move {
-            bus::service::serve(listener, router, signal).await.expect("serve");
+            bus::service::serve(listener, router, signal)
+                .await
+                .expect("serve");
         });
-        let client = reqwest::Client::builder().cookie_store(true).build().expect("client");
-        TestApp { addr, client, bus, keys, deps, dir, trigger, server, tasks }
+        let client = reqwest::Client::builder()
+            .cookie_store(true)
+            .build()
+            .expect("client");
+        TestApp {
+            addr,
+            client,
+            bus,
+            keys,
+            deps,
+            dir,
+            trigger,
+            server,
+            tasks,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -83,7 +107,13 @@ impl TestApp {
         let id = UserId::new();
         let token = self
             .keys
-            .issue(&AuthUser { id, email: format!("{id}@example.com") }, Clock::System.now())
+            .issue(
+                &AuthUser {
+                    id,
+                    email: format!("{id}@example.com"),
+                },
+                Clock::System.now(),
+            )
             .expect("token");
         (id, token)
     }
@@ -123,10 +153,16 @@ impl TestApp {
     pub async fn watch<E: Event>(&self) -> EventWatch<E> {
         let sub = self
             .bus
-            .subscribe(ConsumerConfig::new(format!("test-{}", EventId::new()), E::SUBJECT))
+            .subscribe(ConsumerConfig::new(
+                format!("test-{}", EventId::new()),
+                E::SUBJECT,
+            ))
             .await
             .expect("subscribe");
-        EventWatch { sub, _e: std::marker::PhantomData }
+        EventWatch {
+            sub,
+            _e: std::marker::PhantomData,
+        }
     }
 
     /// Stops the services gracefully and waits for their tasks.
@@ -149,7 +185,9 @@ pub struct EventWatch<E> {
 impl<E: Event> EventWatch<E> {
     /// The next event within five seconds, or a panic.
     pub async fn next(&mut self) -> E {
-        self.next_within(Duration::from_secs(5)).await.unwrap_or_else(|| panic!("no {} event", E::SUBJECT))
+        self.next_within(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("no {} event", E::SUBJECT))
     }
 
     /// The next event within `wait`, if any.

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "ticketing", version, about = "A ticket resale marketplace of event-driven services")]
+#[command(
+    name = "ticketing",
+    version,
+    about = "A ticket resale marketplace of event-driven services"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -33,6 +37,11 @@ pub struct RunArgs {
     pub data_dir: PathBuf,
     /// Comma-separated services to run: auth, tickets, orders, expiration,
     /// payments, or all.
-    #[arg(long, env = "TICKETING_SERVICES", default_value = "all", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "TICKETING_SERVICES",
+        default_value = "all",
+        value_delimiter = ','
+    )]
     pub services: Vec<String>,
 }

@@ -63,7 +63,9 @@ fn parse_services(names: &[String]) -> Result<Vec<&'static str>, SettingsError> 
 fn jwt_key(data_dir: &Path) -> Result<Vec<u8>, SettingsError> {
     if let Some(key) = env_var::<String>("JWT_KEY")? {
         if key.len() < 16 {
-            return Err(SettingsError::Invalid("JWT_KEY must be at least 16 characters".into()));
+            return Err(SettingsError::Invalid(
+                "JWT_KEY must be at least 16 characters".into(),
+            ));
         }
         return Ok(key.into_bytes());
     }
@@ -75,7 +77,11 @@ fn jwt_key(data_dir: &Path) -> Result<Vec<u8>, SettingsError> {
         }
     }
     std::fs::create_dir_all(data_dir).map_err(io)?;
-    let key = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let key = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
     write_private(&path, &key).map_err(io)?;
     tracing::info!(path = %path.display(), "generated a JWT key (set JWT_KEY to choose one)");
     Ok(key.into_bytes())
@@ -86,7 +92,12 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
         f.write_all(contents.as_bytes())
     }
     #[cfg(not(unix))]
@@ -100,18 +111,21 @@ impl Settings {
         let jwt_key = jwt_key(&data_dir)?;
         let expiration_secs = env_var::<u64>("ORDER_EXPIRATION_SECONDS")?.unwrap_or(900);
         if expiration_secs == 0 {
-            return Err(SettingsError::Invalid("ORDER_EXPIRATION_SECONDS must be at least 1".into()));
+            return Err(SettingsError::Invalid(
+                "ORDER_EXPIRATION_SECONDS must be at least 1".into(),
+            ));
         }
-        let gateway: Arc<dyn payments::PaymentGateway> = match env_var::<String>("STRIPE_SECRET_KEY")? {
-            Some(key) => {
-                let base = env_var::<String>("STRIPE_API_BASE")?.unwrap_or_else(|| "https://api.stripe.com".into());
-                Arc::new(
-                    payments::StripeGateway::new(base, key)
-                        .map_err(|e| SettingsError::Invalid(format!("cannot set up the Stripe client: {e}")))?,
-                )
-            }
-            None => Arc::new(payments::OfflineGateway),
-        };
+        let gateway: Arc<dyn payments::PaymentGateway> =
+            match env_var::<String>("STRIPE_SECRET_KEY")? {
+                Some(key) => {
+                    let base = env_var::<String>("STRIPE_API_BASE")?
+                        .unwrap_or_else(|| "https://api.stripe.com".into());
+                    Arc::new(payments::StripeGateway::new(base, key).map_err(|e| {
+                        SettingsError::Invalid(format!("cannot set up the Stripe client: {e}"))
+                    })?)
+                }
+                None => Arc::new(payments::OfflineGateway),
+            };
         Ok(Settings {
             host: args.host.clone(),
             port: args.port,
@@ -128,7 +142,9 @@ impl Settings {
             },
             payments: payments::Config {
                 gateway,
-                currency: env_var::<String>("PAYMENT_CURRENCY")?.unwrap_or_else(|| "usd".into()).to_lowercase(),
+                currency: env_var::<String>("PAYMENT_CURRENCY")?
+                    .unwrap_or_else(|| "usd".into())
+                    .to_lowercase(),
             },
         })
     }
@@ -142,7 +158,10 @@ mod tests {
     fn services_are_parsed_deduplicated_and_ordered() {
         let s = |v: &[&str]| parse_services(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         assert_eq!(s(&["all"]).unwrap().len(), 5);
-        assert_eq!(s(&["payments", "Auth", "auth"]).unwrap(), ["auth", "payments"]);
+        assert_eq!(
+            s(&["payments", "Auth", "auth"]).unwrap(),
+            ["auth", "payments"]
+        );
         assert!(s(&["billing"]).unwrap_err().to_string().contains("billing"));
     }
 }

@@ -26,7 +26,9 @@ pub async fn main(cli: cli::Cli) -> Result<(), Box<dyn std::error::Error>> {
     };
     let settings = Settings::load(&args)?;
     let addr = format!("{}:{}", settings.host, settings.port);
-    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let (trigger, signal) = shutdown::channel();
     tokio::spawn(async move {
         shutdown::os_signal().await;
@@ -38,7 +40,11 @@ pub async fn main(cli: cli::Cli) -> Result<(), Box<dyn std::error::Error>> {
 /// Starts the configured services on the embedded bus and serves them on
 /// `listener` until `shutdown` fires; then stops accepting, finishes
 /// in-flight requests and handlers, and flushes the outbox relays.
-pub async fn run(settings: Settings, listener: tokio::net::TcpListener, shutdown: Shutdown) -> Result<(), Box<dyn std::error::Error>> {
+pub async fn run(
+    settings: Settings,
+    listener: tokio::net::TcpListener,
+    shutdown: Shutdown,
+) -> Result<(), Box<dyn std::error::Error>> {
     let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::open(&settings.data_dir.join("bus.db")).await?);
     let deps = Deps {
         data_dir: settings.data_dir.clone(),
@@ -48,7 +54,10 @@ pub async fn run(settings: Settings, listener: tokio::net::TcpListener, shutdown
         shutdown: shutdown.clone(),
     };
     let mut running = start_services(&settings, &deps).await?;
-    let tasks: Vec<_> = running.iter_mut().flat_map(|r| std::mem::take(&mut r.tasks)).collect();
+    let tasks: Vec<_> = running
+        .iter_mut()
+        .flat_map(|r| std::mem::take(&mut r.tasks))
+        .collect();
     let names: Vec<_> = running.iter().map(|r| r.name).collect();
     let router = bus::service::compose(&mut running);
     let local = listener.local_addr()?;
@@ -60,21 +69,36 @@ pub async fn run(settings: Settings, listener: tokio::net::TcpListener, shutdown
             let _ = t.await;
         }
     };
-    if tokio::time::timeout(Duration::from_secs(15), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(15), drain)
+        .await
+        .is_err()
+    {
         tracing::warn!("some tasks did not stop within 15 s");
     }
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn start_services(settings: &Settings, deps: &Deps) -> Result<Vec<Running>, store::StoreError> {
+async fn start_services(
+    settings: &Settings,
+    deps: &Deps,
+) -> Result<Vec<Running>, store::StoreError> {
     let options = ListenerOptions::default();
     let mut running = Vec::new();
     for name in &settings.services {
         running.push(match *name {
             "auth" => auth::start(deps, settings.auth.clone()).await?,
             "tickets" => tickets::start(deps, options.clone()).await?,
-            "orders" => orders::start(deps, orders::Config { order_expiration: settings.order_expiration }, options.clone()).await?,
+            "orders" => {
+                orders::start(
+                    deps,
+                    orders::Config {
+                        order_expiration: settings.order_expiration,
+                    },
+                    options.clone(),
+                )
+                .await?
+            }
             "expiration" => expiration::start(deps, options.clone()).await?,
             "payments" => payments::start(deps, settings.payments.clone(), options.clone()).await?,
             other => unreachable!("service {other} passed validation"),

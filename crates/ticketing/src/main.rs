@@ -6,7 +6,10 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let cli = ticketing::cli::Cli::parse();
     ticketing::telemetry::init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");

@@ -18,7 +18,11 @@ struct Proc {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Proc {
@@ -43,7 +47,12 @@ impl Proc {
         let base = format!("http://127.0.0.1:{port}");
         let probe = reqwest::Client::new();
         eventually(Duration::from_secs(20), || async {
-            let ok = probe.get(format!("{base}/readyz")).send().await.map(|r| r.status() == StatusCode::OK).unwrap_or(false);
+            let ok = probe
+                .get(format!("{base}/readyz"))
+                .send()
+                .await
+                .map(|r| r.status() == StatusCode::OK)
+                .unwrap_or(false);
             ok.then_some(())
         })
         .await
@@ -53,7 +62,10 @@ impl Proc {
 
     /// SIGTERM, then wait for a clean exit.
     fn stop(mut self) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
         let exit = self.child.wait().unwrap();
         assert!(exit.success(), "graceful shutdown exited with {exit}");
@@ -82,31 +94,64 @@ struct User {
 impl User {
     async fn sign_up(p: &Proc, email: &str) -> User {
         let user = User::new(p);
-        let res = user.post("/api/users/signup", json!({"email": email, "password": "password123"})).await;
+        let res = user
+            .post(
+                "/api/users/signup",
+                json!({"email": email, "password": "password123"}),
+            )
+            .await;
         assert_eq!(res.status(), StatusCode::CREATED);
         user
     }
 
     fn new(p: &Proc) -> User {
-        User { client: reqwest::Client::builder().cookie_store(true).build().unwrap(), base: p.base.clone() }
+        User {
+            client: reqwest::Client::builder()
+                .cookie_store(true)
+                .build()
+                .unwrap(),
+            base: p.base.clone(),
+        }
     }
 
     async fn post(&self, path: &str, body: Value) -> reqwest::Response {
-        self.client.post(format!("{}{path}", self.base)).json(&body).send().await.unwrap()
+        self.client
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
     }
 
     async fn put(&self, path: &str, body: Value) -> reqwest::Response {
-        self.client.put(format!("{}{path}", self.base)).json(&body).send().await.unwrap()
+        self.client
+            .put(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
     }
 
     async fn get(&self, path: &str) -> Value {
-        self.client.get(format!("{}{path}", self.base)).send().await.unwrap().json().await.unwrap()
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     async fn sell(&self, title: &str, price: f64) -> String {
-        let res = self.post("/api/tickets", json!({"title": title, "price": price})).await;
+        let res = self
+            .post("/api/tickets", json!({"title": title, "price": price}))
+            .await;
         assert_eq!(res.status(), StatusCode::CREATED);
-        res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+        res.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     /// Orders a ticket, waiting for orders to learn about it first.
@@ -114,7 +159,12 @@ impl User {
         eventually(Duration::from_secs(10), || async {
             let res = self.post("/api/orders", json!({"ticketId": ticket})).await;
             if res.status() == StatusCode::CREATED {
-                Some(res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned())
+                Some(
+                    res.json::<Value>().await.unwrap()["id"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                )
             } else {
                 None
             }
@@ -146,29 +196,75 @@ async fn the_whole_purchase_flow_and_an_expiring_order_work_end_to_end() {
     assert!(listed.iter().any(|t| t["id"] == ticket.as_str()));
 
     let order = buyer.buy(&ticket).await;
-    let t = buyer.until(&format!("/api/tickets/{ticket}"), "status", json!("reserved")).await;
+    let t = buyer
+        .until(
+            &format!("/api/tickets/{ticket}"),
+            "status",
+            json!("reserved"),
+        )
+        .await;
     assert_eq!(t["orderId"], order.as_str());
-    let edit = seller.put(&format!("/api/tickets/{ticket}"), json!({"title": "x", "price": 1})).await;
+    let edit = seller
+        .put(
+            &format!("/api/tickets/{ticket}"),
+            json!({"title": "x", "price": 1}),
+        )
+        .await;
     assert_eq!(edit.status(), StatusCode::CONFLICT);
     let second = rival.post("/api/orders", json!({"ticketId": ticket})).await;
     assert_eq!(second.status(), StatusCode::CONFLICT);
 
-    let paid = buyer.post("/api/payments", json!({"orderId": order, "token": "tok_visa"})).await;
+    let paid = buyer
+        .post(
+            "/api/payments",
+            json!({"orderId": order, "token": "tok_visa"}),
+        )
+        .await;
     assert_eq!(paid.status(), StatusCode::CREATED);
     assert_eq!(paid.json::<Value>().await.unwrap()["amount"], json!(25.5));
-    buyer.until(&format!("/api/orders/{order}"), "status", json!("complete")).await;
-    buyer.until(&format!("/api/tickets/{ticket}"), "status", json!("sold")).await;
+    buyer
+        .until(&format!("/api/orders/{order}"), "status", json!("complete"))
+        .await;
+    buyer
+        .until(&format!("/api/tickets/{ticket}"), "status", json!("sold"))
+        .await;
     let listed: Vec<Value> = serde_json::from_value(seller.get("/api/tickets").await).unwrap();
-    assert!(!listed.iter().any(|t| t["id"] == ticket.as_str()), "a sold ticket is still listed");
+    assert!(
+        !listed.iter().any(|t| t["id"] == ticket.as_str()),
+        "a sold ticket is still listed"
+    );
 
     // A second order left unpaid expires and frees its ticket.
     let other = seller.sell("Play", 10.0).await;
     let unpaid = buyer.buy(&other).await;
-    buyer.until(&format!("/api/tickets/{other}"), "status", json!("reserved")).await;
-    buyer.until(&format!("/api/orders/{unpaid}"), "status", json!("cancelled")).await;
-    let freed = buyer.until(&format!("/api/tickets/{other}"), "status", json!("available")).await;
+    buyer
+        .until(
+            &format!("/api/tickets/{other}"),
+            "status",
+            json!("reserved"),
+        )
+        .await;
+    buyer
+        .until(
+            &format!("/api/orders/{unpaid}"),
+            "status",
+            json!("cancelled"),
+        )
+        .await;
+    let freed = buyer
+        .until(
+            &format!("/api/tickets/{other}"),
+            "status",
+            json!("available"),
+        )
+        .await;
     assert_eq!(freed["orderId"], json!(null));
-    let late = buyer.post("/api/payments", json!({"orderId": unpaid, "token": "tok_visa"})).await;
+    let late = buyer
+        .post(
+            "/api/payments",
+            json!({"orderId": unpaid, "token": "tok_visa"}),
+        )
+        .await;
     assert_eq!(late.status(), StatusCode::CONFLICT);
     // And someone else can buy it now.
     rival.buy(&other).await;
@@ -183,7 +279,13 @@ async fn a_restart_keeps_accounts_sessions_data_and_pending_timers() {
     let buyer = User::sign_up(&p, "buyer@example.com").await;
     let ticket = seller.sell("Opera", 42.0).await;
     let order = buyer.buy(&ticket).await;
-    buyer.until(&format!("/api/tickets/{ticket}"), "status", json!("reserved")).await;
+    buyer
+        .until(
+            &format!("/api/tickets/{ticket}"),
+            "status",
+            json!("reserved"),
+        )
+        .await;
     let port = p.port;
     p.stop();
 
@@ -195,11 +297,31 @@ async fn a_restart_keeps_accounts_sessions_data_and_pending_timers() {
     let same_session = buyer.get("/api/users/currentuser").await;
     assert_eq!(same_session["currentUser"]["email"], "buyer@example.com");
     // ...and the account is there to sign in to.
-    let res = again.post("/api/users/signin", json!({"email": "buyer@example.com", "password": "password123"})).await;
+    let res = again
+        .post(
+            "/api/users/signin",
+            json!({"email": "buyer@example.com", "password": "password123"}),
+        )
+        .await;
     assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(again.get(&format!("/api/tickets/{ticket}")).await["title"], "Opera");
-    buyer.until(&format!("/api/orders/{order}"), "status", json!("cancelled")).await;
-    buyer.until(&format!("/api/tickets/{ticket}"), "status", json!("available")).await;
+    assert_eq!(
+        again.get(&format!("/api/tickets/{ticket}")).await["title"],
+        "Opera"
+    );
+    buyer
+        .until(
+            &format!("/api/orders/{order}"),
+            "status",
+            json!("cancelled"),
+        )
+        .await;
+    buyer
+        .until(
+            &format!("/api/tickets/{ticket}"),
+            "status",
+            json!("available"),
+        )
+        .await;
     p.stop();
 }
 
@@ -216,7 +338,13 @@ async fn an_event_written_just_before_a_crash_still_reaches_its_consumers() {
     p.crash();
     let p = Proc::start_on(port, dir.path(), 900).await;
     let order = buyer.buy(&ticket).await; // succeeds only once orders got ticket.created
-    buyer.until(&format!("/api/tickets/{ticket}"), "status", json!("reserved")).await;
+    buyer
+        .until(
+            &format!("/api/tickets/{ticket}"),
+            "status",
+            json!("reserved"),
+        )
+        .await;
     let o = buyer.get(&format!("/api/orders/{order}")).await;
     assert_eq!(o["ticket"]["price"], json!(12));
     p.stop();

@@ -16,7 +16,9 @@ use axum::extract::FromRef;
 use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
 use bus::service::{Deps, Running, standard_checks};
 use shared::auth::AuthKeys;
-use shared::events::{Event, OrderCancelled, OrderCompleted, OrderCreated, TicketCreated, TicketUpdated};
+use shared::events::{
+    Event, OrderCancelled, OrderCompleted, OrderCreated, TicketCreated, TicketUpdated,
+};
 use shared::time::Clock;
 use store::{Db, Migration};
 
@@ -24,7 +26,11 @@ pub const SERVICE: &str = "tickets";
 /// Subjects this service publishes.
 pub const PUBLISHES: &[&str] = &[TicketCreated::SUBJECT, TicketUpdated::SUBJECT];
 /// Subjects this service consumes.
-pub const CONSUMES: &[&str] = &[OrderCreated::SUBJECT, OrderCancelled::SUBJECT, OrderCompleted::SUBJECT];
+pub const CONSUMES: &[&str] = &[
+    OrderCreated::SUBJECT,
+    OrderCancelled::SUBJECT,
+    OrderCompleted::SUBJECT,
+];
 
 pub static MIGRATIONS: &[Migration] = &[
     Migration {
@@ -48,7 +54,11 @@ pub static MIGRATIONS: &[Migration] = &[
                   status TEXT NOT NULL
               );",
     },
-    Migration { version: 2, description: "outbox", sql: OUTBOX_TABLE_SQL },
+    Migration {
+        version: 2,
+        description: "outbox",
+        sql: OUTBOX_TABLE_SQL,
+    },
 ];
 
 #[derive(Clone)]
@@ -71,10 +81,18 @@ pub fn router(state: AppState) -> axum::Router {
 }
 
 /// Opens the database, starts the relay and the listeners, returns the routes.
-pub async fn start(deps: &Deps, listener_options: bus::listener::ListenerOptions) -> Result<Running, store::StoreError> {
+pub async fn start(
+    deps: &Deps,
+    listener_options: bus::listener::ListenerOptions,
+) -> Result<Running, store::StoreError> {
     let db = deps.open_db(SERVICE, MIGRATIONS).await?;
     let outbox = Outbox::new(db.clone(), SERVICE);
-    let state = AppState { db: db.clone(), outbox: outbox.clone(), keys: deps.keys.clone(), clock: deps.clock.clone() };
+    let state = AppState {
+        db: db.clone(),
+        outbox: outbox.clone(),
+        keys: deps.keys.clone(),
+        clock: deps.clock.clone(),
+    };
     let mut tasks = vec![outbox.spawn_relay(deps.bus.clone(), deps.shutdown.clone())];
     tasks.extend(listeners::spawn(&state, deps, &listener_options));
     Ok(Running {

@@ -12,23 +12,51 @@ use store::Conn;
 use crate::tickets::Ticket;
 use crate::{AppState, SERVICE};
 
-pub(crate) fn spawn(state: &AppState, deps: &Deps, options: &ListenerOptions) -> Vec<tokio::task::JoinHandle<()>> {
+pub(crate) fn spawn(
+    state: &AppState,
+    deps: &Deps,
+    options: &ListenerOptions,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     let s = state.clone();
-    tasks.extend(listener::spawn(deps.bus.clone(), SERVICE, options.clone(), move |e: OrderCreated, ctx| on_order_created(s.clone(), e, ctx), deps.shutdown.clone()));
+    tasks.extend(listener::spawn(
+        deps.bus.clone(),
+        SERVICE,
+        options.clone(),
+        move |e: OrderCreated, ctx| on_order_created(s.clone(), e, ctx),
+        deps.shutdown.clone(),
+    ));
     let s = state.clone();
-    tasks.extend(listener::spawn(deps.bus.clone(), SERVICE, options.clone(), move |e: OrderCancelled, ctx| on_order_cancelled(s.clone(), e, ctx), deps.shutdown.clone()));
+    tasks.extend(listener::spawn(
+        deps.bus.clone(),
+        SERVICE,
+        options.clone(),
+        move |e: OrderCancelled, ctx| on_order_cancelled(s.clone(), e, ctx),
+        deps.shutdown.clone(),
+    ));
     let s = state.clone();
-    tasks.extend(listener::spawn(deps.bus.clone(), SERVICE, options.clone(), move |e: OrderCompleted, ctx| on_order_completed(s.clone(), e, ctx), deps.shutdown.clone()));
+    tasks.extend(listener::spawn(
+        deps.bus.clone(),
+        SERVICE,
+        options.clone(),
+        move |e: OrderCompleted, ctx| on_order_completed(s.clone(), e, ctx),
+        deps.shutdown.clone(),
+    ));
     tasks
 }
 
 /// The stored version of an order, if this service has seen it.
 fn order_version(c: &mut dyn Conn, id: OrderId) -> Result<Option<i64>, store::StoreError> {
-    c.query_opt("SELECT version FROM orders WHERE id = $1", &[&id])?.map(|r| r.get(0)).transpose()
+    c.query_opt("SELECT version FROM orders WHERE id = $1", &[&id])?
+        .map(|r| r.get(0))
+        .transpose()
 }
 
-async fn on_order_created(state: AppState, e: OrderCreated, ctx: EventContext) -> Result<Outcome, ListenerError> {
+async fn on_order_created(
+    state: AppState,
+    e: OrderCreated,
+    ctx: EventContext,
+) -> Result<Outcome, ListenerError> {
     let now = state.clock.now();
     let outcome = state
         .db
@@ -45,7 +73,12 @@ async fn on_order_created(state: AppState, e: OrderCreated, ctx: EventContext) -
             }
             c.execute(
                 "INSERT INTO orders (id, ticket_id, version, status) VALUES ($1, $2, $3, $4)",
-                &[&e.id, &e.ticket.id, &e.version, &OrderStatus::Created.as_str()],
+                &[
+                    &e.id,
+                    &e.ticket.id,
+                    &e.version,
+                    &OrderStatus::Created.as_str(),
+                ],
             )?;
             ticket.status = TicketStatus::Reserved;
             ticket.order_id = Some(e.id);
@@ -75,7 +108,11 @@ async fn on_order_finished(
             match order_version(c, order)? {
                 None => return Ok(Outcome::NotYet(format!("order {order} not seen yet"))),
                 Some(v) if v >= version => return Ok(Outcome::Done), // duplicate
-                Some(v) if v + 1 < version => return Ok(Outcome::NotYet(format!("order {order} at {v}, event at {version}"))),
+                Some(v) if v + 1 < version => {
+                    return Ok(Outcome::NotYet(format!(
+                        "order {order} at {v}, event at {version}"
+                    )));
+                }
                 Some(_) => {}
             }
             c.execute(
@@ -89,7 +126,11 @@ async fn on_order_finished(
             if ticket.order_id != Some(order) {
                 return Ok(Outcome::Done);
             }
-            ticket.status = if status == OrderStatus::Complete { TicketStatus::Sold } else { TicketStatus::Available };
+            ticket.status = if status == OrderStatus::Complete {
+                TicketStatus::Sold
+            } else {
+                TicketStatus::Available
+            };
             ticket.order_id = None;
             ticket.version += 1;
             ticket.save(c)?;
@@ -101,10 +142,34 @@ async fn on_order_finished(
     Ok(outcome)
 }
 
-async fn on_order_cancelled(state: AppState, e: OrderCancelled, ctx: EventContext) -> Result<Outcome, ListenerError> {
-    on_order_finished(state, e.id, e.version, e.ticket.id, OrderStatus::Cancelled, ctx).await
+async fn on_order_cancelled(
+    state: AppState,
+    e: OrderCancelled,
+    ctx: EventContext,
+) -> Result<Outcome, ListenerError> {
+    on_order_finished(
+        state,
+        e.id,
+        e.version,
+        e.ticket.id,
+        OrderStatus::Cancelled,
+        ctx,
+    )
+    .await
 }
 
-async fn on_order_completed(state: AppState, e: OrderCompleted, ctx: EventContext) -> Result<Outcome, ListenerError> {
-    on_order_finished(state, e.id, e.version, e.ticket.id, OrderStatus::Complete, ctx).await
+async fn on_order_completed(
+    state: AppState,
+    e: OrderCompleted,
+    ctx: EventContext,
+) -> Result<Outcome, ListenerError> {
+    on_order_finished(
+        state,
+        e.id,
+        e.version,
+        e.ticket.id,
+        OrderStatus::Complete,
+        ctx,
+    )
+    .await
 }

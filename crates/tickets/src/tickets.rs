@@ -47,16 +47,23 @@ impl Ticket {
             price: r.get(2)?,
             user_id: r.get(3)?,
             version: r.get(4)?,
-            status: TicketStatus::parse(&status)
-                .ok_or_else(|| StoreError::new(store::StoreErrorKind::Decode, format!("bad status {status}")))?,
+            status: TicketStatus::parse(&status).ok_or_else(|| {
+                StoreError::new(
+                    store::StoreErrorKind::Decode,
+                    format!("bad status {status}"),
+                )
+            })?,
             order_id: r.get(6)?,
         })
     }
 
     pub(crate) fn find(c: &mut dyn Conn, id: TicketId) -> Result<Option<Ticket>, StoreError> {
-        c.query_opt(&format!("SELECT {COLUMNS} FROM tickets WHERE id = $1"), &[&id])?
-            .map(|r| Ticket::from_row(&r))
-            .transpose()
+        c.query_opt(
+            &format!("SELECT {COLUMNS} FROM tickets WHERE id = $1"),
+            &[&id],
+        )?
+        .map(|r| Ticket::from_row(&r))
+        .transpose()
     }
 
     /// Writes the ticket's current fields back (its version already bumped).
@@ -124,7 +131,10 @@ fn parse_input(body: &JsonBody) -> Result<TicketInput, ApiError> {
         },
     };
     f.finish()?;
-    Ok(TicketInput { title: title.expect("validated").to_owned(), price: price.expect("validated") })
+    Ok(TicketInput {
+        title: title.expect("validated").to_owned(),
+        price: price.expect("validated"),
+    })
 }
 
 #[derive(Deserialize)]
@@ -133,17 +143,28 @@ struct ListQuery {
     after: Option<String>,
 }
 
-async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Value>, ApiError> {
+async fn list(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
     let limit = match q.limit.as_deref() {
         None => 50,
         Some(s) => match s.parse::<i64>() {
             Ok(n) if (1..=200).contains(&n) => n,
-            _ => return Err(ApiError::field("limit", "limit must be a whole number from 1 to 200")),
+            _ => {
+                return Err(ApiError::field(
+                    "limit",
+                    "limit must be a whole number from 1 to 200",
+                ));
+            }
         },
     };
     let after = match q.after.as_deref() {
         None | Some("") => None,
-        Some(s) => Some(TicketId::parse(s).ok_or_else(|| ApiError::field("after", "after must be a ticket id"))?),
+        Some(s) => Some(
+            TicketId::parse(s)
+                .ok_or_else(|| ApiError::field("after", "after must be a ticket id"))?,
+        ),
     };
     let tickets = state
         .db
@@ -161,12 +182,21 @@ async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -
             rows.iter().map(Ticket::from_row).collect::<Result<Vec<_>, _>>()
         })
         .await?;
-    Ok(Json(Value::Array(tickets.iter().map(Ticket::to_json).collect())))
+    Ok(Json(Value::Array(
+        tickets.iter().map(Ticket::to_json).collect(),
+    )))
 }
 
-async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = TicketId::parse(&id).ok_or(ApiError::NotFound)?;
-    let ticket = state.db.read(move |c| Ticket::find(c, id)).await?.ok_or(ApiError::NotFound)?;
+    let ticket = state
+        .db
+        .read(move |c| Ticket::find(c, id))
+        .await?
+        .ok_or(ApiError::NotFound)?;
     Ok(Json(ticket.to_json()))
 }
 
@@ -222,11 +252,17 @@ async fn update(
         .write(move |c| {
             let mut ticket = Ticket::find(c, id)?.ok_or(ApiError::NotFound)?;
             if ticket.user_id != user.id {
-                return Err(ApiError::Forbidden("Only the seller can edit this ticket".into()));
+                return Err(ApiError::Forbidden(
+                    "Only the seller can edit this ticket".into(),
+                ));
             }
             match ticket.status {
-                TicketStatus::Reserved => return Err(ApiError::Conflict("Cannot edit a reserved ticket".into())),
-                TicketStatus::Sold => return Err(ApiError::Conflict("Cannot edit a sold ticket".into())),
+                TicketStatus::Reserved => {
+                    return Err(ApiError::Conflict("Cannot edit a reserved ticket".into()));
+                }
+                TicketStatus::Sold => {
+                    return Err(ApiError::Conflict("Cannot edit a sold ticket".into()));
+                }
                 TicketStatus::Available => {}
             }
             ticket.title = input.title;

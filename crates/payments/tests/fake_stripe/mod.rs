@@ -40,7 +40,9 @@ fn decode(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or(""), 16) {
+            if let Ok(b) =
+                u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or(""), 16)
+            {
                 out.push(b);
                 i += 3;
                 continue;
@@ -87,35 +89,67 @@ fn object(inner: &Mutex<Inner>, prefix: &str, key: Option<&String>) -> String {
     id
 }
 
-async fn charges(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: Bytes) -> (StatusCode, axum::Json<serde_json::Value>) {
+async fn charges(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, axum::Json<serde_json::Value>) {
     let r = record(&inner, "/v1/charges", &headers, &body);
     if r.authorization.as_deref() != Some("Bearer sk_test_123") {
-        return (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": {"type": "invalid_request_error", "message": "Invalid API Key provided"}})));
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(
+                json!({"error": {"type": "invalid_request_error", "message": "Invalid API Key provided"}}),
+            ),
+        );
     }
     match r.form.get("source").map(String::as_str) {
         Some("tok_visa" | "tok_mastercard") => {
             let id = object(&inner, "ch", r.idempotency_key.as_ref());
-            (StatusCode::OK, axum::Json(json!({"id": id, "object": "charge", "amount": r.form.get("amount")})))
+            (
+                StatusCode::OK,
+                axum::Json(json!({"id": id, "object": "charge", "amount": r.form.get("amount")})),
+            )
         }
         Some("tok_chargeDeclined") => (
             StatusCode::PAYMENT_REQUIRED,
-            axum::Json(json!({"error": {"type": "card_error", "code": "card_declined", "message": "Your card was declined."}})),
+            axum::Json(
+                json!({"error": {"type": "card_error", "code": "card_declined", "message": "Your card was declined."}}),
+            ),
         ),
-        Some("tok_outage") => (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"error": {"type": "api_error", "message": "internal"}}))),
-        _ => (StatusCode::BAD_REQUEST, axum::Json(json!({"error": {"type": "invalid_request_error", "message": "No such token"}}))),
+        Some("tok_outage") => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({"error": {"type": "api_error", "message": "internal"}})),
+        ),
+        _ => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(
+                json!({"error": {"type": "invalid_request_error", "message": "No such token"}}),
+            ),
+        ),
     }
 }
 
-async fn refunds(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: Bytes) -> (StatusCode, axum::Json<serde_json::Value>) {
+async fn refunds(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, axum::Json<serde_json::Value>) {
     let r = record(&inner, "/v1/refunds", &headers, &body);
     let id = object(&inner, "re", r.idempotency_key.as_ref());
-    (StatusCode::OK, axum::Json(json!({"id": id, "object": "refund", "charge": r.form.get("charge")})))
+    (
+        StatusCode::OK,
+        axum::Json(json!({"id": id, "object": "refund", "charge": r.form.get("charge")})),
+    )
 }
 
 impl FakeStripe {
     pub async fn start() -> FakeStripe {
         let inner = Arc::new(Mutex::new(Inner::default()));
-        let app = Router::new().route("/v1/charges", post(charges)).route("/v1/refunds", post(refunds)).with_state(inner.clone());
+        let app = Router::new()
+            .route("/v1/charges", post(charges))
+            .route("/v1/refunds", post(refunds))
+            .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -127,11 +161,24 @@ impl FakeStripe {
     }
 
     pub fn requests_to(&self, path: &str) -> Vec<Recorded> {
-        self.inner.lock().unwrap().requests.iter().filter(|r| r.path == path).cloned().collect()
+        self.inner
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
     }
 
     /// Charges created (a replay of an idempotency key creates none).
     pub fn distinct_charges(&self) -> usize {
-        self.inner.lock().unwrap().by_key.values().filter(|id| id.starts_with("ch_")).count()
+        self.inner
+            .lock()
+            .unwrap()
+            .by_key
+            .values()
+            .filter(|id| id.starts_with("ch_"))
+            .count()
     }
 }
