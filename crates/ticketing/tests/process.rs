@@ -349,3 +349,70 @@ async fn an_event_written_just_before_a_crash_still_reaches_its_consumers() {
     assert_eq!(o["ticket"]["price"], json!(12));
     p.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_service_can_run_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ticketing"))
+        .args([
+            "run",
+            "--services",
+            "auth",
+            "--port",
+            &port.to_string(),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let ready = eventually(Duration::from_secs(20), || async {
+        client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status() == StatusCode::OK)
+    })
+    .await;
+    assert!(ready.is_some(), "auth alone becomes ready");
+    let me = client
+        .get(format!("{base}/api/users/currentuser"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), StatusCode::OK);
+    let tickets = client
+        .get(format!("{base}/api/tickets"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        tickets.status(),
+        StatusCode::NOT_FOUND,
+        "tickets is not running here"
+    );
+    assert!(!dir.path().join("tickets.db").exists());
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_malformed_setting_stops_start_up_with_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ticketing"))
+        .args(["run", "--port", "0", "--data-dir"])
+        .arg(dir.path())
+        .env("ORDER_EXPIRATION_SECONDS", "soon")
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ORDER_EXPIRATION_SECONDS"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
