@@ -259,3 +259,86 @@ mod tests {
         );
     }
 }
+
+/// The replica rule for versioned records: given the version stored locally
+/// (`None` if the record is unknown) and an event's version, `None` means
+/// "apply it"; `Some(outcome)` means ack it as a duplicate (`Done`) or wait
+/// for its predecessor (`NotYet`).
+pub fn check_version(what: &str, stored: Option<i64>, incoming: i64) -> Option<Outcome> {
+    match stored {
+        None => Some(Outcome::NotYet(format!("{what} not seen yet"))),
+        Some(v) if v >= incoming => Some(Outcome::Done),
+        Some(v) if v + 1 < incoming => Some(Outcome::NotYet(format!(
+            "{what} at version {v}, event at {incoming}"
+        ))),
+        Some(_) => None,
+    }
+}
+
+/// The listeners of one service, started one event type at a time.
+pub struct Listeners {
+    bus: Arc<dyn Bus>,
+    service: &'static str,
+    options: ListenerOptions,
+    shutdown: Shutdown,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Listeners {
+    pub fn new(
+        bus: Arc<dyn Bus>,
+        service: &'static str,
+        options: ListenerOptions,
+        shutdown: Shutdown,
+    ) -> Self {
+        Listeners {
+            bus,
+            service,
+            options,
+            shutdown,
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Starts `handler` for every `E` delivered to this service's durable consumer.
+    pub fn on<E, H, Fut>(mut self, handler: H) -> Self
+    where
+        E: Event,
+        H: Fn(E, EventContext) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Outcome, ListenerError>> + Send + 'static,
+    {
+        let tasks = spawn::<E, H, Fut>(
+            self.bus.clone(),
+            self.service,
+            self.options.clone(),
+            handler,
+            self.shutdown.clone(),
+        );
+        self.tasks.extend(tasks);
+        self
+    }
+
+    pub fn into_tasks(self) -> Vec<tokio::task::JoinHandle<()>> {
+        self.tasks
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::{Outcome, check_version};
+
+    #[test]
+    fn only_the_next_version_applies() {
+        assert_eq!(check_version("t", Some(3), 4), None);
+        assert_eq!(check_version("t", Some(3), 3), Some(Outcome::Done));
+        assert_eq!(check_version("t", Some(3), 1), Some(Outcome::Done));
+        assert!(matches!(
+            check_version("t", Some(3), 5),
+            Some(Outcome::NotYet(_))
+        ));
+        assert!(matches!(
+            check_version("t", None, 0),
+            Some(Outcome::NotYet(_))
+        ));
+    }
+}

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use bus::listener::{self, ListenerError, ListenerOptions, Outcome};
+use bus::listener::{ListenerError, ListenerOptions, Listeners, Outcome};
 use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
 use bus::service::{Deps, Running, standard_checks};
 use shared::events::{Event, ExpirationComplete, OrderCreated};
@@ -124,13 +124,16 @@ pub async fn start(deps: &Deps, listener_options: ListenerOptions) -> Result<Run
     let wake = Arc::new(Notify::new());
     let mut tasks = vec![outbox.spawn_relay(deps.bus.clone(), deps.shutdown.clone())];
     let (d, w) = (db.clone(), wake.clone());
-    tasks.extend(listener::spawn(
-        deps.bus.clone(),
-        SERVICE,
-        listener_options,
-        move |e: OrderCreated, ctx| on_order_created(d.clone(), w.clone(), e, ctx.trace),
-        deps.shutdown.clone(),
-    ));
+    tasks.extend(
+        Listeners::new(
+            deps.bus.clone(),
+            SERVICE,
+            listener_options,
+            deps.shutdown.clone(),
+        )
+        .on(move |e: OrderCreated, ctx| on_order_created(d.clone(), w.clone(), e, ctx.trace))
+        .into_tasks(),
+    );
     tasks.push(tokio::spawn(run_scheduler(
         db.clone(),
         outbox.clone(),

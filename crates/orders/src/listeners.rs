@@ -1,7 +1,9 @@
 //! How orders reacts to the world: keep the ticket replica current (in
 //! version order), cancel expired orders, complete paid ones.
 
-use bus::listener::{self, EventContext, ListenerError, ListenerOptions, Outcome};
+use bus::listener::{
+    EventContext, ListenerError, ListenerOptions, Listeners, Outcome, check_version,
+};
 use bus::service::Deps;
 use shared::events::{
     ExpirationComplete, OrderCompleted, OrderStatus, PaymentCreated, TicketCreated, TicketRef,
@@ -16,40 +18,18 @@ pub(crate) fn spawn(
     deps: &Deps,
     options: &ListenerOptions,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    let s = state.clone();
-    tasks.extend(listener::spawn(
+    let (a, b, c, d) = (state.clone(), state.clone(), state.clone(), state.clone());
+    Listeners::new(
         deps.bus.clone(),
         SERVICE,
         options.clone(),
-        move |e: TicketCreated, _| on_ticket_created(s.clone(), e),
         deps.shutdown.clone(),
-    ));
-    let s = state.clone();
-    tasks.extend(listener::spawn(
-        deps.bus.clone(),
-        SERVICE,
-        options.clone(),
-        move |e: TicketUpdated, _| on_ticket_updated(s.clone(), e),
-        deps.shutdown.clone(),
-    ));
-    let s = state.clone();
-    tasks.extend(listener::spawn(
-        deps.bus.clone(),
-        SERVICE,
-        options.clone(),
-        move |e: ExpirationComplete, ctx| on_expired(s.clone(), e, ctx),
-        deps.shutdown.clone(),
-    ));
-    let s = state.clone();
-    tasks.extend(listener::spawn(
-        deps.bus.clone(),
-        SERVICE,
-        options.clone(),
-        move |e: PaymentCreated, ctx| on_paid(s.clone(), e, ctx),
-        deps.shutdown.clone(),
-    ));
-    tasks
+    )
+    .on(move |e: TicketCreated, _| on_ticket_created(a.clone(), e))
+    .on(move |e: TicketUpdated, _| on_ticket_updated(b.clone(), e))
+    .on(move |e: ExpirationComplete, ctx| on_expired(c.clone(), e, ctx))
+    .on(move |e: PaymentCreated, ctx| on_paid(d.clone(), e, ctx))
+    .into_tasks()
 }
 
 async fn on_ticket_created(state: AppState, e: TicketCreated) -> Result<Outcome, ListenerError> {
@@ -70,20 +50,18 @@ async fn on_ticket_updated(state: AppState, e: TicketUpdated) -> Result<Outcome,
     state
         .db
         .write(move |c| {
-            let stored: Option<i64> =
-                c.query_opt("SELECT version FROM tickets WHERE id = $1", &[&e.id])?.map(|r| r.get(0)).transpose()?;
-            match stored {
-                None => Ok(Outcome::NotYet(format!("ticket {} not seen yet", e.id))),
-                Some(v) if v >= e.version => Ok(Outcome::Done), // duplicate or older
-                Some(v) if v + 1 < e.version => Ok(Outcome::NotYet(format!("ticket {} at {v}, event at {}", e.id, e.version))),
-                Some(_) => {
-                    c.execute(
-                        "UPDATE tickets SET title = $2, price_cents = $3, version = $4 WHERE id = $1",
-                        &[&e.id, &e.title, &e.price_cents, &e.version],
-                    )?;
-                    Ok(Outcome::Done)
-                }
+            let stored: Option<i64> = c
+                .query_opt("SELECT version FROM tickets WHERE id = $1", &[&e.id])?
+                .map(|r| r.get(0))
+                .transpose()?;
+            if let Some(outcome) = check_version(&format!("ticket {}", e.id), stored, e.version) {
+                return Ok(outcome);
             }
+            c.execute(
+                "UPDATE tickets SET title = $2, price_cents = $3, version = $4 WHERE id = $1",
+                &[&e.id, &e.title, &e.price_cents, &e.version],
+            )?;
+            Ok(Outcome::Done)
         })
         .await
 }

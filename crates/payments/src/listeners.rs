@@ -1,7 +1,9 @@
 //! How payments follows orders: a replica applied in version order, and a
 //! refund when an order that was paid turns out to be cancelled.
 
-use bus::listener::{self, EventContext, ListenerError, ListenerOptions, Outcome};
+use bus::listener::{
+    EventContext, ListenerError, ListenerOptions, Listeners, Outcome, check_version,
+};
 use bus::service::Deps;
 use shared::events::{OrderCancelled, OrderCompleted, OrderCreated, OrderStatus};
 use shared::ids::OrderId;
@@ -14,36 +16,21 @@ pub(crate) fn spawn(
     deps: &Deps,
     options: &ListenerOptions,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    let s = state.clone();
-    tasks.extend(listener::spawn(
+    let (a, b, c) = (state.clone(), state.clone(), state.clone());
+    Listeners::new(
         deps.bus.clone(),
         SERVICE,
         options.clone(),
-        move |e: OrderCreated, _| on_created(s.clone(), e),
         deps.shutdown.clone(),
-    ));
-    let s = state.clone();
-    tasks.extend(listener::spawn(
-        deps.bus.clone(),
-        SERVICE,
-        options.clone(),
-        move |e: OrderCancelled, ctx| {
-            on_finished(s.clone(), e.id, e.version, OrderStatus::Cancelled, ctx)
-        },
-        deps.shutdown.clone(),
-    ));
-    let s = state.clone();
-    tasks.extend(listener::spawn(
-        deps.bus.clone(),
-        SERVICE,
-        options.clone(),
-        move |e: OrderCompleted, ctx| {
-            on_finished(s.clone(), e.id, e.version, OrderStatus::Complete, ctx)
-        },
-        deps.shutdown.clone(),
-    ));
-    tasks
+    )
+    .on(move |e: OrderCreated, _| on_created(a.clone(), e))
+    .on(move |e: OrderCancelled, ctx| {
+        on_finished(b.clone(), e.id, e.version, OrderStatus::Cancelled, ctx)
+    })
+    .on(move |e: OrderCompleted, ctx| {
+        on_finished(c.clone(), e.id, e.version, OrderStatus::Complete, ctx)
+    })
+    .into_tasks()
 }
 
 async fn on_created(state: AppState, e: OrderCreated) -> Result<Outcome, ListenerError> {
@@ -74,20 +61,14 @@ async fn on_finished(
                 .query_opt("SELECT version FROM orders WHERE id = $1", &[&id])?
                 .map(|r| r.get(0))
                 .transpose()?;
-            Ok::<_, ListenerError>(match stored {
-                None => Outcome::NotYet(format!("order {id} not seen yet")),
-                Some(v) if v >= version => Outcome::Done,
-                Some(v) if v + 1 < version => {
-                    Outcome::NotYet(format!("order {id} at {v}, event at {version}"))
-                }
-                Some(_) => {
-                    c.execute(
-                        "UPDATE orders SET status = $2, version = $3 WHERE id = $1",
-                        &[&id, &status.as_str(), &version],
-                    )?;
-                    Outcome::Done
-                }
-            })
+            if let Some(outcome) = check_version(&format!("order {id}"), stored, version) {
+                return Ok::<_, ListenerError>(outcome);
+            }
+            c.execute(
+                "UPDATE orders SET status = $2, version = $3 WHERE id = $1",
+                &[&id, &status.as_str(), &version],
+            )?;
+            Ok(Outcome::Done)
         })
         .await?;
     // Checked on every delivery, duplicates included, so a refund that failed

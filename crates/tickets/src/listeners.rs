@@ -3,7 +3,9 @@
 //! `order.completed`. Order events are applied in version order through the
 //! local order replica; duplicates are acked and ignored.
 
-use bus::listener::{self, EventContext, ListenerError, ListenerOptions, Outcome};
+use bus::listener::{
+    EventContext, ListenerError, ListenerOptions, Listeners, Outcome, check_version,
+};
 use bus::service::Deps;
 use shared::events::{OrderCancelled, OrderCompleted, OrderCreated, OrderStatus, TicketStatus};
 use shared::ids::{OrderId, TicketId};
@@ -17,32 +19,17 @@ pub(crate) fn spawn(
     deps: &Deps,
     options: &ListenerOptions,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    let s = state.clone();
-    tasks.extend(listener::spawn(
+    let (a, b, c) = (state.clone(), state.clone(), state.clone());
+    Listeners::new(
         deps.bus.clone(),
         SERVICE,
         options.clone(),
-        move |e: OrderCreated, ctx| on_order_created(s.clone(), e, ctx),
         deps.shutdown.clone(),
-    ));
-    let s = state.clone();
-    tasks.extend(listener::spawn(
-        deps.bus.clone(),
-        SERVICE,
-        options.clone(),
-        move |e: OrderCancelled, ctx| on_order_cancelled(s.clone(), e, ctx),
-        deps.shutdown.clone(),
-    ));
-    let s = state.clone();
-    tasks.extend(listener::spawn(
-        deps.bus.clone(),
-        SERVICE,
-        options.clone(),
-        move |e: OrderCompleted, ctx| on_order_completed(s.clone(), e, ctx),
-        deps.shutdown.clone(),
-    ));
-    tasks
+    )
+    .on(move |e: OrderCreated, ctx| on_order_created(a.clone(), e, ctx))
+    .on(move |e: OrderCancelled, ctx| on_order_cancelled(b.clone(), e, ctx))
+    .on(move |e: OrderCompleted, ctx| on_order_completed(c.clone(), e, ctx))
+    .into_tasks()
 }
 
 /// The stored version of an order, if this service has seen it.
@@ -105,15 +92,10 @@ async fn on_order_finished(
     let outcome = state
         .db
         .write(move |c| {
-            match order_version(c, order)? {
-                None => return Ok(Outcome::NotYet(format!("order {order} not seen yet"))),
-                Some(v) if v >= version => return Ok(Outcome::Done), // duplicate
-                Some(v) if v + 1 < version => {
-                    return Ok(Outcome::NotYet(format!(
-                        "order {order} at {v}, event at {version}"
-                    )));
-                }
-                Some(_) => {}
+            if let Some(outcome) =
+                check_version(&format!("order {order}"), order_version(c, order)?, version)
+            {
+                return Ok(outcome);
             }
             c.execute(
                 "UPDATE orders SET version = $2, status = $3 WHERE id = $1",
