@@ -119,24 +119,8 @@ async fn an_email_can_be_used_once_whatever_its_case_even_under_concurrent_sign_
     assert_eq!(res.status(), StatusCode::CONFLICT);
     assert_eq!(errors(res).await[0].1, "Email in use");
 
-    let tasks: Vec<_> = (0..8)
-        .map(|_| {
-            let (client, url) = (app.client.clone(), app.url("/api/users/signup"));
-            tokio::spawn(async move {
-                client
-                    .post(url)
-                    .json(&json!({"email": "race@example.com", "password": "password123"}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-            })
-        })
-        .collect();
-    let mut statuses = Vec::new();
-    for t in tasks {
-        statuses.push(t.await.unwrap());
-    }
+    let body = json!({"email": "race@example.com", "password": "password123"});
+    let statuses = app.race("/api/users/signup", vec![(None, body); 8]).await;
     assert_eq!(
         statuses
             .iter()

@@ -206,26 +206,10 @@ async fn of_many_concurrent_buyers_exactly_one_wins() {
         None,
     )
     .await;
-    let tasks: Vec<_> = (0..12)
-        .map(|_| {
-            let (_, token) = app.user();
-            let (client, url) = (app.client.clone(), app.url("/api/orders"));
-            tokio::spawn(async move {
-                client
-                    .post(url)
-                    .bearer_auth(token)
-                    .json(&json!({"ticketId": t.to_string()}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-            })
-        })
+    let buyers = (0..12)
+        .map(|_| (Some(app.user().1), json!({"ticketId": t.to_string()})))
         .collect();
-    let mut statuses = Vec::new();
-    for task in tasks {
-        statuses.push(task.await.unwrap());
-    }
+    let statuses = app.race("/api/orders", buyers).await;
     assert_eq!(
         statuses
             .iter()

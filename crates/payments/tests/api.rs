@@ -177,26 +177,10 @@ async fn concurrent_payments_for_one_order_charge_once() {
     let mut created = app.watch::<PaymentCreated>().await;
     let (buyer, token) = app.user();
     let id = order(&app, buyer, &token, 2500).await;
-    let tasks: Vec<_> = (0..6)
-        .map(|_| {
-            let (client, url, token) =
-                (app.client.clone(), app.url("/api/payments"), token.clone());
-            tokio::spawn(async move {
-                client
-                    .post(url)
-                    .bearer_auth(token)
-                    .json(&json!({"orderId": id.to_string(), "token": "tok_visa"}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-            })
-        })
-        .collect();
-    let mut statuses = Vec::new();
-    for t in tasks {
-        statuses.push(t.await.unwrap());
-    }
+    let body = json!({"orderId": id.to_string(), "token": "tok_visa"});
+    let statuses = app
+        .race("/api/payments", vec![(Some(token.clone()), body); 6])
+        .await;
     assert_eq!(
         statuses
             .iter()

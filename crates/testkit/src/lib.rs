@@ -136,6 +136,30 @@ impl TestApp {
         req.send().await.expect("request sent")
     }
 
+    /// Sends all `requests` (token, JSON body) to `POST path` at once and
+    /// returns their statuses, in order.
+    pub async fn race(
+        &self,
+        path: &str,
+        requests: Vec<(Option<String>, serde_json::Value)>,
+    ) -> Vec<reqwest::StatusCode> {
+        let tasks: Vec<_> = requests
+            .into_iter()
+            .map(|(token, body)| {
+                let mut req = self.client.post(self.url(path)).json(&body);
+                if let Some(t) = token {
+                    req = req.bearer_auth(t);
+                }
+                tokio::spawn(async move { req.send().await.expect("request sent").status() })
+            })
+            .collect();
+        let mut statuses = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            statuses.push(t.await.expect("request task"));
+        }
+        statuses
+    }
+
     /// Publishes `event` on the bus, as its owning service would.
     pub async fn publish<E: Event>(&self, event: &E) {
         self.bus
