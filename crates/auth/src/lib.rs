@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::extract::FromRef;
 use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
-use bus::service::{Deps, Running, standard_checks};
+use bus::service::{Deps, Running};
 use shared::auth::AuthKeys;
 use shared::time::Clock;
 use store::{Db, Migration};
@@ -85,12 +85,10 @@ pub fn router(state: AppState) -> axum::Router {
 
 /// Opens the database, starts the outbox relay and returns the routes.
 pub async fn start(deps: &Deps, config: Config) -> Result<Running, store::StoreError> {
-    let db = deps.open_db(SERVICE, MIGRATIONS).await?;
-    let outbox = Outbox::new(db.clone(), SERVICE);
-    let relay = outbox.spawn_relay(deps.bus.clone(), deps.shutdown.clone());
+    let base = deps.open_service(SERVICE, MIGRATIONS).await?;
     let state = AppState {
-        db: db.clone(),
-        outbox: outbox.clone(),
+        db: base.db.clone(),
+        outbox: base.outbox.clone(),
         keys: deps.keys.clone(),
         clock: deps.clock.clone(),
         limiter: Arc::new(RateLimiter::new(config.attempts_per_window, config.window)),
@@ -99,10 +97,5 @@ pub async fn start(deps: &Deps, config: Config) -> Result<Running, store::StoreE
     // Warm the dummy hash now so the first unknown-email sign-in is not
     // measurably slower than the rest.
     tokio::task::spawn_blocking(password::warm_up);
-    Ok(Running {
-        name: SERVICE,
-        router: router(state),
-        ready_checks: standard_checks(SERVICE, db, deps.bus.clone(), Some(outbox)),
-        tasks: vec![relay],
-    })
+    Ok(base.running(router(state), Vec::new()))
 }

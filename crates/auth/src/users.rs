@@ -61,6 +61,12 @@ fn signed_in(state: &AppState, status: StatusCode, user: AuthUser) -> Result<Res
         .into_response())
 }
 
+/// The `email` field, normalised; records what is wrong with it otherwise.
+fn email_field(f: &mut Fields<'_>) -> Option<Email> {
+    let raw = f.non_empty("email", "Email")?;
+    Email::parse(raw).map_err(|msg| f.fail("email", msg)).ok()
+}
+
 async fn sign_up(
     State(state): State<AppState>,
     peer: PeerAddr,
@@ -70,15 +76,7 @@ async fn sign_up(
 ) -> Result<Response, ApiError> {
     limit(&state, &headers, peer)?;
     let mut f = Fields::new(&body);
-    let email = f
-        .string("email", "Email")
-        .and_then(|raw| match Email::parse(raw) {
-            Ok(e) => Some(e),
-            Err(msg) => {
-                f.fail("email", msg);
-                None
-            }
-        });
+    let email = email_field(&mut f);
     let password = f.string("password", "Password").filter(|p| {
         let n = p.chars().count();
         let ok = (8..=128).contains(&n);
@@ -141,15 +139,7 @@ async fn sign_in(
 ) -> Result<Response, ApiError> {
     limit(&state, &headers, peer)?;
     let mut f = Fields::new(&body);
-    let email = f
-        .non_empty("email", "Email")
-        .and_then(|raw| match Email::parse(raw) {
-            Ok(e) => Some(e),
-            Err(msg) => {
-                f.fail("email", msg);
-                None
-            }
-        });
+    let email = email_field(&mut f);
     let password = f.string("password", "Password").filter(|p| {
         if p.is_empty() {
             f.fail("password", "Password is required");

@@ -34,6 +34,49 @@ impl Deps {
     ) -> Result<Db, store::StoreError> {
         Db::open_sqlite(&self.data_dir.join(format!("{service}.db")), migrations).await
     }
+
+    /// What every publishing service starts with: its database, its outbox
+    /// and the relay that publishes it.
+    pub async fn open_service(
+        &self,
+        service: &'static str,
+        migrations: &'static [Migration],
+    ) -> Result<ServiceBase, store::StoreError> {
+        let db = self.open_db(service, migrations).await?;
+        let outbox = Outbox::new(db.clone(), service);
+        let relay = outbox.spawn_relay(self.bus.clone(), self.shutdown.clone());
+        Ok(ServiceBase {
+            name: service,
+            db,
+            outbox,
+            bus: self.bus.clone(),
+            tasks: vec![relay],
+        })
+    }
+}
+
+/// A service's database, outbox and relay, opened by [`Deps::open_service`].
+pub struct ServiceBase {
+    pub name: &'static str,
+    pub db: Db,
+    pub outbox: Outbox,
+    bus: Arc<dyn Bus>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ServiceBase {
+    /// The started service: `router` plus the standard readiness checks and
+    /// the relay along with `tasks` (listeners, schedulers).
+    pub fn running(self, router: axum::Router, tasks: Vec<tokio::task::JoinHandle<()>>) -> Running {
+        let mut all = self.tasks;
+        all.extend(tasks);
+        Running {
+            name: self.name,
+            router,
+            ready_checks: standard_checks(self.name, self.db, self.bus, Some(self.outbox)),
+            tasks: all,
+        }
+    }
 }
 
 /// A started service: its routes, its readiness checks and its tasks.

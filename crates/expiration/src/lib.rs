@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bus::listener::{ListenerError, ListenerOptions, Listeners, Outcome};
 use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
-use bus::service::{Deps, Running, standard_checks};
+use bus::service::{Deps, Running};
 use shared::events::{Event, ExpirationComplete, OrderCreated};
 use shared::ids::OrderId;
 use shared::shutdown::Shutdown;
@@ -119,32 +119,24 @@ async fn run_scheduler(
 
 /// Opens the database, starts the listener, the scheduler and the relay.
 pub async fn start(deps: &Deps, listener_options: ListenerOptions) -> Result<Running, StoreError> {
-    let db = deps.open_db(SERVICE, MIGRATIONS).await?;
-    let outbox = Outbox::new(db.clone(), SERVICE);
+    let base = deps.open_service(SERVICE, MIGRATIONS).await?;
     let wake = Arc::new(Notify::new());
-    let mut tasks = vec![outbox.spawn_relay(deps.bus.clone(), deps.shutdown.clone())];
-    let (d, w) = (db.clone(), wake.clone());
-    tasks.extend(
-        Listeners::new(
-            deps.bus.clone(),
-            SERVICE,
-            listener_options,
-            deps.shutdown.clone(),
-        )
-        .on(move |e: OrderCreated, ctx| on_order_created(d.clone(), w.clone(), e, ctx.trace))
-        .into_tasks(),
-    );
-    tasks.push(tokio::spawn(run_scheduler(
-        db.clone(),
-        outbox.clone(),
+    let (db, w) = (base.db.clone(), wake.clone());
+    let mut tasks = Listeners::new(
+        deps.bus.clone(),
+        SERVICE,
+        listener_options,
+        deps.shutdown.clone(),
+    )
+    .on(move |e: OrderCreated, ctx| on_order_created(db.clone(), w.clone(), e, ctx.trace))
+    .into_tasks();
+    let scheduler = run_scheduler(
+        base.db.clone(),
+        base.outbox.clone(),
         deps.clock.clone(),
         wake,
         deps.shutdown.clone(),
-    )));
-    Ok(Running {
-        name: SERVICE,
-        router: axum::Router::new(),
-        ready_checks: standard_checks(SERVICE, db, deps.bus.clone(), Some(outbox)),
-        tasks,
-    })
+    );
+    tasks.push(tokio::spawn(scheduler));
+    Ok(base.running(axum::Router::new(), tasks))
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use axum::extract::FromRef;
 use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
-use bus::service::{Deps, Running, standard_checks};
+use bus::service::{Deps, Running};
 use shared::auth::AuthKeys;
 use shared::events::{
     Event, ExpirationComplete, OrderCancelled, OrderCompleted, OrderCreated, PaymentCreated,
@@ -107,21 +107,14 @@ pub async fn start(
     config: Config,
     listener_options: bus::listener::ListenerOptions,
 ) -> Result<Running, store::StoreError> {
-    let db = deps.open_db(SERVICE, MIGRATIONS).await?;
-    let outbox = Outbox::new(db.clone(), SERVICE);
+    let base = deps.open_service(SERVICE, MIGRATIONS).await?;
     let state = AppState {
-        db: db.clone(),
-        outbox: outbox.clone(),
+        db: base.db.clone(),
+        outbox: base.outbox.clone(),
         keys: deps.keys.clone(),
         clock: deps.clock.clone(),
         config,
     };
-    let mut tasks = vec![outbox.spawn_relay(deps.bus.clone(), deps.shutdown.clone())];
-    tasks.extend(listeners::spawn(&state, deps, &listener_options));
-    Ok(Running {
-        name: SERVICE,
-        router: router(state),
-        ready_checks: standard_checks(SERVICE, db, deps.bus.clone(), Some(outbox)),
-        tasks,
-    })
+    let listeners = listeners::spawn(&state, deps, &listener_options);
+    Ok(base.running(router(state), listeners))
 }
