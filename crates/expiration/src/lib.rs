@@ -61,18 +61,20 @@ async fn on_order_created(
     Ok(Outcome::Done)
 }
 
-/// Fires every timer due at `now`; returns how many fired.
+/// Fires every timer due at `now`; returns how many fired. `DELETE …
+/// RETURNING` hands each due timer to exactly one caller, also when several
+/// replicas race on PostgreSQL, and the event is written in the same
+/// transaction: a timer fires once.
 async fn fire_due(db: &Db, now: Timestamp) -> Result<usize, StoreError> {
     db.write(move |c| {
         let due = c.query(
-            "SELECT order_id, traceparent FROM timers WHERE expires_at <= $1 ORDER BY expires_at",
+            "DELETE FROM timers WHERE expires_at <= $1 RETURNING order_id, traceparent",
             &[&now],
         )?;
         for row in &due {
             let order_id: OrderId = row.get(0)?;
             let trace =
                 TraceContext::parse(&row.get::<String>(1)?).unwrap_or_else(TraceContext::new_root);
-            c.execute("DELETE FROM timers WHERE order_id = $1", &[&order_id])?;
             bus::outbox::enqueue(c, &ExpirationComplete { order_id }, &trace, now)?;
             tracing::info!(%order_id, "order timer fired");
         }

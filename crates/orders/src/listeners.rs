@@ -51,7 +51,10 @@ async fn on_ticket_updated(state: AppState, e: TicketUpdated) -> Result<Outcome,
         .db
         .write(move |c| {
             let stored: Option<i64> = c
-                .query_opt("SELECT version FROM tickets WHERE id = $1", &[&e.id])?
+                .query_opt(
+                    "SELECT version FROM tickets WHERE id = $1 FOR UPDATE",
+                    &[&e.id],
+                )?
                 .map(|r| r.get(0))
                 .transpose()?;
             if let Some(outcome) = check_version(&format!("ticket {}", e.id), stored, e.version) {
@@ -75,7 +78,7 @@ async fn on_expired(
     let changed = state
         .db
         .write(move |c| {
-            let Some(mut order) = Order::find(c, e.order_id)? else {
+            let Some(mut order) = Order::find_for_update(c, e.order_id)? else {
                 tracing::warn!(order_id = %e.order_id, "expiration for an unknown order");
                 return Ok(false);
             };
@@ -103,7 +106,7 @@ async fn on_paid(
     let changed = state
         .db
         .write(move |c| {
-            let Some(mut order) = Order::find(c, e.order_id)? else {
+            let Some(mut order) = Order::find_for_update(c, e.order_id)? else {
                 tracing::warn!(order_id = %e.order_id, "payment for an unknown order");
                 return Ok(false);
             };

@@ -62,6 +62,16 @@ impl Order {
         })
     }
 
+    /// Finds an order and locks it (and its ticket row) until the transaction ends.
+    pub(crate) fn find_for_update(
+        c: &mut dyn Conn,
+        id: OrderId,
+    ) -> Result<Option<Order>, StoreError> {
+        c.query_opt(&format!("{SELECT} WHERE o.id = $1 FOR UPDATE"), &[&id])?
+            .map(|r| Order::from_row(&r))
+            .transpose()
+    }
+
     pub(crate) fn find(c: &mut dyn Conn, id: OrderId) -> Result<Option<Order>, StoreError> {
         c.query_opt(&format!("{SELECT} WHERE o.id = $1"), &[&id])?
             .map(|r| Order::from_row(&r))
@@ -109,8 +119,13 @@ impl Order {
 }
 
 /// Finds the caller's order; someone else's is as good as missing.
-fn find_mine(c: &mut dyn Conn, id: OrderId, user: UserId) -> Result<Order, ApiError> {
-    match Order::find(c, id)? {
+fn find_mine(c: &mut dyn Conn, id: OrderId, user: UserId, lock: bool) -> Result<Order, ApiError> {
+    let found = if lock {
+        Order::find_for_update(c, id)?
+    } else {
+        Order::find(c, id)?
+    };
+    match found {
         Some(o) if o.user_id == user => Ok(o),
         _ => Err(ApiError::NotFound),
     }
@@ -196,7 +211,10 @@ async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = OrderId::parse(&id).ok_or(ApiError::NotFound)?;
-    let order = state.db.read(move |c| find_mine(c, id, user.id)).await?;
+    let order = state
+        .db
+        .read(move |c| find_mine(c, id, user.id, false))
+        .await?;
     Ok(Json(order.to_json()))
 }
 
@@ -211,7 +229,7 @@ async fn cancel(
     let published = state
         .db
         .write(move |c| {
-            let mut order = find_mine(c, id, user.id)?;
+            let mut order = find_mine(c, id, user.id, true)?;
             match order.status {
                 OrderStatus::Complete => {
                     Err(ApiError::Conflict("Cannot cancel a completed order".into()))

@@ -58,7 +58,10 @@ async fn on_finished(
         .db
         .write(move |c| {
             let stored: Option<i64> = c
-                .query_opt("SELECT version FROM orders WHERE id = $1", &[&id])?
+                .query_opt(
+                    "SELECT version FROM orders WHERE id = $1 FOR UPDATE",
+                    &[&id],
+                )?
                 .map(|r| r.get(0))
                 .transpose()?;
             if let Some(outcome) = check_version(&format!("order {id}"), stored, version) {

@@ -29,25 +29,32 @@ struct OrderCopy {
     status: OrderStatus,
 }
 
-fn load_order(c: &mut dyn store::Conn, id: OrderId) -> Result<Option<OrderCopy>, StoreError> {
-    c.query_opt(
-        "SELECT user_id, price_cents, status FROM orders WHERE id = $1",
-        &[&id],
-    )?
-    .map(|r| {
-        let status: String = r.get(2)?;
-        Ok(OrderCopy {
-            user_id: r.get(0)?,
-            price: r.get(1)?,
-            status: OrderStatus::parse(&status).ok_or_else(|| {
-                StoreError::new(
-                    store::StoreErrorKind::Decode,
-                    format!("bad status {status}"),
-                )
-            })?,
+/// The replica of an order; `lock` holds its row until the transaction ends.
+fn load_order(
+    c: &mut dyn store::Conn,
+    id: OrderId,
+    lock: bool,
+) -> Result<Option<OrderCopy>, StoreError> {
+    let sql = if lock {
+        "SELECT user_id, price_cents, status FROM orders WHERE id = $1 FOR UPDATE"
+    } else {
+        "SELECT user_id, price_cents, status FROM orders WHERE id = $1"
+    };
+    c.query_opt(sql, &[&id])?
+        .map(|r| {
+            let status: String = r.get(2)?;
+            Ok(OrderCopy {
+                user_id: r.get(0)?,
+                price: r.get(1)?,
+                status: OrderStatus::parse(&status).ok_or_else(|| {
+                    StoreError::new(
+                        store::StoreErrorKind::Decode,
+                        format!("bad status {status}"),
+                    )
+                })?,
+            })
         })
-    })
-    .transpose()
+        .transpose()
 }
 
 fn already_paid() -> ApiError {
@@ -74,7 +81,7 @@ async fn pay(
     let order = state
         .db
         .read(move |c| {
-            let order = load_order(c, order_id)?;
+            let order = load_order(c, order_id, false)?;
             let paid = c
                 .query_opt("SELECT 1 FROM payments WHERE order_id = $1", &[&order_id])?
                 .is_some();
@@ -125,7 +132,7 @@ async fn pay(
     let status_now = state
         .db
         .write(move |c| {
-            let status = load_order(c, order_id)?.map(|o| o.status).unwrap_or(OrderStatus::Cancelled);
+            let status = load_order(c, order_id, true)?.map(|o| o.status).unwrap_or(OrderStatus::Cancelled);
             c.execute(
                 "INSERT INTO payments (id, order_id, charge_id, amount_cents, created_at) VALUES ($1, $2, $3, $4, $5)",
                 &[&payment_id, &order_id, &charge, &amount, &now],

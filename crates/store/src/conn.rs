@@ -17,8 +17,17 @@ impl Row {
     }
 }
 
+/// Which database engine a connection talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
 /// A connection inside a transaction. SQL uses `$1`, `$2`, … placeholders on
-/// every backend.
+/// every backend. A query that reads a row in order to change it ends with
+/// `FOR UPDATE`: PostgreSQL locks the row (its transactions run concurrently);
+/// SQLite drops the clause (its one writer already runs them one at a time).
 pub trait Conn {
     /// Runs a statement and returns how many rows it changed.
     fn execute(&mut self, sql: &str, params: &[&dyn ToValue]) -> Result<u64, StoreError>;
@@ -33,4 +42,8 @@ pub trait Conn {
 
     /// Runs several statements separated by `;` (migrations).
     fn execute_batch(&mut self, sql: &str) -> Result<(), StoreError>;
+
+    /// The engine behind this connection, for the rare statement that must
+    /// differ (an advisory lock, say). Queries themselves are portable.
+    fn backend(&self) -> Backend;
 }

@@ -1,6 +1,6 @@
 //! Schema migrations: numbered SQL scripts applied once, in order.
 
-use crate::conn::Conn;
+use crate::conn::{Backend, Conn};
 use crate::error::StoreError;
 
 /// One schema change. The SQL must be portable between SQLite and PostgreSQL
@@ -13,6 +13,10 @@ pub struct Migration {
 }
 
 pub(crate) fn apply(c: &mut dyn Conn, migrations: &[Migration]) -> Result<(), StoreError> {
+    if c.backend() == Backend::Postgres {
+        // Replicas starting together take turns; the lock ends with the transaction.
+        c.execute("SELECT pg_advisory_xact_lock(4242424242)", &[])?;
+    }
     c.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
             version BIGINT PRIMARY KEY,

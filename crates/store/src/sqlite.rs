@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use tokio::sync::oneshot;
 
-use crate::conn::{Conn, Row};
+use crate::conn::{Backend, Conn, Row};
 use crate::error::{StoreError, StoreErrorKind};
 use crate::value::{ToValue, Value};
 
@@ -143,10 +143,21 @@ fn params(params: &[&dyn ToValue]) -> Vec<Param> {
     params.iter().map(|p| Param(p.to_value())).collect()
 }
 
-/// Rewrites PostgreSQL-style `$N` placeholders to SQLite's `?N`, which binds by
-/// explicit index (SQLite reads `$N` as a *named* parameter numbered by first
-/// appearance, which breaks when `$2` appears before `$1`).
+/// Adapts portable SQL to SQLite: `$N` placeholders become `?N`, which binds
+/// by explicit index (SQLite reads `$N` as a *named* parameter numbered by
+/// first appearance, which breaks when `$2` appears before `$1`), and a
+/// trailing `FOR UPDATE` is dropped (one writer needs no row locks).
 fn rewrite_placeholders(sql: &str) -> std::borrow::Cow<'_, str> {
+    let trimmed = sql.trim_end();
+    let sql = match trimmed.len().checked_sub(" FOR UPDATE".len()) {
+        Some(at)
+            if trimmed.is_char_boundary(at)
+                && trimmed[at..].eq_ignore_ascii_case(" FOR UPDATE") =>
+        {
+            &trimmed[..at]
+        }
+        _ => sql,
+    };
     if !sql.contains('$') {
         return std::borrow::Cow::Borrowed(sql);
     }
@@ -209,11 +220,27 @@ impl Conn for SqliteConn<'_> {
         self.conn.execute_batch(sql)?;
         Ok(())
     }
+
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::rewrite_placeholders;
+
+    #[test]
+    fn a_trailing_for_update_is_dropped() {
+        assert_eq!(
+            rewrite_placeholders("SELECT 1 FROM t WHERE id = $1 FOR UPDATE"),
+            "SELECT 1 FROM t WHERE id = ?1"
+        );
+        assert_eq!(
+            rewrite_placeholders("SELECT 'for update'"),
+            "SELECT 'for update'"
+        );
+    }
 
     #[test]
     fn placeholders_are_rewritten_outside_string_literals_only() {

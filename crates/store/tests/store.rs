@@ -1,4 +1,5 @@
-//! Behaviour of the store layer: transactions, constraints, migrations.
+//! Behaviour of the store layer — transactions, constraints, placeholders,
+//! migrations, row locks — as one suite run against SQLite and PostgreSQL.
 
 use store::{Db, Migration, StoreError, StoreErrorKind};
 
@@ -9,17 +10,43 @@ static MIGRATIONS: &[Migration] = &[Migration {
           CREATE UNIQUE INDEX items_one_big ON items (n) WHERE n > 100;",
 }];
 
-async fn fresh() -> (tempfile::TempDir, Db) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::open_sqlite(&dir.path().join("t.db"), MIGRATIONS)
-        .await
-        .unwrap();
-    (dir, db)
+/// Where a test's database lives; kept alive for the test's duration.
+pub enum Target {
+    Sqlite(tempfile::TempDir),
+    Postgres(store::testing::PgSchema),
 }
 
-#[tokio::test]
-async fn a_committed_write_is_visible_and_survives_reopening() {
-    let (dir, db) = fresh().await;
+impl Target {
+    pub async fn open(&self) -> Db {
+        match self {
+            Target::Sqlite(dir) => Db::open_sqlite(&dir.path().join("t.db"), MIGRATIONS)
+                .await
+                .unwrap(),
+            Target::Postgres(schema) => {
+                Db::open_postgres(&schema.url, 8, MIGRATIONS).await.unwrap()
+            }
+        }
+    }
+}
+
+pub async fn sqlite() -> Option<Target> {
+    Some(Target::Sqlite(tempfile::tempdir().unwrap()))
+}
+
+pub async fn postgres() -> Option<Target> {
+    store::testing::postgres_schema()
+        .await
+        .map(Target::Postgres)
+}
+
+async fn count(db: &Db) -> i64 {
+    db.read(|c| c.query("SELECT COUNT(*) FROM items", &[])?[0].get(0))
+        .await
+        .unwrap()
+}
+
+pub async fn a_committed_write_is_visible_and_survives_reopening(t: Target) {
+    let db = t.open().await;
     db.write(|c| {
         c.execute(
             "INSERT INTO items (id, n, note) VALUES ($1, $2, $3)",
@@ -29,9 +56,7 @@ async fn a_committed_write_is_visible_and_survives_reopening() {
     .await
     .unwrap();
     drop(db);
-    let db = Db::open_sqlite(&dir.path().join("t.db"), MIGRATIONS)
-        .await
-        .unwrap();
+    let db = t.open().await;
     let (n, note): (i64, Option<String>) = db
         .read(|c| {
             let row = c
@@ -44,9 +69,8 @@ async fn a_committed_write_is_visible_and_survives_reopening() {
     assert_eq!((n, note), (7, None));
 }
 
-#[tokio::test]
-async fn an_error_inside_the_closure_rolls_the_whole_transaction_back() {
-    let (_dir, db) = fresh().await;
+pub async fn an_error_inside_the_closure_rolls_the_whole_transaction_back(t: Target) {
+    let db = t.open().await;
     let result: Result<(), StoreError> = db
         .write(|c| {
             c.execute("INSERT INTO items (id, n) VALUES ($1, $2)", &[&"a", &1i64])?;
@@ -54,16 +78,11 @@ async fn an_error_inside_the_closure_rolls_the_whole_transaction_back() {
         })
         .await;
     assert!(result.is_err());
-    let count: i64 = db
-        .read(|c| c.query("SELECT COUNT(*) FROM items", &[])?[0].get(0))
-        .await
-        .unwrap();
-    assert_eq!(count, 0);
+    assert_eq!(count(&db).await, 0);
 }
 
-#[tokio::test]
-async fn unique_constraints_and_partial_indexes_report_a_unique_violation() {
-    let (_dir, db) = fresh().await;
+pub async fn unique_constraints_and_partial_indexes_report_a_unique_violation(t: Target) {
+    let db = t.open().await;
     db.write(|c| {
         c.execute(
             "INSERT INTO items (id, n) VALUES ($1, $2)",
@@ -96,9 +115,8 @@ async fn unique_constraints_and_partial_indexes_report_a_unique_violation() {
     .unwrap();
 }
 
-#[tokio::test]
-async fn placeholders_bind_by_number_whatever_order_they_appear_in() {
-    let (_dir, db) = fresh().await;
+pub async fn placeholders_bind_by_number_whatever_order_they_appear_in(t: Target) {
+    let db = t.open().await;
     db.write(|c| c.execute("INSERT INTO items (n, id) VALUES ($2, $1)", &[&"x", &42i64]))
         .await
         .unwrap();
@@ -109,13 +127,9 @@ async fn placeholders_bind_by_number_whatever_order_they_appear_in() {
     assert_eq!(n, 42);
 }
 
-#[tokio::test]
-async fn migrations_run_once_even_when_the_database_is_opened_again() {
-    let (dir, db) = fresh().await;
-    drop(db);
-    let db = Db::open_sqlite(&dir.path().join("t.db"), MIGRATIONS)
-        .await
-        .unwrap();
+pub async fn migrations_run_once_even_when_the_database_is_opened_again(t: Target) {
+    drop(t.open().await);
+    let db = t.open().await;
     let applied: i64 = db
         .read(|c| c.query("SELECT COUNT(*) FROM schema_migrations", &[])?[0].get(0))
         .await
@@ -123,22 +137,115 @@ async fn migrations_run_once_even_when_the_database_is_opened_again() {
     assert_eq!(applied, 1);
 }
 
-#[tokio::test]
-async fn a_panicking_transaction_is_reported_as_an_error_not_a_hang() {
-    let (_dir, db) = fresh().await;
+pub async fn a_panicking_transaction_is_an_error_and_the_database_keeps_serving(t: Target) {
+    let db = t.open().await;
     let result: Result<(), StoreError> = db
         .write(|_c| -> Result<(), StoreError> { panic!("bug in a query closure") })
         .await;
     assert!(result.is_err());
-}
-
-#[tokio::test]
-async fn the_database_keeps_serving_after_a_closure_panics() {
-    let (_dir, db) = fresh().await;
-    let _ = db
-        .write(|_c| -> Result<(), StoreError> { panic!("bug in a query closure") })
-        .await;
     db.write(|c| c.execute("INSERT INTO items (id, n) VALUES ($1, $2)", &[&"a", &1i64]))
         .await
         .unwrap();
+}
+
+pub async fn concurrent_read_modify_writes_with_for_update_lose_no_update(t: Target) {
+    let db = t.open().await;
+    db.write(|c| c.execute("INSERT INTO items (id, n) VALUES ($1, 0)", &[&"counter"]))
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.write(|c| {
+                    let n: i64 = c.query(
+                        "SELECT n FROM items WHERE id = $1 FOR UPDATE",
+                        &[&"counter"],
+                    )?[0]
+                        .get(0)?;
+                    c.execute(
+                        "UPDATE items SET n = $2 WHERE id = $1",
+                        &[&"counter", &(n + 1)],
+                    )
+                })
+                .await
+                .unwrap()
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let n: i64 = db
+        .read(|c| c.query("SELECT n FROM items WHERE id = $1", &[&"counter"])?[0].get(0))
+        .await
+        .unwrap();
+    assert_eq!(n, 20);
+}
+
+pub async fn integers_text_and_nulls_round_trip_including_aggregates(t: Target) {
+    let db = t.open().await;
+    db.write(|c| {
+        c.execute(
+            "INSERT INTO items (id, n, note) VALUES ($1, $2, $3)",
+            &[&"big", &9_007_199_254_740_993i64, &Some("ünïcode ✓")],
+        )
+    })
+    .await
+    .unwrap();
+    let (n, note, min, none): (i64, String, Option<i64>, Option<i64>) = db
+        .read(|c| {
+            let r = c
+                .query_opt("SELECT n, note FROM items WHERE id = $1", &[&"big"])?
+                .unwrap();
+            let agg = c.query("SELECT MIN(n) FROM items", &[])?.remove(0);
+            let empty = c
+                .query("SELECT MIN(n) FROM items WHERE id = $1", &[&"none"])?
+                .remove(0);
+            Ok::<_, StoreError>((r.get(0)?, r.get(1)?, agg.get(0)?, empty.get(0)?))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (n, note.as_str(), min, none),
+        (
+            9_007_199_254_740_993,
+            "ünïcode ✓",
+            Some(9_007_199_254_740_993),
+            None
+        )
+    );
+}
+
+macro_rules! suite {
+    ($target:path) => {
+        suite!(@cases $target,
+            a_committed_write_is_visible_and_survives_reopening,
+            an_error_inside_the_closure_rolls_the_whole_transaction_back,
+            unique_constraints_and_partial_indexes_report_a_unique_violation,
+            placeholders_bind_by_number_whatever_order_they_appear_in,
+            migrations_run_once_even_when_the_database_is_opened_again,
+            a_panicking_transaction_is_an_error_and_the_database_keeps_serving,
+            concurrent_read_modify_writes_with_for_update_lose_no_update,
+            integers_text_and_nulls_round_trip_including_aggregates,
+        );
+    };
+    (@cases $target:path, $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                if let Some(t) = $target().await {
+                    super::$case(t).await;
+                }
+            }
+        )*
+    };
+}
+
+mod on_sqlite {
+    suite!(super::sqlite);
+}
+
+mod on_postgres {
+    suite!(super::postgres);
 }

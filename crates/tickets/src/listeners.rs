@@ -34,9 +34,12 @@ pub(crate) fn spawn(
 
 /// The stored version of an order, if this service has seen it.
 fn order_version(c: &mut dyn Conn, id: OrderId) -> Result<Option<i64>, store::StoreError> {
-    c.query_opt("SELECT version FROM orders WHERE id = $1", &[&id])?
-        .map(|r| r.get(0))
-        .transpose()
+    c.query_opt(
+        "SELECT version FROM orders WHERE id = $1 FOR UPDATE",
+        &[&id],
+    )?
+    .map(|r| r.get(0))
+    .transpose()
 }
 
 async fn on_order_created(
@@ -51,7 +54,7 @@ async fn on_order_created(
             if order_version(c, e.id)?.is_some() {
                 return Ok(Outcome::Done); // duplicate
             }
-            let Some(mut ticket) = Ticket::find(c, e.ticket.id)? else {
+            let Some(mut ticket) = Ticket::find_for_update(c, e.ticket.id)? else {
                 return Ok(Outcome::NotYet(format!("ticket {} unknown", e.ticket.id)));
             };
             if ticket.order_id.is_some() || ticket.status != TicketStatus::Available {
@@ -101,7 +104,7 @@ async fn on_order_finished(
                 "UPDATE orders SET version = $2, status = $3 WHERE id = $1",
                 &[&order, &version, &status.as_str()],
             )?;
-            let Some(mut ticket) = Ticket::find(c, ticket_id)? else {
+            let Some(mut ticket) = Ticket::find_for_update(c, ticket_id)? else {
                 return Ok(Outcome::Done);
             };
             // Only the order that holds the ticket may release or sell it.

@@ -57,6 +57,19 @@ impl Ticket {
         })
     }
 
+    /// Finds a ticket and locks it until the transaction ends (it is about to change).
+    pub(crate) fn find_for_update(
+        c: &mut dyn Conn,
+        id: TicketId,
+    ) -> Result<Option<Ticket>, StoreError> {
+        c.query_opt(
+            &format!("SELECT {COLUMNS} FROM tickets WHERE id = $1 FOR UPDATE"),
+            &[&id],
+        )?
+        .map(|r| Ticket::from_row(&r))
+        .transpose()
+    }
+
     pub(crate) fn find(c: &mut dyn Conn, id: TicketId) -> Result<Option<Ticket>, StoreError> {
         c.query_opt(
             &format!("SELECT {COLUMNS} FROM tickets WHERE id = $1"),
@@ -250,7 +263,7 @@ async fn update(
     let ticket = state
         .db
         .write(move |c| {
-            let mut ticket = Ticket::find(c, id)?.ok_or(ApiError::NotFound)?;
+            let mut ticket = Ticket::find_for_update(c, id)?.ok_or(ApiError::NotFound)?;
             if ticket.user_id != user.id {
                 return Err(ApiError::Forbidden(
                     "Only the seller can edit this ticket".into(),
