@@ -15,6 +15,7 @@
 //!   parked: recorded, logged and counted, and no longer blocks the consumer.
 
 pub mod embedded;
+pub mod jetstream;
 pub mod listener;
 pub mod outbox;
 pub mod service;
