@@ -14,11 +14,22 @@ use store::{Db, Migration};
 use crate::Bus;
 use crate::outbox::Outbox;
 
+/// Where each service keeps its database.
+#[derive(Clone, Debug)]
+pub enum Databases {
+    /// SQLite files `<dir>/<service>.db` (the all-in-one mode).
+    Sqlite(PathBuf),
+    /// One PostgreSQL database per service: service name → URL.
+    Postgres {
+        urls: std::collections::BTreeMap<String, String>,
+        max_connections: usize,
+    },
+}
+
 /// Everything a service needs from its surroundings.
 #[derive(Clone)]
 pub struct Deps {
-    /// Where the service keeps its SQLite database (`<dir>/<service>.db`).
-    pub data_dir: PathBuf,
+    pub databases: Databases,
     pub bus: Arc<dyn Bus>,
     pub keys: Arc<AuthKeys>,
     pub clock: Clock,
@@ -26,13 +37,31 @@ pub struct Deps {
 }
 
 impl Deps {
-    /// Opens the service's own database and applies its migrations.
+    /// Opens the service's own database and applies its migrations. On
+    /// PostgreSQL it returns at once and migrates in the background, so the
+    /// service starts (not ready) while the database is down.
     pub async fn open_db(
         &self,
         service: &str,
         migrations: &'static [Migration],
     ) -> Result<Db, store::StoreError> {
-        Db::open_sqlite(&self.data_dir.join(format!("{service}.db")), migrations).await
+        match &self.databases {
+            Databases::Sqlite(dir) => {
+                Db::open_sqlite(&dir.join(format!("{service}.db")), migrations).await
+            }
+            Databases::Postgres {
+                urls,
+                max_connections,
+            } => {
+                let url = urls.get(service).ok_or_else(|| {
+                    store::StoreError::new(
+                        store::StoreErrorKind::Other,
+                        format!("no database URL for {service}"),
+                    )
+                })?;
+                Db::open_postgres_in_background(url, *max_connections, migrations)
+            }
+        }
     }
 
     /// What every publishing service starts with: its database, its outbox

@@ -44,7 +44,7 @@ async fn main() {
         bus.publish_batch(chunk.to_vec()).await.expect("publish");
     }
     let deps = bus::service::Deps {
-        data_dir: dir.path().into(),
+        databases: bus::service::Databases::Sqlite(dir.path().into()),
         bus: bus.clone(),
         keys: shared::auth::AuthKeys::new(b"bench", Duration::from_secs(60), false),
         clock: shared::time::Clock::System,

@@ -179,13 +179,20 @@ async fn count_requests(req: Request, next: Next) -> Response {
     response
 }
 
-/// Finishes a router that serves clients: shared-shape 404 and 405, panics
-/// turned into opaque 500s, request tracing and metrics. Apply once, to the
-/// outermost router (axum cannot merge two routers that both have fallbacks).
+/// Finishes a router that serves clients: shared-shape 404 and 405, plus
+/// [`layers`]. Apply once, to the outermost router (axum cannot merge two
+/// routers that both have fallbacks).
 pub fn finish(router: Router) -> Router {
+    layers(
+        router
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed),
+    )
+}
+
+/// Panics turned into opaque 500s, request tracing and response metrics.
+pub fn layers(router: Router) -> Router {
     router
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(count_requests))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,

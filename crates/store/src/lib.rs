@@ -28,6 +28,8 @@ use std::path::Path;
 #[derive(Clone)]
 pub struct Db {
     backend: Engine,
+    /// `Some(reason)` while the schema is not ready (migrations pending).
+    not_ready: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 #[derive(Clone)]
@@ -44,7 +46,10 @@ impl Db {
         migrations: &'static [Migration],
     ) -> Result<Db, StoreError> {
         let backend = Engine::Sqlite(sqlite::SqliteDb::open(path.to_path_buf()).await?);
-        let db = Db { backend };
+        let db = Db {
+            backend,
+            not_ready: Default::default(),
+        };
         db.migrate(migrations).await?;
         Ok(db)
     }
@@ -66,7 +71,45 @@ impl Db {
     pub fn postgres_lazy(url: &str, max_connections: usize) -> Result<Db, StoreError> {
         Ok(Db {
             backend: Engine::Postgres(postgres::PgDb::new(url, max_connections)?),
+            not_ready: Default::default(),
         })
+    }
+
+    /// Returns at once and migrates in the background, retrying with
+    /// back-off while PostgreSQL is unreachable. Until the migrations have
+    /// run, every transaction fails as unavailable with the reason, so a
+    /// service can start (and report not-ready) before its database is up.
+    pub fn open_postgres_in_background(
+        url: &str,
+        max_connections: usize,
+        migrations: &'static [Migration],
+    ) -> Result<Db, StoreError> {
+        let db = Db::postgres_lazy(url, max_connections)?;
+        db.set_not_ready(Some("migrations have not run yet".into()));
+        let background = db.clone();
+        tokio::spawn(async move {
+            let mut wait = std::time::Duration::from_millis(200);
+            loop {
+                match background.migrate_now(migrations).await {
+                    Ok(()) => {
+                        background.set_not_ready(None);
+                        tracing::info!("database ready");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "database not ready");
+                        background.set_not_ready(Some(format!("database not ready: {e}")));
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(std::time::Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+        Ok(db)
+    }
+
+    fn set_not_ready(&self, reason: Option<String>) {
+        *self.not_ready.lock().unwrap_or_else(|e| e.into_inner()) = reason;
     }
 
     pub fn backend(&self) -> Backend {
@@ -79,6 +122,23 @@ impl Db {
     /// Runs `f` inside one transaction: committed when it returns `Ok`, rolled
     /// back when it returns `Err` (or panics).
     pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&mut dyn Conn) -> Result<T, E> + Send + 'static,
+    {
+        if let Some(reason) = self
+            .not_ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Err(StoreError::new(StoreErrorKind::Unavailable, reason).into());
+        }
+        self.run(f).await
+    }
+
+    async fn run<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
@@ -109,6 +169,10 @@ impl Db {
 
     /// Applies the `migrations` that have not run yet.
     pub async fn migrate(&self, migrations: &'static [Migration]) -> Result<(), StoreError> {
-        self.write(move |c| migrate::apply(c, migrations)).await
+        self.migrate_now(migrations).await
+    }
+
+    async fn migrate_now(&self, migrations: &'static [Migration]) -> Result<(), StoreError> {
+        self.run(move |c| migrate::apply(c, migrations)).await
     }
 }

@@ -249,3 +249,29 @@ mod on_sqlite {
 mod on_postgres {
     suite!(super::postgres);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_database_that_is_down_at_start_reports_unavailable_until_it_is_reachable() {
+    // Nothing listens on port 1: the handle exists, transactions say why not.
+    let db =
+        Db::open_postgres_in_background("postgres://postgres@127.0.0.1:1/postgres", 2, MIGRATIONS)
+            .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let err = db.ping().await.unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Unavailable, "{err}");
+    // Against a reachable server the same constructor becomes ready by itself.
+    let Some(schema) = store::testing::postgres_schema().await else {
+        return;
+    };
+    let db = Db::open_postgres_in_background(&schema.url, 2, MIGRATIONS).unwrap();
+    let mut ready = false;
+    for _ in 0..100 {
+        if db.ping().await.is_ok() {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ready, "became ready");
+    assert_eq!(count(&db).await, 0, "migrated");
+}

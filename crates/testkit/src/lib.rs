@@ -60,7 +60,7 @@ impl TestApp {
         let keys = AuthKeys::new(TEST_JWT_KEY, Duration::from_secs(3600), false);
         let (trigger, signal) = shutdown::channel();
         let deps = Deps {
-            data_dir: dir.path().to_path_buf(),
+            databases: bus::service::Databases::Sqlite(dir.path().to_path_buf()),
             bus: bus.clone(),
             keys: keys.clone(),
             clock: Clock::System,

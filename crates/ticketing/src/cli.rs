@@ -36,7 +36,8 @@ pub struct RunArgs {
     #[arg(long, env = "TICKETING_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
     /// Comma-separated services to run: auth, tickets, orders, expiration,
-    /// payments, or all.
+    /// payments, gateway (a reverse proxy to AUTH_URL, TICKETS_URL, …), or
+    /// all (every service behind an in-process gateway).
     #[arg(
         long,
         env = "TICKETING_SERVICES",
@@ -44,4 +45,13 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub services: Vec<String>,
+    /// NATS server with JetStream; without it the embedded bus is used.
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: Option<String>,
+    /// PostgreSQL URL; without it each service uses SQLite in the data
+    /// directory. With several services in one process, each uses
+    /// `<SERVICE>_DATABASE_URL` if set, else this URL with the database name
+    /// `ticketing_<service>`.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
 }

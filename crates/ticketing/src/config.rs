@@ -12,12 +12,25 @@ use crate::cli::RunArgs;
 /// The services this binary can run.
 pub const ALL_SERVICES: &[&str] = &["auth", "tickets", "orders", "expiration", "payments"];
 
+/// Which event bus the services use.
+#[derive(Debug, Clone)]
+pub enum BusChoice {
+    /// The embedded bus in `<data-dir>/bus.db`.
+    Embedded,
+    /// NATS JetStream at this URL, connecting as `name`.
+    Nats { url: String, name: String },
+}
+
 /// Everything `run` needs, validated.
 pub struct Settings {
     pub host: String,
     pub port: u16,
     pub data_dir: PathBuf,
     pub services: Vec<&'static str>,
+    /// Set when this process is the stand-alone gateway.
+    pub gateway: Option<crate::gateway::Upstreams>,
+    pub bus: BusChoice,
+    pub databases: bus::service::Databases,
     pub jwt_key: Vec<u8>,
     pub jwt_ttl: Duration,
     pub secure_cookies: bool,
@@ -39,6 +52,14 @@ pub enum SettingsError {
 fn parse_services(names: &[String]) -> Result<Vec<&'static str>, SettingsError> {
     let mut out = Vec::new();
     for name in names.iter().map(|n| n.trim().to_ascii_lowercase()) {
+        if name == "gateway" {
+            if names.len() != 1 {
+                return Err(SettingsError::Invalid(
+                    "the gateway runs alone: --services gateway".into(),
+                ));
+            }
+            return Ok(vec!["gateway"]);
+        }
         if name == "all" {
             out.extend_from_slice(ALL_SERVICES);
             continue;
@@ -47,7 +68,7 @@ fn parse_services(names: &[String]) -> Result<Vec<&'static str>, SettingsError> 
             Some(s) => out.push(*s),
             None => {
                 return Err(SettingsError::Invalid(format!(
-                    "unknown service {name:?} in --services / TICKETING_SERVICES (expected {} or all)",
+                    "unknown service {name:?} in --services / TICKETING_SERVICES (expected {}, gateway or all)",
                     ALL_SERVICES.join(", ")
                 )));
             }
@@ -56,6 +77,58 @@ fn parse_services(names: &[String]) -> Result<Vec<&'static str>, SettingsError> 
     out.sort_by_key(|s| ALL_SERVICES.iter().position(|a| a == s));
     out.dedup();
     Ok(out)
+}
+
+/// The URL of `service`'s own database: `<SERVICE>_DATABASE_URL`, else
+/// `base` itself when it is the only service here, else `base` with the
+/// database name `ticketing_<service>`.
+fn database_url(base: &str, service: &str, alone: bool) -> Result<String, SettingsError> {
+    let var = format!("{}_DATABASE_URL", service.to_ascii_uppercase());
+    if let Some(url) = env_var::<String>(&var)? {
+        return Ok(url);
+    }
+    if alone {
+        return Ok(base.to_owned());
+    }
+    let (head, query) = match base.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (base, None),
+    };
+    let Some(slash) = head
+        .rfind('/')
+        .filter(|i| head[..*i].ends_with(|c| c != '/'))
+    else {
+        return Err(SettingsError::Invalid(format!(
+            "DATABASE_URL needs a database name to derive {var} from: {base}"
+        )));
+    };
+    let mut url = format!("{}/ticketing_{service}", &head[..slash]);
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(q);
+    }
+    Ok(url)
+}
+
+/// `<services>-<host>`: how this process introduces itself to NATS (the pod
+/// name in Kubernetes, where `HOSTNAME` is the pod name).
+fn connection_name(services: &[&str]) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{}-{host}", services.join("+"))
+}
+
+fn upstream(name: &str) -> Result<String, SettingsError> {
+    env_var::<String>(name)?
+        .ok_or_else(|| SettingsError::Invalid(format!("{name} must be set for --services gateway")))
 }
 
 /// `JWT_KEY` if set, else a random key generated once and kept in the data
@@ -108,6 +181,37 @@ impl Settings {
     pub fn load(args: &RunArgs) -> Result<Settings, SettingsError> {
         let services = parse_services(&args.services)?;
         let data_dir = args.data_dir.clone();
+        let gateway_upstreams = if services == ["gateway"] {
+            Some(crate::gateway::Upstreams {
+                auth: upstream("AUTH_URL")?,
+                tickets: upstream("TICKETS_URL")?,
+                orders: upstream("ORDERS_URL")?,
+                payments: upstream("PAYMENTS_URL")?,
+                web: env_var::<String>("WEB_URL")?,
+            })
+        } else {
+            None
+        };
+        let bus = match &args.nats_url {
+            Some(url) => BusChoice::Nats {
+                url: url.clone(),
+                name: connection_name(&services),
+            },
+            None => BusChoice::Embedded,
+        };
+        let databases = match &args.database_url {
+            Some(base) => {
+                let mut urls = std::collections::BTreeMap::new();
+                for s in &services {
+                    urls.insert((*s).to_owned(), database_url(base, s, services.len() == 1)?);
+                }
+                bus::service::Databases::Postgres {
+                    urls,
+                    max_connections: env_var::<usize>("DATABASE_POOL_SIZE")?.unwrap_or(16),
+                }
+            }
+            None => bus::service::Databases::Sqlite(data_dir.clone()),
+        };
         let jwt_key = jwt_key(&data_dir)?;
         let expiration_secs = env_var::<u64>("ORDER_EXPIRATION_SECONDS")?.unwrap_or(900);
         if expiration_secs == 0 {
@@ -131,6 +235,9 @@ impl Settings {
             port: args.port,
             data_dir,
             services,
+            gateway: gateway_upstreams,
+            bus,
+            databases,
             jwt_key,
             jwt_ttl: Duration::from_secs(env_var::<u64>("JWT_TTL_SECONDS")?.unwrap_or(3600)),
             secure_cookies: env_var::<bool>("COOKIE_SECURE")?.unwrap_or(true),
@@ -153,6 +260,31 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::parse_services;
+
+    #[test]
+    fn each_service_gets_its_own_database_derived_from_database_url() {
+        use super::database_url;
+        assert_eq!(
+            database_url("postgres://u@h:5432/app", "orders", true).unwrap(),
+            "postgres://u@h:5432/app"
+        );
+        assert_eq!(
+            database_url("postgres://u@h:5432/app", "orders", false).unwrap(),
+            "postgres://u@h:5432/ticketing_orders"
+        );
+        assert_eq!(
+            database_url("postgres://u@h/app?sslmode=disable", "auth", false).unwrap(),
+            "postgres://u@h/ticketing_auth?sslmode=disable"
+        );
+        assert!(database_url("postgres://u@h", "auth", false).is_err());
+    }
+
+    #[test]
+    fn the_gateway_runs_alone() {
+        let s = |v: &[&str]| parse_services(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(s(&["gateway"]).unwrap(), ["gateway"]);
+        assert!(s(&["gateway", "auth"]).is_err());
+    }
 
     #[test]
     fn services_are_parsed_deduplicated_and_ordered() {

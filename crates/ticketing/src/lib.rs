@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod gateway;
 pub mod telemetry;
 
 use std::sync::Arc;
@@ -10,13 +11,14 @@ use std::time::Duration;
 
 use bus::Bus;
 use bus::embedded::EmbeddedBus;
+use bus::jetstream::JetStreamBus;
 use bus::listener::ListenerOptions;
 use bus::service::{Deps, Running};
 use shared::auth::AuthKeys;
 use shared::shutdown::{self, Shutdown};
 use shared::time::Clock;
 
-pub use config::Settings;
+pub use config::{BusChoice, Settings};
 
 /// Entry point after argument parsing.
 pub async fn main(cli: cli::Cli) -> Result<(), Box<dyn std::error::Error>> {
@@ -37,7 +39,7 @@ pub async fn main(cli: cli::Cli) -> Result<(), Box<dyn std::error::Error>> {
     run(settings, listener, signal).await
 }
 
-/// Starts the configured services on the embedded bus and serves them on
+/// Starts the configured services (or the gateway) and serves them on
 /// `listener` until `shutdown` fires; then stops accepting, finishes
 /// in-flight requests and handlers, and flushes the outbox relays.
 pub async fn run(
@@ -45,9 +47,24 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: Shutdown,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::open(&settings.data_dir.join("bus.db")).await?);
+    let local = listener.local_addr()?;
+    if let Some(upstreams) = settings.gateway.clone() {
+        tracing::info!(?upstreams, "ticketing gateway listening on http://{local}");
+        bus::service::serve(listener, gateway::router(upstreams), shutdown).await?;
+        tracing::info!("stopped");
+        return Ok(());
+    }
+    let bus: Arc<dyn Bus> = match &settings.bus {
+        BusChoice::Embedded => {
+            Arc::new(EmbeddedBus::open(&settings.data_dir.join("bus.db")).await?)
+        }
+        BusChoice::Nats { url, name } => {
+            tracing::info!(%url, connection = %name, "using NATS JetStream");
+            Arc::new(JetStreamBus::connect(url, name).await?)
+        }
+    };
     let deps = Deps {
-        data_dir: settings.data_dir.clone(),
+        databases: settings.databases.clone(),
         bus,
         keys: AuthKeys::new(&settings.jwt_key, settings.jwt_ttl, settings.secure_cookies),
         clock: Clock::System,
@@ -60,8 +77,7 @@ pub async fn run(
         .collect();
     let names: Vec<_> = running.iter().map(|r| r.name).collect();
     let router = bus::service::compose(&mut running);
-    let local = listener.local_addr()?;
-    tracing::info!(services = ?names, data_dir = %settings.data_dir.display(), "ticketing listening on http://{local}");
+    tracing::info!(services = ?names, databases = ?settings.databases, "ticketing listening on http://{local}");
     bus::service::serve(listener, router, shutdown).await?;
     tracing::info!("http server stopped; finishing handlers and flushing outboxes");
     let drain = async {
