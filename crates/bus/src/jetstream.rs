@@ -495,6 +495,31 @@ pub mod testing {
         }
     }
 
+    /// Creates the services' streams (`USERS` … `PAYMENTS`) and `PARKED` —
+    /// what the provisioning job will do; tests may do it directly.
+    pub async fn create_service_streams(js: &async_nats::jetstream::Context) -> Result<(), String> {
+        let streams = [
+            ("USERS", "user.>"),
+            ("TICKETS", "ticket.>"),
+            ("ORDERS", "order.>"),
+            ("EXPIRATION", "expiration.>"),
+            ("PAYMENTS", "payment.>"),
+            (PARKED_STREAM, "parked.>"),
+        ];
+        for (name, subject) in streams {
+            js.get_or_create_stream(stream::Config {
+                name: name.into(),
+                subjects: vec![subject.into()],
+                storage: stream::StorageType::File,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("stream {name}: {e}"))?;
+        }
+        Ok(())
+    }
+
     /// A stream of its own for one test; deleted when dropped.
     pub struct TestStream {
         pub name: String,
