@@ -102,7 +102,7 @@ async fn sign_up(
     let now = state.clock.now();
     let row = user.clone();
     let created = state
-        .db
+        .outbox
         .write(move |c| {
             c.execute(
                 "INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4)",
@@ -126,7 +126,6 @@ async fn sign_up(
         Err(e) if e.is_unique_violation() => return Err(ApiError::Conflict("Email in use".into())),
         Err(e) => return Err(e.into()),
     }
-    state.outbox.wake();
     tracing::info!(user_id = %user.id, "user signed up");
     signed_in(&state, StatusCode::CREATED, user)
 }

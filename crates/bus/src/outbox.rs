@@ -86,6 +86,22 @@ impl Outbox {
         }
     }
 
+    /// Runs `f` in one transaction of the service's database and, once it has
+    /// committed, wakes the relay: the way to make a state change and
+    /// [`enqueue`] the events announcing it.
+    pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&mut dyn Conn) -> Result<T, E> + Send + 'static,
+    {
+        let result = self.inner.db.write(f).await;
+        if result.is_ok() {
+            self.wake();
+        }
+        result
+    }
+
     /// Tells the relay new rows were committed (it also polls, so a missed
     /// wake-up only delays).
     pub fn wake(&self) {

@@ -225,3 +225,32 @@ async fn a_listener_gets_typed_events_retries_early_ones_and_parks_undecodable_o
         t.await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn an_event_written_through_the_outbox_is_published_without_waiting_for_the_poll() {
+    let f = fixture().await;
+    let (trigger, signal) = shutdown::channel();
+    let relay = f.outbox.spawn_relay(f.bus.clone(), signal);
+    let mut sub = f
+        .bus
+        .subscribe(ConsumerConfig::new("c", "user.created"))
+        .await
+        .unwrap();
+    // Let the relay go idle first, so only a wake-up (not the 1 s poll) can be quick.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let event = user("fast@b.co");
+    f.outbox
+        .write(move |c| outbox::enqueue(c, &event, &TraceContext::new_root(), Clock::System.now()))
+        .await
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    next_within(&mut sub, Duration::from_millis(500))
+        .await
+        .expect("published on commit")
+        .ack()
+        .await
+        .unwrap();
+    assert!(start.elapsed() < Duration::from_millis(500));
+    trigger.fire();
+    relay.await.unwrap();
+}

@@ -65,22 +65,23 @@ async fn on_order_created(
 /// RETURNING` hands each due timer to exactly one caller, also when several
 /// replicas race on PostgreSQL, and the event is written in the same
 /// transaction: a timer fires once.
-async fn fire_due(db: &Db, now: Timestamp) -> Result<usize, StoreError> {
-    db.write(move |c| {
-        let due = c.query(
-            "DELETE FROM timers WHERE expires_at <= $1 RETURNING order_id, traceparent",
-            &[&now],
-        )?;
-        for row in &due {
-            let order_id: OrderId = row.get(0)?;
-            let trace =
-                TraceContext::parse(&row.get::<String>(1)?).unwrap_or_else(TraceContext::new_root);
-            bus::outbox::enqueue(c, &ExpirationComplete { order_id }, &trace, now)?;
-            tracing::info!(%order_id, "order timer fired");
-        }
-        Ok(due.len())
-    })
-    .await
+async fn fire_due(outbox: &Outbox, now: Timestamp) -> Result<usize, StoreError> {
+    outbox
+        .write(move |c| {
+            let due = c.query(
+                "DELETE FROM timers WHERE expires_at <= $1 RETURNING order_id, traceparent",
+                &[&now],
+            )?;
+            for row in &due {
+                let order_id: OrderId = row.get(0)?;
+                let trace = TraceContext::parse(&row.get::<String>(1)?)
+                    .unwrap_or_else(TraceContext::new_root);
+                bus::outbox::enqueue(c, &ExpirationComplete { order_id }, &trace, now)?;
+                tracing::info!(%order_id, "order timer fired");
+            }
+            Ok(due.len())
+        })
+        .await
 }
 
 async fn next_due(db: &Db) -> Result<Option<Timestamp>, StoreError> {
@@ -97,10 +98,8 @@ async fn run_scheduler(
     mut shutdown: Shutdown,
 ) {
     loop {
-        match fire_due(&db, clock.now()).await {
-            Ok(0) => {}
-            Ok(_) => outbox.wake(),
-            Err(e) => tracing::warn!(error = %e, "cannot fire timers"),
+        if let Err(e) = fire_due(&outbox, clock.now()).await {
+            tracing::warn!(error = %e, "cannot fire timers");
         }
         let sleep_until = match next_due(&db).await {
             Ok(Some(at)) => clock.instant_at(at),

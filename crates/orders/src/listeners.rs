@@ -75,25 +75,22 @@ async fn on_expired(
     ctx: EventContext,
 ) -> Result<Outcome, ListenerError> {
     let now = state.clock.now();
-    let changed = state
-        .db
+    state
+        .outbox
         .write(move |c| {
             let Some(mut order) = Order::find_for_update(c, e.order_id)? else {
                 tracing::warn!(order_id = %e.order_id, "expiration for an unknown order");
-                return Ok(false);
+                return Ok(());
             };
             if order.status != OrderStatus::Created {
-                return Ok(false); // paid or already cancelled: nothing to do
+                return Ok(()); // paid or already cancelled: nothing to do
             }
             order.finish(c, OrderStatus::Cancelled)?;
             bus::outbox::enqueue(c, &order.cancelled_event(), &ctx.trace, now)?;
             tracing::info!(order_id = %order.id, "order expired");
-            Ok::<_, ListenerError>(true)
+            Ok::<_, ListenerError>(())
         })
         .await?;
-    if changed {
-        state.outbox.wake();
-    }
     Ok(Outcome::Done)
 }
 
@@ -103,17 +100,17 @@ async fn on_paid(
     ctx: EventContext,
 ) -> Result<Outcome, ListenerError> {
     let now = state.clock.now();
-    let changed = state
-        .db
+    state
+        .outbox
         .write(move |c| {
             let Some(mut order) = Order::find_for_update(c, e.order_id)? else {
                 tracing::warn!(order_id = %e.order_id, "payment for an unknown order");
-                return Ok(false);
+                return Ok(());
             };
             if order.status != OrderStatus::Created {
                 // Cancelled first: payments refunds it when it sees the
                 // cancellation. Complete: a duplicate.
-                return Ok(false);
+                return Ok(());
             }
             order.finish(c, OrderStatus::Complete)?;
             let event = OrderCompleted {
@@ -124,11 +121,8 @@ async fn on_paid(
                 },
             };
             bus::outbox::enqueue(c, &event, &ctx.trace, now)?;
-            Ok::<_, ListenerError>(true)
+            Ok::<_, ListenerError>(())
         })
         .await?;
-    if changed {
-        state.outbox.wake();
-    }
     Ok(Outcome::Done)
 }

@@ -145,7 +145,7 @@ async fn create(
     let now = state.clock.now();
     let expires_at = now.plus_secs(state.config.order_expiration.as_secs());
     let result = state
-        .db
+        .outbox
         .write(move |c| {
             let ticket = c
                 .query_opt("SELECT user_id, price_cents FROM tickets WHERE id = $1", &[&ticket_id])?
@@ -183,7 +183,6 @@ async fn create(
             Ok(Order::find(c, id)?.expect("inserted above"))
         })
         .await?;
-    state.outbox.wake();
     Ok((StatusCode::CREATED, Json(result.to_json())))
 }
 
@@ -226,25 +225,22 @@ async fn cancel(
 ) -> Result<StatusCode, ApiError> {
     let id = OrderId::parse(&id).ok_or(ApiError::NotFound)?;
     let now = state.clock.now();
-    let published = state
-        .db
+    state
+        .outbox
         .write(move |c| {
             let mut order = find_mine(c, id, user.id, true)?;
             match order.status {
                 OrderStatus::Complete => {
                     Err(ApiError::Conflict("Cannot cancel a completed order".into()))
                 }
-                OrderStatus::Cancelled => Ok(false),
+                OrderStatus::Cancelled => Ok(()), // nothing to announce
                 OrderStatus::Created => {
                     order.finish(c, OrderStatus::Cancelled)?;
                     bus::outbox::enqueue(c, &order.cancelled_event(), &trace, now)?;
-                    Ok(true)
+                    Ok(())
                 }
             }
         })
         .await?;
-    if published {
-        state.outbox.wake();
-    }
     Ok(StatusCode::NO_CONTENT)
 }

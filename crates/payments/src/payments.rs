@@ -130,7 +130,7 @@ async fn pay(
     // Record the charge even if the order was cancelled meanwhile, so the
     // refund below (or the cancellation listener) gives the money back.
     let status_now = state
-        .db
+        .outbox
         .write(move |c| {
             let status = load_order(c, order_id, true)?.map(|o| o.status).unwrap_or(OrderStatus::Cancelled);
             c.execute(
@@ -143,7 +143,6 @@ async fn pay(
             Ok::<_, ApiError>(status)
         })
         .await?;
-    state.outbox.wake();
     tracing::info!(%order_id, %payment_id, charge_id = %charge_id, "payment recorded");
 
     if status_now == OrderStatus::Cancelled {
@@ -193,7 +192,7 @@ pub(crate) async fn refund_if_cancelled(
     let now = state.clock.now();
     let trace = *trace;
     let recorded = state
-        .db
+        .outbox
         .write(move |c| {
             let n = c.execute(
                 "UPDATE payments SET refund_id = $2 WHERE id = $1 AND refund_id IS NULL",
@@ -217,7 +216,6 @@ pub(crate) async fn refund_if_cancelled(
         .await
         .map_err(|e| e.to_string())?;
     if recorded {
-        state.outbox.wake();
         tracing::info!(%order_id, %payment_id, "payment refunded: its order was cancelled first");
     }
     Ok(())

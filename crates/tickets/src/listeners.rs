@@ -49,7 +49,7 @@ async fn on_order_created(
 ) -> Result<Outcome, ListenerError> {
     let now = state.clock.now();
     let outcome = state
-        .db
+        .outbox
         .write(move |c| {
             if order_version(c, e.id)?.is_some() {
                 return Ok(Outcome::Done); // duplicate
@@ -78,7 +78,6 @@ async fn on_order_created(
             Ok::<_, ListenerError>(Outcome::Done)
         })
         .await?;
-    state.outbox.wake();
     Ok(outcome)
 }
 
@@ -93,7 +92,7 @@ async fn on_order_finished(
 ) -> Result<Outcome, ListenerError> {
     let now = state.clock.now();
     let outcome = state
-        .db
+        .outbox
         .write(move |c| {
             if let Some(outcome) =
                 check_version(&format!("order {order}"), order_version(c, order)?, version)
@@ -123,7 +122,6 @@ async fn on_order_finished(
             Ok::<_, ListenerError>(Outcome::Done)
         })
         .await?;
-    state.outbox.wake();
     Ok(outcome)
 }
 

@@ -232,7 +232,7 @@ async fn create(
     };
     let t = ticket.clone();
     state
-        .db
+        .outbox
         .write(move |c| {
             c.execute(
                 "INSERT INTO tickets (id, title, price_cents, user_id, version, status, order_id, created_at)
@@ -244,7 +244,6 @@ async fn create(
             Ok::<_, StoreError>(())
         })
         .await?;
-    state.outbox.wake();
     Ok((StatusCode::CREATED, Json(ticket.to_json())))
 }
 
@@ -261,7 +260,7 @@ async fn update(
     // Check and change in one transaction, so a reservation cannot slip in
     // between the check and the write.
     let ticket = state
-        .db
+        .outbox
         .write(move |c| {
             let mut ticket = Ticket::find_for_update(c, id)?.ok_or(ApiError::NotFound)?;
             if ticket.user_id != user.id {
@@ -286,6 +285,5 @@ async fn update(
             Ok(ticket)
         })
         .await?;
-    state.outbox.wake();
     Ok(Json(ticket.to_json()))
 }
