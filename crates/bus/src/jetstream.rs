@@ -33,6 +33,34 @@ pub const PARKED_PREFIX: &str = "parked";
 /// The stream holding parked-message records.
 pub const PARKED_STREAM: &str = "PARKED";
 
+/// The streams the services use, as API.md lists them: (name, subjects).
+pub const SERVICE_STREAMS: [(&str, &str); 6] = [
+    ("USERS", "user.>"),
+    ("TICKETS", "ticket.>"),
+    ("ORDERS", "order.>"),
+    ("EXPIRATION", "expiration.>"),
+    ("PAYMENTS", "payment.>"),
+    (PARKED_STREAM, "parked.>"),
+];
+
+/// Creates whichever of [`SERVICE_STREAMS`] are missing (file storage, a
+/// two-minute de-duplication window) and leaves existing ones as they are.
+/// Services never call this: provisioning does, and so may drills and tests.
+pub async fn ensure_service_streams(js: &jetstream::Context) -> Result<(), BusError> {
+    for (name, subject) in SERVICE_STREAMS {
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: name.into(),
+            subjects: vec![subject.into()],
+            storage: jetstream::stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| unavailable(format!("stream {name}: {e}")))?;
+    }
+    Ok(())
+}
+
 struct Inner {
     client: async_nats::Client,
     js: jetstream::Context,
@@ -493,31 +521,6 @@ pub mod testing {
                 None
             }
         }
-    }
-
-    /// Creates the services' streams (`USERS` … `PAYMENTS`) and `PARKED` —
-    /// what the provisioning job will do; tests may do it directly.
-    pub async fn create_service_streams(js: &async_nats::jetstream::Context) -> Result<(), String> {
-        let streams = [
-            ("USERS", "user.>"),
-            ("TICKETS", "ticket.>"),
-            ("ORDERS", "order.>"),
-            ("EXPIRATION", "expiration.>"),
-            ("PAYMENTS", "payment.>"),
-            (PARKED_STREAM, "parked.>"),
-        ];
-        for (name, subject) in streams {
-            js.get_or_create_stream(stream::Config {
-                name: name.into(),
-                subjects: vec![subject.into()],
-                storage: stream::StorageType::File,
-                duplicate_window: Duration::from_secs(120),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("stream {name}: {e}"))?;
-        }
-        Ok(())
     }
 
     /// A stream of its own for one test; deleted when dropped.

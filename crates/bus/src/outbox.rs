@@ -12,7 +12,7 @@ use shared::ids::EventId;
 use shared::shutdown::Shutdown;
 use shared::time::Timestamp;
 use shared::trace::{TRACEPARENT, TraceContext};
-use store::{Conn, Db, StoreError, StoreErrorKind};
+use store::{Backend, Conn, Db, StoreError, StoreErrorKind};
 use tokio::sync::Notify;
 
 use crate::{Bus, BusError, Message};
@@ -59,6 +59,37 @@ pub fn enqueue<E: Event>(
         &[&id, &E::SUBJECT, &headers, &payload, &now],
     )?;
     Ok(id)
+}
+
+/// The oldest pending rows, at most one batch.
+fn pending_rows(c: &mut dyn Conn) -> Result<Vec<Message>, StoreError> {
+    c.query(
+        "SELECT id, subject, headers, payload FROM outbox ORDER BY id LIMIT $1",
+        &[&BATCH],
+    )?
+    .into_iter()
+    .map(|r| {
+        Ok(Message {
+            id: r.get(0)?,
+            subject: r.get(1)?,
+            headers: serde_json::from_str(&r.get::<String>(2)?).unwrap_or_default(),
+            payload: r.get::<String>(3)?.into_bytes(),
+        })
+    })
+    .collect()
+}
+
+fn delete_rows(c: &mut dyn Conn, ids: &[String]) -> Result<(), StoreError> {
+    for id in ids {
+        c.execute("DELETE FROM outbox WHERE id = $1", &[id])?;
+    }
+    Ok(())
+}
+
+enum Relayed {
+    Published(usize),
+    /// Another replica's relay holds the outbox.
+    Busy,
 }
 
 struct Inner {
@@ -130,50 +161,76 @@ impl Outbox {
     }
 
     /// Publishes one batch of pending rows, oldest first, and deletes them.
-    /// Returns how many were published.
-    pub async fn relay_once(&self, bus: &dyn Bus) -> Result<usize, BusError> {
-        let rows = self
-            .inner
-            .db
-            .read(|c| {
-                c.query(
-                    "SELECT id, subject, headers, payload FROM outbox ORDER BY id LIMIT $1",
-                    &[&BATCH],
-                )?
-                .into_iter()
-                .map(|r| {
-                    Ok(Message {
-                        id: r.get(0)?,
-                        subject: r.get(1)?,
-                        headers: serde_json::from_str(&r.get::<String>(2)?).unwrap_or_default(),
-                        payload: r.get::<String>(3)?.into_bytes(),
-                    })
-                })
-                .collect::<Result<Vec<_>, StoreError>>()
-            })
-            .await?;
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        let ids: Vec<String> = rows.iter().map(|m| m.id.clone()).collect();
-        let subjects: Vec<String> = rows.iter().map(|m| m.subject.clone()).collect();
-        bus.publish_batch(rows).await?;
-        self.inner
-            .db
-            .write(move |c| {
-                for id in &ids {
-                    c.execute("DELETE FROM outbox WHERE id = $1", &[id])?;
-                }
-                Ok::<_, StoreError>(())
-            })
-            .await?;
+    /// Returns how many were published (0 also when another replica's relay
+    /// holds the outbox at this moment).
+    pub async fn relay_once(&self, bus: &Arc<dyn Bus>) -> Result<usize, BusError> {
+        Ok(match self.relay_batch(bus).await? {
+            Relayed::Published(n) => n,
+            Relayed::Busy => 0,
+        })
+    }
+
+    async fn relay_batch(&self, bus: &Arc<dyn Bus>) -> Result<Relayed, BusError> {
+        let subjects = match self.inner.db.backend() {
+            Backend::Sqlite => self.relay_unlocked(bus.as_ref()).await?,
+            Backend::Postgres => match self.relay_locked(bus.clone()).await? {
+                Some(subjects) => subjects,
+                None => return Ok(Relayed::Busy),
+            },
+        };
         for s in &subjects {
             shared::metrics::inc(
                 "events_published_total",
                 &[("service", self.inner.service), ("subject", s)],
             );
         }
-        Ok(subjects.len())
+        Ok(Relayed::Published(subjects.len()))
+    }
+
+    /// One process owns a SQLite database, so its relay is the only one:
+    /// read, publish, delete in three steps.
+    async fn relay_unlocked(&self, bus: &dyn Bus) -> Result<Vec<String>, BusError> {
+        let rows = self.inner.db.read(|c| pending_rows(c)).await?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = rows.iter().map(|m| m.id.clone()).collect();
+        let subjects: Vec<String> = rows.iter().map(|m| m.subject.clone()).collect();
+        bus.publish_batch(rows).await?;
+        self.inner.db.write(move |c| delete_rows(c, &ids)).await?;
+        Ok(subjects)
+    }
+
+    /// Replicas share a PostgreSQL database, so their relays take turns: one
+    /// transaction takes a transaction-scoped advisory lock on the outbox,
+    /// reads a batch, publishes it, deletes it, and commits. A replica that
+    /// finds the lock taken publishes nothing (`None`) and tries again soon,
+    /// so no row is published twice and rows leave in order.
+    async fn relay_locked(&self, bus: Arc<dyn Bus>) -> Result<Option<Vec<String>>, BusError> {
+        self.inner
+            .db
+            .write(move |c| {
+                let locked: i64 = c.query(
+                    "SELECT COUNT(*) FROM (SELECT 1) AS one \
+                     WHERE pg_try_advisory_xact_lock(hashtext(current_schema() || '.outbox'))",
+                    &[],
+                )?[0]
+                    .get(0)?;
+                if locked == 0 {
+                    return Ok(None);
+                }
+                let rows = pending_rows(c)?;
+                let ids: Vec<String> = rows.iter().map(|m| m.id.clone()).collect();
+                let subjects: Vec<String> = rows.iter().map(|m| m.subject.clone()).collect();
+                if !rows.is_empty() {
+                    // PostgreSQL transactions run on a blocking thread of the
+                    // runtime, where waiting for the bus is allowed.
+                    tokio::runtime::Handle::current().block_on(bus.publish_batch(rows))?;
+                    delete_rows(c, &ids)?;
+                }
+                Ok(Some(subjects))
+            })
+            .await
     }
 
     fn set_error(&self, e: Option<String>) {
@@ -199,9 +256,18 @@ impl Outbox {
                 if shutdown.is_fired() {
                     break;
                 }
-                match outbox.relay_once(bus.as_ref()).await {
-                    Ok(n) if n as i64 == BATCH => continue,
-                    Ok(_) => {
+                match outbox.relay_batch(&bus).await {
+                    Ok(Relayed::Published(n)) if n as i64 == BATCH => continue,
+                    Ok(Relayed::Busy) => {
+                        // Another replica is relaying; what it does not
+                        // take in this turn, we take in the next.
+                        outbox.set_error(None);
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                            _ = shutdown.wait() => {}
+                        }
+                    }
+                    Ok(Relayed::Published(_)) => {
                         outbox.set_error(None);
                         backoff = Duration::from_millis(100);
                         tokio::select! {
@@ -222,9 +288,11 @@ impl Outbox {
                 }
             }
             let drain = async {
-                while let Ok(n) = outbox.relay_once(bus.as_ref()).await {
-                    if n == 0 {
-                        break;
+                loop {
+                    match outbox.relay_batch(&bus).await {
+                        Ok(Relayed::Published(0)) | Err(_) => break,
+                        Ok(Relayed::Published(_)) => {}
+                        Ok(Relayed::Busy) => tokio::time::sleep(Duration::from_millis(20)).await,
                     }
                 }
             };

@@ -65,7 +65,7 @@ async fn the_relay_publishes_committed_events_with_type_and_trace_headers_then_f
         .await
         .unwrap();
     enqueue(&f, user("a@b.co")).await;
-    assert_eq!(f.outbox.relay_once(f.bus.as_ref()).await.unwrap(), 1);
+    assert_eq!(f.outbox.relay_once(&f.bus).await.unwrap(), 1);
     let d = next_within(&mut sub, Duration::from_secs(5))
         .await
         .expect("published");
@@ -93,7 +93,7 @@ async fn an_event_written_in_a_rolled_back_transaction_is_never_published() {
         })
         .await;
     assert_eq!(f.outbox.pending().await.unwrap(), 0);
-    assert_eq!(f.outbox.relay_once(f.bus.as_ref()).await.unwrap(), 0);
+    assert_eq!(f.outbox.relay_once(&f.bus).await.unwrap(), 0);
 }
 
 #[tokio::test]
@@ -120,7 +120,7 @@ async fn a_crash_between_publish_and_delete_publishes_nothing_twice() {
         .await
         .unwrap();
     // The restarted relay publishes the row again; the bus drops the copy.
-    assert_eq!(f.outbox.relay_once(f.bus.as_ref()).await.unwrap(), 1);
+    assert_eq!(f.outbox.relay_once(&f.bus).await.unwrap(), 1);
     let mut sub = f
         .bus
         .subscribe(ConsumerConfig::new("late", "user.created"))
@@ -191,7 +191,7 @@ async fn a_listener_gets_typed_events_retries_early_ones_and_parks_undecodable_o
         signal,
     );
     enqueue(&f, user("early@b.co")).await;
-    f.outbox.relay_once(f.bus.as_ref()).await.unwrap();
+    f.outbox.relay_once(&f.bus).await.unwrap();
     f.bus
         .publish(Message {
             subject: UserCreated::SUBJECT.into(),
@@ -253,4 +253,63 @@ async fn an_event_written_through_the_outbox_is_published_without_waiting_for_th
     assert!(start.elapsed() < Duration::from_millis(500));
     trigger.fire();
     relay.await.unwrap();
+}
+
+/// Replicas on one PostgreSQL database each run a relay over the same outbox:
+/// every row goes out exactly once, in the order it was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_of_replicas_sharing_a_postgres_outbox_publish_each_row_once_in_order() {
+    let Some(schema) = store::testing::postgres_schema().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::open(&dir.path().join("bus.db")).await.unwrap());
+    let mut sub = bus
+        .subscribe(ConsumerConfig::new("c", "user.created"))
+        .await
+        .unwrap();
+    let db = Db::open_postgres(&schema.url, 4, MIGRATIONS).await.unwrap();
+    let service = "relay-replicas-test";
+    let (trigger, signal) = shutdown::channel();
+    let mut relays = Vec::new();
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        // Each replica has its own pool, as separate processes would.
+        let db = Db::open_postgres(&schema.url, 4, MIGRATIONS).await.unwrap();
+        let outbox = Outbox::new(db, service);
+        relays.push(outbox.spawn_relay(bus.clone(), signal.clone()));
+        replicas.push(outbox);
+    }
+    let total = 600;
+    let mut written = Vec::new();
+    for i in 0..total {
+        let event = user(&format!("u{i}@b.co"));
+        let outbox = &replicas[i % replicas.len()];
+        let id = outbox
+            .write(move |c| {
+                outbox::enqueue(c, &event, &TraceContext::new_root(), Clock::System.now())
+            })
+            .await
+            .unwrap();
+        written.push(id.to_string());
+    }
+    let mut received = Vec::new();
+    while received.len() < total {
+        let d = next_within(&mut sub, Duration::from_secs(10))
+            .await
+            .expect("every row published");
+        received.push(d.message.id.clone());
+        d.ack().await.unwrap();
+    }
+    trigger.fire();
+    for r in relays {
+        r.await.unwrap();
+    }
+    assert_eq!(received, written, "each row once, in write order");
+    let published = shared::metrics::get(
+        "events_published_total",
+        &[("service", service), ("subject", "user.created")],
+    );
+    assert_eq!(published, total as u64, "no relay published a row twice");
+    assert_eq!(Outbox::new(db, service).pending().await.unwrap(), 0);
 }

@@ -11,6 +11,7 @@ mod conn;
 mod error;
 mod migrate;
 mod postgres;
+pub mod scratch;
 mod sqlite;
 mod value;
 

@@ -5,8 +5,6 @@
 //! tests skip with a message — unless `TICKETING_REQUIRE_ENGINES=1` (set by
 //! CI), when they fail.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 /// The server tests use.
 pub fn postgres_url() -> String {
     std::env::var("TICKETING_TEST_POSTGRES_URL")
@@ -19,75 +17,23 @@ pub fn engines_required() -> bool {
         .is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
 
-/// A schema that exists for as long as this value does.
-pub struct PgSchema {
-    /// Connection URL whose `search_path` is the schema.
-    pub url: String,
-    name: String,
-}
+pub use crate::scratch::ScratchSchema as PgSchema;
 
 /// Creates a fresh schema, or `None` (after saying why) when PostgreSQL is
 /// unreachable and engines are optional.
 pub async fn postgres_schema() -> Option<PgSchema> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let base = postgres_url();
-    let client = match connect(&base).await {
-        Ok(c) => c,
+    match PgSchema::create(&base, "t").await {
+        Ok(s) => Some(s),
         Err(e) if engines_required() => panic!(
             "PostgreSQL at {base} is required (TICKETING_REQUIRE_ENGINES=1) but unreachable: {e}"
         ),
         Err(e) => {
-            eprintln!(
-                "SKIPPED: PostgreSQL at {base} is unreachable ({e}); set TICKETING_TEST_POSTGRES_URL or start it"
-            );
-            return None;
+            skipped(&format!(
+                "PostgreSQL at {base} is unreachable ({e}); set TICKETING_TEST_POSTGRES_URL or start it"
+            ));
+            None
         }
-    };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let name = format!(
-        "t_{}_{}_{}",
-        std::process::id(),
-        nanos,
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
-    client
-        .batch_execute(&format!("CREATE SCHEMA {name}"))
-        .await
-        .expect("create schema");
-    let sep = if base.contains('?') { '&' } else { '?' };
-    Some(PgSchema {
-        url: format!("{base}{sep}options=-csearch_path%3D{name}"),
-        name,
-    })
-}
-
-async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    Ok(client)
-}
-
-impl Drop for PgSchema {
-    fn drop(&mut self) {
-        let (url, name) = (postgres_url(), self.name.clone());
-        // Drop runs outside any runtime guarantee: use a small one of our own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let client = connect(&url).await.ok()?;
-                client
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
-                    .await
-                    .ok()
-            })
-        })
-        .join();
     }
 }
 

@@ -22,6 +22,17 @@ pub struct Cli {
 pub enum Command {
     /// Run services (the default): all of them, with the gateway, on one port.
     Run(RunArgs),
+    /// Drills that check the system's guarantees on real processes.
+    #[command(subcommand)]
+    Drill(Drill),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Drill {
+    /// Parallel clients sell and edit tickets on replicas of the tickets and
+    /// orders services (NATS JetStream + PostgreSQL); checks that every copy
+    /// converges, each event is handled once, and one order wins per ticket.
+    Concurrency(crate::drill::ConcurrencyArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -2,7 +2,9 @@
 //! Knows every service (it is the only crate that does) and nothing else.
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
+pub mod drill;
 pub mod gateway;
 pub mod telemetry;
 
@@ -25,6 +27,16 @@ pub async fn main(cli: cli::Cli) -> Result<(), Box<dyn std::error::Error>> {
     let args = match cli.command {
         Some(cli::Command::Run(args)) => args,
         None => cli.run,
+        Some(cli::Command::Drill(cli::Drill::Concurrency(args))) => {
+            let exe = std::env::current_exe()?;
+            let report = drill::concurrency(&exe, args).await?;
+            print_report(&report);
+            return if report.passed() {
+                Ok(())
+            } else {
+                Err("the drill failed".into())
+            };
+        }
     };
     let settings = Settings::load(&args)?;
     let addr = format!("{}:{}", settings.host, settings.port);
@@ -37,6 +49,12 @@ pub async fn main(cli: cli::Cli) -> Result<(), Box<dyn std::error::Error>> {
         trigger.fire();
     });
     run(settings, listener, signal).await
+}
+
+/// A drill's report goes to stdout: it is the command's output.
+#[allow(clippy::print_stdout)]
+fn print_report(report: &impl std::fmt::Display) {
+    println!("{report}");
 }
 
 /// Starts the configured services (or the gateway) and serves them on

@@ -105,7 +105,7 @@ async fn the_purchase_flow_works_with_one_process_per_service_on_nats_and_postgr
     })
     .await
     .expect("nats up");
-    bus::jetstream::testing::create_service_streams(&async_nats::jetstream::new(client))
+    bus::jetstream::ensure_service_streams(&async_nats::jetstream::new(client))
         .await
         .unwrap();
 
