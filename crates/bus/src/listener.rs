@@ -52,6 +52,10 @@ pub struct EventContext {
 /// Tuning for one listener.
 #[derive(Debug, Clone)]
 pub struct ListenerOptions {
+    /// How long a delivery may go unacknowledged before the bus hands it to
+    /// another member. Short, because it is how long the events a crashed
+    /// replica had in hand wait; slow handlers are covered by progress acks
+    /// sent every half period.
     pub ack_wait: Duration,
     pub max_deliver: u32,
     /// Members of the durable consumer this process runs.
@@ -61,7 +65,7 @@ pub struct ListenerOptions {
 impl Default for ListenerOptions {
     fn default() -> Self {
         ListenerOptions {
-            ack_wait: Duration::from_secs(30),
+            ack_wait: Duration::from_secs(5),
             max_deliver: 20,
             concurrency: 1,
         }
@@ -95,44 +99,88 @@ where
     H: Fn(E, EventContext) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Outcome, ListenerError>> + Send + 'static,
 {
-    (0..options.concurrency.max(1))
-        .map(|_| {
-            let (bus, handler, options, shutdown) = (
-                bus.clone(),
-                handler.clone(),
-                options.clone(),
-                shutdown.clone(),
-            );
-            tokio::spawn(run_member::<E, H, Fut>(
-                bus, service, options, handler, shutdown,
-            ))
-        })
-        .collect()
+    let member = Member {
+        bus,
+        service,
+        options,
+        shutdown,
+        gate: None,
+        health: ListenerHealth::default(),
+    };
+    spawn_members::<E, H, Fut>(member, handler)
 }
 
-async fn run_member<E, H, Fut>(
+/// What each member of a listener runs with.
+#[derive(Clone)]
+struct Member {
     bus: Arc<dyn Bus>,
     service: &'static str,
     options: ListenerOptions,
-    handler: H,
-    mut shutdown: Shutdown,
-) where
+    shutdown: Shutdown,
+    gate: Option<store::Db>,
+    health: ListenerHealth,
+}
+
+fn spawn_members<E, H, Fut>(member: Member, handler: H) -> Vec<tokio::task::JoinHandle<()>>
+where
+    E: Event,
+    H: Fn(E, EventContext) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Outcome, ListenerError>> + Send + 'static,
+{
+    member.health.set(
+        &durable_name(member.service, E::SUBJECT),
+        Some(format!(
+            "listener {} has not joined its consumer yet",
+            durable_name(member.service, E::SUBJECT)
+        )),
+    );
+    (0..member.options.concurrency.max(1))
+        .map(|_| tokio::spawn(run_member::<E, H, Fut>(member.clone(), handler.clone())))
+        .collect()
+}
+
+async fn run_member<E, H, Fut>(member: Member, handler: H)
+where
     E: Event,
     H: Fn(E, EventContext) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Outcome, ListenerError>> + Send + 'static,
 {
+    let Member {
+        bus,
+        service,
+        options,
+        mut shutdown,
+        gate,
+        health,
+    } = member;
     let config = ConsumerConfig {
         durable: durable_name(service, E::SUBJECT),
         filter_subject: E::SUBJECT.to_owned(),
         ack_wait: options.ack_wait,
         max_deliver: options.max_deliver,
     };
+    if let Some(db) = gate {
+        tokio::select! {
+            _ = db.wait_ready() => {}
+            _ = shutdown.wait() => return,
+        }
+    }
     let mut retry = Duration::from_millis(200);
     let mut sub = loop {
         match bus.subscribe(config.clone()).await {
-            Ok(sub) => break sub,
+            Ok(sub) => {
+                health.set(&config.durable, None);
+                break sub;
+            }
             Err(e) => {
                 tracing::warn!(service, subject = E::SUBJECT, error = %e, "cannot join consumer yet");
+                health.set(
+                    &config.durable,
+                    Some(format!(
+                        "listener {} cannot join its consumer: {e}",
+                        config.durable
+                    )),
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(retry) => {}
                     _ = shutdown.wait() => return,
@@ -277,12 +325,41 @@ pub fn check_version(what: &str, stored: Option<i64>, incoming: i64) -> Option<O
     }
 }
 
+/// Whether each of a service's listeners has joined its durable consumer:
+/// part of the service's readiness (a missing stream shows up here).
+#[derive(Clone, Default)]
+pub struct ListenerHealth(
+    Arc<std::sync::Mutex<std::collections::BTreeMap<String, Option<String>>>>,
+);
+
+impl ListenerHealth {
+    fn set(&self, durable: &str, problem: Option<String>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(durable.to_owned(), problem);
+    }
+
+    /// `Err` naming every listener that has not joined its consumer, and why.
+    pub fn check(&self) -> Result<(), String> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let problems: Vec<&str> = map.values().flatten().map(String::as_str).collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
+
 /// The listeners of one service, started one event type at a time.
 pub struct Listeners {
     bus: Arc<dyn Bus>,
     service: &'static str,
     options: ListenerOptions,
     shutdown: Shutdown,
+    gate: Option<store::Db>,
+    health: ListenerHealth,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -298,8 +375,23 @@ impl Listeners {
             service,
             options,
             shutdown,
+            gate: None,
+            health: ListenerHealth::default(),
             tasks: Vec::new(),
         }
+    }
+
+    /// Listeners added after this wait until `db`'s schema is ready before
+    /// they join their consumers.
+    pub fn gated_on(mut self, db: store::Db) -> Self {
+        self.gate = Some(db);
+        self
+    }
+
+    /// Reports into `health` whether each listener has joined its consumer.
+    pub fn reporting_to(mut self, health: ListenerHealth) -> Self {
+        self.health = health;
+        self
     }
 
     /// Starts `handler` for every `E` delivered to this service's durable consumer.
@@ -309,13 +401,15 @@ impl Listeners {
         H: Fn(E, EventContext) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<Outcome, ListenerError>> + Send + 'static,
     {
-        let tasks = spawn::<E, H, Fut>(
-            self.bus.clone(),
-            self.service,
-            self.options.clone(),
-            handler,
-            self.shutdown.clone(),
-        );
+        let member = Member {
+            bus: self.bus.clone(),
+            service: self.service,
+            options: self.options.clone(),
+            shutdown: self.shutdown.clone(),
+            gate: self.gate.clone(),
+            health: self.health.clone(),
+        };
+        let tasks = spawn_members::<E, H, Fut>(member, handler);
         self.tasks.extend(tasks);
         self
     }

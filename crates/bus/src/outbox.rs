@@ -251,6 +251,10 @@ impl Outbox {
         let outbox = self.clone();
         tokio::spawn(async move {
             let service = outbox.inner.service;
+            tokio::select! {
+                _ = outbox.inner.db.wait_ready() => {}
+                _ = shutdown.wait() => {}
+            }
             let mut backoff = Duration::from_millis(100);
             loop {
                 if shutdown.is_fired() {

@@ -12,6 +12,7 @@ use shared::time::Clock;
 use store::{Db, Migration};
 
 use crate::Bus;
+use crate::listener::{ListenerHealth, ListenerOptions, Listeners};
 use crate::outbox::Outbox;
 
 /// Where each service keeps its database.
@@ -79,6 +80,8 @@ impl Deps {
             db,
             outbox,
             bus: self.bus.clone(),
+            shutdown: self.shutdown.clone(),
+            listener_health: ListenerHealth::default(),
             tasks: vec![relay],
         })
     }
@@ -90,10 +93,20 @@ pub struct ServiceBase {
     pub db: Db,
     pub outbox: Outbox,
     bus: Arc<dyn Bus>,
+    shutdown: Shutdown,
+    listener_health: ListenerHealth,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl ServiceBase {
+    /// The service's listeners: they start once its schema is ready, and
+    /// whether they have joined their consumers is part of its readiness.
+    pub fn listeners(&self, options: ListenerOptions) -> Listeners {
+        Listeners::new(self.bus.clone(), self.name, options, self.shutdown.clone())
+            .gated_on(self.db.clone())
+            .reporting_to(self.listener_health.clone())
+    }
+
     /// The started service: `router` plus the standard readiness checks and
     /// the relay along with `tasks` (listeners, schedulers).
     pub fn running(self, router: axum::Router, tasks: Vec<tokio::task::JoinHandle<()>>) -> Running {
@@ -102,7 +115,18 @@ impl ServiceBase {
         Running {
             name: self.name,
             router,
-            ready_checks: standard_checks(self.name, self.db, self.bus, Some(self.outbox)),
+            ready_checks: {
+                let mut checks = standard_checks(self.name, self.db, self.bus, Some(self.outbox));
+                let health = self.listener_health;
+                checks.push((
+                    format!("{} listeners", self.name),
+                    Arc::new(move || {
+                        let health = health.clone();
+                        Box::pin(async move { health.check() })
+                    }),
+                ));
+                checks
+            },
             tasks: all,
         }
     }

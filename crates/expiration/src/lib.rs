@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use bus::listener::{ListenerError, ListenerOptions, Listeners, Outcome};
+use bus::listener::{ListenerError, ListenerOptions, Outcome};
 use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
 use bus::service::{Deps, Running};
 use shared::events::{Event, ExpirationComplete, OrderCreated};
@@ -97,6 +97,10 @@ async fn run_scheduler(
     wake: Arc<Notify>,
     mut shutdown: Shutdown,
 ) {
+    tokio::select! {
+        _ = db.wait_ready() => {}
+        _ = shutdown.wait() => return,
+    }
     loop {
         if let Err(e) = fire_due(&outbox, clock.now()).await {
             tracing::warn!(error = %e, "cannot fire timers");
@@ -123,14 +127,10 @@ pub async fn start(deps: &Deps, listener_options: ListenerOptions) -> Result<Run
     let base = deps.open_service(SERVICE, MIGRATIONS).await?;
     let wake = Arc::new(Notify::new());
     let (db, w) = (base.db.clone(), wake.clone());
-    let mut tasks = Listeners::new(
-        deps.bus.clone(),
-        SERVICE,
-        listener_options,
-        deps.shutdown.clone(),
-    )
-    .on(move |e: OrderCreated, ctx| on_order_created(db.clone(), w.clone(), e, ctx.trace))
-    .into_tasks();
+    let mut tasks = base
+        .listeners(listener_options)
+        .on(move |e: OrderCreated, ctx| on_order_created(db.clone(), w.clone(), e, ctx.trace))
+        .into_tasks();
     let scheduler = run_scheduler(
         base.db.clone(),
         base.outbox.clone(),

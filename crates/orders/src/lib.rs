@@ -115,6 +115,6 @@ pub async fn start(
         clock: deps.clock.clone(),
         config,
     };
-    let listeners = listeners::spawn(&state, deps, &listener_options);
+    let listeners = listeners::spawn(&state, base.listeners(listener_options));
     Ok(base.running(router(state), listeners))
 }

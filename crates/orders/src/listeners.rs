@@ -1,35 +1,23 @@
 //! How orders reacts to the world: keep the ticket replica current (in
 //! version order), cancel expired orders, complete paid ones.
 
-use bus::listener::{
-    EventContext, ListenerError, ListenerOptions, Listeners, Outcome, check_version,
-};
-use bus::service::Deps;
+use bus::listener::{EventContext, ListenerError, Listeners, Outcome, check_version};
 use shared::events::{
     ExpirationComplete, OrderCompleted, OrderStatus, PaymentCreated, TicketCreated, TicketRef,
     TicketUpdated,
 };
 
+use crate::AppState;
 use crate::orders::Order;
-use crate::{AppState, SERVICE};
 
-pub(crate) fn spawn(
-    state: &AppState,
-    deps: &Deps,
-    options: &ListenerOptions,
-) -> Vec<tokio::task::JoinHandle<()>> {
+pub(crate) fn spawn(state: &AppState, listeners: Listeners) -> Vec<tokio::task::JoinHandle<()>> {
     let (a, b, c, d) = (state.clone(), state.clone(), state.clone(), state.clone());
-    Listeners::new(
-        deps.bus.clone(),
-        SERVICE,
-        options.clone(),
-        deps.shutdown.clone(),
-    )
-    .on(move |e: TicketCreated, _| on_ticket_created(a.clone(), e))
-    .on(move |e: TicketUpdated, _| on_ticket_updated(b.clone(), e))
-    .on(move |e: ExpirationComplete, ctx| on_expired(c.clone(), e, ctx))
-    .on(move |e: PaymentCreated, ctx| on_paid(d.clone(), e, ctx))
-    .into_tasks()
+    listeners
+        .on(move |e: TicketCreated, _| on_ticket_created(a.clone(), e))
+        .on(move |e: TicketUpdated, _| on_ticket_updated(b.clone(), e))
+        .on(move |e: ExpirationComplete, ctx| on_expired(c.clone(), e, ctx))
+        .on(move |e: PaymentCreated, ctx| on_paid(d.clone(), e, ctx))
+        .into_tasks()
 }
 
 async fn on_ticket_created(state: AppState, e: TicketCreated) -> Result<Outcome, ListenerError> {

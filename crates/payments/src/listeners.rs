@@ -1,36 +1,24 @@
 //! How payments follows orders: a replica applied in version order, and a
 //! refund when an order that was paid turns out to be cancelled.
 
-use bus::listener::{
-    EventContext, ListenerError, ListenerOptions, Listeners, Outcome, check_version,
-};
-use bus::service::Deps;
+use bus::listener::{EventContext, ListenerError, Listeners, Outcome, check_version};
 use shared::events::{OrderCancelled, OrderCompleted, OrderCreated, OrderStatus};
 use shared::ids::OrderId;
 
+use crate::AppState;
 use crate::payments::refund_if_cancelled;
-use crate::{AppState, SERVICE};
 
-pub(crate) fn spawn(
-    state: &AppState,
-    deps: &Deps,
-    options: &ListenerOptions,
-) -> Vec<tokio::task::JoinHandle<()>> {
+pub(crate) fn spawn(state: &AppState, listeners: Listeners) -> Vec<tokio::task::JoinHandle<()>> {
     let (a, b, c) = (state.clone(), state.clone(), state.clone());
-    Listeners::new(
-        deps.bus.clone(),
-        SERVICE,
-        options.clone(),
-        deps.shutdown.clone(),
-    )
-    .on(move |e: OrderCreated, _| on_created(a.clone(), e))
-    .on(move |e: OrderCancelled, ctx| {
-        on_finished(b.clone(), e.id, e.version, OrderStatus::Cancelled, ctx)
-    })
-    .on(move |e: OrderCompleted, ctx| {
-        on_finished(c.clone(), e.id, e.version, OrderStatus::Complete, ctx)
-    })
-    .into_tasks()
+    listeners
+        .on(move |e: OrderCreated, _| on_created(a.clone(), e))
+        .on(move |e: OrderCancelled, ctx| {
+            on_finished(b.clone(), e.id, e.version, OrderStatus::Cancelled, ctx)
+        })
+        .on(move |e: OrderCompleted, ctx| {
+            on_finished(c.clone(), e.id, e.version, OrderStatus::Complete, ctx)
+        })
+        .into_tasks()
 }
 
 async fn on_created(state: AppState, e: OrderCreated) -> Result<Outcome, ListenerError> {

@@ -15,6 +15,11 @@ impl Row {
         })?;
         T::from_value(value)
     }
+
+    /// Every column, in order.
+    pub fn values(&self) -> &[Value] {
+        &self.0
+    }
 }
 
 /// Which database engine a connection talks to.

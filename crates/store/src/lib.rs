@@ -109,6 +109,20 @@ impl Db {
         Ok(db)
     }
 
+    /// Resolves once the schema is ready (at once unless migrations are
+    /// still pending in the background), so background tasks start working
+    /// when their transactions can succeed instead of failing noisily.
+    pub async fn wait_ready(&self) {
+        while self
+            .not_ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+
     fn set_not_ready(&self, reason: Option<String>) {
         *self.not_ready.lock().unwrap_or_else(|e| e.into_inner()) = reason;
     }

@@ -88,7 +88,11 @@ impl NatsServer {
             ])
             .arg(&self.store_dir)
             .stdout(Stdio::null())
-            .stderr(self.logs.stderr("nats-server")?)
+            .stderr(match self.logs {
+                // The server's start-up banner would drown a test's output.
+                Logs::Inherit => Stdio::null(),
+                Logs::Dir(_) => self.logs.stderr("nats-server")?,
+            })
             .spawn()
             .map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot start {}: {e}", self.binary))

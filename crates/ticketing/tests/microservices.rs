@@ -3,142 +3,47 @@
 //! test's own, behind the stand-alone gateway. The same purchase flow as the
 //! all-in-one test, through the gateway.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use testkit::eventually;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Child processes killed when the test ends, however it ends.
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn spawn(args: &[&str], envs: &[(&str, String)]) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ticketing"));
-    cmd.arg("run")
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .env("JWT_KEY", "microservices-test-key-0123456789")
-        .env("COOKIE_SECURE", "false");
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    for var in ["NATS_URL", "DATABASE_URL", "STRIPE_SECRET_KEY"] {
-        if !envs.iter().any(|(k, _)| *k == var) {
-            cmd.env_remove(var);
-        }
-    }
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("ticketing starts")
-}
-
-async fn ready(base: &str) -> bool {
-    let client = reqwest::Client::new();
-    eventually(Duration::from_secs(30), || async {
-        client
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .ok()
-            .filter(|r| r.status() == StatusCode::OK)
-            .map(|_| ())
-    })
-    .await
-    .is_some()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_purchase_flow_works_with_one_process_per_service_on_nats_and_postgres() {
-    // Engines: PostgreSQL (a schema per service) and a nats-server of our own.
-    let mut schemas = Vec::new();
-    for _ in 0..5 {
-        let Some(s) = store::testing::postgres_schema().await else {
-            return;
-        };
-        schemas.push(s);
-    }
-    let nats_port = free_port();
-    let nats_store = tempfile::tempdir().unwrap();
-    let binary =
-        std::env::var("TICKETING_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
-    let nats = Command::new(&binary)
-        .args([
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &nats_port.to_string(),
-            "-js",
-            "-sd",
-        ])
-        .arg(nats_store.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let nats = match nats {
-        Ok(c) => c,
-        Err(e) if store::testing::engines_required() => panic!("cannot start {binary}: {e}"),
-        Err(e) => return store::testing::skipped(&format!("cannot start {binary} ({e})")),
-    };
-    let mut procs = Procs(vec![nats]);
-    let nats_url = format!("nats://127.0.0.1:{nats_port}");
-    let client = eventually(Duration::from_secs(10), || async {
-        async_nats::connect(&nats_url).await.ok()
-    })
-    .await
-    .expect("nats up");
-    bus::jetstream::ensure_service_streams(&async_nats::jetstream::new(client))
-        .await
-        .unwrap();
-
-    // Five services, one process each, then the gateway.
     let names = ["auth", "tickets", "orders", "expiration", "payments"];
-    let mut urls = Vec::new();
-    for (name, schema) in names.iter().zip(&schemas) {
-        let port = free_port();
-        procs.0.push(spawn(
-            &["--services", name, "--port", &port.to_string()],
+    let Some(engines) = common::engines(&names).await else {
+        return;
+    };
+    // Five services, one process each, then the gateway.
+    let mut cluster = engines.cluster(&[("ORDER_EXPIRATION_SECONDS", "3".into())]);
+    let urls: Vec<String> = names
+        .iter()
+        .map(|name| {
+            let id = engines.spawn(&mut cluster, name, name);
+            cluster.url(id)
+        })
+        .collect();
+    cluster.all_ready(Duration::from_secs(30)).await.unwrap();
+    let gateway = cluster
+        .spawn(
+            "gateway",
+            "gateway",
             &[
-                ("NATS_URL", nats_url.clone()),
-                ("DATABASE_URL", schema.url.clone()),
-                ("ORDER_EXPIRATION_SECONDS", "3".into()),
+                ("AUTH_URL", urls[0].clone()),
+                ("TICKETS_URL", urls[1].clone()),
+                ("ORDERS_URL", urls[2].clone()),
+                ("PAYMENTS_URL", urls[4].clone()),
             ],
-        ));
-        urls.push(format!("http://127.0.0.1:{port}"));
-    }
-    for u in &urls {
-        assert!(ready(u).await, "{u} never became ready");
-    }
-    let gw_port = free_port();
-    procs.0.push(spawn(
-        &["--services", "gateway", "--port", &gw_port.to_string()],
-        &[
-            ("AUTH_URL", urls[0].clone()),
-            ("TICKETS_URL", urls[1].clone()),
-            ("ORDERS_URL", urls[2].clone()),
-            ("PAYMENTS_URL", urls[4].clone()),
-        ],
-    ));
-    let gw = format!("http://127.0.0.1:{gw_port}");
-    assert!(ready(&gw).await, "gateway never became ready");
+        )
+        .unwrap();
+    assert!(
+        cluster.ready(gateway, Duration::from_secs(30)).await,
+        "gateway never became ready"
+    );
+    let gw = cluster.url(gateway);
 
     // The flow, through the gateway.
     let user = || {
@@ -259,5 +164,66 @@ async fn the_purchase_flow_works_with_one_process_per_service_on_nats_and_postgr
         json!("available"),
     )
     .await;
-    drop(procs);
+    drop(cluster);
+}
+
+/// A service never creates streams and never waits for them: without its
+/// streams it still serves what it can, says on `/readyz` which listeners
+/// cannot join and why, keeps its events in its outbox, and recovers once the
+/// streams are provisioned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_without_its_streams_serves_reports_why_and_recovers_once_provisioned() {
+    let Some(engines) = common::engines_without_streams(&["tickets"]).await else {
+        return;
+    };
+    let mut cluster = engines.cluster(&[]);
+    let tickets = engines.spawn(&mut cluster, "tickets", "tickets");
+    let url = cluster.url(tickets);
+    let http = reqwest::Client::new();
+    let reasons = eventually(Duration::from_secs(30), || async {
+        let res = http.get(format!("{url}/readyz")).send().await.ok()?;
+        if res.status() != StatusCode::SERVICE_UNAVAILABLE {
+            return None;
+        }
+        let body: Value = res.json().await.ok()?;
+        let text = body.to_string();
+        text.contains("listener tickets-order-created cannot join its consumer")
+            .then_some(text)
+    })
+    .await
+    .expect("/readyz names the listener that cannot join");
+    assert!(reasons.contains("order.created"), "{reasons}");
+
+    // It still takes writes; the event waits in the outbox.
+    let seller = common::Api::new("seller@example.com");
+    let (status, ticket) = seller
+        .send(
+            "POST",
+            &format!("{url}/api/tickets"),
+            Some(json!({"title": "Early", "price": 12})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{ticket}");
+    let pending = engines
+        .query("tickets", "SELECT COUNT(*) FROM outbox")
+        .await;
+    assert_eq!(pending[0][0], "1");
+
+    engines.provision_streams().await;
+    assert!(
+        cluster.ready(tickets, Duration::from_secs(30)).await,
+        "ready once the streams exist"
+    );
+    let drained = eventually(Duration::from_secs(15), || async {
+        let n = engines
+            .query("tickets", "SELECT COUNT(*) FROM outbox")
+            .await;
+        (n[0][0] == "0").then_some(())
+    })
+    .await;
+    assert!(
+        drained.is_some(),
+        "the outbox drains once the stream exists"
+    );
 }

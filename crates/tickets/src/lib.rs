@@ -92,6 +92,6 @@ pub async fn start(
         keys: deps.keys.clone(),
         clock: deps.clock.clone(),
     };
-    let listeners = listeners::spawn(&state, deps, &listener_options);
+    let listeners = listeners::spawn(&state, base.listeners(listener_options));
     Ok(base.running(router(state), listeners))
 }

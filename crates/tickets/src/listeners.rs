@@ -3,33 +3,21 @@
 //! `order.completed`. Order events are applied in version order through the
 //! local order replica; duplicates are acked and ignored.
 
-use bus::listener::{
-    EventContext, ListenerError, ListenerOptions, Listeners, Outcome, check_version,
-};
-use bus::service::Deps;
+use bus::listener::{EventContext, ListenerError, Listeners, Outcome, check_version};
 use shared::events::{OrderCancelled, OrderCompleted, OrderCreated, OrderStatus, TicketStatus};
 use shared::ids::{OrderId, TicketId};
 use store::Conn;
 
+use crate::AppState;
 use crate::tickets::Ticket;
-use crate::{AppState, SERVICE};
 
-pub(crate) fn spawn(
-    state: &AppState,
-    deps: &Deps,
-    options: &ListenerOptions,
-) -> Vec<tokio::task::JoinHandle<()>> {
+pub(crate) fn spawn(state: &AppState, listeners: Listeners) -> Vec<tokio::task::JoinHandle<()>> {
     let (a, b, c) = (state.clone(), state.clone(), state.clone());
-    Listeners::new(
-        deps.bus.clone(),
-        SERVICE,
-        options.clone(),
-        deps.shutdown.clone(),
-    )
-    .on(move |e: OrderCreated, ctx| on_order_created(a.clone(), e, ctx))
-    .on(move |e: OrderCancelled, ctx| on_order_cancelled(b.clone(), e, ctx))
-    .on(move |e: OrderCompleted, ctx| on_order_completed(c.clone(), e, ctx))
-    .into_tasks()
+    listeners
+        .on(move |e: OrderCreated, ctx| on_order_created(a.clone(), e, ctx))
+        .on(move |e: OrderCancelled, ctx| on_order_cancelled(b.clone(), e, ctx))
+        .on(move |e: OrderCompleted, ctx| on_order_completed(c.clone(), e, ctx))
+        .into_tasks()
 }
 
 /// The stored version of an order, if this service has seen it.

@@ -1,0 +1,185 @@
+//! Multi-process test support: engines of the test's own (a nats-server on a
+//! free port, a PostgreSQL schema per service), service processes, signed-in
+//! API clients and direct reads of a service's database.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use shared::auth::{AuthKeys, AuthUser};
+use shared::ids::UserId;
+use shared::time::Clock;
+use store::testing::PgSchema;
+use ticketing::cluster::{Cluster, Logs, NatsServer};
+
+pub const JWT_KEY: &str = "multi-process-test-key-0123456789";
+
+/// A nats-server and one PostgreSQL schema per service, for one test.
+pub struct Engines {
+    pub nats: NatsServer,
+    pub schemas: HashMap<&'static str, PgSchema>,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts the engines and provisions the streams, or `None` (after saying
+/// why) when they are unavailable and optional.
+pub async fn engines(services: &[&'static str]) -> Option<Engines> {
+    let engines = engines_without_streams(services).await?;
+    engines.provision_streams().await;
+    Some(engines)
+}
+
+/// [`engines`] before the provisioning job has run: no streams.
+pub async fn engines_without_streams(services: &[&'static str]) -> Option<Engines> {
+    let mut schemas = HashMap::new();
+    for s in services {
+        schemas.insert(*s, store::testing::postgres_schema().await?);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let binary =
+        std::env::var("TICKETING_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+    let nats = match NatsServer::start(&binary, &dir.path().join("nats"), Logs::Inherit) {
+        Ok(n) => n,
+        Err(e) if store::testing::engines_required() => panic!("{e}"),
+        Err(e) => {
+            store::testing::skipped(&e.to_string());
+            return None;
+        }
+    };
+    Some(Engines {
+        nats,
+        schemas,
+        _dir: dir,
+    })
+}
+
+impl Engines {
+    /// Creates the services' streams, as the provisioning job does.
+    pub async fn provision_streams(&self) {
+        let js = self.nats.jetstream().await.unwrap();
+        bus::jetstream::ensure_service_streams(&js).await.unwrap();
+    }
+
+    /// Service processes on these engines; `env` is set for every one.
+    pub fn cluster(&self, env: &[(&str, String)]) -> Cluster {
+        let mut common = vec![
+            ("NATS_URL", self.nats.url()),
+            ("JWT_KEY", JWT_KEY.to_owned()),
+            ("COOKIE_SECURE", "false".to_owned()),
+            ("RUST_LOG", "warn".to_owned()),
+        ];
+        common.extend(env.iter().cloned());
+        Cluster::new(
+            std::path::Path::new(env!("CARGO_BIN_EXE_ticketing")),
+            &common,
+            Logs::Inherit,
+        )
+    }
+
+    /// Starts one process of `service` on its schema.
+    pub fn spawn(&self, cluster: &mut Cluster, name: &str, service: &'static str) -> usize {
+        cluster
+            .spawn(
+                name,
+                service,
+                &[("DATABASE_URL", self.schemas[service].url.clone())],
+            )
+            .unwrap()
+    }
+
+    /// Rows of `sql` in `service`'s database, each column as text.
+    pub async fn query(&self, service: &'static str, sql: &'static str) -> Vec<Vec<String>> {
+        let db = store::Db::postgres_lazy(&self.schemas[service].url, 1).unwrap();
+        db.read(move |c| {
+            Ok::<_, store::StoreError>(
+                c.query(sql, &[])?
+                    .iter()
+                    .map(|r| {
+                        r.values()
+                            .iter()
+                            .map(|v| match v {
+                                store::Value::Null => "null".to_owned(),
+                                store::Value::Int(n) => n.to_string(),
+                                store::Value::Text(t) => t.clone(),
+                            })
+                            .collect()
+                    })
+                    .collect::<Vec<Vec<String>>>(),
+            )
+        })
+        .await
+        .unwrap()
+    }
+}
+
+/// A signed-in client (a session minted with the processes' JWT key).
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    token: String,
+}
+
+impl Api {
+    pub fn new(email: &str) -> Api {
+        let keys = AuthKeys::new(JWT_KEY.as_bytes(), Duration::from_secs(3600), false);
+        let user = AuthUser {
+            id: UserId::new(),
+            email: email.to_owned(),
+        };
+        Api {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            token: keys.issue(&user, Clock::System.now()).unwrap(),
+        }
+    }
+
+    /// Sends a request; a connection error (a killed process) is `None`.
+    pub async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<Value>,
+    ) -> Option<(StatusCode, Value)> {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), url)
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.ok()?;
+        let status = res.status();
+        let v = res.json().await.unwrap_or(Value::Null);
+        Some((status, v))
+    }
+
+    /// Retries until the answer has `status` (or panics after 30 s).
+    pub async fn until(
+        &self,
+        method: &str,
+        urls: &[String],
+        path: &str,
+        body: Option<Value>,
+        status: StatusCode,
+    ) -> Value {
+        let mut i = 0;
+        let found = testkit::eventually(Duration::from_secs(30), || {
+            i += 1;
+            let url = format!("{}{path}", urls[i % urls.len()]);
+            let body = body.clone();
+            async move {
+                match self.send(method, &url, body).await {
+                    Some((s, v)) if s == status => Some(v),
+                    _ => None,
+                }
+            }
+        })
+        .await;
+        found.unwrap_or_else(|| panic!("{method} {path} never answered {status}"))
+    }
+}

@@ -1,0 +1,363 @@
+//! Crashes across processes, on a nats-server and PostgreSQL of the test's
+//! own: services killed with SIGKILL mid-flow, NATS killed and restarted, a
+//! service restarted in front of a backlog. After recovery no event is lost
+//! (every copy converges, nothing is parked, every outbox is empty), none is
+//! applied twice (every record's version counts its changes exactly), every
+//! order reaches a terminal state, and the replicas agree.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{Api, Engines};
+use reqwest::StatusCode;
+use serde_json::json;
+use testkit::eventually;
+
+const SERVICES: [&str; 5] = ["auth", "tickets", "orders", "expiration", "payments"];
+
+/// Waits until `check` holds for the rows of `sql` in `service`'s database.
+async fn until_rows(
+    engines: &Engines,
+    service: &'static str,
+    sql: &'static str,
+    what: &str,
+    check: impl Fn(&[Vec<String>]) -> bool,
+) -> Vec<Vec<String>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let rows = engines.query(service, sql).await;
+        if check(&rows) {
+            return rows;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: last saw {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn parked(engines: &Engines) -> u64 {
+    let js = engines.nats.jetstream().await.unwrap();
+    let mut stream = js.get_stream("PARKED").await.unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
+async fn outboxes_drain(engines: &Engines, services: &[&'static str]) {
+    for s in services {
+        until_rows(
+            engines,
+            s,
+            "SELECT COUNT(*) FROM outbox",
+            &format!("{s}'s outbox drains"),
+            |r| r[0][0] == "0",
+        )
+        .await;
+    }
+}
+
+async fn create_ticket(seller: &Api, tickets: &[String], title: &str) -> String {
+    seller
+        .until(
+            "POST",
+            tickets,
+            "/api/tickets",
+            Some(json!({"title": title, "price": 20})),
+            StatusCode::CREATED,
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_killed_mid_purchase_lose_nothing_and_apply_nothing_twice() {
+    let Some(engines) = common::engines(&SERVICES).await else {
+        return;
+    };
+    let mut c = engines.cluster(&[("ORDER_EXPIRATION_SECONDS", "15".into())]);
+    let t = [
+        engines.spawn(&mut c, "tickets-1", "tickets"),
+        engines.spawn(&mut c, "tickets-2", "tickets"),
+    ];
+    let o = [
+        engines.spawn(&mut c, "orders-1", "orders"),
+        engines.spawn(&mut c, "orders-2", "orders"),
+    ];
+    let exp = engines.spawn(&mut c, "expiration", "expiration");
+    let pay = engines.spawn(&mut c, "payments", "payments");
+    c.all_ready(Duration::from_secs(60)).await.unwrap();
+    let tickets_urls: Vec<String> = t.iter().map(|id| c.url(*id)).collect();
+    let orders_urls: Vec<String> = o.iter().map(|id| c.url(*id)).collect();
+    let payments_url = vec![c.url(pay)];
+    let (seller, buyer) = (
+        Api::new("seller@example.com"),
+        Api::new("buyer@example.com"),
+    );
+
+    let n = 12;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(create_ticket(&seller, &tickets_urls, &format!("Show {i}")).await);
+    }
+    // Order every ticket and pay for the even ones; kill processes on the way.
+    let mut orders = Vec::new();
+    for (i, ticket) in ids.iter().enumerate() {
+        if i == n / 3 {
+            c.kill(o[1]);
+            c.kill(t[0]);
+        }
+        if i == n / 2 {
+            c.kill(exp);
+            c.kill(pay);
+            c.start(pay).unwrap();
+        }
+        let order = buyer
+            .until(
+                "POST",
+                &orders_urls,
+                "/api/orders",
+                Some(json!({"ticketId": ticket})),
+                StatusCode::CREATED,
+            )
+            .await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if i % 2 == 0 {
+            buyer
+                .until(
+                    "POST",
+                    &payments_url,
+                    "/api/payments",
+                    Some(json!({"orderId": order, "token": "tok_visa"})),
+                    StatusCode::CREATED,
+                )
+                .await;
+        }
+        orders.push(order);
+    }
+    for id in [o[1], t[0], exp] {
+        c.start(id).unwrap();
+    }
+    c.all_ready(Duration::from_secs(60)).await.unwrap();
+
+    // Every order terminal: the paid ones complete, the rest expired.
+    let rows = until_rows(
+        &engines,
+        "orders",
+        "SELECT id, status, version FROM orders",
+        "every order reaches a terminal state",
+        |r| r.len() == n && r.iter().all(|o| o[1] != "created"),
+    )
+    .await;
+    let status: HashMap<&str, (&str, &str)> = rows
+        .iter()
+        .map(|r| (r[0].as_str(), (r[1].as_str(), r[2].as_str())))
+        .collect();
+    for (i, order) in orders.iter().enumerate() {
+        let want = if i % 2 == 0 { "complete" } else { "cancelled" };
+        assert_eq!(status[order.as_str()], (want, "1"), "order {i}");
+    }
+    // Tickets: reserved once, then sold or released once — version 2.
+    let rows = until_rows(
+        &engines,
+        "tickets",
+        "SELECT id, status, version FROM tickets",
+        "every ticket settles",
+        |r| r.iter().all(|t| t[1] != "reserved"),
+    )
+    .await;
+    let tickets: HashMap<&str, (&str, &str)> = rows
+        .iter()
+        .map(|r| (r[0].as_str(), (r[1].as_str(), r[2].as_str())))
+        .collect();
+    for (i, ticket) in ids.iter().enumerate() {
+        let want = if i % 2 == 0 { "sold" } else { "available" };
+        assert_eq!(tickets[ticket.as_str()], (want, "2"), "ticket {i}");
+    }
+    // The replicas converge: orders' ticket copies, payments' order copies.
+    until_rows(
+        &engines,
+        "orders",
+        "SELECT version FROM tickets",
+        "orders' copies of the tickets reach version 2",
+        |r| r.len() == n && r.iter().all(|t| t[0] == "2"),
+    )
+    .await;
+    until_rows(
+        &engines,
+        "payments",
+        "SELECT status, version FROM orders",
+        "payments' copies of the orders reach their final state",
+        |r| {
+            r.len() == n
+                && r.iter().filter(|o| o[0] == "complete").count() == n / 2
+                && r.iter().all(|o| o[1] == "1")
+        },
+    )
+    .await;
+    let charges = engines
+        .query(
+            "payments",
+            "SELECT COUNT(*), COUNT(refund_id) FROM payments",
+        )
+        .await;
+    assert_eq!(
+        charges[0],
+        vec![(n / 2).to_string(), "0".into()],
+        "one charge per paid order, no refunds"
+    );
+    outboxes_drain(&engines, &["tickets", "orders", "expiration", "payments"]).await;
+    assert_eq!(parked(&engines).await, 0, "no event was parked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_written_while_nats_is_down_arrive_after_it_restarts() {
+    let Some(mut engines) = common::engines(&["tickets", "orders"]).await else {
+        return;
+    };
+    let mut c = engines.cluster(&[]);
+    let t = engines.spawn(&mut c, "tickets", "tickets");
+    let _orders = engines.spawn(&mut c, "orders", "orders");
+    c.all_ready(Duration::from_secs(60)).await.unwrap();
+    let tickets_url = vec![c.url(t)];
+    let seller = Api::new("seller@example.com");
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(create_ticket(&seller, &tickets_url, &format!("Before {i}")).await);
+    }
+    until_rows(
+        &engines,
+        "orders",
+        "SELECT COUNT(*) FROM tickets",
+        "copies",
+        |r| r[0][0] == "5",
+    )
+    .await;
+
+    engines.nats.kill();
+    let http = reqwest::Client::new();
+    let not_ready = eventually(Duration::from_secs(20), || async {
+        let r = http.get(format!("{}/readyz", c.url(t))).send().await.ok()?;
+        (r.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(())
+    })
+    .await;
+    assert!(
+        not_ready.is_some(),
+        "tickets reports not-ready without NATS"
+    );
+    // Writes keep working; their events wait in the outbox.
+    for i in 0..5 {
+        ids.push(create_ticket(&seller, &tickets_url, &format!("During {i}")).await);
+    }
+    for id in &ids[..5] {
+        let (status, _) = seller
+            .send(
+                "PUT",
+                &format!("{}/api/tickets/{id}", tickets_url[0]),
+                Some(json!({"title": "Edited", "price": 25})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::OK);
+    }
+    let pending = engines
+        .query("tickets", "SELECT COUNT(*) FROM outbox")
+        .await;
+    assert_eq!(pending[0][0], "10", "events kept in the outbox");
+
+    engines.nats.restart().unwrap();
+    c.all_ready(Duration::from_secs(60)).await.unwrap();
+    until_rows(
+        &engines,
+        "orders",
+        "SELECT version, price_cents FROM tickets ORDER BY version, price_cents",
+        "orders catches up with every event written during the outage",
+        |r| {
+            r.len() == 10
+                && r[..5].iter().all(|t| t == &["0", "2000"])
+                && r[5..].iter().all(|t| t == &["1", "2500"])
+        },
+    )
+    .await;
+    outboxes_drain(&engines, &["tickets"]).await;
+    assert_eq!(parked(&engines).await, 0);
+    drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_restarted_in_front_of_a_backlog_handle_each_event_once() {
+    let Some(engines) = common::engines(&["tickets", "orders"]).await else {
+        return;
+    };
+    let mut c = engines.cluster(&[]);
+    let t = engines.spawn(&mut c, "tickets", "tickets");
+    let o = [
+        engines.spawn(&mut c, "orders-1", "orders"),
+        engines.spawn(&mut c, "orders-2", "orders"),
+    ];
+    c.all_ready(Duration::from_secs(60)).await.unwrap();
+    for id in o {
+        c.kill(id);
+    }
+    // A backlog: 30 tickets, each edited twice, while no orders replica runs.
+    let tickets_url = vec![c.url(t)];
+    let seller = Api::new("seller@example.com");
+    let n = 30;
+    for i in 0..n {
+        let id = create_ticket(&seller, &tickets_url, &format!("Backlog {i}")).await;
+        for price in [21, 22] {
+            let (status, _) = seller
+                .send(
+                    "PUT",
+                    &format!("{}/api/tickets/{id}", tickets_url[0]),
+                    Some(json!({"title": "Edited", "price": price})),
+                )
+                .await
+                .unwrap();
+            assert_eq!(status, StatusCode::OK);
+        }
+    }
+    outboxes_drain(&engines, &["tickets"]).await;
+    for id in o {
+        c.start(id).unwrap();
+    }
+    c.all_ready(Duration::from_secs(60)).await.unwrap();
+    until_rows(
+        &engines,
+        "orders",
+        "SELECT version, price_cents FROM tickets",
+        "both replicas together work off the backlog",
+        |r| r.len() == n && r.iter().all(|t| t == &["2", "2200"]),
+    )
+    .await;
+    // Counted since the restart: each event handled by exactly one replica.
+    let http = reqwest::Client::new();
+    let mut handled = HashMap::new();
+    for id in o {
+        let text = http
+            .get(format!("{}/metrics", c.url(id)))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for subject in ["ticket.created", "ticket.updated"] {
+            let key = format!("events_handled_total{{service=\"orders\",subject=\"{subject}\"}} ");
+            let v: u64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&key))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            *handled.entry(subject).or_insert(0) += v;
+        }
+    }
+    assert_eq!(handled["ticket.created"], n as u64);
+    assert_eq!(handled["ticket.updated"], 2 * n as u64);
+    assert_eq!(parked(&engines).await, 0);
+}
