@@ -1,0 +1,525 @@
+//! The bus on NATS JetStream and PostgreSQL, each figure beside its limit,
+//! measured in the same run on the same servers.
+//!
+//! (a) Transport: publish N messages in pipelined batches of 256 and consume
+//!     them with a no-op handler (double ack, as the bus does) — through our
+//!     `Bus` interface, and through raw `async-nats` with the same payload
+//!     size, batches and ack mode. Then latency: one awaited publish at a time,
+//!     publish → handled, p50 and p99. Rounds alternate raw / ours.
+//! (b) Full path: W writers each commit a state change with its outbox row;
+//!     the relay publishes; a listener (C members) runs one consumer
+//!     transaction per event — versus W writers committing plain transactions
+//!     on the same PostgreSQL.
+//!
+//! ```text
+//! cargo run --release -p ticketing --example bus_bench -- \
+//!     --database-url postgres://postgres@127.0.0.1:5432/postgres
+//! ```
+//!
+//! It starts its own `nats-server` (`--nats-server PATH`) unless given
+//! `--nats-url` (use a server nothing else uses).
+#![allow(clippy::print_stdout)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::pull, stream};
+use bus::jetstream::JetStreamBus;
+use bus::listener::{self, ListenerOptions, Outcome};
+use bus::outbox::{self, Outbox};
+use bus::{Bus, ConsumerConfig, Message};
+use clap::Parser;
+use futures_util::StreamExt;
+use shared::events::UserCreated;
+use shared::ids::UserId;
+use shared::shutdown;
+use shared::time::Clock;
+use shared::trace::TraceContext;
+use store::scratch::ScratchSchema;
+use store::{Db, Migration};
+use ticketing::cluster::{Logs, NatsServer};
+
+#[derive(Parser)]
+struct Args {
+    /// Messages per transport round.
+    #[arg(long, default_value_t = 20_000)]
+    messages: usize,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 256)]
+    payload: usize,
+    /// Transport rounds of each kind (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Messages in the latency phase.
+    #[arg(long, default_value_t = 2_000)]
+    latency_messages: usize,
+    /// Events in the full-path phase (and transactions in its limit).
+    #[arg(long, default_value_t = 10_000)]
+    events: usize,
+    /// Concurrent writers in the full-path phase and its limit.
+    #[arg(long, default_value_t = 8)]
+    writers: usize,
+    /// Members of the consumer in the full-path phase.
+    #[arg(long, default_value_t = 8)]
+    consumers: usize,
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+    #[arg(long, default_value = "nats-server")]
+    nats_server: String,
+    #[arg(long)]
+    nats_url: Option<String>,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let dir = std::env::temp_dir().join(format!("ticketing-bench-{}", std::process::id()));
+    let mut own = None;
+    let url = match &args.nats_url {
+        Some(u) => u.clone(),
+        None => {
+            let server = NatsServer::start(&args.nats_server, &dir, Logs::Inherit)
+                .expect("start nats-server (or pass --nats-url)");
+            let url = server.url();
+            own = Some(server);
+            url
+        }
+    };
+    let client = connect(&url).await;
+    let js = jetstream::new(client.clone());
+    println!(
+        "transport: {} messages of {} bytes, batches of 256, double acks, {} rounds each",
+        args.messages, args.payload, args.rounds
+    );
+    let (mut raw_rates, mut our_rates) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        raw_rates.push(raw_throughput(&js, round, args.messages, args.payload).await);
+        our_rates.push(our_throughput(&client, round, args.messages, args.payload).await);
+    }
+    let (raw, ours) = (median(&mut raw_rates), median(&mut our_rates));
+    println!(
+        "  raw async-nats   {raw:>9.0} msg/s   (rounds: {})",
+        list(&raw_rates)
+    );
+    println!(
+        "  our Bus          {ours:>9.0} msg/s   (rounds: {})",
+        list(&our_rates)
+    );
+    println!(
+        "  ratio            {:>9.0} %  (target ≥ 80 %)",
+        100.0 * ours / raw
+    );
+
+    let n = args.latency_messages;
+    let raw_lat = raw_latency(&js, n, args.payload).await;
+    let our_lat = our_latency(&client, n, args.payload).await;
+    println!("latency: {n} messages published one at a time, publish → handled");
+    println!(
+        "  raw async-nats   p50 {:>7.0} µs   p99 {:>7.0} µs",
+        raw_lat.0, raw_lat.1
+    );
+    println!(
+        "  our Bus          p50 {:>7.0} µs   p99 {:>7.0} µs",
+        our_lat.0, our_lat.1
+    );
+    println!(
+        "  p99 ratio        {:>9.2} ×  (target ≤ 2 ×)",
+        our_lat.1 / raw_lat.1
+    );
+
+    println!(
+        "full path: {} events, {} writers, {} consumer members, PostgreSQL",
+        args.events, args.writers, args.consumers
+    );
+    let limit = raw_store_rate(&args).await;
+    let full = full_path_rate(&args, &client, true).await;
+    let no_tx = full_path_rate(&args, &client, false).await;
+    println!("  limit: plain one-row store transactions             {limit:>8.0} tx/s");
+    println!("  write + outbox → relay → JetStream → consumer tx    {full:>8.0} events/s");
+    println!(
+        "  ratio            {:>9.0} %  (target ≥ 50 %)",
+        100.0 * full / limit
+    );
+    println!(
+        "  the same with a no-op consumer (no consumer tx)     {no_tx:>8.0} events/s ({:.0} % of the limit)",
+        100.0 * no_tx / limit
+    );
+    drop(js);
+    drop(client);
+    drop(own);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn connect(url: &str) -> async_nats::Client {
+    for _ in 0..200 {
+        if let Ok(c) = async_nats::connect(url).await {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("cannot connect to {url}");
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn list(v: &[f64]) -> String {
+    v.iter()
+        .map(|r| format!("{r:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A payload of `size` bytes starting with the send time.
+fn payload(size: usize, epoch: Instant) -> Vec<u8> {
+    let mut p = vec![b'x'; size.max(16)];
+    p[..16].copy_from_slice(&(epoch.elapsed().as_nanos() as u64).to_be_bytes().repeat(2));
+    p
+}
+
+fn sent_at(p: &[u8]) -> u64 {
+    u64::from_be_bytes(p[..8].try_into().unwrap())
+}
+
+async fn make_stream(js: &jetstream::Context, name: &str) -> String {
+    let subject = format!("{}.x", name.to_lowercase());
+    js.create_stream(stream::Config {
+        name: name.into(),
+        subjects: vec![subject.clone()],
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .expect("create stream");
+    subject
+}
+
+async fn raw_consumer(js: &jetstream::Context, stream: &str) -> jetstream::consumer::PullConsumer {
+    js.get_stream(stream)
+        .await
+        .unwrap()
+        .create_consumer(pull::Config {
+            durable_name: Some("c".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+/// Consumes `n` with raw async-nats, double-acking each; returns latencies (ns).
+fn spawn_raw_consume(
+    consumer: jetstream::consumer::PullConsumer,
+    n: usize,
+    epoch: Instant,
+) -> tokio::task::JoinHandle<Vec<u64>> {
+    tokio::spawn(async move {
+        let mut msgs = consumer
+            .stream()
+            .max_messages_per_batch(64)
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await
+            .unwrap();
+        let mut lat = Vec::with_capacity(n);
+        while lat.len() < n {
+            let m = msgs.next().await.unwrap().unwrap();
+            m.double_ack().await.unwrap();
+            lat.push((epoch.elapsed().as_nanos() as u64).saturating_sub(sent_at(&m.payload)));
+        }
+        lat
+    })
+}
+
+/// Consumes `n` through our `Bus`, acking each; returns latencies (ns).
+fn spawn_our_consume(
+    bus: JetStreamBus,
+    subject: String,
+    n: usize,
+    epoch: Instant,
+) -> tokio::task::JoinHandle<Vec<u64>> {
+    tokio::spawn(async move {
+        let mut sub = bus
+            .subscribe(ConsumerConfig::new("c", subject))
+            .await
+            .unwrap();
+        let mut lat = Vec::with_capacity(n);
+        while lat.len() < n {
+            let d = sub.next().await.unwrap().unwrap();
+            let sent = sent_at(&d.message.payload);
+            d.ack().await.unwrap();
+            lat.push((epoch.elapsed().as_nanos() as u64).saturating_sub(sent));
+        }
+        lat
+    })
+}
+
+async fn raw_throughput(js: &jetstream::Context, round: usize, n: usize, size: usize) -> f64 {
+    let name = format!("RAWT{round}");
+    let subject = make_stream(js, &name).await;
+    let consumer = raw_consumer(js, &name).await;
+    let epoch = Instant::now();
+    let consume = spawn_raw_consume(consumer, n, epoch);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(256) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for i in chunk {
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(payload(size, epoch).into())
+                .message_id(format!("raw-{round}-{i}"));
+            acks.push(js.send_publish(subject.clone(), publish).await.unwrap());
+        }
+        for a in acks {
+            a.await.unwrap();
+        }
+    }
+    consume.await.unwrap();
+    let rate = n as f64 / epoch.elapsed().as_secs_f64();
+    js.delete_stream(&name).await.unwrap();
+    rate
+}
+
+fn message(subject: &str, id: String, size: usize, epoch: Instant) -> Message {
+    Message {
+        subject: subject.to_owned(),
+        id,
+        headers: vec![],
+        payload: payload(size, epoch),
+    }
+}
+
+async fn our_throughput(client: &async_nats::Client, round: usize, n: usize, size: usize) -> f64 {
+    let bus = JetStreamBus::from_client(client.clone());
+    let name = format!("OURT{round}");
+    let subject = make_stream(bus.context(), &name).await;
+    let epoch = Instant::now();
+    let consume = spawn_our_consume(bus.clone(), subject.clone(), n, epoch);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(256) {
+        let batch = chunk
+            .iter()
+            .map(|i| message(&subject, format!("our-{round}-{i}"), size, epoch))
+            .collect();
+        bus.publish_batch(batch).await.unwrap();
+    }
+    consume.await.unwrap();
+    let rate = n as f64 / epoch.elapsed().as_secs_f64();
+    bus.context().delete_stream(&name).await.unwrap();
+    rate
+}
+
+fn percentiles(mut lat: Vec<u64>) -> (f64, f64) {
+    lat.sort_unstable();
+    let at = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)] as f64 / 1000.0;
+    (at(0.50), at(0.99))
+}
+
+async fn raw_latency(js: &jetstream::Context, n: usize, size: usize) -> (f64, f64) {
+    let subject = make_stream(js, "RAWL").await;
+    let consumer = raw_consumer(js, "RAWL").await;
+    let epoch = Instant::now();
+    let consume = spawn_raw_consume(consumer, n, epoch);
+    for i in 0..n {
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload(size, epoch).into())
+            .message_id(format!("rawl-{i}"));
+        js.send_publish(subject.clone(), publish)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let p = percentiles(consume.await.unwrap());
+    js.delete_stream("RAWL").await.unwrap();
+    p
+}
+
+async fn our_latency(client: &async_nats::Client, n: usize, size: usize) -> (f64, f64) {
+    let bus = JetStreamBus::from_client(client.clone());
+    let subject = make_stream(bus.context(), "OURL").await;
+    let epoch = Instant::now();
+    let consume = spawn_our_consume(bus.clone(), subject.clone(), n, epoch);
+    for i in 0..n {
+        bus.publish(message(&subject, format!("ourl-{i}"), size, epoch))
+            .await
+            .unwrap();
+    }
+    let p = percentiles(consume.await.unwrap());
+    bus.context().delete_stream("OURL").await.unwrap();
+    p
+}
+
+static PRODUCER: &[Migration] = &[Migration {
+    version: 1,
+    description: "bench producer",
+    sql: "CREATE TABLE items (id TEXT PRIMARY KEY, n BIGINT NOT NULL);
+          CREATE TABLE outbox (
+              id TEXT PRIMARY KEY, subject TEXT NOT NULL, headers TEXT NOT NULL,
+              payload TEXT NOT NULL, created_at BIGINT NOT NULL);",
+}];
+
+static CONSUMER: &[Migration] = &[Migration {
+    version: 1,
+    description: "bench consumer",
+    sql: "CREATE TABLE copies (id TEXT PRIMARY KEY, email TEXT NOT NULL);",
+}];
+
+async fn schema(args: &Args, what: &str) -> ScratchSchema {
+    ScratchSchema::create(&args.database_url, &format!("bench_{what}"))
+        .await
+        .expect("PostgreSQL (pass --database-url)")
+}
+
+/// W writers, each committing plain one-row transactions.
+async fn raw_store_rate(args: &Args) -> f64 {
+    let s = schema(args, "raw").await;
+    let db = Db::open_postgres(&s.url, args.writers, PRODUCER)
+        .await
+        .unwrap();
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let writers: Vec<_> = (0..args.writers)
+        .map(|_| {
+            let (db, next, total) = (db.clone(), next.clone(), args.events);
+            tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < total {
+                    db.write(|c| {
+                        c.execute(
+                            "INSERT INTO items (id, n) VALUES ($1, 1)",
+                            &[&UserId::new().to_string()],
+                        )
+                    })
+                    .await
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    args.events as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Writers commit item + outbox row; the relay publishes; a listener with
+/// C members copies each event in a transaction of its own database.
+async fn full_path_rate(args: &Args, client: &async_nats::Client, consumer_tx: bool) -> f64 {
+    let (ps, cs) = (
+        schema(args, "producer").await,
+        schema(args, "consumer").await,
+    );
+    let producer = Db::open_postgres(&ps.url, args.writers, PRODUCER)
+        .await
+        .unwrap();
+    let consumer = Db::open_postgres(&cs.url, args.consumers, CONSUMER)
+        .await
+        .unwrap();
+    let bus = JetStreamBus::from_client(client.clone());
+    bus::jetstream::ensure_service_streams(bus.context())
+        .await
+        .unwrap();
+    // A fresh durable on an empty stream each run.
+    bus.context()
+        .get_stream("USERS")
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    let bus: Arc<dyn Bus> = Arc::new(bus);
+    let service: &'static str =
+        Box::leak(format!("bench{}x{consumer_tx}", std::process::id()).into_boxed_str());
+    let (trigger, signal) = shutdown::channel();
+    let outbox = Outbox::new(producer.clone(), service);
+    let relay = outbox.spawn_relay(bus.clone(), signal.clone());
+
+    let handled = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let total = args.events;
+    let (h, d, db) = (handled.clone(), done.clone(), consumer.clone());
+    let listeners = listener::spawn::<UserCreated, _, _>(
+        bus.clone(),
+        service,
+        ListenerOptions {
+            concurrency: args.consumers,
+            ..ListenerOptions::default()
+        },
+        move |e: UserCreated, _| {
+            let (h, d, db) = (h.clone(), d.clone(), db.clone());
+            async move {
+                if !consumer_tx {
+                    if h.fetch_add(1, Ordering::Relaxed) + 1 >= total {
+                        d.notify_one();
+                    }
+                    return Ok(Outcome::Done);
+                }
+                db.write(move |c| {
+                    c.execute(
+                        "INSERT INTO copies (id, email) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+                        &[&e.id.to_string(), &e.email],
+                    )
+                })
+                .await?;
+                if h.fetch_add(1, Ordering::Relaxed) + 1 >= total {
+                    d.notify_one();
+                }
+                Ok(Outcome::Done)
+            }
+        },
+        signal.clone(),
+    );
+    // Let the consumer members join before the clock starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let writers: Vec<_> = (0..args.writers)
+        .map(|_| {
+            let (outbox, next) = (outbox.clone(), next.clone());
+            tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < total {
+                    let id = UserId::new();
+                    let event = UserCreated {
+                        id,
+                        email: format!("{id}@bench.invalid"),
+                    };
+                    outbox
+                        .write(move |c| {
+                            c.execute(
+                                "INSERT INTO items (id, n) VALUES ($1, 1)",
+                                &[&id.to_string()],
+                            )?;
+                            outbox::enqueue(
+                                c,
+                                &event,
+                                &TraceContext::new_root(),
+                                Clock::System.now(),
+                            )
+                        })
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    while handled.load(Ordering::Relaxed) < total {
+        let _ = tokio::time::timeout(Duration::from_millis(100), done.notified()).await;
+    }
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    trigger.fire();
+    let _ = relay.await;
+    for l in listeners {
+        let _ = l.await;
+    }
+    rate
+}
