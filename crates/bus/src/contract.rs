@@ -383,6 +383,30 @@ pub async fn a_terminated_message_is_parked_with_its_reason_and_never_redelivere
     );
 }
 
+pub async fn a_message_whose_last_delivery_times_out_is_parked(env: Env) {
+    let mut config = env.config("c", "a");
+    config.ack_wait = Duration::from_secs(1);
+    config.max_deliver = 2;
+    let mut sub = env.bus.subscribe(config.clone()).await.unwrap();
+    env.bus
+        .publish(msg(env.subject("a"), "hang", "x"))
+        .await
+        .unwrap();
+    for attempt in 1..=2 {
+        let d = next_within(&mut sub, SOON).await.expect("delivery");
+        assert_eq!((d.message.id.as_str(), d.delivered), ("hang", attempt));
+        drop(d); // its handler never finishes: the ack wait runs out
+    }
+    assert!(
+        next_within(&mut sub, Duration::from_millis(1500))
+            .await
+            .is_none(),
+        "delivered more than max_deliver times"
+    );
+    let parked = wait_for_parked(&env, &config.durable, 1).await;
+    assert_eq!((parked[0].id.as_str(), parked[0].deliveries), ("hang", 2));
+}
+
 async fn wait_for_parked(env: &Env, durable: &str, n: usize) -> Vec<crate::ParkedMessage> {
     let deadline = tokio::time::Instant::now() + SOON;
     loop {
@@ -413,6 +437,7 @@ macro_rules! bus_contract_tests {
             progress_acks_keep_a_slow_message_from_being_redelivered,
             a_message_out_of_deliveries_is_parked_and_does_not_block_the_rest,
             a_terminated_message_is_parked_with_its_reason_and_never_redelivered,
+            a_message_whose_last_delivery_times_out_is_parked,
         );
     };
     (@cases $fresh:path, $($case:ident),* $(,)?) => {

@@ -9,7 +9,10 @@
 //! - Parking: a message terminated, or nak'ed on its last allowed delivery,
 //!   is recorded on the parked stream (`parked.<durable>`, de-duplicated by
 //!   consumer and sequence) before it is terminated; if it cannot be
-//!   recorded it is not terminated either.
+//!   recorded it is not terminated either. A message whose last delivery
+//!   times out (never nak'ed) is named by the server's max-deliveries
+//!   advisory, which every member watches; it is read back from its stream
+//!   and recorded the same way.
 //!
 //! Works on nats-server 2.9 and later: only 2.9-era consumer fields are sent
 //! (the client's `server_2_10+` features are off).
@@ -88,7 +91,101 @@ struct ParkedRecord {
     payload: String,
 }
 
+/// The server's advisory that a message used its last delivery without an
+/// ack (its handler hung, or its process died, every time).
+#[derive(Debug, Deserialize)]
+struct MaxDeliveriesAdvisory {
+    stream: String,
+    consumer: String,
+    stream_seq: u64,
+    deliveries: u32,
+}
+
 impl JetStreamBus {
+    /// Stores `record` on the parked stream (de-duplicated per consumer and
+    /// sequence, so replicas and both parking paths record it once) and logs
+    /// and counts it the first time.
+    async fn record_parked(&self, record: &ParkedRecord) -> Result<(), BusError> {
+        let parked = Message {
+            subject: format!("{PARKED_PREFIX}.{}", record.consumer),
+            id: format!("parked-{}-{}", record.consumer, record.seq),
+            headers: vec![],
+            payload: serde_json::to_vec(record).unwrap_or_default(),
+        };
+        if !self.publish(parked).await?.duplicate {
+            tracing::warn!(
+                consumer = %record.consumer, seq = record.seq, subject = %record.subject,
+                msg_id = %record.id, deliveries = record.deliveries, reason = %record.reason,
+                "message parked"
+            );
+            shared::metrics::inc("bus_parked_total", &[("consumer", &record.consumer)]);
+        }
+        Ok(())
+    }
+
+    /// Parks the message an advisory names, reading it back from its stream.
+    async fn park_from_advisory(&self, a: MaxDeliveriesAdvisory) -> Result<(), BusError> {
+        let stream = self
+            .inner
+            .js
+            .get_stream(&a.stream)
+            .await
+            .map_err(unavailable)?;
+        let m = stream
+            .get_raw_message(a.stream_seq)
+            .await
+            .map_err(unavailable)?;
+        let id = m
+            .headers
+            .get("Nats-Msg-Id")
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        self.record_parked(&ParkedRecord {
+            consumer: a.consumer,
+            seq: a.stream_seq,
+            subject: m.subject.to_string(),
+            id,
+            deliveries: a.deliveries,
+            reason: format!(
+                "not acknowledged within the ack wait on any of its {} deliveries",
+                a.deliveries
+            ),
+            payload: String::from_utf8_lossy(&m.payload).into_owned(),
+        })
+        .await
+    }
+
+    /// Watches the max-deliveries advisories of one durable and parks what
+    /// they name. Every member watches (the record is de-duplicated); an
+    /// advisory sent while no member runs is not seen.
+    async fn watch_max_deliveries(
+        &self,
+        stream: &str,
+        durable: &str,
+    ) -> Result<tokio::task::JoinHandle<()>, BusError> {
+        let subject = format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{durable}");
+        let mut advisories = self
+            .inner
+            .client
+            .subscribe(subject)
+            .await
+            .map_err(unavailable)?;
+        let bus = self.clone();
+        Ok(tokio::spawn(async move {
+            while let Some(m) = advisories.next().await {
+                match serde_json::from_slice::<MaxDeliveriesAdvisory>(&m.payload) {
+                    Ok(a) => {
+                        let seq = a.stream_seq;
+                        if let Err(e) = bus.park_from_advisory(a).await {
+                            tracing::warn!(seq, error = %e, "cannot park a message out of deliveries");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "unreadable max-deliveries advisory"),
+                }
+            }
+        }))
+    }
+
     /// Connects to `url` as `name` (service plus host or pod name). Returns at
     /// once: the client keeps (re)connecting in the background, so a service
     /// starts and reports not-ready while NATS is down.
@@ -241,12 +338,16 @@ impl Bus for JetStreamBus {
                     ),
                 ));
             }
+            let watcher = self
+                .watch_max_deliveries(&stream_name, &config.durable)
+                .await?;
             Ok(Subscription::new(Box::new(JsSource {
                 bus: self.clone(),
                 consumer,
                 messages: None,
                 durable: Arc::from(config.durable.as_str()),
                 max_deliver: config.max_deliver,
+                watcher,
             })))
         })
     }
@@ -317,6 +418,14 @@ struct JsSource {
     messages: Option<pull::Stream>,
     durable: Arc<str>,
     max_deliver: u32,
+    /// Parks what the server gives up on (see `watch_max_deliveries`).
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for JsSource {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
 }
 
 impl JsSource {
@@ -413,32 +522,21 @@ struct JsAcker {
 impl JsAcker {
     /// Records the message on the parked stream, then terminates it.
     async fn park(&self, reason: String) -> Result<(), BusError> {
-        let record = ParkedRecord {
-            consumer: self.durable.to_string(),
-            seq: self.seq,
-            subject: self.subject.clone(),
-            id: self.id.clone(),
-            deliveries: self.delivered,
-            reason: reason.clone(),
-            payload: self.payload.clone(),
-        };
-        let parked = Message {
-            subject: format!("{PARKED_PREFIX}.{}", self.durable),
-            id: format!("parked-{}-{}", self.durable, self.seq),
-            headers: vec![],
-            payload: serde_json::to_vec(&record).unwrap_or_default(),
-        };
-        self.bus.publish(parked).await?;
+        self.bus
+            .record_parked(&ParkedRecord {
+                consumer: self.durable.to_string(),
+                seq: self.seq,
+                subject: self.subject.clone(),
+                id: self.id.clone(),
+                deliveries: self.delivered,
+                reason,
+                payload: self.payload.clone(),
+            })
+            .await?;
         self.msg
             .double_ack_with(AckKind::Term)
             .await
-            .map_err(unavailable)?;
-        tracing::warn!(
-            consumer = %self.durable, seq = self.seq, subject = %self.subject, msg_id = %self.id,
-            deliveries = self.delivered, %reason, "message parked"
-        );
-        shared::metrics::inc("bus_parked_total", &[("consumer", &self.durable)]);
-        Ok(())
+            .map_err(unavailable)
     }
 }
 
