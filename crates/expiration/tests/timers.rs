@@ -9,7 +9,7 @@ use shared::money::Money;
 use shared::time::{Clock, Timestamp};
 use testkit::TestApp;
 
-async fn start(dir: Option<tempfile::TempDir>) -> TestApp {
+async fn start(dir: Option<testkit::Stopped>) -> TestApp {
     let start = |deps: bus::service::Deps| async move {
         expiration::start(&deps, ListenerOptions::default())
             .await

@@ -67,10 +67,25 @@ impl Drop for ScratchSchema {
                 .ok()?;
             rt.block_on(async {
                 let client = connect(&url).await.ok()?;
+                // A pool may still hold a transaction in the schema, and its
+                // runtime may be the very one blocked in this drop: rather
+                // than wait forever, end those sessions and drop again.
+                let drop_sql =
+                    format!("SET lock_timeout = '500ms'; DROP SCHEMA IF EXISTS {name} CASCADE");
+                if client.batch_execute(&drop_sql).await.is_ok() {
+                    return Some(());
+                }
                 client
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                    .execute(
+                        "SELECT pg_terminate_backend(l.pid) FROM pg_locks l \
+                         JOIN pg_class c ON c.oid = l.relation \
+                         JOIN pg_namespace n ON n.oid = c.relnamespace \
+                         WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()",
+                        &[&name],
+                    )
                     .await
-                    .ok()
+                    .ok()?;
+                client.batch_execute(&drop_sql).await.ok()
             })
         })
         .join();

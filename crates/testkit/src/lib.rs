@@ -2,6 +2,12 @@
 //! service on port 0 with its own fresh database and embedded bus, talk to it
 //! over HTTP, mint session tokens, and publish events as another service
 //! would.
+//!
+//! With `TICKETING_TEST_ON_ENGINES=1` the same tests run on the engines of
+//! the microservices mode instead: each app gets a PostgreSQL schema per
+//! service (`TICKETING_TEST_POSTGRES_URL`) and a nats-server of its own
+//! (`TICKETING_TEST_NATS_SERVER`, default `nats-server` on the `PATH`) with
+//! the services' streams, and starts once its `/readyz` says so.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,7 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bus::embedded::EmbeddedBus;
-use bus::service::{Deps, Running};
+use bus::jetstream::JetStreamBus;
+use bus::jetstream::local::{Logs, NatsServer};
+use bus::service::{Databases, Deps, Running};
 use bus::{Bus, ConsumerConfig, Message};
 use shared::auth::{AuthKeys, AuthUser};
 use shared::events::Event;
@@ -29,9 +37,62 @@ pub struct TestApp {
     pub keys: Arc<AuthKeys>,
     pub deps: Deps,
     pub dir: tempfile::TempDir,
+    engines: Option<Engines>,
     trigger: ShutdownTrigger,
     server: tokio::task::JoinHandle<()>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The services' databases and bus when tests run on the engines.
+pub struct Engines {
+    nats: NatsServer,
+    schemas: Vec<store::testing::PgSchema>,
+}
+
+/// A stopped app's state, to start it again (a restart).
+pub struct Stopped {
+    dir: tempfile::TempDir,
+    engines: Option<Engines>,
+}
+
+/// Whether tests run on PostgreSQL and JetStream (`TICKETING_TEST_ON_ENGINES=1`).
+pub fn on_engines() -> bool {
+    std::env::var("TICKETING_TEST_ON_ENGINES").is_ok_and(|v| v == "1" || v == "true")
+}
+
+const SERVICES: [&str; 5] = ["auth", "tickets", "orders", "expiration", "payments"];
+
+impl Engines {
+    async fn start(dir: &std::path::Path) -> Engines {
+        let mut schemas = Vec::new();
+        for _ in SERVICES {
+            schemas.push(
+                store::testing::postgres_schema()
+                    .await
+                    .expect("TICKETING_TEST_ON_ENGINES=1 needs PostgreSQL"),
+            );
+        }
+        let binary =
+            std::env::var("TICKETING_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+        let nats = NatsServer::start(&binary, &dir.join("nats"), Logs::Inherit)
+            .expect("TICKETING_TEST_ON_ENGINES=1 needs nats-server");
+        let js = nats.jetstream().await.expect("nats-server up");
+        bus::jetstream::ensure_service_streams(&js)
+            .await
+            .expect("streams");
+        Engines { nats, schemas }
+    }
+
+    fn databases(&self) -> Databases {
+        Databases::Postgres {
+            urls: SERVICES
+                .iter()
+                .zip(&self.schemas)
+                .map(|(s, schema)| ((*s).to_owned(), schema.url.clone()))
+                .collect(),
+            max_connections: 4,
+        }
+    }
 }
 
 impl TestApp {
@@ -42,25 +103,45 @@ impl TestApp {
         Fut: Future<Output = Result<Vec<Running>, E>>,
         E: std::fmt::Debug,
     {
-        Self::spawn_in(tempfile::tempdir().expect("temp dir"), start).await
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engines = if on_engines() {
+            Some(Engines::start(dir.path()).await)
+        } else {
+            None
+        };
+        Self::spawn_in(Stopped { dir, engines }, start).await
     }
 
-    /// Starts the services on an existing data directory (a restart).
-    pub async fn spawn_in<F, Fut, E>(dir: tempfile::TempDir, start: F) -> TestApp
+    /// Starts the services again on a stopped app's data (a restart).
+    pub async fn spawn_in<F, Fut, E>(stopped: Stopped, start: F) -> TestApp
     where
         F: FnOnce(Deps) -> Fut,
         Fut: Future<Output = Result<Vec<Running>, E>>,
         E: std::fmt::Debug,
     {
-        let bus: Arc<dyn Bus> = Arc::new(
-            EmbeddedBus::open(&dir.path().join("bus.db"))
-                .await
-                .expect("bus"),
-        );
+        let Stopped { dir, engines } = stopped;
+        let (bus, databases): (Arc<dyn Bus>, Databases) = match &engines {
+            None => (
+                Arc::new(
+                    EmbeddedBus::open(&dir.path().join("bus.db"))
+                        .await
+                        .expect("bus"),
+                ),
+                Databases::Sqlite(dir.path().to_path_buf()),
+            ),
+            Some(e) => (
+                Arc::new(
+                    JetStreamBus::connect(&e.nats.url(), "test")
+                        .await
+                        .expect("bus"),
+                ),
+                e.databases(),
+            ),
+        };
         let keys = AuthKeys::new(TEST_JWT_KEY, Duration::from_secs(3600), false);
         let (trigger, signal) = shutdown::channel();
         let deps = Deps {
-            databases: bus::service::Databases::Sqlite(dir.path().to_path_buf()),
+            databases,
             bus: bus.clone(),
             keys: keys.clone(),
             clock: Clock::System,
@@ -85,6 +166,20 @@ impl TestApp {
             .cookie_store(true)
             .build()
             .expect("client");
+        if engines.is_some() {
+            // PostgreSQL migrates in the background and listeners join their
+            // consumers asynchronously: start when the service says it is ready.
+            let ready = eventually(Duration::from_secs(30), || async {
+                let r = client
+                    .get(format!("http://{addr}/readyz"))
+                    .send()
+                    .await
+                    .ok()?;
+                r.status().is_success().then_some(())
+            })
+            .await;
+            assert!(ready.is_some(), "the service never became ready");
+        }
         TestApp {
             addr,
             client,
@@ -92,6 +187,7 @@ impl TestApp {
             keys,
             deps,
             dir,
+            engines,
             trigger,
             server,
             tasks,
@@ -190,13 +286,16 @@ impl TestApp {
     }
 
     /// Stops the services gracefully and waits for their tasks.
-    pub async fn shutdown(self) -> tempfile::TempDir {
+    pub async fn shutdown(self) -> Stopped {
         self.trigger.fire();
         let _ = self.server.await;
         for t in self.tasks {
             let _ = t.await;
         }
-        self.dir
+        Stopped {
+            dir: self.dir,
+            engines: self.engines,
+        }
     }
 }
 

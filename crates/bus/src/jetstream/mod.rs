@@ -20,6 +20,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod local;
+
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, AckKind};
