@@ -220,6 +220,9 @@ impl Outbox {
     /// finds the lock taken publishes nothing (`None`) and tries again soon,
     /// so no row is published twice and rows leave in order.
     async fn relay_locked(&self, bus: Arc<dyn Bus>) -> Result<Option<Vec<String>>, BusError> {
+        // The bus's connection lives on this runtime; the transaction runs on
+        // a connection thread of the store, which waits on it from there.
+        let runtime = tokio::runtime::Handle::current();
         self.inner
             .db
             .write(move |c| {
@@ -240,9 +243,7 @@ impl Outbox {
                 let ids: Vec<String> = rows.iter().map(|m| m.id.clone()).collect();
                 let subjects: Vec<String> = rows.iter().map(|m| m.subject.clone()).collect();
                 if !rows.is_empty() {
-                    // PostgreSQL transactions run on a blocking thread of the
-                    // runtime, where waiting for the bus is allowed.
-                    tokio::runtime::Handle::current().block_on(bus.publish_batch(rows))?;
+                    runtime.block_on(bus.publish_batch(rows))?;
                     delete_rows(c, &ids)?;
                 }
                 Ok(Some(subjects))

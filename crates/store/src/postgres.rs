@@ -1,12 +1,18 @@
-//! PostgreSQL backend: a pool of async `tokio-postgres` connections, driven
-//! from a blocking thread so the same synchronous transaction closures run
-//! here as on SQLite. One closure = one transaction on one pooled connection;
-//! prepared statements are cached per connection.
+//! PostgreSQL backend: a fixed set of connections, each owned by a thread of
+//! its own that runs a small single-threaded Tokio runtime driving just that
+//! connection. A transaction closure is handed to a free connection thread
+//! and runs there start to finish; each statement is a `block_on` on the
+//! thread's own runtime, so a round trip costs no hand-off between threads
+//! (only the transaction as a whole does: one in, one out). This is the
+//! SQLite backend's model, once per connection. Prepared statements are
+//! cached per connection.
 
+use std::collections::HashMap;
 use std::error::Error as StdError;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
 use bytes::BytesMut;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
@@ -14,9 +20,12 @@ use crate::conn::{Backend, Conn, Row};
 use crate::error::{StoreError, StoreErrorKind};
 use crate::value::{ToValue, Value};
 
+/// A transaction waiting for a connection thread.
+type Job = Box<dyn FnOnce(&mut Worker) + Send>;
+
 #[derive(Clone)]
 pub(crate) struct PgDb {
-    pool: Pool,
+    jobs: mpsc::Sender<Job>,
 }
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -44,29 +53,46 @@ impl From<tokio_postgres::Error> for StoreError {
 }
 
 impl PgDb {
-    /// Connects lazily: the pool opens connections as transactions need them,
-    /// so a service starts (and reports not-ready) while PostgreSQL is down.
+    /// Starts `max_connections` connection threads. They connect lazily (and
+    /// reconnect after a failure) when a transaction needs them, so a service
+    /// starts, and reports not-ready, while PostgreSQL is down.
     pub(crate) fn new(url: &str, max_connections: usize) -> Result<PgDb, StoreError> {
         let config: tokio_postgres::Config = url.parse().map_err(|e| {
             StoreError::new(StoreErrorKind::Other, format!("bad PostgreSQL URL: {e}"))
         })?;
-        let manager = Manager::from_config(
-            config,
-            tokio_postgres::NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(max_connections)
-            .wait_timeout(Some(std::time::Duration::from_secs(10)))
-            .create_timeout(Some(std::time::Duration::from_secs(5)))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(|e| {
-                StoreError::new(StoreErrorKind::Other, format!("cannot build pool: {e}"))
-            })?;
-        Ok(PgDb { pool })
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..max_connections.max(1) {
+            let (config, queue) = (config.clone(), queue.clone());
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| StoreError::new(StoreErrorKind::Other, e.to_string()))?;
+            std::thread::Builder::new()
+                .name(format!("postgres-{i}"))
+                .spawn(move || {
+                    let mut worker = Worker {
+                        config,
+                        rt,
+                        client: None,
+                        statements: HashMap::new(),
+                    };
+                    loop {
+                        // Ends when every sender (every clone of the Db) is gone.
+                        let job = match queue.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+                            Ok(job) => job,
+                            Err(_) => return,
+                        };
+                        let run = std::panic::AssertUnwindSafe(|| job(&mut worker));
+                        if std::panic::catch_unwind(run).is_err() {
+                            // The transaction's state is unknown: start afresh.
+                            worker.reset();
+                        }
+                    }
+                })
+                .map_err(|e| StoreError::new(StoreErrorKind::Other, e.to_string()))?;
+        }
+        Ok(PgDb { jobs })
     }
 
     pub(crate) async fn transaction<T, E, F>(&self, f: F) -> Result<T, E>
@@ -75,35 +101,119 @@ impl PgDb {
         E: From<StoreError> + Send + 'static,
         F: FnOnce(&mut dyn Conn) -> Result<T, E> + Send + 'static,
     {
-        let mut client = self.pool.get().await.map_err(|e| {
-            StoreError::new(
-                StoreErrorKind::Unavailable,
-                format!("no database connection: {e}"),
-            )
-        })?;
-        let handle = tokio::runtime::Handle::current();
-        let job = tokio::task::spawn_blocking(move || -> Result<T, E> {
-            let tx = handle
-                .block_on(client.transaction())
-                .map_err(StoreError::from)?;
-            let mut c = PgConn {
-                tx: &tx,
-                handle: &handle,
-            };
-            let value = f(&mut c)?; // dropping `tx` on error rolls back
-            handle.block_on(tx.commit()).map_err(StoreError::from)?;
-            Ok(value)
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |worker: &mut Worker| {
+            let _ = done.send(worker.transaction(f));
         });
-        match job.await {
+        if self.jobs.send(job).is_err() {
+            return Err(StoreError::new(StoreErrorKind::Other, "database closed").into());
+        }
+        match result.await {
             Ok(result) => result,
             Err(_) => Err(StoreError::new(StoreErrorKind::Other, "transaction panicked").into()),
         }
     }
 }
 
+/// One connection and the thread-local runtime that drives it.
+struct Worker {
+    config: tokio_postgres::Config,
+    rt: tokio::runtime::Runtime,
+    client: Option<tokio_postgres::Client>,
+    statements: HashMap<String, tokio_postgres::Statement>,
+}
+
+impl Worker {
+    fn reset(&mut self) {
+        self.client = None;
+        self.statements.clear();
+    }
+
+    fn connect(&mut self) -> Result<(), StoreError> {
+        if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
+            return Ok(());
+        }
+        self.reset();
+        let connecting = self.config.connect(tokio_postgres::NoTls);
+        let (client, connection) = self
+            .rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(5), connecting).await })
+            .map_err(|_| {
+                StoreError::new(
+                    StoreErrorKind::Unavailable,
+                    "connecting to PostgreSQL timed out",
+                )
+            })??;
+        // Polled whenever this thread is inside `block_on`, i.e. while one of
+        // its statements waits for an answer.
+        self.rt.spawn(connection);
+        self.client = Some(client);
+        Ok(())
+    }
+
+    fn transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
+    where
+        E: From<StoreError>,
+        F: FnOnce(&mut dyn Conn) -> Result<T, E>,
+    {
+        self.connect()?;
+        let result = self.run(f);
+        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
+            self.reset();
+        }
+        result
+    }
+
+    fn run<T, E, F>(&mut self, f: F) -> Result<T, E>
+    where
+        E: From<StoreError>,
+        F: FnOnce(&mut dyn Conn) -> Result<T, E>,
+    {
+        let Worker {
+            rt,
+            client,
+            statements,
+            ..
+        } = self;
+        let Some(client) = client.as_ref() else {
+            return Err(StoreError::new(StoreErrorKind::Unavailable, "not connected").into());
+        };
+        rt.block_on(client.batch_execute("BEGIN"))
+            .map_err(StoreError::from)?;
+        let mut conn = PgConn {
+            client,
+            rt,
+            statements,
+        };
+        match f(&mut conn) {
+            Ok(value) => {
+                rt.block_on(client.batch_execute("COMMIT"))
+                    .map_err(StoreError::from)?;
+                Ok(value)
+            }
+            Err(e) => {
+                let _ = rt.block_on(client.batch_execute("ROLLBACK"));
+                Err(e)
+            }
+        }
+    }
+}
+
 struct PgConn<'a> {
-    tx: &'a deadpool_postgres::Transaction<'a>,
-    handle: &'a tokio::runtime::Handle,
+    client: &'a tokio_postgres::Client,
+    rt: &'a tokio::runtime::Runtime,
+    statements: &'a mut HashMap<String, tokio_postgres::Statement>,
+}
+
+impl PgConn<'_> {
+    fn statement(&mut self, sql: &str) -> Result<tokio_postgres::Statement, StoreError> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.rt.block_on(self.client.prepare(sql))?;
+        self.statements.insert(sql.to_owned(), s.clone());
+        Ok(s)
+    }
 }
 
 /// A parameter that adapts to whatever type PostgreSQL inferred for its
@@ -176,22 +286,22 @@ fn read_row(row: &tokio_postgres::Row) -> Result<Row, StoreError> {
 
 impl Conn for PgConn<'_> {
     fn execute(&mut self, sql: &str, params: &[&dyn ToValue]) -> Result<u64, StoreError> {
-        let stmt = self.handle.block_on(self.tx.prepare_cached(sql))?;
+        let stmt = self.statement(sql)?;
         let bound = bind(params);
         Ok(self
-            .handle
-            .block_on(self.tx.execute(&stmt, &refs(&bound)))?)
+            .rt
+            .block_on(self.client.execute(&stmt, &refs(&bound)))?)
     }
 
     fn query(&mut self, sql: &str, params: &[&dyn ToValue]) -> Result<Vec<Row>, StoreError> {
-        let stmt = self.handle.block_on(self.tx.prepare_cached(sql))?;
+        let stmt = self.statement(sql)?;
         let bound = bind(params);
-        let rows = self.handle.block_on(self.tx.query(&stmt, &refs(&bound)))?;
+        let rows = self.rt.block_on(self.client.query(&stmt, &refs(&bound)))?;
         rows.iter().map(read_row).collect()
     }
 
     fn execute_batch(&mut self, sql: &str) -> Result<(), StoreError> {
-        Ok(self.handle.block_on(self.tx.batch_execute(sql))?)
+        Ok(self.rt.block_on(self.client.batch_execute(sql))?)
     }
 
     fn backend(&self) -> Backend {
