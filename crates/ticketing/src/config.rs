@@ -207,7 +207,7 @@ impl Settings {
                 }
                 bus::service::Databases::Postgres {
                     urls,
-                    max_connections: env_var::<usize>("DATABASE_POOL_SIZE")?.unwrap_or(16),
+                    max_connections: env_var::<usize>("DATABASE_POOL_SIZE")?.unwrap_or(8),
                 }
             }
             None => bus::service::Databases::Sqlite(data_dir.clone()),
