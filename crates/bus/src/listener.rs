@@ -99,15 +99,9 @@ where
     H: Fn(E, EventContext) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Outcome, ListenerError>> + Send + 'static,
 {
-    let member = Member {
-        bus,
-        service,
-        options,
-        shutdown,
-        gate: None,
-        health: ListenerHealth::default(),
-    };
-    spawn_members::<E, H, Fut>(member, handler)
+    Listeners::new(bus, service, options, shutdown)
+        .on(handler)
+        .into_tasks()
 }
 
 /// What each member of a listener runs with.
@@ -354,12 +348,8 @@ impl ListenerHealth {
 
 /// The listeners of one service, started one event type at a time.
 pub struct Listeners {
-    bus: Arc<dyn Bus>,
-    service: &'static str,
-    options: ListenerOptions,
-    shutdown: Shutdown,
-    gate: Option<store::Db>,
-    health: ListenerHealth,
+    /// What each listener added with [`Listeners::on`] runs with.
+    member: Member,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -371,12 +361,14 @@ impl Listeners {
         shutdown: Shutdown,
     ) -> Self {
         Listeners {
-            bus,
-            service,
-            options,
-            shutdown,
-            gate: None,
-            health: ListenerHealth::default(),
+            member: Member {
+                bus,
+                service,
+                options,
+                shutdown,
+                gate: None,
+                health: ListenerHealth::default(),
+            },
             tasks: Vec::new(),
         }
     }
@@ -384,13 +376,13 @@ impl Listeners {
     /// Listeners added after this wait until `db`'s schema is ready before
     /// they join their consumers.
     pub fn gated_on(mut self, db: store::Db) -> Self {
-        self.gate = Some(db);
+        self.member.gate = Some(db);
         self
     }
 
     /// Reports into `health` whether each listener has joined its consumer.
     pub fn reporting_to(mut self, health: ListenerHealth) -> Self {
-        self.health = health;
+        self.member.health = health;
         self
     }
 
@@ -401,15 +393,7 @@ impl Listeners {
         H: Fn(E, EventContext) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<Outcome, ListenerError>> + Send + 'static,
     {
-        let member = Member {
-            bus: self.bus.clone(),
-            service: self.service,
-            options: self.options.clone(),
-            shutdown: self.shutdown.clone(),
-            gate: self.gate.clone(),
-            health: self.health.clone(),
-        };
-        let tasks = spawn_members::<E, H, Fut>(member, handler);
+        let tasks = spawn_members::<E, H, Fut>(self.member.clone(), handler);
         self.tasks.extend(tasks);
         self
     }
