@@ -351,6 +351,10 @@ pub struct Listeners {
     /// What each listener added with [`Listeners::on`] runs with.
     member: Member,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Subjects registered with [`Listeners::on`].
+    registered: Vec<&'static str>,
+    /// Subjects the service declares it consumes, if it declares any.
+    declared: Option<&'static [&'static str]>,
 }
 
 impl Listeners {
@@ -370,7 +374,17 @@ impl Listeners {
                 health: ListenerHealth::default(),
             },
             tasks: Vec::new(),
+            registered: Vec::new(),
+            declared: None,
         }
+    }
+
+    /// [`Listeners::into_tasks`] panics unless exactly `subjects` were
+    /// registered: the service's entry in the event catalogue must say
+    /// what its code consumes.
+    pub fn declared(mut self, subjects: &'static [&'static str]) -> Self {
+        self.declared = Some(subjects);
+        self
     }
 
     /// Listeners added after this wait until `db`'s schema is ready before
@@ -395,10 +409,23 @@ impl Listeners {
     {
         let tasks = spawn_members::<E, H, Fut>(self.member.clone(), handler);
         self.tasks.extend(tasks);
+        self.registered.push(E::SUBJECT);
         self
     }
 
     pub fn into_tasks(self) -> Vec<tokio::task::JoinHandle<()>> {
+        if let Some(declared) = self.declared {
+            let mut registered = self.registered.clone();
+            let mut declared = declared.to_vec();
+            registered.sort_unstable();
+            declared.sort_unstable();
+            assert_eq!(
+                registered, declared,
+                "{} registers listeners for {registered:?} but shared::events::CATALOGUE \
+                 says it consumes {declared:?}",
+                self.member.service
+            );
+        }
         self.tasks
     }
 }

@@ -108,6 +108,8 @@ enum Relayed {
 struct Inner {
     db: Db,
     service: &'static str,
+    /// Subjects the service declares it publishes, if it declares any.
+    publishes: Option<&'static [&'static str]>,
     wake: Notify,
     last_error: Mutex<Option<String>>,
 }
@@ -124,9 +126,23 @@ impl Outbox {
             inner: Arc::new(Inner {
                 db,
                 service,
+                publishes: None,
                 wake: Notify::new(),
                 last_error: Mutex::new(None),
             }),
+        }
+    }
+
+    /// The relay checks every row against `subjects`, the service's entry in
+    /// the event catalogue: an undeclared subject is a bug that panics in
+    /// debug builds (so tests catch it) and is logged in release builds.
+    pub fn declaring(self, subjects: &'static [&'static str]) -> Self {
+        let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|_| {
+            panic!("Outbox::declaring is called before the outbox is shared")
+        });
+        inner.publishes = Some(subjects);
+        Outbox {
+            inner: Arc::new(inner),
         }
     }
 
@@ -192,6 +208,19 @@ impl Outbox {
             },
         };
         for s in &subjects {
+            if let Some(declared) = self.inner.publishes {
+                if !declared.contains(&s.as_str()) {
+                    tracing::error!(
+                        service = self.inner.service, subject = %s,
+                        "published a subject its entry in shared::events::CATALOGUE does not declare"
+                    );
+                    debug_assert!(
+                        false,
+                        "{} published {s}, which shared::events::CATALOGUE does not declare",
+                        self.inner.service
+                    );
+                }
+            }
             shared::metrics::inc(
                 "events_published_total",
                 &[("service", self.inner.service), ("subject", s)],

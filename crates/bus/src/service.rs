@@ -72,11 +72,15 @@ impl Deps {
         service: &'static str,
         migrations: &'static [Migration],
     ) -> Result<ServiceBase, store::StoreError> {
+        let events = shared::events::service_events(service).unwrap_or_else(|| {
+            panic!("{service} is not in shared::events::CATALOGUE: say what it publishes and consumes")
+        });
         let db = self.open_db(service, migrations).await?;
-        let outbox = Outbox::new(db.clone(), service);
+        let outbox = Outbox::new(db.clone(), service).declaring(events.publishes);
         let relay = outbox.spawn_relay(self.bus.clone(), self.shutdown.clone());
         Ok(ServiceBase {
             name: service,
+            events,
             db,
             outbox,
             bus: self.bus.clone(),
@@ -90,6 +94,8 @@ impl Deps {
 /// A service's database, outbox and relay, opened by [`Deps::open_service`].
 pub struct ServiceBase {
     pub name: &'static str,
+    /// What it publishes and consumes, from the event catalogue.
+    pub events: &'static shared::events::ServiceEvents,
     pub db: Db,
     pub outbox: Outbox,
     bus: Arc<dyn Bus>,
@@ -103,6 +109,7 @@ impl ServiceBase {
     /// whether they have joined their consumers is part of its readiness.
     pub fn listeners(&self, options: ListenerOptions) -> Listeners {
         Listeners::new(self.bus.clone(), self.name, options, self.shutdown.clone())
+            .declared(self.events.consumes)
             .gated_on(self.db.clone())
             .reporting_to(self.listener_health.clone())
     }

@@ -210,6 +210,69 @@ pub const ALL_SUBJECTS: &[&str] = &[
     PaymentRefunded::SUBJECT,
 ];
 
+/// What one service publishes and consumes.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceEvents {
+    pub service: &'static str,
+    pub publishes: &'static [&'static str],
+    pub consumes: &'static [&'static str],
+}
+
+/// Who publishes and who consumes each subject. Enforced where it happens:
+/// a service's listeners must register exactly its `consumes` (checked when
+/// they start) and its outbox relay refuses subjects outside `publishes` (a
+/// panic in debug builds), so the tests that run each service keep this true;
+/// the stream provisioning spec is checked against it.
+pub const CATALOGUE: &[ServiceEvents] = &[
+    ServiceEvents {
+        service: "auth",
+        publishes: &[UserCreated::SUBJECT],
+        consumes: &[],
+    },
+    ServiceEvents {
+        service: "tickets",
+        publishes: &[TicketCreated::SUBJECT, TicketUpdated::SUBJECT],
+        consumes: &[
+            OrderCreated::SUBJECT,
+            OrderCancelled::SUBJECT,
+            OrderCompleted::SUBJECT,
+        ],
+    },
+    ServiceEvents {
+        service: "orders",
+        publishes: &[
+            OrderCreated::SUBJECT,
+            OrderCancelled::SUBJECT,
+            OrderCompleted::SUBJECT,
+        ],
+        consumes: &[
+            TicketCreated::SUBJECT,
+            TicketUpdated::SUBJECT,
+            ExpirationComplete::SUBJECT,
+            PaymentCreated::SUBJECT,
+        ],
+    },
+    ServiceEvents {
+        service: "expiration",
+        publishes: &[ExpirationComplete::SUBJECT],
+        consumes: &[OrderCreated::SUBJECT],
+    },
+    ServiceEvents {
+        service: "payments",
+        publishes: &[PaymentCreated::SUBJECT, PaymentRefunded::SUBJECT],
+        consumes: &[
+            OrderCreated::SUBJECT,
+            OrderCancelled::SUBJECT,
+            OrderCompleted::SUBJECT,
+        ],
+    },
+];
+
+/// `service`'s entry in the [`CATALOGUE`].
+pub fn service_events(service: &str) -> Option<&'static ServiceEvents> {
+    CATALOGUE.iter().find(|s| s.service == service)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +315,22 @@ mod tests {
         assert_eq!(v["orderId"], json!(null));
         assert_eq!(v["priceCents"], json!(5));
         assert_eq!(v["status"], json!("available"));
+    }
+
+    #[test]
+    fn every_subject_has_one_publisher_in_the_catalogue() {
+        for s in ALL_SUBJECTS {
+            let publishers: Vec<_> = CATALOGUE
+                .iter()
+                .filter(|e| e.publishes.contains(s))
+                .collect();
+            assert_eq!(publishers.len(), 1, "{s}");
+        }
+        for e in CATALOGUE {
+            for s in e.publishes.iter().chain(e.consumes) {
+                assert!(ALL_SUBJECTS.contains(s), "{}: {s}", e.service);
+            }
+        }
     }
 
     #[test]

@@ -77,7 +77,7 @@ impl Engines {
         let nats = NatsServer::start(&binary, &dir.join("nats"), Logs::Inherit)
             .expect("TICKETING_TEST_ON_ENGINES=1 needs nats-server");
         let js = nats.jetstream().await.expect("nats-server up");
-        bus::jetstream::ensure_service_streams(&js)
+        bus::jetstream::provision_builtin(&js.client())
             .await
             .expect("streams");
         Engines { nats, schemas }

@@ -422,7 +422,7 @@ async fn full_path_rate(args: &Args, client: &async_nats::Client, consumer_tx: b
         .await
         .unwrap();
     let bus = JetStreamBus::from_client(client.clone());
-    bus::jetstream::ensure_service_streams(bus.context())
+    bus::jetstream::provision_builtin(bus.client())
         .await
         .unwrap();
     // A fresh durable on an empty stream each run.

@@ -25,6 +25,10 @@ pub enum Command {
     /// Drills that check the system's guarantees on real processes.
     #[command(subcommand)]
     Drill(Drill),
+    /// Provision JetStream streams and consumers from the spec
+    /// (deploy/streams.yaml): plan shows the difference, apply makes it so.
+    #[command(subcommand)]
+    Streams(crate::streams::Streams),
 }
 
 #[derive(Debug, Subcommand)]

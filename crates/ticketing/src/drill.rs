@@ -222,7 +222,7 @@ async fn run(
             (url, js)
         }
     };
-    bus::jetstream::ensure_service_streams(&js)
+    bus::jetstream::provision_builtin(&js.client())
         .await
         .map_err(|e| e.to_string())?;
 

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod config;
 pub mod drill;
 pub mod gateway;
+pub mod streams;
 pub mod telemetry;
 
 use std::sync::Arc;
@@ -22,17 +23,18 @@ use shared::time::Clock;
 
 pub use config::{BusChoice, Settings};
 
-/// Entry point after argument parsing.
-pub async fn main(cli: cli::Cli) -> Result<(), Box<dyn std::error::Error>> {
+/// Entry point after argument parsing; returns the exit code.
+pub async fn main(cli: cli::Cli) -> Result<u8, Box<dyn std::error::Error>> {
     let args = match cli.command {
         Some(cli::Command::Run(args)) => args,
         None => cli.run,
+        Some(cli::Command::Streams(command)) => return Ok(streams::run(command).await),
         Some(cli::Command::Drill(cli::Drill::Concurrency(args))) => {
             let exe = std::env::current_exe()?;
             let report = drill::concurrency(&exe, args).await?;
             print_report(&report);
             return if report.passed() {
-                Ok(())
+                Ok(0)
             } else {
                 Err("the drill failed".into())
             };
@@ -48,7 +50,7 @@ pub async fn main(cli: cli::Cli) -> Result<(), Box<dyn std::error::Error>> {
         shutdown::os_signal().await;
         trigger.fire();
     });
-    run(settings, listener, signal).await
+    run(settings, listener, signal).await.map(|()| 0)
 }
 
 /// A drill's report goes to stdout: it is the command's output.

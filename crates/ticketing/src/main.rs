@@ -5,7 +5,10 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = ticketing::cli::Cli::parse();
-    ticketing::telemetry::init();
+    ticketing::telemetry::init(matches!(
+        cli.command,
+        Some(ticketing::cli::Command::Streams(_))
+    ));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -17,7 +20,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     match runtime.block_on(ticketing::main(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("error: {e}");

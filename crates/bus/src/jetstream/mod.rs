@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod local;
+pub mod provision;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::message::PublishMessage;
@@ -38,32 +39,18 @@ pub const PARKED_PREFIX: &str = "parked";
 /// The stream holding parked-message records.
 pub const PARKED_STREAM: &str = "PARKED";
 
-/// The streams the services use, as API.md lists them: (name, subjects).
-pub const SERVICE_STREAMS: [(&str, &str); 6] = [
-    ("USERS", "user.>"),
-    ("TICKETS", "ticket.>"),
-    ("ORDERS", "order.>"),
-    ("EXPIRATION", "expiration.>"),
-    ("PAYMENTS", "payment.>"),
-    (PARKED_STREAM, "parked.>"),
-];
-
-/// Creates whichever of [`SERVICE_STREAMS`] are missing (file storage, a
-/// two-minute de-duplication window) and leaves existing ones as they are.
-/// Services never call this: provisioning does, and so may drills and tests.
-pub async fn ensure_service_streams(js: &jetstream::Context) -> Result<(), BusError> {
-    for (name, subject) in SERVICE_STREAMS {
-        js.get_or_create_stream(jetstream::stream::Config {
-            name: name.into(),
-            subjects: vec![subject.into()],
-            storage: jetstream::stream::StorageType::File,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| unavailable(format!("stream {name}: {e}")))?;
-    }
-    Ok(())
+/// Makes the server's streams and consumers match the built-in spec
+/// (`deploy/streams.yaml`), as `ticketing streams apply` does. Services never
+/// call this; drills, benchmarks and tests do.
+pub async fn provision_builtin(client: &async_nats::Client) -> Result<(), BusError> {
+    provision::apply(
+        client,
+        &provision::Spec::builtin(),
+        &provision::Options::default(),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| unavailable(format!("provisioning streams: {e}")))
 }
 
 struct Inner {
@@ -340,6 +327,12 @@ impl Bus for JetStreamBus {
                     ),
                 ));
             }
+            // A provisioned consumer's settings are the spec's, not the
+            // caller's: park by the limit the server enforces.
+            let max_deliver = match consumer.cached_info().config.max_deliver {
+                n if n > 0 => u32::try_from(n).unwrap_or(u32::MAX),
+                _ => u32::MAX,
+            };
             let watcher = self
                 .watch_max_deliveries(&stream_name, &config.durable)
                 .await?;
@@ -348,7 +341,7 @@ impl Bus for JetStreamBus {
                 consumer,
                 messages: None,
                 durable: Arc::from(config.durable.as_str()),
-                max_deliver: config.max_deliver,
+                max_deliver,
                 watcher,
             })))
         })

@@ -60,7 +60,7 @@ impl Engines {
     /// Creates the services' streams, as the provisioning job does.
     pub async fn provision_streams(&self) {
         let js = self.nats.jetstream().await.unwrap();
-        bus::jetstream::ensure_service_streams(&js).await.unwrap();
+        bus::jetstream::provision_builtin(&js.client()).await.unwrap();
     }
 
     /// Service processes on these engines; `env` is set for every one.
