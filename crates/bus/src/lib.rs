@@ -160,6 +160,16 @@ pub trait Bus: Send + Sync + 'static {
 
     /// `Ok` when the bus can take publishes and deliver messages.
     fn check_ready(&self) -> BoxFuture<'_, Result<(), BusError>>;
+
+    /// `Ok` when every one of `subjects` has somewhere to go (a stream on
+    /// JetStream; the embedded bus takes any subject).
+    fn check_subjects(
+        &self,
+        subjects: &'static [&'static str],
+    ) -> BoxFuture<'_, Result<(), BusError>> {
+        let _ = subjects;
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// One member's stream of deliveries from a durable consumer.

@@ -137,9 +137,8 @@ impl Outbox {
     /// the event catalogue: an undeclared subject is a bug that panics in
     /// debug builds (so tests catch it) and is logged in release builds.
     pub fn declaring(self, subjects: &'static [&'static str]) -> Self {
-        let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|_| {
-            panic!("Outbox::declaring is called before the outbox is shared")
-        });
+        let mut inner = Arc::try_unwrap(self.inner)
+            .unwrap_or_else(|_| panic!("Outbox::declaring is called before the outbox is shared"));
         inner.publishes = Some(subjects);
         Outbox {
             inner: Arc::new(inner),

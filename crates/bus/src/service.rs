@@ -73,7 +73,9 @@ impl Deps {
         migrations: &'static [Migration],
     ) -> Result<ServiceBase, store::StoreError> {
         let events = shared::events::service_events(service).unwrap_or_else(|| {
-            panic!("{service} is not in shared::events::CATALOGUE: say what it publishes and consumes")
+            panic!(
+                "{service} is not in shared::events::CATALOGUE: say what it publishes and consumes"
+            )
         });
         let db = self.open_db(service, migrations).await?;
         let outbox = Outbox::new(db.clone(), service).declaring(events.publishes);
@@ -123,7 +125,20 @@ impl ServiceBase {
             name: self.name,
             router,
             ready_checks: {
-                let mut checks = standard_checks(self.name, self.db, self.bus, Some(self.outbox));
+                let mut checks =
+                    standard_checks(self.name, self.db, self.bus.clone(), Some(self.outbox));
+                let (bus, publishes) = (self.bus.clone(), self.events.publishes);
+                checks.push((
+                    format!("{} streams", self.name),
+                    Arc::new(move || {
+                        let bus = bus.clone();
+                        Box::pin(async move {
+                            bus.check_subjects(publishes)
+                                .await
+                                .map_err(|e| e.to_string())
+                        })
+                    }),
+                ));
                 let health = self.listener_health;
                 checks.push((
                     format!("{} listeners", self.name),

@@ -80,9 +80,12 @@ async fn execute(args: &StreamsArgs, apply: bool) -> Result<u8, provision::Provi
         replicas: args.replicas,
     };
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
-    let client =
-        provision::connect(&args.nats_url, &format!("ticketing-streams-{host}"), args.wait)
-            .await?;
+    let client = provision::connect(
+        &args.nats_url,
+        &format!("ticketing-streams-{host}"),
+        args.wait,
+    )
+    .await?;
     if !apply {
         let state = provision::read_state(&client).await?;
         let plan = provision::plan(&spec, &state, &options);

@@ -168,38 +168,66 @@ async fn the_purchase_flow_works_with_one_process_per_service_on_nats_and_postgr
 }
 
 /// A service never creates streams and never waits for them: without its
-/// streams it still serves what it can, says on `/readyz` which listeners
-/// cannot join and why, keeps its events in its outbox, and recovers once the
-/// streams are provisioned.
+/// streams every service still starts and serves what it can, says on
+/// `/readyz` what is missing, keeps its events in its outbox, and becomes
+/// ready once `ticketing streams apply` has run, without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_service_without_its_streams_serves_reports_why_and_recovers_once_provisioned() {
-    let Some(engines) = common::engines_without_streams(&["tickets"]).await else {
+async fn services_without_their_streams_serve_report_why_and_recover_once_provisioned() {
+    let names = ["auth", "tickets", "orders", "expiration", "payments"];
+    let Some(engines) = common::engines_without_streams(&names).await else {
         return;
     };
     let mut cluster = engines.cluster(&[]);
-    let tickets = engines.spawn(&mut cluster, "tickets", "tickets");
-    let url = cluster.url(tickets);
+    let ids: Vec<usize> = names
+        .iter()
+        .map(|name| engines.spawn(&mut cluster, name, name))
+        .collect();
     let http = reqwest::Client::new();
-    let reasons = eventually(Duration::from_secs(30), || async {
-        let res = http.get(format!("{url}/readyz")).send().await.ok()?;
-        if res.status() != StatusCode::SERVICE_UNAVAILABLE {
-            return None;
-        }
-        let body: Value = res.json().await.ok()?;
-        let text = body.to_string();
-        text.contains("listener tickets-order-created cannot join its consumer")
-            .then_some(text)
-    })
-    .await
-    .expect("/readyz names the listener that cannot join");
-    assert!(reasons.contains("order.created"), "{reasons}");
+    for (name, id) in names.iter().zip(&ids) {
+        let url = cluster.url(*id);
+        // What each says is missing: the streams it publishes to, and the
+        // streams its listeners consume.
+        let expected: &[&str] = match *name {
+            "auth" => &["no stream holds user.created"],
+            "tickets" => &[
+                "no stream holds ticket.created, ticket.updated",
+                "listener tickets-order-created cannot join its consumer",
+                "no stream for order.created",
+            ],
+            "orders" => &["listener orders-ticket-created cannot join its consumer"],
+            "expiration" => &["listener expiration-order-created cannot join its consumer"],
+            _ => &["no stream holds payment.created"],
+        };
+        let reasons = eventually(Duration::from_secs(30), || async {
+            let res = http.get(format!("{url}/readyz")).send().await.ok()?;
+            if res.status() != StatusCode::SERVICE_UNAVAILABLE {
+                return None;
+            }
+            let text = res.text().await.ok()?;
+            expected.iter().all(|e| text.contains(e)).then_some(text)
+        })
+        .await;
+        let last = http
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            reasons.is_some_and(|r| r.contains("ticketing streams apply")),
+            "{name}: /readyz never said {expected:?}; it says {last}"
+        );
+    }
 
-    // It still takes writes; the event waits in the outbox.
+    // Tickets still takes writes; the event waits in the outbox.
+    let tickets = cluster.url(ids[1]);
     let seller = common::Api::new("seller@example.com");
     let (status, ticket) = seller
         .send(
             "POST",
-            &format!("{url}/api/tickets"),
+            &format!("{tickets}/api/tickets"),
             Some(json!({"title": "Early", "price": 12})),
         )
         .await
@@ -211,19 +239,82 @@ async fn a_service_without_its_streams_serves_reports_why_and_recovers_once_prov
     assert_eq!(pending[0][0], "1");
 
     engines.provision_streams().await;
-    assert!(
-        cluster.ready(tickets, Duration::from_secs(30)).await,
-        "ready once the streams exist"
-    );
-    let drained = eventually(Duration::from_secs(15), || async {
-        let n = engines
-            .query("tickets", "SELECT COUNT(*) FROM outbox")
+    cluster
+        .all_ready(Duration::from_secs(30))
+        .await
+        .expect("every service is ready once the streams exist, without a restart");
+    let arrived = eventually(Duration::from_secs(15), || async {
+        let rows = engines
+            .query("orders", "SELECT COUNT(*) FROM tickets")
             .await;
-        (n[0][0] == "0").then_some(())
+        (rows[0][0] == "1").then_some(())
     })
     .await;
     assert!(
-        drained.is_some(),
-        "the outbox drains once the stream exists"
+        arrived.is_some(),
+        "the event kept in the outbox reaches orders"
     );
+}
+
+/// With the streams provisioned, a service never waits for another: orders
+/// starts and is ready while tickets is down, hears what tickets publishes
+/// once it runs, and keeps serving when tickets goes away again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_starts_and_serves_while_tickets_is_down() {
+    let Some(engines) = common::engines(&["tickets", "orders"]).await else {
+        return;
+    };
+    let mut cluster = engines.cluster(&[]);
+    let orders = engines.spawn(&mut cluster, "orders", "orders");
+    assert!(
+        cluster.ready(orders, Duration::from_secs(30)).await,
+        "orders is ready without tickets"
+    );
+    let orders_url = cluster.url(orders);
+    let buyer = common::Api::new("buyer@example.com");
+    let (status, list) = buyer
+        .send("GET", &format!("{orders_url}/api/orders"), None)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{list}");
+
+    let tickets = engines.spawn(&mut cluster, "tickets", "tickets");
+    assert!(cluster.ready(tickets, Duration::from_secs(30)).await);
+    let seller = common::Api::new("seller@example.com");
+    let (status, ticket) = seller
+        .send(
+            "POST",
+            &format!("{}/api/tickets", cluster.url(tickets)),
+            Some(json!({"title": "Concert", "price": 20})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{ticket}");
+    // Orders learns of the ticket from the event: the buyer can order it.
+    let order = buyer
+        .until(
+            "POST",
+            std::slice::from_ref(&orders_url),
+            "/api/orders",
+            Some(json!({"ticketId": ticket["id"]})),
+            StatusCode::CREATED,
+        )
+        .await;
+
+    cluster.kill(tickets);
+    let (status, body) = buyer
+        .send(
+            "GET",
+            &format!("{orders_url}/api/orders/{}", order["id"].as_str().unwrap()),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ready = http_status(&format!("{orders_url}/readyz")).await;
+    assert_eq!(ready, StatusCode::OK, "orders stays ready without tickets");
+}
+
+async fn http_status(url: &str) -> StatusCode {
+    reqwest::get(url).await.unwrap().status()
 }

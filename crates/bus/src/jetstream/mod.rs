@@ -287,7 +287,10 @@ impl Bus for JetStreamBus {
                 .map_err(|e| {
                     BusError::new(
                         BusErrorKind::StreamMissing,
-                        format!("no stream for {}: {e}", config.filter_subject),
+                        format!(
+                            "no stream for {}: {e} (has `ticketing streams apply` run?)",
+                            config.filter_subject
+                        ),
                     )
                 })?;
             let stream = self
@@ -390,6 +393,32 @@ impl Bus for JetStreamBus {
                 }
             }
             Ok(out)
+        })
+    }
+
+    fn check_subjects(
+        &self,
+        subjects: &'static [&'static str],
+    ) -> crate::BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            let mut missing = Vec::new();
+            for subject in subjects {
+                if let Err(e) = self.inner.js.stream_by_subject(*subject).await {
+                    tracing::debug!(subject, error = %e, "no stream for a published subject");
+                    missing.push(*subject);
+                }
+            }
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(BusError::new(
+                    BusErrorKind::StreamMissing,
+                    format!(
+                        "no stream holds {} (has `ticketing streams apply` run?)",
+                        missing.join(", ")
+                    ),
+                ))
+            }
         })
     }
 

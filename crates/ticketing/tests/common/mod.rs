@@ -57,10 +57,25 @@ pub async fn engines_without_streams(services: &[&'static str]) -> Option<Engine
 }
 
 impl Engines {
-    /// Creates the services' streams, as the provisioning job does.
+    /// Runs the provisioning job: `ticketing streams apply` with the
+    /// built-in spec, as the Helm hook and docker-compose do.
     pub async fn provision_streams(&self) {
-        let js = self.nats.jetstream().await.unwrap();
-        bus::jetstream::provision_builtin(&js.client()).await.unwrap();
+        let url = self.nats.url();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_ticketing"))
+                .args(["streams", "apply", "--nats-url", &url, "--wait", "20s"])
+                .env("RUST_LOG", "warn")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "ticketing streams apply failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Service processes on these engines; `env` is set for every one.

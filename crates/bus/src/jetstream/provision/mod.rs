@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-pub use spec::{ConsumerSpec, Spec, SpecError, StreamSpec};
 use spec::{ApiName, format_duration};
+pub use spec::{ConsumerSpec, Spec, SpecError, StreamSpec};
 
 /// How the tool marks what it owns, in descriptions.
 const MARK: &str = "(managed by ticketing streams; owner: ";
@@ -432,7 +432,10 @@ fn show(field: &str, v: Option<&Value>) -> String {
             "[{}]",
             items
                 .iter()
-                .map(|i| i.as_str().map(str::to_owned).unwrap_or_else(|| i.to_string()))
+                .map(|i| i
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| i.to_string()))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
@@ -539,9 +542,13 @@ pub enum Change {
         at_stake: String,
     },
     /// Owned by this tool, not in the spec, and pruning was asked for.
-    Delete { at_stake: String },
+    Delete {
+        at_stake: String,
+    },
     /// Owned by this tool, not in the spec; kept because pruning was not asked.
-    Undeclared { at_stake: String },
+    Undeclared {
+        at_stake: String,
+    },
 }
 
 /// One stream or consumer in a plan.
@@ -622,8 +629,9 @@ fn stream_at_stake(s: &ServerStream, state: &ServerState) -> String {
     out
 }
 
-fn consumer_at_stake(c: &ServerConsumer, stream_messages: u64) -> String {
-    let deliver_all = c.config.get("deliver_policy").and_then(Value::as_str) == Some("all");
+/// What deleting a consumer loses; `recreated`: what its replacement does.
+fn consumer_at_stake(c: &ServerConsumer, stream_messages: u64, recreated: bool) -> String {
+    let deliver_all = recreated;
     let mut out = format!(
         "its position: {} not yet delivered, {} awaiting an ack",
         plural(c.num_pending, "message", "messages"),
@@ -631,7 +639,7 @@ fn consumer_at_stake(c: &ServerConsumer, stream_messages: u64) -> String {
     );
     if deliver_all {
         out.push_str(&format!(
-            "; a new one delivering all redelivers the stream's {} (the service's handlers must tolerate that)",
+            "; the new one delivers the stream's {} from the start again (the service's handlers must tolerate that)",
             plural(stream_messages, "stored message", "stored messages")
         ));
     }
@@ -702,7 +710,11 @@ pub fn plan(spec: &Spec, state: &ServerState, options: &Options) -> Plan {
                         let messages = state.stream(&c.stream).map_or(0, |s| s.messages);
                         Change::Recreate {
                             fields,
-                            at_stake: consumer_at_stake(have, messages),
+                            at_stake: consumer_at_stake(
+                                have,
+                                messages,
+                                c.deliver_policy == spec::DeliverPolicy::All,
+                            ),
                         }
                     } else {
                         Change::Update(fields)
@@ -764,7 +776,7 @@ pub fn plan(spec: &Spec, state: &ServerState, options: &Options) -> Plan {
                     stream: c.stream.clone(),
                     name: c.name.clone(),
                     owner,
-                    change: undeclared(consumer_at_stake(c, messages)),
+                    change: undeclared(consumer_at_stake(c, messages, false)),
                     note: None,
                 });
             }
@@ -883,10 +895,7 @@ impl fmt::Display for Plan {
                 }
                 Change::Recreate { .. } => ("!", "cannot change in place".to_owned()),
                 Change::Delete { .. } => ("-", "delete (not in the spec)".to_owned()),
-                Change::Undeclared { .. } => (
-                    "?",
-                    "not in the spec (kept; --prune deletes it)".to_owned(),
-                ),
+                Change::Undeclared { .. } => ("?", "not in the spec, kept".to_owned()),
             };
             let note = item
                 .note
@@ -923,7 +932,7 @@ impl fmt::Display for Plan {
                 )?,
                 Change::Delete { at_stake } => writeln!(f, "        deleting it loses {at_stake}")?,
                 Change::Undeclared { at_stake } => {
-                    writeln!(f, "        --prune would delete {at_stake}")?
+                    writeln!(f, "        --prune would delete it and {at_stake}")?
                 }
                 _ => {}
             }
@@ -1132,7 +1141,10 @@ mod tests {
         for service in shared::events::CATALOGUE {
             for subject in service.publishes {
                 let stream = spec.stream_for_subject(subject).unwrap_or_else(|| {
-                    panic!("{} publishes {subject}; no stream in the spec holds it", service.service)
+                    panic!(
+                        "{} publishes {subject}; no stream in the spec holds it",
+                        service.service
+                    )
                 });
                 assert_eq!(
                     stream.owner, service.service,
@@ -1142,7 +1154,10 @@ mod tests {
             }
             for subject in service.consumes {
                 let stream = spec.stream_for_subject(subject).unwrap_or_else(|| {
-                    panic!("{} consumes {subject}; no stream in the spec holds it", service.service)
+                    panic!(
+                        "{} consumes {subject}; no stream in the spec holds it",
+                        service.service
+                    )
                 });
                 let name = durable_name(service.service, subject);
                 let c = spec.consumer(&stream.name, &name).unwrap_or_else(|| {
@@ -1154,7 +1169,11 @@ mod tests {
                 assert_eq!(c.owner, service.service, "{name}");
                 assert_eq!(c.filter_subject, *subject, "{name}");
                 assert_eq!(c.ack_wait, defaults.ack_wait, "{name}: ack_wait");
-                assert_eq!(c.max_deliver, i64::from(defaults.max_deliver), "{name}: max_deliver");
+                assert_eq!(
+                    c.max_deliver,
+                    i64::from(defaults.max_deliver),
+                    "{name}: max_deliver"
+                );
                 assert_eq!(c.deliver_policy, spec::DeliverPolicy::All, "{name}");
                 assert_eq!(c.ack_policy, spec::AckPolicy::Explicit, "{name}");
                 expected.push((stream.name.clone(), name));
@@ -1197,7 +1216,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("did not keep what was set on stream USERS"), "{e}");
+        assert!(
+            e.contains("did not keep what was set on stream USERS"),
+            "{e}"
+        );
         assert!(e.contains("compression is (not set) (sent \"s2\")"), "{e}");
         assert!(e.contains("max_age"), "{e}");
         let reply = json!({ "config": sent.clone() });
@@ -1209,7 +1231,11 @@ mod tests {
         assert!(same("backoff", &json!([]), None));
         assert!(same("description", &json!(""), None));
         assert!(!same("description", &json!("x"), None));
-        assert!(same("subjects", &json!(["a", "b"]), Some(&json!(["b", "a"]))));
+        assert!(same(
+            "subjects",
+            &json!(["a", "b"]),
+            Some(&json!(["b", "a"]))
+        ));
         assert!(same(
             "metadata",
             &json!({"k": "v"}),

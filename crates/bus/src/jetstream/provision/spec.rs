@@ -491,9 +491,7 @@ pub fn subject_within(inner: &str, outer: &str) -> bool {
 fn duration(q: &Quantity) -> Result<Duration, String> {
     match q {
         Quantity::Int(0) => Ok(Duration::ZERO),
-        Quantity::Int(n) => Err(format!(
-            "{n} has no unit; write e.g. {n}s, {n}m or {n}ms"
-        )),
+        Quantity::Int(n) => Err(format!("{n} has no unit; write e.g. {n}s, {n}m or {n}ms")),
         Quantity::Text(t) => parse_duration(t),
     }
 }
@@ -549,7 +547,12 @@ pub fn format_duration(d: Duration) -> String {
     }
     let mut ms = d.as_millis();
     let mut out = String::new();
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
         if ms >= size {
             out.push_str(&format!("{}{unit}", ms / size));
             ms %= size;
@@ -580,9 +583,9 @@ fn parse_size(text: &str) -> Result<i64, String> {
     let factor: i64 = match t[split..].trim() {
         "" | "B" => 1,
         "KB" => 1000,
-        "MB" => 1000_000,
-        "GB" => 1000_000_000,
-        "TB" => 1000_000_000_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
         "KiB" => 1 << 10,
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
@@ -642,13 +645,18 @@ mod tests {
     #[test]
     fn bad_specs_name_the_file_the_entry_and_the_problem() {
         let e = err("streams:\n  - {name: A, owner: a, subjects: [a.>], max_age: 3 weeks}\n");
-        assert!(e.contains("x.yaml: streams[0] (A): max_age: cannot read"), "{e}");
+        assert!(
+            e.contains("x.yaml: streams[0] (A): max_age: cannot read"),
+            "{e}"
+        );
         let e = err("streams:\n  - {name: A, owner: a, subjects: [a.>], storage: disk}\n");
         assert!(e.starts_with("x.yaml: not a valid spec"), "{e}");
         assert!(e.contains("disk"), "{e}");
         let e = err("streams:\n  - {name: A, owner: a, subjects: [a.>], colour: red}\n");
         assert!(e.contains("colour"), "{e}");
-        let e = err("streams:\n  - {name: A, owner: a, subjects: [a.>]}\n  - {name: B, owner: b, subjects: [a.b]}\n");
+        let e = err(
+            "streams:\n  - {name: A, owner: a, subjects: [a.>]}\n  - {name: B, owner: b, subjects: [a.b]}\n",
+        );
         assert!(e.contains("streams A and B overlap"), "{e}");
         let e = err("streams:\n  - {name: A.B, owner: a, subjects: [a.>]}\n");
         assert!(e.contains("streams[0] (A.B): name"), "{e}");
@@ -667,7 +675,9 @@ mod tests {
             "streams:\n  - {name: A, owner: a, subjects: [a.>]}\nconsumers:\n  - {stream: A, name: c, owner: a, filter_subject: a.x, max_deliver: 2, backoff: [1s, 2s]}\n",
         );
         assert!(e.contains("backoff has 2 steps"), "{e}");
-        let e = err("streams:\n  - {name: A, owner: a, subjects: [a.>], max_age: 1m, duplicate_window: 2m}\n");
+        let e = err(
+            "streams:\n  - {name: A, owner: a, subjects: [a.>], max_age: 1m, duplicate_window: 2m}\n",
+        );
         assert!(e.contains("longer than max_age"), "{e}");
         let e = err("streams: []\n");
         assert!(e.contains("declares no streams"), "{e}");
