@@ -29,6 +29,13 @@ pub enum Command {
     /// (deploy/streams.yaml): plan shows the difference, apply makes it so.
     #[command(subcommand)]
     Streams(crate::streams::Streams),
+    /// Exit 0 if URL answers 2xx within 3 s, else 1 with the reason: a health
+    /// check for images without a shell or curl (docker-compose).
+    Probe {
+        /// e.g. http://127.0.0.1:3000/readyz
+        #[arg(default_value = "http://127.0.0.1:3000/readyz")]
+        url: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -29,6 +29,7 @@ pub async fn main(cli: cli::Cli) -> Result<u8, Box<dyn std::error::Error>> {
         Some(cli::Command::Run(args)) => args,
         None => cli.run,
         Some(cli::Command::Streams(command)) => return Ok(streams::run(command).await),
+        Some(cli::Command::Probe { url }) => return Ok(probe(&url).await),
         Some(cli::Command::Drill(cli::Drill::Concurrency(args))) => {
             let exe = std::env::current_exe()?;
             let report = drill::concurrency(&exe, args).await?;
@@ -51,6 +52,33 @@ pub async fn main(cli: cli::Cli) -> Result<u8, Box<dyn std::error::Error>> {
         trigger.fire();
     });
     run(settings, listener, signal).await.map(|()| 0)
+}
+
+/// `ticketing probe`: 0 when `url` answers 2xx, else 1 (and why, on stderr).
+async fn probe(url: &str) -> u8 {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("probe: {e}");
+            return 1;
+        }
+    };
+    match client.get(url).send().await {
+        Ok(res) if res.status().is_success() => 0,
+        Ok(res) => {
+            let status = res.status();
+            let body = res.text().await.unwrap_or_default();
+            eprintln!("probe: {url} answered {status}: {body}");
+            1
+        }
+        Err(e) => {
+            eprintln!("probe: {url}: {e}");
+            1
+        }
+    }
 }
 
 /// A drill's report goes to stdout: it is the command's output.

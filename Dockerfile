@@ -1,0 +1,36 @@
+# The ticketing image: one static-ish binary (glibc only) on a distroless
+# base, running as a non-root user. Every mode and every service is the same
+# image; the command and environment choose (see README "Deploying").
+#
+#   docker build -t ticketing .
+#   docker run --rm -p 3000:3000 ticketing            # all-in-one, embedded
+#   docker run --rm ticketing streams plan --nats-url nats://nats:4222
+
+# --- build ---------------------------------------------------------------
+FROM docker.io/library/rust:1.95-slim-bookworm AS build
+WORKDIR /src
+# Dependencies first, so a source change does not refetch the registry.
+COPY Cargo.toml Cargo.lock ./
+COPY crates ./crates
+COPY deploy/streams.yaml ./deploy/streams.yaml
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p ticketing \
+    && cp target/release/ticketing /usr/local/bin/ticketing \
+    && mkdir -p /data
+
+# --- run -----------------------------------------------------------------
+# distroless/cc: glibc, libgcc and CA certificates, no shell; user 65532.
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /usr/local/bin/ticketing /usr/local/bin/ticketing
+COPY --from=build --chown=65532:65532 /data /data
+ENV HOST=0.0.0.0 \
+    PORT=3000 \
+    TICKETING_DATA_DIR=/data
+USER 65532:65532
+EXPOSE 3000
+VOLUME ["/data"]
+HEALTHCHECK --interval=10s --timeout=4s --start-period=5s --retries=3 \
+    CMD ["/usr/local/bin/ticketing", "probe", "http://127.0.0.1:3000/readyz"]
+ENTRYPOINT ["/usr/local/bin/ticketing"]
+CMD ["run"]
