@@ -313,3 +313,43 @@ async fn relays_of_replicas_sharing_a_postgres_outbox_publish_each_row_once_in_o
     assert_eq!(published, total as u64, "no relay published a row twice");
     assert_eq!(Outbox::new(db, service).pending().await.unwrap(), 0);
 }
+
+/// A service's entry in the event catalogue must say what its listeners
+/// consume: starting listeners for anything else is refused at once.
+#[tokio::test]
+#[should_panic(expected = "says it consumes")]
+async fn listeners_for_undeclared_subjects_are_refused() {
+    let f = fixture().await;
+    let (_trigger, signal) = shutdown::channel();
+    let _tasks = listener::Listeners::new(f.bus.clone(), "svc", ListenerOptions::default(), signal)
+        .declared(&["order.created"])
+        .on(|_: UserCreated, _| async { Ok(Outcome::Done) })
+        .into_tasks();
+}
+
+#[tokio::test]
+async fn listeners_for_exactly_the_declared_subjects_start() {
+    let f = fixture().await;
+    let (trigger, signal) = shutdown::channel();
+    let tasks = listener::Listeners::new(f.bus.clone(), "svc", ListenerOptions::default(), signal)
+        .declared(&[UserCreated::SUBJECT])
+        .on(|_: UserCreated, _| async { Ok(Outcome::Done) })
+        .into_tasks();
+    assert_eq!(tasks.len(), 1);
+    trigger.fire();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// And what its outbox publishes: in debug builds (every test) the relay
+/// stops at an undeclared subject.
+#[cfg(debug_assertions)]
+#[tokio::test]
+#[should_panic(expected = "does not declare")]
+async fn the_relay_refuses_a_subject_its_service_does_not_declare() {
+    let f = fixture().await;
+    let outbox = Outbox::new(f.db.clone(), "svc").declaring(&["order.created"]);
+    enqueue(&f, user("a@example.com")).await;
+    let _ = outbox.relay_once(&f.bus).await;
+}
