@@ -59,6 +59,11 @@ pub static MIGRATIONS: &[Migration] = &[
         description: "outbox",
         sql: OUTBOX_TABLE_SQL,
     },
+    Migration {
+        version: 3,
+        description: "a seller's tickets",
+        sql: "CREATE INDEX tickets_seller ON tickets (user_id, id);",
+    },
 ];
 
 #[derive(Clone)]

@@ -21,6 +21,7 @@ use crate::AppState;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/tickets", get(list).post(create))
+        .route("/api/tickets/mine", get(mine))
         .route("/api/tickets/{id}", get(show).put(update))
 }
 
@@ -156,10 +157,8 @@ struct ListQuery {
     after: Option<String>,
 }
 
-async fn list(
-    State(state): State<AppState>,
-    ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+/// `limit` and `after` of a list query, checked.
+fn page(q: &ListQuery) -> Result<(i64, Option<TicketId>), ApiError> {
     let limit = match q.limit.as_deref() {
         None => 50,
         Some(s) => match s.parse::<i64>() {
@@ -179,17 +178,29 @@ async fn list(
                 .ok_or_else(|| ApiError::field("after", "after must be a ticket id"))?,
         ),
     };
+    Ok((limit, after))
+}
+
+/// One page of the tickets `condition` (with `$1` bound to `key`) selects,
+/// oldest first.
+async fn list_where(
+    state: &AppState,
+    condition: &'static str,
+    key: String,
+    q: &ListQuery,
+) -> Result<Json<Value>, ApiError> {
+    let (limit, after) = page(q)?;
     let tickets = state
         .db
         .read(move |c| {
             let rows = match after {
                 Some(after) => c.query(
-                    &format!("SELECT {COLUMNS} FROM tickets WHERE status = 'available' AND id > $1 ORDER BY id LIMIT $2"),
-                    &[&after, &limit],
+                    &format!("SELECT {COLUMNS} FROM tickets WHERE {condition} AND id > $2 ORDER BY id LIMIT $3"),
+                    &[&key, &after, &limit],
                 )?,
                 None => c.query(
-                    &format!("SELECT {COLUMNS} FROM tickets WHERE status = 'available' ORDER BY id LIMIT $1"),
-                    &[&limit],
+                    &format!("SELECT {COLUMNS} FROM tickets WHERE {condition} ORDER BY id LIMIT $2"),
+                    &[&key, &limit],
                 )?,
             };
             rows.iter().map(Ticket::from_row).collect::<Result<Vec<_>, _>>()
@@ -198,6 +209,23 @@ async fn list(
     Ok(Json(Value::Array(
         tickets.iter().map(Ticket::to_json).collect(),
     )))
+}
+
+/// Tickets for sale (`available`), oldest first.
+async fn list(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    list_where(&state, "status = $1", "available".into(), &q).await
+}
+
+/// The caller's own tickets, whatever their status, oldest first.
+async fn mine(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    list_where(&state, "user_id = $1", user.id.to_string(), &q).await
 }
 
 async fn show(

@@ -222,6 +222,65 @@ async fn listing_shows_available_tickets_oldest_first_in_pages() {
 }
 
 #[tokio::test]
+async fn a_seller_sees_their_own_tickets_in_any_status() {
+    let app = app().await;
+    let (_, seller) = app.user();
+    let (_, other) = app.user();
+    let first = created(&app, &seller, "first", 10.0).await;
+    let second = created(&app, &seller, "second", 20.0).await;
+    created(&app, &other, "someone else's", 30.0).await;
+    // The first is reserved: gone from the public list, still the seller's.
+    let order = OrderId::new();
+    app.publish(&order_created(order, &first)).await;
+    at_version(&app, first["id"].as_str().unwrap(), 1).await;
+
+    let mine: Vec<Value> = app
+        .send(Method::GET, "/api/tickets/mine", Some(&seller), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let titles: Vec<&str> = mine.iter().map(|t| t["title"].as_str().unwrap()).collect();
+    assert_eq!(titles, ["first", "second"]);
+    assert_eq!(mine[0]["status"], "reserved");
+    let page: Vec<Value> = app
+        .send(
+            Method::GET,
+            &format!(
+                "/api/tickets/mine?limit=1&after={}",
+                first["id"].as_str().unwrap()
+            ),
+            Some(&seller),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0]["id"], second["id"]);
+    let public: Vec<Value> = app
+        .send(Method::GET, "/api/tickets", None, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(public.iter().all(|t| t["title"] != "first"));
+
+    let anonymous = app.send(Method::GET, "/api/tickets/mine", None, None).await;
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let bad = app
+        .send(
+            Method::GET,
+            "/api/tickets/mine?limit=0",
+            Some(&seller),
+            None,
+        )
+        .await;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
 async fn unknown_and_malformed_ids_are_404() {
     let app = app().await;
     let (_, token) = app.user();
