@@ -9,8 +9,20 @@ use shared::config::{ConfigError, env_var};
 
 use crate::cli::RunArgs;
 
-/// The services this binary can run.
+/// The services this binary can run, besides the web client.
 pub const ALL_SERVICES: &[&str] = &["auth", "tickets", "orders", "expiration", "payments"];
+/// The web client: no database, no bus; it speaks the services' HTTP API.
+pub const WEB: &str = "web";
+
+/// How the web client reaches the API.
+#[derive(Debug, Clone)]
+pub struct WebSettings {
+    /// `None`: the API services run in this process and are called in
+    /// process; otherwise over HTTP.
+    pub upstreams: Option<web::Upstreams>,
+    /// Show the offline gateway's test card tokens on the payment form.
+    pub test_card_tokens: bool,
+}
 
 /// Which event bus the services use.
 #[derive(Debug, Clone)]
@@ -29,6 +41,8 @@ pub struct Settings {
     pub services: Vec<&'static str>,
     /// Set when this process is the stand-alone gateway.
     pub gateway: Option<crate::gateway::Upstreams>,
+    /// Set when this process serves the web client.
+    pub web: Option<WebSettings>,
     pub bus: BusChoice,
     pub databases: bus::service::Databases,
     pub jwt_key: Vec<u8>,
@@ -62,19 +76,24 @@ fn parse_services(names: &[String]) -> Result<Vec<&'static str>, SettingsError> 
         }
         if name == "all" {
             out.extend_from_slice(ALL_SERVICES);
+            out.push(WEB);
+            continue;
+        }
+        if name == WEB {
+            out.push(WEB);
             continue;
         }
         match ALL_SERVICES.iter().find(|s| **s == name) {
             Some(s) => out.push(*s),
             None => {
                 return Err(SettingsError::Invalid(format!(
-                    "unknown service {name:?} in --services / TICKETING_SERVICES (expected {}, gateway or all)",
+                    "unknown service {name:?} in --services / TICKETING_SERVICES (expected {}, web, gateway or all)",
                     ALL_SERVICES.join(", ")
                 )));
             }
         }
     }
-    out.sort_by_key(|s| ALL_SERVICES.iter().position(|a| a == s));
+    out.sort_by_key(|s| ALL_SERVICES.iter().position(|a| a == s).unwrap_or(usize::MAX));
     out.dedup();
     Ok(out)
 }
@@ -192,18 +211,57 @@ impl Settings {
         } else {
             None
         };
+        let backends: Vec<&'static str> = services
+            .iter()
+            .copied()
+            .filter(|s| ALL_SERVICES.contains(s))
+            .collect();
+        let web = if services.contains(&WEB) {
+            let in_process = ["auth", "tickets", "orders", "payments"]
+                .iter()
+                .all(|s| services.contains(s));
+            let upstreams = if in_process {
+                None
+            } else {
+                let api = env_var::<String>("API_URL")?;
+                let each = |var: &str| -> Result<String, SettingsError> {
+                    match env_var::<String>(var)?.or_else(|| api.clone()) {
+                        Some(u) => Ok(u.trim_end_matches('/').to_owned()),
+                        None => Err(SettingsError::Invalid(format!(
+                            "the web client without the API services in its process needs API_URL \
+                             (one origin for the whole API) or {var}"
+                        ))),
+                    }
+                };
+                Some(web::Upstreams {
+                    auth: each("AUTH_URL")?,
+                    tickets: each("TICKETS_URL")?,
+                    orders: each("ORDERS_URL")?,
+                    payments: each("PAYMENTS_URL")?,
+                })
+            };
+            Some(WebSettings {
+                upstreams,
+                test_card_tokens: match env_var::<bool>("WEB_TEST_CARD_TOKENS")? {
+                    Some(show) => show,
+                    None => env_var::<String>("STRIPE_SECRET_KEY")?.is_none(),
+                },
+            })
+        } else {
+            None
+        };
         let bus = match &args.nats_url {
             Some(url) => BusChoice::Nats {
                 url: url.clone(),
-                name: connection_name(&services),
+                name: connection_name(&backends),
             },
             None => BusChoice::Embedded,
         };
         let databases = match &args.database_url {
             Some(base) => {
                 let mut urls = std::collections::BTreeMap::new();
-                for s in &services {
-                    urls.insert((*s).to_owned(), database_url(base, s, services.len() == 1)?);
+                for s in &backends {
+                    urls.insert((*s).to_owned(), database_url(base, s, backends.len() == 1)?);
                 }
                 bus::service::Databases::Postgres {
                     urls,
@@ -236,6 +294,7 @@ impl Settings {
             data_dir,
             services,
             gateway: gateway_upstreams,
+            web,
             bus,
             databases,
             jwt_key,
@@ -289,7 +348,8 @@ mod tests {
     #[test]
     fn services_are_parsed_deduplicated_and_ordered() {
         let s = |v: &[&str]| parse_services(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        assert_eq!(s(&["all"]).unwrap().len(), 5);
+        assert_eq!(s(&["all"]).unwrap().len(), 6);
+        assert_eq!(s(&["web", "auth"]).unwrap(), ["auth", "web"]);
         assert_eq!(
             s(&["payments", "Auth", "auth"]).unwrap(),
             ["auth", "payments"]

@@ -102,6 +102,41 @@ pub async fn run(
         tracing::info!("stopped");
         return Ok(());
     }
+    let backends: Vec<&'static str> = settings
+        .services
+        .iter()
+        .copied()
+        .filter(|s| config::ALL_SERVICES.contains(s))
+        .collect();
+    if backends.is_empty() {
+        // The web client alone: no database, no bus.
+        let Some(web_settings) = settings.web.clone() else {
+            return Err("no services to run".into());
+        };
+        let upstreams = web_settings
+            .upstreams
+            .clone()
+            .ok_or("the web client alone needs API_URL or AUTH_URL, TICKETS_URL, …")?;
+        let api = web::Api::http(upstreams.clone());
+        let ready: shared::http::ReadyCheck = {
+            let api = api.clone();
+            Arc::new(move || {
+                let api = api.clone();
+                Box::pin(async move { web::check_ready(&api).await })
+            })
+        };
+        let router = web::router(web::WebConfig {
+            api,
+            test_card_tokens: web_settings.test_card_tokens,
+            secure_cookies: settings.secure_cookies,
+        })
+        .merge(shared::http::health_router(vec![("web api".into(), ready)]))
+        .fallback(web::not_found);
+        tracing::info!(?upstreams, "ticketing web client listening on http://{local}");
+        bus::service::serve(listener, shared::http::layers(router), shutdown).await?;
+        tracing::info!("stopped");
+        return Ok(());
+    }
     let bus: Arc<dyn Bus> = match &settings.bus {
         BusChoice::Embedded => {
             Arc::new(EmbeddedBus::open(&settings.data_dir.join("bus.db")).await?)
@@ -124,7 +159,10 @@ pub async fn run(
         .flat_map(|r| std::mem::take(&mut r.tasks))
         .collect();
     let names: Vec<_> = running.iter().map(|r| r.name).collect();
-    let router = bus::service::compose(&mut running);
+    let mut router = bus::service::compose(&mut running);
+    if let Some(web_settings) = &settings.web {
+        router = with_web(router, web_settings, settings.secure_cookies);
+    }
     tracing::info!(services = ?names, databases = ?settings.databases, "ticketing listening on http://{local}");
     bus::service::serve(listener, router, shutdown).await?;
     tracing::info!("http server stopped; finishing handlers and flushing outboxes");
@@ -143,13 +181,46 @@ pub async fn run(
     Ok(())
 }
 
+/// The web client in front of `api` (this process's composed API): its
+/// pages at their paths, everything else to the API, and an HTML 404 for
+/// paths that are neither.
+fn with_web(api: axum::Router, settings: &config::WebSettings, secure_cookies: bool) -> axum::Router {
+    use tower::ServiceExt;
+    let client = match &settings.upstreams {
+        None => web::Api::in_process(api.clone()),
+        Some(u) => web::Api::http(u.clone()),
+    };
+    let pages = web::router(web::WebConfig {
+        api: client,
+        test_card_tokens: settings.test_card_tokens,
+        secure_cookies,
+    });
+    pages.fallback(move |req: axum::extract::Request| {
+        let api = api.clone();
+        async move {
+            let path = req.uri().path();
+            let for_api = path == "/api"
+                || path.starts_with("/api/")
+                || matches!(path, "/healthz" | "/readyz" | "/metrics");
+            if for_api {
+                match api.oneshot(req).await {
+                    Ok(res) => res,
+                    Err(never) => match never {},
+                }
+            } else {
+                web::not_found().await
+            }
+        }
+    })
+}
+
 async fn start_services(
     settings: &Settings,
     deps: &Deps,
 ) -> Result<Vec<Running>, store::StoreError> {
     let options = ListenerOptions::default();
     let mut running = Vec::new();
-    for name in &settings.services {
+    for name in settings.services.iter().filter(|s| **s != config::WEB) {
         running.push(match *name {
             "auth" => auth::start(deps, settings.auth.clone()).await?,
             "tickets" => tickets::start(deps, options.clone()).await?,

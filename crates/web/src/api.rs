@@ -1,0 +1,263 @@
+//! The web client's only way to the services: their public HTTP API. Over
+//! HTTP to the upstreams (microservices mode), or through the in-process
+//! router of the all-in-one process — the same requests and responses
+//! without a socket, with the browser's address as the peer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// Where each API prefix lives, for the HTTP transport.
+#[derive(Debug, Clone)]
+pub struct Upstreams {
+    pub auth: String,
+    pub tickets: String,
+    pub orders: String,
+    pub payments: String,
+}
+
+impl Upstreams {
+    /// Everything behind one origin (a gateway or an ingress).
+    pub fn all_at(base: &str) -> Upstreams {
+        let base = base.trim_end_matches('/').to_owned();
+        Upstreams {
+            auth: base.clone(),
+            tickets: base.clone(),
+            orders: base.clone(),
+            payments: base,
+        }
+    }
+
+    fn base_for(&self, path: &str) -> &str {
+        if path.starts_with("/api/users") {
+            &self.auth
+        } else if path.starts_with("/api/tickets") {
+            &self.tickets
+        } else if path.starts_with("/api/orders") {
+            &self.orders
+        } else {
+            &self.payments
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Transport {
+    Http {
+        client: reqwest::Client,
+        upstreams: Arc<Upstreams>,
+    },
+    InProcess(axum::Router),
+}
+
+/// A client of the public API. Cheap to clone.
+#[derive(Clone)]
+pub struct Api {
+    transport: Transport,
+}
+
+/// The API could not be reached or answered nonsense.
+#[derive(Debug, Clone)]
+pub struct Unavailable(pub String);
+
+/// One API response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+    /// `Set-Cookie` headers to pass on to the browser (the session).
+    pub cookies: Vec<HeaderValue>,
+}
+
+/// One entry of the shared error shape.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiFieldError {
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl Reply {
+    pub fn ok(&self) -> bool {
+        self.status.is_success()
+    }
+
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, Unavailable> {
+        serde_json::from_value(self.body.clone())
+            .map_err(|e| Unavailable(format!("unexpected answer ({}): {e}", self.status)))
+    }
+
+    /// The errors of a failed request, in the shared shape.
+    pub fn errors(&self) -> Vec<ApiFieldError> {
+        #[derive(Deserialize)]
+        struct Errors {
+            errors: Vec<ApiFieldError>,
+        }
+        serde_json::from_value::<Errors>(self.body.clone())
+            .map(|e| e.errors)
+            .unwrap_or_else(|_| {
+                vec![ApiFieldError {
+                    message: format!("Something went wrong ({})", self.status),
+                    field: None,
+                }]
+            })
+    }
+}
+
+/// Who is asking: the browser's session and address.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    pub session: Option<String>,
+    pub addr: Option<SocketAddr>,
+}
+
+impl Api {
+    /// Over HTTP to `upstreams`.
+    pub fn http(upstreams: Upstreams) -> Api {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
+        Api {
+            transport: Transport::Http {
+                client,
+                upstreams: Arc::new(upstreams),
+            },
+        }
+    }
+
+    /// Through `router`, the services' composed API in this process.
+    pub fn in_process(router: axum::Router) -> Api {
+        Api {
+            transport: Transport::InProcess(router),
+        }
+    }
+
+    /// Sends one request as `caller`.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        caller: &Caller,
+        body: Option<Value>,
+    ) -> Result<Reply, Unavailable> {
+        match &self.transport {
+            Transport::Http { client, upstreams } => {
+                let url = format!("{}{path}", upstreams.base_for(path));
+                let mut req = client.request(method, &url);
+                if let Some(s) = &caller.session {
+                    req = req.bearer_auth(s);
+                }
+                if let Some(addr) = caller.addr {
+                    req = req.header("x-forwarded-for", addr.ip().to_string());
+                }
+                if let Some(b) = body {
+                    req = req.json(&b);
+                }
+                let res = req
+                    .send()
+                    .await
+                    .map_err(|e| Unavailable(format!("{url}: {e}")))?;
+                let status = res.status();
+                let cookies = res
+                    .headers()
+                    .get_all(header::SET_COOKIE)
+                    .iter()
+                    .cloned()
+                    .collect();
+                let bytes = res
+                    .bytes()
+                    .await
+                    .map_err(|e| Unavailable(format!("{url}: {e}")))?;
+                Ok(Reply {
+                    status,
+                    body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                    cookies,
+                })
+            }
+            Transport::InProcess(router) => {
+                let mut req = axum::http::Request::builder().method(method).uri(path);
+                if let Some(s) = &caller.session {
+                    req = req.header(header::AUTHORIZATION, format!("Bearer {s}"));
+                }
+                let body = match body {
+                    Some(b) => {
+                        req = req.header(header::CONTENT_TYPE, "application/json");
+                        Body::from(serde_json::to_vec(&b).unwrap_or_default())
+                    }
+                    None => Body::empty(),
+                };
+                let mut req = req
+                    .body(body)
+                    .map_err(|e| Unavailable(format!("{path}: {e}")))?;
+                if let Some(addr) = caller.addr {
+                    req.extensions_mut().insert(ConnectInfo(addr));
+                }
+                let res = router
+                    .clone()
+                    .oneshot(req)
+                    .await
+                    .map_err(|e| Unavailable(format!("{path}: {e}")))?;
+                let status = res.status();
+                let cookies = res
+                    .headers()
+                    .get_all(header::SET_COOKIE)
+                    .iter()
+                    .cloned()
+                    .collect();
+                let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+                    .await
+                    .map_err(|e| Unavailable(format!("{path}: {e}")))?;
+                Ok(Reply {
+                    status,
+                    body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                    cookies,
+                })
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------ what the API returns
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct User {
+    pub id: String,
+    pub email: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ticket {
+    pub id: String,
+    pub title: String,
+    pub price: f64,
+    pub user_id: String,
+    pub version: i64,
+    pub status: String,
+    pub order_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OrderTicket {
+    pub id: String,
+    pub title: String,
+    pub price: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Order {
+    pub id: String,
+    pub status: String,
+    pub expires_at: String,
+    pub ticket: OrderTicket,
+}

@@ -1,0 +1,927 @@
+//! The pages: each handler asks the API, then renders a template. Forms post
+//! back to the page's own path, carry the CSRF token, and on an error show
+//! the API's messages next to their fields (or at the top) with what the
+//! user typed.
+
+use std::collections::HashMap;
+
+use askama::Template;
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use serde_json::{Value, json};
+
+use crate::api::{ApiFieldError, Order, Reply, Ticket, Unavailable, User};
+use crate::{Ctx, Shared, same_token};
+
+// ------------------------------------------------------------ page plumbing
+
+/// What the layout needs: the title, who is signed in, the CSRF token.
+pub(crate) struct Layout {
+    pub title: String,
+    pub user: Option<User>,
+    pub csrf: String,
+    pub assets: String,
+}
+
+/// Errors to show on a form: at the top, and next to fields.
+#[derive(Default)]
+pub(crate) struct FormErrors {
+    pub top: Vec<String>,
+    fields: Vec<(String, String)>,
+}
+
+impl FormErrors {
+    fn from_api(errors: Vec<ApiFieldError>, known_fields: &[&str]) -> FormErrors {
+        let mut out = FormErrors::default();
+        for e in errors {
+            match e.field {
+                Some(f) if known_fields.contains(&f.as_str()) => out.fields.push((f, e.message)),
+                _ => out.top.push(e.message),
+            }
+        }
+        out
+    }
+
+    fn top(message: impl Into<String>) -> FormErrors {
+        FormErrors {
+            top: vec![message.into()],
+            fields: Vec::new(),
+        }
+    }
+
+    /// The message for `name`, if any.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(f, _)| f == name)
+            .map(|(_, m)| m.as_str())
+    }
+}
+
+/// Why a page could not be shown.
+pub(crate) enum PageError {
+    Unavailable(Unavailable),
+    NotFound,
+    Forbidden(&'static str),
+    SignIn(String),
+    BadCsrf,
+}
+
+impl From<Unavailable> for PageError {
+    fn from(e: Unavailable) -> Self {
+        PageError::Unavailable(e)
+    }
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage<'a> {
+    heading: &'a str,
+    message: &'a str,
+    assets: String,
+}
+
+pub(crate) fn error_page(status: StatusCode, heading: &str, message: &str) -> Response {
+    let page = ErrorPage {
+        heading,
+        message,
+        assets: crate::asset_version(),
+    };
+    (status, render(&page)).into_response()
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        match self {
+            PageError::Unavailable(e) => {
+                tracing::warn!(error = %e.0, "web: the API is unavailable");
+                error_page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Temporarily unavailable",
+                    "The marketplace cannot answer right now. Please try again in a moment.",
+                )
+            }
+            PageError::NotFound => error_page(
+                StatusCode::NOT_FOUND,
+                "Page not found",
+                "There is nothing at this address.",
+            ),
+            PageError::Forbidden(why) => error_page(StatusCode::FORBIDDEN, "Not allowed", why),
+            PageError::SignIn(next) => {
+                Redirect::to(&format!("/auth/signin?next={}", encode(&next))).into_response()
+            }
+            PageError::BadCsrf => error_page(
+                StatusCode::FORBIDDEN,
+                "This form has expired",
+                "Go back, reload the page and send the form again.",
+            ),
+        }
+    }
+}
+
+type PageResult = Result<Response, PageError>;
+
+fn render(t: &impl Template) -> Html<String> {
+    Html(t.render().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "web: a template failed to render");
+        "<!doctype html><title>Error</title><p>Something went wrong.</p>".into()
+    }))
+}
+
+fn page(status: StatusCode, t: &impl Template) -> PageResult {
+    Ok((status, render(t)).into_response())
+}
+
+/// A 303 to `to`, passing on the API's `Set-Cookie` headers (the session).
+fn see_other(to: &str, cookies: &[HeaderValue]) -> PageResult {
+    let mut res = Redirect::to(to).into_response();
+    for c in cookies {
+        res.headers_mut().append(header::SET_COOKIE, c.clone());
+    }
+    Ok(res)
+}
+
+/// Percent-encodes a query value.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A local path to go to after signing in, never another site.
+fn safe_next(next: Option<&String>) -> String {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.clone(),
+        _ => "/".into(),
+    }
+}
+
+impl Ctx {
+    async fn call(
+        &self,
+        web: &Shared,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Reply, Unavailable> {
+        web.config.api.call(method, path, &self.caller, body).await
+    }
+
+    async fn current_user(&self, web: &Shared) -> Result<Option<User>, Unavailable> {
+        if self.caller.session.is_none() {
+            return Ok(None);
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Current {
+            current_user: Option<User>,
+        }
+        let reply = self
+            .call(web, Method::GET, "/api/users/currentuser", None)
+            .await?;
+        Ok(reply.parse::<Current>()?.current_user)
+    }
+
+    async fn layout(&self, web: &Shared, title: impl Into<String>) -> Result<Layout, PageError> {
+        Ok(Layout {
+            title: title.into(),
+            user: self.current_user(web).await?,
+            csrf: self.csrf.clone(),
+            assets: crate::asset_version(),
+        })
+    }
+
+    /// The layout of a page that needs a signed-in user (else: sign in).
+    async fn signed_in_layout(
+        &self,
+        web: &Shared,
+        title: impl Into<String>,
+        here: &str,
+    ) -> Result<(Layout, User), PageError> {
+        let layout = self.layout(web, title).await?;
+        match layout.user.clone() {
+            Some(u) => Ok((layout, u)),
+            None => Err(PageError::SignIn(here.to_owned())),
+        }
+    }
+
+    fn check_csrf(&self, form: &HashMap<String, String>) -> Result<(), PageError> {
+        match form.get("_csrf") {
+            Some(t) if !self.csrf.is_empty() && same_token(t, &self.csrf) => Ok(()),
+            _ => Err(PageError::BadCsrf),
+        }
+    }
+}
+
+fn value<'a>(form: &'a HashMap<String, String>, name: &str) -> &'a str {
+    form.get(name).map(String::as_str).unwrap_or("")
+}
+
+// ------------------------------------------------------------- formatting
+
+/// `$1,234.50` from a decimal dollar price.
+pub(crate) fn money(price: f64) -> String {
+    let cents = (price * 100.0).round() as i64;
+    let (dollars, cents) = (cents / 100, cents % 100);
+    let digits = dollars.to_string();
+    let mut grouped = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    format!("${grouped}.{cents:02}")
+}
+
+/// The price as typed back into a form: `20` or `19.99`.
+fn price_input(price: f64) -> String {
+    let cents = (price * 100.0).round() as i64;
+    if cents % 100 == 0 {
+        (cents / 100).to_string()
+    } else {
+        format!("{}.{:02}", cents / 100, cents % 100)
+    }
+}
+
+fn ticket_status(status: &str) -> &'static str {
+    match status {
+        "available" => "For sale",
+        "reserved" => "Reserved",
+        "sold" => "Sold",
+        _ => "Unknown",
+    }
+}
+
+fn order_status(status: &str) -> &'static str {
+    match status {
+        "created" => "Awaiting payment",
+        "complete" => "Paid",
+        "cancelled" => "Cancelled",
+        _ => "Unknown",
+    }
+}
+
+/// A ticket as the pages show it.
+pub(crate) struct TicketView {
+    pub id: String,
+    pub title: String,
+    pub price: String,
+    pub status: String,
+    pub status_label: &'static str,
+    pub available: bool,
+}
+
+impl From<&Ticket> for TicketView {
+    fn from(t: &Ticket) -> Self {
+        TicketView {
+            id: t.id.clone(),
+            title: t.title.clone(),
+            price: money(t.price),
+            status: t.status.clone(),
+            status_label: ticket_status(&t.status),
+            available: t.status == "available",
+        }
+    }
+}
+
+/// An order as the pages show it.
+pub(crate) struct OrderView {
+    pub id: String,
+    pub title: String,
+    pub ticket_id: String,
+    pub amount: String,
+    pub status: String,
+    pub status_label: &'static str,
+    pub expires_at: String,
+    /// Milliseconds left to pay (0 once expired).
+    pub ms_left: i64,
+    /// `14:59` left, as rendered by the server.
+    pub time_left: String,
+}
+
+impl From<&Order> for OrderView {
+    fn from(o: &Order) -> Self {
+        let ms_left = time::OffsetDateTime::parse(
+            &o.expires_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map(|t| (t - time::OffsetDateTime::now_utc()).whole_milliseconds() as i64)
+        .unwrap_or(0)
+        .max(0);
+        let secs = (ms_left + 999) / 1000;
+        OrderView {
+            id: o.id.clone(),
+            title: o.ticket.title.clone(),
+            ticket_id: o.ticket.id.clone(),
+            amount: money(o.ticket.price),
+            status: o.status.clone(),
+            status_label: order_status(&o.status),
+            expires_at: o.expires_at.clone(),
+            ms_left,
+            time_left: format!("{}:{:02}", secs / 60, secs % 60),
+        }
+    }
+}
+
+// ------------------------------------------------------------------ landing
+
+const PAGE_SIZE: usize = 20;
+
+#[derive(Template)]
+#[template(path = "index.html")]
+struct IndexPage {
+    layout: Layout,
+    tickets: Vec<TicketView>,
+    next: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct After {
+    after: Option<String>,
+}
+
+pub(crate) async fn index(
+    State(web): State<Shared>,
+    ctx: Ctx,
+    Query(q): Query<After>,
+) -> PageResult {
+    let mut path = format!("/api/tickets?limit={PAGE_SIZE}");
+    if let Some(a) = q.after.as_deref().filter(|a| !a.is_empty()) {
+        path.push_str(&format!("&after={}", encode(a)));
+    }
+    let reply = ctx.call(&web, Method::GET, &path, None).await?;
+    if reply.status == StatusCode::BAD_REQUEST {
+        return Err(PageError::NotFound);
+    }
+    let tickets: Vec<Ticket> = reply.parse()?;
+    let next = (tickets.len() == PAGE_SIZE)
+        .then(|| tickets.last().map(|t| t.id.clone()))
+        .flatten();
+    page(
+        StatusCode::OK,
+        &IndexPage {
+            layout: ctx.layout(&web, "Tickets for sale").await?,
+            tickets: tickets.iter().map(TicketView::from).collect(),
+            next,
+        },
+    )
+}
+
+// ------------------------------------------------------------- sign up / in
+
+#[derive(Template)]
+#[template(path = "auth.html")]
+struct AuthPage {
+    layout: Layout,
+    signup: bool,
+    action: String,
+    email: String,
+    errors: FormErrors,
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct Next {
+    next: Option<String>,
+}
+
+async fn auth_form(web: Shared, ctx: Ctx, signup: bool, next: Option<String>) -> PageResult {
+    let title = if signup { "Sign up" } else { "Sign in" };
+    let path = if signup { "/auth/signup" } else { "/auth/signin" };
+    let action = match &next {
+        Some(n) => format!("{path}?next={}", encode(&safe_next(Some(n)))),
+        None => path.to_owned(),
+    };
+    page(
+        StatusCode::OK,
+        &AuthPage {
+            layout: ctx.layout(&web, title).await?,
+            signup,
+            action,
+            email: String::new(),
+            errors: FormErrors::default(),
+        },
+    )
+}
+
+async fn auth_submit(
+    web: Shared,
+    ctx: Ctx,
+    signup: bool,
+    next: Option<String>,
+    form: HashMap<String, String>,
+) -> PageResult {
+    ctx.check_csrf(&form)?;
+    let email = value(&form, "email").to_owned();
+    let api_path = if signup {
+        "/api/users/signup"
+    } else {
+        "/api/users/signin"
+    };
+    let reply = ctx
+        .call(
+            &web,
+            Method::POST,
+            api_path,
+            Some(json!({ "email": email, "password": value(&form, "password") })),
+        )
+        .await?;
+    if reply.ok() {
+        return see_other(&safe_next(next.as_ref()), &reply.cookies);
+    }
+    let title = if signup { "Sign up" } else { "Sign in" };
+    let path = if signup { "/auth/signup" } else { "/auth/signin" };
+    page(
+        reply.status,
+        &AuthPage {
+            layout: ctx.layout(&web, title).await?,
+            signup,
+            action: match &next {
+                Some(n) => format!("{path}?next={}", encode(&safe_next(Some(n)))),
+                None => path.to_owned(),
+            },
+            email,
+            errors: FormErrors::from_api(reply.errors(), &["email", "password"]),
+        },
+    )
+}
+
+pub(crate) async fn signup_form(
+    State(web): State<Shared>,
+    ctx: Ctx,
+    Query(q): Query<Next>,
+) -> PageResult {
+    auth_form(web, ctx, true, q.next).await
+}
+
+pub(crate) async fn signin_form(
+    State(web): State<Shared>,
+    ctx: Ctx,
+    Query(q): Query<Next>,
+) -> PageResult {
+    auth_form(web, ctx, false, q.next).await
+}
+
+pub(crate) async fn signup(
+    State(web): State<Shared>,
+    ctx: Ctx,
+    Query(q): Query<Next>,
+    Form(form): Form<HashMap<String, String>>,
+) -> PageResult {
+    auth_submit(web, ctx, true, q.next, form).await
+}
+
+pub(crate) async fn signin(
+    State(web): State<Shared>,
+    ctx: Ctx,
+    Query(q): Query<Next>,
+    Form(form): Form<HashMap<String, String>>,
+) -> PageResult {
+    auth_submit(web, ctx, false, q.next, form).await
+}
+
+pub(crate) async fn signout(
+    State(web): State<Shared>,
+    ctx: Ctx,
+    Form(form): Form<HashMap<String, String>>,
+) -> PageResult {
+    ctx.check_csrf(&form)?;
+    let reply = ctx
+        .call(&web, Method::POST, "/api/users/signout", None)
+        .await?;
+    see_other("/", &reply.cookies)
+}
+
+// ------------------------------------------------------------------ tickets
+
+#[derive(Template)]
+#[template(path = "ticket_form.html")]
+struct TicketFormPage {
+    layout: Layout,
+    heading: String,
+    action: String,
+    submit: &'static str,
+    title: String,
+    price: String,
+    errors: FormErrors,
+}
+
+/// A typed price goes to the API as a JSON number when it reads as one, so
+/// the API's own message explains anything else.
+fn price_json(typed: &str) -> Value {
+    match typed.trim().parse::<f64>() {
+        Ok(p) if p.is_finite() => json!(p),
+        _ => json!(typed.trim()),
+    }
+}
+
+pub(crate) async fn new_ticket_form(State(web): State<Shared>, ctx: Ctx) -> PageResult {
+    let (layout, _) = ctx
+        .signed_in_layout(&web, "Sell a ticket", "/tickets/new")
+        .await?;
+    page(
+        StatusCode::OK,
+        &TicketFormPage {
+            layout,
+            heading: "Sell a ticket".into(),
+            action: "/tickets/new".into(),
+            submit: "List ticket",
+            title: String::new(),
+            price: String::new(),
+            errors: FormErrors::default(),
+        },
+    )
+}
+
+pub(crate) async fn new_ticket(
+    State(web): State<Shared>,
+    ctx: Ctx,
+    Form(form): Form<HashMap<String, String>>,
+) -> PageResult {
+    ctx.check_csrf(&form)?;
+    let (title, price) = (value(&form, "title"), value(&form, "price"));
+    let reply = ctx
+        .call(
+            &web,
+            Method::POST,
+            "/api/tickets",
+            Some(json!({ "title": title, "price": price_json(price) })),
+        )
+        .await?;
+    if reply.status == StatusCode::UNAUTHORIZED {
+        return Err(PageError::SignIn("/tickets/new".into()));
+    }
+    if reply.ok() {
+        let t: Ticket = reply.parse()?;
+        return see_other(&format!("/tickets/{}", t.id), &[]);
+    }
+    page(
+        reply.status,
+        &TicketFormPage {
+            layout: ctx.layout(&web, "Sell a ticket").await?,
+            heading: "Sell a ticket".into(),
+            action: "/tickets/new".into(),
+            submit: "List ticket",
+            title: title.to_owned(),
+            price: price.to_owned(),
+            errors: FormErrors::from_api(reply.errors(), &["title", "price"]),
+        },
+    )
+}
+
+#[derive(Template)]
+#[template(path = "ticket.html")]
+struct TicketPage {
+    layout: Layout,
+    ticket: TicketView,
+    is_seller: bool,
+    errors: FormErrors,
+}
+
+async fn fetch_ticket(web: &Shared, ctx: &Ctx, id: &str) -> Result<Ticket, PageError> {
+    let reply = ctx
+        .call(web, Method::GET, &format!("/api/tickets/{}", encode(id)), None)
+        .await?;
+    if reply.status == StatusCode::NOT_FOUND {
+        return Err(PageError::NotFound);
+    }
+    Ok(reply.parse()?)
+}
+
+async fn ticket_page(
+    web: &Shared,
+    ctx: &Ctx,
+    ticket: &Ticket,
+    status: StatusCode,
+    errors: FormErrors,
+) -> PageResult {
+    let layout = ctx.layout(web, ticket.title.clone()).await?;
+    let is_seller = layout.user.as_ref().is_some_and(|u| u.id == ticket.user_id);
+    page(
+        status,
+        &TicketPage {
+            layout,
+            ticket: TicketView::from(ticket),
+            is_seller,
+            errors,
+        },
+    )
+}
+
+pub(crate) async fn show_ticket(
+    State(web): State<Shared>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> PageResult {
+    let ticket = fetch_ticket(&web, &ctx, &id).await?;
+    ticket_page(&web, &ctx, &ticket, StatusCode::OK, FormErrors::default()).await
+}
+
+pub(crate) async fn purchase(
+    State(web): State<Shared>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> PageResult {
+    ctx.check_csrf(&form)?;
+    let reply = ctx
+        .call(
+            &web,
+            Method::POST,
+            "/api/orders",
+            Some(json!({ "ticketId": id })),
+        )
+        .await?;
+    if reply.status == StatusCode::UNAUTHORIZED {
+        return Err(PageError::SignIn(format!("/tickets/{id}")));
+    }
+    if reply.ok() {
+        let order: Order = reply.parse()?;
+        return see_other(&format!("/orders/{}", order.id), &[]);
+    }
+    let ticket = fetch_ticket(&web, &ctx, &id).await?;
+    ticket_page(
+        &web,
+        &ctx,
+        &ticket,
+        reply.status,
+        FormErrors::from_api(reply.errors(), &[]),
+    )
+    .await
+}
+
+async fn seller_ticket(
+    web: &Shared,
+    ctx: &Ctx,
+    id: &str,
+) -> Result<(Layout, Ticket), PageError> {
+    let ticket = fetch_ticket(web, ctx, id).await?;
+    let (layout, user) = ctx
+        .signed_in_layout(web, format!("Edit {}", ticket.title), &format!("/tickets/{id}/edit"))
+        .await?;
+    if user.id != ticket.user_id {
+        return Err(PageError::Forbidden("Only the seller can edit this ticket."));
+    }
+    Ok((layout, ticket))
+}
+
+pub(crate) async fn edit_ticket_form(
+    State(web): State<Shared>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> PageResult {
+    let (layout, ticket) = seller_ticket(&web, &ctx, &id).await?;
+    page(
+        StatusCode::OK,
+        &TicketFormPage {
+            layout,
+            heading: format!("Edit {}", ticket.title),
+            action: format!("/tickets/{}/edit", ticket.id),
+            submit: "Save changes",
+            title: ticket.title.clone(),
+            price: price_input(ticket.price),
+            errors: FormErrors::default(),
+        },
+    )
+}
+
+pub(crate) async fn edit_ticket(
+    State(web): State<Shared>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> PageResult {
+    ctx.check_csrf(&form)?;
+    let (title, price) = (value(&form, "title"), value(&form, "price"));
+    let reply = ctx
+        .call(
+            &web,
+            Method::PUT,
+            &format!("/api/tickets/{}", encode(&id)),
+            Some(json!({ "title": title, "price": price_json(price) })),
+        )
+        .await?;
+    match reply.status {
+        s if s.is_success() => return see_other(&format!("/tickets/{id}"), &[]),
+        StatusCode::UNAUTHORIZED => return Err(PageError::SignIn(format!("/tickets/{id}/edit"))),
+        StatusCode::NOT_FOUND => return Err(PageError::NotFound),
+        _ => {}
+    }
+    let ticket = fetch_ticket(&web, &ctx, &id).await?;
+    page(
+        reply.status,
+        &TicketFormPage {
+            layout: ctx.layout(&web, format!("Edit {}", ticket.title)).await?,
+            heading: format!("Edit {}", ticket.title),
+            action: format!("/tickets/{id}/edit"),
+            submit: "Save changes",
+            title: title.to_owned(),
+            price: price.to_owned(),
+            errors: FormErrors::from_api(reply.errors(), &["title", "price"]),
+        },
+    )
+}
+
+#[derive(Template)]
+#[template(path = "my_tickets.html")]
+struct MyTicketsPage {
+    layout: Layout,
+    tickets: Vec<TicketView>,
+    next: Option<String>,
+}
+
+pub(crate) async fn my_tickets(
+    State(web): State<Shared>,
+    ctx: Ctx,
+    Query(q): Query<After>,
+) -> PageResult {
+    let (layout, _) = ctx
+        .signed_in_layout(&web, "My tickets", "/tickets/mine")
+        .await?;
+    let mut path = format!("/api/tickets/mine?limit={PAGE_SIZE}");
+    if let Some(a) = q.after.as_deref().filter(|a| !a.is_empty()) {
+        path.push_str(&format!("&after={}", encode(a)));
+    }
+    let reply = ctx.call(&web, Method::GET, &path, None).await?;
+    if reply.status == StatusCode::BAD_REQUEST {
+        return Err(PageError::NotFound);
+    }
+    let tickets: Vec<Ticket> = reply.parse()?;
+    let next = (tickets.len() == PAGE_SIZE)
+        .then(|| tickets.last().map(|t| t.id.clone()))
+        .flatten();
+    page(
+        StatusCode::OK,
+        &MyTicketsPage {
+            layout,
+            tickets: tickets.iter().map(TicketView::from).collect(),
+            next,
+        },
+    )
+}
+
+// ------------------------------------------------------------------- orders
+
+#[derive(Template)]
+#[template(path = "orders.html")]
+struct OrdersPage {
+    layout: Layout,
+    orders: Vec<OrderView>,
+}
+
+pub(crate) async fn my_orders(State(web): State<Shared>, ctx: Ctx) -> PageResult {
+    let (layout, _) = ctx.signed_in_layout(&web, "My orders", "/orders").await?;
+    let reply = ctx.call(&web, Method::GET, "/api/orders", None).await?;
+    let orders: Vec<Order> = reply.parse()?;
+    page(
+        StatusCode::OK,
+        &OrdersPage {
+            layout,
+            orders: orders.iter().map(OrderView::from).collect(),
+        },
+    )
+}
+
+#[derive(Template)]
+#[template(path = "order.html")]
+struct OrderPage {
+    layout: Layout,
+    order: OrderView,
+    test_tokens: bool,
+    token: String,
+    errors: FormErrors,
+}
+
+async fn order_page(
+    web: &Shared,
+    ctx: &Ctx,
+    id: &str,
+    status: StatusCode,
+    token: String,
+    errors: FormErrors,
+) -> PageResult {
+    let (layout, _) = ctx
+        .signed_in_layout(web, "Your order", &format!("/orders/{id}"))
+        .await?;
+    let reply = ctx
+        .call(web, Method::GET, &format!("/api/orders/{}", encode(id)), None)
+        .await?;
+    if reply.status == StatusCode::NOT_FOUND {
+        return Err(PageError::NotFound);
+    }
+    let order: Order = reply.parse()?;
+    page(
+        status,
+        &OrderPage {
+            layout,
+            order: OrderView::from(&order),
+            test_tokens: web.config.test_card_tokens,
+            token,
+            errors,
+        },
+    )
+}
+
+pub(crate) async fn show_order(
+    State(web): State<Shared>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> PageResult {
+    order_page(&web, &ctx, &id, StatusCode::OK, String::new(), FormErrors::default()).await
+}
+
+pub(crate) async fn pay(
+    State(web): State<Shared>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> PageResult {
+    ctx.check_csrf(&form)?;
+    let token = value(&form, "token").trim().to_owned();
+    let reply = ctx
+        .call(
+            &web,
+            Method::POST,
+            "/api/payments",
+            Some(json!({ "orderId": id, "token": token })),
+        )
+        .await?;
+    match reply.status {
+        s if s.is_success() => return see_other(&format!("/orders/{id}"), &[]),
+        StatusCode::UNAUTHORIZED => return Err(PageError::SignIn(format!("/orders/{id}"))),
+        StatusCode::NOT_FOUND => return Err(PageError::NotFound),
+        _ => {}
+    }
+    let errors = if reply.status == StatusCode::PAYMENT_REQUIRED {
+        FormErrors::top(
+            reply
+                .errors()
+                .first()
+                .map(|e| format!("Your card was declined: {}", e.message))
+                .unwrap_or_else(|| "Your card was declined.".into()),
+        )
+    } else {
+        FormErrors::from_api(reply.errors(), &["token"])
+    };
+    order_page(&web, &ctx, &id, reply.status, token, errors).await
+}
+
+pub(crate) async fn cancel(
+    State(web): State<Shared>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> PageResult {
+    ctx.check_csrf(&form)?;
+    let reply = ctx
+        .call(&web, Method::DELETE, &format!("/api/orders/{}", encode(&id)), None)
+        .await?;
+    match reply.status {
+        s if s.is_success() => see_other(&format!("/orders/{id}"), &[]),
+        StatusCode::UNAUTHORIZED => Err(PageError::SignIn(format!("/orders/{id}"))),
+        StatusCode::NOT_FOUND => Err(PageError::NotFound),
+        status => {
+            order_page(
+                &web,
+                &ctx,
+                &id,
+                status,
+                String::new(),
+                FormErrors::from_api(reply.errors(), &[]),
+            )
+            .await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_reads_like_money() {
+        assert_eq!(money(20.0), "$20.00");
+        assert_eq!(money(19.99), "$19.99");
+        assert_eq!(money(1234567.5), "$1,234,567.50");
+        assert_eq!(money(0.05), "$0.05");
+        assert_eq!(price_input(19.99), "19.99");
+        assert_eq!(price_input(20.0), "20");
+    }
+
+    #[test]
+    fn sign_in_never_sends_anyone_to_another_site() {
+        assert_eq!(safe_next(Some(&"/orders/1".to_owned())), "/orders/1");
+        assert_eq!(safe_next(Some(&"//evil.example".to_owned())), "/");
+        assert_eq!(safe_next(Some(&"https://evil.example".to_owned())), "/");
+        assert_eq!(safe_next(Some(&"/\\evil.example".to_owned())), "/");
+        assert_eq!(safe_next(None), "/");
+        assert_eq!(encode("/a b?c"), "/a%20b%3Fc");
+    }
+}
