@@ -93,7 +93,12 @@ fn parse_services(names: &[String]) -> Result<Vec<&'static str>, SettingsError> 
             }
         }
     }
-    out.sort_by_key(|s| ALL_SERVICES.iter().position(|a| a == s).unwrap_or(usize::MAX));
+    out.sort_by_key(|s| {
+        ALL_SERVICES
+            .iter()
+            .position(|a| a == s)
+            .unwrap_or(usize::MAX)
+    });
     out.dedup();
     Ok(out)
 }

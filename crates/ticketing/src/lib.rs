@@ -132,7 +132,10 @@ pub async fn run(
         })
         .merge(shared::http::health_router(vec![("web api".into(), ready)]))
         .fallback(web::not_found);
-        tracing::info!(?upstreams, "ticketing web client listening on http://{local}");
+        tracing::info!(
+            ?upstreams,
+            "ticketing web client listening on http://{local}"
+        );
         bus::service::serve(listener, shared::http::layers(router), shutdown).await?;
         tracing::info!("stopped");
         return Ok(());
@@ -184,7 +187,11 @@ pub async fn run(
 /// The web client in front of `api` (this process's composed API): its
 /// pages at their paths, everything else to the API, and an HTML 404 for
 /// paths that are neither.
-fn with_web(api: axum::Router, settings: &config::WebSettings, secure_cookies: bool) -> axum::Router {
+fn with_web(
+    api: axum::Router,
+    settings: &config::WebSettings,
+    secure_cookies: bool,
+) -> axum::Router {
     use tower::ServiceExt;
     let client = match &settings.upstreams {
         None => web::Api::in_process(api.clone()),

@@ -47,10 +47,16 @@ pub fn router(config: WebConfig) -> Router {
         .route("/auth/signup", get(pages::signup_form).post(pages::signup))
         .route("/auth/signin", get(pages::signin_form).post(pages::signin))
         .route("/auth/signout", post(pages::signout))
-        .route("/tickets/new", get(pages::new_ticket_form).post(pages::new_ticket))
+        .route(
+            "/tickets/new",
+            get(pages::new_ticket_form).post(pages::new_ticket),
+        )
         .route("/tickets/mine", get(pages::my_tickets))
         .route("/tickets/{id}", get(pages::show_ticket))
-        .route("/tickets/{id}/edit", get(pages::edit_ticket_form).post(pages::edit_ticket))
+        .route(
+            "/tickets/{id}/edit",
+            get(pages::edit_ticket_form).post(pages::edit_ticket),
+        )
         .route("/tickets/{id}/purchase", post(pages::purchase))
         .route("/orders", get(pages::my_orders))
         .route("/orders/{id}", get(pages::show_order))
@@ -204,7 +210,11 @@ async fn protect(State(web): State<Shared>, mut req: Request, next: Next) -> Res
 
 /// Whether two strings are equal, in time independent of where they differ.
 pub(crate) fn same_token(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// What every page handler knows about the request.

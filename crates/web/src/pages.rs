@@ -394,7 +394,11 @@ pub(crate) struct Next {
 
 async fn auth_form(web: Shared, ctx: Ctx, signup: bool, next: Option<String>) -> PageResult {
     let title = if signup { "Sign up" } else { "Sign in" };
-    let path = if signup { "/auth/signup" } else { "/auth/signin" };
+    let path = if signup {
+        "/auth/signup"
+    } else {
+        "/auth/signin"
+    };
     let action = match &next {
         Some(n) => format!("{path}?next={}", encode(&safe_next(Some(n)))),
         None => path.to_owned(),
@@ -437,7 +441,11 @@ async fn auth_submit(
         return see_other(&safe_next(next.as_ref()), &reply.cookies);
     }
     let title = if signup { "Sign up" } else { "Sign in" };
-    let path = if signup { "/auth/signup" } else { "/auth/signin" };
+    let path = if signup {
+        "/auth/signup"
+    } else {
+        "/auth/signin"
+    };
     page(
         reply.status,
         &AuthPage {
@@ -587,7 +595,12 @@ struct TicketPage {
 
 async fn fetch_ticket(web: &Shared, ctx: &Ctx, id: &str) -> Result<Ticket, PageError> {
     let reply = ctx
-        .call(web, Method::GET, &format!("/api/tickets/{}", encode(id)), None)
+        .call(
+            web,
+            Method::GET,
+            &format!("/api/tickets/{}", encode(id)),
+            None,
+        )
         .await?;
     if reply.status == StatusCode::NOT_FOUND {
         return Err(PageError::NotFound);
@@ -657,17 +670,19 @@ pub(crate) async fn purchase(
     .await
 }
 
-async fn seller_ticket(
-    web: &Shared,
-    ctx: &Ctx,
-    id: &str,
-) -> Result<(Layout, Ticket), PageError> {
+async fn seller_ticket(web: &Shared, ctx: &Ctx, id: &str) -> Result<(Layout, Ticket), PageError> {
     let ticket = fetch_ticket(web, ctx, id).await?;
     let (layout, user) = ctx
-        .signed_in_layout(web, format!("Edit {}", ticket.title), &format!("/tickets/{id}/edit"))
+        .signed_in_layout(
+            web,
+            format!("Edit {}", ticket.title),
+            &format!("/tickets/{id}/edit"),
+        )
         .await?;
     if user.id != ticket.user_id {
-        return Err(PageError::Forbidden("Only the seller can edit this ticket."));
+        return Err(PageError::Forbidden(
+            "Only the seller can edit this ticket.",
+        ));
     }
     Ok((layout, ticket))
 }
@@ -811,7 +826,12 @@ async fn order_page(
         .signed_in_layout(web, "Your order", &format!("/orders/{id}"))
         .await?;
     let reply = ctx
-        .call(web, Method::GET, &format!("/api/orders/{}", encode(id)), None)
+        .call(
+            web,
+            Method::GET,
+            &format!("/api/orders/{}", encode(id)),
+            None,
+        )
         .await?;
     if reply.status == StatusCode::NOT_FOUND {
         return Err(PageError::NotFound);
@@ -834,7 +854,15 @@ pub(crate) async fn show_order(
     ctx: Ctx,
     Path(id): Path<String>,
 ) -> PageResult {
-    order_page(&web, &ctx, &id, StatusCode::OK, String::new(), FormErrors::default()).await
+    order_page(
+        &web,
+        &ctx,
+        &id,
+        StatusCode::OK,
+        String::new(),
+        FormErrors::default(),
+    )
+    .await
 }
 
 pub(crate) async fn pay(
@@ -881,7 +909,12 @@ pub(crate) async fn cancel(
 ) -> PageResult {
     ctx.check_csrf(&form)?;
     let reply = ctx
-        .call(&web, Method::DELETE, &format!("/api/orders/{}", encode(&id)), None)
+        .call(
+            &web,
+            Method::DELETE,
+            &format!("/api/orders/{}", encode(&id)),
+            None,
+        )
         .await?;
     match reply.status {
         s if s.is_success() => see_other(&format!("/orders/{id}"), &[]),
