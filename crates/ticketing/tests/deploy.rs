@@ -69,6 +69,13 @@ fn count(objects: &[Value], kind: &str) -> usize {
     objects.iter().filter(|o| o["kind"] == kind).count()
 }
 
+fn env_of(objects: &[Value], service: &str) -> BTreeMap<String, String> {
+    env(
+        &find(objects, "Deployment", &format!("t-ticketing-{service}"))["spec"]["template"]["spec"]
+            ["containers"][0],
+    )
+}
+
 /// A container's environment: name → value, or `secret:<name>/<key>`, or
 /// `field:<path>`.
 fn env(container: &Value) -> BTreeMap<String, String> {
@@ -112,8 +119,12 @@ const KEY: &str = "--set=secrets.jwtKey=0123456789abcdef-test";
 fn the_chart_deploys_each_service_with_probes_secrets_and_its_own_database() {
     let Some(helm) = helm() else { return };
     let objects = render(&helm, &[KEY]).unwrap();
-    assert_eq!(count(&objects, "Deployment"), 5);
-    assert_eq!(count(&objects, "Service"), 5);
+    assert_eq!(
+        count(&objects, "Deployment"),
+        6,
+        "five services and the web client"
+    );
+    assert_eq!(count(&objects, "Service"), 6);
     let secret = find(&objects, "Secret", "t-ticketing-secrets");
     assert_eq!(secret["stringData"]["JWT_KEY"], "0123456789abcdef-test");
     for service in SERVICES {
@@ -171,6 +182,26 @@ fn the_chart_deploys_each_service_with_probes_secrets_and_its_own_database() {
         find(&objects, "Deployment", "t-ticketing-expiration")["spec"]["replicas"],
         1
     );
+    // The web client: the services' API through their Services, no
+    // database, no NATS, no secrets.
+    let web = find(&objects, "Deployment", "t-ticketing-web");
+    let c = &web["spec"]["template"]["spec"]["containers"][0];
+    let env = env(c);
+    assert_eq!(env["TICKETING_SERVICES"], "web");
+    for service in ["auth", "tickets", "orders", "payments"] {
+        let url = &env[&format!("{}_URL", service.to_uppercase())];
+        assert_eq!(*url, format!("http://t-ticketing-{service}:3000"));
+        find(&objects, "Service", &format!("t-ticketing-{service}"));
+    }
+    for absent in ["DATABASE_URL", "NATS_URL", "JWT_KEY", "STRIPE_SECRET_KEY"] {
+        assert!(!env.contains_key(absent), "web gets no {absent}");
+    }
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let auth = env_of(&objects, "auth");
+    assert_eq!(
+        auth["TRUST_FORWARDED_FOR"], "true",
+        "sign-ins arrive through web and ingress"
+    );
     assert_eq!(
         find(&objects, "Deployment", "t-ticketing-orders")["spec"]["replicas"],
         2
@@ -201,6 +232,7 @@ fn the_ingress_routes_the_designs_paths_to_the_services() {
         ("/api/tickets", "tickets"),
         ("/api/orders", "orders"),
         ("/api/payments", "payments"),
+        ("/", "web"),
     ]
     .into_iter()
     .map(|(p, s)| (p.to_owned(), format!("t-ticketing-{s}")))
@@ -355,7 +387,11 @@ fn compose_runs_the_provisioning_job_before_the_services() {
             "{service}"
         );
     }
+    let web = &services["web"]["environment"];
+    assert_eq!(web["TICKETING_SERVICES"], "web");
+    assert_eq!(web["AUTH_URL"], "http://auth:3000");
     let gateway = &services["gateway"]["environment"];
+    assert_eq!(gateway["WEB_URL"], "http://web:3000");
     for (var, service) in [
         ("AUTH_URL", "auth"),
         ("TICKETS_URL", "tickets"),

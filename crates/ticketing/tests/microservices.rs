@@ -26,19 +26,19 @@ async fn the_purchase_flow_works_with_one_process_per_service_on_nats_and_postgr
             cluster.url(id)
         })
         .collect();
+    // The web client in a process of its own, reaching the services over
+    // HTTP as it would behind an ingress.
+    let upstreams = [
+        ("AUTH_URL", urls[0].clone()),
+        ("TICKETS_URL", urls[1].clone()),
+        ("ORDERS_URL", urls[2].clone()),
+        ("PAYMENTS_URL", urls[4].clone()),
+    ];
+    let web = cluster.spawn("web", "web", &upstreams).unwrap();
     cluster.all_ready(Duration::from_secs(30)).await.unwrap();
-    let gateway = cluster
-        .spawn(
-            "gateway",
-            "gateway",
-            &[
-                ("AUTH_URL", urls[0].clone()),
-                ("TICKETS_URL", urls[1].clone()),
-                ("ORDERS_URL", urls[2].clone()),
-                ("PAYMENTS_URL", urls[4].clone()),
-            ],
-        )
-        .unwrap();
+    let mut gateway_env = upstreams.to_vec();
+    gateway_env.push(("WEB_URL", cluster.url(web)));
+    let gateway = cluster.spawn("gateway", "gateway", &gateway_env).unwrap();
     assert!(
         cluster.ready(gateway, Duration::from_secs(30)).await,
         "gateway never became ready"
@@ -164,6 +164,37 @@ async fn the_purchase_flow_works_with_one_process_per_service_on_nats_and_postgr
         json!("available"),
     )
     .await;
+
+    // The same state through the web client's pages, via the gateway: the
+    // landing page lists what is for sale; the buyer's session (the cookie
+    // the API set) is forwarded, so "My orders" shows their orders.
+    let landing = buyer.get(format!("{gw}/")).send().await.unwrap();
+    assert_eq!(landing.status(), StatusCode::OK);
+    let html = landing.text().await.unwrap();
+    assert!(
+        html.contains("Matinee") && !html.contains("Festival"),
+        "{html}"
+    );
+    assert!(
+        html.contains("Sign out"),
+        "signed in through the forwarded session"
+    );
+    let orders = buyer
+        .get(format!("{gw}/orders"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        orders.contains("Festival") && orders.contains("Paid"),
+        "{orders}"
+    );
+    assert!(
+        orders.contains("Matinee") && orders.contains("Cancelled"),
+        "{orders}"
+    );
     drop(cluster);
 }
 

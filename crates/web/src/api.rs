@@ -115,7 +115,22 @@ impl Reply {
 #[derive(Debug, Clone, Default)]
 pub struct Caller {
     pub session: Option<String>,
+    /// The peer of this request (the browser, or a proxy in front).
     pub addr: Option<SocketAddr>,
+    /// `X-Forwarded-For` as it arrived (set by proxies in front).
+    pub forwarded_for: Option<String>,
+}
+
+impl Caller {
+    /// `X-Forwarded-For` to send on: what arrived, then the peer.
+    fn forward_chain(&self) -> Option<String> {
+        let peer = self.addr.map(|a| a.ip().to_string());
+        match (self.forwarded_for.as_deref(), peer) {
+            (Some(chain), Some(peer)) => Some(format!("{chain}, {peer}")),
+            (Some(chain), None) => Some(chain.to_owned()),
+            (None, peer) => peer,
+        }
+    }
 }
 
 impl Api {
@@ -156,8 +171,8 @@ impl Api {
                 if let Some(s) = &caller.session {
                     req = req.bearer_auth(s);
                 }
-                if let Some(addr) = caller.addr {
-                    req = req.header("x-forwarded-for", addr.ip().to_string());
+                if let Some(chain) = caller.forward_chain() {
+                    req = req.header("x-forwarded-for", chain);
                 }
                 if let Some(b) = body {
                     req = req.json(&b);
@@ -187,6 +202,9 @@ impl Api {
                 let mut req = axum::http::Request::builder().method(method).uri(path);
                 if let Some(s) = &caller.session {
                     req = req.header(header::AUTHORIZATION, format!("Bearer {s}"));
+                }
+                if let Some(chain) = &caller.forwarded_for {
+                    req = req.header("x-forwarded-for", chain);
                 }
                 let body = match body {
                     Some(b) => {
@@ -260,4 +278,22 @@ pub struct Order {
     pub status: String,
     pub expires_at: String,
     pub ticket: OrderTicket,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Caller;
+
+    #[test]
+    fn the_forwarded_chain_keeps_what_proxies_said_and_adds_the_peer() {
+        let mut c = Caller {
+            addr: Some("10.0.0.5:4000".parse().unwrap()),
+            ..Caller::default()
+        };
+        assert_eq!(c.forward_chain().as_deref(), Some("10.0.0.5"));
+        c.forwarded_for = Some("203.0.113.7".into());
+        assert_eq!(c.forward_chain().as_deref(), Some("203.0.113.7, 10.0.0.5"));
+        c.addr = None;
+        assert_eq!(c.forward_chain().as_deref(), Some("203.0.113.7"));
+    }
 }

@@ -243,6 +243,11 @@ impl FromRequestParts<Shared> for Ctx {
             caller: api::Caller {
                 session: cookie(&parts.headers, "session"),
                 addr,
+                forwarded_for: parts
+                    .headers
+                    .get("x-forwarded-for")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
             },
             csrf,
         })
