@@ -9,7 +9,9 @@
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync, readFileSync, statSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { join, resolve } from "node:path";
 import { chromium } from "playwright-core";
 import { startServer } from "./server.mjs";
@@ -66,10 +68,24 @@ async function person(viewport = { width: 1024, height: 800 }) {
   return page;
 }
 
+const savedPages = [];
+
+/// A screenshot of the page, and its HTML for the validator.
 async function shot(page, name) {
   const path = join(artifacts, `${name}.png`);
   await page.screenshot({ path, fullPage: true });
+  const html = join(artifacts, `${name}.html`);
+  writeFileSync(html, await page.content());
+  savedPages.push(html);
   return path;
+}
+
+/// Nothing sticks out sideways (a phone-wide window needs no sideways scroll).
+async function assertFits(page) {
+  const overflow = await page.evaluate(
+    () => document.documentElement.scrollWidth - document.documentElement.clientWidth,
+  );
+  assert.ok(overflow <= 0, `${page.url()} is ${overflow}px too wide`);
 }
 
 /// Every visible input and select has a label.
@@ -132,10 +148,17 @@ test("a seller lists, a buyer buys and pays, an unpaid order expires", async () 
   await buyer.goto(server.base + "/");
   assert.equal(await buyer.title(), "Tickets for sale · ticketing");
   const landing = await shot(buyer, "landing");
+  await assertFits(buyer);
   const listed = buyer.getByRole("listitem").filter({ hasText: concert });
   assert.match(await listed.innerText(), /\$25\.50/);
   await listed.getByRole("link", { name: concert }).click();
-  await buyer.getByRole("button", { name: "Purchase" }).click();
+  // Buying works from the keyboard: tab to the button, press Enter.
+  const purchase = buyer.getByRole("button", { name: "Purchase" });
+  for (let i = 0; i < 20 && !(await purchase.evaluate((b) => b === document.activeElement)); i++) {
+    await buyer.keyboard.press("Tab");
+  }
+  assert.ok(await purchase.evaluate((b) => b === document.activeElement), "Purchase is reachable by Tab");
+  await buyer.keyboard.press("Enter");
 
   // The order page: amount, status, a running countdown.
   await buyer.getByRole("heading", { name: `Order for ${concert}` }).waitFor();
@@ -151,6 +174,7 @@ test("a seller lists, a buyer buys and pays, an unpaid order expires", async () 
   );
   assert.match(await buyer.locator("main").innerText(), /tok_visa/, "test tokens are documented");
   await assertLabelled(buyer);
+  await assertFits(buyer);
   await shot(buyer, "order-countdown");
 
   // Declined first: the message is shown, the token kept.
@@ -206,6 +230,14 @@ test("a seller lists, a buyer buys and pays, an unpaid order expires", async () 
 
   // Nothing the page did was blocked by its own CSP or failed.
   assert.deepEqual(consoleErrors, []);
+
+  // Every page saved is valid HTML (the W3C's Nu validator; needs java).
+  const vnu = createRequire(import.meta.url).resolve("vnu-jar/build/dist/vnu.jar");
+  try {
+    execFileSync("java", ["-jar", vnu, "--errors-only", ...savedPages], { stdio: "pipe" });
+  } catch (e) {
+    assert.fail(`invalid HTML:\n${e.stderr}${e.stdout}`);
+  }
 });
 
 test("pages are protected: security headers, CSRF, no caching of pages", async () => {
