@@ -12,7 +12,9 @@ use crate::money::Money;
 use crate::time::Timestamp;
 
 /// An event type: its payload, subject and schema version.
-pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
+pub trait Event:
+    Serialize + DeserializeOwned + schemars::JsonSchema + Send + Sync + 'static
+{
     /// The subject it is published on, e.g. `ticket.created`.
     const SUBJECT: &'static str;
     /// Bumped when the payload changes incompatibly.
@@ -32,7 +34,7 @@ macro_rules! event {
     };
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TicketStatus {
     Available,
@@ -59,7 +61,7 @@ impl TicketStatus {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OrderStatus {
     Created,
@@ -87,7 +89,7 @@ impl OrderStatus {
 }
 
 /// `user.created`: auth, on sign-up.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserCreated {
     pub id: UserId,
@@ -96,7 +98,7 @@ pub struct UserCreated {
 event!(UserCreated, "user.created");
 
 /// `ticket.created`: tickets, on create.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TicketCreated {
     pub id: TicketId,
@@ -108,7 +110,7 @@ pub struct TicketCreated {
 event!(TicketCreated, "ticket.created");
 
 /// `ticket.updated`: tickets, on edit, reserve, release and sale.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TicketUpdated {
     pub id: TicketId,
@@ -122,7 +124,7 @@ pub struct TicketUpdated {
 event!(TicketUpdated, "ticket.updated");
 
 /// The ticket as an `order.created` event carries it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderTicket {
     pub id: TicketId,
@@ -130,13 +132,13 @@ pub struct OrderTicket {
 }
 
 /// A bare ticket reference.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TicketRef {
     pub id: TicketId,
 }
 
 /// `order.created`: orders, on create.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderCreated {
     pub id: OrderId,
@@ -149,7 +151,7 @@ pub struct OrderCreated {
 event!(OrderCreated, "order.created");
 
 /// `order.cancelled`: orders, on cancel or expiry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OrderCancelled {
     pub id: OrderId,
     pub version: i64,
@@ -158,7 +160,7 @@ pub struct OrderCancelled {
 event!(OrderCancelled, "order.cancelled");
 
 /// `order.completed`: orders, when paid.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OrderCompleted {
     pub id: OrderId,
     pub version: i64,
@@ -167,7 +169,7 @@ pub struct OrderCompleted {
 event!(OrderCompleted, "order.completed");
 
 /// `expiration.complete`: expiration, when an order's timer fires.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExpirationComplete {
     pub order_id: OrderId,
@@ -175,7 +177,7 @@ pub struct ExpirationComplete {
 event!(ExpirationComplete, "expiration.complete");
 
 /// `payment.created`: payments, after a successful charge.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentCreated {
     pub id: PaymentId,
@@ -187,7 +189,7 @@ event!(PaymentCreated, "payment.created");
 
 /// `payment.refunded`: payments, when a charge is refunded because its order
 /// was cancelled first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentRefunded {
     pub id: PaymentId,
@@ -209,6 +211,36 @@ pub const ALL_SUBJECTS: &[&str] = &[
     PaymentCreated::SUBJECT,
     PaymentRefunded::SUBJECT,
 ];
+
+/// The JSON Schema of `E`'s payload (draft 2020-12), from its Rust type.
+pub fn schema_of<E: Event>() -> serde_json::Value {
+    let mut schema = serde_json::to_value(schemars::schema_for!(E)).unwrap_or_default();
+    if let Some(o) = schema.as_object_mut() {
+        o.insert(
+            "$id".into(),
+            format!("urn:ticketing:event:{}", E::SUBJECT).into(),
+        );
+    }
+    schema
+}
+
+/// Every event's subject with the JSON Schema of its payload.
+pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
+    vec![
+        (UserCreated::SUBJECT, schema_of::<UserCreated>()),
+        (TicketCreated::SUBJECT, schema_of::<TicketCreated>()),
+        (TicketUpdated::SUBJECT, schema_of::<TicketUpdated>()),
+        (OrderCreated::SUBJECT, schema_of::<OrderCreated>()),
+        (OrderCancelled::SUBJECT, schema_of::<OrderCancelled>()),
+        (OrderCompleted::SUBJECT, schema_of::<OrderCompleted>()),
+        (
+            ExpirationComplete::SUBJECT,
+            schema_of::<ExpirationComplete>(),
+        ),
+        (PaymentCreated::SUBJECT, schema_of::<PaymentCreated>()),
+        (PaymentRefunded::SUBJECT, schema_of::<PaymentRefunded>()),
+    ]
+}
 
 /// What one service publishes and consumes.
 #[derive(Debug, Clone, Copy)]
@@ -315,6 +347,36 @@ mod tests {
         assert_eq!(v["orderId"], json!(null));
         assert_eq!(v["priceCents"], json!(5));
         assert_eq!(v["status"], json!("available"));
+    }
+
+    #[test]
+    fn every_event_has_a_schema_that_its_payloads_satisfy_in_shape() {
+        let schemas = schemas();
+        assert_eq!(schemas.len(), ALL_SUBJECTS.len());
+        for s in ALL_SUBJECTS {
+            assert!(schemas.iter().any(|(subject, _)| subject == s), "{s}");
+        }
+        let (_, created) = schemas
+            .iter()
+            .find(|(s, _)| *s == OrderCreated::SUBJECT)
+            .unwrap();
+        let props = &created["properties"];
+        assert_eq!(props["expiresAt"]["format"], "date-time");
+        assert_eq!(props["userId"]["format"], "uuid");
+        let required: Vec<&str> = created["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        for field in ["id", "version", "status", "userId", "expiresAt", "ticket"] {
+            assert!(required.contains(&field), "{field}");
+        }
+        let (_, updated) = schemas
+            .iter()
+            .find(|(s, _)| *s == TicketUpdated::SUBJECT)
+            .unwrap();
+        assert_eq!(updated["properties"]["priceCents"]["type"], "integer");
     }
 
     #[test]

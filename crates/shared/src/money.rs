@@ -11,6 +11,23 @@ pub struct Money(i64);
 /// The largest price the API accepts, in cents (one million dollars).
 pub const MAX_PRICE_CENTS: i64 = 100_000_000;
 
+impl schemars::JsonSchema for Money {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Cents".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "integer",
+            "description": "an amount in cents (minor units)"
+        })
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+}
+
 impl Money {
     pub fn from_cents(cents: i64) -> Self {
         Money(cents)

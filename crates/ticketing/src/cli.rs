@@ -29,6 +29,12 @@ pub enum Command {
     /// (deploy/streams.yaml): plan shows the difference, apply makes it so.
     #[command(subcommand)]
     Streams(crate::streams::Streams),
+    /// Print the event catalogue (every subject, its JSON Schema, publisher,
+    /// consumers and stream) or the flow map, generated from the code.
+    Events {
+        #[arg(long, value_enum, default_value = "markdown")]
+        format: crate::catalogue::Format,
+    },
     /// Exit 0 if URL answers 2xx within 3 s, else 1 with the reason: a health
     /// check for images without a shell or curl (docker-compose).
     Probe {

@@ -1,6 +1,7 @@
 //! The ticketing binary's library: turns settings into running services.
 //! Knows every service (it is the only crate that does) and nothing else.
 
+pub mod catalogue;
 pub mod cli;
 pub mod cluster;
 pub mod config;
@@ -30,6 +31,10 @@ pub async fn main(cli: cli::Cli) -> Result<u8, Box<dyn std::error::Error>> {
         None => cli.run,
         Some(cli::Command::Streams(command)) => return Ok(streams::run(command).await),
         Some(cli::Command::Probe { url }) => return Ok(probe(&url).await),
+        Some(cli::Command::Events { format }) => {
+            print_report(&catalogue::render(format).trim_end());
+            return Ok(0);
+        }
         Some(cli::Command::Drill(cli::Drill::Concurrency(args))) => {
             let exe = std::env::current_exe()?;
             let report = drill::concurrency(&exe, args).await?;

@@ -7,7 +7,11 @@ fn main() -> std::process::ExitCode {
     let cli = ticketing::cli::Cli::parse();
     ticketing::telemetry::init(matches!(
         cli.command,
-        Some(ticketing::cli::Command::Streams(_) | ticketing::cli::Command::Probe { .. })
+        Some(
+            ticketing::cli::Command::Streams(_)
+                | ticketing::cli::Command::Probe { .. }
+                | ticketing::cli::Command::Events { .. }
+        )
     ));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
