@@ -271,3 +271,16 @@ test("pages are protected: security headers, CSRF, no caching of pages", async (
   assert.equal(api.status, 404);
   assert.deepEqual(await api.json(), { errors: [{ message: "Not found" }] });
 });
+
+test("the API description renders in Swagger UI from local assets", async () => {
+  const page = await person();
+  const requests = [];
+  page.on("request", (r) => requests.push(r.url()));
+  await page.goto(server.base + "/api/docs");
+  await page.locator(".opblock-summary-path", { hasText: "/api/tickets/{id}" }).first().waitFor();
+  assert.ok((await page.locator(".opblock").count()) >= 20, "every operation is listed");
+  await shot(page, "api-docs");
+  const foreign = requests.filter((u) => !u.startsWith(server.base) && !u.startsWith("data:"));
+  assert.deepEqual(foreign, [], "nothing is loaded from another origin");
+  assert.deepEqual(consoleErrors, []);
+});

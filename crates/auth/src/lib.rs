@@ -80,7 +80,12 @@ impl FromRef<AppState> for Arc<AuthKeys> {
 
 /// The auth service's routes.
 pub fn router(state: AppState) -> axum::Router {
-    users::router().with_state(state)
+    users::router().split_for_parts().0.with_state(state)
+}
+
+/// The OpenAPI description of the routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    users::router().into_openapi()
 }
 
 /// Opens the database, starts the outbox relay and returns the routes.

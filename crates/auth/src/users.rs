@@ -1,12 +1,11 @@
 //! `/api/users`: sign up, sign in, sign out, current user.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use bus::outbox;
+use serde::Serialize;
 use serde_json::json;
 use shared::ApiError;
 use shared::auth::{AuthUser, MaybeAuthUser};
@@ -19,12 +18,57 @@ use store::StoreError;
 
 use crate::{AppState, password};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/users/signup", post(sign_up))
-        .route("/api/users/signin", post(sign_in))
-        .route("/api/users/signout", post(sign_out))
-        .route("/api/users/currentuser", get(current_user))
+/// The routes and their OpenAPI description, registered together.
+pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    utoipa_axum::router::OpenApiRouter::default()
+        .routes(utoipa_axum::routes!(sign_up))
+        .routes(utoipa_axum::routes!(sign_in))
+        .routes(utoipa_axum::routes!(sign_out))
+        .routes(utoipa_axum::routes!(current_user))
+}
+
+/// A user as the API returns it.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = User)]
+#[allow(dead_code)]
+pub struct UserBody {
+    #[schema(format = Uuid)]
+    id: String,
+    #[schema(format = Email)]
+    email: String,
+}
+
+/// Sign-up details.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = SignUp)]
+#[allow(dead_code)]
+pub struct SignUpBody {
+    /// Stored trimmed and lower-cased.
+    #[schema(format = Email)]
+    email: String,
+    #[schema(min_length = 8, max_length = 128)]
+    password: String,
+}
+
+/// Sign-in credentials.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = SignIn)]
+#[allow(dead_code)]
+pub struct SignInBody {
+    #[schema(format = Email)]
+    email: String,
+    #[schema(min_length = 1)]
+    password: String,
+}
+
+/// Who the session belongs to, if anyone.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = CurrentUser)]
+#[allow(dead_code)]
+pub struct CurrentUserBody {
+    #[schema(required = true)]
+    current_user: Option<UserBody>,
 }
 
 /// Who is asking, for rate limiting.
@@ -67,6 +111,16 @@ fn email_field(f: &mut Fields<'_>) -> Option<Email> {
     Email::parse(raw).map_err(|msg| f.fail("email", msg)).ok()
 }
 
+/// Creates an account and signs it in (sets the `session` cookie);
+/// publishes `user.created`.
+#[utoipa::path(post, path = "/api/users/signup", tag = "users",
+    request_body = SignUpBody,
+    responses(
+        (status = 201, description = "Signed up and in; the session cookie is set", body = UserBody,
+            headers(("set-cookie" = String, description = "session=<jwt>; HttpOnly; SameSite=Lax; Path=/"))),
+        (status = 409, description = "Email in use", body = shared::openapi::ErrorBody),
+        (status = 429, description = "Too many attempts from this client", body = shared::openapi::ErrorBody),
+    ))]
 async fn sign_up(
     State(state): State<AppState>,
     peer: PeerAddr,
@@ -130,6 +184,15 @@ async fn sign_up(
     signed_in(&state, StatusCode::CREATED, user)
 }
 
+/// Signs in (sets the `session` cookie).
+#[utoipa::path(post, path = "/api/users/signin", tag = "users",
+    request_body = SignInBody,
+    responses(
+        (status = 200, description = "Signed in; the session cookie is set", body = UserBody,
+            headers(("set-cookie" = String, description = "session=<jwt>; HttpOnly; SameSite=Lax; Path=/"))),
+        (status = 401, description = "Invalid credentials", body = shared::openapi::ErrorBody),
+        (status = 429, description = "Too many attempts from this client", body = shared::openapi::ErrorBody),
+    ))]
 async fn sign_in(
     State(state): State<AppState>,
     peer: PeerAddr,
@@ -184,6 +247,9 @@ async fn sign_in(
     }
 }
 
+/// Signs out: clears the `session` cookie.
+#[utoipa::path(post, path = "/api/users/signout", tag = "users",
+    responses((status = 204, description = "Signed out; the cookie is cleared")))]
 async fn sign_out(State(state): State<AppState>) -> Response {
     (
         StatusCode::NO_CONTENT,
@@ -192,6 +258,9 @@ async fn sign_out(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Who the session belongs to (`null` without a valid session).
+#[utoipa::path(get, path = "/api/users/currentuser", tag = "users",
+    responses((status = 200, description = "The signed-in user, or null", body = CurrentUserBody)))]
 async fn current_user(user: MaybeAuthUser) -> Json<serde_json::Value> {
     Json(json!({
         "currentUser": user.0.map(|u| json!({ "id": u.id, "email": u.email }))

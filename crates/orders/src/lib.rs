@@ -99,7 +99,12 @@ impl FromRef<AppState> for Arc<AuthKeys> {
 }
 
 pub fn router(state: AppState) -> axum::Router {
-    orders::router().with_state(state)
+    orders::router().split_for_parts().0.with_state(state)
+}
+
+/// The OpenAPI description of the routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    orders::router().into_openapi()
 }
 
 pub async fn start(

@@ -1,10 +1,9 @@
 //! `/api/orders`: buy, list mine, show mine, cancel.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
+use serde::Serialize;
 use serde_json::{Value, json};
 use shared::ApiError;
 use shared::auth::AuthUser;
@@ -18,10 +17,52 @@ use store::{Conn, Row, StoreError};
 
 use crate::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/orders", get(list).post(create))
-        .route("/api/orders/{id}", get(show).delete(cancel))
+/// The routes and their OpenAPI description, registered together.
+pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    utoipa_axum::router::OpenApiRouter::default()
+        .routes(utoipa_axum::routes!(list, create))
+        .routes(utoipa_axum::routes!(show, cancel))
+}
+
+/// An order as the API returns it.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = Order)]
+#[allow(dead_code)]
+pub struct OrderBody {
+    #[schema(format = Uuid)]
+    id: String,
+    #[schema(format = Uuid)]
+    user_id: String,
+    status: OrderStatus,
+    /// When the hold on the ticket ends (RFC 3339, UTC).
+    #[schema(format = DateTime)]
+    expires_at: String,
+    version: i64,
+    ticket: OrderTicketBody,
+}
+
+/// The ticket an order is for, as the orders service knows it.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = OrderTicket)]
+#[allow(dead_code)]
+pub struct OrderTicketBody {
+    #[schema(format = Uuid)]
+    id: String,
+    title: String,
+    /// Dollars.
+    price: f64,
+    version: i64,
+}
+
+/// What a buyer sends to order a ticket.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = OrderInput)]
+#[allow(dead_code)]
+pub struct OrderInputBody {
+    #[schema(min_length = 1)]
+    ticket_id: String,
 }
 
 /// An order joined with its ticket as this service knows it.
@@ -131,6 +172,17 @@ fn find_mine(c: &mut dyn Conn, id: OrderId, user: UserId, lock: bool) -> Result<
     }
 }
 
+/// Orders a ticket: it is held for the caller until `expiresAt`; publishes
+/// `order.created`. Of concurrent buyers, exactly one wins.
+#[utoipa::path(post, path = "/api/orders", tag = "orders",
+    request_body = OrderInputBody,
+    security(("session" = []), ("bearer" = [])),
+    responses(
+        (status = 201, description = "Ordered; the ticket is held", body = OrderBody),
+        (status = 403, description = "The caller's own ticket", body = shared::openapi::ErrorBody),
+        (status = 404, description = "No such ticket", body = shared::openapi::ErrorBody),
+        (status = 409, description = "The ticket is reserved or sold", body = shared::openapi::ErrorBody),
+    ))]
 async fn create(
     State(state): State<AppState>,
     user: AuthUser,
@@ -186,6 +238,10 @@ async fn create(
     Ok((StatusCode::CREATED, Json(result.to_json())))
 }
 
+/// The caller's orders, newest first.
+#[utoipa::path(get, path = "/api/orders", tag = "orders",
+    security(("session" = []), ("bearer" = [])),
+    responses((status = 200, description = "The caller's orders, newest first", body = Vec<OrderBody>)))]
 async fn list(State(state): State<AppState>, user: AuthUser) -> Result<Json<Value>, ApiError> {
     let orders = state
         .db
@@ -204,6 +260,14 @@ async fn list(State(state): State<AppState>, user: AuthUser) -> Result<Json<Valu
     )))
 }
 
+/// One of the caller's orders.
+#[utoipa::path(get, path = "/api/orders/{id}", tag = "orders",
+    params(("id" = String, Path, description = "order id")),
+    security(("session" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The order", body = OrderBody),
+        (status = 404, description = "No such order of the caller's", body = shared::openapi::ErrorBody),
+    ))]
 async fn show(
     State(state): State<AppState>,
     user: AuthUser,
@@ -217,6 +281,16 @@ async fn show(
     Ok(Json(order.to_json()))
 }
 
+/// Cancels one of the caller's orders; publishes `order.cancelled` (nothing
+/// if it was already cancelled).
+#[utoipa::path(delete, path = "/api/orders/{id}", tag = "orders",
+    params(("id" = String, Path, description = "order id")),
+    security(("session" = []), ("bearer" = [])),
+    responses(
+        (status = 204, description = "Cancelled"),
+        (status = 404, description = "No such order of the caller's", body = shared::openapi::ErrorBody),
+        (status = 409, description = "The order is complete", body = shared::openapi::ErrorBody),
+    ))]
 async fn cancel(
     State(state): State<AppState>,
     user: AuthUser,

@@ -94,7 +94,12 @@ impl FromRef<AppState> for Arc<AuthKeys> {
 }
 
 pub fn router(state: AppState) -> axum::Router {
-    payments::router().with_state(state)
+    payments::router().split_for_parts().0.with_state(state)
+}
+
+/// The OpenAPI description of the routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    payments::router().into_openapi()
 }
 
 pub async fn start(

@@ -2,10 +2,9 @@
 //! order was cancelled first.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
+use serde::Serialize;
 use serde_json::{Value, json};
 use shared::ApiError;
 use shared::auth::AuthUser;
@@ -19,8 +18,38 @@ use store::StoreError;
 use crate::AppState;
 use crate::gateway::{ChargeRequest, GatewayError};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/payments", post(pay))
+/// The routes and their OpenAPI description, registered together.
+pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    utoipa_axum::router::OpenApiRouter::default().routes(utoipa_axum::routes!(pay))
+}
+
+/// A payment as the API returns it.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = Payment)]
+#[allow(dead_code)]
+pub struct PaymentBody {
+    #[schema(format = Uuid)]
+    id: String,
+    #[schema(format = Uuid)]
+    order_id: String,
+    /// The gateway's charge id.
+    charge_id: String,
+    /// Dollars charged.
+    amount: f64,
+}
+
+/// What a buyer sends to pay for an order.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = PaymentInput)]
+#[allow(dead_code)]
+pub struct PaymentInputBody {
+    #[schema(min_length = 1)]
+    order_id: String,
+    /// A card token, such as Stripe's `tok_visa`.
+    #[schema(min_length = 1)]
+    token: String,
 }
 
 struct OrderCopy {
@@ -65,6 +94,17 @@ fn cancelled() -> ApiError {
     ApiError::Conflict("Cannot pay for a cancelled order".into())
 }
 
+/// Charges the order's price; publishes `payment.created`. Idempotent per
+/// order: a second payment never charges twice.
+#[utoipa::path(post, path = "/api/payments", tag = "payments",
+    request_body = PaymentInputBody,
+    security(("session" = []), ("bearer" = [])),
+    responses(
+        (status = 201, description = "Charged", body = PaymentBody),
+        (status = 402, description = "The card was declined", body = shared::openapi::ErrorBody),
+        (status = 404, description = "No such order of the caller's", body = shared::openapi::ErrorBody),
+        (status = 409, description = "The order is cancelled or already paid", body = shared::openapi::ErrorBody),
+    ))]
 async fn pay(
     State(state): State<AppState>,
     user: AuthUser,

@@ -167,6 +167,14 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 }
 
 async fn count_requests(req: Request, next: Next) -> Response {
+    // The route template (`/api/tickets/{id}`), not the path, so the series
+    // stay few; "unmatched" for what no route took.
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_owned();
     let response = next.run(req).await;
     let class = match response.status().as_u16() {
         100..=199 => "1xx",
@@ -176,6 +184,14 @@ async fn count_requests(req: Request, next: Next) -> Response {
         _ => "5xx",
     };
     crate::metrics::inc("http_responses_total", &[("class", class)]);
+    crate::metrics::inc(
+        "http_requests_total",
+        &[
+            ("method", &method),
+            ("route", &route),
+            ("status", response.status().as_str()),
+        ],
+    );
     response
 }
 

@@ -12,6 +12,7 @@ pub mod http;
 pub mod ids;
 pub mod metrics;
 pub mod money;
+pub mod openapi;
 pub mod shutdown;
 pub mod time;
 pub mod trace;

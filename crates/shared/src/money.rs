@@ -56,6 +56,10 @@ impl Money {
         if (scaled - cents).abs() > 1e-6 {
             return Err("Price must have at most two decimals");
         }
+        // 0.0000001 passes the checks above but is no cent at all.
+        if cents < 1.0 {
+            return Err("Price must be greater than 0");
+        }
         // In range 1..=MAX_PRICE_CENTS as checked above, so the cast is exact.
         Ok(Money(cents as i64))
     }
@@ -101,6 +105,13 @@ mod tests {
     fn bad_prices_are_refused_with_a_reason() {
         assert!(Money::parse_price(&json!(0)).is_err());
         assert!(Money::parse_price(&json!(-5)).is_err());
+        // Found by fuzzing the API: positive, "two decimals" within the
+        // tolerance, and yet zero cents.
+        assert_eq!(
+            Money::parse_price(&json!(1e-7)),
+            Err("Price must be greater than 0")
+        );
+        assert!(Money::parse_price(&json!(1.401298464324817e-45)).is_err());
         assert!(Money::parse_price(&json!(19.999)).is_err());
         assert!(Money::parse_price(&json!(1000000.01)).is_err());
         assert_eq!(

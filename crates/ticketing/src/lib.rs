@@ -5,6 +5,7 @@ pub mod catalogue;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod docs;
 pub mod drill;
 pub mod gateway;
 pub mod streams;
@@ -136,6 +137,7 @@ pub async fn run(
             secure_cookies: settings.secure_cookies,
         })
         .merge(shared::http::health_router(vec![("web api".into(), ready)]))
+        .merge(docs::router())
         .fallback(web::not_found);
         tracing::info!(
             ?upstreams,
@@ -162,6 +164,17 @@ pub async fn run(
         shutdown: shutdown.clone(),
     };
     let mut running = start_services(&settings, &deps).await?;
+    let whole_api = ["auth", "tickets", "orders", "payments"]
+        .iter()
+        .all(|s| settings.services.contains(s));
+    if whole_api || settings.web.is_some() {
+        running.push(Running {
+            name: "docs",
+            router: docs::router(),
+            ready_checks: Vec::new(),
+            tasks: Vec::new(),
+        });
+    }
     let tasks: Vec<_> = running
         .iter_mut()
         .flat_map(|r| std::mem::take(&mut r.tasks))

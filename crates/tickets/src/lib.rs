@@ -82,7 +82,12 @@ impl FromRef<AppState> for Arc<AuthKeys> {
 
 /// The tickets service's routes.
 pub fn router(state: AppState) -> axum::Router {
-    tickets::router().with_state(state)
+    tickets::router().split_for_parts().0.with_state(state)
+}
+
+/// The OpenAPI description of the routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    tickets::router().into_openapi()
 }
 
 /// Opens the database, starts the relay and the listeners, returns the routes.

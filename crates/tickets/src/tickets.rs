@@ -1,11 +1,9 @@
 //! `/api/tickets`: list, show, create, edit.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shared::ApiError;
 use shared::auth::AuthUser;
@@ -18,11 +16,46 @@ use store::{Conn, Row, StoreError};
 
 use crate::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/tickets", get(list).post(create))
-        .route("/api/tickets/mine", get(mine))
-        .route("/api/tickets/{id}", get(show).put(update))
+/// The routes and their OpenAPI description, registered together.
+pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    utoipa_axum::router::OpenApiRouter::default()
+        .routes(utoipa_axum::routes!(list, create))
+        .routes(utoipa_axum::routes!(mine))
+        .routes(utoipa_axum::routes!(show, update))
+}
+
+/// A ticket as the API returns it.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = Ticket)]
+#[allow(dead_code)]
+pub struct TicketBody {
+    #[schema(format = Uuid)]
+    id: String,
+    title: String,
+    /// Dollars, at most two decimals.
+    price: f64,
+    #[schema(format = Uuid)]
+    user_id: String,
+    /// 0 when listed, one more with every change.
+    version: i64,
+    status: TicketStatus,
+    /// The order holding the ticket while it is reserved, else null.
+    #[schema(format = Uuid, required = true)]
+    order_id: Option<String>,
+}
+
+/// What a seller sends to list or edit a ticket.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = TicketInput)]
+#[allow(dead_code)]
+pub struct TicketInputBody {
+    /// 1 to 120 characters after trimming.
+    #[schema(min_length = 1, max_length = 120, pattern = r"\S")]
+    title: String,
+    /// Dollars: more than 0, at most 1 000 000, at most two decimals.
+    #[schema(minimum = 0.01, maximum = 1000000, multiple_of = 0.01)]
+    price: f64,
 }
 
 /// A ticket as stored.
@@ -151,9 +184,14 @@ fn parse_input(body: &JsonBody) -> Result<TicketInput, ApiError> {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Page size, 1 to 200 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     limit: Option<String>,
+    /// The last ticket id of the previous page.
+    #[param(value_type = Option<String>, format = Uuid)]
     after: Option<String>,
 }
 
@@ -172,7 +210,7 @@ fn page(q: &ListQuery) -> Result<(i64, Option<TicketId>), ApiError> {
         },
     };
     let after = match q.after.as_deref() {
-        None | Some("") => None,
+        None => None,
         Some(s) => Some(
             TicketId::parse(s)
                 .ok_or_else(|| ApiError::field("after", "after must be a ticket id"))?,
@@ -212,6 +250,12 @@ async fn list_where(
 }
 
 /// Tickets for sale (`available`), oldest first.
+#[utoipa::path(get, path = "/api/tickets", tag = "tickets",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of tickets for sale, oldest first", body = Vec<TicketBody>),
+        (status = 400, description = "limit or after is malformed", body = shared::openapi::ErrorBody),
+    ))]
 async fn list(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
@@ -220,6 +264,13 @@ async fn list(
 }
 
 /// The caller's own tickets, whatever their status, oldest first.
+#[utoipa::path(get, path = "/api/tickets/mine", tag = "tickets",
+    params(ListQuery),
+    security(("session" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of the caller's tickets, oldest first", body = Vec<TicketBody>),
+        (status = 400, description = "limit or after is malformed", body = shared::openapi::ErrorBody),
+    ))]
 async fn mine(
     State(state): State<AppState>,
     user: AuthUser,
@@ -228,6 +279,13 @@ async fn mine(
     list_where(&state, "user_id = $1", user.id.to_string(), &q).await
 }
 
+/// One ticket, whatever its status.
+#[utoipa::path(get, path = "/api/tickets/{id}", tag = "tickets",
+    params(("id" = String, Path, description = "ticket id")),
+    responses(
+        (status = 200, description = "The ticket", body = TicketBody),
+        (status = 404, description = "No such ticket", body = shared::openapi::ErrorBody),
+    ))]
 async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -241,6 +299,13 @@ async fn show(
     Ok(Json(ticket.to_json()))
 }
 
+/// Lists a ticket for sale; publishes `ticket.created`.
+#[utoipa::path(post, path = "/api/tickets", tag = "tickets",
+    request_body = TicketInputBody,
+    security(("session" = []), ("bearer" = [])),
+    responses(
+        (status = 201, description = "Listed, version 0, available", body = TicketBody),
+    ))]
 async fn create(
     State(state): State<AppState>,
     user: AuthUser,
@@ -275,6 +340,17 @@ async fn create(
     Ok((StatusCode::CREATED, Json(ticket.to_json())))
 }
 
+/// Edits the caller's ticket; publishes `ticket.updated`.
+#[utoipa::path(put, path = "/api/tickets/{id}", tag = "tickets",
+    params(("id" = String, Path, description = "ticket id")),
+    request_body = TicketInputBody,
+    security(("session" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Edited; version one more", body = TicketBody),
+        (status = 403, description = "Not the seller", body = shared::openapi::ErrorBody),
+        (status = 404, description = "No such ticket", body = shared::openapi::ErrorBody),
+        (status = 409, description = "The ticket is reserved or sold", body = shared::openapi::ErrorBody),
+    ))]
 async fn update(
     State(state): State<AppState>,
     user: AuthUser,
