@@ -237,6 +237,49 @@ async fn settle<E, H, Fut>(
         delivered: delivery.delivered,
     };
     let delivered = delivery.delivered;
+    // The consumer's span: in the producer's trace (a child of the span that
+    // wrote the event), named by the OpenTelemetry messaging conventions.
+    let parent = delivery
+        .message
+        .header(TRACEPARENT)
+        .and_then(TraceContext::parse)
+        .map(|p| p.span_id_hex());
+    let span = tracing::info_span!(
+        "process",
+        otel.kind = "consumer",
+        messaging.operation.type = "process",
+        messaging.destination.name = subject,
+        messaging.consumer.group.name = %durable_name(service, subject),
+        messaging.message.id = %ctx.message_id,
+        messaging.message.delivery_count = delivered,
+        trace_id = %ctx.trace.trace_id_hex(),
+        span_id = %ctx.trace.span_id_hex(),
+        parent_span_id = parent.as_deref().unwrap_or(""),
+    );
+    settle_in(
+        span, service, options, handler, delivery, event, ctx, subject,
+    )
+    .await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn settle_in<E, H, Fut>(
+    span: tracing::Span,
+    service: &'static str,
+    options: &ListenerOptions,
+    handler: &H,
+    delivery: Delivery,
+    event: E,
+    ctx: EventContext,
+    subject: &'static str,
+) where
+    E: Event,
+    H: Fn(E, EventContext) -> Fut,
+    Fut: Future<Output = Result<Outcome, ListenerError>>,
+{
+    use tracing::Instrument;
+    let delivered = delivery.delivered;
+    async move {
     // Tell the bus we are still working on slow handlers, so the message is
     // not handed to another member meanwhile.
     let work = handler(event, ctx);
@@ -280,6 +323,9 @@ async fn settle<E, H, Fut>(
         // The message will come back after the ack wait; handlers are idempotent.
         tracing::warn!(service, subject, error = %e, "cannot settle delivery");
     }
+    }
+    .instrument(span)
+    .await
 }
 
 #[cfg(test)]

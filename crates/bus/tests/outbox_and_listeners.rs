@@ -353,3 +353,92 @@ async fn the_relay_refuses_a_subject_its_service_does_not_declare() {
     enqueue(&f, user("a@example.com")).await;
     let _ = outbox.relay_once(&f.bus).await;
 }
+
+/// Records the fields of every span opened while it is the subscriber.
+#[derive(Clone, Default)]
+struct SpanCapture(Arc<Mutex<Vec<std::collections::HashMap<String, String>>>>);
+
+struct Fields<'a>(&'a mut std::collections::HashMap<String, String>);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(
+            field.name().to_owned(),
+            format!("{value:?}").trim_matches('"').to_owned(),
+        );
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanCapture {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut fields = std::collections::HashMap::new();
+        fields.insert("name".to_owned(), attrs.metadata().name().to_owned());
+        attrs.record(&mut Fields(&mut fields));
+        self.0.lock().unwrap().push(fields);
+    }
+}
+
+/// The consumer's span is in the producer's trace: a child of the span that
+/// wrote the event, named by the OpenTelemetry messaging conventions.
+#[tokio::test]
+async fn the_consumers_span_carries_the_producers_trace_id() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let capture = SpanCapture::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
+    let f = fixture().await;
+    let producer = TraceContext::new_root();
+    let event = user("traced@example.com");
+    f.db.write(move |c| outbox::enqueue(c, &event, &producer, Clock::System.now()))
+        .await
+        .unwrap();
+    f.outbox.relay_once(&f.bus).await.unwrap();
+    let (seen, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (trigger, signal) = shutdown::channel();
+    let tasks = listener::Listeners::new(f.bus.clone(), "svc", ListenerOptions::default(), signal)
+        .on(move |_: UserCreated, ctx: EventContext| {
+            let seen = seen.clone();
+            async move {
+                let _ = seen.send(ctx.trace);
+                Ok(Outcome::Done)
+            }
+        })
+        .into_tasks();
+    let handled = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        handled.trace_id, producer.trace_id,
+        "the handler continues the trace"
+    );
+    trigger.fire();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let spans = capture.0.lock().unwrap();
+    let process = spans
+        .iter()
+        .find(|s| s["name"] == "process")
+        .expect("a consumer span");
+    assert_eq!(process["trace_id"], producer.trace_id_hex());
+    assert_eq!(process["span_id"], handled.span_id_hex());
+    assert_eq!(process["otel.kind"], "consumer");
+    assert_eq!(process["messaging.destination.name"], "user.created");
+    assert_eq!(process["messaging.consumer.group.name"], "svc-user-created");
+    assert_eq!(
+        process["parent_span_id"].len(),
+        16,
+        "the producer's span is the parent"
+    );
+    assert_ne!(process["parent_span_id"], producer.span_id_hex());
+}

@@ -206,14 +206,94 @@ pub fn finish(router: Router) -> Router {
     )
 }
 
-/// Panics turned into opaque 500s, request tracing and response metrics.
+/// The request id header: taken from the caller when it is a sane token,
+/// else generated; echoed on the response and on every log line of the
+/// request.
+pub const REQUEST_ID: &str = "x-request-id";
+
+fn sane_request_id(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 128
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// Opens the request's span: its request id, and its trace context (a child
+/// of the caller's `traceparent`, or a new trace) — the one the handler's
+/// [`TraceContext`](crate::trace::TraceContext) extractor returns, so what
+/// the handler publishes continues this trace. The span follows the
+/// OpenTelemetry HTTP server conventions in its field names.
+async fn request_span(mut req: Request, next: Next) -> Response {
+    use tracing::Instrument;
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| sane_request_id(v))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let trace = crate::trace::TraceContext::from_headers(req.headers());
+    let parent = req
+        .headers()
+        .get(crate::trace::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::trace::TraceContext::parse)
+        .map(|p| p.span_id_hex());
+    req.extensions_mut().insert(trace);
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "request",
+        otel.kind = "server",
+        http.request.method = %req.method(),
+        http.route = %route,
+        url.path = %req.uri().path(),
+        request_id = %request_id,
+        trace_id = %trace.trace_id_hex(),
+        span_id = %trace.span_id_hex(),
+        parent_span_id = parent.as_deref().unwrap_or(""),
+        http.response.status_code = tracing::field::Empty,
+    );
+    let method = req.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let mut response = next.run(req).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    if !route.is_empty() {
+        crate::metrics::observe(
+            "http_request_duration_seconds",
+            &[("method", &method), ("route", &route)],
+            elapsed.as_secs_f64(),
+        );
+    }
+    span.in_scope(|| {
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        if status >= 500 {
+            tracing::warn!(status, latency_ms = ms, "request failed");
+        } else {
+            tracing::debug!(status, latency_ms = ms, "request");
+        }
+    });
+    if let Ok(v) = axum::http::HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    response
+}
+
+/// Panics turned into opaque 500s, request spans (request id, trace
+/// context) with a log line per request (debug; warn for 5xx), request
+/// counts and latencies.
 pub fn layers(router: Router) -> Router {
     router
         .layer(axum::middleware::from_fn(count_requests))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(request_span))
 }
 
 /// A boxed future, for checks stored behind `dyn`.

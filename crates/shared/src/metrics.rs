@@ -1,14 +1,43 @@
-//! A small process-wide counter registry rendered in the Prometheus text
-//! format at `/metrics`. A handful of counters does not justify a metrics
-//! framework.
+//! A small process-wide registry of counters, gauges and histograms,
+//! rendered in the Prometheus text format at `/metrics`. A handful of series
+//! does not justify a metrics framework.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::{Mutex, OnceLock};
 
-fn registry() -> &'static Mutex<BTreeMap<(&'static str, String), u64>> {
-    static REGISTRY: OnceLock<Mutex<BTreeMap<(&'static str, String), u64>>> = OnceLock::new();
-    REGISTRY.get_or_init(Default::default)
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    kinds: BTreeMap<&'static str, Kind>,
+    /// (family, sample suffix, labels) → value
+    samples: BTreeMap<(&'static str, &'static str, String), f64>,
+}
+
+fn registry() -> std::sync::MutexGuard<'static, Registry> {
+    static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
+    // A poisoned lock only means another thread panicked mid-update; the
+    // maps themselves are still usable.
+    REGISTRY
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
 }
 
 fn labels_text(labels: &[(&str, &str)]) -> String {
@@ -17,7 +46,10 @@ fn labels_text(labels: &[(&str, &str)]) -> String {
         if i > 0 {
             s.push(',');
         }
-        let v = v.replace('\\', "\\\\").replace('"', "\\\"");
+        let v = v
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
         let _ = write!(s, "{k}=\"{v}\"");
     }
     s
@@ -25,11 +57,11 @@ fn labels_text(labels: &[(&str, &str)]) -> String {
 
 /// Adds `n` to the counter `name{labels}`.
 pub fn add(name: &'static str, labels: &[(&str, &str)], n: u64) {
-    let key = (name, labels_text(labels));
-    // A poisoned lock only means another thread panicked mid-increment;
-    // the map itself is still usable.
-    let mut map = registry().lock().unwrap_or_else(|e| e.into_inner());
-    *map.entry(key).or_insert(0) += n;
+    let mut r = registry();
+    r.kinds.insert(name, Kind::Counter);
+    *r.samples
+        .entry((name, "", labels_text(labels)))
+        .or_insert(0.0) += n as f64;
 }
 
 /// Adds one to the counter `name{labels}`.
@@ -37,27 +69,116 @@ pub fn inc(name: &'static str, labels: &[(&str, &str)]) {
     add(name, labels, 1);
 }
 
-/// The current value of a counter (0 if never incremented).
+/// The current value of a counter or gauge (0 if never set).
 pub fn get(name: &'static str, labels: &[(&str, &str)]) -> u64 {
-    let map = registry().lock().unwrap_or_else(|e| e.into_inner());
-    map.get(&(name, labels_text(labels))).copied().unwrap_or(0)
+    registry()
+        .samples
+        .get(&(name, "", labels_text(labels)))
+        .copied()
+        .unwrap_or(0.0) as u64
 }
 
-/// Every counter in the Prometheus text exposition format.
+/// Sets the gauge `name{labels}` to `value`.
+pub fn set(name: &'static str, labels: &[(&str, &str)], value: f64) {
+    let mut r = registry();
+    r.kinds.insert(name, Kind::Gauge);
+    r.samples.insert((name, "", labels_text(labels)), value);
+}
+
+/// Bucket bounds of every histogram, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Records `seconds` in the histogram `name{labels}`.
+pub fn observe(name: &'static str, labels: &[(&str, &str)], seconds: f64) {
+    let base = labels_text(labels);
+    let with_le = |le: &str| {
+        if base.is_empty() {
+            format!("le=\"{le}\"")
+        } else {
+            format!("{base},le=\"{le}\"")
+        }
+    };
+    let mut r = registry();
+    r.kinds.insert(name, Kind::Histogram);
+    for bound in BUCKETS {
+        let count = r
+            .samples
+            .entry((name, "_bucket", with_le(&bound.to_string())))
+            .or_insert(0.0);
+        if seconds <= bound {
+            *count += 1.0;
+        }
+    }
+    *r.samples
+        .entry((name, "_bucket", with_le("+Inf")))
+        .or_insert(0.0) += 1.0;
+    *r.samples.entry((name, "_sum", base.clone())).or_insert(0.0) += seconds;
+    *r.samples.entry((name, "_count", base)).or_insert(0.0) += 1.0;
+}
+
+/// Every series in the Prometheus text exposition format.
 pub fn render() -> String {
-    let map = registry().lock().unwrap_or_else(|e| e.into_inner());
+    let r = registry();
     let mut out = String::new();
     let mut last = "";
-    for ((name, labels), value) in map.iter() {
+    for ((name, suffix, labels), value) in r.samples.iter() {
         if *name != last {
-            let _ = writeln!(out, "# TYPE {name} counter");
+            let kind = r.kinds.get(name).copied().unwrap_or(Kind::Counter);
+            let _ = writeln!(out, "# TYPE {name} {}", kind.name());
             last = name;
         }
         if labels.is_empty() {
-            let _ = writeln!(out, "{name} {value}");
+            let _ = writeln!(out, "{name}{suffix} {value}");
         } else {
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            let _ = writeln!(out, "{name}{suffix}{{{labels}}} {value}");
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_gauges_and_histograms_render_as_prometheus_text() {
+        inc("test_things_total", &[("kind", "a\"b")]);
+        inc("test_things_total", &[("kind", "a\"b")]);
+        set("test_backlog", &[("service", "x")], 7.0);
+        observe("test_latency_seconds", &[("route", "/r")], 0.003);
+        observe("test_latency_seconds", &[("route", "/r")], 0.2);
+        let text = render();
+        assert!(text.contains("# TYPE test_things_total counter"), "{text}");
+        assert!(
+            text.contains("test_things_total{kind=\"a\\\"b\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE test_backlog gauge\ntest_backlog{service=\"x\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE test_latency_seconds histogram"),
+            "{text}"
+        );
+        assert!(
+            text.contains("test_latency_seconds_bucket{route=\"/r\",le=\"0.005\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("test_latency_seconds_bucket{route=\"/r\",le=\"0.25\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("test_latency_seconds_bucket{route=\"/r\",le=\"+Inf\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("test_latency_seconds_count{route=\"/r\"} 2"),
+            "{text}"
+        );
+        assert_eq!(get("test_backlog", &[("service", "x")]), 7);
+    }
 }

@@ -62,18 +62,34 @@ impl fmt::Display for TraceContext {
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for TraceContext {
     type Rejection = std::convert::Infallible;
 
-    /// The caller's trace continued, or a new one.
+    /// This request's span: the one the request middleware opened (see
+    /// [`crate::http::layers`]), else the caller's trace continued, or a new
+    /// one.
     async fn from_request_parts(
         parts: &mut axum::http::request::Parts,
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
-        Ok(parts
-            .headers
+        if let Some(t) = parts.extensions.get::<TraceContext>() {
+            return Ok(*t);
+        }
+        Ok(Self::from_headers(&parts.headers))
+    }
+}
+
+impl TraceContext {
+    /// The span of a request with these headers: a child of the caller's
+    /// `traceparent`, or the root of a new trace.
+    pub fn from_headers(headers: &axum::http::HeaderMap) -> Self {
+        headers
             .get(TRACEPARENT)
             .and_then(|v| v.to_str().ok())
             .and_then(TraceContext::parse)
             .map(|t| t.child())
-            .unwrap_or_else(TraceContext::new_root))
+            .unwrap_or_else(TraceContext::new_root)
+    }
+
+    pub fn span_id_hex(&self) -> String {
+        format!("{:016x}", self.span_id)
     }
 }
 

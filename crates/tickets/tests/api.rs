@@ -113,6 +113,45 @@ async fn creating_a_ticket_stores_cents_returns_version_0_and_publishes_ticket_c
     assert_eq!(get_ticket(&app, t["id"].as_str().unwrap()).await, t);
 }
 
+/// One trace from the HTTP request to the event: the event's `traceparent`
+/// is in the caller's trace, and the response carries the request id.
+#[tokio::test]
+async fn a_request_s_trace_continues_in_the_event_it_publishes() {
+    let app = app().await;
+    let mut sub = app
+        .bus
+        .subscribe(bus::ConsumerConfig::new(
+            "trace-test",
+            TicketCreated::SUBJECT,
+        ))
+        .await
+        .unwrap();
+    let (_, token) = app.user();
+    let caller = shared::trace::TraceContext::new_root();
+    let res = app
+        .client
+        .post(app.url("/api/tickets"))
+        .bearer_auth(&token)
+        .header("traceparent", caller.to_string())
+        .header("x-request-id", "req-42")
+        .json(&json!({"title": "Traced", "price": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(res.headers()["x-request-id"], "req-42");
+    let delivery = bus::contract::next_within(&mut sub, Duration::from_secs(5))
+        .await
+        .expect("ticket.created published");
+    let header = delivery.message.header("traceparent").expect("traceparent");
+    let event_trace = shared::trace::TraceContext::parse(header).unwrap();
+    assert_eq!(event_trace.trace_id, caller.trace_id, "same trace");
+    assert_ne!(event_trace.span_id, caller.span_id, "a span of its own");
+    // Without a request id, one is made up and returned.
+    let res = app.send(Method::GET, "/api/tickets", None, None).await;
+    assert_eq!(res.headers()["x-request-id"].len(), 32);
+}
+
 #[tokio::test]
 async fn creating_needs_a_session_and_valid_fields() {
     let app = app().await;
