@@ -161,6 +161,16 @@ pub trait Bus: Send + Sync + 'static {
     /// `Ok` when the bus can take publishes and deliver messages.
     fn check_ready(&self) -> BoxFuture<'_, Result<(), BusError>>;
 
+    /// Messages a durable consumer has not yet been given, and messages
+    /// given but not yet acknowledged, where the bus can tell (`None` if not).
+    fn consumer_lag(
+        &self,
+        config: &ConsumerConfig,
+    ) -> BoxFuture<'_, Result<Option<(u64, u64)>, BusError>> {
+        let _ = config;
+        Box::pin(async { Ok(None) })
+    }
+
     /// `Ok` when every one of `subjects` has somewhere to go (a stream on
     /// JetStream; the embedded bus takes any subject).
     fn check_subjects(

@@ -128,9 +128,40 @@ where
             durable_name(member.service, E::SUBJECT)
         )),
     );
-    (0..member.options.concurrency.max(1))
+    let mut tasks: Vec<_> = (0..member.options.concurrency.max(1))
         .map(|_| tokio::spawn(run_member::<E, H, Fut>(member.clone(), handler.clone())))
-        .collect()
+        .collect();
+    tasks.push(tokio::spawn(report_lag(
+        member.bus.clone(),
+        ConsumerConfig::new(durable_name(member.service, E::SUBJECT), E::SUBJECT),
+        member.shutdown.clone(),
+    )));
+    tasks
+}
+
+/// After a second and then every ten, what the consumer has not yet delivered and what it
+/// awaits acks for, as the gauges `consumer_pending` and
+/// `consumer_ack_pending` (where the bus can tell).
+async fn report_lag(bus: Arc<dyn Bus>, config: ConsumerConfig, mut shutdown: Shutdown) {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.wait() => return,
+        }
+        pause = Duration::from_secs(10);
+        match bus.consumer_lag(&config).await {
+            Ok(Some((pending, ack_pending))) => {
+                let labels = [("durable", config.durable.as_str())];
+                shared::metrics::set("consumer_pending", &labels, pending as f64);
+                shared::metrics::set("consumer_ack_pending", &labels, ack_pending as f64);
+            }
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(durable = %config.durable, error = %e, "cannot read consumer lag")
+            }
+        }
+    }
 }
 
 async fn run_member<E, H, Fut>(member: Member, handler: H)

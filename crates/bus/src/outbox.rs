@@ -167,6 +167,25 @@ impl Outbox {
         self.inner.wake.notify_one();
     }
 
+    /// Sets the gauges `outbox_pending` and `outbox_oldest_age_seconds`.
+    async fn report_backlog(&self) {
+        let now = shared::time::Clock::System.now();
+        let backlog = self
+            .inner
+            .db
+            .read(|c| {
+                let row = &c.query("SELECT COUNT(*), MIN(created_at) FROM outbox", &[])?[0];
+                Ok::<_, StoreError>((row.get::<i64>(0)?, row.get::<Option<Timestamp>>(1)?))
+            })
+            .await;
+        if let Ok((pending, oldest)) = backlog {
+            let labels = [("service", self.inner.service)];
+            shared::metrics::set("outbox_pending", &labels, pending as f64);
+            let age = oldest.map_or(0, |t| (now.millis() - t.millis()).max(0));
+            shared::metrics::set("outbox_oldest_age_seconds", &labels, age as f64 / 1000.0);
+        }
+    }
+
     /// Rows not yet published.
     pub async fn pending(&self) -> Result<i64, StoreError> {
         self.inner
@@ -302,9 +321,15 @@ impl Outbox {
                 _ = shutdown.wait() => {}
             }
             let mut backoff = Duration::from_millis(100);
+            let mut reported = tokio::time::Instant::now() - Duration::from_secs(60);
             loop {
                 if shutdown.is_fired() {
                     break;
+                }
+                // The backlog gauges, at most once a second.
+                if reported.elapsed() >= Duration::from_secs(1) {
+                    reported = tokio::time::Instant::now();
+                    outbox.report_backlog().await;
                 }
                 match outbox.relay_batch(&bus).await {
                     Ok(Relayed::Published(n)) if n as i64 == BATCH => continue,

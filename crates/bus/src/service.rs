@@ -78,6 +78,15 @@ impl Deps {
             )
         });
         let db = self.open_db(service, migrations).await?;
+        let pool = db.clone();
+        shared::metrics::collect(format!("db {service}"), move || {
+            let s = pool.stats();
+            let labels = || vec![("service", service.to_owned())];
+            vec![
+                ("db_connections", labels(), s.connections as f64),
+                ("db_transactions_in_flight", labels(), s.in_flight as f64),
+            ]
+        });
         let outbox = Outbox::new(db.clone(), service).declaring(events.publishes);
         let relay = outbox.spawn_relay(self.bus.clone(), self.shutdown.clone());
         Ok(ServiceBase {

@@ -335,7 +335,7 @@ async fn listeners_for_exactly_the_declared_subjects_start() {
         .declared(&[UserCreated::SUBJECT])
         .on(|_: UserCreated, _| async { Ok(Outcome::Done) })
         .into_tasks();
-    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks.len(), 2, "one member and the lag reporter");
     trigger.fire();
     for t in tasks {
         t.await.unwrap();

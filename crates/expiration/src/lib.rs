@@ -69,13 +69,20 @@ async fn fire_due(outbox: &Outbox, now: Timestamp) -> Result<usize, StoreError> 
     outbox
         .write(move |c| {
             let due = c.query(
-                "DELETE FROM timers WHERE expires_at <= $1 RETURNING order_id, traceparent",
+                "DELETE FROM timers WHERE expires_at <= $1 RETURNING order_id, traceparent, expires_at",
                 &[&now],
             )?;
             for row in &due {
                 let order_id: OrderId = row.get(0)?;
                 let trace = TraceContext::parse(&row.get::<String>(1)?)
                     .unwrap_or_else(TraceContext::new_root);
+                // How late the timer fires, against the order's expiresAt.
+                let expires_at: Timestamp = row.get(2)?;
+                shared::metrics::observe(
+                    "expiration_lateness_seconds",
+                    &[],
+                    (now.millis() - expires_at.millis()).max(0) as f64 / 1000.0,
+                );
                 bus::outbox::enqueue(c, &ExpirationComplete { order_id }, &trace, now)?;
                 tracing::info!(%order_id, "order timer fired");
             }
@@ -84,9 +91,17 @@ async fn fire_due(outbox: &Outbox, now: Timestamp) -> Result<usize, StoreError> 
         .await
 }
 
+/// The next timer due, and how many are pending (the gauge
+/// `expiration_timers_pending`).
 async fn next_due(db: &Db) -> Result<Option<Timestamp>, StoreError> {
-    db.read(|c| c.query("SELECT MIN(expires_at) FROM timers", &[])?[0].get::<Option<Timestamp>>(0))
-        .await
+    let (next, pending) = db
+        .read(|c| {
+            let row = &c.query("SELECT MIN(expires_at), COUNT(*) FROM timers", &[])?[0];
+            Ok::<_, StoreError>((row.get::<Option<Timestamp>>(0)?, row.get::<i64>(1)?))
+        })
+        .await?;
+    shared::metrics::set("expiration_timers_pending", &[], pending as f64);
+    Ok(next)
 }
 
 /// The scheduler: fire what is due, sleep until the next timer or a wake-up.

@@ -118,8 +118,33 @@ pub fn observe(name: &'static str, labels: &[(&str, &str)], seconds: f64) {
     *r.samples.entry((name, "_count", base)).or_insert(0.0) += 1.0;
 }
 
+/// A gauge a collector reports: name, labels, value.
+pub type Sample = (&'static str, Vec<(&'static str, String)>, f64);
+
+type Collector = Box<dyn Fn() -> Vec<Sample> + Send + Sync>;
+
+fn collectors() -> std::sync::MutexGuard<'static, BTreeMap<String, Collector>> {
+    static COLLECTORS: OnceLock<Mutex<BTreeMap<String, Collector>>> = OnceLock::new();
+    COLLECTORS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// Registers `f`, called at every render to set gauges that are cheap to
+/// read but not worth updating on every change (a pool's use, say). A
+/// second registration under the same `key` replaces the first.
+pub fn collect(key: impl Into<String>, f: impl Fn() -> Vec<Sample> + Send + Sync + 'static) {
+    collectors().insert(key.into(), Box::new(f));
+}
+
 /// Every series in the Prometheus text exposition format.
 pub fn render() -> String {
+    let samples: Vec<Sample> = collectors().values().flat_map(|f| f()).collect();
+    for (name, labels, value) in samples {
+        let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        set(name, &labels, value);
+    }
     let r = registry();
     let mut out = String::new();
     let mut last = "";
@@ -180,5 +205,9 @@ mod tests {
             "{text}"
         );
         assert_eq!(get("test_backlog", &[("service", "x")]), 7);
+        collect("test", || {
+            vec![("test_collected", vec![("k", "v".to_owned())], 3.0)]
+        });
+        assert!(render().contains("test_collected{k=\"v\"} 3"));
     }
 }

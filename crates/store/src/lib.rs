@@ -31,6 +31,27 @@ pub struct Db {
     backend: Engine,
     /// `Some(reason)` while the schema is not ready (migrations pending).
     not_ready: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// Transactions submitted and not yet finished (running or queued).
+    in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    connections: usize,
+}
+
+/// How busy a database handle is, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbStats {
+    /// Connections (threads) this handle runs transactions on.
+    pub connections: usize,
+    /// Transactions running or waiting for a connection.
+    pub in_flight: usize,
+}
+
+/// Counts a transaction as in flight until dropped (also on panic).
+struct InFlight(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 #[derive(Clone)]
@@ -50,6 +71,8 @@ impl Db {
         let db = Db {
             backend,
             not_ready: Default::default(),
+            in_flight: Default::default(),
+            connections: 1,
         };
         db.migrate(migrations).await?;
         Ok(db)
@@ -73,6 +96,8 @@ impl Db {
         Ok(Db {
             backend: Engine::Postgres(postgres::PgDb::new(url, max_connections)?),
             not_ready: Default::default(),
+            in_flight: Default::default(),
+            connections: max_connections.max(1),
         })
     }
 
@@ -153,12 +178,23 @@ impl Db {
         self.run(f).await
     }
 
+    /// Connections and transactions in flight.
+    pub fn stats(&self) -> DbStats {
+        DbStats {
+            connections: self.connections,
+            in_flight: self.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
     async fn run<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
         F: FnOnce(&mut dyn Conn) -> Result<T, E> + Send + 'static,
     {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _in_flight = InFlight(self.in_flight.clone());
         match &self.backend {
             Engine::Sqlite(db) => db.transaction(f).await,
             Engine::Postgres(db) => db.transaction(f).await,

@@ -422,3 +422,54 @@ fn the_image_is_multi_stage_non_root_and_carries_the_spec() {
     assert!(dockerfile.contains("COPY deploy/streams.yaml"));
     assert!(dockerfile.contains("--locked"), "built from Cargo.lock");
 }
+
+/// The Grafana dashboard is valid JSON and charts only series the code
+/// exports (the list `/metrics` is tested for in tests/openapi.rs and
+/// tests/microservices.rs).
+#[test]
+fn the_dashboard_charts_only_series_that_exist() {
+    let dashboard: Value = serde_json::from_str(&read("deploy/grafana/ticketing.json")).unwrap();
+    let known = [
+        "http_requests_total",
+        "http_request_duration_seconds_bucket",
+        "events_published_total",
+        "events_handled_total",
+        "events_failed_total",
+        "outbox_pending",
+        "outbox_oldest_age_seconds",
+        "consumer_pending",
+        "consumer_ack_pending",
+        "bus_parked_total",
+        "expiration_timers_pending",
+        "expiration_lateness_seconds_bucket",
+        "db_transactions_in_flight",
+        "db_connections",
+    ];
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10);
+    let mut charted = std::collections::BTreeSet::new();
+    for panel in panels {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for token in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                let metric = token.ends_with("_total")
+                    || token.ends_with("_bucket")
+                    || token.starts_with("outbox_")
+                    || token.starts_with("consumer_")
+                    || token.starts_with("db_")
+                    || token.starts_with("expiration_");
+                if metric {
+                    assert!(
+                        known.contains(&token),
+                        "{}: unknown series {token}",
+                        panel["title"]
+                    );
+                    charted.insert(token.to_owned());
+                }
+            }
+        }
+    }
+    for series in known {
+        assert!(charted.contains(series), "{series} is not charted");
+    }
+}

@@ -195,6 +195,24 @@ async fn the_purchase_flow_works_with_one_process_per_service_on_nats_and_postgr
         orders.contains("Matinee") && orders.contains("Cancelled"),
         "{orders}"
     );
+
+    // On JetStream the bus can tell each consumer's lag: nothing is left.
+    let lag = eventually(Duration::from_secs(15), || async {
+        let text = reqwest::get(format!("{}/metrics", urls[2]))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.contains("consumer_pending{durable=\"orders-ticket-created\"} 0")
+            .then_some(text)
+    })
+    .await;
+    let text = lag.expect("orders reports its consumers' lag");
+    assert!(
+        text.contains("consumer_ack_pending{durable=\"orders-payment-created\"} 0"),
+        "{text}"
+    );
     drop(cluster);
 }
 

@@ -396,6 +396,29 @@ impl Bus for JetStreamBus {
         })
     }
 
+    fn consumer_lag(
+        &self,
+        config: &ConsumerConfig,
+    ) -> crate::BoxFuture<'_, Result<Option<(u64, u64)>, BusError>> {
+        let (filter, durable) = (config.filter_subject.clone(), config.durable.clone());
+        Box::pin(async move {
+            let stream_name = self
+                .inner
+                .js
+                .stream_by_subject(filter)
+                .await
+                .map_err(unavailable)?;
+            let stream = self
+                .inner
+                .js
+                .get_stream(&stream_name)
+                .await
+                .map_err(unavailable)?;
+            let info = stream.consumer_info(&durable).await.map_err(unavailable)?;
+            Ok(Some((info.num_pending, info.num_ack_pending as u64)))
+        })
+    }
+
     fn check_subjects(
         &self,
         subjects: &'static [&'static str],
