@@ -12,7 +12,7 @@ use std::time::Duration;
 use bus::listener::{ListenerError, ListenerOptions, Outcome};
 use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
 use bus::service::{Deps, Running};
-use shared::events::{Event, ExpirationComplete, OrderCreated};
+use shared::events::{ExpirationComplete, OrderCreated};
 use shared::ids::OrderId;
 use shared::shutdown::Shutdown;
 use shared::time::{Clock, Timestamp};
@@ -22,8 +22,6 @@ use store::{Db, Migration, StoreError};
 use tokio::sync::Notify;
 
 pub const SERVICE: &str = "expiration";
-pub const PUBLISHES: &[&str] = &[ExpirationComplete::SUBJECT];
-pub const CONSUMES: &[&str] = &[OrderCreated::SUBJECT];
 
 pub static MIGRATIONS: &[Migration] = &[
     Migration {

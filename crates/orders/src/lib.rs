@@ -17,25 +17,10 @@ use axum::extract::FromRef;
 use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
 use bus::service::{Deps, Running};
 use shared::auth::AuthKeys;
-use shared::events::{
-    Event, ExpirationComplete, OrderCancelled, OrderCompleted, OrderCreated, PaymentCreated,
-    TicketCreated, TicketUpdated,
-};
 use shared::time::Clock;
 use store::{Db, Migration};
 
 pub const SERVICE: &str = "orders";
-pub const PUBLISHES: &[&str] = &[
-    OrderCreated::SUBJECT,
-    OrderCancelled::SUBJECT,
-    OrderCompleted::SUBJECT,
-];
-pub const CONSUMES: &[&str] = &[
-    TicketCreated::SUBJECT,
-    TicketUpdated::SUBJECT,
-    ExpirationComplete::SUBJECT,
-    PaymentCreated::SUBJECT,
-];
 
 pub static MIGRATIONS: &[Migration] = &[
     Migration {

@@ -17,21 +17,12 @@ use axum::extract::FromRef;
 use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
 use bus::service::{Deps, Running};
 use shared::auth::AuthKeys;
-use shared::events::{
-    Event, OrderCancelled, OrderCompleted, OrderCreated, PaymentCreated, PaymentRefunded,
-};
 use shared::time::Clock;
 use store::{Db, Migration};
 
 pub use gateway::{OfflineGateway, PaymentGateway, StripeGateway};
 
 pub const SERVICE: &str = "payments";
-pub const PUBLISHES: &[&str] = &[PaymentCreated::SUBJECT, PaymentRefunded::SUBJECT];
-pub const CONSUMES: &[&str] = &[
-    OrderCreated::SUBJECT,
-    OrderCancelled::SUBJECT,
-    OrderCompleted::SUBJECT,
-];
 
 pub static MIGRATIONS: &[Migration] = &[
     Migration {

@@ -16,21 +16,10 @@ use axum::extract::FromRef;
 use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
 use bus::service::{Deps, Running};
 use shared::auth::AuthKeys;
-use shared::events::{
-    Event, OrderCancelled, OrderCompleted, OrderCreated, TicketCreated, TicketUpdated,
-};
 use shared::time::Clock;
 use store::{Db, Migration};
 
 pub const SERVICE: &str = "tickets";
-/// Subjects this service publishes.
-pub const PUBLISHES: &[&str] = &[TicketCreated::SUBJECT, TicketUpdated::SUBJECT];
-/// Subjects this service consumes.
-pub const CONSUMES: &[&str] = &[
-    OrderCreated::SUBJECT,
-    OrderCancelled::SUBJECT,
-    OrderCompleted::SUBJECT,
-];
 
 pub static MIGRATIONS: &[Migration] = &[
     Migration {
