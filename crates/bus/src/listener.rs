@@ -257,36 +257,31 @@ async fn settle<E, H, Fut>(
             return;
         }
     };
-    let ctx = EventContext {
-        trace: delivery
-            .message
-            .header(TRACEPARENT)
-            .and_then(TraceContext::parse)
-            .map(|t| t.child())
-            .unwrap_or_else(TraceContext::new_root),
-        message_id: delivery.message.id.clone(),
-        delivered: delivery.delivered,
-    };
     let delivered = delivery.delivered;
     // The consumer's span: in the producer's trace (a child of the span that
     // wrote the event), named by the OpenTelemetry messaging conventions.
     let parent = delivery
         .message
         .header(TRACEPARENT)
-        .and_then(TraceContext::parse)
-        .map(|p| p.span_id_hex());
+        .and_then(TraceContext::parse);
     let span = tracing::info_span!(
         "process",
+        otel.name = %format_args!("process {subject}"),
         otel.kind = "consumer",
         messaging.operation.type = "process",
         messaging.destination.name = subject,
         messaging.consumer.group.name = %durable_name(service, subject),
-        messaging.message.id = %ctx.message_id,
+        messaging.message.id = %delivery.message.id,
         messaging.message.delivery_count = delivered,
-        trace_id = %ctx.trace.trace_id_hex(),
-        span_id = %ctx.trace.span_id_hex(),
-        parent_span_id = parent.as_deref().unwrap_or(""),
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+        parent_span_id = tracing::field::Empty,
     );
+    let ctx = EventContext {
+        trace: shared::trace::join(&span, parent),
+        message_id: delivery.message.id.clone(),
+        delivered,
+    };
     settle_in(
         span, service, options, handler, delivery, event, ctx, subject,
     )

@@ -45,8 +45,22 @@ pub fn enqueue<E: Event>(
             format!("cannot encode {}: {e}", E::SUBJECT),
         )
     })?;
+    // The producer's span (OpenTelemetry messaging "create"): a child of
+    // the writer's, and the parent of every consumer's span.
+    let span = tracing::info_span!(
+        "create",
+        otel.name = %format_args!("create {}", E::SUBJECT),
+        otel.kind = "producer",
+        messaging.operation.type = "create",
+        messaging.destination.name = E::SUBJECT,
+        messaging.message.id = %id,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+        parent_span_id = tracing::field::Empty,
+    );
+    let produced = shared::trace::join(&span, Some(*trace));
     let headers = vec![
-        (TRACEPARENT.to_owned(), trace.child().to_string()),
+        (TRACEPARENT.to_owned(), produced.to_string()),
         (EVENT_TYPE_HEADER.to_owned(), E::SUBJECT.to_owned()),
         (
             SCHEMA_VERSION_HEADER.to_owned(),

@@ -377,13 +377,28 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanCapture {
     fn on_new_span(
         &self,
         attrs: &tracing::span::Attributes<'_>,
-        _: &tracing::span::Id,
+        id: &tracing::span::Id,
         _: tracing_subscriber::layer::Context<'_, S>,
     ) {
         let mut fields = std::collections::HashMap::new();
         fields.insert("name".to_owned(), attrs.metadata().name().to_owned());
+        fields.insert("id".to_owned(), id.into_u64().to_string());
         attrs.record(&mut Fields(&mut fields));
         self.0.lock().unwrap().push(fields);
+    }
+
+    /// Fields recorded after creation (the trace ids are).
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let id = id.into_u64().to_string();
+        let mut spans = self.0.lock().unwrap();
+        if let Some(fields) = spans.iter_mut().rev().find(|f| f["id"] == id) {
+            values.record(&mut Fields(fields));
+        }
     }
 }
 
@@ -393,8 +408,11 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanCapture {
 async fn the_consumers_span_carries_the_producers_trace_id() {
     use tracing_subscriber::layer::SubscriberExt;
     let capture = SpanCapture::default();
-    let _guard =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
+    // Global: the outbox row is written on the database's own thread. The
+    // only test here that sets one; spans of other tests are told apart by
+    // their trace id.
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(capture.clone()))
+        .unwrap();
     let f = fixture().await;
     let producer = TraceContext::new_root();
     let event = user("traced@example.com");
@@ -428,17 +446,24 @@ async fn the_consumers_span_carries_the_producers_trace_id() {
     let spans = capture.0.lock().unwrap();
     let process = spans
         .iter()
-        .find(|s| s["name"] == "process")
+        .find(|s| s["name"] == "process" && s.get("trace_id") == Some(&producer.trace_id_hex()))
         .expect("a consumer span");
     assert_eq!(process["trace_id"], producer.trace_id_hex());
     assert_eq!(process["span_id"], handled.span_id_hex());
     assert_eq!(process["otel.kind"], "consumer");
     assert_eq!(process["messaging.destination.name"], "user.created");
     assert_eq!(process["messaging.consumer.group.name"], "svc-user-created");
+    // The event's "create" span is a child of the writer's and the parent
+    // of the consumer's.
+    let create = spans
+        .iter()
+        .find(|s| s["name"] == "create" && s.get("trace_id") == Some(&producer.trace_id_hex()))
+        .expect("a producer span");
+    assert_eq!(create["otel.kind"], "producer");
+    assert_eq!(create["trace_id"], producer.trace_id_hex());
+    assert_eq!(create["parent_span_id"], producer.span_id_hex());
     assert_eq!(
-        process["parent_span_id"].len(),
-        16,
+        process["parent_span_id"], create["span_id"],
         "the producer's span is the parent"
     );
-    assert_ne!(process["parent_span_id"], producer.span_id_hex());
 }

@@ -232,31 +232,40 @@ async fn request_span(mut req: Request, next: Next) -> Response {
         .filter(|v| sane_request_id(v))
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    let trace = crate::trace::TraceContext::from_headers(req.headers());
-    let parent = req
-        .headers()
-        .get(crate::trace::TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(crate::trace::TraceContext::parse)
-        .map(|p| p.span_id_hex());
-    req.extensions_mut().insert(trace);
+    let parent = crate::trace::TraceContext::parent_from_headers(req.headers());
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map(|m| m.as_str().to_owned())
         .unwrap_or_default();
+    // The OpenTelemetry HTTP span name: method and route, or the method
+    // alone where no route matched (the gateway's proxy, a 404).
+    let name = if route.is_empty() {
+        req.method().to_string()
+    } else {
+        format!("{} {route}", req.method())
+    };
     let span = tracing::info_span!(
         "request",
+        otel.name = %name,
         otel.kind = "server",
         http.request.method = %req.method(),
         http.route = %route,
         url.path = %req.uri().path(),
         request_id = %request_id,
-        trace_id = %trace.trace_id_hex(),
-        span_id = %trace.span_id_hex(),
-        parent_span_id = parent.as_deref().unwrap_or(""),
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+        parent_span_id = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
     );
+    let trace = crate::trace::join(&span, parent);
+    req.extensions_mut().insert(trace);
+    // From here on the request's `traceparent` names this span, so whatever
+    // passes the headers on (the gateway, the web client's API calls)
+    // continues this trace as its child.
+    if let Ok(v) = axum::http::HeaderValue::from_str(&trace.to_string()) {
+        req.headers_mut().insert(crate::trace::TRACEPARENT, v);
+    }
     let method = req.method().as_str().to_owned();
     let started = std::time::Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;

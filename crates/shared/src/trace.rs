@@ -91,6 +91,64 @@ impl TraceContext {
     pub fn span_id_hex(&self) -> String {
         format!("{:016x}", self.span_id)
     }
+
+    /// The caller's trace context from a `traceparent` header, if valid.
+    pub fn parent_from_headers(headers: &axum::http::HeaderMap) -> Option<Self> {
+        headers
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceContext::parse)
+    }
+}
+
+/// Makes `span` the next hop of a trace: a child of `parent` (the
+/// caller's or producer's context), or the root of a new trace. Returns the
+/// span's own context, to be passed on (response, outbox row, bus headers),
+/// and records it on the span's `trace_id`, `span_id` and `parent_span_id`
+/// fields, which the span must declare (empty).
+///
+/// When an OpenTelemetry layer is installed (an OTLP endpoint is
+/// configured), the span is exported with `parent` as its remote parent and
+/// the ids returned are the exported span's, so what travels on matches what
+/// a trace viewer shows. Without one, the ids are generated here.
+pub fn join(span: &tracing::Span, parent: Option<TraceContext>) -> TraceContext {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    let mut own = None;
+    let remote = parent.map(|p| {
+        opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+            TraceId::from(p.trace_id),
+            SpanId::from(p.span_id),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        ))
+    });
+    // Fails (and does nothing) when no OpenTelemetry layer is installed.
+    let exported = span.set_parent(remote.unwrap_or_default()).is_ok();
+    if exported {
+        let cx = span.context();
+        let sc = cx.span().span_context().clone();
+        if sc.is_valid() {
+            own = Some(TraceContext {
+                trace_id: u128::from_be_bytes(sc.trace_id().to_bytes()),
+                span_id: u64::from_be_bytes(sc.span_id().to_bytes()),
+            });
+        }
+    }
+    let own = own.unwrap_or_else(|| match parent {
+        Some(p) => p.child(),
+        None => TraceContext::new_root(),
+    });
+    span.record("trace_id", tracing::field::display(own.trace_id_hex()));
+    span.record("span_id", tracing::field::display(own.span_id_hex()));
+    if let Some(p) = parent {
+        span.record("parent_span_id", tracing::field::display(p.span_id_hex()));
+    }
+    own
 }
 
 #[cfg(test)]

@@ -83,3 +83,27 @@ pub struct RunArgs {
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
 }
+
+impl Cli {
+    /// The name this process reports to trace collectors by default:
+    /// `ticketing` for the all-in-one process and one-shot commands, else
+    /// the services it runs (`tickets`, `orders+payments`, …).
+    pub fn service_name(&self) -> String {
+        let run = match &self.command {
+            None => &self.run,
+            Some(Command::Run(run)) => run,
+            Some(_) => return "ticketing".to_owned(),
+        };
+        let services: Vec<&str> = run
+            .services
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if services.is_empty() || services.iter().any(|s| s.eq_ignore_ascii_case("all")) {
+            "ticketing".to_owned()
+        } else {
+            services.join("+")
+        }
+    }
+}

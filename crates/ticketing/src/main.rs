@@ -5,30 +5,36 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = ticketing::cli::Cli::parse();
-    ticketing::telemetry::init(matches!(
-        cli.command,
-        Some(
-            ticketing::cli::Command::Streams(_)
-                | ticketing::cli::Command::Probe { .. }
-                | ticketing::cli::Command::Events { .. }
-        )
-    ));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            tracing::error!(error = %e, "cannot start the async runtime");
+            eprintln!("error: cannot start the async runtime: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(ticketing::main(cli)) {
+    let telemetry = ticketing::telemetry::init(
+        matches!(
+            cli.command,
+            Some(
+                ticketing::cli::Command::Streams(_)
+                    | ticketing::cli::Command::Probe { .. }
+                    | ticketing::cli::Command::Events { .. }
+            )
+        ),
+        &cli.service_name(),
+        runtime.handle(),
+    );
+    let code = match runtime.block_on(ticketing::main(cli)) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("error: {e}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown();
+    code
 }

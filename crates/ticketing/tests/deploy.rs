@@ -348,6 +348,28 @@ fn secrets_and_database_urls_can_come_from_secrets_of_ones_own() {
 }
 
 #[test]
+fn trace_export_is_off_by_default_and_one_value_turns_it_on_everywhere() {
+    let Some(helm) = helm() else { return };
+    let off = render(&helm, &[KEY]).unwrap();
+    let on = render(&helm, &[KEY, "--set=otlpEndpoint=http://collector:4318"]).unwrap();
+    for service in SERVICES.iter().chain(["web"].iter()) {
+        let name = format!("t-ticketing-{service}");
+        let container = |objects: &[Value]| {
+            env(&find(objects, "Deployment", &name)["spec"]["template"]["spec"]["containers"][0])
+        };
+        assert!(
+            !container(&off).contains_key("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            "{service}"
+        );
+        assert_eq!(
+            container(&on)["OTEL_EXPORTER_OTLP_ENDPOINT"],
+            "http://collector:4318",
+            "{service}"
+        );
+    }
+}
+
+#[test]
 fn compose_runs_the_provisioning_job_before_the_services() {
     let compose: Value = serde_saphyr::from_str(&read("deploy/docker-compose.yaml")).unwrap();
     let services = compose["services"].as_object().unwrap();

@@ -17,8 +17,12 @@ async fn the_purchase_flow_works_with_one_process_per_service_on_nats_and_postgr
     let Some(engines) = common::engines(&names).await else {
         return;
     };
-    // Five services, one process each, then the gateway.
-    let mut cluster = engines.cluster(&[("ORDER_EXPIRATION_SECONDS", "3".into())]);
+    // Five services, one process each, then the gateway; all export their
+    // spans to one collector.
+    let collector = common::otlp::Collector::start().await;
+    let mut env = collector.env();
+    env.push(("ORDER_EXPIRATION_SECONDS", "3".into()));
+    let mut cluster = engines.cluster(&env);
     let urls: Vec<String> = names
         .iter()
         .map(|name| {
@@ -195,6 +199,40 @@ async fn the_purchase_flow_works_with_one_process_per_service_on_nats_and_postgr
         orders.contains("Matinee") && orders.contains("Cancelled"),
         "{orders}"
     );
+
+    // One trace per user action across the processes: the payment from the
+    // gateway through payments, its event, to the orders consumer; the
+    // landing page from the gateway through the web client to tickets.
+    let expected_payment = [
+        "gateway POST",
+        "payments POST /api/payments",
+        "payments create payment.created",
+        "orders process payment.created",
+    ];
+    let expected_page = ["gateway GET", "web GET /", "tickets GET /api/tickets"];
+    let traced = eventually(Duration::from_secs(10), || async {
+        let spans = collector.spans();
+        let chains = |service: &str, name: &str| -> Vec<Vec<String>> {
+            spans
+                .iter()
+                .filter(|s| s.service == service && s.name == name)
+                .map(|s| common::otlp::chain(&spans, s))
+                .collect()
+        };
+        let payment = chains("orders", "process payment.created");
+        let page = chains("tickets", "GET /api/tickets");
+        (payment.iter().any(|c| c == &expected_payment) && page.iter().any(|c| c == &expected_page))
+            .then_some(())
+    })
+    .await;
+    if traced.is_none() {
+        let spans = collector.spans();
+        let all: Vec<Vec<String>> = spans
+            .iter()
+            .map(|s| common::otlp::chain(&spans, s))
+            .collect();
+        panic!("the payment and the page were not each one trace across processes: {all:#?}");
+    }
 
     // On JetStream the bus can tell each consumer's lag: nothing is left.
     let lag = eventually(Duration::from_secs(15), || async {

@@ -10,6 +10,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use testkit::eventually;
 
+#[path = "common/otlp.rs"]
+mod otlp;
+
 /// A running `ticketing` process.
 struct Proc {
     child: Child,
@@ -32,6 +35,16 @@ impl Proc {
 
     /// Starts on a given port (a restart keeps the address users know).
     async fn start_on(port: u16, data_dir: &Path, expiration_secs: u64) -> Proc {
+        Proc::start_with(port, data_dir, expiration_secs, &[]).await
+    }
+
+    /// Starts with `env` added to the process's environment.
+    async fn start_with(
+        port: u16,
+        data_dir: &Path,
+        expiration_secs: u64,
+        env: &[(&str, String)],
+    ) -> Proc {
         let child = Command::new(env!("CARGO_BIN_EXE_ticketing"))
             .args(["run", "--port", &port.to_string(), "--data-dir"])
             .arg(data_dir)
@@ -40,6 +53,10 @@ impl Proc {
             .env("RUST_LOG", "warn")
             .env_remove("JWT_KEY")
             .env_remove("STRIPE_SECRET_KEY")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("OTEL_SERVICE_NAME")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -415,4 +432,153 @@ fn a_malformed_setting_stops_start_up_with_an_error_naming_it() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("ORDER_EXPIRATION_SECONDS"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpaid_order_is_one_exported_trace_from_the_request_through_the_timer() {
+    let collector = otlp::Collector::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = Proc::start_with(free_port(), dir.path(), 1, &collector.env()).await;
+    let seller = User::sign_up(&p, "seller@example.com").await;
+    let buyer = User::sign_up(&p, "buyer@example.com").await;
+    let ticket = seller.sell("Concert", 10.0).await;
+    // Wait until orders knows the ticket, then order it as part of a trace
+    // the caller started.
+    buyer.buy(&seller.sell("Warm-up", 1.0).await).await;
+    let (trace, caller_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let order: Value = eventually(Duration::from_secs(10), || async {
+        let res = buyer
+            .client
+            .post(format!("{}/api/orders", p.base))
+            .header("traceparent", format!("00-{trace}-{caller_span}-01"))
+            .json(&json!({"ticketId": ticket}))
+            .send()
+            .await
+            .unwrap();
+        (res.status() == StatusCode::CREATED).then_some(res.json::<Value>().await.unwrap())
+    })
+    .await
+    .expect("order placed");
+    let order = order["id"].as_str().unwrap().to_owned();
+    buyer
+        .until(
+            &format!("/api/orders/{order}"),
+            "status",
+            json!("cancelled"),
+        )
+        .await;
+
+    // Every hop, exported: the request, its event's three consumers, the
+    // ticket's reservation and release, the timer's event and the
+    // cancellation's consumers.
+    let named = |spans: &[otlp::Span], name: &str| -> Vec<otlp::Span> {
+        spans.iter().filter(|s| s.name == name).cloned().collect()
+    };
+    let spans = eventually(Duration::from_secs(10), || async {
+        let spans: Vec<otlp::Span> = collector
+            .spans()
+            .into_iter()
+            .filter(|s| s.trace_id == trace)
+            .collect();
+        let complete = named(&spans, "POST /api/orders").len() == 1
+            && named(&spans, "process order.created").len() == 3
+            && named(&spans, "process ticket.updated").len() == 2
+            && named(&spans, "process expiration.complete").len() == 1
+            && named(&spans, "process order.cancelled").len() == 2;
+        complete.then_some(spans)
+    })
+    .await
+    .unwrap_or_else(|| {
+        let seen: Vec<String> = collector
+            .spans()
+            .iter()
+            .map(|s| format!("{} {} parent {}", s.name, s.trace_id, s.parent_span_id))
+            .collect();
+        panic!("the trace never had every hop; spans exported: {seen:#?}")
+    });
+
+    let server = &named(&spans, "POST /api/orders")[0];
+    assert_eq!(server.kind, otlp::SERVER);
+    assert_eq!(
+        server.parent_span_id, caller_span,
+        "the caller's span is the parent"
+    );
+    assert_eq!(server.service, "ticketing");
+    assert_eq!(server.attributes["http.route"], "/api/orders");
+    assert_eq!(server.attributes["http.response.status_code"], "201");
+    let created = named(&spans, "process order.created");
+    let mut groups: Vec<&str> = created
+        .iter()
+        .map(|s| s.attributes["messaging.consumer.group.name"].as_str())
+        .collect();
+    groups.sort();
+    assert_eq!(
+        groups,
+        [
+            "expiration-order-created",
+            "payments-order-created",
+            "tickets-order-created"
+        ]
+    );
+    // The event's creation is a producer span of the request; each consumer
+    // is its child.
+    let create = named(&spans, "create order.created");
+    assert_eq!(create.len(), 1);
+    assert_eq!(create[0].kind, otlp::PRODUCER);
+    assert_eq!(create[0].parent_span_id, server.span_id);
+    for span in &created {
+        assert_eq!(span.kind, otlp::CONSUMER);
+        assert_eq!(
+            span.parent_span_id, create[0].span_id,
+            "{} follows the event",
+            span.name
+        );
+        assert_eq!(
+            span.attributes["messaging.destination.name"],
+            "order.created"
+        );
+    }
+    let by_group = |group: &str| {
+        spans
+            .iter()
+            .find(|s| {
+                s.attributes
+                    .get("messaging.consumer.group.name")
+                    .map(String::as_str)
+                    == Some(group)
+            })
+            .unwrap()
+            .clone()
+    };
+    // The timer's event continues the trace of the consumer that set it;
+    // the reservation's ticket.updated follows the tickets consumer's span.
+    assert_eq!(
+        otlp::chain(&spans, &by_group("orders-expiration-complete")),
+        [
+            "ticketing POST /api/orders",
+            "ticketing create order.created",
+            "ticketing process order.created",
+            "ticketing create expiration.complete",
+            "ticketing process expiration.complete",
+        ]
+    );
+    let reserved_by = by_group("tickets-order-created").span_id;
+    assert!(
+        named(&spans, "create ticket.updated")
+            .iter()
+            .any(|s| s.parent_span_id == reserved_by)
+    );
+    // One tree: every span's parent is in the trace, except the request's.
+    let ids: std::collections::HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    for span in &spans {
+        if span.span_id != server.span_id {
+            assert!(
+                ids.contains(span.parent_span_id.as_str()),
+                "{} ({}) has a parent outside the trace",
+                span.name,
+                span.service
+            );
+        }
+    }
+    p.stop();
 }

@@ -15,6 +15,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tower::ServiceExt;
 
+const TRACEPARENT: &str = "traceparent";
+
 /// Where each API prefix lives, for the HTTP transport.
 #[derive(Debug, Clone)]
 pub struct Upstreams {
@@ -119,6 +121,9 @@ pub struct Caller {
     pub addr: Option<SocketAddr>,
     /// `X-Forwarded-For` as it arrived (set by proxies in front).
     pub forwarded_for: Option<String>,
+    /// The page request's W3C `traceparent`, passed on so the API calls it
+    /// makes are part of its trace.
+    pub traceparent: Option<String>,
 }
 
 impl Caller {
@@ -174,6 +179,9 @@ impl Api {
                 if let Some(chain) = caller.forward_chain() {
                     req = req.header("x-forwarded-for", chain);
                 }
+                if let Some(t) = &caller.traceparent {
+                    req = req.header(TRACEPARENT, t);
+                }
                 if let Some(b) = body {
                     req = req.json(&b);
                 }
@@ -205,6 +213,9 @@ impl Api {
                 }
                 if let Some(chain) = &caller.forwarded_for {
                     req = req.header("x-forwarded-for", chain);
+                }
+                if let Some(t) = &caller.traceparent {
+                    req = req.header(TRACEPARENT, t);
                 }
                 let body = match body {
                     Some(b) => {

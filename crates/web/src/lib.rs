@@ -248,6 +248,11 @@ impl FromRequestParts<Shared> for Ctx {
                     .get("x-forwarded-for")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned),
+                traceparent: parts
+                    .headers
+                    .get("traceparent")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
             },
             csrf,
         })

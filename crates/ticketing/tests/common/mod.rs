@@ -15,6 +15,8 @@ use shared::time::Clock;
 use store::testing::PgSchema;
 use ticketing::cluster::{Cluster, Logs, NatsServer};
 
+pub mod otlp;
+
 pub const JWT_KEY: &str = "multi-process-test-key-0123456789";
 
 /// A nats-server and one PostgreSQL schema per service, for one test.
