@@ -145,7 +145,7 @@ async fn sign_up(
         password.expect("validated").to_owned(),
     );
 
-    let hash = tokio::task::spawn_blocking(move || password::hash(&password))
+    let hash = password::hash_off_runtime(password)
         .await
         .map_err(ApiError::internal)?
         .map_err(|e| ApiError::internal(e.to_string()))?;
@@ -231,7 +231,7 @@ async fn sign_in(
         None => (None, password::dummy_hash().to_owned()),
     };
     // Verify even for an unknown e-mail so both failures cost the same.
-    let matches = tokio::task::spawn_blocking(move || password::verify(&password, &hash))
+    let matches = password::verify_off_runtime(password, hash)
         .await
         .map_err(ApiError::internal)?;
     match id {

@@ -1,6 +1,8 @@
-//! The bus on NATS JetStream and PostgreSQL, each figure beside its limit,
-//! measured in the same run on the same servers.
+//! The `events` scenario: the bus through the outbox path, each figure
+//! beside its limit, measured in the same run (in this process: the bus
+//! library with its real engines, not a deployment's HTTP API).
 //!
+//! On JetStream (`--bus nats`):
 //! (a) Transport: publish N messages in pipelined batches of 256 and consume
 //!     them with a no-op handler (double ack, as the bus does) — through our
 //!     `Bus` interface, and through raw `async-nats` with the same payload
@@ -11,14 +13,11 @@
 //!     transaction per event — versus W writers committing plain transactions
 //!     on the same PostgreSQL.
 //!
-//! ```text
-//! cargo run --release -p ticketing --example bus_bench -- \
-//!     --database-url postgres://postgres@127.0.0.1:5432/postgres
-//! ```
+//! Embedded (`--bus embedded`): the full path on SQLite and the embedded
+//! bus, beside raw rusqlite transactions of the same shape.
 //!
 //! It starts its own `nats-server` (`--nats-server PATH`) unless given
 //! `--nats-url` (use a server nothing else uses).
-#![allow(clippy::print_stdout)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,7 +28,6 @@ use bus::jetstream::JetStreamBus;
 use bus::listener::{self, ListenerOptions, Outcome};
 use bus::outbox::{self, Outbox};
 use bus::{Bus, ConsumerConfig, Message};
-use clap::Parser;
 use futures_util::StreamExt;
 use shared::events::UserCreated;
 use shared::ids::UserId;
@@ -40,8 +38,13 @@ use store::scratch::ScratchSchema;
 use store::{Db, Migration};
 use ticketing::cluster::{Logs, NatsServer};
 
-#[derive(Parser)]
-struct Args {
+use crate::report::{Comparison, Figure};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// nats: JetStream and PostgreSQL; embedded: the embedded bus and SQLite.
+    #[arg(long, default_value = "nats")]
+    bus: String,
     /// Messages per transport round.
     #[arg(long, default_value_t = 20_000)]
     messages: usize,
@@ -75,16 +78,21 @@ struct Args {
     nats_url: Option<String>,
 }
 
-#[tokio::main]
-async fn main() {
-    let args = Args::parse();
+/// Runs the phases; returns the comparisons and figures for the report.
+pub async fn run(args: &Args) -> Result<(Vec<Comparison>, Vec<Figure>), String> {
+    if args.bus == "embedded" {
+        return embedded(args).await;
+    }
+    if args.bus != "nats" {
+        return Err(format!("--bus {}: nats or embedded", args.bus));
+    }
     let dir = std::env::temp_dir().join(format!("ticketing-bench-{}", std::process::id()));
     let mut own = None;
     let url = match &args.nats_url {
         Some(u) => u.clone(),
         None => {
             let server = NatsServer::start(&args.nats_server, &dir, Logs::Inherit)
-                .expect("start nats-server (or pass --nats-url)");
+                .map_err(|e| format!("{e} (or pass --nats-url)"))?;
             let url = server.url();
             own = Some(server);
             url
@@ -92,7 +100,7 @@ async fn main() {
     };
     let client = connect(&url).await;
     let js = jetstream::new(client.clone());
-    println!(
+    eprintln!(
         "transport: {} messages of {} bytes, batches of 256, double acks, {} rounds each",
         args.messages, args.payload, args.rounds
     );
@@ -102,57 +110,114 @@ async fn main() {
         our_rates.push(our_throughput(&client, round, args.messages, args.payload).await);
     }
     let (raw, ours) = (median(&mut raw_rates), median(&mut our_rates));
-    println!(
-        "  raw async-nats   {raw:>9.0} msg/s   (rounds: {})",
-        list(&raw_rates)
-    );
-    println!(
-        "  our Bus          {ours:>9.0} msg/s   (rounds: {})",
+    eprintln!(
+        "  rounds: raw {} / ours {}",
+        list(&raw_rates),
         list(&our_rates)
     );
-    println!(
-        "  ratio            {:>9.0} %  (target ≥ 80 %)",
-        100.0 * ours / raw
-    );
+    let mut comparisons = vec![Comparison::new(
+        "transport: our Bus, no-op handler (median)",
+        ours,
+        "raw async-nats JetStream, same batches and acks",
+        raw,
+        "msg/s",
+        Some(("≥", 0.8)),
+    )];
 
     let n = args.latency_messages;
     let raw_lat = raw_latency(&js, n, args.payload).await;
     let our_lat = our_latency(&client, n, args.payload).await;
-    println!("latency: {n} messages published one at a time, publish → handled");
-    println!(
-        "  raw async-nats   p50 {:>7.0} µs   p99 {:>7.0} µs",
-        raw_lat.0, raw_lat.1
-    );
-    println!(
-        "  our Bus          p50 {:>7.0} µs   p99 {:>7.0} µs",
-        our_lat.0, our_lat.1
-    );
-    println!(
-        "  p99 ratio        {:>9.2} ×  (target ≤ 2 ×)",
-        our_lat.1 / raw_lat.1
-    );
+    comparisons.push(Comparison::new(
+        "publish → handled p99, our Bus, one at a time",
+        our_lat.1,
+        "the same, raw async-nats",
+        raw_lat.1,
+        "µs",
+        Some(("≤", 2.0)),
+    ));
+    let mut figures = vec![
+        Figure {
+            what: "publish → handled p50, our Bus".into(),
+            value: our_lat.0,
+            unit: "µs".into(),
+            goal: None,
+            met: None,
+        },
+        Figure {
+            what: "publish → handled p50, raw async-nats".into(),
+            value: raw_lat.0,
+            unit: "µs".into(),
+            goal: None,
+            met: None,
+        },
+    ];
 
-    println!(
+    eprintln!(
         "full path: {} events, {} writers, {} consumer members, PostgreSQL",
         args.events, args.writers, args.consumers
     );
-    let limit = raw_store_rate(&args).await;
-    let full = full_path_rate(&args, &client, true).await;
-    let no_tx = full_path_rate(&args, &client, false).await;
-    println!("  limit: plain one-row store transactions             {limit:>8.0} tx/s");
-    println!("  write + outbox → relay → JetStream → consumer tx    {full:>8.0} events/s");
-    println!(
-        "  ratio            {:>9.0} %  (target ≥ 50 %)",
-        100.0 * full / limit
-    );
-    println!(
-        "  the same with a no-op consumer (no consumer tx)     {no_tx:>8.0} events/s ({:.0} % of the limit)",
-        100.0 * no_tx / limit
-    );
+    let limit = raw_store_rate(args).await;
+    let bus = JetStreamBus::from_client(client.clone());
+    bus::jetstream::provision_builtin(bus.client())
+        .await
+        .map_err(|e| e.to_string())?;
+    let full = postgres_full_path(args, &bus, true).await;
+    let no_tx = postgres_full_path(args, &bus, false).await;
+    comparisons.push(Comparison::new(
+        "write + outbox → relay → JetStream → consumer tx",
+        full,
+        "plain one-row PostgreSQL transactions, same writers",
+        limit,
+        "events/s",
+        Some(("≥", 0.5)),
+    ));
+    figures.push(Figure {
+        what: "the same with a no-op consumer (no consumer tx)".into(),
+        value: no_tx,
+        unit: "events/s".into(),
+        goal: None,
+        met: None,
+    });
     drop(js);
     drop(client);
     drop(own);
     let _ = std::fs::remove_dir_all(&dir);
+    Ok((comparisons, figures))
+}
+
+/// The full path on SQLite and the embedded bus, beside raw rusqlite
+/// transactions of the same shape (an item row and an outbox row).
+async fn embedded(args: &Args) -> Result<(Vec<Comparison>, Vec<Figure>), String> {
+    let limit = crate::baseline::sqlite_order_tx(Duration::from_secs(3))?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let e = |e: store::StoreError| e.to_string();
+    let producer = Db::open_sqlite(&dir.path().join("producer.db"), PRODUCER)
+        .await
+        .map_err(e)?;
+    let consumer = Db::open_sqlite(&dir.path().join("consumer.db"), CONSUMER)
+        .await
+        .map_err(e)?;
+    let bus: Arc<dyn Bus> = Arc::new(
+        bus::embedded::EmbeddedBus::open(&dir.path().join("bus.db"))
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    eprintln!(
+        "full path: {} events, {} writers, {} consumer members, SQLite + embedded bus",
+        args.events, args.writers, args.consumers
+    );
+    let full = full_path_rate(args, producer, consumer, bus, true).await;
+    Ok((
+        vec![Comparison::new(
+            "write + outbox → relay → embedded bus → consumer tx",
+            full,
+            "raw SQLite row + outbox row transactions (rusqlite, own thread)",
+            limit,
+            "events/s",
+            Some(("≥", 0.5)),
+        )],
+        Vec::new(),
+    ))
 }
 
 async fn connect(url: &str) -> async_nats::Client {
@@ -408,9 +473,8 @@ async fn raw_store_rate(args: &Args) -> f64 {
     args.events as f64 / start.elapsed().as_secs_f64()
 }
 
-/// Writers commit item + outbox row; the relay publishes; a listener with
-/// C members copies each event in a transaction of its own database.
-async fn full_path_rate(args: &Args, client: &async_nats::Client, consumer_tx: bool) -> f64 {
+/// The full path on PostgreSQL schemas of their own and JetStream.
+async fn postgres_full_path(args: &Args, bus: &JetStreamBus, consumer_tx: bool) -> f64 {
     let (ps, cs) = (
         schema(args, "producer").await,
         schema(args, "consumer").await,
@@ -421,10 +485,6 @@ async fn full_path_rate(args: &Args, client: &async_nats::Client, consumer_tx: b
     let consumer = Db::open_postgres(&cs.url, args.consumers, CONSUMER)
         .await
         .unwrap();
-    let bus = JetStreamBus::from_client(client.clone());
-    bus::jetstream::provision_builtin(bus.client())
-        .await
-        .unwrap();
     // A fresh durable on an empty stream each run.
     bus.context()
         .get_stream("USERS")
@@ -433,7 +493,18 @@ async fn full_path_rate(args: &Args, client: &async_nats::Client, consumer_tx: b
         .purge()
         .await
         .unwrap();
-    let bus: Arc<dyn Bus> = Arc::new(bus);
+    full_path_rate(args, producer, consumer, Arc::new(bus.clone()), consumer_tx).await
+}
+
+/// Writers commit item + outbox row; the relay publishes; a listener with
+/// C members copies each event in a transaction of its own database.
+async fn full_path_rate(
+    args: &Args,
+    producer: Db,
+    consumer: Db,
+    bus: Arc<dyn Bus>,
+    consumer_tx: bool,
+) -> f64 {
     let service: &'static str =
         Box::leak(format!("bench{}x{consumer_tx}", std::process::id()).into_boxed_str());
     let (trigger, signal) = shutdown::channel();

@@ -1,0 +1,191 @@
+//! Resident memory of the processes under test, read from `/proc` (Linux):
+//! the process listening on the target's port, and every other `ticketing`
+//! process (the services of a microservices deployment on this machine).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// A process and its memory.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcMemory {
+    pub pid: u32,
+    /// What it runs: `TICKETING_SERVICES` / `--services`, else its name.
+    pub what: String,
+    /// Resident memory before the load, MB.
+    pub idle_mb: f64,
+    /// Highest resident memory seen while the load ran, MB.
+    pub peak_mb: f64,
+}
+
+fn rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The pid listening on TCP `port`, if it is on this machine.
+pub fn listener_pid(port: u16) -> Option<u32> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "0A" {
+                continue;
+            }
+            let local_port = f[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) {
+                inodes.push(format!("socket:[{}]", f[9]));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    for pid in pids() {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(link) = std::fs::read_link(fd.path()) {
+                if inodes.iter().any(|i| link.as_os_str() == i.as_str()) {
+                    return Some(pid);
+                }
+            }
+        }
+    }
+    None
+}
+
+fn pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What a `ticketing` process runs, or `None` for other programs.
+fn ticketing_role(pid: u32) -> Option<String> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let exe = args.first()?;
+    if exe.rsplit('/').next().is_none_or(|n| n != "ticketing") {
+        return None;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--services") {
+        return args.get(i + 1).cloned();
+    }
+    if let Some(s) = args.iter().find_map(|a| a.strip_prefix("--services=")) {
+        return Some(s.to_owned());
+    }
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let services = environ
+        .split(|b| *b == 0)
+        .filter_map(|kv| std::str::from_utf8(kv).ok())
+        .find_map(|kv| kv.strip_prefix("TICKETING_SERVICES="))
+        .map(str::to_owned);
+    if args
+        .get(1)
+        .is_some_and(|a| a != "run" && !a.starts_with('-'))
+    {
+        return None; // a one-shot command (streams, drill, …)
+    }
+    Some(services.unwrap_or_else(|| "all".to_owned()))
+}
+
+/// Samples the memory of the target's process and every `ticketing`
+/// process until stopped.
+pub struct Watch {
+    seen: Arc<Mutex<BTreeMap<u32, ProcMemory>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watch {
+    /// Starts watching; the current readings are the idle figures.
+    pub fn start(target_port: Option<u16>) -> Watch {
+        let mut procs: Vec<(u32, String)> = pids()
+            .into_iter()
+            .filter_map(|p| ticketing_role(p).map(|r| (p, r)))
+            .collect();
+        if let Some(pid) = target_port.and_then(listener_pid) {
+            if !procs.iter().any(|(p, _)| *p == pid) {
+                let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned();
+                procs.push((pid, name));
+            }
+        }
+        let seen: BTreeMap<u32, ProcMemory> = procs
+            .into_iter()
+            .filter_map(|(pid, what)| {
+                let mb = rss_kb(pid)? as f64 / 1024.0;
+                Some((
+                    pid,
+                    ProcMemory {
+                        pid,
+                        what,
+                        idle_mb: mb,
+                        peak_mb: mb,
+                    },
+                ))
+            })
+            .collect();
+        let seen = Arc::new(Mutex::new(seen));
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = stopped.changed() => return,
+                    }
+                    let mut seen = seen.lock().unwrap();
+                    for m in seen.values_mut() {
+                        if let Some(kb) = rss_kb(m.pid) {
+                            m.peak_mb = m.peak_mb.max(kb as f64 / 1024.0);
+                        }
+                    }
+                }
+            })
+        };
+        Watch { seen, stop, task }
+    }
+
+    pub async fn finish(self) -> Vec<ProcMemory> {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        let mut seen = self.seen.lock().unwrap();
+        for m in seen.values_mut() {
+            if let Some(kb) = rss_kb(m.pid) {
+                m.peak_mb = m.peak_mb.max(kb as f64 / 1024.0);
+            }
+        }
+        seen.values().cloned().collect()
+    }
+}
+
+/// Resident memory of `pid` now, MB.
+pub fn rss_mb(pid: u32) -> Option<f64> {
+    rss_kb(pid).map(|kb| kb as f64 / 1024.0)
+}

@@ -1,0 +1,554 @@
+//! The scenarios, each against any running deployment (a base URL).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use shared::time::Timestamp;
+
+use crate::api::{Answer, Api, User};
+use crate::drive::{self, Flow, Load};
+use crate::report::{Check, Comparison, Figure};
+use crate::stats::Recorder;
+
+/// What a scenario hands to the report.
+pub struct Outcome {
+    pub recorder: Recorder,
+    pub measured: Duration,
+    pub checks: Vec<Check>,
+    pub comparisons: Vec<Comparison>,
+    pub figures: Vec<Figure>,
+}
+
+impl Outcome {
+    fn new(recorder: Recorder, measured: Duration) -> Outcome {
+        Outcome {
+            recorder,
+            measured,
+            checks: Vec::new(),
+            comparisons: Vec::new(),
+            figures: Vec::new(),
+        }
+    }
+}
+
+fn ok_status(a: &Answer) -> Option<u16> {
+    a.status
+}
+
+/// No answer was a server error (5xx) or went unanswered.
+fn no_server_errors(rec: &Recorder, measured: Option<Duration>) -> Check {
+    let mut bad = BTreeMap::new();
+    for op in rec.summary(measured) {
+        for (status, n) in &op.answers {
+            if status == "io" || status.starts_with('5') {
+                *bad.entry(format!("{} {status}", op.op)).or_insert(0u64) += n;
+            }
+        }
+    }
+    Check::new(
+        "no server errors",
+        bad.is_empty(),
+        if bad.is_empty() {
+            "no 5xx, every request answered".to_owned()
+        } else {
+            format!("{bad:?}")
+        },
+    )
+}
+
+/// browse: list and show tickets. Every `list_every`-th operation lists
+/// (`GET /api/tickets?limit=50`), the others show one
+/// (`GET /api/tickets/:id`).
+pub async fn browse(
+    api: &Api,
+    load: &Load,
+    tickets: usize,
+    list_every: u64,
+) -> Result<Outcome, String> {
+    let seller = api.sign_up("seller").await?;
+    let ids = Arc::new(api.sell_many(&seller, tickets.max(1), 32).await?);
+    let rec = Recorder::new(load.warmup);
+    let (a, r, i) = (api.clone(), rec.clone(), ids.clone());
+    let measured = drive::run(load, &rec, "browse", move |n, due| {
+        let (api, rec, ids) = (a.clone(), r.clone(), i.clone());
+        async move {
+            if list_every > 0 && n % list_every == 0 {
+                let res = api.get("/api/tickets?limit=50", None).await;
+                rec.record("list", due, ok_status(&res), res.is(200));
+            } else {
+                let id = &ids[(n as usize) % ids.len()];
+                let res = api.get(&format!("/api/tickets/{id}"), None).await;
+                rec.record("show", due, ok_status(&res), res.is(200));
+            }
+            Flow::Continue
+        }
+    })
+    .await;
+    let mut out = Outcome::new(rec.clone(), measured);
+    out.checks.push(no_server_errors(&rec, Some(measured)));
+    Ok(out)
+}
+
+/// The trivial handler under the same load, for the ratio.
+pub async fn trivial(base: &str, load: &Load) -> f64 {
+    let api = Api::new(base, load.concurrency);
+    let rec = Recorder::new(load.warmup);
+    let (a, r) = (api.clone(), rec.clone());
+    let measured = drive::run(load, &rec, "trivial", move |_, due| {
+        let (api, rec) = (a.clone(), r.clone());
+        async move {
+            let res = api.get("/hello", None).await;
+            rec.record("trivial", due, res.status, res.status == Some(200));
+            Flow::Continue
+        }
+    })
+    .await;
+    rec.summary(Some(measured))
+        .first()
+        .map_or(0.0, |s| s.per_second)
+}
+
+/// purchase: signed-up buyers each order a distinct ticket and pay for it.
+/// Checks that every paid order completes.
+pub async fn purchase(
+    api: &Api,
+    load: &Load,
+    buyers: usize,
+    tickets: usize,
+) -> Result<Outcome, String> {
+    let seller = api.sign_up("seller").await?;
+    let buyers = Arc::new(api.sign_up_many("buyer", buyers.max(1)).await?);
+    eprintln!("listing {tickets} tickets…");
+    let mut ids = api.sell_many(&seller, tickets + 1, 32).await?;
+    let probe_ticket = ids.pop().unwrap_or_default();
+    api.wait_until_orderable(&buyers[0], &probe_ticket).await?;
+    let ids = Arc::new(ids);
+    let paid: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
+    let rec = Recorder::new(load.warmup);
+    let (a, r, i, b, p) = (
+        api.clone(),
+        rec.clone(),
+        ids.clone(),
+        buyers.clone(),
+        paid.clone(),
+    );
+    let measured = drive::run(load, &rec, "purchase", move |n, due| {
+        let (api, rec, ids, buyers, paid) = (a.clone(), r.clone(), i.clone(), b.clone(), p.clone());
+        async move {
+            let Some(ticket) = ids.get(n as usize) else {
+                return Flow::Exhausted;
+            };
+            let who = n as usize % buyers.len();
+            let buyer = &buyers[who];
+            let res = api
+                .post("/api/orders", buyer, json!({"ticketId": ticket}))
+                .await;
+            rec.record("order", due, res.status, res.is(201));
+            let Some(order) = res.id().filter(|_| res.is(201)) else {
+                return Flow::Continue;
+            };
+            // Payments learns of the order by event: until it has, it
+            // answers 404; the wait counts in the payment's latency.
+            let started = Instant::now();
+            let deadline = started + Duration::from_secs(30);
+            loop {
+                let res = api
+                    .post(
+                        "/api/payments",
+                        buyer,
+                        json!({"orderId": order, "token": "tok_visa"}),
+                    )
+                    .await;
+                if res.is(404) && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    continue;
+                }
+                rec.record("pay", started, res.status, res.is(201));
+                if res.is(201) {
+                    paid.lock().unwrap().push((who, order));
+                }
+                break;
+            }
+            Flow::Continue
+        }
+    })
+    .await;
+    let mut out = Outcome::new(rec.clone(), measured);
+    out.checks.push(no_server_errors(&rec, Some(measured)));
+    // Every paid order completes (orders learns of the payment by event).
+    let paid = paid.lock().unwrap().clone();
+    let started = Instant::now();
+    let mut pending: HashMap<usize, Vec<String>> = HashMap::new();
+    for (who, order) in &paid {
+        pending.entry(*who).or_default().push(order.clone());
+    }
+    let mut incomplete = paid.len();
+    while started.elapsed() < Duration::from_secs(60) {
+        incomplete = 0;
+        for (who, orders) in &pending {
+            let list = api.get("/api/orders", Some(&buyers[*who])).await;
+            let complete: std::collections::HashSet<&str> = list
+                .body
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter(|o| o["status"] == "complete")
+                        .filter_map(|o| o["id"].as_str())
+                        .collect()
+                })
+                .unwrap_or_default();
+            incomplete += orders
+                .iter()
+                .filter(|o| !complete.contains(o.as_str()))
+                .count();
+        }
+        if incomplete == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    out.checks.push(Check::new(
+        "every paid order completes",
+        incomplete == 0,
+        format!(
+            "{} paid, {} complete after {:.1} s",
+            paid.len(),
+            paid.len() - incomplete,
+            started.elapsed().as_secs_f64()
+        ),
+    ));
+    Ok(out)
+}
+
+/// contention: M buyers race for K tickets at once; exactly K win.
+pub async fn contention(api: &Api, buyers: usize, tickets: usize) -> Result<Outcome, String> {
+    let seller = api.sign_up("seller").await?;
+    let buyers = api.sign_up_many("racer", buyers.max(1)).await?;
+    let mut ids = api.sell_many(&seller, tickets.max(1) + 1, 32).await?;
+    let probe_ticket = ids.pop().unwrap_or_default();
+    api.wait_until_orderable(&buyers[0], &probe_ticket).await?;
+    // Every ticket known to orders: the probe was listed last.
+    let rec = Recorder::new(Duration::ZERO);
+    let start = Arc::new(tokio::sync::Barrier::new(buyers.len()));
+    let mut set = tokio::task::JoinSet::new();
+    for (i, buyer) in buyers.iter().enumerate() {
+        let (api, rec, start) = (api.clone(), rec.clone(), start.clone());
+        let (buyer, ticket) = (buyer.clone(), ids[i % ids.len()].clone());
+        set.spawn(async move {
+            start.wait().await;
+            let due = Instant::now();
+            let res = api
+                .post("/api/orders", &buyer, json!({"ticketId": ticket}))
+                .await;
+            rec.record("order", due, res.status, res.is(201) || res.is(409));
+            (ticket, res.status, res.id(), buyer)
+        });
+    }
+    let began = Instant::now();
+    let mut winners: HashMap<String, Vec<String>> = HashMap::new();
+    let mut others = BTreeMap::new();
+    while let Some(r) = set.join_next().await {
+        let (ticket, status, id, _) = r.map_err(|e| e.to_string())?;
+        match status {
+            Some(201) => winners
+                .entry(ticket)
+                .or_default()
+                .push(id.unwrap_or_default()),
+            s => *others.entry(format!("{s:?}")).or_insert(0u64) += 1,
+        }
+    }
+    let measured = began.elapsed();
+    let mut out = Outcome::new(rec.clone(), measured);
+    let won: usize = winners.values().map(Vec::len).sum();
+    let expected = ids.len().min(buyers.len());
+    out.checks.push(Check::new(
+        "exactly one winner per ticket",
+        won == expected && winners.values().all(|w| w.len() == 1),
+        format!(
+            "{} buyers for {} tickets: {won} orders placed (expected {expected}); the others: {others:?}",
+            buyers.len(),
+            ids.len()
+        ),
+    ));
+    out.checks.push(Check::new(
+        "every loser told 409",
+        others.keys().all(|k| k == "Some(409)"),
+        format!("{others:?}"),
+    ));
+    // Each ticket ends reserved by its winner (tickets learns by event).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut wrong = winners.len();
+    while Instant::now() < deadline {
+        wrong = 0;
+        for (ticket, orders) in &winners {
+            let t = api.get(&format!("/api/tickets/{ticket}"), None).await;
+            if t.body["orderId"].as_str() != orders.first().map(String::as_str) {
+                wrong += 1;
+            }
+        }
+        if wrong == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    out.checks.push(Check::new(
+        "each ticket reserved by its winner",
+        wrong == 0,
+        format!(
+            "{} of {} tickets show the winning order",
+            winners.len() - wrong,
+            winners.len()
+        ),
+    ));
+    out.checks.push(no_server_errors(&rec, None));
+    Ok(out)
+}
+
+/// The server's histogram `name` from `/metrics`: (upper bound, cumulative count).
+async fn histogram_buckets(metrics_url: &str, name: &str) -> Option<Vec<(f64, u64)>> {
+    let text = reqwest::get(metrics_url).await.ok()?.text().await.ok()?;
+    let prefix = format!("{name}_bucket{{le=\"");
+    Some(
+        text.lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .filter_map(|rest| {
+                let (le, count) = rest.split_once("\"} ")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, count.trim().parse().ok()?))
+            })
+            .collect(),
+    )
+}
+
+async fn gauge(metrics_url: &str, name: &str) -> Option<f64> {
+    let text = reqwest::get(metrics_url).await.ok()?.text().await.ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The bucket bound under which `q` of the observations between `before`
+/// and `after` fall.
+fn bucket_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> Option<(f64, u64)> {
+    let mut deltas: Vec<(f64, u64)> = after
+        .iter()
+        .map(|(le, n)| {
+            let was = before.iter().find(|(l, _)| l == le).map_or(0, |(_, c)| *c);
+            (*le, n.saturating_sub(was))
+        })
+        .collect();
+    deltas.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = deltas.last()?.1;
+    if total == 0 {
+        return None;
+    }
+    let want = (total as f64 * q).ceil() as u64;
+    deltas
+        .iter()
+        .find(|(_, n)| *n >= want)
+        .map(|(le, _)| (*le, total))
+}
+
+/// expiry: `orders` orders left unpaid; measures how late each expiration
+/// lands after the order's `expiresAt`: as the service's scheduler saw it
+/// (its `expiration_lateness_seconds` histogram) and as a client sees it
+/// (the order reads `cancelled`; `sample` orders polled every `poll`).
+pub async fn expiry(
+    api: &Api,
+    metrics_url: &str,
+    orders: usize,
+    sample: usize,
+    poll: Duration,
+) -> Result<Outcome, String> {
+    let seller = api.sign_up("seller").await?;
+    // Sampled orders belong to buyers of their own (100 each), so polling
+    // their lists stays light; the rest to bulk buyers.
+    let sample = sample.min(orders);
+    let sample_buyers = api
+        .sign_up_many("watched", sample.div_ceil(100).max(1))
+        .await?;
+    let bulk_buyers = api.sign_up_many("bulk", 20).await?;
+    eprintln!("listing {orders} tickets…");
+    let mut ids = api.sell_many(&seller, orders + 1, 32).await?;
+    let probe_ticket = ids.pop().unwrap_or_default();
+    api.wait_until_orderable(&bulk_buyers[0], &probe_ticket)
+        .await?;
+    let before = histogram_buckets(metrics_url, "expiration_lateness_seconds").await;
+    eprintln!("placing {orders} orders…");
+    let rec = Recorder::new(Duration::ZERO);
+    let placed_at = Instant::now();
+    let expires: Arc<Mutex<Vec<(usize, String, Timestamp)>>> = Arc::default();
+    let ids = Arc::new(ids);
+    let mut set = tokio::task::JoinSet::new();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for _ in 0..32 {
+        let (api, rec, ids, next, expires) = (
+            api.clone(),
+            rec.clone(),
+            ids.clone(),
+            next.clone(),
+            expires.clone(),
+        );
+        let (sample_buyers, bulk_buyers) = (sample_buyers.clone(), bulk_buyers.clone());
+        set.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(ticket) = ids.get(i) else { return };
+                let (buyer, watched): (&User, Option<usize>) = if i < sample {
+                    (&sample_buyers[i / 100], Some(i / 100))
+                } else {
+                    (&bulk_buyers[i % bulk_buyers.len()], None)
+                };
+                let due = Instant::now();
+                let res = api
+                    .post("/api/orders", buyer, json!({"ticketId": ticket}))
+                    .await;
+                rec.record("order", due, res.status, res.is(201));
+                if let (Some(w), Some(id)) = (watched, res.id()) {
+                    let at = res.body["expiresAt"]
+                        .as_str()
+                        .and_then(Timestamp::parse_rfc3339);
+                    if let Some(at) = at {
+                        expires.lock().unwrap().push((w, id, at));
+                    }
+                }
+            }
+        });
+    }
+    let mut peak_pending = 0.0f64;
+    while !set.is_empty() {
+        tokio::select! {
+            _ = set.join_next() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                if let Some(p) = gauge(metrics_url, "expiration_timers_pending").await {
+                    peak_pending = peak_pending.max(p);
+                }
+            }
+        }
+    }
+    let placing = placed_at.elapsed();
+    if let Some(p) = gauge(metrics_url, "expiration_timers_pending").await {
+        peak_pending = peak_pending.max(p);
+    }
+    // Poll the watched buyers' orders until each reads cancelled.
+    let watched = expires.lock().unwrap().clone();
+    let mut due_at: HashMap<String, Timestamp> = HashMap::new();
+    for (_, id, at) in &watched {
+        due_at.insert(id.clone(), *at);
+    }
+    let last_due = watched.iter().map(|w| w.2.millis()).max().unwrap_or(0);
+    let mut seen: HashMap<String, f64> = HashMap::new();
+    let give_up = Instant::now()
+        + Duration::from_millis((last_due - now_millis()).max(0) as u64)
+        + Duration::from_secs(60);
+    eprintln!(
+        "{} orders placed in {:.1} s; waiting for {} watched expirations…",
+        orders,
+        placing.as_secs_f64(),
+        watched.len()
+    );
+    while seen.len() < watched.len() && Instant::now() < give_up {
+        let mut polls = tokio::task::JoinSet::new();
+        for buyer in &sample_buyers {
+            let (api, buyer) = (api.clone(), buyer.clone());
+            polls.spawn(async move { api.get("/api/orders", Some(&buyer)).await });
+        }
+        while let Some(Ok(list)) = polls.join_next().await {
+            let now = now_millis();
+            for o in list.body.as_array().into_iter().flatten() {
+                let Some(id) = o["id"].as_str() else { continue };
+                if o["status"] == "cancelled" && !seen.contains_key(id) {
+                    if let Some(at) = due_at.get(id) {
+                        seen.insert(id.to_owned(), (now - at.millis()) as f64);
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(poll).await;
+    }
+    let after = histogram_buckets(metrics_url, "expiration_lateness_seconds").await;
+    let mut out = Outcome::new(rec.clone(), placing);
+    out.checks.push(no_server_errors(&rec, None));
+    out.checks.push(Check::new(
+        "every watched order expires",
+        seen.len() == watched.len(),
+        format!("{} of {} read cancelled", seen.len(), watched.len()),
+    ));
+    let lateness: Vec<f64> = seen.values().copied().collect();
+    if let Some(q) = crate::stats::quantiles(&lateness) {
+        for (name, v) in [("p50", q.p50), ("p99", q.p99), ("max", q.max)] {
+            out.figures.push(Figure {
+                what: format!(
+                    "client-seen lateness {name} (poll every {} ms)",
+                    poll.as_millis()
+                ),
+                value: v,
+                unit: "ms".into(),
+                goal: None,
+                met: None,
+            });
+        }
+    }
+    out.figures.push(Figure {
+        what: "timers pending at most".into(),
+        value: peak_pending,
+        unit: "timers".into(),
+        goal: None,
+        met: None,
+    });
+    match (before, after) {
+        (Some(b), Some(a)) => {
+            if let Some((le, total)) = bucket_quantile(&b, &a, 0.99) {
+                out.figures.push(Figure {
+                    what: format!("scheduler lateness p99 (of {total}, bucket bound)"),
+                    value: le * 1000.0,
+                    unit: "ms".into(),
+                    goal: Some("< 100 ms".into()),
+                    met: Some(le <= 0.1),
+                });
+            }
+            if let Some((le, _)) = bucket_quantile(&b, &a, 0.5) {
+                out.figures.push(Figure {
+                    what: "scheduler lateness p50 (bucket bound)".into(),
+                    value: le * 1000.0,
+                    unit: "ms".into(),
+                    goal: None,
+                    met: None,
+                });
+            }
+        }
+        _ => out.checks.push(Check::new(
+            "the scheduler's lateness histogram",
+            false,
+            format!("{metrics_url} has no expiration_lateness_seconds (point --metrics-url at the expiration service)"),
+        )),
+    }
+    Ok(out)
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Settings as JSON, for the report.
+pub fn settings(load: &Load, extra: Value) -> Value {
+    let mut v = json!({
+        "concurrency": load.concurrency,
+        "rate": load.rate,
+        "duration_s": load.duration.as_secs_f64(),
+        "warmup_s": load.warmup.as_secs_f64(),
+    });
+    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        o.extend(e.clone());
+    }
+    v
+}
