@@ -169,6 +169,23 @@ impl Api {
         Ok(ids)
     }
 
+    /// Orders `ticket` as `buyer`. A 404 means the orders service has not
+    /// yet learned of the ticket (its copy arrives by event, and events of
+    /// different tickets may be applied out of order): asked again for up
+    /// to 10 s.
+    pub async fn order(&self, buyer: &User, ticket: &str) -> Answer {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let a = self
+                .post("/api/orders", buyer, json!({"ticketId": ticket}))
+                .await;
+            if !a.is(404) || std::time::Instant::now() > deadline {
+                return a;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Waits until the orders service knows `ticket` (its copy arrives by
     /// event): orders it as `probe` until that works, then cancels.
     pub async fn wait_until_orderable(&self, probe: &User, ticket: &str) -> Result<(), String> {

@@ -142,9 +142,7 @@ pub async fn purchase(
             };
             let who = n as usize % buyers.len();
             let buyer = &buyers[who];
-            let res = api
-                .post("/api/orders", buyer, json!({"ticketId": ticket}))
-                .await;
+            let res = api.order(buyer, ticket).await;
             rec.record("order", due, res.status, res.is(201));
             let Some(order) = res.id().filter(|_| res.is(201)) else {
                 return Flow::Continue;
@@ -239,9 +237,7 @@ pub async fn contention(api: &Api, buyers: usize, tickets: usize) -> Result<Outc
         set.spawn(async move {
             start.wait().await;
             let due = Instant::now();
-            let res = api
-                .post("/api/orders", &buyer, json!({"ticketId": ticket}))
-                .await;
+            let res = api.order(&buyer, &ticket).await;
             rec.record("order", due, res.status, res.is(201) || res.is(409));
             (ticket, res.status, res.id(), buyer)
         });
@@ -406,9 +402,7 @@ pub async fn expiry(
                     (&bulk_buyers[i % bulk_buyers.len()], None)
                 };
                 let due = Instant::now();
-                let res = api
-                    .post("/api/orders", buyer, json!({"ticketId": ticket}))
-                    .await;
+                let res = api.order(buyer, ticket).await;
                 rec.record("order", due, res.status, res.is(201));
                 if let (Some(w), Some(id)) = (watched, res.id()) {
                     let at = res.body["expiresAt"]
@@ -551,4 +545,31 @@ pub fn settings(load: &Load, extra: Value) -> Value {
         o.extend(e.clone());
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bucket_quantile;
+
+    #[test]
+    fn quantiles_come_from_the_bucket_deltas_in_bound_order() {
+        // As /metrics lists them: +Inf first, then by text.
+        let before = [
+            (f64::INFINITY, 10),
+            (0.001, 10),
+            (0.1, 10),
+            (10.0, 10),
+            (2.5, 10),
+        ];
+        let after = [
+            (f64::INFINITY, 110),
+            (0.001, 60),
+            (0.1, 108),
+            (10.0, 110),
+            (2.5, 110),
+        ];
+        assert_eq!(bucket_quantile(&before, &after, 0.5), Some((0.001, 100)));
+        assert_eq!(bucket_quantile(&before, &after, 0.99), Some((2.5, 100)));
+        assert_eq!(bucket_quantile(&after, &after, 0.99), None, "nothing new");
+    }
 }

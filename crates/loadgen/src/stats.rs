@@ -194,3 +194,36 @@ pub struct Quantiles {
     pub p999: f64,
     pub max: f64,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::Recorder;
+
+    #[test]
+    fn latency_counts_from_when_the_operation_was_due_and_warm_up_is_left_out() {
+        let rec = Recorder::new(Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(60));
+        // Due 50 ms ago (it waited for a slot): 50 ms, not the moment it took.
+        rec.record(
+            "op",
+            Instant::now() - Duration::from_millis(50),
+            Some(200),
+            true,
+        );
+        rec.record("op", Instant::now(), Some(500), false);
+        rec.record("op", Instant::now(), None, false);
+        let s = &rec.summary(Some(Duration::from_secs(1)))[0];
+        assert_eq!((s.count, s.ok, s.errors), (3, 1, 2));
+        assert!(s.max_ms >= 50.0, "{}", s.max_ms);
+        assert_eq!(s.answers["200"], 1);
+        assert_eq!(s.answers["500"], 1);
+        assert_eq!(s.answers["io"], 1);
+        assert_eq!(s.per_second, 1.0);
+
+        let warm = Recorder::new(Duration::from_secs(60));
+        warm.record("op", Instant::now(), Some(200), true);
+        assert!(warm.summary(None).is_empty(), "finished during the warm-up");
+    }
+}
