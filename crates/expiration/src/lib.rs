@@ -89,16 +89,29 @@ async fn fire_due(outbox: &Outbox, now: Timestamp) -> Result<usize, StoreError> 
         .await
 }
 
-/// The next timer due, and how many are pending (the gauge
-/// `expiration_timers_pending`).
-async fn next_due(db: &Db) -> Result<Option<Timestamp>, StoreError> {
+/// How often at most the scheduler counts the pending timers (the gauge
+/// `expiration_timers_pending`): counting is a scan of the table, which
+/// on every order (each one wakes the scheduler) cost more than the rest of
+/// the order's handling once timers were in the tens of thousands.
+const COUNT_EVERY: Duration = Duration::from_secs(1);
+
+/// The next timer due, and — when `count` — how many are pending.
+async fn next_due(db: &Db, count: bool) -> Result<Option<Timestamp>, StoreError> {
     let (next, pending) = db
-        .read(|c| {
-            let row = &c.query("SELECT MIN(expires_at), COUNT(*) FROM timers", &[])?[0];
-            Ok::<_, StoreError>((row.get::<Option<Timestamp>>(0)?, row.get::<i64>(1)?))
+        .read(move |c| {
+            let next = c.query("SELECT MIN(expires_at) FROM timers", &[])?[0]
+                .get::<Option<Timestamp>>(0)?;
+            let pending = if count {
+                Some(c.query("SELECT COUNT(*) FROM timers", &[])?[0].get::<i64>(0)?)
+            } else {
+                None
+            };
+            Ok::<_, StoreError>((next, pending))
         })
         .await?;
-    shared::metrics::set("expiration_timers_pending", &[], pending as f64);
+    if let Some(pending) = pending {
+        shared::metrics::set("expiration_timers_pending", &[], pending as f64);
+    }
     Ok(next)
 }
 
@@ -114,18 +127,27 @@ async fn run_scheduler(
         _ = db.wait_ready() => {}
         _ = shutdown.wait() => return,
     }
+    let mut counted_at: Option<tokio::time::Instant> = None;
     loop {
         if let Err(e) = fire_due(&outbox, clock.now()).await {
             tracing::warn!(error = %e, "cannot fire timers");
         }
-        let sleep_until = match next_due(&db).await {
+        let now = tokio::time::Instant::now();
+        let count = counted_at.is_none_or(|at| now.duration_since(at) >= COUNT_EVERY);
+        let mut sleep_until = match next_due(&db, count).await {
             Ok(Some(at)) => clock.instant_at(at),
-            Ok(None) => tokio::time::Instant::now() + Duration::from_secs(3600),
+            Ok(None) => now + Duration::from_secs(3600),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read timers");
-                tokio::time::Instant::now() + Duration::from_secs(1)
+                now + Duration::from_secs(1)
             }
         };
+        match (count, counted_at) {
+            (true, _) => counted_at = Some(now),
+            // Not counted this time: come back to count what changed.
+            (false, Some(at)) => sleep_until = sleep_until.min(at + COUNT_EVERY),
+            (false, None) => {}
+        }
         tokio::select! {
             _ = tokio::time::sleep_until(sleep_until) => {}
             _ = wake.notified() => {}

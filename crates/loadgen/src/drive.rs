@@ -39,6 +39,7 @@ where
     Fut: Future<Output = Flow> + Send + 'static,
 {
     let op = Arc::new(op);
+    crate::procs::load_started();
     let start = Instant::now();
     let measure_from = rec.measure_from().max(start);
     let end = start + load.warmup + load.duration;

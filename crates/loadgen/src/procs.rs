@@ -14,10 +14,28 @@ pub struct ProcMemory {
     pub pid: u32,
     /// What it runs: `TICKETING_SERVICES` / `--services`, else its name.
     pub what: String,
-    /// Resident memory before the load, MB.
+    /// Resident memory before anything ran, MB.
     pub idle_mb: f64,
+    /// Highest resident memory seen while the scenario set up (signing
+    /// users up, listing tickets), MB.
+    pub setup_peak_mb: f64,
     /// Highest resident memory seen while the load ran, MB.
     pub peak_mb: f64,
+}
+
+/// The running watch, so the driver can say when the load begins.
+static CURRENT: std::sync::Mutex<Option<Arc<Mutex<BTreeMap<u32, ProcMemory>>>>> =
+    std::sync::Mutex::new(None);
+
+/// The set-up is over: what was seen so far is the set-up's peak; the load's
+/// peak starts from now.
+pub fn load_started() {
+    if let Some(seen) = CURRENT.lock().unwrap().as_ref() {
+        for m in seen.lock().unwrap().values_mut() {
+            m.setup_peak_mb = m.peak_mb;
+            m.peak_mb = rss_kb(m.pid).map_or(0.0, |kb| kb as f64 / 1024.0);
+        }
+    }
 }
 
 fn rss_kb(pid: u32) -> Option<u64> {
@@ -145,12 +163,14 @@ impl Watch {
                         pid,
                         what,
                         idle_mb: mb,
+                        setup_peak_mb: mb,
                         peak_mb: mb,
                     },
                 ))
             })
             .collect();
         let seen = Arc::new(Mutex::new(seen));
+        *CURRENT.lock().unwrap() = Some(seen.clone());
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let task = {
             let seen = seen.clone();

@@ -158,12 +158,15 @@ impl Report {
             }
         }
         if !self.memory.is_empty() {
-            let _ = writeln!(out, "\n  resident memory        idle MB   peak MB");
+            let _ = writeln!(
+                out,
+                "\n  resident memory, MB    idle   set-up peak   load peak"
+            );
             for m in &self.memory {
                 let _ = writeln!(
                     out,
-                    "  {:<20} {:>9.1} {:>9.1}   (pid {})",
-                    m.what, m.idle_mb, m.peak_mb, m.pid
+                    "  {:<20} {:>6.1} {:>13.1} {:>11.1}   (pid {})",
+                    m.what, m.idle_mb, m.setup_peak_mb, m.peak_mb, m.pid
                 );
             }
         }
