@@ -63,7 +63,7 @@ async fn on_order_created(
 /// RETURNING` hands each due timer to exactly one caller, also when several
 /// replicas race on PostgreSQL, and the event is written in the same
 /// transaction: a timer fires once.
-async fn fire_due(outbox: &Outbox, now: Timestamp) -> Result<usize, StoreError> {
+pub async fn fire_due(outbox: &Outbox, now: Timestamp) -> Result<usize, StoreError> {
     outbox
         .write(move |c| {
             let due = c.query(
@@ -96,7 +96,7 @@ async fn fire_due(outbox: &Outbox, now: Timestamp) -> Result<usize, StoreError> 
 const COUNT_EVERY: Duration = Duration::from_secs(1);
 
 /// The next timer due, and — when `count` — how many are pending.
-async fn next_due(db: &Db, count: bool) -> Result<Option<Timestamp>, StoreError> {
+pub async fn next_due(db: &Db, count: bool) -> Result<Option<Timestamp>, StoreError> {
     let (next, pending) = db
         .read(move |c| {
             let next = c.query("SELECT MIN(expires_at) FROM timers", &[])?[0]

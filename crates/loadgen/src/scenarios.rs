@@ -164,6 +164,9 @@ pub async fn purchase(
             paying.lock().unwrap().spawn(async move {
                 let started = Instant::now();
                 let deadline = started + Duration::from_secs(30);
+                // Backing off, as a client should: retrying a lagging
+                // service at a fixed short interval multiplies its load.
+                let mut wait = Duration::from_millis(5);
                 loop {
                     let res = api
                         .post(
@@ -173,7 +176,8 @@ pub async fn purchase(
                         )
                         .await;
                     if res.is(404) && Instant::now() < deadline {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_millis(200));
                         continue;
                     }
                     rec.record("pay", started, res.status, res.is(201));
@@ -245,6 +249,7 @@ pub async fn contention(api: &Api, buyers: usize, tickets: usize) -> Result<Outc
     api.wait_until_orderable(&buyers[0], &probe_ticket).await?;
     // Every ticket known to orders: the probe was listed last.
     let rec = Recorder::new(Duration::ZERO);
+    crate::procs::load_started();
     let start = Arc::new(tokio::sync::Barrier::new(buyers.len()));
     let mut set = tokio::task::JoinSet::new();
     for (i, buyer) in buyers.iter().enumerate() {
@@ -393,6 +398,7 @@ pub async fn expiry(
         .await?;
     let before = histogram_buckets(metrics_url, "expiration_lateness_seconds").await;
     eprintln!("placing {orders} orders…");
+    crate::procs::load_started();
     let rec = Recorder::new(Duration::ZERO);
     let placed_at = Instant::now();
     let expires: Arc<Mutex<Vec<(usize, String, Timestamp)>>> = Arc::default();
@@ -463,7 +469,14 @@ pub async fn expiry(
         placing.as_secs_f64(),
         watched.len()
     );
+    let mut polled_gauge = Instant::now();
     while seen.len() < watched.len() && Instant::now() < give_up {
+        if polled_gauge.elapsed() >= Duration::from_millis(500) {
+            polled_gauge = Instant::now();
+            if let Some(p) = gauge(metrics_url, "expiration_timers_pending").await {
+                peak_pending = peak_pending.max(p);
+            }
+        }
         let mut polls = tokio::task::JoinSet::new();
         for buyer in &sample_buyers {
             let (api, buyer) = (api.clone(), buyer.clone());
@@ -481,6 +494,16 @@ pub async fn expiry(
             }
         }
         tokio::time::sleep(poll).await;
+    }
+    // Then every other order's timer: the scheduler's histogram covers all
+    // of them, and the pending count is watched until none is left.
+    let drained = Instant::now() + Duration::from_secs(600);
+    while Instant::now() < drained {
+        match gauge(metrics_url, "expiration_timers_pending").await {
+            Some(p) if p > 0.0 => peak_pending = peak_pending.max(p),
+            _ => break,
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let after = histogram_buckets(metrics_url, "expiration_lateness_seconds").await;
     let mut out = Outcome::new(rec.clone(), placing);
