@@ -24,8 +24,9 @@ pub struct ProcMemory {
 }
 
 /// The running watch, so the driver can say when the load begins.
-static CURRENT: std::sync::Mutex<Option<Arc<Mutex<BTreeMap<u32, ProcMemory>>>>> =
-    std::sync::Mutex::new(None);
+type Seen = Arc<Mutex<BTreeMap<u32, ProcMemory>>>;
+
+static CURRENT: Mutex<Option<Seen>> = Mutex::new(None);
 
 /// The set-up is over: what was seen so far is the set-up's peak; the load's
 /// peak starts from now.
