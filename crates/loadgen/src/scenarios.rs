@@ -112,11 +112,17 @@ pub async fn trivial(base: &str, load: &Load) -> f64 {
 
 /// purchase: signed-up buyers each order a distinct ticket and pay for it.
 /// Checks that every paid order completes.
+///
+/// Each buyer pays beside their next order; at most `concurrency` payments
+/// are under way, so when payments falls behind, ordering waits for it and
+/// the order rate is the rate of whole purchases. With `pay` false only
+/// `POST /api/orders` is measured.
 pub async fn purchase(
     api: &Api,
     load: &Load,
     buyers: usize,
     tickets: usize,
+    pay: bool,
 ) -> Result<Outcome, String> {
     let seller = api.sign_up("seller").await?;
     let buyers = Arc::new(api.sign_up_many("buyer", buyers.max(1)).await?);
@@ -127,6 +133,7 @@ pub async fn purchase(
     let ids = Arc::new(ids);
     let paid: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
     let payments: Arc<Mutex<tokio::task::JoinSet<()>>> = Arc::default();
+    let slots = Arc::new(tokio::sync::Semaphore::new(load.concurrency.max(1)));
     let rec = Recorder::new(load.warmup);
     let (a, r, i, b, p, ps) = (
         api.clone(),
@@ -137,13 +144,14 @@ pub async fn purchase(
         payments.clone(),
     );
     let measured = drive::run(load, &rec, "purchase", move |n, due| {
-        let (api, rec, ids, buyers, paid, paying) = (
+        let (api, rec, ids, buyers, paid, paying, slots) = (
             a.clone(),
             r.clone(),
             i.clone(),
             b.clone(),
             p.clone(),
             ps.clone(),
+            slots.clone(),
         );
         async move {
             let Some(ticket) = ids.get(n as usize) else {
@@ -153,8 +161,11 @@ pub async fn purchase(
             let buyer = &buyers[who];
             let res = api.order(buyer, ticket).await;
             rec.record("order", due, res.status, res.is(201));
-            let Some(order) = res.id().filter(|_| res.is(201)) else {
+            let Some(order) = res.id().filter(|_| res.is(201) && pay) else {
                 return Flow::Continue;
+            };
+            let Ok(slot) = slots.acquire_owned().await else {
+                return Flow::Exhausted;
             };
             // Paying runs beside the next order, so the order rate is the
             // server's, not the length of the order-then-pay chain.
@@ -162,6 +173,7 @@ pub async fn purchase(
             // answers 404; the wait counts in the payment's latency.
             let (api, buyer) = (api.clone(), buyer.clone());
             paying.lock().unwrap().spawn(async move {
+                let _slot = slot;
                 let started = Instant::now();
                 let deadline = started + Duration::from_secs(30);
                 // Backing off, as a client should: retrying a lagging

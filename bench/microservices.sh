@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The marketplace as microservices on this machine — a nats-server of its
+# own, one PostgreSQL database per service, each service in its own
+# process behind the gateway — under loadgen's purchase scenario, which
+# reports every ticketing process's resident memory (idle, set-up, load).
+#   cargo build --release -p ticketing -p loadgen
+#   bench/microservices.sh [loadgen purchase flags…]
+# Needs nats-server (NATS_SERVER=path) and PostgreSQL (PGURL, trust auth).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=target/release
+NATS_SERVER=${NATS_SERVER:-nats-server}
+PGURL=${PGURL:-postgres://postgres@127.0.0.1:5432}
+work=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_ready() { for _ in $(seq 1 300); do curl -fs "$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "$1 never ready" >&2; return 1; }
+
+nats_port=$(free_port)
+"$NATS_SERVER" -a 127.0.0.1 -p "$nats_port" -js -sd "$work/nats" >"$work/nats.log" 2>&1 &
+pids+=($!)
+export NATS_URL=nats://127.0.0.1:$nats_port JWT_KEY=bench-microservices-key-0123456789
+export AUTH_RATE_LIMIT_PER_MINUTE=1000000 COOKIE_SECURE=false RUST_LOG=warn
+"$BIN/ticketing" streams apply --wait 30s >/dev/null
+
+declare -A url
+for svc in auth tickets orders expiration payments; do
+  db=ticketing_bench_$svc
+  psql "$PGURL/postgres" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
+  port=$(free_port)
+  TICKETING_SERVICES=$svc DATABASE_URL="$PGURL/$db" PORT=$port \
+    "$BIN/ticketing" run --data-dir "$work/$svc" 2>>"$work/services.log" &
+  pids+=($!)
+  url[$svc]=http://127.0.0.1:$port
+done
+for svc in "${!url[@]}"; do wait_ready "${url[$svc]}"; done
+gw_port=$(free_port)
+TICKETING_SERVICES=gateway PORT=$gw_port AUTH_URL=${url[auth]} TICKETS_URL=${url[tickets]} \
+  ORDERS_URL=${url[orders]} PAYMENTS_URL=${url[payments]} \
+  "$BIN/ticketing" run --data-dir "$work/gateway" 2>>"$work/services.log" &
+pids+=($!)
+wait_ready "http://127.0.0.1:$gw_port"
+"$BIN/loadgen" purchase --url "http://127.0.0.1:$gw_port" \
+  --metrics-url "${url[expiration]}/metrics" "$@"
