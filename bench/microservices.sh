@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The marketplace as microservices on this machine — a nats-server of its
 # own, one PostgreSQL database per service, each service in its own
-# process behind the gateway — under loadgen's purchase scenario, which
+# process behind the gateway — under one of loadgen's scenarios, which
 # reports every ticketing process's resident memory (idle, set-up, load).
 #   cargo build --release -p ticketing -p loadgen
-#   bench/microservices.sh [loadgen purchase flags…]
+#   bench/microservices.sh [browse|purchase|contention|expiry] [loadgen flags…]
+# (ORDER_EXPIRATION_SECONDS in the environment reaches the services.)
 # Needs nats-server (NATS_SERVER=path) and PostgreSQL (PGURL, trust auth).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,5 +44,7 @@ TICKETING_SERVICES=gateway PORT=$gw_port AUTH_URL=${url[auth]} TICKETS_URL=${url
   "$BIN/ticketing" run --data-dir "$work/gateway" 2>>"$work/services.log" &
 pids+=($!)
 wait_ready "http://127.0.0.1:$gw_port"
-"$BIN/loadgen" purchase --url "http://127.0.0.1:$gw_port" \
+scenario=${1:-purchase}
+shift || true
+"$BIN/loadgen" "$scenario" --url "http://127.0.0.1:$gw_port" \
   --metrics-url "${url[expiration]}/metrics" "$@"
