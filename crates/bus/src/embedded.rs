@@ -74,6 +74,91 @@ struct Inner {
     consumers: Arc<Mutex<HashMap<String, ConsumerDef>>>,
     /// Woken on every publish and nak so waiting members fetch again.
     wake: Notify,
+    /// Acknowledgements waiting to be written, committed together.
+    acks: AckQueue,
+}
+
+/// Group commit of acknowledgements: the first ack to find no flush under
+/// way starts one, which deletes every ack queued by then in one
+/// transaction, then the ones queued meanwhile, until none is left. Each ack
+/// still returns only once its deletion has committed; under load, many
+/// share a transaction (one per message cost a transaction of the bus's
+/// single database thread for every event every consumer handled).
+#[derive(Default)]
+struct AckQueue {
+    queued: Mutex<Vec<QueuedAck>>,
+    flushing: std::sync::atomic::AtomicBool,
+}
+
+type QueuedAck = (
+    Arc<str>,
+    i64,
+    tokio::sync::oneshot::Sender<Result<(), BusError>>,
+);
+
+impl Inner {
+    async fn ack(self: &Arc<Self>, consumer: Arc<str>, seq: i64) -> Result<(), BusError> {
+        use std::sync::atomic::Ordering;
+        let (done, result) = tokio::sync::oneshot::channel();
+        lock(&self.acks.queued).push((consumer, seq, done));
+        if self
+            .acks
+            .flushing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            // On a task of its own: the flush must finish even if this
+            // ack's caller stops waiting.
+            tokio::spawn(self.clone().flush_acks());
+        }
+        result.await.unwrap_or_else(|_| {
+            Err(BusError::new(
+                BusErrorKind::Unavailable,
+                "the acknowledgement was not written",
+            ))
+        })
+    }
+
+    async fn flush_acks(self: Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        loop {
+            let batch = std::mem::take(&mut *lock(&self.acks.queued));
+            if batch.is_empty() {
+                self.acks.flushing.store(false, Ordering::Release);
+                // An ack queued after the take but before the release saw a
+                // flush under way: take it on, unless another flush has.
+                let more = !lock(&self.acks.queued).is_empty();
+                if more
+                    && self
+                        .acks
+                        .flushing
+                        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                {
+                    continue;
+                }
+                return;
+            }
+            let keys: Vec<(Arc<str>, i64)> =
+                batch.iter().map(|(c, s, _)| (c.clone(), *s)).collect();
+            let written = self
+                .db
+                .write(move |c| {
+                    for (consumer, seq) in &keys {
+                        c.execute(
+                            "DELETE FROM pending WHERE consumer = $1 AND seq = $2",
+                            &[&&**consumer, seq],
+                        )?;
+                    }
+                    Ok::<_, StoreError>(())
+                })
+                .await
+                .map_err(BusError::from);
+            for (_, _, done) in batch {
+                let _ = done.send(written.clone());
+            }
+        }
+    }
 }
 
 /// The embedded durable bus. Cheap to clone.
@@ -92,6 +177,11 @@ impl EmbeddedBus {
     /// Opens (creating if needed) the bus database at `path`.
     pub async fn open(path: &Path) -> Result<EmbeddedBus, BusError> {
         Self::open_with_clock(path, Clock::System).await
+    }
+
+    /// Transactions the bus's database has run (for tests and metrics).
+    pub fn database_transactions(&self) -> u64 {
+        self.inner.db.stats().transactions
     }
 
     pub async fn open_with_clock(path: &Path, clock: Clock) -> Result<EmbeddedBus, BusError> {
@@ -124,6 +214,7 @@ impl EmbeddedBus {
                 clock,
                 consumers,
                 wake: Notify::new(),
+                acks: AckQueue::default(),
             }),
         })
     }
@@ -501,19 +592,7 @@ impl EmbeddedAcker {
 
 impl Acker for EmbeddedAcker {
     fn ack(&self) -> crate::BoxFuture<'_, Result<(), BusError>> {
-        Box::pin(async move {
-            let (consumer, seq) = (self.consumer.clone(), self.seq);
-            self.inner
-                .db
-                .write(move |c| {
-                    c.execute(
-                        "DELETE FROM pending WHERE consumer = $1 AND seq = $2",
-                        &[&&*consumer, &seq],
-                    )
-                })
-                .await?;
-            Ok(())
-        })
+        Box::pin(self.inner.ack(self.consumer.clone(), self.seq))
     }
 
     fn nak(&self, delay: Duration) -> crate::BoxFuture<'_, Result<(), BusError>> {

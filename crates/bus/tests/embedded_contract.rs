@@ -80,3 +80,48 @@ async fn a_durable_cannot_be_rejoined_with_a_different_filter() {
         .expect("refused");
     assert_eq!(err.kind, bus::BusErrorKind::Config);
 }
+
+/// Acknowledgements are committed in groups: hundreds acked at once from
+/// many tasks all return, each once written — none is redelivered after a
+/// restart, and the bus's database ran far fewer transactions than acks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_acks_are_committed_together_and_each_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bus.db");
+    let mut config = ConsumerConfig::new("c", "t.a");
+    config.ack_wait = Duration::from_millis(300);
+    let n = 600;
+    {
+        let bus = EmbeddedBus::open(&path).await.unwrap();
+        let mut sub = bus.subscribe(config.clone()).await.unwrap();
+        let batch: Vec<Message> = (0..n).map(|i| msg(&format!("m{i}"))).collect();
+        bus.publish_batch(batch).await.unwrap();
+        let mut deliveries = Vec::new();
+        while deliveries.len() < n {
+            deliveries.push(next_within(&mut sub, Duration::from_secs(5)).await.unwrap());
+        }
+        let before = bus.database_transactions();
+        let acks: Vec<_> = deliveries
+            .into_iter()
+            .map(|d| tokio::spawn(async move { d.ack().await }))
+            .collect();
+        for a in acks {
+            a.await.unwrap().unwrap();
+        }
+        let transactions = bus.database_transactions() - before;
+        assert!(
+            transactions < n as u64 / 4,
+            "{n} acks took {transactions} transactions"
+        );
+    }
+    // After a restart and past the ack wait, nothing comes back.
+    let bus = EmbeddedBus::open(&path).await.unwrap();
+    let mut sub = bus.subscribe(config).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        next_within(&mut sub, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "an acknowledged message was delivered again"
+    );
+}

@@ -33,6 +33,8 @@ pub struct Db {
     not_ready: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     /// Transactions submitted and not yet finished (running or queued).
     in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Transactions started since the handle was opened.
+    started: std::sync::Arc<std::sync::atomic::AtomicU64>,
     connections: usize,
 }
 
@@ -43,6 +45,8 @@ pub struct DbStats {
     pub connections: usize,
     /// Transactions running or waiting for a connection.
     pub in_flight: usize,
+    /// Transactions started since the handle was opened (reads included).
+    pub transactions: u64,
 }
 
 /// Counts a transaction as in flight until dropped (also on panic).
@@ -72,6 +76,7 @@ impl Db {
             backend,
             not_ready: Default::default(),
             in_flight: Default::default(),
+            started: Default::default(),
             connections: 1,
         };
         db.migrate(migrations).await?;
@@ -97,6 +102,7 @@ impl Db {
             backend: Engine::Postgres(postgres::PgDb::new(url, max_connections)?),
             not_ready: Default::default(),
             in_flight: Default::default(),
+            started: Default::default(),
             connections: max_connections.max(1),
         })
     }
@@ -183,6 +189,7 @@ impl Db {
         DbStats {
             connections: self.connections,
             in_flight: self.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+            transactions: self.started.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -193,6 +200,8 @@ impl Db {
         F: FnOnce(&mut dyn Conn) -> Result<T, E> + Send + 'static,
     {
         self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.started
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _in_flight = InFlight(self.in_flight.clone());
         match &self.backend {
