@@ -44,7 +44,7 @@ TICKETING_SERVICES=gateway PORT=$gw_port AUTH_URL=${url[auth]} TICKETS_URL=${url
   "$BIN/ticketing" run --data-dir "$work/gateway" 2>>"$work/services.log" &
 pids+=($!)
 wait_ready "http://127.0.0.1:$gw_port"
-scenario=${1:-purchase}
-shift || true
+scenario=purchase
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then scenario=$1; shift; fi
 "$BIN/loadgen" "$scenario" --url "http://127.0.0.1:$gw_port" \
   --metrics-url "${url[expiration]}/metrics" "$@"

@@ -44,7 +44,7 @@ use crate::report::{Comparison, Figure};
 pub struct Args {
     /// nats: JetStream and PostgreSQL; embedded: the embedded bus and SQLite.
     #[arg(long, default_value = "nats")]
-    bus: String,
+    pub bus: String,
     /// Messages per transport round.
     #[arg(long, default_value_t = 20_000)]
     messages: usize,

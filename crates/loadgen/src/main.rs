@@ -334,7 +334,7 @@ async fn events_report(args: &events::Args, json: bool) -> Result<bool, String> 
     let started = Instant::now();
     let (comparisons, figures) = events::run(args).await?;
     let report = Report {
-        scenario: format!("events ({})", args_bus(args)),
+        scenario: format!("events ({})", args.bus),
         target: "in process".into(),
         settings: json!(format!("{args:?}")),
         measured_seconds: started.elapsed().as_secs_f64(),
@@ -346,15 +346,6 @@ async fn events_report(args: &events::Args, json: bool) -> Result<bool, String> 
     };
     emit(&report, json);
     Ok(true)
-}
-
-fn args_bus(args: &events::Args) -> String {
-    format!("{args:?}")
-        .split("bus: \"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .unwrap_or("nats")
-        .to_owned()
 }
 
 /// Starts the binary `runs` times on fresh data directories: time from

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use shared::time::Timestamp;
 
-use crate::api::{Answer, Api, User};
+use crate::api::{Api, User};
 use crate::drive::{self, Flow, Load};
 use crate::report::{Check, Comparison, Figure};
 use crate::stats::Recorder;
@@ -31,10 +31,6 @@ impl Outcome {
             figures: Vec::new(),
         }
     }
-}
-
-fn ok_status(a: &Answer) -> Option<u16> {
-    a.status
 }
 
 /// No answer was a server error (5xx) or went unanswered.
@@ -76,11 +72,11 @@ pub async fn browse(
         async move {
             if list_every > 0 && n % list_every == 0 {
                 let res = api.get("/api/tickets?limit=50", None).await;
-                rec.record("list", due, ok_status(&res), res.is(200));
+                rec.record("list", due, res.status, res.is(200));
             } else {
                 let id = &ids[(n as usize) % ids.len()];
                 let res = api.get(&format!("/api/tickets/{id}"), None).await;
-                rec.record("show", due, ok_status(&res), res.is(200));
+                rec.record("show", due, res.status, res.is(200));
             }
             Flow::Continue
         }

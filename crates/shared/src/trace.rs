@@ -80,10 +80,7 @@ impl TraceContext {
     /// The span of a request with these headers: a child of the caller's
     /// `traceparent`, or the root of a new trace.
     pub fn from_headers(headers: &axum::http::HeaderMap) -> Self {
-        headers
-            .get(TRACEPARENT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(TraceContext::parse)
+        Self::parent_from_headers(headers)
             .map(|t| t.child())
             .unwrap_or_else(TraceContext::new_root)
     }

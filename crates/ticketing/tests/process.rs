@@ -582,3 +582,25 @@ async fn an_unpaid_order_is_one_exported_trace_from_the_request_through_the_time
     }
     p.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_collector_that_is_down_costs_no_request_and_the_process_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 9: every export fails.
+    let env = [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://127.0.0.1:9".to_owned(),
+        ),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50".to_owned()),
+    ];
+    let p = Proc::start_with(free_port(), dir.path(), 60, &env).await;
+    let seller = User::sign_up(&p, "seller@example.com").await;
+    for i in 0..5 {
+        seller.sell(&format!("Show {i}"), 10.0).await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    let listed: Vec<Value> = serde_json::from_value(seller.get("/api/tickets").await).unwrap();
+    assert_eq!(listed.len(), 5);
+    p.stop();
+}
