@@ -133,6 +133,54 @@ pub async fn a_new_durable_replays_the_stream_from_the_first_message_in_order(en
     }
 }
 
+/// A read model rebuilding itself: after a rewind the durable hands out its
+/// subject's whole history again, in order, then what comes next. A durable
+/// that does not exist is no error.
+pub async fn a_rewound_durable_replays_the_stream_from_the_first_message(env: Env) {
+    env.bus
+        .rewind(&env.config("never-made", "a"))
+        .await
+        .expect("rewinding a durable that does not exist");
+    let config = env.config("rebuild", "a");
+    let mut sub = env.bus.subscribe(config.clone()).await.unwrap();
+    for i in 0..3 {
+        env.bus
+            .publish(msg(env.subject("a"), &format!("m{i}"), "x"))
+            .await
+            .unwrap();
+    }
+    env.bus
+        .publish(msg(env.subject("b"), "other", "x"))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        next_within(&mut sub, SOON)
+            .await
+            .expect("message")
+            .ack()
+            .await
+            .unwrap();
+    }
+    drop(sub);
+    env.bus.rewind(&config).await.expect("rewind");
+    env.bus
+        .publish(msg(env.subject("a"), "m3", "x"))
+        .await
+        .unwrap();
+    let mut again = env.bus.subscribe(config).await.unwrap();
+    for i in 0..4 {
+        let d = next_within(&mut again, SOON)
+            .await
+            .expect("the history again");
+        assert_eq!(d.message.id, format!("m{i}"));
+        d.ack().await.unwrap();
+    }
+    assert!(
+        next_within(&mut again, QUIET).await.is_none(),
+        "more than the history came back"
+    );
+}
+
 /// A member that goes away may leave a pull request behind on a broker; a
 /// message it strands is delivered again within the ack wait, so the wait
 /// for the new message covers the ack wait.
@@ -429,6 +477,7 @@ macro_rules! bus_contract_tests {
             a_message_id_seen_before_is_not_stored_twice,
             a_new_durable_replays_the_stream_from_the_first_message_in_order,
             a_durable_resumes_where_it_left_off,
+            a_rewound_durable_replays_the_stream_from_the_first_message,
             consumers_see_only_subjects_their_filter_matches,
             every_durable_gets_every_message,
             members_of_one_durable_share_the_messages_without_duplicates,

@@ -414,6 +414,39 @@ impl Bus for EmbeddedBus {
         })
     }
 
+    fn rewind(&self, config: &ConsumerConfig) -> crate::BoxFuture<'_, Result<(), BusError>> {
+        let name = config.durable.clone();
+        Box::pin(async move {
+            let Some(filter) = lock(&self.inner.consumers)
+                .get(&name)
+                .map(|d| d.filter.clone())
+            else {
+                return Ok(());
+            };
+            let now = self.inner.clock.now().millis();
+            self.inner
+                .db
+                .write(move |c| -> Result<(), BusError> {
+                    // Everything its filter matches is pending again, undelivered.
+                    c.execute("DELETE FROM pending WHERE consumer = $1", &[&name])?;
+                    for row in c.query("SELECT seq, subject FROM messages ORDER BY seq", &[])? {
+                        let (seq, subj): (i64, String) = (row.get(0)?, row.get(1)?);
+                        if subject::matches(&filter, &subj) {
+                            c.execute(
+                                "INSERT INTO pending (consumer, seq, deliveries, visible_at)
+                                 VALUES ($1, $2, 0, $3)",
+                                &[&name, &seq, &now],
+                            )?;
+                        }
+                    }
+                    Ok(())
+                })
+                .await?;
+            self.inner.wake.notify_waiters();
+            Ok(())
+        })
+    }
+
     fn parked(&self, durable: &str) -> crate::BoxFuture<'_, Result<Vec<ParkedMessage>, BusError>> {
         let durable = durable.to_owned();
         Box::pin(async move {

@@ -155,6 +155,15 @@ pub trait Bus: Send + Sync + 'static {
     /// Joins (creating if needed) the durable consumer `config.durable`.
     fn subscribe(&self, config: ConsumerConfig) -> BoxFuture<'_, Result<Subscription, BusError>>;
 
+    /// Makes the durable consumer `config.durable` start over: its next
+    /// subscriber is given its subject's history again from the first
+    /// message, as if the durable were new (a read model rebuilding itself
+    /// from the stream). A consumer that does not exist yet is left alone
+    /// (it will start from the first message anyway); one that exists keeps
+    /// the settings it has. Meant for before a service's listeners join:
+    /// members subscribed meanwhile may be cut off or see messages twice.
+    fn rewind(&self, config: &ConsumerConfig) -> BoxFuture<'_, Result<(), BusError>>;
+
     /// Messages parked on a durable consumer.
     fn parked(&self, durable: &str) -> BoxFuture<'_, Result<Vec<ParkedMessage>, BusError>>;
 

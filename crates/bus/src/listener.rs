@@ -112,6 +112,8 @@ struct Member {
     options: ListenerOptions,
     shutdown: Shutdown,
     gate: Option<store::Db>,
+    /// Joins its consumer only once this says `true`.
+    after: Option<tokio::sync::watch::Receiver<bool>>,
     health: ListenerHealth,
 }
 
@@ -176,6 +178,7 @@ where
         options,
         mut shutdown,
         gate,
+        after,
         health,
     } = member;
     let config = ConsumerConfig {
@@ -187,6 +190,12 @@ where
     if let Some(db) = gate {
         tokio::select! {
             _ = db.wait_ready() => {}
+            _ = shutdown.wait() => return,
+        }
+    }
+    if let Some(mut after) = after {
+        tokio::select! {
+            r = after.wait_for(|go| *go) => if r.is_err() { return },
             _ = shutdown.wait() => return,
         }
     }
@@ -443,6 +452,7 @@ impl Listeners {
                 options,
                 shutdown,
                 gate: None,
+                after: None,
                 health: ListenerHealth::default(),
             },
             tasks: Vec::new(),
@@ -463,6 +473,15 @@ impl Listeners {
     /// they join their consumers.
     pub fn gated_on(mut self, db: store::Db) -> Self {
         self.member.gate = Some(db);
+        self
+    }
+
+    /// Listeners added after this join their consumers only once `go`
+    /// says `true` (a service that prepares its consumers first, such as a
+    /// read model rewinding them to rebuild). Dropping the sender without
+    /// saying `true` keeps them out for good.
+    pub fn after(mut self, go: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.member.after = Some(go);
         self
     }
 
@@ -493,8 +512,8 @@ impl Listeners {
             declared.sort_unstable();
             assert_eq!(
                 registered, declared,
-                "{} registers listeners for {registered:?} but shared::events::CATALOGUE \
-                 says it consumes {declared:?}",
+                "{} registers listeners for {registered:?} but its entry in the event \
+                 catalogue says it consumes {declared:?}",
                 self.member.service
             );
         }

@@ -244,11 +244,11 @@ impl Outbox {
                 if !declared.contains(&s.as_str()) {
                     tracing::error!(
                         service = self.inner.service, subject = %s,
-                        "published a subject its entry in shared::events::CATALOGUE does not declare"
+                        "published a subject its entry in the event catalogue does not declare"
                     );
                     debug_assert!(
                         false,
-                        "{} published {s}, which shared::events::CATALOGUE does not declare",
+                        "{} published {s}, which its entry in the event catalogue does not declare",
                         self.inner.service
                     );
                 }

@@ -67,6 +67,9 @@ impl Deps {
 
     /// What every publishing service starts with: its database, its outbox
     /// and the relay that publishes it.
+    ///
+    /// For the marketplace's services, whose entries are in
+    /// `shared::events::CATALOGUE`.
     pub async fn open_service(
         &self,
         service: &'static str,
@@ -77,6 +80,18 @@ impl Deps {
                 "{service} is not in shared::events::CATALOGUE: say what it publishes and consumes"
             )
         });
+        self.open_service_with(events, migrations).await
+    }
+
+    /// [`Deps::open_service`] for a service of any product: `events` is its
+    /// entry in that product's event catalogue (what it publishes and
+    /// consumes), held to as the marketplace's are.
+    pub async fn open_service_with(
+        &self,
+        events: &'static shared::events::ServiceEvents,
+        migrations: &'static [Migration],
+    ) -> Result<ServiceBase, store::StoreError> {
+        let service = events.service;
         let db = self.open_db(service, migrations).await?;
         let pool = db.clone();
         shared::metrics::collect(format!("db {service}"), move || {
@@ -88,7 +103,13 @@ impl Deps {
             ]
         });
         let outbox = Outbox::new(db.clone(), service).declaring(events.publishes);
-        let relay = outbox.spawn_relay(self.bus.clone(), self.shutdown.clone());
+        // A service that publishes nothing (a read model) has no outbox
+        // table and no relay.
+        let tasks = if events.publishes.is_empty() {
+            Vec::new()
+        } else {
+            vec![outbox.spawn_relay(self.bus.clone(), self.shutdown.clone())]
+        };
         Ok(ServiceBase {
             name: service,
             events,
@@ -97,7 +118,7 @@ impl Deps {
             bus: self.bus.clone(),
             shutdown: self.shutdown.clone(),
             listener_health: ListenerHealth::default(),
-            tasks: vec![relay],
+            tasks,
         })
     }
 }
@@ -116,6 +137,11 @@ pub struct ServiceBase {
 }
 
 impl ServiceBase {
+    /// The bus the service publishes and consumes on.
+    pub fn bus(&self) -> Arc<dyn Bus> {
+        self.bus.clone()
+    }
+
     /// The service's listeners: they start once its schema is ready, and
     /// whether they have joined their consumers is part of its readiness.
     pub fn listeners(&self, options: ListenerOptions) -> Listeners {
@@ -134,8 +160,13 @@ impl ServiceBase {
             name: self.name,
             router,
             ready_checks: {
-                let mut checks =
-                    standard_checks(self.name, self.db, self.bus.clone(), Some(self.outbox));
+                let publishes = !self.events.publishes.is_empty();
+                let mut checks = standard_checks(
+                    self.name,
+                    self.db,
+                    self.bus.clone(),
+                    publishes.then_some(self.outbox),
+                );
                 let (bus, publishes) = (self.bus.clone(), self.events.publishes);
                 checks.push((
                     format!("{} streams", self.name),

@@ -26,9 +26,11 @@ pub const EVENT_TYPE_HEADER: &str = "Ticketing-Event";
 /// Header carrying the event's schema version.
 pub const SCHEMA_VERSION_HEADER: &str = "Ticketing-Schema";
 
+/// Binds an event type to its subject: `shared::event!(PostCreated, "post.created");`.
+#[macro_export]
 macro_rules! event {
     ($ty:ident, $subject:literal) => {
-        impl Event for $ty {
+        impl $crate::events::Event for $ty {
             const SUBJECT: &'static str = $subject;
         }
     };
@@ -115,7 +117,7 @@ pub struct UserCreated {
     pub id: UserId,
     pub email: String,
 }
-event!(UserCreated, "user.created");
+crate::event!(UserCreated, "user.created");
 
 /// `ticket.created`: tickets, on create.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -127,7 +129,7 @@ pub struct TicketCreated {
     pub price_cents: Money,
     pub user_id: UserId,
 }
-event!(TicketCreated, "ticket.created");
+crate::event!(TicketCreated, "ticket.created");
 
 /// `ticket.updated`: tickets, on edit, reserve, release and sale.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -141,7 +143,7 @@ pub struct TicketUpdated {
     pub order_id: Option<OrderId>,
     pub status: TicketStatus,
 }
-event!(TicketUpdated, "ticket.updated");
+crate::event!(TicketUpdated, "ticket.updated");
 
 /// The ticket as an `order.created` event carries it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -168,7 +170,7 @@ pub struct OrderCreated {
     pub expires_at: Timestamp,
     pub ticket: OrderTicket,
 }
-event!(OrderCreated, "order.created");
+crate::event!(OrderCreated, "order.created");
 
 /// `order.cancelled`: orders, on cancel or expiry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -177,7 +179,7 @@ pub struct OrderCancelled {
     pub version: i64,
     pub ticket: TicketRef,
 }
-event!(OrderCancelled, "order.cancelled");
+crate::event!(OrderCancelled, "order.cancelled");
 
 /// `order.completed`: orders, when paid.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -186,7 +188,7 @@ pub struct OrderCompleted {
     pub version: i64,
     pub ticket: TicketRef,
 }
-event!(OrderCompleted, "order.completed");
+crate::event!(OrderCompleted, "order.completed");
 
 /// `expiration.complete`: expiration, when an order's timer fires.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -194,7 +196,7 @@ event!(OrderCompleted, "order.completed");
 pub struct ExpirationComplete {
     pub order_id: OrderId,
 }
-event!(ExpirationComplete, "expiration.complete");
+crate::event!(ExpirationComplete, "expiration.complete");
 
 /// `payment.created`: payments, after a successful charge.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -205,7 +207,7 @@ pub struct PaymentCreated {
     pub charge_id: String,
     pub amount_cents: Money,
 }
-event!(PaymentCreated, "payment.created");
+crate::event!(PaymentCreated, "payment.created");
 
 /// `payment.refunded`: payments, when a charge is refunded because its order
 /// was cancelled first.
@@ -217,7 +219,7 @@ pub struct PaymentRefunded {
     pub refund_id: String,
     pub amount_cents: Money,
 }
-event!(PaymentRefunded, "payment.refunded");
+crate::event!(PaymentRefunded, "payment.refunded");
 
 /// Every subject, for catalogues and stream definitions.
 pub const ALL_SUBJECTS: &[&str] = &[

@@ -115,6 +115,16 @@ impl<'a> Fields<'a> {
         Some(s)
     }
 
+    /// A required string of 1 to `max` characters after trimming, trimmed.
+    pub fn text(&mut self, field: &str, label: &str, max: usize) -> Option<&'a str> {
+        let s = self.non_empty(field, label)?.trim();
+        if s.chars().count() > max {
+            self.fail(field, format!("{label} must be at most {max} characters"));
+            return None;
+        }
+        Some(s)
+    }
+
     pub fn fail(&mut self, field: &str, message: impl Into<String>) {
         self.errors.push(FieldError::new(field, message));
     }

@@ -1,36 +1,37 @@
 //! Opaque identifiers: UUIDv7 (time-ordered), parsed at the edge.
 
-use serde::{Deserialize, Serialize};
-use store::{FromValue, StoreError, StoreErrorKind, ToValue, Value};
-use uuid::Uuid;
-
+/// Declares an opaque UUIDv7 identifier type: serde as its text form, a
+/// JSON Schema of a uuid string, and stored as TEXT. For other crates too
+/// (`shared::id_type!(/** A post. */ PostId);`): they need `serde`, `uuid`,
+/// `schemars` and `store` as dependencies.
+#[macro_export]
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ::serde::Serialize, ::serde::Deserialize)]
         #[serde(transparent)]
-        pub struct $name(Uuid);
+        pub struct $name(::uuid::Uuid);
 
         impl $name {
             /// A fresh id; ids made later sort after earlier ones.
             #[allow(clippy::new_without_default)]
             pub fn new() -> Self {
-                $name(Uuid::now_v7())
+                $name(::uuid::Uuid::now_v7())
             }
 
             /// Parses the canonical text form; anything else is `None`.
             pub fn parse(s: &str) -> Option<Self> {
-                Uuid::try_parse(s).ok().map($name)
+                ::uuid::Uuid::try_parse(s).ok().map($name)
             }
         }
 
-        impl schemars::JsonSchema for $name {
-            fn schema_name() -> std::borrow::Cow<'static, str> {
+        impl ::schemars::JsonSchema for $name {
+            fn schema_name() -> ::std::borrow::Cow<'static, str> {
                 stringify!($name).into()
             }
 
-            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-                schemars::json_schema!({ "type": "string", "format": "uuid" })
+            fn json_schema(_: &mut ::schemars::SchemaGenerator) -> ::schemars::Schema {
+                ::schemars::json_schema!({ "type": "string", "format": "uuid" })
             }
 
             fn inline_schema() -> bool {
@@ -38,34 +39,34 @@ macro_rules! id_type {
             }
         }
 
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 self.0.hyphenated().fmt(f)
             }
         }
 
-        impl ToValue for $name {
-            fn to_value(&self) -> Value {
-                Value::Text(self.to_string())
+        impl ::store::ToValue for $name {
+            fn to_value(&self) -> ::store::Value {
+                ::store::Value::Text(self.to_string())
             }
         }
 
-        impl FromValue for $name {
-            fn from_value(value: &Value) -> Result<Self, StoreError> {
-                let s = String::from_value(value)?;
+        impl ::store::FromValue for $name {
+            fn from_value(value: &::store::Value) -> Result<Self, ::store::StoreError> {
+                let s = <String as ::store::FromValue>::from_value(value)?;
                 $name::parse(&s).ok_or_else(|| {
-                    StoreError::new(StoreErrorKind::Decode, format!("bad id {s:?}"))
+                    ::store::StoreError::new(::store::StoreErrorKind::Decode, format!("bad id {s:?}"))
                 })
             }
         }
     };
 }
 
-id_type!(/** A user account. */ UserId);
-id_type!(/** A listed ticket. */ TicketId);
-id_type!(/** A buyer's order. */ OrderId);
-id_type!(/** A recorded payment. */ PaymentId);
-id_type!(/** An event; also the bus's de-duplication id. */ EventId);
+crate::id_type!(/** A user account. */ UserId);
+crate::id_type!(/** A listed ticket. */ TicketId);
+crate::id_type!(/** A buyer's order. */ OrderId);
+crate::id_type!(/** A recorded payment. */ PaymentId);
+crate::id_type!(/** An event; also the bus's de-duplication id. */ EventId);
 
 #[cfg(test)]
 mod tests {

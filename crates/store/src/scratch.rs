@@ -40,6 +40,18 @@ impl ScratchSchema {
         })
     }
 
+    /// Empties the schema: every table in it is dropped (a database lost).
+    pub async fn wipe(&self) -> Result<(), StoreError> {
+        let client = connect(&self.base).await?;
+        client
+            .batch_execute(&format!(
+                "DROP SCHEMA {0} CASCADE; CREATE SCHEMA {0}",
+                self.name
+            ))
+            .await?;
+        Ok(())
+    }
+
     /// Leaves the schema in place when this value is dropped.
     pub fn keep(&mut self) {
         self.keep = true;

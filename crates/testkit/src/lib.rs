@@ -46,8 +46,23 @@ pub struct TestApp {
 /// The services' databases and bus when tests run on the engines.
 pub struct Engines {
     nats: NatsServer,
+    product: Product,
     schemas: Vec<store::testing::PgSchema>,
 }
+
+/// What a product's services need on the engines: their names (a
+/// PostgreSQL schema each) and their streams.
+#[derive(Clone, Copy)]
+pub struct Product {
+    pub services: &'static [&'static str],
+    pub streams: fn() -> bus::jetstream::provision::Spec,
+}
+
+/// The ticket marketplace: its five services and `deploy/streams.yaml`.
+pub const MARKETPLACE: Product = Product {
+    services: &SERVICES,
+    streams: bus::jetstream::provision::Spec::builtin,
+};
 
 /// A stopped app's state, to start it again (a restart).
 pub struct Stopped {
@@ -63,9 +78,9 @@ pub fn on_engines() -> bool {
 const SERVICES: [&str; 5] = ["auth", "tickets", "orders", "expiration", "payments"];
 
 impl Engines {
-    async fn start(dir: &std::path::Path) -> Engines {
+    async fn start(dir: &std::path::Path, product: Product) -> Engines {
         let mut schemas = Vec::new();
-        for _ in SERVICES {
+        for _ in product.services {
             schemas.push(
                 store::testing::postgres_schema()
                     .await
@@ -77,15 +92,21 @@ impl Engines {
         let nats = NatsServer::start(&binary, &dir.join("nats"), Logs::Inherit)
             .expect("TICKETING_TEST_ON_ENGINES=1 needs nats-server");
         let js = nats.jetstream().await.expect("nats-server up");
-        bus::jetstream::provision_builtin(&js.client())
+        bus::jetstream::provision_spec(&js.client(), &(product.streams)())
             .await
             .expect("streams");
-        Engines { nats, schemas }
+        Engines {
+            nats,
+            product,
+            schemas,
+        }
     }
 
     fn databases(&self) -> Databases {
         Databases::Postgres {
-            urls: SERVICES
+            urls: self
+                .product
+                .services
                 .iter()
                 .zip(&self.schemas)
                 .map(|(s, schema)| ((*s).to_owned(), schema.url.clone()))
@@ -95,9 +116,49 @@ impl Engines {
     }
 }
 
+impl Stopped {
+    /// Loses `service`'s database, as a wiped disk would: its SQLite file,
+    /// or every table of its PostgreSQL schema.
+    pub async fn wipe(&self, service: &str) {
+        match &self.engines {
+            None => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let path = self.dir.path().join(format!("{service}.db{suffix}"));
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => panic!("cannot remove {}: {e}", path.display()),
+                    }
+                }
+            }
+            Some(engines) => {
+                let i = engines
+                    .product
+                    .services
+                    .iter()
+                    .position(|s| *s == service)
+                    .unwrap_or_else(|| panic!("no service {service}"));
+                engines.schemas[i].wipe().await.expect("wipe the schema");
+            }
+        }
+    }
+}
+
 impl TestApp {
-    /// Starts the services `start` returns, in a fresh data directory.
+    /// Starts the marketplace services `start` returns, in a fresh data
+    /// directory.
     pub async fn spawn<F, Fut, E>(start: F) -> TestApp
+    where
+        F: FnOnce(Deps) -> Fut,
+        Fut: Future<Output = Result<Vec<Running>, E>>,
+        E: std::fmt::Debug,
+    {
+        Self::spawn_for(MARKETPLACE, start).await
+    }
+
+    /// Starts services of `product` that `start` returns, in a fresh data
+    /// directory.
+    pub async fn spawn_for<F, Fut, E>(product: Product, start: F) -> TestApp
     where
         F: FnOnce(Deps) -> Fut,
         Fut: Future<Output = Result<Vec<Running>, E>>,
@@ -105,7 +166,7 @@ impl TestApp {
     {
         let dir = tempfile::tempdir().expect("temp dir");
         let engines = if on_engines() {
-            Some(Engines::start(dir.path()).await)
+            Some(Engines::start(dir.path(), product).await)
         } else {
             None
         };

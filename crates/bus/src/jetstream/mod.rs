@@ -43,14 +43,19 @@ pub const PARKED_STREAM: &str = "PARKED";
 /// (`deploy/streams.yaml`), as `ticketing streams apply` does. Services never
 /// call this; drills, benchmarks and tests do.
 pub async fn provision_builtin(client: &async_nats::Client) -> Result<(), BusError> {
-    provision::apply(
-        client,
-        &provision::Spec::builtin(),
-        &provision::Options::default(),
-    )
-    .await
-    .map(|_| ())
-    .map_err(|e| unavailable(format!("provisioning streams: {e}")))
+    provision_spec(client, &provision::Spec::builtin()).await
+}
+
+/// Makes the server's streams and consumers match `spec` (another
+/// product's, say), creating and updating only.
+pub async fn provision_spec(
+    client: &async_nats::Client,
+    spec: &provision::Spec,
+) -> Result<(), BusError> {
+    provision::apply(client, spec, &provision::Options::default())
+        .await
+        .map(|_| ())
+        .map_err(|e| unavailable(format!("provisioning streams: {e}")))
 }
 
 struct Inner {
@@ -393,6 +398,52 @@ impl Bus for JetStreamBus {
                 }
             }
             Ok(out)
+        })
+    }
+
+    /// JetStream has no way to move a durable's ack floor back, so the
+    /// consumer is deleted and created again with the configuration the
+    /// server had for it (the provisioning tool's marks included).
+    fn rewind(&self, config: &ConsumerConfig) -> crate::BoxFuture<'_, Result<(), BusError>> {
+        let (filter, durable) = (config.filter_subject.clone(), config.durable.clone());
+        Box::pin(async move {
+            let stream_name = self
+                .inner
+                .js
+                .stream_by_subject(filter.clone())
+                .await
+                .map_err(|e| {
+                    BusError::new(
+                        BusErrorKind::StreamMissing,
+                        format!("no stream for {filter}: {e}"),
+                    )
+                })?;
+            let stream = self
+                .inner
+                .js
+                .get_stream(&stream_name)
+                .await
+                .map_err(unavailable)?;
+            let info = match stream.consumer_info(&durable).await {
+                Ok(info) => info,
+                Err(e)
+                    if e.kind()
+                        == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound =>
+                {
+                    return Ok(());
+                }
+                Err(e) => return Err(unavailable(format!("consumer {durable}: {e}"))),
+            };
+            stream
+                .delete_consumer(&durable)
+                .await
+                .map_err(|e| unavailable(format!("deleting consumer {durable}: {e}")))?;
+            stream
+                .create_consumer(info.config.clone())
+                .await
+                .map_err(|e| unavailable(format!("recreating consumer {durable}: {e}")))?;
+            tracing::info!(stream = %stream_name, %durable, "consumer rewound to the stream's first message");
+            Ok(())
         })
     }
 

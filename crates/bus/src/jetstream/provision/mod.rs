@@ -1101,6 +1101,94 @@ pub fn owners(spec: &Spec) -> BTreeMap<String, Vec<String>> {
     out
 }
 
+/// Whether `spec` and a product's event catalogue agree: every subject a
+/// service publishes is held by a stream that service owns, every subject
+/// it consumes has its durable consumer (named as the listeners name it,
+/// with their ack wait and delivery limit, delivering all, acking
+/// explicitly), the spec declares no consumer the code does not run, and
+/// parked messages have their stream. `Err` lists every disagreement.
+pub fn check_catalogue(
+    spec: &Spec,
+    catalogue: &[shared::events::ServiceEvents],
+) -> Result<(), Vec<String>> {
+    use crate::listener::{ListenerOptions, durable_name};
+    let defaults = ListenerOptions::default();
+    let mut problems = Vec::new();
+    let mut expected = Vec::new();
+    for service in catalogue {
+        let name = service.service;
+        for subject in service.publishes {
+            match spec.stream_for_subject(subject) {
+                None => problems.push(format!(
+                    "{name} publishes {subject}; no stream in the spec holds it"
+                )),
+                Some(stream) if stream.owner != name => problems.push(format!(
+                    "stream {} holds {subject}, published by {name}, but is owned by {}",
+                    stream.name, stream.owner
+                )),
+                Some(_) => {}
+            }
+        }
+        for subject in service.consumes {
+            let Some(stream) = spec.stream_for_subject(subject) else {
+                problems.push(format!(
+                    "{name} consumes {subject}; no stream in the spec holds it"
+                ));
+                continue;
+            };
+            let durable = durable_name(name, subject);
+            expected.push((stream.name.clone(), durable.clone()));
+            let Some(c) = spec.consumer(&stream.name, &durable) else {
+                problems.push(format!(
+                    "{name} consumes {subject}; the spec has no consumer {} > {durable}",
+                    stream.name
+                ));
+                continue;
+            };
+            let mut differs = |what: &str, ok: bool| {
+                if !ok {
+                    problems.push(format!(
+                        "consumer {durable}: {what} differs from the code's"
+                    ));
+                }
+            };
+            differs("owner", c.owner == name);
+            differs("filter_subject", c.filter_subject == *subject);
+            differs("ack_wait", c.ack_wait == defaults.ack_wait);
+            differs(
+                "max_deliver",
+                c.max_deliver == i64::from(defaults.max_deliver),
+            );
+            differs(
+                "deliver_policy",
+                c.deliver_policy == spec::DeliverPolicy::All,
+            );
+            differs("ack_policy", c.ack_policy == spec::AckPolicy::Explicit);
+        }
+    }
+    for c in &spec.consumers {
+        if !expected.contains(&(c.stream.clone(), c.name.clone())) {
+            problems.push(format!(
+                "the spec declares consumer {} > {}, which no service runs",
+                c.stream, c.name
+            ));
+        }
+    }
+    match spec.stream_for_subject(&format!("{}.x", crate::jetstream::PARKED_PREFIX)) {
+        Some(s) if s.name == crate::jetstream::PARKED_STREAM => {}
+        _ => problems.push(format!(
+            "no stream {} holds parked messages ({}.>)",
+            crate::jetstream::PARKED_STREAM,
+            crate::jetstream::PARKED_PREFIX
+        )),
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1127,70 +1215,29 @@ mod tests {
         assert_eq!(recorded_owner(&c).as_deref(), Some("orders"));
     }
 
-    /// The spec and the code's event catalogue agree: every subject a
-    /// service publishes is held by a stream that service owns, every
-    /// subject it consumes has its durable consumer (named as the listeners
-    /// name it, with their ack wait and delivery limit), and the spec
-    /// declares no consumer the code does not run.
     #[test]
     fn the_builtin_spec_declares_what_the_services_publish_and_consume() {
-        use crate::listener::{ListenerOptions, durable_name};
-        let spec = Spec::builtin();
-        let defaults = ListenerOptions::default();
-        let mut expected = Vec::new();
-        for service in shared::events::CATALOGUE {
-            for subject in service.publishes {
-                let stream = spec.stream_for_subject(subject).unwrap_or_else(|| {
-                    panic!(
-                        "{} publishes {subject}; no stream in the spec holds it",
-                        service.service
-                    )
-                });
-                assert_eq!(
-                    stream.owner, service.service,
-                    "stream {} holds {subject}, published by {}",
-                    stream.name, service.service
-                );
-            }
-            for subject in service.consumes {
-                let stream = spec.stream_for_subject(subject).unwrap_or_else(|| {
-                    panic!(
-                        "{} consumes {subject}; no stream in the spec holds it",
-                        service.service
-                    )
-                });
-                let name = durable_name(service.service, subject);
-                let c = spec.consumer(&stream.name, &name).unwrap_or_else(|| {
-                    panic!(
-                        "{} consumes {subject}; the spec has no consumer {} > {name}",
-                        service.service, stream.name
-                    )
-                });
-                assert_eq!(c.owner, service.service, "{name}");
-                assert_eq!(c.filter_subject, *subject, "{name}");
-                assert_eq!(c.ack_wait, defaults.ack_wait, "{name}: ack_wait");
-                assert_eq!(
-                    c.max_deliver,
-                    i64::from(defaults.max_deliver),
-                    "{name}: max_deliver"
-                );
-                assert_eq!(c.deliver_policy, spec::DeliverPolicy::All, "{name}");
-                assert_eq!(c.ack_policy, spec::AckPolicy::Explicit, "{name}");
-                expected.push((stream.name.clone(), name));
-            }
+        if let Err(problems) = check_catalogue(&Spec::builtin(), shared::events::CATALOGUE) {
+            panic!("{}", problems.join("\n"));
         }
-        for c in &spec.consumers {
-            assert!(
-                expected.contains(&(c.stream.clone(), c.name.clone())),
-                "the spec declares consumer {} > {}, which no service runs",
-                c.stream,
-                c.name
-            );
-        }
-        let parked = spec
-            .stream_for_subject(&format!("{}.x", crate::jetstream::PARKED_PREFIX))
-            .expect("a stream for parked messages");
-        assert_eq!(parked.name, crate::jetstream::PARKED_STREAM);
+    }
+
+    #[test]
+    fn a_spec_missing_a_consumer_or_declaring_a_stray_one_disagrees() {
+        let mut spec = Spec::builtin();
+        let removed = spec.consumers.remove(0);
+        let mut stray = spec.consumers[0].clone();
+        stray.name = "nobody-runs-this".into();
+        spec.consumers.push(stray);
+        let problems = check_catalogue(&spec, shared::events::CATALOGUE).unwrap_err();
+        assert!(
+            problems.iter().any(|p| p.contains(&removed.name)),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("nobody-runs-this")),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -1,0 +1,91 @@
+//! The posts service: owns `posts`; `POST /posts {title}` writes one and
+//! publishes `post.created` through its outbox, in the same transaction.
+//! Consumes nothing.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use blog_events::{PostCreated, PostId};
+use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
+use bus::service::{Deps, Running};
+use serde_json::{Value, json};
+use shared::ApiError;
+use shared::http::{Fields, JsonBody};
+use shared::time::Clock;
+use shared::trace::TraceContext;
+use store::Migration;
+
+pub const SERVICE: &str = "posts";
+
+/// The longest title, in characters.
+pub const MAX_TITLE: usize = 200;
+
+pub static MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "posts",
+        sql: "CREATE TABLE posts (
+                  id TEXT PRIMARY KEY,
+                  title TEXT NOT NULL,
+                  created_at BIGINT NOT NULL
+              );",
+    },
+    Migration {
+        version: 2,
+        description: "outbox",
+        sql: OUTBOX_TABLE_SQL,
+    },
+];
+
+#[derive(Clone)]
+struct AppState {
+    outbox: Outbox,
+    clock: Clock,
+}
+
+/// Writes a post; publishes `post.created`.
+async fn create(
+    State(state): State<AppState>,
+    trace: TraceContext,
+    body: JsonBody,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let mut f = Fields::new(&body);
+    let title = f.text("title", "Title", MAX_TITLE).map(str::to_owned);
+    f.finish()?;
+    let event = PostCreated {
+        id: PostId::new(),
+        title: title.expect("validated"),
+    };
+    let now = state.clock.now();
+    let e = event.clone();
+    state
+        .outbox
+        .write(move |c| {
+            c.execute(
+                "INSERT INTO posts (id, title, created_at) VALUES ($1, $2, $3)",
+                &[&e.id, &e.title, &now],
+            )?;
+            bus::outbox::enqueue(c, &e, &trace, now)
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": event.id, "title": event.title })),
+    ))
+}
+
+/// Opens the database and starts the relay; returns the routes.
+pub async fn start(deps: &Deps) -> Result<Running, store::StoreError> {
+    let base = deps
+        .open_service_with(blog_events::service_events(SERVICE), MIGRATIONS)
+        .await?;
+    let state = AppState {
+        outbox: base.outbox.clone(),
+        clock: deps.clock.clone(),
+    };
+    let router = axum::Router::new()
+        .route("/posts", post(create))
+        .with_state(state);
+    Ok(base.running(router, Vec::new()))
+}
