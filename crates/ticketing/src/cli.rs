@@ -29,6 +29,9 @@ pub enum Command {
     /// (deploy/streams.yaml): plan shows the difference, apply makes it so.
     #[command(subcommand)]
     Streams(crate::streams::Streams),
+    /// The blog system (posts, comments, moderation, query and its page) on
+    /// the same library: `ticketing blog` runs it all on one port.
+    Blog(crate::blog::BlogCommand),
     /// Print the event catalogue (every subject, its JSON Schema, publisher,
     /// consumers and stream) or the flow map, generated from the code.
     Events {
@@ -92,6 +95,7 @@ impl Cli {
         let run = match &self.command {
             None => &self.run,
             Some(Command::Run(run)) => run,
+            Some(Command::Blog(blog)) => return blog.service_name(),
             Some(_) => return "ticketing".to_owned(),
         };
         let services: Vec<&str> = run

@@ -105,8 +105,13 @@ fn parse_services(names: &[String]) -> Result<Vec<&'static str>, SettingsError> 
 
 /// The URL of `service`'s own database: `<SERVICE>_DATABASE_URL`, else
 /// `base` itself when it is the only service here, else `base` with the
-/// database name `ticketing_<service>`.
-fn database_url(base: &str, service: &str, alone: bool) -> Result<String, SettingsError> {
+/// database name `<product>_<service>` (`ticketing_orders`, `blog_query`).
+pub(crate) fn database_url(
+    base: &str,
+    product: &str,
+    service: &str,
+    alone: bool,
+) -> Result<String, SettingsError> {
     let var = format!("{}_DATABASE_URL", service.to_ascii_uppercase());
     if let Some(url) = env_var::<String>(&var)? {
         return Ok(url);
@@ -126,7 +131,7 @@ fn database_url(base: &str, service: &str, alone: bool) -> Result<String, Settin
             "DATABASE_URL needs a database name to derive {var} from: {base}"
         )));
     };
-    let mut url = format!("{}/ticketing_{service}", &head[..slash]);
+    let mut url = format!("{}/{product}_{service}", &head[..slash]);
     if let Some(q) = query {
         url.push('?');
         url.push_str(q);
@@ -136,7 +141,7 @@ fn database_url(base: &str, service: &str, alone: bool) -> Result<String, Settin
 
 /// `<services>-<host>`: how this process introduces itself to NATS (the pod
 /// name in Kubernetes, where `HOSTNAME` is the pod name).
-fn connection_name(services: &[&str]) -> String {
+pub(crate) fn connection_name(services: &[&str]) -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.trim().is_empty())
@@ -266,7 +271,10 @@ impl Settings {
             Some(base) => {
                 let mut urls = std::collections::BTreeMap::new();
                 for s in &backends {
-                    urls.insert((*s).to_owned(), database_url(base, s, backends.len() == 1)?);
+                    urls.insert(
+                        (*s).to_owned(),
+                        database_url(base, "ticketing", s, backends.len() == 1)?,
+                    );
                 }
                 bus::service::Databases::Postgres {
                     urls,
@@ -329,18 +337,18 @@ mod tests {
     fn each_service_gets_its_own_database_derived_from_database_url() {
         use super::database_url;
         assert_eq!(
-            database_url("postgres://u@h:5432/app", "orders", true).unwrap(),
+            database_url("postgres://u@h:5432/app", "ticketing", "orders", true).unwrap(),
             "postgres://u@h:5432/app"
         );
         assert_eq!(
-            database_url("postgres://u@h:5432/app", "orders", false).unwrap(),
+            database_url("postgres://u@h:5432/app", "ticketing", "orders", false).unwrap(),
             "postgres://u@h:5432/ticketing_orders"
         );
         assert_eq!(
-            database_url("postgres://u@h/app?sslmode=disable", "auth", false).unwrap(),
-            "postgres://u@h/ticketing_auth?sslmode=disable"
+            database_url("postgres://u@h/app?sslmode=disable", "blog", "auth", false).unwrap(),
+            "postgres://u@h/blog_auth?sslmode=disable"
         );
-        assert!(database_url("postgres://u@h", "auth", false).is_err());
+        assert!(database_url("postgres://u@h", "ticketing", "auth", false).is_err());
     }
 
     #[test]

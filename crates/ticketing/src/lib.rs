@@ -1,6 +1,7 @@
 //! The ticketing binary's library: turns settings into running services.
 //! Knows every service (it is the only crate that does) and nothing else.
 
+pub mod blog;
 pub mod catalogue;
 pub mod cli;
 pub mod cluster;
@@ -30,7 +31,10 @@ pub async fn main(cli: cli::Cli) -> Result<u8, Box<dyn std::error::Error>> {
     let args = match cli.command {
         Some(cli::Command::Run(args)) => args,
         None => cli.run,
-        Some(cli::Command::Streams(command)) => return Ok(streams::run(command).await),
+        Some(cli::Command::Streams(command)) => {
+            return Ok(streams::run(command, bus::jetstream::provision::Spec::builtin).await);
+        }
+        Some(cli::Command::Blog(command)) => return blog::main(command).await,
         Some(cli::Command::Probe { url }) => return Ok(probe(&url).await),
         Some(cli::Command::Events { format }) => {
             print_report(&catalogue::render(format).trim_end());
@@ -147,15 +151,7 @@ pub async fn run(
         tracing::info!("stopped");
         return Ok(());
     }
-    let bus: Arc<dyn Bus> = match &settings.bus {
-        BusChoice::Embedded => {
-            Arc::new(EmbeddedBus::open(&settings.data_dir.join("bus.db")).await?)
-        }
-        BusChoice::Nats { url, name } => {
-            tracing::info!(%url, connection = %name, "using NATS JetStream");
-            Arc::new(JetStreamBus::connect(url, name).await?)
-        }
-    };
+    let bus = open_bus(&settings.bus, &settings.data_dir).await?;
     let deps = Deps {
         databases: settings.databases.clone(),
         bus,
@@ -175,16 +171,54 @@ pub async fn run(
             tasks: Vec::new(),
         });
     }
+    let web = settings.web.clone();
+    let secure_cookies = settings.secure_cookies;
+    serve_running(
+        running,
+        listener,
+        shutdown,
+        &settings.databases,
+        move |router| match &web {
+            Some(web_settings) => with_web(router, web_settings, secure_cookies),
+            None => router,
+        },
+    )
+    .await
+}
+
+/// The bus `choice` names: the embedded one in `data_dir`, or JetStream.
+pub(crate) async fn open_bus(
+    choice: &BusChoice,
+    data_dir: &std::path::Path,
+) -> Result<Arc<dyn Bus>, Box<dyn std::error::Error>> {
+    Ok(match choice {
+        BusChoice::Embedded => Arc::new(EmbeddedBus::open(&data_dir.join("bus.db")).await?),
+        BusChoice::Nats { url, name } => {
+            tracing::info!(%url, connection = %name, "using NATS JetStream");
+            Arc::new(JetStreamBus::connect(url, name).await?)
+        }
+    })
+}
+
+/// Serves started services on `listener` (their routes composed with the
+/// health routes, then passed through `wrap`) until `shutdown` fires; then
+/// stops accepting, finishes in-flight requests and handlers, and flushes
+/// the outbox relays.
+pub(crate) async fn serve_running(
+    mut running: Vec<Running>,
+    listener: tokio::net::TcpListener,
+    shutdown: Shutdown,
+    databases: &bus::service::Databases,
+    wrap: impl FnOnce(axum::Router) -> axum::Router,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let local = listener.local_addr()?;
     let tasks: Vec<_> = running
         .iter_mut()
         .flat_map(|r| std::mem::take(&mut r.tasks))
         .collect();
     let names: Vec<_> = running.iter().map(|r| r.name).collect();
-    let mut router = bus::service::compose(&mut running);
-    if let Some(web_settings) = &settings.web {
-        router = with_web(router, web_settings, settings.secure_cookies);
-    }
-    tracing::info!(services = ?names, databases = ?settings.databases, "ticketing listening on http://{local}");
+    let router = wrap(bus::service::compose(&mut running));
+    tracing::info!(services = ?names, ?databases, "listening on http://{local}");
     bus::service::serve(listener, router, shutdown).await?;
     tracing::info!("http server stopped; finishing handlers and flushing outboxes");
     let drain = async {

@@ -22,6 +22,10 @@ fn main() -> std::process::ExitCode {
                 ticketing::cli::Command::Streams(_)
                     | ticketing::cli::Command::Probe { .. }
                     | ticketing::cli::Command::Events { .. }
+                    | ticketing::cli::Command::Blog(ticketing::blog::BlogCommand {
+                        command: Some(ticketing::blog::BlogSubcommand::Streams(_)),
+                        ..
+                    })
             )
         ),
         &cli.service_name(),

@@ -20,8 +20,8 @@ pub enum Streams {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct StreamsArgs {
-    /// The spec file. Without it: the copy of deploy/streams.yaml built
-    /// into this binary.
+    /// The spec file. Without it: the copy built into this binary
+    /// (deploy/streams.yaml; deploy/blog-streams.yaml for `blog streams`).
     #[arg(short = 'f', long = "file", env = "TICKETING_STREAMS_FILE")]
     pub file: Option<PathBuf>,
     /// The NATS server (with JetStream).
@@ -54,13 +54,14 @@ fn out(text: &str) {
     println!("{text}");
 }
 
-/// Runs the command; returns its exit code.
-pub async fn run(command: Streams) -> u8 {
+/// Runs the command with `builtin` as the spec when no file is given;
+/// returns its exit code.
+pub async fn run(command: Streams, builtin: fn() -> Spec) -> u8 {
     let (args, apply) = match command {
         Streams::Plan(a) => (a, false),
         Streams::Apply(a) => (a, true),
     };
-    match execute(&args, apply).await {
+    match execute(&args, apply, builtin).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
@@ -69,10 +70,14 @@ pub async fn run(command: Streams) -> u8 {
     }
 }
 
-async fn execute(args: &StreamsArgs, apply: bool) -> Result<u8, provision::ProvisionError> {
+async fn execute(
+    args: &StreamsArgs,
+    apply: bool,
+    builtin: fn() -> Spec,
+) -> Result<u8, provision::ProvisionError> {
     let spec = match &args.file {
         Some(path) => Spec::load(path)?,
-        None => Spec::builtin(),
+        None => builtin(),
     };
     let options = Options {
         allow_recreate: args.allow_recreate,

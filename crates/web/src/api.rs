@@ -51,11 +51,14 @@ impl Upstreams {
     }
 }
 
+/// Which origin serves a request: its method and path → base URL.
+pub type Resolve = Arc<dyn Fn(&Method, &str) -> String + Send + Sync>;
+
 #[derive(Clone)]
 enum Transport {
     Http {
         client: reqwest::Client,
-        upstreams: Arc<Upstreams>,
+        resolve: Resolve,
     },
     InProcess(axum::Router),
 }
@@ -139,18 +142,23 @@ impl Caller {
 }
 
 impl Api {
-    /// Over HTTP to `upstreams`.
+    /// Over HTTP to the marketplace's `upstreams`.
     pub fn http(upstreams: Upstreams) -> Api {
+        Api::http_routed(Arc::new(move |_: &Method, path: &str| {
+            upstreams.base_for(path).to_owned()
+        }))
+    }
+
+    /// Over HTTP, to the origin `resolve` picks for each request (another
+    /// product's services).
+    pub fn http_routed(resolve: Resolve) -> Api {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
         Api {
-            transport: Transport::Http {
-                client,
-                upstreams: Arc::new(upstreams),
-            },
+            transport: Transport::Http { client, resolve },
         }
     }
 
@@ -170,8 +178,8 @@ impl Api {
         body: Option<Value>,
     ) -> Result<Reply, Unavailable> {
         match &self.transport {
-            Transport::Http { client, upstreams } => {
-                let url = format!("{}{path}", upstreams.base_for(path));
+            Transport::Http { client, resolve } => {
+                let url = format!("{}{path}", resolve(&method, path));
                 let mut req = client.request(method, &url);
                 if let Some(s) = &caller.session {
                     req = req.bearer_auth(s);
