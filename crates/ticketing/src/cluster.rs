@@ -20,6 +20,8 @@ struct Proc {
 /// Service processes of one binary. Killed when dropped.
 pub struct Cluster {
     exe: PathBuf,
+    /// What comes before `--services`: `run`, or `blog run`.
+    command: Vec<String>,
     common: Vec<(String, String)>,
     logs: Logs,
     procs: Vec<Proc>,
@@ -35,6 +37,7 @@ impl Cluster {
     pub fn new(exe: &Path, common: &[(&str, String)], logs: Logs) -> Cluster {
         Cluster {
             exe: exe.to_owned(),
+            command: vec!["run".to_owned()],
             common: common
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), v.clone()))
@@ -42,6 +45,12 @@ impl Cluster {
             logs,
             procs: Vec::new(),
         }
+    }
+
+    /// Runs another of the binary's commands instead of `run` (`blog run`).
+    pub fn with_command(mut self, args: &[&str]) -> Cluster {
+        self.command = args.iter().map(|a| (*a).to_owned()).collect();
+        self
     }
 
     /// Starts `ticketing run --services <services>` on a free port, with
@@ -71,18 +80,15 @@ impl Cluster {
     pub fn start(&mut self, id: ProcId) -> std::io::Result<()> {
         let p = &self.procs[id];
         let mut cmd = Command::new(&self.exe);
-        cmd.args([
-            "run",
-            "--services",
-            &p.services,
-            "--port",
-            &p.port.to_string(),
-        ]);
+        cmd.args(&self.command)
+            .args(["--services", &p.services, "--port", &p.port.to_string()]);
         for var in [
             "NATS_URL",
             "DATABASE_URL",
             "TICKETING_SERVICES",
             "STRIPE_SECRET_KEY",
+            "BLOG_SERVICES",
+            "BLOG_API_URL",
         ] {
             cmd.env_remove(var);
         }

@@ -62,9 +62,16 @@ impl Engines {
     /// Runs the provisioning job: `ticketing streams apply` with the
     /// built-in spec, as the Helm hook and docker-compose do.
     pub async fn provision_streams(&self) {
+        self.apply_streams(&[]).await;
+    }
+
+    /// Runs `ticketing <command…> streams apply` (`&["blog"]`: the blog's).
+    pub async fn apply_streams(&self, command: &[&'static str]) {
         let url = self.nats.url();
+        let command = command.to_vec();
         let out = tokio::task::spawn_blocking(move || {
             std::process::Command::new(env!("CARGO_BIN_EXE_ticketing"))
+                .args(command)
                 .args(["streams", "apply", "--nats-url", &url, "--wait", "20s"])
                 .env("RUST_LOG", "warn")
                 .output()

@@ -1,0 +1,229 @@
+//! `ticketing blog` as a user runs it: all in one process on the embedded
+//! defaults with one command, and as separate processes on JetStream and
+//! PostgreSQL with the streams of `deploy/blog-streams.yaml`.
+
+mod common;
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use ticketing::cluster::{Cluster, Logs};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Polls `check` every 50 ms until it returns `Some` or `WAIT` passes.
+async fn until<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The blog's API, wherever each service runs.
+struct Blog {
+    http: reqwest::Client,
+    posts: String,
+    comments: String,
+    query: String,
+}
+
+impl Blog {
+    fn at(base: &str) -> Blog {
+        Blog::split(base, base, base)
+    }
+
+    fn split(posts: &str, comments: &str, query: &str) -> Blog {
+        Blog {
+            http: reqwest::Client::new(),
+            posts: posts.to_owned(),
+            comments: comments.to_owned(),
+            query: query.to_owned(),
+        }
+    }
+
+    async fn post(&self, title: &str) -> String {
+        let res = self
+            .http
+            .post(format!("{}/posts", self.posts))
+            .json(&json!({ "title": title }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+        res.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Comments once the comments service has heard of the post.
+    async fn comment(&self, post: &str, content: &str) {
+        let url = format!("{}/posts/{post}/comments", self.comments);
+        until("a comment accepted", || async {
+            let res = self
+                .http
+                .post(&url)
+                .json(&json!({ "content": content }))
+                .send()
+                .await
+                .ok()?;
+            (res.status() == StatusCode::CREATED).then_some(())
+        })
+        .await;
+    }
+
+    async fn read(&self) -> Option<Value> {
+        let res = self
+            .http
+            .get(format!("{}/posts", self.query))
+            .send()
+            .await
+            .ok()?;
+        if res.status() != StatusCode::OK {
+            return None;
+        }
+        res.json().await.ok()
+    }
+
+    /// Waits until the read model gives `post` comments with `expected` statuses.
+    async fn until_statuses(&self, post: &str, expected: &[&str]) -> Value {
+        until(&format!("statuses {expected:?}"), || async {
+            let all = self.read().await?;
+            let statuses: Vec<&str> = all.as_array()?.iter().find(|p| p["id"] == post)?["comments"]
+                .as_array()?
+                .iter()
+                .filter_map(|c| c["status"].as_str())
+                .collect();
+            (statuses == expected).then_some(all.clone())
+        })
+        .await
+    }
+}
+
+#[tokio::test]
+async fn the_blog_runs_all_in_one_with_one_command_and_keeps_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(
+        std::path::Path::new(env!("CARGO_BIN_EXE_ticketing")),
+        &[
+            ("BLOG_DATA_DIR", dir.path().display().to_string()),
+            ("BLOG_BANNED_WORDS", "orange".to_owned()),
+            ("RUST_LOG", "warn".to_owned()),
+        ],
+        Logs::Inherit,
+    )
+    .with_command(&["blog", "run"]);
+    let id = cluster.spawn("blog", "all", &[]).unwrap();
+    assert!(
+        cluster.ready(id, WAIT).await,
+        "ticketing blog never became ready"
+    );
+    let blog = Blog::at(&cluster.url(id));
+    let post = blog.post("One command").await;
+    blog.comment(&post, "Orange you glad?").await;
+    blog.comment(&post, "Nice").await;
+    let model = blog.until_statuses(&post, &["rejected", "approved"]).await;
+
+    let page = blog
+        .http
+        .get(cluster.url(id))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("<h2>One command</h2>"), "{page}");
+    assert!(page.contains("Removed by moderation"));
+    assert!(page.contains("Nice"));
+
+    // Killed and started again on the same data: the same read model.
+    cluster.kill(id);
+    cluster.start(id).unwrap();
+    assert!(cluster.ready(id, WAIT).await);
+    assert_eq!(blog.read().await, Some(model));
+}
+
+#[tokio::test]
+async fn the_blog_runs_as_separate_processes_on_jetstream_and_postgres() {
+    let services = ["posts", "comments", "moderation", "query"];
+    let Some(engines) = common::engines_without_streams(&services).await else {
+        return;
+    };
+    engines.apply_streams(&["blog"]).await;
+    let mut cluster = engines
+        .cluster(&[("BLOG_BANNED_WORDS", "orange".to_owned())])
+        .with_command(&["blog", "run"]);
+    let posts = engines.spawn(&mut cluster, "posts", "posts");
+    let comments = engines.spawn(&mut cluster, "comments", "comments");
+    let query = engines.spawn(&mut cluster, "query", "query");
+    let page = cluster
+        .spawn(
+            "page",
+            "web",
+            &[
+                ("POSTS_URL", cluster.url(posts)),
+                ("COMMENTS_URL", cluster.url(comments)),
+                ("QUERY_URL", cluster.url(query)),
+            ],
+        )
+        .unwrap();
+    cluster.all_ready(WAIT).await.unwrap();
+    let blog = Blog::split(
+        &cluster.url(posts),
+        &cluster.url(comments),
+        &cluster.url(query),
+    );
+
+    // Moderation is not running: comments wait.
+    let post = blog.post("Separate processes").await;
+    for content in ["first", "an ORANGE", "third"] {
+        blog.comment(&post, content).await;
+    }
+    blog.until_statuses(&post, &["pending"; 3]).await;
+    let html = reqwest::get(cluster.url(page))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(html.matches("awaiting moderation").count(), 3, "{html}");
+
+    // Moderation comes up and works through the backlog.
+    let moderation = engines.spawn(&mut cluster, "moderation", "moderation");
+    assert!(cluster.ready(moderation, WAIT).await);
+    let model = blog
+        .until_statuses(&post, &["approved", "rejected", "approved"])
+        .await;
+    let html = reqwest::get(cluster.url(page))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("Removed by moderation"), "{html}");
+    assert!(!html.contains("awaiting moderation"));
+
+    // The query service loses its database and rebuilds it from the streams.
+    cluster.kill(query);
+    engines.schemas["query"].wipe().await.unwrap();
+    cluster.start(query).unwrap();
+    assert!(cluster.ready(query, WAIT).await);
+    until("the rebuilt read model", || async {
+        (blog.read().await? == model).then_some(())
+    })
+    .await;
+    let rows = engines
+        .query("query", "SELECT COUNT(*) FROM comments")
+        .await;
+    assert_eq!(rows, [["3"]]);
+}
