@@ -23,10 +23,12 @@ function freePort() {
   });
 }
 
-export async function startServer(env = {}) {
+// `command` is the binary's command: `["run"]` for the marketplace,
+// `["blog", "run"]` for the blog.
+export async function startServer(env = {}, command = ["run"]) {
   const port = await freePort();
   const dataDir = mkdtempSync(join(tmpdir(), "ticketing-e2e-"));
-  const child = spawn(binary(), ["run", "--port", String(port), "--data-dir", dataDir], {
+  const child = spawn(binary(), [...command, "--port", String(port), "--data-dir", dataDir], {
     env: { ...process.env, COOKIE_SECURE: "false", RUST_LOG: "warn", ...env },
     stdio: ["ignore", "inherit", "inherit"],
   });
