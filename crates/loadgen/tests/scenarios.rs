@@ -20,8 +20,10 @@ async fn marketplace(
         port: 0,
         data_dir: dir.path().to_path_buf(),
         services: vec!["all".into()],
-        nats_url: None,
-        database_url: None,
+        engines: ticketing::cli::EngineArgs {
+            nats_url: None,
+            database_url: None,
+        },
     };
     let mut settings = ticketing::Settings::load(&args).unwrap();
     settings.auth.attempts_per_window = 1_000_000;

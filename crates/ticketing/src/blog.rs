@@ -16,7 +16,7 @@ use shared::config::env_var;
 use shared::shutdown;
 use shared::time::Clock;
 
-use crate::config::{BusChoice, SettingsError, connection_name, database_url};
+use crate::config::{BusChoice, SettingsError, engines};
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -60,15 +60,8 @@ pub struct BlogArgs {
         value_delimiter = ','
     )]
     pub services: Vec<String>,
-    /// NATS server with JetStream; without it the embedded bus is used.
-    #[arg(long, env = "NATS_URL")]
-    pub nats_url: Option<String>,
-    /// PostgreSQL URL; without it each service uses SQLite in the data
-    /// directory. With several services in one process, each uses
-    /// `<SERVICE>_DATABASE_URL` if set, else this URL with the database
-    /// name `blog_<service>`.
-    #[arg(long, env = "DATABASE_URL")]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub engines: crate::cli::EngineArgs,
     /// Words that get a comment rejected, comma-separated (whole words, any
     /// case).
     #[arg(
@@ -168,29 +161,7 @@ impl BlogSettings {
         } else {
             None
         };
-        let bus = match &args.nats_url {
-            Some(url) => BusChoice::Nats {
-                url: url.clone(),
-                name: format!("blog-{}", connection_name(&services)),
-            },
-            None => BusChoice::Embedded,
-        };
-        let databases = match &args.database_url {
-            Some(base) => {
-                let mut urls = std::collections::BTreeMap::new();
-                for s in &services {
-                    urls.insert(
-                        (*s).to_owned(),
-                        database_url(base, "blog", s, services.len() == 1)?,
-                    );
-                }
-                Databases::Postgres {
-                    urls,
-                    max_connections: env_var::<usize>("DATABASE_POOL_SIZE")?.unwrap_or(8),
-                }
-            }
-            None => Databases::Sqlite(args.data_dir.clone()),
-        };
+        let (bus, databases) = engines(&args.engines, "blog", &services, &args.data_dir)?;
         Ok(BlogSettings {
             host: args.host.clone(),
             port: args.port,
@@ -219,15 +190,7 @@ pub async fn main(command: BlogCommand) -> Result<u8, Box<dyn std::error::Error>
         None => command.run,
     };
     let settings = BlogSettings::load(&args)?;
-    let addr = format!("{}:{}", settings.host, settings.port);
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    let (trigger, signal) = shutdown::channel();
-    tokio::spawn(async move {
-        shutdown::os_signal().await;
-        trigger.fire();
-    });
+    let (listener, signal) = crate::listen(&settings.host, settings.port).await?;
     run(settings, listener, signal).await.map(|()| 0)
 }
 

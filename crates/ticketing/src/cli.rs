@@ -76,13 +76,21 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub services: Vec<String>,
+    #[command(flatten)]
+    pub engines: EngineArgs,
+}
+
+/// Where the services keep their data and events (the marketplace's and
+/// the blog's alike).
+#[derive(Debug, Clone, clap::Args)]
+pub struct EngineArgs {
     /// NATS server with JetStream; without it the embedded bus is used.
     #[arg(long, env = "NATS_URL")]
     pub nats_url: Option<String>,
     /// PostgreSQL URL; without it each service uses SQLite in the data
     /// directory. With several services in one process, each uses
     /// `<SERVICE>_DATABASE_URL` if set, else this URL with the database name
-    /// `ticketing_<service>`.
+    /// `ticketing_<service>` (`blog_<service>` for the blog).
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
 }

@@ -106,7 +106,7 @@ fn parse_services(names: &[String]) -> Result<Vec<&'static str>, SettingsError> 
 /// The URL of `service`'s own database: `<SERVICE>_DATABASE_URL`, else
 /// `base` itself when it is the only service here, else `base` with the
 /// database name `<product>_<service>` (`ticketing_orders`, `blog_query`).
-pub(crate) fn database_url(
+fn database_url(
     base: &str,
     product: &str,
     service: &str,
@@ -139,9 +139,48 @@ pub(crate) fn database_url(
     Ok(url)
 }
 
+/// The bus and the databases `args` choose for `services` of `product`:
+/// JetStream when a NATS URL is given, else the embedded bus; PostgreSQL
+/// (a database per service, see [`database_url`]) when a database URL is
+/// given, else SQLite files in `data_dir`.
+pub(crate) fn engines(
+    args: &crate::cli::EngineArgs,
+    product: &str,
+    services: &[&str],
+    data_dir: &Path,
+) -> Result<(BusChoice, bus::service::Databases), SettingsError> {
+    let bus = match &args.nats_url {
+        Some(url) => BusChoice::Nats {
+            url: url.clone(),
+            name: match product {
+                "ticketing" => connection_name(services),
+                other => format!("{other}-{}", connection_name(services)),
+            },
+        },
+        None => BusChoice::Embedded,
+    };
+    let databases = match &args.database_url {
+        Some(base) => {
+            let mut urls = std::collections::BTreeMap::new();
+            for s in services {
+                urls.insert(
+                    (*s).to_owned(),
+                    database_url(base, product, s, services.len() == 1)?,
+                );
+            }
+            bus::service::Databases::Postgres {
+                urls,
+                max_connections: env_var::<usize>("DATABASE_POOL_SIZE")?.unwrap_or(8),
+            }
+        }
+        None => bus::service::Databases::Sqlite(data_dir.to_owned()),
+    };
+    Ok((bus, databases))
+}
+
 /// `<services>-<host>`: how this process introduces itself to NATS (the pod
 /// name in Kubernetes, where `HOSTNAME` is the pod name).
-pub(crate) fn connection_name(services: &[&str]) -> String {
+fn connection_name(services: &[&str]) -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.trim().is_empty())
@@ -260,29 +299,7 @@ impl Settings {
         } else {
             None
         };
-        let bus = match &args.nats_url {
-            Some(url) => BusChoice::Nats {
-                url: url.clone(),
-                name: connection_name(&backends),
-            },
-            None => BusChoice::Embedded,
-        };
-        let databases = match &args.database_url {
-            Some(base) => {
-                let mut urls = std::collections::BTreeMap::new();
-                for s in &backends {
-                    urls.insert(
-                        (*s).to_owned(),
-                        database_url(base, "ticketing", s, backends.len() == 1)?,
-                    );
-                }
-                bus::service::Databases::Postgres {
-                    urls,
-                    max_connections: env_var::<usize>("DATABASE_POOL_SIZE")?.unwrap_or(8),
-                }
-            }
-            None => bus::service::Databases::Sqlite(data_dir.clone()),
-        };
+        let (bus, databases) = engines(&args.engines, "ticketing", &backends, &data_dir)?;
         let jwt_key = jwt_key(&data_dir)?;
         let expiration_secs = env_var::<u64>("ORDER_EXPIRATION_SECONDS")?.unwrap_or(900);
         if expiration_secs == 0 {

@@ -52,7 +52,17 @@ pub async fn main(cli: cli::Cli) -> Result<u8, Box<dyn std::error::Error>> {
         }
     };
     let settings = Settings::load(&args)?;
-    let addr = format!("{}:{}", settings.host, settings.port);
+    let (listener, signal) = listen(&settings.host, settings.port).await?;
+    run(settings, listener, signal).await.map(|()| 0)
+}
+
+/// Listens on `host:port`, and returns with it a shutdown signal that fires
+/// on SIGTERM or Ctrl-C.
+pub(crate) async fn listen(
+    host: &str,
+    port: u16,
+) -> Result<(tokio::net::TcpListener, Shutdown), Box<dyn std::error::Error>> {
+    let addr = format!("{host}:{port}");
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -61,7 +71,7 @@ pub async fn main(cli: cli::Cli) -> Result<u8, Box<dyn std::error::Error>> {
         shutdown::os_signal().await;
         trigger.fire();
     });
-    run(settings, listener, signal).await.map(|()| 0)
+    Ok((listener, signal))
 }
 
 /// `ticketing probe`: 0 when `url` answers 2xx, else 1 (and why, on stderr).

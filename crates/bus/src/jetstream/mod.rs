@@ -210,6 +210,26 @@ impl JetStreamBus {
         &self.inner.js
     }
 
+    /// The stream whose subjects hold `subject`, by name and handle.
+    async fn stream_holding(
+        &self,
+        subject: &str,
+    ) -> Result<(String, jetstream::stream::Stream), BusError> {
+        let name = self
+            .inner
+            .js
+            .stream_by_subject(subject.to_owned())
+            .await
+            .map_err(|e| {
+                BusError::new(
+                    BusErrorKind::StreamMissing,
+                    format!("no stream for {subject}: {e} (has `ticketing streams apply` run?)"),
+                )
+            })?;
+        let stream = self.inner.js.get_stream(&name).await.map_err(unavailable)?;
+        Ok((name, stream))
+    }
+
     async fn send(&self, msg: Message) -> Result<jetstream::context::PublishAckFuture, BusError> {
         let mut headers = async_nats::HeaderMap::new();
         for (k, v) in &msg.headers {
@@ -284,26 +304,7 @@ impl Bus for JetStreamBus {
         config: ConsumerConfig,
     ) -> crate::BoxFuture<'_, Result<Subscription, BusError>> {
         Box::pin(async move {
-            let stream_name = self
-                .inner
-                .js
-                .stream_by_subject(config.filter_subject.clone())
-                .await
-                .map_err(|e| {
-                    BusError::new(
-                        BusErrorKind::StreamMissing,
-                        format!(
-                            "no stream for {}: {e} (has `ticketing streams apply` run?)",
-                            config.filter_subject
-                        ),
-                    )
-                })?;
-            let stream = self
-                .inner
-                .js
-                .get_stream(&stream_name)
-                .await
-                .map_err(unavailable)?;
+            let (stream_name, stream) = self.stream_holding(&config.filter_subject).await?;
             let consumer: async_nats::jetstream::consumer::PullConsumer = stream
                 .get_or_create_consumer(
                     &config.durable,
@@ -407,23 +408,7 @@ impl Bus for JetStreamBus {
     fn rewind(&self, config: &ConsumerConfig) -> crate::BoxFuture<'_, Result<(), BusError>> {
         let (filter, durable) = (config.filter_subject.clone(), config.durable.clone());
         Box::pin(async move {
-            let stream_name = self
-                .inner
-                .js
-                .stream_by_subject(filter.clone())
-                .await
-                .map_err(|e| {
-                    BusError::new(
-                        BusErrorKind::StreamMissing,
-                        format!("no stream for {filter}: {e}"),
-                    )
-                })?;
-            let stream = self
-                .inner
-                .js
-                .get_stream(&stream_name)
-                .await
-                .map_err(unavailable)?;
+            let (stream_name, stream) = self.stream_holding(&filter).await?;
             let info = match stream.consumer_info(&durable).await {
                 Ok(info) => info,
                 Err(e)
@@ -453,18 +438,7 @@ impl Bus for JetStreamBus {
     ) -> crate::BoxFuture<'_, Result<Option<(u64, u64)>, BusError>> {
         let (filter, durable) = (config.filter_subject.clone(), config.durable.clone());
         Box::pin(async move {
-            let stream_name = self
-                .inner
-                .js
-                .stream_by_subject(filter)
-                .await
-                .map_err(unavailable)?;
-            let stream = self
-                .inner
-                .js
-                .get_stream(&stream_name)
-                .await
-                .map_err(unavailable)?;
+            let (_, stream) = self.stream_holding(&filter).await?;
             let info = stream.consumer_info(&durable).await.map_err(unavailable)?;
             Ok(Some((info.num_pending, info.num_ack_pending as u64)))
         })
