@@ -5,6 +5,7 @@
 #   docker build -t ticketing .
 #   docker run --rm -p 3000:3000 ticketing            # all-in-one, embedded
 #   docker run --rm ticketing streams plan --nats-url nats://nats:4222
+#   docker run --rm -p 4000:4000 ticketing blog       # the blog, all-in-one
 
 # --- build ---------------------------------------------------------------
 FROM docker.io/library/rust:1.95-slim-bookworm AS build
@@ -12,7 +13,9 @@ WORKDIR /src
 # Dependencies first, so a source change does not refetch the registry.
 COPY Cargo.toml Cargo.lock ./
 COPY crates ./crates
+COPY blog ./blog
 COPY deploy/streams.yaml ./deploy/streams.yaml
+COPY deploy/blog-streams.yaml ./deploy/blog-streams.yaml
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p ticketing \
@@ -26,7 +29,8 @@ COPY --from=build /usr/local/bin/ticketing /usr/local/bin/ticketing
 COPY --from=build --chown=65532:65532 /data /data
 ENV HOST=0.0.0.0 \
     PORT=3000 \
-    TICKETING_DATA_DIR=/data
+    TICKETING_DATA_DIR=/data \
+    BLOG_DATA_DIR=/data/blog
 USER 65532:65532
 EXPOSE 3000
 VOLUME ["/data"]

@@ -439,9 +439,27 @@ fn the_image_is_multi_stage_non_root_and_carries_the_spec() {
         last_stage.contains("probe"),
         "a health check that needs no shell"
     );
-    // The binary embeds deploy/streams.yaml (include_str!), so the build
-    // stage must have it.
-    assert!(dockerfile.contains("COPY deploy/streams.yaml"));
+    // The build stage has every workspace member and the specs the binary
+    // embeds (include_str!).
+    let manifest = read("Cargo.toml");
+    let members = manifest
+        .split("members = [")
+        .nth(1)
+        .and_then(|rest| rest.split(']').next())
+        .expect("workspace members");
+    for member in members.split(',').map(|m| m.trim().trim_matches('"')) {
+        let dir = member.trim_end_matches("/*");
+        assert!(
+            dockerfile.contains(&format!("COPY {dir} ./{dir}\n")),
+            "the image does not copy the workspace members in {dir}/"
+        );
+    }
+    for spec in ["deploy/streams.yaml", "deploy/blog-streams.yaml"] {
+        assert!(
+            dockerfile.contains(&format!("COPY {spec} ./{spec}\n")),
+            "{spec}"
+        );
+    }
     assert!(dockerfile.contains("--locked"), "built from Cargo.lock");
 }
 
