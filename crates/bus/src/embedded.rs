@@ -240,6 +240,26 @@ impl EmbeddedBus {
     }
 }
 
+/// Makes every logged message `filter` matches pending, undelivered, for
+/// `consumer`: a durable's start from the first message.
+fn pend_history(
+    c: &mut dyn store::Conn,
+    consumer: &str,
+    filter: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    for row in c.query("SELECT seq, subject FROM messages ORDER BY seq", &[])? {
+        let (seq, subj): (i64, String) = (row.get(0)?, row.get(1)?);
+        if subject::matches(filter, &subj) {
+            c.execute(
+                "INSERT INTO pending (consumer, seq, deliveries, visible_at) VALUES ($1, $2, 0, $3)",
+                &[&consumer, &seq, &now],
+            )?;
+        }
+    }
+    Ok(())
+}
+
 fn encode_headers(headers: &[(String, String)]) -> String {
     serde_json::to_string(headers).unwrap_or_else(|_| "[]".into())
 }
@@ -390,16 +410,7 @@ impl Bus for EmbeddedBus {
                                 &[&name, &def.filter, &def.ack_wait_ms, &def.max_deliver, &now],
                             )?;
                             // A new durable replays the log from the first message.
-                            for row in c.query("SELECT seq, subject FROM messages ORDER BY seq", &[])? {
-                                let (seq, subj): (i64, String) = (row.get(0)?, row.get(1)?);
-                                if subject::matches(&def.filter, &subj) {
-                                    c.execute(
-                                        "INSERT INTO pending (consumer, seq, deliveries, visible_at)
-                                         VALUES ($1, $2, 0, $3)",
-                                        &[&name, &seq, &now],
-                                    )?;
-                                }
-                            }
+                            pend_history(c, &name, &def.filter, now)?;
                             lock(&consumers).insert(name, def);
                             Ok(())
                         }
@@ -429,16 +440,7 @@ impl Bus for EmbeddedBus {
                 .write(move |c| -> Result<(), BusError> {
                     // Everything its filter matches is pending again, undelivered.
                     c.execute("DELETE FROM pending WHERE consumer = $1", &[&name])?;
-                    for row in c.query("SELECT seq, subject FROM messages ORDER BY seq", &[])? {
-                        let (seq, subj): (i64, String) = (row.get(0)?, row.get(1)?);
-                        if subject::matches(&filter, &subj) {
-                            c.execute(
-                                "INSERT INTO pending (consumer, seq, deliveries, visible_at)
-                                 VALUES ($1, $2, 0, $3)",
-                                &[&name, &seq, &now],
-                            )?;
-                        }
-                    }
+                    pend_history(c, &name, &filter, now)?;
                     Ok(())
                 })
                 .await?;
