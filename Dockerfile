@@ -12,7 +12,10 @@ FROM docker.io/library/rust:1.95-slim-bookworm AS build
 WORKDIR /src
 # Dependencies first, so a source change does not refetch the registry.
 COPY Cargo.toml Cargo.lock ./
-COPY crates ./crates
+COPY platform ./platform
+COPY marketplace ./marketplace
+COPY tools ./tools
+COPY ticketing ./ticketing
 COPY blog ./blog
 COPY deploy/streams.yaml ./deploy/streams.yaml
 COPY deploy/blog-streams.yaml ./deploy/blog-streams.yaml

@@ -7,7 +7,7 @@
 pub mod page;
 
 use bus::listener::ListenerOptions;
-use bus::service::{Deps, Running};
+use runtime::service::{Deps, Running};
 
 pub use blog_events::SERVICES;
 pub use page::router as page_router;
@@ -69,8 +69,8 @@ impl Upstreams {
     }
 
     /// A client of the blog's API over HTTP.
-    pub fn api(self) -> web::Api {
-        web::Api::http_routed(std::sync::Arc::new(move |method, path| {
+    pub fn api(self) -> runtime::client::Api {
+        runtime::client::Api::http(std::sync::Arc::new(move |method, path| {
             self.base_for(method, path).trim_end_matches('/').to_owned()
         }))
     }

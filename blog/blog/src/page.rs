@@ -18,9 +18,9 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use runtime::client::Api;
+use runtime::client::{Caller, Reply};
 use serde::Deserialize;
-use web::Api;
-use web::api::{Caller, Reply};
 
 const CSS: &str = include_str!("../assets/blog.css");
 
@@ -53,7 +53,7 @@ pub async fn check_ready(api: &Api) -> Result<(), String> {
 }
 
 async fn secure(req: Request, next: Next) -> Response {
-    web::with_security_headers(next.run(req).await)
+    runtime::pages::with_security_headers(next.run(req).await)
 }
 
 async fn css() -> Response {

@@ -18,7 +18,7 @@ use blog_events::{
 };
 use bus::listener::{EventContext, ListenerError, ListenerOptions, Outcome};
 use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
-use bus::service::{Deps, Running};
+use runtime::service::{Deps, Running};
 use serde_json::{Value, json};
 use shared::ApiError;
 use shared::http::{Fields, JsonBody};
@@ -249,7 +249,7 @@ async fn on_comment_moderated(
 /// Opens the database, starts the relay and the listeners; returns the routes.
 pub async fn start(deps: &Deps, options: ListenerOptions) -> Result<Running, StoreError> {
     let base = deps
-        .open_service_with(blog_events::service_events(SERVICE), MIGRATIONS)
+        .open_service(blog_events::service_events(SERVICE), MIGRATIONS)
         .await?;
     let state = AppState {
         db: base.db.clone(),

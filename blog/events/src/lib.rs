@@ -1,7 +1,8 @@
 //! The blog's events: one Rust type per event, bound to its subject, and the
-//! catalogue of who publishes and who consumes each subject. Built on the
-//! same `Event` trait, id types and catalogue shape as the marketplace's
-//! (`shared::events`), so the same bus, outbox and listeners carry them.
+//! catalogue of who publishes and who consumes each subject, and its
+//! streams. Built on the platform's `Event` trait, id macro and catalogue
+//! shape (`shared::events`), as the marketplace's `marketplace-events` is,
+//! so the same bus, outbox and listeners carry them.
 //!
 //! Comments are versioned records: `comment.created` carries version 0 and
 //! every `comment.updated` one more, so a consumer keeps the highest version
@@ -177,8 +178,8 @@ pub const STREAMS_YAML: &str = include_str!(concat!(
 ));
 
 /// The blog's streams and durable consumers: [`STREAMS_YAML`], parsed.
-pub fn streams() -> bus::jetstream::provision::Spec {
-    bus::jetstream::provision::Spec::parse(STREAMS_YAML, "deploy/blog-streams.yaml (built in)")
+pub fn streams() -> provision::Spec {
+    provision::Spec::parse(STREAMS_YAML, "deploy/blog-streams.yaml (built in)")
         .unwrap_or_else(|e| panic!("the built-in blog streams spec is malformed: {e}"))
 }
 
@@ -189,7 +190,7 @@ mod tests {
 
     #[test]
     fn the_streams_spec_declares_what_the_services_publish_and_consume() {
-        if let Err(problems) = bus::jetstream::provision::check_catalogue(&streams(), CATALOGUE) {
+        if let Err(problems) = provision::check_catalogue(&streams(), CATALOGUE) {
             panic!("{}", problems.join("\n"));
         }
     }

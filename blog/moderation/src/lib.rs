@@ -12,7 +12,7 @@ use std::sync::Arc;
 use blog_events::{CommentCreated, CommentModerated, Verdict};
 use bus::listener::{EventContext, ListenerError, ListenerOptions, Outcome};
 use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
-use bus::service::{Deps, Running};
+use runtime::service::{Deps, Running};
 use shared::time::Clock;
 use store::{Migration, StoreError};
 
@@ -127,7 +127,7 @@ pub async fn start(
     options: ListenerOptions,
 ) -> Result<Running, StoreError> {
     let base = deps
-        .open_service_with(blog_events::service_events(SERVICE), MIGRATIONS)
+        .open_service(blog_events::service_events(SERVICE), MIGRATIONS)
         .await?;
     let (outbox, clock, rules) = (base.outbox.clone(), deps.clock.clone(), config.rules);
     tracing::info!(banned = ?rules.banned().collect::<Vec<_>>(), "moderation rules");

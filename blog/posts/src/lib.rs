@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use blog_events::{PostCreated, PostId};
 use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
-use bus::service::{Deps, Running};
+use runtime::service::{Deps, Running};
 use serde_json::{Value, json};
 use shared::ApiError;
 use shared::http::{Fields, JsonBody};
@@ -78,7 +78,7 @@ async fn create(
 /// Opens the database and starts the relay; returns the routes.
 pub async fn start(deps: &Deps) -> Result<Running, store::StoreError> {
     let base = deps
-        .open_service_with(blog_events::service_events(SERVICE), MIGRATIONS)
+        .open_service(blog_events::service_events(SERVICE), MIGRATIONS)
         .await?;
     let state = AppState {
         outbox: base.outbox.clone(),

@@ -22,8 +22,8 @@ use axum::extract::State;
 use axum::routing::get;
 use blog_events::{CommentCreated, CommentId, CommentStatus, CommentUpdated, PostCreated, PostId};
 use bus::listener::{ListenerError, ListenerOptions, Outcome, durable_name};
-use bus::service::{Deps, Running};
 use bus::{Bus, ConsumerConfig};
+use runtime::service::{Deps, Running};
 use serde_json::{Value, json};
 use shared::ApiError;
 use shared::events::Event;
@@ -213,7 +213,7 @@ async fn replay_if_empty(
 /// when the read model is empty); returns the routes.
 pub async fn start(deps: &Deps, options: ListenerOptions) -> Result<Running, StoreError> {
     let base = deps
-        .open_service_with(blog_events::service_events(SERVICE), MIGRATIONS)
+        .open_service(blog_events::service_events(SERVICE), MIGRATIONS)
         .await?;
     let db = base.db.clone();
     let (go, gate) = tokio::sync::watch::channel(false);

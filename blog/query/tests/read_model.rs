@@ -14,7 +14,9 @@ const BLOG: Product = Product {
     streams: blog_events::streams,
 };
 
-async fn start(deps: bus::service::Deps) -> Result<Vec<bus::service::Running>, store::StoreError> {
+async fn start(
+    deps: runtime::service::Deps,
+) -> Result<Vec<runtime::service::Running>, store::StoreError> {
     Ok(vec![blog_query::start(&deps, Default::default()).await?])
 }
 

@@ -1,0 +1,108 @@
+//! The auth service: accounts and sessions.
+//!
+//! Owns the `users` table; publishes `user.created`; consumes nothing. Every
+//! other service verifies the session token it issues locally, with the
+//! shared key.
+
+mod password;
+mod rate_limit;
+mod users;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::FromRef;
+use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
+use runtime::service::{Deps, Running};
+use shared::auth::AuthKeys;
+use shared::time::Clock;
+use store::{Db, Migration};
+
+pub use rate_limit::RateLimiter;
+
+pub const SERVICE: &str = "auth";
+
+pub static MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "users",
+        sql: "CREATE TABLE users (
+                  id TEXT PRIMARY KEY,
+                  email TEXT NOT NULL,
+                  password_hash TEXT NOT NULL,
+                  created_at BIGINT NOT NULL
+              );
+              CREATE UNIQUE INDEX users_email_key ON users (email);",
+    },
+    Migration {
+        version: 2,
+        description: "outbox",
+        sql: OUTBOX_TABLE_SQL,
+    },
+];
+
+/// Settings of the auth service.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Sign-in and sign-up attempts allowed per client per window.
+    pub attempts_per_window: u32,
+    pub window: Duration,
+    /// Use the first `X-Forwarded-For` address as the client (behind a
+    /// trusted proxy or ingress) instead of the peer address.
+    pub trust_forwarded_for: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            attempts_per_window: 20,
+            window: Duration::from_secs(60),
+            trust_forwarded_for: false,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    db: Db,
+    outbox: Outbox,
+    keys: Arc<AuthKeys>,
+    clock: Clock,
+    limiter: Arc<RateLimiter>,
+    trust_forwarded_for: bool,
+}
+
+impl FromRef<AppState> for Arc<AuthKeys> {
+    fn from_ref(s: &AppState) -> Self {
+        s.keys.clone()
+    }
+}
+
+/// The auth service's routes.
+pub fn router(state: AppState) -> axum::Router {
+    users::router().split_for_parts().0.with_state(state)
+}
+
+/// The OpenAPI description of the routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    users::router().into_openapi()
+}
+
+/// Opens the database, starts the outbox relay and returns the routes.
+pub async fn start(deps: &Deps, config: Config) -> Result<Running, store::StoreError> {
+    let base = deps
+        .open_service(marketplace_events::service_events(SERVICE), MIGRATIONS)
+        .await?;
+    let state = AppState {
+        db: base.db.clone(),
+        outbox: base.outbox.clone(),
+        keys: deps.keys.clone(),
+        clock: deps.clock.clone(),
+        limiter: Arc::new(RateLimiter::new(config.attempts_per_window, config.window)),
+        trust_forwarded_for: config.trust_forwarded_for,
+    };
+    // Warm the dummy hash now so the first unknown-email sign-in is not
+    // measurably slower than the rest.
+    tokio::task::spawn_blocking(password::warm_up);
+    Ok(base.running(router(state), Vec::new()))
+}

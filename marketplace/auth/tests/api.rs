@@ -1,0 +1,298 @@
+//! Black-box tests of the auth service over HTTP.
+
+use std::time::Duration;
+
+use marketplace_events::UserCreated;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use testkit::TestApp;
+
+async fn app() -> TestApp {
+    app_with(auth::Config::default()).await
+}
+
+async fn app_with(config: auth::Config) -> TestApp {
+    TestApp::spawn(|deps| async move { auth::start(&deps, config).await.map(|r| vec![r]) }).await
+}
+
+async fn signup(app: &TestApp, email: &str, password: &str) -> reqwest::Response {
+    app.send(
+        Method::POST,
+        "/api/users/signup",
+        None,
+        Some(json!({"email": email, "password": password})),
+    )
+    .await
+}
+
+async fn signin(app: &TestApp, email: &str, password: &str) -> reqwest::Response {
+    app.send(
+        Method::POST,
+        "/api/users/signin",
+        None,
+        Some(json!({"email": email, "password": password})),
+    )
+    .await
+}
+
+async fn current_user(app: &TestApp) -> Value {
+    app.send(Method::GET, "/api/users/currentuser", None, None)
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn errors(res: reqwest::Response) -> Vec<(Option<String>, String)> {
+    let body: Value = res.json().await.unwrap();
+    body["errors"]
+        .as_array()
+        .expect("errors array")
+        .iter()
+        .map(|e| {
+            (
+                e["field"].as_str().map(String::from),
+                e["message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn signing_up_creates_the_user_sets_a_session_cookie_and_publishes_user_created() {
+    let app = app().await;
+    let mut created = app.watch::<UserCreated>().await;
+    let res = signup(&app, "  Ann@Example.com ", "password123").await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let cookie = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.starts_with("session="), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax") && cookie.contains("Path=/")
+    );
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["email"], "ann@example.com");
+    assert!(body.get("password").is_none() && body.get("passwordHash").is_none());
+    let event = created.next().await;
+    assert_eq!(event.email, "ann@example.com");
+    assert_eq!(event.id.to_string(), body["id"].as_str().unwrap());
+    assert_eq!(
+        current_user(&app).await["currentUser"]["email"],
+        "ann@example.com"
+    );
+}
+
+#[tokio::test]
+async fn signing_up_with_bad_fields_lists_each_bad_field() {
+    let app = app().await;
+    let res = signup(&app, "not-an-email", "short").await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let errs = errors(res).await;
+    let fields: Vec<_> = errs.iter().map(|(f, _)| f.clone().unwrap()).collect();
+    assert_eq!(fields, ["email", "password"]);
+    let res = app
+        .send(
+            Method::POST,
+            "/api/users/signup",
+            None,
+            Some(json!({"email": 5})),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(errors(res).await.len(), 2);
+    let long = "x".repeat(129);
+    assert_eq!(
+        signup(&app, "a@b.co", &long).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+}
+
+#[tokio::test]
+async fn an_email_can_be_used_once_whatever_its_case_even_under_concurrent_sign_ups() {
+    let app = app().await;
+    assert_eq!(
+        signup(&app, "dup@example.com", "password123")
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    let res = signup(&app, "DUP@example.com", "password123").await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    assert_eq!(errors(res).await[0].1, "Email in use");
+
+    let body = json!({"email": "race@example.com", "password": "password123"});
+    let statuses = app.race("/api/users/signup", vec![(None, body); 8]).await;
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CREATED)
+            .count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CONFLICT)
+            .count(),
+        7,
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn signing_in_works_with_the_right_password_and_says_only_invalid_credentials_otherwise() {
+    let app = app().await;
+    signup(&app, "bob@example.com", "password123").await;
+    app.send(Method::POST, "/api/users/signout", None, None)
+        .await;
+    assert_eq!(current_user(&app).await, json!({"currentUser": null}));
+
+    let res = signin(&app, "BOB@example.com", "password123").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.headers().contains_key("set-cookie"));
+    assert_eq!(
+        current_user(&app).await["currentUser"]["email"],
+        "bob@example.com"
+    );
+
+    let wrong = signin(&app, "bob@example.com", "wrong-password").await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let unknown = signin(&app, "nobody@example.com", "password123").await;
+    assert_eq!(unknown.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(errors(wrong).await, errors(unknown).await);
+
+    let res = signin(&app, "", "").await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(errors(res).await.len(), 2);
+}
+
+#[tokio::test]
+async fn signing_out_clears_the_cookie() {
+    let app = app().await;
+    signup(&app, "c@example.com", "password123").await;
+    let res = app
+        .send(Method::POST, "/api/users/signout", None, None)
+        .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert!(
+        res.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    assert_eq!(current_user(&app).await, json!({"currentUser": null}));
+}
+
+#[tokio::test]
+async fn the_current_user_comes_from_a_bearer_token_too_and_tampered_tokens_count_as_none() {
+    let app = app().await;
+    let (id, token) = app.user();
+    let body: Value = app
+        .send(Method::GET, "/api/users/currentuser", Some(&token), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["currentUser"]["id"], id.to_string());
+    let tampered = format!("{token}x");
+    let body: Value = app
+        .send(Method::GET, "/api/users/currentuser", Some(&tampered), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body, json!({"currentUser": null}));
+}
+
+#[tokio::test]
+async fn too_many_attempts_from_one_client_get_429_with_retry_after() {
+    let app = app_with(auth::Config {
+        attempts_per_window: 3,
+        window: Duration::from_secs(60),
+        trust_forwarded_for: false,
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(
+            signin(&app, "x@example.com", "password123").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let res = signin(&app, "x@example.com", "password123").await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(res.headers().contains_key("retry-after"));
+    assert_eq!(
+        signup(&app, "y@example.com", "password123").await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn malformed_requests_get_the_shared_error_shape() {
+    let app = app().await;
+    let url = app.url("/api/users/signup");
+    let bad_json = app
+        .client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_json.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        errors(bad_json).await[0].1,
+        "Request body must be valid JSON"
+    );
+    let not_json = app
+        .client
+        .post(&url)
+        .header("content-type", "text/plain")
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_json.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let huge = app
+        .client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(format!("{{\"email\":\"{}\"}}", "a".repeat(70_000)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(errors(huge).await.len(), 1);
+    let array = app
+        .send(Method::POST, "/api/users/signup", None, Some(json!([1, 2])))
+        .await;
+    assert_eq!(array.status(), StatusCode::BAD_REQUEST);
+    let unknown = app.send(Method::GET, "/api/users/nope", None, None).await;
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    assert_eq!(errors(unknown).await[0].1, "Not found");
+    let method = app
+        .send(Method::DELETE, "/api/users/signup", None, None)
+        .await;
+    assert_eq!(method.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(errors(method).await[0].1, "Method not allowed");
+}
+
+#[tokio::test]
+async fn health_and_readiness_report_ok_and_metrics_are_prometheus_text() {
+    let app = app().await;
+    assert_eq!(
+        app.send(Method::GET, "/healthz", None, None).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.send(Method::GET, "/readyz", None, None).await.status(),
+        StatusCode::OK
+    );
+    let metrics = app
+        .send(Method::GET, "/metrics", None, None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("http_responses_total"), "{metrics}");
+}

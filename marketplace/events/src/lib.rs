@@ -1,0 +1,435 @@
+//! The marketplace's contract: its events (one Rust type per event, bound to
+//! its subject at compile time: a listener for `TicketCreated` can only ever
+//! be handed a `TicketCreated`, decoded from a message on `ticket.created`),
+//! its ids, the catalogue of who publishes and who consumes each subject,
+//! and its streams (`deploy/streams.yaml`, built in). The twin of the blog's
+//! `blog-events`; every marketplace service depends on it, and on no other
+//! service.
+//!
+//! Money in events is integer cents; every event about a versioned record
+//! carries the record's new version.
+
+use serde::{Deserialize, Serialize};
+pub use shared::events::{Event, ServiceEvents, schema_of};
+use shared::ids::UserId;
+use shared::money::Money;
+use shared::time::Timestamp;
+
+shared::id_type!(/** A listed ticket. */ TicketId);
+shared::id_type!(/** A buyer's order. */ OrderId);
+shared::id_type!(/** A recorded payment. */ PaymentId);
+
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum TicketStatus {
+    Available,
+    Reserved,
+    Sold,
+}
+
+impl TicketStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TicketStatus::Available => "available",
+            TicketStatus::Reserved => "reserved",
+            TicketStatus::Sold => "sold",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "available" => Some(TicketStatus::Available),
+            "reserved" => Some(TicketStatus::Reserved),
+            "sold" => Some(TicketStatus::Sold),
+            _ => None,
+        }
+    }
+}
+
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderStatus {
+    Created,
+    Cancelled,
+    Complete,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Created => "created",
+            OrderStatus::Cancelled => "cancelled",
+            OrderStatus::Complete => "complete",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "created" => Some(OrderStatus::Created),
+            "cancelled" => Some(OrderStatus::Cancelled),
+            "complete" => Some(OrderStatus::Complete),
+            _ => None,
+        }
+    }
+}
+
+/// `user.created`: auth, on sign-up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserCreated {
+    pub id: UserId,
+    pub email: String,
+}
+shared::event!(UserCreated, "user.created");
+
+/// `ticket.created`: tickets, on create.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TicketCreated {
+    pub id: TicketId,
+    pub version: i64,
+    pub title: String,
+    pub price_cents: Money,
+    pub user_id: UserId,
+}
+shared::event!(TicketCreated, "ticket.created");
+
+/// `ticket.updated`: tickets, on edit, reserve, release and sale.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TicketUpdated {
+    pub id: TicketId,
+    pub version: i64,
+    pub title: String,
+    pub price_cents: Money,
+    pub user_id: UserId,
+    pub order_id: Option<OrderId>,
+    pub status: TicketStatus,
+}
+shared::event!(TicketUpdated, "ticket.updated");
+
+/// The ticket as an `order.created` event carries it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderTicket {
+    pub id: TicketId,
+    pub price_cents: Money,
+}
+
+/// A bare ticket reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct TicketRef {
+    pub id: TicketId,
+}
+
+/// `order.created`: orders, on create.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderCreated {
+    pub id: OrderId,
+    pub version: i64,
+    pub status: OrderStatus,
+    pub user_id: UserId,
+    pub expires_at: Timestamp,
+    pub ticket: OrderTicket,
+}
+shared::event!(OrderCreated, "order.created");
+
+/// `order.cancelled`: orders, on cancel or expiry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct OrderCancelled {
+    pub id: OrderId,
+    pub version: i64,
+    pub ticket: TicketRef,
+}
+shared::event!(OrderCancelled, "order.cancelled");
+
+/// `order.completed`: orders, when paid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct OrderCompleted {
+    pub id: OrderId,
+    pub version: i64,
+    pub ticket: TicketRef,
+}
+shared::event!(OrderCompleted, "order.completed");
+
+/// `expiration.complete`: expiration, when an order's timer fires.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExpirationComplete {
+    pub order_id: OrderId,
+}
+shared::event!(ExpirationComplete, "expiration.complete");
+
+/// `payment.created`: payments, after a successful charge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentCreated {
+    pub id: PaymentId,
+    pub order_id: OrderId,
+    pub charge_id: String,
+    pub amount_cents: Money,
+}
+shared::event!(PaymentCreated, "payment.created");
+
+/// `payment.refunded`: payments, when a charge is refunded because its order
+/// was cancelled first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentRefunded {
+    pub id: PaymentId,
+    pub order_id: OrderId,
+    pub refund_id: String,
+    pub amount_cents: Money,
+}
+shared::event!(PaymentRefunded, "payment.refunded");
+
+/// Every subject, for catalogues and stream definitions.
+pub const ALL_SUBJECTS: &[&str] = &[
+    UserCreated::SUBJECT,
+    TicketCreated::SUBJECT,
+    TicketUpdated::SUBJECT,
+    OrderCreated::SUBJECT,
+    OrderCancelled::SUBJECT,
+    OrderCompleted::SUBJECT,
+    ExpirationComplete::SUBJECT,
+    PaymentCreated::SUBJECT,
+    PaymentRefunded::SUBJECT,
+];
+
+/// Every event's subject with the JSON Schema of its payload.
+pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
+    vec![
+        (UserCreated::SUBJECT, schema_of::<UserCreated>()),
+        (TicketCreated::SUBJECT, schema_of::<TicketCreated>()),
+        (TicketUpdated::SUBJECT, schema_of::<TicketUpdated>()),
+        (OrderCreated::SUBJECT, schema_of::<OrderCreated>()),
+        (OrderCancelled::SUBJECT, schema_of::<OrderCancelled>()),
+        (OrderCompleted::SUBJECT, schema_of::<OrderCompleted>()),
+        (
+            ExpirationComplete::SUBJECT,
+            schema_of::<ExpirationComplete>(),
+        ),
+        (PaymentCreated::SUBJECT, schema_of::<PaymentCreated>()),
+        (PaymentRefunded::SUBJECT, schema_of::<PaymentRefunded>()),
+    ]
+}
+
+/// Who publishes and who consumes each subject. Enforced where it happens:
+/// a service's listeners must register exactly its `consumes` (checked when
+/// they start) and its outbox relay refuses subjects outside `publishes` (a
+/// panic in debug builds), so the tests that run each service keep this true;
+/// the stream provisioning spec is checked against it.
+pub const CATALOGUE: &[ServiceEvents] = &[
+    ServiceEvents {
+        service: "auth",
+        publishes: &[UserCreated::SUBJECT],
+        consumes: &[],
+    },
+    ServiceEvents {
+        service: "tickets",
+        publishes: &[TicketCreated::SUBJECT, TicketUpdated::SUBJECT],
+        consumes: &[
+            OrderCreated::SUBJECT,
+            OrderCancelled::SUBJECT,
+            OrderCompleted::SUBJECT,
+        ],
+    },
+    ServiceEvents {
+        service: "orders",
+        publishes: &[
+            OrderCreated::SUBJECT,
+            OrderCancelled::SUBJECT,
+            OrderCompleted::SUBJECT,
+        ],
+        consumes: &[
+            TicketCreated::SUBJECT,
+            TicketUpdated::SUBJECT,
+            ExpirationComplete::SUBJECT,
+            PaymentCreated::SUBJECT,
+        ],
+    },
+    ServiceEvents {
+        service: "expiration",
+        publishes: &[ExpirationComplete::SUBJECT],
+        consumes: &[OrderCreated::SUBJECT],
+    },
+    ServiceEvents {
+        service: "payments",
+        publishes: &[PaymentCreated::SUBJECT, PaymentRefunded::SUBJECT],
+        consumes: &[
+            OrderCreated::SUBJECT,
+            OrderCancelled::SUBJECT,
+            OrderCompleted::SUBJECT,
+        ],
+    },
+];
+
+/// The marketplace's services, in the order they are started.
+pub const SERVICES: &[&str] = &["auth", "tickets", "orders", "expiration", "payments"];
+
+/// `service`'s entry in the [`CATALOGUE`]; panics for a service the
+/// marketplace does not have (a bug in the caller).
+pub fn service_events(service: &str) -> &'static ServiceEvents {
+    CATALOGUE
+        .iter()
+        .find(|s| s.service == service)
+        .unwrap_or_else(|| panic!("{service} is not in marketplace_events::CATALOGUE"))
+}
+
+/// `deploy/streams.yaml` as it was built.
+pub const STREAMS_YAML: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../deploy/streams.yaml"
+));
+
+/// How the built-in spec is named in messages.
+pub const STREAMS_NAME: &str = "deploy/streams.yaml (built in)";
+
+/// The marketplace's streams and durable consumers: [`STREAMS_YAML`], parsed.
+pub fn streams() -> provision::Spec {
+    provision::Spec::parse(STREAMS_YAML, STREAMS_NAME)
+        .unwrap_or_else(|e| panic!("the built-in streams spec is malformed: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn payloads_use_the_contracts_field_names_and_integer_cents() {
+        let ticket = TicketId::new();
+        let order = OrderId::new();
+        let user = UserId::new();
+        let e = OrderCreated {
+            id: order,
+            version: 0,
+            status: OrderStatus::Created,
+            user_id: user,
+            expires_at: Timestamp::from_millis(0),
+            ticket: OrderTicket {
+                id: ticket,
+                price_cents: Money::from_cents(1999),
+            },
+        };
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            json!({
+                "id": order.to_string(), "version": 0, "status": "created",
+                "userId": user.to_string(), "expiresAt": "1970-01-01T00:00:00.000Z",
+                "ticket": {"id": ticket.to_string(), "priceCents": 1999}
+            })
+        );
+        let u = TicketUpdated {
+            id: ticket,
+            version: 3,
+            title: "t".into(),
+            price_cents: Money::from_cents(5),
+            user_id: user,
+            order_id: None,
+            status: TicketStatus::Available,
+        };
+        let v = serde_json::to_value(&u).unwrap();
+        assert_eq!(v["orderId"], json!(null));
+        assert_eq!(v["priceCents"], json!(5));
+        assert_eq!(v["status"], json!("available"));
+    }
+
+    #[test]
+    fn every_event_has_a_schema_that_its_payloads_satisfy_in_shape() {
+        let schemas = schemas();
+        assert_eq!(schemas.len(), ALL_SUBJECTS.len());
+        for s in ALL_SUBJECTS {
+            assert!(schemas.iter().any(|(subject, _)| subject == s), "{s}");
+        }
+        let (_, created) = schemas
+            .iter()
+            .find(|(s, _)| *s == OrderCreated::SUBJECT)
+            .unwrap();
+        let props = &created["properties"];
+        assert_eq!(props["expiresAt"]["format"], "date-time");
+        assert_eq!(props["userId"]["format"], "uuid");
+        let required: Vec<&str> = created["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        for field in ["id", "version", "status", "userId", "expiresAt", "ticket"] {
+            assert!(required.contains(&field), "{field}");
+        }
+        let (_, updated) = schemas
+            .iter()
+            .find(|(s, _)| *s == TicketUpdated::SUBJECT)
+            .unwrap();
+        assert_eq!(updated["properties"]["priceCents"]["type"], "integer");
+    }
+
+    #[test]
+    fn every_subject_has_one_publisher_in_the_catalogue() {
+        for s in ALL_SUBJECTS {
+            let publishers: Vec<_> = CATALOGUE
+                .iter()
+                .filter(|e| e.publishes.contains(s))
+                .collect();
+            assert_eq!(publishers.len(), 1, "{s}");
+        }
+        for e in CATALOGUE {
+            for s in e.publishes.iter().chain(e.consumes) {
+                assert!(ALL_SUBJECTS.contains(s), "{}: {s}", e.service);
+            }
+        }
+    }
+
+    #[test]
+    fn the_builtin_spec_is_valid() {
+        let spec = streams();
+        assert!(spec.stream("TICKETS").is_some());
+        assert!(!spec.consumers.is_empty());
+    }
+
+    #[test]
+    fn the_builtin_spec_declares_what_the_services_publish_and_consume() {
+        if let Err(problems) = provision::check_catalogue(&streams(), CATALOGUE) {
+            panic!("{}", problems.join("\n"));
+        }
+    }
+
+    #[test]
+    fn every_catalogued_service_is_a_service() {
+        let names: Vec<_> = CATALOGUE.iter().map(|s| s.service).collect();
+        assert_eq!(names, SERVICES);
+    }
+
+    #[test]
+    fn subjects_are_dotted_and_grouped_by_owner() {
+        for s in ALL_SUBJECTS {
+            let prefix = s.split('.').next().unwrap();
+            assert!(
+                ["user", "ticket", "order", "expiration", "payment"].contains(&prefix),
+                "{s}"
+            );
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The expiration service: one durable timer per order.
+//!
+//! Consumes `order.created` and stores a timer for its `expiresAt` in its own
+//! database; a scheduler sleeps until the earliest timer is due (woken early
+//! when a sooner one arrives — no polling), then deletes the due timers and
+//! writes `expiration.complete` to the outbox in the same transaction, so each
+//! timer fires once. Timers that came due while the process was down fire
+//! right after start.
+
+use std::time::Duration;
+
+use bus::listener::{ListenerError, ListenerOptions, Outcome};
+use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
+use marketplace_events::OrderId;
+use marketplace_events::{ExpirationComplete, OrderCreated};
+use runtime::service::{Deps, Running};
+use shared::shutdown::Shutdown;
+use shared::time::{Clock, Timestamp};
+use shared::trace::TraceContext;
+use std::sync::Arc;
+use store::{Db, Migration, StoreError};
+use tokio::sync::Notify;
+
+pub const SERVICE: &str = "expiration";
+
+pub static MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "timers",
+        sql: "CREATE TABLE timers (
+                  order_id TEXT PRIMARY KEY,
+                  expires_at BIGINT NOT NULL,
+                  traceparent TEXT NOT NULL
+              );
+              CREATE INDEX timers_due ON timers (expires_at);",
+    },
+    Migration {
+        version: 2,
+        description: "outbox",
+        sql: OUTBOX_TABLE_SQL,
+    },
+];
+
+/// Stores (once) a timer for an order.
+async fn on_order_created(
+    db: Db,
+    wake: Arc<Notify>,
+    e: OrderCreated,
+    trace: TraceContext,
+) -> Result<Outcome, ListenerError> {
+    db.write(move |c| {
+        c.execute(
+            "INSERT INTO timers (order_id, expires_at, traceparent) VALUES ($1, $2, $3) ON CONFLICT (order_id) DO NOTHING",
+            &[&e.id, &e.expires_at, &trace.to_string()],
+        )
+    })
+    .await?;
+    wake.notify_one();
+    Ok(Outcome::Done)
+}
+
+/// Fires every timer due at `now`; returns how many fired. `DELETE …
+/// RETURNING` hands each due timer to exactly one caller, also when several
+/// replicas race on PostgreSQL, and the event is written in the same
+/// transaction: a timer fires once.
+pub async fn fire_due(outbox: &Outbox, now: Timestamp) -> Result<usize, StoreError> {
+    outbox
+        .write(move |c| {
+            let due = c.query(
+                "DELETE FROM timers WHERE expires_at <= $1 RETURNING order_id, traceparent, expires_at",
+                &[&now],
+            )?;
+            for row in &due {
+                let order_id: OrderId = row.get(0)?;
+                let trace = TraceContext::parse(&row.get::<String>(1)?)
+                    .unwrap_or_else(TraceContext::new_root);
+                // How late the timer fires, against the order's expiresAt.
+                let expires_at: Timestamp = row.get(2)?;
+                shared::metrics::observe(
+                    "expiration_lateness_seconds",
+                    &[],
+                    (now.millis() - expires_at.millis()).max(0) as f64 / 1000.0,
+                );
+                bus::outbox::enqueue(c, &ExpirationComplete { order_id }, &trace, now)?;
+                tracing::info!(%order_id, "order timer fired");
+            }
+            Ok(due.len())
+        })
+        .await
+}
+
+/// How often at most the scheduler counts the pending timers (the gauge
+/// `expiration_timers_pending`): counting is a scan of the table, which
+/// on every order (each one wakes the scheduler) cost more than the rest of
+/// the order's handling once timers were in the tens of thousands.
+const COUNT_EVERY: Duration = Duration::from_secs(1);
+
+/// The next timer due, and — when `count` — how many are pending.
+pub async fn next_due(db: &Db, count: bool) -> Result<Option<Timestamp>, StoreError> {
+    let (next, pending) = db
+        .read(move |c| {
+            let next = c.query("SELECT MIN(expires_at) FROM timers", &[])?[0]
+                .get::<Option<Timestamp>>(0)?;
+            let pending = if count {
+                Some(c.query("SELECT COUNT(*) FROM timers", &[])?[0].get::<i64>(0)?)
+            } else {
+                None
+            };
+            Ok::<_, StoreError>((next, pending))
+        })
+        .await?;
+    if let Some(pending) = pending {
+        shared::metrics::set("expiration_timers_pending", &[], pending as f64);
+    }
+    Ok(next)
+}
+
+/// The scheduler: fire what is due, sleep until the next timer or a wake-up.
+async fn run_scheduler(
+    db: Db,
+    outbox: Outbox,
+    clock: Clock,
+    wake: Arc<Notify>,
+    mut shutdown: Shutdown,
+) {
+    tokio::select! {
+        _ = db.wait_ready() => {}
+        _ = shutdown.wait() => return,
+    }
+    let mut counted_at: Option<tokio::time::Instant> = None;
+    loop {
+        if let Err(e) = fire_due(&outbox, clock.now()).await {
+            tracing::warn!(error = %e, "cannot fire timers");
+        }
+        let now = tokio::time::Instant::now();
+        let count = counted_at.is_none_or(|at| now.duration_since(at) >= COUNT_EVERY);
+        let mut sleep_until = match next_due(&db, count).await {
+            Ok(Some(at)) => clock.instant_at(at),
+            Ok(None) => now + Duration::from_secs(3600),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read timers");
+                now + Duration::from_secs(1)
+            }
+        };
+        match (count, counted_at) {
+            (true, _) => counted_at = Some(now),
+            // Not counted this time: come back to count what changed.
+            (false, Some(at)) => sleep_until = sleep_until.min(at + COUNT_EVERY),
+            (false, None) => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(sleep_until) => {}
+            _ = wake.notified() => {}
+            _ = shutdown.wait() => break,
+        }
+    }
+    tracing::info!("expiration scheduler stopped");
+}
+
+/// Opens the database, starts the listener, the scheduler and the relay.
+pub async fn start(deps: &Deps, listener_options: ListenerOptions) -> Result<Running, StoreError> {
+    let base = deps
+        .open_service(marketplace_events::service_events(SERVICE), MIGRATIONS)
+        .await?;
+    let wake = Arc::new(Notify::new());
+    let (db, w) = (base.db.clone(), wake.clone());
+    let mut tasks = base
+        .listeners(listener_options)
+        .on(move |e: OrderCreated, ctx| on_order_created(db.clone(), w.clone(), e, ctx.trace))
+        .into_tasks();
+    let scheduler = run_scheduler(
+        base.db.clone(),
+        base.outbox.clone(),
+        deps.clock.clone(),
+        wake,
+        deps.shutdown.clone(),
+    );
+    tasks.push(tokio::spawn(scheduler));
+    Ok(base.running(axum::Router::new(), tasks))
+}

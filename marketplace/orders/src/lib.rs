@@ -1,0 +1,112 @@
+//! The orders service: a buyer's claim on a ticket.
+//!
+//! Owns `orders` and a replica of tickets; publishes `order.created`,
+//! `order.cancelled` and `order.completed`; consumes `ticket.created`,
+//! `ticket.updated` (replica, in version order), `expiration.complete`
+//! (cancel unless complete) and `payment.created` (complete unless
+//! cancelled). One active order per ticket is enforced by a partial unique
+//! index, so of any number of concurrent buyers exactly one wins.
+
+mod listeners;
+mod orders;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::FromRef;
+use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
+use runtime::service::{Deps, Running};
+use shared::auth::AuthKeys;
+use shared::time::Clock;
+use store::{Db, Migration};
+
+pub const SERVICE: &str = "orders";
+
+pub static MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "orders and the ticket replica",
+        sql: "CREATE TABLE tickets (
+                  id TEXT PRIMARY KEY,
+                  title TEXT NOT NULL,
+                  price_cents BIGINT NOT NULL,
+                  user_id TEXT NOT NULL,
+                  version BIGINT NOT NULL
+              );
+              CREATE TABLE orders (
+                  id TEXT PRIMARY KEY,
+                  user_id TEXT NOT NULL,
+                  ticket_id TEXT NOT NULL,
+                  status TEXT NOT NULL,
+                  expires_at BIGINT NOT NULL,
+                  version BIGINT NOT NULL,
+                  created_at BIGINT NOT NULL
+              );
+              CREATE INDEX orders_by_user ON orders (user_id, id);
+              CREATE UNIQUE INDEX orders_one_active_per_ticket ON orders (ticket_id)
+                  WHERE status IN ('created', 'complete');",
+    },
+    Migration {
+        version: 2,
+        description: "outbox",
+        sql: OUTBOX_TABLE_SQL,
+    },
+];
+
+/// Settings of the orders service.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How long an order holds its ticket (`ORDER_EXPIRATION_SECONDS`).
+    pub order_expiration: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            order_expiration: Duration::from_secs(900),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    db: Db,
+    outbox: Outbox,
+    keys: Arc<AuthKeys>,
+    clock: Clock,
+    config: Config,
+}
+
+impl FromRef<AppState> for Arc<AuthKeys> {
+    fn from_ref(s: &AppState) -> Self {
+        s.keys.clone()
+    }
+}
+
+pub fn router(state: AppState) -> axum::Router {
+    orders::router().split_for_parts().0.with_state(state)
+}
+
+/// The OpenAPI description of the routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    orders::router().into_openapi()
+}
+
+pub async fn start(
+    deps: &Deps,
+    config: Config,
+    listener_options: bus::listener::ListenerOptions,
+) -> Result<Running, store::StoreError> {
+    let base = deps
+        .open_service(marketplace_events::service_events(SERVICE), MIGRATIONS)
+        .await?;
+    let state = AppState {
+        db: base.db.clone(),
+        outbox: base.outbox.clone(),
+        keys: deps.keys.clone(),
+        clock: deps.clock.clone(),
+        config,
+    };
+    let listeners = listeners::spawn(&state, base.listeners(listener_options));
+    Ok(base.running(router(state), listeners))
+}

@@ -1,0 +1,116 @@
+//! How orders reacts to the world: keep the ticket replica current (in
+//! version order), cancel expired orders, complete paid ones.
+
+use bus::listener::{EventContext, ListenerError, Listeners, Outcome, check_version};
+use marketplace_events::{
+    ExpirationComplete, OrderCompleted, OrderStatus, PaymentCreated, TicketCreated, TicketRef,
+    TicketUpdated,
+};
+
+use crate::AppState;
+use crate::orders::Order;
+
+pub(crate) fn spawn(state: &AppState, listeners: Listeners) -> Vec<tokio::task::JoinHandle<()>> {
+    let (a, b, c, d) = (state.clone(), state.clone(), state.clone(), state.clone());
+    listeners
+        .on(move |e: TicketCreated, _| on_ticket_created(a.clone(), e))
+        .on(move |e: TicketUpdated, _| on_ticket_updated(b.clone(), e))
+        .on(move |e: ExpirationComplete, ctx| on_expired(c.clone(), e, ctx))
+        .on(move |e: PaymentCreated, ctx| on_paid(d.clone(), e, ctx))
+        .into_tasks()
+}
+
+async fn on_ticket_created(state: AppState, e: TicketCreated) -> Result<Outcome, ListenerError> {
+    state
+        .db
+        .write(move |c| {
+            c.execute(
+                "INSERT INTO tickets (id, title, price_cents, user_id, version) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (id) DO NOTHING",
+                &[&e.id, &e.title, &e.price_cents, &e.user_id, &e.version],
+            )?;
+            Ok(Outcome::Done)
+        })
+        .await
+}
+
+async fn on_ticket_updated(state: AppState, e: TicketUpdated) -> Result<Outcome, ListenerError> {
+    state
+        .db
+        .write(move |c| {
+            let stored: Option<i64> = c
+                .query_opt(
+                    "SELECT version FROM tickets WHERE id = $1 FOR UPDATE",
+                    &[&e.id],
+                )?
+                .map(|r| r.get(0))
+                .transpose()?;
+            if let Some(outcome) = check_version(&format!("ticket {}", e.id), stored, e.version) {
+                return Ok(outcome);
+            }
+            c.execute(
+                "UPDATE tickets SET title = $2, price_cents = $3, version = $4 WHERE id = $1",
+                &[&e.id, &e.title, &e.price_cents, &e.version],
+            )?;
+            Ok(Outcome::Done)
+        })
+        .await
+}
+
+async fn on_expired(
+    state: AppState,
+    e: ExpirationComplete,
+    ctx: EventContext,
+) -> Result<Outcome, ListenerError> {
+    let now = state.clock.now();
+    state
+        .outbox
+        .write(move |c| {
+            let Some(mut order) = Order::find_for_update(c, e.order_id)? else {
+                tracing::warn!(order_id = %e.order_id, "expiration for an unknown order");
+                return Ok(());
+            };
+            if order.status != OrderStatus::Created {
+                return Ok(()); // paid or already cancelled: nothing to do
+            }
+            order.finish(c, OrderStatus::Cancelled)?;
+            bus::outbox::enqueue(c, &order.cancelled_event(), &ctx.trace, now)?;
+            tracing::info!(order_id = %order.id, "order expired");
+            Ok::<_, ListenerError>(())
+        })
+        .await?;
+    Ok(Outcome::Done)
+}
+
+async fn on_paid(
+    state: AppState,
+    e: PaymentCreated,
+    ctx: EventContext,
+) -> Result<Outcome, ListenerError> {
+    let now = state.clock.now();
+    state
+        .outbox
+        .write(move |c| {
+            let Some(mut order) = Order::find_for_update(c, e.order_id)? else {
+                tracing::warn!(order_id = %e.order_id, "payment for an unknown order");
+                return Ok(());
+            };
+            if order.status != OrderStatus::Created {
+                // Cancelled first: payments refunds it when it sees the
+                // cancellation. Complete: a duplicate.
+                return Ok(());
+            }
+            order.finish(c, OrderStatus::Complete)?;
+            let event = OrderCompleted {
+                id: order.id,
+                version: order.version,
+                ticket: TicketRef {
+                    id: order.ticket_id,
+                },
+            };
+            bus::outbox::enqueue(c, &event, &ctx.trace, now)?;
+            Ok::<_, ListenerError>(())
+        })
+        .await?;
+    Ok(Outcome::Done)
+}

@@ -1,0 +1,321 @@
+//! `/api/orders`: buy, list mine, show mine, cancel.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use marketplace_events::{OrderCancelled, OrderCreated, OrderStatus, OrderTicket, TicketRef};
+use marketplace_events::{OrderId, TicketId};
+use serde::Serialize;
+use serde_json::{Value, json};
+use shared::ApiError;
+use shared::auth::AuthUser;
+use shared::http::{Fields, JsonBody};
+use shared::ids::UserId;
+use shared::money::Money;
+use shared::time::Timestamp;
+use shared::trace::TraceContext;
+use store::{Conn, Row, StoreError};
+
+use crate::AppState;
+
+/// The routes and their OpenAPI description, registered together.
+pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    utoipa_axum::router::OpenApiRouter::default()
+        .routes(utoipa_axum::routes!(list, create))
+        .routes(utoipa_axum::routes!(show, cancel))
+}
+
+/// An order as the API returns it.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = Order)]
+#[allow(dead_code)]
+pub struct OrderBody {
+    #[schema(format = Uuid)]
+    id: String,
+    #[schema(format = Uuid)]
+    user_id: String,
+    status: OrderStatus,
+    /// When the hold on the ticket ends (RFC 3339, UTC).
+    #[schema(format = DateTime)]
+    expires_at: String,
+    version: i64,
+    ticket: OrderTicketBody,
+}
+
+/// The ticket an order is for, as the orders service knows it.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = OrderTicket)]
+#[allow(dead_code)]
+pub struct OrderTicketBody {
+    #[schema(format = Uuid)]
+    id: String,
+    title: String,
+    /// Dollars.
+    price: f64,
+    version: i64,
+}
+
+/// What a buyer sends to order a ticket.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = OrderInput)]
+#[allow(dead_code)]
+pub struct OrderInputBody {
+    #[schema(min_length = 1)]
+    ticket_id: String,
+}
+
+/// An order joined with its ticket as this service knows it.
+#[derive(Debug, Clone)]
+pub(crate) struct Order {
+    pub id: OrderId,
+    pub user_id: UserId,
+    pub status: OrderStatus,
+    pub expires_at: Timestamp,
+    pub version: i64,
+    pub ticket_id: TicketId,
+    pub ticket_title: String,
+    pub ticket_price: Money,
+    pub ticket_version: i64,
+}
+
+const SELECT: &str = "SELECT o.id, o.user_id, o.status, o.expires_at, o.version, t.id, t.title, t.price_cents, t.version
+                      FROM orders o JOIN tickets t ON t.id = o.ticket_id";
+
+impl Order {
+    fn from_row(r: &Row) -> Result<Self, StoreError> {
+        let status: String = r.get(2)?;
+        Ok(Order {
+            id: r.get(0)?,
+            user_id: r.get(1)?,
+            status: OrderStatus::parse(&status).ok_or_else(|| {
+                StoreError::new(
+                    store::StoreErrorKind::Decode,
+                    format!("bad status {status}"),
+                )
+            })?,
+            expires_at: r.get(3)?,
+            version: r.get(4)?,
+            ticket_id: r.get(5)?,
+            ticket_title: r.get(6)?,
+            ticket_price: r.get(7)?,
+            ticket_version: r.get(8)?,
+        })
+    }
+
+    /// Finds an order and locks it (and its ticket row) until the transaction ends.
+    pub(crate) fn find_for_update(
+        c: &mut dyn Conn,
+        id: OrderId,
+    ) -> Result<Option<Order>, StoreError> {
+        c.query_opt(&format!("{SELECT} WHERE o.id = $1 FOR UPDATE"), &[&id])?
+            .map(|r| Order::from_row(&r))
+            .transpose()
+    }
+
+    pub(crate) fn find(c: &mut dyn Conn, id: OrderId) -> Result<Option<Order>, StoreError> {
+        c.query_opt(&format!("{SELECT} WHERE o.id = $1"), &[&id])?
+            .map(|r| Order::from_row(&r))
+            .transpose()
+    }
+
+    /// Moves the order to a terminal `status`, bumping its version.
+    pub(crate) fn finish(
+        &mut self,
+        c: &mut dyn Conn,
+        status: OrderStatus,
+    ) -> Result<(), StoreError> {
+        self.status = status;
+        self.version += 1;
+        c.execute(
+            "UPDATE orders SET status = $2, version = $3 WHERE id = $1",
+            &[&self.id, &status.as_str(), &self.version],
+        )?;
+        Ok(())
+    }
+
+    pub(crate) fn cancelled_event(&self) -> OrderCancelled {
+        OrderCancelled {
+            id: self.id,
+            version: self.version,
+            ticket: TicketRef { id: self.ticket_id },
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "userId": self.user_id,
+            "status": self.status,
+            "expiresAt": self.expires_at,
+            "version": self.version,
+            "ticket": {
+                "id": self.ticket_id,
+                "title": self.ticket_title,
+                "price": self.ticket_price.to_dollars_json(),
+                "version": self.ticket_version,
+            },
+        })
+    }
+}
+
+/// Finds the caller's order; someone else's is as good as missing.
+fn find_mine(c: &mut dyn Conn, id: OrderId, user: UserId, lock: bool) -> Result<Order, ApiError> {
+    let found = if lock {
+        Order::find_for_update(c, id)?
+    } else {
+        Order::find(c, id)?
+    };
+    match found {
+        Some(o) if o.user_id == user => Ok(o),
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+/// Orders a ticket: it is held for the caller until `expiresAt`; publishes
+/// `order.created`. Of concurrent buyers, exactly one wins.
+#[utoipa::path(post, path = "/api/orders", tag = "orders",
+    request_body = OrderInputBody,
+    security(("session" = []), ("bearer" = [])),
+    responses(
+        (status = 201, description = "Ordered; the ticket is held", body = OrderBody),
+        (status = 403, description = "The caller's own ticket", body = shared::openapi::ErrorBody),
+        (status = 404, description = "No such ticket", body = shared::openapi::ErrorBody),
+        (status = 409, description = "The ticket is reserved or sold", body = shared::openapi::ErrorBody),
+    ))]
+async fn create(
+    State(state): State<AppState>,
+    user: AuthUser,
+    trace: TraceContext,
+    body: JsonBody,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let mut f = Fields::new(&body);
+    let ticket_id = f.non_empty("ticketId", "ticketId");
+    f.finish()?;
+    let ticket_id =
+        TicketId::parse(ticket_id.expect("validated").trim()).ok_or(ApiError::NotFound)?;
+    let now = state.clock.now();
+    let expires_at = now.plus_secs(state.config.order_expiration.as_secs());
+    let result = state
+        .outbox
+        .write(move |c| {
+            let ticket = c
+                .query_opt("SELECT user_id, price_cents FROM tickets WHERE id = $1", &[&ticket_id])?
+                .ok_or(ApiError::NotFound)?;
+            let (seller, price): (UserId, Money) = (ticket.get(0)?, ticket.get(1)?);
+            if seller == user.id {
+                return Err(ApiError::Forbidden("You cannot buy your own ticket".into()));
+            }
+            if let Some(active) =
+                c.query_opt("SELECT status FROM orders WHERE ticket_id = $1 AND status IN ('created', 'complete')", &[&ticket_id])?
+            {
+                return Err(ApiError::Conflict(if active.get::<String>(0)? == "complete" {
+                    "Ticket is already sold".into()
+                } else {
+                    "Ticket is already reserved".into()
+                }));
+            }
+            let id = OrderId::new();
+            // The partial unique index is the judge between concurrent buyers.
+            c.execute(
+                "INSERT INTO orders (id, user_id, ticket_id, status, expires_at, version, created_at)
+                 VALUES ($1, $2, $3, 'created', $4, 0, $5)",
+                &[&id, &user.id, &ticket_id, &expires_at, &now],
+            )
+            .map_err(|e| if e.is_unique_violation() { ApiError::Conflict("Ticket is already reserved".into()) } else { e.into() })?;
+            let event = OrderCreated {
+                id,
+                version: 0,
+                status: OrderStatus::Created,
+                user_id: user.id,
+                expires_at,
+                ticket: OrderTicket { id: ticket_id, price_cents: price },
+            };
+            bus::outbox::enqueue(c, &event, &trace, now)?;
+            Ok(Order::find(c, id)?.expect("inserted above"))
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(result.to_json())))
+}
+
+/// The caller's orders, newest first.
+#[utoipa::path(get, path = "/api/orders", tag = "orders",
+    security(("session" = []), ("bearer" = [])),
+    responses((status = 200, description = "The caller's orders, newest first", body = Vec<OrderBody>)))]
+async fn list(State(state): State<AppState>, user: AuthUser) -> Result<Json<Value>, ApiError> {
+    let orders = state
+        .db
+        .read(move |c| {
+            c.query(
+                &format!("{SELECT} WHERE o.user_id = $1 ORDER BY o.id DESC"),
+                &[&user.id],
+            )?
+            .iter()
+            .map(Order::from_row)
+            .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+    Ok(Json(Value::Array(
+        orders.iter().map(Order::to_json).collect(),
+    )))
+}
+
+/// One of the caller's orders.
+#[utoipa::path(get, path = "/api/orders/{id}", tag = "orders",
+    params(("id" = String, Path, description = "order id")),
+    security(("session" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The order", body = OrderBody),
+        (status = 404, description = "No such order of the caller's", body = shared::openapi::ErrorBody),
+    ))]
+async fn show(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = OrderId::parse(&id).ok_or(ApiError::NotFound)?;
+    let order = state
+        .db
+        .read(move |c| find_mine(c, id, user.id, false))
+        .await?;
+    Ok(Json(order.to_json()))
+}
+
+/// Cancels one of the caller's orders; publishes `order.cancelled` (nothing
+/// if it was already cancelled).
+#[utoipa::path(delete, path = "/api/orders/{id}", tag = "orders",
+    params(("id" = String, Path, description = "order id")),
+    security(("session" = []), ("bearer" = [])),
+    responses(
+        (status = 204, description = "Cancelled"),
+        (status = 404, description = "No such order of the caller's", body = shared::openapi::ErrorBody),
+        (status = 409, description = "The order is complete", body = shared::openapi::ErrorBody),
+    ))]
+async fn cancel(
+    State(state): State<AppState>,
+    user: AuthUser,
+    trace: TraceContext,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = OrderId::parse(&id).ok_or(ApiError::NotFound)?;
+    let now = state.clock.now();
+    state
+        .outbox
+        .write(move |c| {
+            let mut order = find_mine(c, id, user.id, true)?;
+            match order.status {
+                OrderStatus::Complete => {
+                    Err(ApiError::Conflict("Cannot cancel a completed order".into()))
+                }
+                OrderStatus::Cancelled => Ok(()), // nothing to announce
+                OrderStatus::Created => {
+                    order.finish(c, OrderStatus::Cancelled)?;
+                    bus::outbox::enqueue(c, &order.cancelled_event(), &trace, now)?;
+                    Ok(())
+                }
+            }
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

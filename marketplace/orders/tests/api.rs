@@ -1,0 +1,452 @@
+//! Black-box tests of the orders service: its HTTP contract and how it
+//! reacts to ticket, expiration and payment events.
+
+use std::time::Duration;
+
+use bus::listener::ListenerOptions;
+use marketplace_events::{
+    ExpirationComplete, OrderCancelled, OrderCompleted, OrderCreated, PaymentCreated,
+    TicketCreated, TicketStatus, TicketUpdated,
+};
+use marketplace_events::{OrderId, PaymentId, TicketId};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use shared::ids::UserId;
+use shared::money::Money;
+use shared::time::Clock;
+use testkit::{TestApp, eventually};
+
+async fn app() -> TestApp {
+    TestApp::spawn(|deps| async move {
+        orders::start(
+            &deps,
+            orders::Config {
+                order_expiration: Duration::from_secs(60),
+            },
+            ListenerOptions::default(),
+        )
+        .await
+        .map(|r| vec![r])
+    })
+    .await
+}
+
+/// Publishes a ticket as the tickets service would and waits until orders knows it.
+async fn ticket(app: &TestApp, seller: UserId, cents: i64) -> TicketId {
+    let id = TicketId::new();
+    app.publish(&TicketCreated {
+        id,
+        version: 0,
+        title: "Show".into(),
+        price_cents: Money::from_cents(cents),
+        user_id: seller,
+    })
+    .await;
+    // Ordering it as its own seller says 403 once orders knows it (404 before).
+    let token = app
+        .keys
+        .issue(
+            &shared::auth::AuthUser {
+                id: seller,
+                email: "s@example.com".into(),
+            },
+            Clock::System.now(),
+        )
+        .unwrap();
+    eventually(Duration::from_secs(5), || async {
+        (order(app, &token, id).await.status() == StatusCode::FORBIDDEN).then_some(())
+    })
+    .await
+    .expect("ticket replicated");
+    id
+}
+
+async fn order(app: &TestApp, token: &str, ticket: TicketId) -> reqwest::Response {
+    app.send(
+        Method::POST,
+        "/api/orders",
+        Some(token),
+        Some(json!({"ticketId": ticket.to_string()})),
+    )
+    .await
+}
+
+async fn message(res: reqwest::Response) -> String {
+    let body: Value = res.json().await.unwrap();
+    body["errors"][0]["message"].as_str().unwrap().to_owned()
+}
+
+async fn status_of(app: &TestApp, token: &str, id: &str) -> Value {
+    let body: Value = app
+        .send(Method::GET, &format!("/api/orders/{id}"), Some(token), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    body["status"].clone()
+}
+
+async fn until_status(app: &TestApp, token: &str, id: &str, status: &str) {
+    eventually(Duration::from_secs(5), || async {
+        (status_of(app, token, id).await == status).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("order {id} never became {status}"));
+}
+
+async fn until_orderable(app: &TestApp, token: &str, ticket: TicketId) -> Value {
+    eventually(Duration::from_secs(5), || async {
+        let res = order(app, token, ticket).await;
+        (res.status() == StatusCode::CREATED).then_some(res)
+    })
+    .await
+    .expect("ticket becomes orderable")
+    .json()
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn buying_holds_the_ticket_until_expiry_and_publishes_order_created() {
+    let app = app().await;
+    let mut created = app.watch::<OrderCreated>().await;
+    let (seller, _) = app.user();
+    let (buyer, token) = app.user();
+    let t = ticket(&app, seller, 1999).await;
+    let before = Clock::System.now();
+    let o = until_orderable(&app, &token, t).await;
+    assert_eq!(
+        (o["status"].clone(), o["version"].clone()),
+        (json!("created"), json!(0))
+    );
+    assert_eq!(o["userId"], buyer.to_string());
+    assert_eq!(
+        o["ticket"],
+        json!({"id": t.to_string(), "title": "Show", "price": 19.99, "version": 0})
+    );
+    let expires = shared::time::Timestamp::parse_rfc3339(o["expiresAt"].as_str().unwrap()).unwrap();
+    let hold = expires.millis() - before.millis();
+    assert!((59_000..=61_000).contains(&hold), "hold of {hold} ms");
+    let e = created.next().await;
+    assert_eq!(
+        (e.id.to_string(), e.ticket.price_cents, e.user_id),
+        (
+            o["id"].as_str().unwrap().to_owned(),
+            Money::from_cents(1999),
+            buyer
+        )
+    );
+}
+
+#[tokio::test]
+async fn ordering_checks_session_body_existence_ownership_then_state() {
+    let app = app().await;
+    let (seller, seller_token) = app.user();
+    let (_, buyer) = app.user();
+    let (_, other) = app.user();
+    let t = ticket(&app, seller, 500).await;
+    assert_eq!(
+        app.send(Method::POST, "/api/orders", None, Some(json!({})))
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let res = app
+        .send(
+            Method::POST,
+            "/api/orders",
+            Some(&buyer),
+            Some(json!({"ticketId": ""})),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        app.send(Method::POST, "/api/orders", Some(&buyer), Some(json!({})))
+            .await
+            .status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        order(&app, &buyer, TicketId::new()).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    let res = app
+        .send(
+            Method::POST,
+            "/api/orders",
+            Some(&buyer),
+            Some(json!({"ticketId": "garbage"})),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let res = eventually(Duration::from_secs(5), || async {
+        let r = order(&app, &seller_token, t).await;
+        (r.status() != StatusCode::NOT_FOUND).then_some(r)
+    })
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    until_orderable(&app, &buyer, t).await;
+    let res = order(&app, &other, t).await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    assert_eq!(message(res).await, "Ticket is already reserved");
+}
+
+#[tokio::test]
+async fn of_many_concurrent_buyers_exactly_one_wins() {
+    let app = app().await;
+    let (seller, _) = app.user();
+    let t = ticket(&app, seller, 500).await;
+    // Make sure the replica has it before the race starts.
+    let (_, probe) = app.user();
+    let first = until_orderable(&app, &probe, t).await;
+    app.send(
+        Method::DELETE,
+        &format!("/api/orders/{}", first["id"].as_str().unwrap()),
+        Some(&probe),
+        None,
+    )
+    .await;
+    let buyers = (0..12)
+        .map(|_| (Some(app.user().1), json!({"ticketId": t.to_string()})))
+        .collect();
+    let statuses = app.race("/api/orders", buyers).await;
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CREATED)
+            .count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CONFLICT)
+            .count(),
+        11,
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn buyers_see_only_their_own_orders_newest_first() {
+    let app = app().await;
+    let (seller, _) = app.user();
+    let (_, buyer) = app.user();
+    let (_, stranger) = app.user();
+    let t1 = ticket(&app, seller, 100).await;
+    let t2 = ticket(&app, seller, 200).await;
+    let o1 = until_orderable(&app, &buyer, t1).await;
+    let o2 = until_orderable(&app, &buyer, t2).await;
+    let mine: Vec<Value> = app
+        .send(Method::GET, "/api/orders", Some(&buyer), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        mine.iter().map(|o| o["id"].clone()).collect::<Vec<_>>(),
+        [o2["id"].clone(), o1["id"].clone()]
+    );
+    let theirs: Vec<Value> = app
+        .send(Method::GET, "/api/orders", Some(&stranger), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(theirs.is_empty());
+    let path = format!("/api/orders/{}", o1["id"].as_str().unwrap());
+    assert_eq!(
+        app.send(Method::GET, &path, Some(&stranger), None)
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.send(Method::DELETE, &path, Some(&stranger), None)
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.send(Method::GET, &path, None, None).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.send(Method::GET, "/api/orders", None, None)
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.send(Method::GET, "/api/orders/nope", Some(&buyer), None)
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn cancelling_frees_the_ticket_publishes_once_and_a_complete_order_cannot_be_cancelled() {
+    let app = app().await;
+    let mut cancelled = app.watch::<OrderCancelled>().await;
+    let mut completed = app.watch::<OrderCompleted>().await;
+    let (seller, _) = app.user();
+    let (_, buyer) = app.user();
+    let t = ticket(&app, seller, 100).await;
+    let o = until_orderable(&app, &buyer, t).await;
+    let path = format!("/api/orders/{}", o["id"].as_str().unwrap());
+    assert_eq!(
+        app.send(Method::DELETE, &path, Some(&buyer), None)
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        status_of(&app, &buyer, o["id"].as_str().unwrap()).await,
+        "cancelled"
+    );
+    let e = cancelled.next().await;
+    assert_eq!((e.version, e.ticket.id), (1, t));
+    // Cancelling again is fine and publishes nothing.
+    assert_eq!(
+        app.send(Method::DELETE, &path, Some(&buyer), None)
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert!(
+        cancelled
+            .next_within(Duration::from_millis(400))
+            .await
+            .is_none()
+    );
+
+    // The ticket can be bought again; pay for that order.
+    let again = until_orderable(&app, &buyer, t).await;
+    let id = OrderId::parse(again["id"].as_str().unwrap()).unwrap();
+    app.publish(&PaymentCreated {
+        id: PaymentId::new(),
+        order_id: id,
+        charge_id: "ch_1".into(),
+        amount_cents: Money::from_cents(100),
+    })
+    .await;
+    until_status(&app, &buyer, &id.to_string(), "complete").await;
+    assert_eq!(completed.next().await.version, 1);
+    let res = app
+        .send(
+            Method::DELETE,
+            &format!("/api/orders/{id}"),
+            Some(&buyer),
+            None,
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    assert_eq!(message(res).await, "Cannot cancel a completed order");
+    // Sold: nobody can order it any more.
+    let (_, late) = app.user();
+    let res = order(&app, &late, t).await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    assert_eq!(message(res).await, "Ticket is already sold");
+}
+
+#[tokio::test]
+async fn expiry_cancels_an_unpaid_order_but_never_a_paid_one() {
+    let app = app().await;
+    let mut cancelled = app.watch::<OrderCancelled>().await;
+    let (seller, _) = app.user();
+    let (_, buyer) = app.user();
+    let (t1, t2) = (
+        ticket(&app, seller, 100).await,
+        ticket(&app, seller, 100).await,
+    );
+    let unpaid = until_orderable(&app, &buyer, t1).await;
+    let paid = until_orderable(&app, &buyer, t2).await;
+    let (unpaid_id, paid_id) = (
+        OrderId::parse(unpaid["id"].as_str().unwrap()).unwrap(),
+        OrderId::parse(paid["id"].as_str().unwrap()).unwrap(),
+    );
+    app.publish(&PaymentCreated {
+        id: PaymentId::new(),
+        order_id: paid_id,
+        charge_id: "ch".into(),
+        amount_cents: Money::from_cents(100),
+    })
+    .await;
+    until_status(&app, &buyer, &paid_id.to_string(), "complete").await;
+    app.publish(&ExpirationComplete {
+        order_id: unpaid_id,
+    })
+    .await;
+    app.publish(&ExpirationComplete { order_id: paid_id }).await;
+    until_status(&app, &buyer, &unpaid_id.to_string(), "cancelled").await;
+    assert_eq!(cancelled.next().await.id, unpaid_id);
+    assert!(
+        cancelled
+            .next_within(Duration::from_millis(400))
+            .await
+            .is_none(),
+        "a paid order was cancelled"
+    );
+    assert_eq!(
+        status_of(&app, &buyer, &paid_id.to_string()).await,
+        "complete"
+    );
+    // A payment landing after expiry does not complete the cancelled order.
+    app.publish(&PaymentCreated {
+        id: PaymentId::new(),
+        order_id: unpaid_id,
+        charge_id: "ch2".into(),
+        amount_cents: Money::from_cents(100),
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        status_of(&app, &buyer, &unpaid_id.to_string()).await,
+        "cancelled"
+    );
+}
+
+#[tokio::test]
+async fn ticket_updates_apply_in_version_order_whatever_order_they_arrive_in() {
+    let app = app().await;
+    let (seller, _) = app.user();
+    let (_, buyer) = app.user();
+    let t = ticket(&app, seller, 500).await;
+    let update = |version: i64, cents: i64, title: &str| TicketUpdated {
+        id: t,
+        version,
+        title: title.into(),
+        price_cents: Money::from_cents(cents),
+        user_id: seller,
+        order_id: None,
+        status: TicketStatus::Available,
+    };
+    app.publish(&update(2, 1500, "v2")).await; // early: waits for v1
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    app.publish(&update(1, 1000, "v1")).await;
+    app.publish(&update(1, 1000, "v1")).await; // duplicate
+    let o = eventually(Duration::from_secs(10), || async {
+        let res = order(&app, &buyer, t).await;
+        if res.status() != StatusCode::CREATED {
+            return None;
+        }
+        let o: Value = res.json().await.unwrap();
+        app.send(
+            Method::DELETE,
+            &format!("/api/orders/{}", o["id"].as_str().unwrap()),
+            Some(&buyer),
+            None,
+        )
+        .await;
+        (o["ticket"]["version"] == 2).then_some(o)
+    })
+    .await
+    .expect("replica reaches version 2");
+    assert_eq!(
+        (o["ticket"]["title"].clone(), o["ticket"]["price"].clone()),
+        (json!("v2"), json!(15))
+    );
+}

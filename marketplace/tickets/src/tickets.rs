@@ -1,0 +1,394 @@
+//! `/api/tickets`: list, show, create, edit.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use marketplace_events::{OrderId, TicketId};
+use marketplace_events::{TicketCreated, TicketStatus, TicketUpdated};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use shared::ApiError;
+use shared::auth::AuthUser;
+use shared::http::{ApiQuery, Fields, JsonBody};
+use shared::ids::UserId;
+use shared::money::Money;
+use shared::trace::TraceContext;
+use store::{Conn, Row, StoreError};
+
+use crate::AppState;
+
+/// The routes and their OpenAPI description, registered together.
+pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    utoipa_axum::router::OpenApiRouter::default()
+        .routes(utoipa_axum::routes!(list, create))
+        .routes(utoipa_axum::routes!(mine))
+        .routes(utoipa_axum::routes!(show, update))
+}
+
+/// A ticket as the API returns it.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = Ticket)]
+#[allow(dead_code)]
+pub struct TicketBody {
+    #[schema(format = Uuid)]
+    id: String,
+    title: String,
+    /// Dollars, at most two decimals.
+    price: f64,
+    #[schema(format = Uuid)]
+    user_id: String,
+    /// 0 when listed, one more with every change.
+    version: i64,
+    status: TicketStatus,
+    /// The order holding the ticket while it is reserved, else null.
+    #[schema(format = Uuid, required = true)]
+    order_id: Option<String>,
+}
+
+/// What a seller sends to list or edit a ticket.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = TicketInput)]
+#[allow(dead_code)]
+pub struct TicketInputBody {
+    /// 1 to 120 characters after trimming.
+    #[schema(min_length = 1, max_length = 120, pattern = r"\S")]
+    title: String,
+    /// Dollars: more than 0, at most 1 000 000, at most two decimals.
+    #[schema(minimum = 0.01, maximum = 1000000, multiple_of = 0.01)]
+    price: f64,
+}
+
+/// A ticket as stored.
+#[derive(Debug, Clone)]
+pub(crate) struct Ticket {
+    pub id: TicketId,
+    pub title: String,
+    pub price: Money,
+    pub user_id: UserId,
+    pub version: i64,
+    pub status: TicketStatus,
+    pub order_id: Option<OrderId>,
+}
+
+pub(crate) const COLUMNS: &str = "id, title, price_cents, user_id, version, status, order_id";
+
+impl Ticket {
+    pub(crate) fn from_row(r: &Row) -> Result<Self, StoreError> {
+        let status: String = r.get(5)?;
+        Ok(Ticket {
+            id: r.get(0)?,
+            title: r.get(1)?,
+            price: r.get(2)?,
+            user_id: r.get(3)?,
+            version: r.get(4)?,
+            status: TicketStatus::parse(&status).ok_or_else(|| {
+                StoreError::new(
+                    store::StoreErrorKind::Decode,
+                    format!("bad status {status}"),
+                )
+            })?,
+            order_id: r.get(6)?,
+        })
+    }
+
+    /// Finds a ticket and locks it until the transaction ends (it is about to change).
+    pub(crate) fn find_for_update(
+        c: &mut dyn Conn,
+        id: TicketId,
+    ) -> Result<Option<Ticket>, StoreError> {
+        c.query_opt(
+            &format!("SELECT {COLUMNS} FROM tickets WHERE id = $1 FOR UPDATE"),
+            &[&id],
+        )?
+        .map(|r| Ticket::from_row(&r))
+        .transpose()
+    }
+
+    pub(crate) fn find(c: &mut dyn Conn, id: TicketId) -> Result<Option<Ticket>, StoreError> {
+        c.query_opt(
+            &format!("SELECT {COLUMNS} FROM tickets WHERE id = $1"),
+            &[&id],
+        )?
+        .map(|r| Ticket::from_row(&r))
+        .transpose()
+    }
+
+    /// Writes the ticket's current fields back (its version already bumped).
+    pub(crate) fn save(&self, c: &mut dyn Conn) -> Result<(), StoreError> {
+        c.execute(
+            "UPDATE tickets SET title = $2, price_cents = $3, version = $4, status = $5, order_id = $6 WHERE id = $1",
+            &[&self.id, &self.title, &self.price, &self.version, &self.status.as_str(), &self.order_id],
+        )?;
+        Ok(())
+    }
+
+    pub(crate) fn updated_event(&self) -> TicketUpdated {
+        TicketUpdated {
+            id: self.id,
+            version: self.version,
+            title: self.title.clone(),
+            price_cents: self.price,
+            user_id: self.user_id,
+            order_id: self.order_id,
+            status: self.status,
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "title": self.title,
+            "price": self.price.to_dollars_json(),
+            "userId": self.user_id,
+            "version": self.version,
+            "status": self.status,
+            "orderId": self.order_id,
+        })
+    }
+}
+
+/// Validated create/edit input.
+struct TicketInput {
+    title: String,
+    price: Money,
+}
+
+fn parse_input(body: &JsonBody) -> Result<TicketInput, ApiError> {
+    let mut f = Fields::new(body);
+    let title = f.string("title", "Title").map(str::trim).filter(|t| {
+        let n = t.chars().count();
+        if n == 0 {
+            f.fail("title", "Title is required");
+        } else if n > 120 {
+            f.fail("title", "Title must be at most 120 characters");
+        }
+        (1..=120).contains(&n)
+    });
+    let price = match f.value("price") {
+        None => {
+            f.fail("price", "Price is required");
+            None
+        }
+        Some(v) => match Money::parse_price(v) {
+            Ok(m) => Some(m),
+            Err(msg) => {
+                f.fail("price", msg);
+                None
+            }
+        },
+    };
+    f.finish()?;
+    Ok(TicketInput {
+        title: title.expect("validated").to_owned(),
+        price: price.expect("validated"),
+    })
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ListQuery {
+    /// Page size, 1 to 200 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
+    limit: Option<String>,
+    /// The last ticket id of the previous page.
+    #[param(value_type = Option<String>, format = Uuid)]
+    after: Option<String>,
+}
+
+/// `limit` and `after` of a list query, checked.
+fn page(q: &ListQuery) -> Result<(i64, Option<TicketId>), ApiError> {
+    let limit = match q.limit.as_deref() {
+        None => 50,
+        Some(s) => match s.parse::<i64>() {
+            Ok(n) if (1..=200).contains(&n) => n,
+            _ => {
+                return Err(ApiError::field(
+                    "limit",
+                    "limit must be a whole number from 1 to 200",
+                ));
+            }
+        },
+    };
+    let after = match q.after.as_deref() {
+        None => None,
+        Some(s) => Some(
+            TicketId::parse(s)
+                .ok_or_else(|| ApiError::field("after", "after must be a ticket id"))?,
+        ),
+    };
+    Ok((limit, after))
+}
+
+/// One page of the tickets `condition` (with `$1` bound to `key`) selects,
+/// oldest first.
+async fn list_where(
+    state: &AppState,
+    condition: &'static str,
+    key: String,
+    q: &ListQuery,
+) -> Result<Json<Value>, ApiError> {
+    let (limit, after) = page(q)?;
+    let tickets = state
+        .db
+        .read(move |c| {
+            let rows = match after {
+                Some(after) => c.query(
+                    &format!("SELECT {COLUMNS} FROM tickets WHERE {condition} AND id > $2 ORDER BY id LIMIT $3"),
+                    &[&key, &after, &limit],
+                )?,
+                None => c.query(
+                    &format!("SELECT {COLUMNS} FROM tickets WHERE {condition} ORDER BY id LIMIT $2"),
+                    &[&key, &limit],
+                )?,
+            };
+            rows.iter().map(Ticket::from_row).collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+    Ok(Json(Value::Array(
+        tickets.iter().map(Ticket::to_json).collect(),
+    )))
+}
+
+/// Tickets for sale (`available`), oldest first.
+#[utoipa::path(get, path = "/api/tickets", tag = "tickets",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of tickets for sale, oldest first", body = Vec<TicketBody>),
+        (status = 400, description = "limit or after is malformed", body = shared::openapi::ErrorBody),
+    ))]
+async fn list(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    list_where(&state, "status = $1", "available".into(), &q).await
+}
+
+/// The caller's own tickets, whatever their status, oldest first.
+#[utoipa::path(get, path = "/api/tickets/mine", tag = "tickets",
+    params(ListQuery),
+    security(("session" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of the caller's tickets, oldest first", body = Vec<TicketBody>),
+        (status = 400, description = "limit or after is malformed", body = shared::openapi::ErrorBody),
+    ))]
+async fn mine(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    list_where(&state, "user_id = $1", user.id.to_string(), &q).await
+}
+
+/// One ticket, whatever its status.
+#[utoipa::path(get, path = "/api/tickets/{id}", tag = "tickets",
+    params(("id" = String, Path, description = "ticket id")),
+    responses(
+        (status = 200, description = "The ticket", body = TicketBody),
+        (status = 404, description = "No such ticket", body = shared::openapi::ErrorBody),
+    ))]
+async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = TicketId::parse(&id).ok_or(ApiError::NotFound)?;
+    let ticket = state
+        .db
+        .read(move |c| Ticket::find(c, id))
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(ticket.to_json()))
+}
+
+/// Lists a ticket for sale; publishes `ticket.created`.
+#[utoipa::path(post, path = "/api/tickets", tag = "tickets",
+    request_body = TicketInputBody,
+    security(("session" = []), ("bearer" = [])),
+    responses(
+        (status = 201, description = "Listed, version 0, available", body = TicketBody),
+    ))]
+async fn create(
+    State(state): State<AppState>,
+    user: AuthUser,
+    trace: TraceContext,
+    body: JsonBody,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let input = parse_input(&body)?;
+    let now = state.clock.now();
+    let ticket = Ticket {
+        id: TicketId::new(),
+        title: input.title,
+        price: input.price,
+        user_id: user.id,
+        version: 0,
+        status: TicketStatus::Available,
+        order_id: None,
+    };
+    let t = ticket.clone();
+    state
+        .outbox
+        .write(move |c| {
+            c.execute(
+                "INSERT INTO tickets (id, title, price_cents, user_id, version, status, order_id, created_at)
+                 VALUES ($1, $2, $3, $4, 0, 'available', NULL, $5)",
+                &[&t.id, &t.title, &t.price, &t.user_id, &now],
+            )?;
+            let event = TicketCreated { id: t.id, version: 0, title: t.title.clone(), price_cents: t.price, user_id: t.user_id };
+            bus::outbox::enqueue(c, &event, &trace, now)?;
+            Ok::<_, StoreError>(())
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(ticket.to_json())))
+}
+
+/// Edits the caller's ticket; publishes `ticket.updated`.
+#[utoipa::path(put, path = "/api/tickets/{id}", tag = "tickets",
+    params(("id" = String, Path, description = "ticket id")),
+    request_body = TicketInputBody,
+    security(("session" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Edited; version one more", body = TicketBody),
+        (status = 403, description = "Not the seller", body = shared::openapi::ErrorBody),
+        (status = 404, description = "No such ticket", body = shared::openapi::ErrorBody),
+        (status = 409, description = "The ticket is reserved or sold", body = shared::openapi::ErrorBody),
+    ))]
+async fn update(
+    State(state): State<AppState>,
+    user: AuthUser,
+    trace: TraceContext,
+    Path(id): Path<String>,
+    body: JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let input = parse_input(&body)?;
+    let id = TicketId::parse(&id).ok_or(ApiError::NotFound)?;
+    let now = state.clock.now();
+    // Check and change in one transaction, so a reservation cannot slip in
+    // between the check and the write.
+    let ticket = state
+        .outbox
+        .write(move |c| {
+            let mut ticket = Ticket::find_for_update(c, id)?.ok_or(ApiError::NotFound)?;
+            if ticket.user_id != user.id {
+                return Err(ApiError::Forbidden(
+                    "Only the seller can edit this ticket".into(),
+                ));
+            }
+            match ticket.status {
+                TicketStatus::Reserved => {
+                    return Err(ApiError::Conflict("Cannot edit a reserved ticket".into()));
+                }
+                TicketStatus::Sold => {
+                    return Err(ApiError::Conflict("Cannot edit a sold ticket".into()));
+                }
+                TicketStatus::Available => {}
+            }
+            ticket.title = input.title;
+            ticket.price = input.price;
+            ticket.version += 1;
+            ticket.save(c)?;
+            bus::outbox::enqueue(c, &ticket.updated_event(), &trace, now)?;
+            Ok(ticket)
+        })
+        .await?;
+    Ok(Json(ticket.to_json()))
+}

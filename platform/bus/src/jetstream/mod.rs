@@ -1,0 +1,739 @@
+//! The bus on NATS JetStream (official `async-nats` client).
+//!
+//! - Publish: awaited publish-ack, `Nats-Msg-Id` = the message id, so the
+//!   stream's duplicate window drops a relay's retry.
+//! - Consume: one durable pull consumer per (service, subject), shared by all
+//!   replicas (each pull request gets distinct messages); explicit acks,
+//!   confirmed by the server (double ack) so an ack is never lost silently.
+//! - Nak with delay for early events; progress acks for slow handlers.
+//! - Parking: a message terminated, or nak'ed on its last allowed delivery,
+//!   is recorded on the parked stream (`parked.<durable>`, de-duplicated by
+//!   consumer and sequence) before it is terminated; if it cannot be
+//!   recorded it is not terminated either. A message whose last delivery
+//!   times out (never nak'ed) is named by the server's max-deliveries
+//!   advisory, which every member watches; it is read back from its stream
+//!   and recorded the same way.
+//!
+//! Works on nats-server 2.9 and later: only 2.9-era consumer fields are sent
+//! (the client's `server_2_10+` features are off).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, AckKind};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Acker, Bus, BusError, BusErrorKind, ConsumerConfig, Delivery, DeliverySource, Message,
+    ParkedMessage, PublishAck, Subscription,
+};
+
+/// Subjects under which parked messages are recorded: `parked.<durable>`.
+pub const PARKED_PREFIX: &str = "parked";
+/// The stream holding parked-message records.
+pub const PARKED_STREAM: &str = "PARKED";
+
+struct Inner {
+    client: async_nats::Client,
+    js: jetstream::Context,
+}
+
+/// The JetStream bus. Cheap to clone.
+#[derive(Clone)]
+pub struct JetStreamBus {
+    inner: Arc<Inner>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BusError {
+    BusError::new(BusErrorKind::Unavailable, e.to_string())
+}
+
+/// A parked-message record as stored on the parked stream.
+#[derive(Debug, Serialize, Deserialize)]
+struct ParkedRecord {
+    consumer: String,
+    seq: u64,
+    subject: String,
+    id: String,
+    deliveries: u32,
+    reason: String,
+    payload: String,
+}
+
+/// The server's advisory that a message used its last delivery without an
+/// ack (its handler hung, or its process died, every time).
+#[derive(Debug, Deserialize)]
+struct MaxDeliveriesAdvisory {
+    stream: String,
+    consumer: String,
+    stream_seq: u64,
+    deliveries: u32,
+}
+
+impl JetStreamBus {
+    /// Stores `record` on the parked stream (de-duplicated per consumer and
+    /// sequence, so replicas and both parking paths record it once) and logs
+    /// and counts it the first time.
+    async fn record_parked(&self, record: &ParkedRecord) -> Result<(), BusError> {
+        let parked = Message {
+            subject: format!("{PARKED_PREFIX}.{}", record.consumer),
+            id: format!("parked-{}-{}", record.consumer, record.seq),
+            headers: vec![],
+            payload: serde_json::to_vec(record).unwrap_or_default(),
+        };
+        if !self.publish(parked).await?.duplicate {
+            tracing::warn!(
+                consumer = %record.consumer, seq = record.seq, subject = %record.subject,
+                msg_id = %record.id, deliveries = record.deliveries, reason = %record.reason,
+                "message parked"
+            );
+            shared::metrics::inc("bus_parked_total", &[("consumer", &record.consumer)]);
+        }
+        Ok(())
+    }
+
+    /// Parks the message an advisory names, reading it back from its stream.
+    async fn park_from_advisory(&self, a: MaxDeliveriesAdvisory) -> Result<(), BusError> {
+        let stream = self
+            .inner
+            .js
+            .get_stream(&a.stream)
+            .await
+            .map_err(unavailable)?;
+        let m = stream
+            .get_raw_message(a.stream_seq)
+            .await
+            .map_err(unavailable)?;
+        let id = m
+            .headers
+            .get("Nats-Msg-Id")
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        self.record_parked(&ParkedRecord {
+            consumer: a.consumer,
+            seq: a.stream_seq,
+            subject: m.subject.to_string(),
+            id,
+            deliveries: a.deliveries,
+            reason: format!(
+                "not acknowledged within the ack wait on any of its {} deliveries",
+                a.deliveries
+            ),
+            payload: String::from_utf8_lossy(&m.payload).into_owned(),
+        })
+        .await
+    }
+
+    /// Watches the max-deliveries advisories of one durable and parks what
+    /// they name. Every member watches (the record is de-duplicated); an
+    /// advisory sent while no member runs is not seen.
+    async fn watch_max_deliveries(
+        &self,
+        stream: &str,
+        durable: &str,
+    ) -> Result<tokio::task::JoinHandle<()>, BusError> {
+        let subject = format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{durable}");
+        let mut advisories = self
+            .inner
+            .client
+            .subscribe(subject)
+            .await
+            .map_err(unavailable)?;
+        let bus = self.clone();
+        Ok(tokio::spawn(async move {
+            while let Some(m) = advisories.next().await {
+                match serde_json::from_slice::<MaxDeliveriesAdvisory>(&m.payload) {
+                    Ok(a) => {
+                        let seq = a.stream_seq;
+                        if let Err(e) = bus.park_from_advisory(a).await {
+                            tracing::warn!(seq, error = %e, "cannot park a message out of deliveries");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "unreadable max-deliveries advisory"),
+                }
+            }
+        }))
+    }
+
+    /// Connects to `url` as `name` (service plus host or pod name). Returns at
+    /// once: the client keeps (re)connecting in the background, so a service
+    /// starts and reports not-ready while NATS is down.
+    pub async fn connect(url: &str, name: &str) -> Result<JetStreamBus, BusError> {
+        let client = async_nats::ConnectOptions::new()
+            .name(name)
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(unavailable)?;
+        Ok(JetStreamBus::from_client(client))
+    }
+
+    pub fn from_client(client: async_nats::Client) -> JetStreamBus {
+        let js = jetstream::new(client.clone());
+        JetStreamBus {
+            inner: Arc::new(Inner { client, js }),
+        }
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.inner.client
+    }
+
+    pub fn context(&self) -> &jetstream::Context {
+        &self.inner.js
+    }
+
+    /// The stream whose subjects hold `subject`, by name and handle.
+    async fn stream_holding(
+        &self,
+        subject: &str,
+    ) -> Result<(String, jetstream::stream::Stream), BusError> {
+        let name = self
+            .inner
+            .js
+            .stream_by_subject(subject.to_owned())
+            .await
+            .map_err(|e| {
+                BusError::new(
+                    BusErrorKind::StreamMissing,
+                    format!("no stream for {subject}: {e} (has `ticketing streams apply` run?)"),
+                )
+            })?;
+        let stream = self.inner.js.get_stream(&name).await.map_err(unavailable)?;
+        Ok((name, stream))
+    }
+
+    async fn send(&self, msg: Message) -> Result<jetstream::context::PublishAckFuture, BusError> {
+        let mut headers = async_nats::HeaderMap::new();
+        for (k, v) in &msg.headers {
+            headers.insert(k.as_str(), v.as_str());
+        }
+        let publish = PublishMessage::build()
+            .payload(msg.payload.into())
+            .headers(headers)
+            .message_id(&msg.id);
+        self.inner
+            .js
+            .send_publish(msg.subject.clone(), publish)
+            .await
+            .map_err(|e| publish_error(&msg.subject, e))
+    }
+}
+
+fn publish_error(subject: &str, e: jetstream::context::PublishError) -> BusError {
+    use jetstream::context::PublishErrorKind;
+    match e.kind() {
+        PublishErrorKind::StreamNotFound => BusError::new(
+            BusErrorKind::StreamMissing,
+            format!("no stream holds subject {subject}"),
+        ),
+        PublishErrorKind::TimedOut => BusError::new(BusErrorKind::Timeout, e.to_string()),
+        _ => unavailable(e),
+    }
+}
+
+async fn await_ack(
+    subject: &str,
+    ack: jetstream::context::PublishAckFuture,
+) -> Result<PublishAck, BusError> {
+    let ack = ack.await.map_err(|e| publish_error(subject, e))?;
+    Ok(PublishAck {
+        seq: ack.sequence,
+        duplicate: ack.duplicate,
+    })
+}
+
+impl Bus for JetStreamBus {
+    fn publish(&self, msg: Message) -> crate::BoxFuture<'_, Result<PublishAck, BusError>> {
+        Box::pin(async move {
+            let subject = msg.subject.clone();
+            let ack = self.send(msg).await?;
+            await_ack(&subject, ack).await
+        })
+    }
+
+    /// Sends every message first and then awaits the acks, so a batch costs
+    /// about one round trip instead of one per message.
+    fn publish_batch(
+        &self,
+        msgs: Vec<Message>,
+    ) -> crate::BoxFuture<'_, Result<Vec<PublishAck>, BusError>> {
+        Box::pin(async move {
+            let mut pending = Vec::with_capacity(msgs.len());
+            for m in msgs {
+                let subject = m.subject.clone();
+                pending.push((subject, self.send(m).await?));
+            }
+            let mut acks = Vec::with_capacity(pending.len());
+            for (subject, ack) in pending {
+                acks.push(await_ack(&subject, ack).await?);
+            }
+            Ok(acks)
+        })
+    }
+
+    fn subscribe(
+        &self,
+        config: ConsumerConfig,
+    ) -> crate::BoxFuture<'_, Result<Subscription, BusError>> {
+        Box::pin(async move {
+            let (stream_name, stream) = self.stream_holding(&config.filter_subject).await?;
+            let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+                .get_or_create_consumer(
+                    &config.durable,
+                    pull::Config {
+                        durable_name: Some(config.durable.clone()),
+                        description: Some("ticketing durable consumer".into()),
+                        filter_subject: config.filter_subject.clone(),
+                        deliver_policy: DeliverPolicy::All,
+                        ack_policy: AckPolicy::Explicit,
+                        ack_wait: config.ack_wait,
+                        max_deliver: i64::from(config.max_deliver),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| {
+                    BusError::new(
+                        BusErrorKind::Unavailable,
+                        format!("consumer {}: {e}", config.durable),
+                    )
+                })?;
+            let existing = &consumer.cached_info().config.filter_subject;
+            if *existing != config.filter_subject {
+                return Err(BusError::new(
+                    BusErrorKind::Config,
+                    format!(
+                        "durable {} already filters {existing}, not {}",
+                        config.durable, config.filter_subject
+                    ),
+                ));
+            }
+            // A provisioned consumer's settings are the spec's, not the
+            // caller's: park by the limit the server enforces.
+            let max_deliver = match consumer.cached_info().config.max_deliver {
+                n if n > 0 => u32::try_from(n).unwrap_or(u32::MAX),
+                _ => u32::MAX,
+            };
+            let watcher = self
+                .watch_max_deliveries(&stream_name, &config.durable)
+                .await?;
+            Ok(Subscription::new(Box::new(JsSource {
+                bus: self.clone(),
+                consumer,
+                messages: None,
+                durable: Arc::from(config.durable.as_str()),
+                max_deliver,
+                watcher,
+            })))
+        })
+    }
+
+    fn parked(&self, durable: &str) -> crate::BoxFuture<'_, Result<Vec<ParkedMessage>, BusError>> {
+        let subject = format!("{PARKED_PREFIX}.{durable}");
+        Box::pin(async move {
+            let stream = self.inner.js.get_stream(PARKED_STREAM).await.map_err(|e| {
+                BusError::new(
+                    BusErrorKind::StreamMissing,
+                    format!("parked stream {PARKED_STREAM}: {e}"),
+                )
+            })?;
+            let consumer = stream
+                .create_consumer(pull::OrderedConfig {
+                    filter_subject: subject,
+                    ..Default::default()
+                })
+                .await
+                .map_err(unavailable)?;
+            let mut remaining = consumer.cached_info().num_pending;
+            let mut out = Vec::new();
+            if remaining == 0 {
+                return Ok(out);
+            }
+            let mut messages = consumer.messages().await.map_err(unavailable)?;
+            while remaining > 0 {
+                let next = tokio::time::timeout(Duration::from_secs(5), messages.next()).await;
+                let Ok(Some(Ok(m))) = next else {
+                    return Err(BusError::new(
+                        BusErrorKind::Timeout,
+                        "reading parked messages",
+                    ));
+                };
+                remaining -= 1;
+                if let Ok(r) = serde_json::from_slice::<ParkedRecord>(&m.payload) {
+                    out.push(ParkedMessage {
+                        consumer: r.consumer,
+                        seq: r.seq,
+                        subject: r.subject,
+                        id: r.id,
+                        deliveries: r.deliveries,
+                        reason: r.reason,
+                    });
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// JetStream has no way to move a durable's ack floor back, so the
+    /// consumer is deleted and created again with the configuration the
+    /// server had for it (the provisioning tool's marks included).
+    fn rewind(&self, config: &ConsumerConfig) -> crate::BoxFuture<'_, Result<(), BusError>> {
+        let (filter, durable) = (config.filter_subject.clone(), config.durable.clone());
+        Box::pin(async move {
+            let (stream_name, stream) = self.stream_holding(&filter).await?;
+            let info = match stream.consumer_info(&durable).await {
+                Ok(info) => info,
+                Err(e)
+                    if e.kind()
+                        == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound =>
+                {
+                    return Ok(());
+                }
+                Err(e) => return Err(unavailable(format!("consumer {durable}: {e}"))),
+            };
+            stream
+                .delete_consumer(&durable)
+                .await
+                .map_err(|e| unavailable(format!("deleting consumer {durable}: {e}")))?;
+            stream
+                .create_consumer(info.config.clone())
+                .await
+                .map_err(|e| unavailable(format!("recreating consumer {durable}: {e}")))?;
+            tracing::info!(stream = %stream_name, %durable, "consumer rewound to the stream's first message");
+            Ok(())
+        })
+    }
+
+    fn consumer_lag(
+        &self,
+        config: &ConsumerConfig,
+    ) -> crate::BoxFuture<'_, Result<Option<(u64, u64)>, BusError>> {
+        let (filter, durable) = (config.filter_subject.clone(), config.durable.clone());
+        Box::pin(async move {
+            let (_, stream) = self.stream_holding(&filter).await?;
+            let info = stream.consumer_info(&durable).await.map_err(unavailable)?;
+            Ok(Some((info.num_pending, info.num_ack_pending as u64)))
+        })
+    }
+
+    fn check_subjects(
+        &self,
+        subjects: &'static [&'static str],
+    ) -> crate::BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            let mut missing = Vec::new();
+            for subject in subjects {
+                if let Err(e) = self.inner.js.stream_by_subject(*subject).await {
+                    tracing::debug!(subject, error = %e, "no stream for a published subject");
+                    missing.push(*subject);
+                }
+            }
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(BusError::new(
+                    BusErrorKind::StreamMissing,
+                    format!(
+                        "no stream holds {} (has `ticketing streams apply` run?)",
+                        missing.join(", ")
+                    ),
+                ))
+            }
+        })
+    }
+
+    fn check_ready(&self) -> crate::BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            match self.inner.client.connection_state() {
+                async_nats::connection::State::Connected => Ok(()),
+                state => Err(BusError::new(
+                    BusErrorKind::Unavailable,
+                    format!("NATS connection is {state:?}"),
+                )),
+            }
+        })
+    }
+}
+
+/// One member of a durable pull consumer.
+struct JsSource {
+    bus: JetStreamBus,
+    consumer: async_nats::jetstream::consumer::PullConsumer,
+    messages: Option<pull::Stream>,
+    durable: Arc<str>,
+    max_deliver: u32,
+    /// Parks what the server gives up on (see `watch_max_deliveries`).
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for JsSource {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+impl JsSource {
+    fn delivery(&self, msg: jetstream::Message) -> Result<Delivery, BusError> {
+        let info = msg.info().map_err(|e| {
+            BusError::new(BusErrorKind::Other, format!("not a JetStream message: {e}"))
+        })?;
+        let (seq, delivered) = (info.stream_sequence, info.delivered.max(1) as u32);
+        let mut headers = Vec::new();
+        let mut id = String::new();
+        if let Some(h) = &msg.headers {
+            for (name, values) in h.iter() {
+                for v in values {
+                    if name.to_string().eq_ignore_ascii_case("Nats-Msg-Id") {
+                        id = v.to_string();
+                    }
+                    headers.push((name.to_string(), v.to_string()));
+                }
+            }
+        }
+        let message = Message {
+            subject: msg.subject.to_string(),
+            id,
+            headers,
+            payload: msg.payload.to_vec(),
+        };
+        let acker = Arc::new(JsAcker {
+            bus: self.bus.clone(),
+            msg,
+            durable: self.durable.clone(),
+            seq,
+            delivered,
+            max_deliver: self.max_deliver,
+            subject: message.subject.clone(),
+            id: message.id.clone(),
+            payload: String::from_utf8_lossy(&message.payload).into_owned(),
+        });
+        Ok(Delivery::new(message, seq, delivered, acker))
+    }
+}
+
+impl DeliverySource for JsSource {
+    fn next(&mut self) -> crate::BoxFuture<'_, Option<Result<Delivery, BusError>>> {
+        Box::pin(async move {
+            loop {
+                if self.messages.is_none() {
+                    // Small batches with a short expiry: a member that goes away
+                    // strands at most a few messages, for at most the ack wait.
+                    let stream = self
+                        .consumer
+                        .stream()
+                        .max_messages_per_batch(64)
+                        .expires(Duration::from_secs(5))
+                        .heartbeat(Duration::from_secs(2))
+                        .messages()
+                        .await;
+                    match stream {
+                        Ok(s) => self.messages = Some(s),
+                        Err(e) => {
+                            return Some(Err(unavailable(format!(
+                                "cannot pull from {}: {e}",
+                                self.durable
+                            ))));
+                        }
+                    }
+                }
+                let stream = self.messages.as_mut()?;
+                match stream.next().await {
+                    Some(Ok(msg)) => return Some(self.delivery(msg)),
+                    Some(Err(e)) => {
+                        tracing::debug!(durable = %self.durable, error = %e, "pull stream interrupted; pulling again");
+                        self.messages = None;
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    None => self.messages = None,
+                }
+            }
+        })
+    }
+}
+
+struct JsAcker {
+    bus: JetStreamBus,
+    msg: jetstream::Message,
+    durable: Arc<str>,
+    seq: u64,
+    delivered: u32,
+    max_deliver: u32,
+    subject: String,
+    id: String,
+    payload: String,
+}
+
+impl JsAcker {
+    /// Records the message on the parked stream, then terminates it.
+    async fn park(&self, reason: String) -> Result<(), BusError> {
+        self.bus
+            .record_parked(&ParkedRecord {
+                consumer: self.durable.to_string(),
+                seq: self.seq,
+                subject: self.subject.clone(),
+                id: self.id.clone(),
+                deliveries: self.delivered,
+                reason,
+                payload: self.payload.clone(),
+            })
+            .await?;
+        self.msg
+            .double_ack_with(AckKind::Term)
+            .await
+            .map_err(unavailable)
+    }
+}
+
+impl Acker for JsAcker {
+    fn ack(&self) -> crate::BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move { self.msg.double_ack().await.map_err(unavailable) })
+    }
+
+    fn nak(&self, delay: Duration) -> crate::BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            if self.delivered >= self.max_deliver {
+                return self
+                    .park(format!(
+                        "not acknowledged after {} deliveries",
+                        self.delivered
+                    ))
+                    .await;
+            }
+            self.msg
+                .ack_with(AckKind::Nak(Some(delay)))
+                .await
+                .map_err(unavailable)
+        })
+    }
+
+    fn term(&self, reason: String) -> crate::BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move { self.park(format!("terminated: {reason}")).await })
+    }
+
+    fn in_progress(&self) -> crate::BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            self.msg
+                .ack_with(AckKind::Progress)
+                .await
+                .map_err(unavailable)
+        })
+    }
+}
+
+/// Test support: a stream per test on a real server.
+#[cfg(feature = "testing")]
+pub mod testing {
+    use std::time::Duration;
+
+    use async_nats::jetstream::stream;
+
+    use super::{JetStreamBus, PARKED_PREFIX, PARKED_STREAM};
+
+    /// The server tests use (`TICKETING_TEST_NATS_URL`, default the local one).
+    pub fn nats_url() -> String {
+        std::env::var("TICKETING_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+    }
+
+    /// Connects to the test server, or `None` (after saying why) when it is
+    /// unreachable and engines are optional; panics when they are required.
+    pub async fn connect() -> Option<async_nats::Client> {
+        let url = nats_url();
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(3),
+            async_nats::ConnectOptions::new()
+                .name("ticketing-tests")
+                .connect(&url),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(client)) => Some(client),
+            other => {
+                let why = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".into(),
+                };
+                if store::testing::engines_required() {
+                    panic!(
+                        "NATS at {url} is required (TICKETING_REQUIRE_ENGINES=1) but unreachable: {why}"
+                    );
+                }
+                store::testing::skipped(&format!(
+                    "NATS at {url} is unreachable ({why}); set TICKETING_TEST_NATS_URL or start nats-server -js"
+                ));
+                None
+            }
+        }
+    }
+
+    /// A stream of its own for one test; deleted when dropped.
+    pub struct TestStream {
+        pub name: String,
+        /// Subjects are `{prefix}.…`.
+        pub prefix: String,
+        url: String,
+    }
+
+    /// Creates a file-storage stream over `{prefix}.>` with a fresh prefix,
+    /// and the shared parked stream if missing.
+    pub async fn stream(bus: &JetStreamBus) -> TestStream {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = format!("t{}x{nanos}x{n}", std::process::id());
+        let name = prefix.to_uppercase();
+        let js = bus.context();
+        js.create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{prefix}.>")],
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            max_age: Duration::from_secs(3600),
+            ..Default::default()
+        })
+        .await
+        .expect("create test stream");
+        let _ = js
+            .get_or_create_stream(stream::Config {
+                name: PARKED_STREAM.into(),
+                subjects: vec![format!("{PARKED_PREFIX}.>")],
+                storage: stream::StorageType::File,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await;
+        TestStream {
+            name,
+            prefix,
+            url: nats_url(),
+        }
+    }
+
+    impl Drop for TestStream {
+        fn drop(&mut self) {
+            let (url, name) = (self.url.clone(), self.name.clone());
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                rt.block_on(async {
+                    let client = async_nats::connect(&url).await.ok()?;
+                    async_nats::jetstream::new(client)
+                        .delete_stream(&name)
+                        .await
+                        .ok()
+                })
+            })
+            .join();
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! The event bus: what every implementation promises ([`Bus`]), the embedded
+//! durable implementation, the transactional outbox and its relay, and the
+//! typed listener runner services use to consume events.
+//!
+//! Semantics (the same for the embedded bus and JetStream):
+//! - publishing is acknowledged once the message is durable, and a message id
+//!   seen before is not stored twice (de-duplication);
+//! - a durable consumer is named, filters by subject, starts from the first
+//!   message when new, and survives restarts;
+//! - every subscriber of the same durable is a member of one group: each
+//!   message goes to one member at a time;
+//! - a delivery is acked, nak'ed with a delay, or terminated; one neither
+//!   acked nor nak'ed within the ack wait is delivered again;
+//! - a message delivered `max_deliver` times without an ack, or terminated, is
+//!   parked: recorded, logged and counted, and no longer blocks the consumer.
+
+pub mod embedded;
+pub mod jetstream;
+pub mod listener;
+pub mod outbox;
+pub mod subject;
+
+#[cfg(feature = "testing")]
+pub mod contract;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use shared::http::BoxFuture;
+
+/// A message as published and as delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub subject: String,
+    /// Unique id; the de-duplication key (`Nats-Msg-Id` on JetStream).
+    pub id: String,
+    pub headers: Vec<(String, String)>,
+    pub payload: Vec<u8>,
+}
+
+impl Message {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The bus's answer to a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishAck {
+    /// Position of the message in its stream.
+    pub seq: u64,
+    /// True when the id was seen before and nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// A durable consumer's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerConfig {
+    /// Durable name, shared by all members of the group.
+    pub durable: String,
+    /// Subject filter (`*` matches one token, `>` the rest).
+    pub filter_subject: String,
+    /// How long a delivery may stay unacknowledged before it is redelivered.
+    pub ack_wait: Duration,
+    /// Deliveries after which an unacknowledged message is parked.
+    pub max_deliver: u32,
+}
+
+impl ConsumerConfig {
+    pub fn new(durable: impl Into<String>, filter_subject: impl Into<String>) -> Self {
+        ConsumerConfig {
+            durable: durable.into(),
+            filter_subject: filter_subject.into(),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 20,
+        }
+    }
+}
+
+/// A message that gave up: terminated, or out of deliveries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedMessage {
+    pub consumer: String,
+    pub seq: u64,
+    pub subject: String,
+    pub id: String,
+    pub deliveries: u32,
+    pub reason: String,
+}
+
+/// What kind of failure, so callers can choose between retrying and giving up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusErrorKind {
+    /// The broker or its storage cannot be reached; retry later.
+    Unavailable,
+    /// No stream holds this subject (JetStream): provisioning has not run.
+    StreamMissing,
+    /// A consumer exists with settings that conflict with the request.
+    Config,
+    /// The operation did not finish in time.
+    Timeout,
+    Other,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("bus error ({kind:?}): {message}")]
+pub struct BusError {
+    pub kind: BusErrorKind,
+    pub message: String,
+}
+
+impl BusError {
+    pub fn new(kind: BusErrorKind, message: impl Into<String>) -> Self {
+        BusError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<store::StoreError> for BusError {
+    fn from(e: store::StoreError) -> Self {
+        let kind = match e.kind() {
+            store::StoreErrorKind::Unavailable => BusErrorKind::Unavailable,
+            _ => BusErrorKind::Other,
+        };
+        BusError::new(kind, e.to_string())
+    }
+}
+
+/// An event bus. Object-safe so services hold an `Arc<dyn Bus>` and never
+/// care which implementation is behind it.
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes one message; resolves once it is durable.
+    fn publish(&self, msg: Message) -> BoxFuture<'_, Result<PublishAck, BusError>>;
+
+    /// Publishes several messages, in order; resolves once all are durable.
+    fn publish_batch(
+        &self,
+        msgs: Vec<Message>,
+    ) -> BoxFuture<'_, Result<Vec<PublishAck>, BusError>> {
+        Box::pin(async move {
+            let mut acks = Vec::with_capacity(msgs.len());
+            for m in msgs {
+                acks.push(self.publish(m).await?);
+            }
+            Ok(acks)
+        })
+    }
+
+    /// Joins (creating if needed) the durable consumer `config.durable`.
+    fn subscribe(&self, config: ConsumerConfig) -> BoxFuture<'_, Result<Subscription, BusError>>;
+
+    /// Makes the durable consumer `config.durable` start over: its next
+    /// subscriber is given its subject's history again from the first
+    /// message, as if the durable were new (a read model rebuilding itself
+    /// from the stream). A consumer that does not exist yet is left alone
+    /// (it will start from the first message anyway); one that exists keeps
+    /// the settings it has. Meant for before a service's listeners join:
+    /// members subscribed meanwhile may be cut off or see messages twice.
+    fn rewind(&self, config: &ConsumerConfig) -> BoxFuture<'_, Result<(), BusError>>;
+
+    /// Messages parked on a durable consumer.
+    fn parked(&self, durable: &str) -> BoxFuture<'_, Result<Vec<ParkedMessage>, BusError>>;
+
+    /// `Ok` when the bus can take publishes and deliver messages.
+    fn check_ready(&self) -> BoxFuture<'_, Result<(), BusError>>;
+
+    /// Messages a durable consumer has not yet been given, and messages
+    /// given but not yet acknowledged, where the bus can tell (`None` if not).
+    fn consumer_lag(
+        &self,
+        config: &ConsumerConfig,
+    ) -> BoxFuture<'_, Result<Option<(u64, u64)>, BusError>> {
+        let _ = config;
+        Box::pin(async { Ok(None) })
+    }
+
+    /// `Ok` when every one of `subjects` has somewhere to go (a stream on
+    /// JetStream; the embedded bus takes any subject).
+    fn check_subjects(
+        &self,
+        subjects: &'static [&'static str],
+    ) -> BoxFuture<'_, Result<(), BusError>> {
+        let _ = subjects;
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// One member's stream of deliveries from a durable consumer.
+pub struct Subscription {
+    source: Box<dyn DeliverySource>,
+}
+
+impl Subscription {
+    pub fn new(source: Box<dyn DeliverySource>) -> Self {
+        Subscription { source }
+    }
+
+    /// The next delivery; waits until one is available. `None` once the bus
+    /// is closed.
+    pub async fn next(&mut self) -> Option<Result<Delivery, BusError>> {
+        self.source.next().await
+    }
+}
+
+/// Implementation side of a [`Subscription`].
+pub trait DeliverySource: Send {
+    fn next(&mut self) -> BoxFuture<'_, Option<Result<Delivery, BusError>>>;
+}
+
+/// Implementation side of a [`Delivery`]'s acknowledgements.
+pub trait Acker: Send + Sync {
+    fn ack(&self) -> BoxFuture<'_, Result<(), BusError>>;
+    fn nak(&self, delay: Duration) -> BoxFuture<'_, Result<(), BusError>>;
+    fn term(&self, reason: String) -> BoxFuture<'_, Result<(), BusError>>;
+    fn in_progress(&self) -> BoxFuture<'_, Result<(), BusError>>;
+}
+
+/// A message handed to one consumer member, to be settled exactly once.
+pub struct Delivery {
+    pub message: Message,
+    /// Stream sequence.
+    pub seq: u64,
+    /// 1 on first delivery, 2 on the first redelivery, …
+    pub delivered: u32,
+    acker: Arc<dyn Acker>,
+}
+
+impl Delivery {
+    pub fn new(message: Message, seq: u64, delivered: u32, acker: Arc<dyn Acker>) -> Self {
+        Delivery {
+            message,
+            seq,
+            delivered,
+            acker,
+        }
+    }
+
+    /// Done: never deliver again.
+    pub async fn ack(self) -> Result<(), BusError> {
+        self.acker.ack().await
+    }
+
+    /// Not now: deliver again after `delay` (counts as a delivery).
+    pub async fn nak(self, delay: Duration) -> Result<(), BusError> {
+        self.acker.nak(delay).await
+    }
+
+    /// Never: park it with `reason`.
+    pub async fn term(self, reason: impl Into<String>) -> Result<(), BusError> {
+        self.acker.term(reason.into()).await
+    }
+
+    /// Still working: restart the ack wait.
+    pub async fn in_progress(&self) -> Result<(), BusError> {
+        self.acker.in_progress().await
+    }
+}

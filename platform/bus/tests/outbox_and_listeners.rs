@@ -1,0 +1,480 @@
+//! The outbox relay and typed listeners, on the embedded bus.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bus::contract::next_within;
+use bus::embedded::EmbeddedBus;
+use bus::listener::{self, EventContext, ListenerError, ListenerOptions, Outcome};
+use bus::outbox::{self, OUTBOX_TABLE_SQL, Outbox};
+use bus::{Bus, ConsumerConfig, Message};
+use serde::{Deserialize, Serialize};
+use shared::events::Event;
+use shared::ids::UserId;
+use shared::shutdown;
+use shared::time::Clock;
+use shared::trace::TraceContext;
+use store::{Db, Migration, StoreError};
+
+static MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "outbox",
+    sql: OUTBOX_TABLE_SQL,
+}];
+
+/// The event these tests publish and consume: the bus knows no product, so
+/// its tests bring their own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct UserCreated {
+    id: UserId,
+    email: String,
+}
+shared::event!(UserCreated, "user.created");
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    db: Db,
+    bus: Arc<dyn Bus>,
+    outbox: Outbox,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open_sqlite(&dir.path().join("svc.db"), MIGRATIONS)
+        .await
+        .unwrap();
+    let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::open(&dir.path().join("bus.db")).await.unwrap());
+    let outbox = Outbox::new(db.clone(), "test");
+    Fixture {
+        _dir: dir,
+        db,
+        bus,
+        outbox,
+    }
+}
+
+fn user(email: &str) -> UserCreated {
+    UserCreated {
+        id: UserId::new(),
+        email: email.into(),
+    }
+}
+
+async fn enqueue(f: &Fixture, event: UserCreated) {
+    f.db.write(move |c| outbox::enqueue(c, &event, &TraceContext::new_root(), Clock::System.now()))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_relay_publishes_committed_events_with_type_and_trace_headers_then_forgets_them() {
+    let f = fixture().await;
+    let mut sub = f
+        .bus
+        .subscribe(ConsumerConfig::new("c", "user.>"))
+        .await
+        .unwrap();
+    enqueue(&f, user("a@b.co")).await;
+    assert_eq!(f.outbox.relay_once(&f.bus).await.unwrap(), 1);
+    let d = next_within(&mut sub, Duration::from_secs(5))
+        .await
+        .expect("published");
+    let event: UserCreated = serde_json::from_slice(&d.message.payload).unwrap();
+    assert_eq!(event.email, "a@b.co");
+    assert_eq!(
+        d.message.header("Ticketing-Event"),
+        Some(UserCreated::SUBJECT)
+    );
+    assert!(TraceContext::parse(d.message.header("traceparent").unwrap()).is_some());
+    assert_eq!(f.outbox.pending().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn an_event_written_in_a_rolled_back_transaction_is_never_published() {
+    let f = fixture().await;
+    let event = user("a@b.co");
+    let _ =
+        f.db.write(move |c| -> Result<(), StoreError> {
+            outbox::enqueue(c, &event, &TraceContext::new_root(), Clock::System.now())?;
+            Err(StoreError::new(
+                store::StoreErrorKind::Other,
+                "the state change failed",
+            ))
+        })
+        .await;
+    assert_eq!(f.outbox.pending().await.unwrap(), 0);
+    assert_eq!(f.outbox.relay_once(&f.bus).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_crash_between_publish_and_delete_publishes_nothing_twice() {
+    let f = fixture().await;
+    enqueue(&f, user("a@b.co")).await;
+    // Simulate a relay that published and died before deleting the row.
+    let (id, subject, payload): (String, String, String) =
+        f.db.read(|c| {
+            let r = c
+                .query("SELECT id, subject, payload FROM outbox", &[])?
+                .remove(0);
+            Ok::<_, StoreError>((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .await
+        .unwrap();
+    f.bus
+        .publish(Message {
+            subject,
+            id,
+            headers: vec![],
+            payload: payload.into_bytes(),
+        })
+        .await
+        .unwrap();
+    // The restarted relay publishes the row again; the bus drops the copy.
+    assert_eq!(f.outbox.relay_once(&f.bus).await.unwrap(), 1);
+    let mut sub = f
+        .bus
+        .subscribe(ConsumerConfig::new("late", "user.created"))
+        .await
+        .unwrap();
+    next_within(&mut sub, Duration::from_secs(5))
+        .await
+        .expect("one copy")
+        .ack()
+        .await
+        .unwrap();
+    assert!(
+        next_within(&mut sub, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "published twice"
+    );
+}
+
+#[tokio::test]
+async fn the_relay_task_publishes_soon_after_a_wake_and_drains_on_shutdown() {
+    let f = fixture().await;
+    let (trigger, signal) = shutdown::channel();
+    let relay = f.outbox.spawn_relay(f.bus.clone(), signal);
+    let mut sub = f
+        .bus
+        .subscribe(ConsumerConfig::new("c", "user.created"))
+        .await
+        .unwrap();
+    enqueue(&f, user("one@b.co")).await;
+    f.outbox.wake();
+    next_within(&mut sub, Duration::from_millis(800))
+        .await
+        .expect("published promptly")
+        .ack()
+        .await
+        .unwrap();
+    trigger.fire();
+    enqueue(&f, user("two@b.co")).await; // committed while shutting down
+    relay.await.unwrap();
+    assert_eq!(f.outbox.pending().await.unwrap(), 0, "drained on shutdown");
+}
+
+#[tokio::test]
+async fn a_listener_gets_typed_events_retries_early_ones_and_parks_undecodable_ones() {
+    let f = fixture().await;
+    let (trigger, signal) = shutdown::channel();
+    let seen = Arc::new(Mutex::new(Vec::<(String, u32)>::new()));
+    let handler = {
+        let seen = seen.clone();
+        move |e: UserCreated, ctx: EventContext| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push((e.email.clone(), ctx.delivered));
+                // The first delivery of "early" pretends its predecessor is missing.
+                if e.email == "early@b.co" && ctx.delivered == 1 {
+                    return Ok(Outcome::NotYet("predecessor missing".into()));
+                }
+                Ok::<_, ListenerError>(Outcome::Done)
+            }
+        }
+    };
+    let tasks = listener::spawn::<UserCreated, _, _>(
+        f.bus.clone(),
+        "svc",
+        ListenerOptions::default(),
+        handler,
+        signal,
+    );
+    enqueue(&f, user("early@b.co")).await;
+    f.outbox.relay_once(&f.bus).await.unwrap();
+    f.bus
+        .publish(Message {
+            subject: UserCreated::SUBJECT.into(),
+            id: "garbage".into(),
+            headers: vec![],
+            payload: b"{\"nope\":true}".to_vec(),
+        })
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while seen.lock().unwrap().len() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [("early@b.co".to_string(), 1), ("early@b.co".to_string(), 2)]
+    );
+    let parked = f
+        .bus
+        .parked(&listener::durable_name("svc", UserCreated::SUBJECT))
+        .await
+        .unwrap();
+    assert_eq!(parked.len(), 1);
+    assert!(
+        parked[0].reason.contains("undecodable"),
+        "{}",
+        parked[0].reason
+    );
+    trigger.fire();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_event_written_through_the_outbox_is_published_without_waiting_for_the_poll() {
+    let f = fixture().await;
+    let (trigger, signal) = shutdown::channel();
+    let relay = f.outbox.spawn_relay(f.bus.clone(), signal);
+    let mut sub = f
+        .bus
+        .subscribe(ConsumerConfig::new("c", "user.created"))
+        .await
+        .unwrap();
+    // Let the relay go idle first, so only a wake-up (not the 1 s poll) can be quick.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let event = user("fast@b.co");
+    f.outbox
+        .write(move |c| outbox::enqueue(c, &event, &TraceContext::new_root(), Clock::System.now()))
+        .await
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    next_within(&mut sub, Duration::from_millis(500))
+        .await
+        .expect("published on commit")
+        .ack()
+        .await
+        .unwrap();
+    assert!(start.elapsed() < Duration::from_millis(500));
+    trigger.fire();
+    relay.await.unwrap();
+}
+
+/// Replicas on one PostgreSQL database each run a relay over the same outbox:
+/// every row goes out exactly once, in the order it was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_of_replicas_sharing_a_postgres_outbox_publish_each_row_once_in_order() {
+    let Some(schema) = store::testing::postgres_schema().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::open(&dir.path().join("bus.db")).await.unwrap());
+    let mut sub = bus
+        .subscribe(ConsumerConfig::new("c", "user.created"))
+        .await
+        .unwrap();
+    let db = Db::open_postgres(&schema.url, 4, MIGRATIONS).await.unwrap();
+    let service = "relay-replicas-test";
+    let (trigger, signal) = shutdown::channel();
+    let mut relays = Vec::new();
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        // Each replica has its own pool, as separate processes would.
+        let db = Db::open_postgres(&schema.url, 4, MIGRATIONS).await.unwrap();
+        let outbox = Outbox::new(db, service);
+        relays.push(outbox.spawn_relay(bus.clone(), signal.clone()));
+        replicas.push(outbox);
+    }
+    let total = 600;
+    let mut written = Vec::new();
+    for i in 0..total {
+        let event = user(&format!("u{i}@b.co"));
+        let outbox = &replicas[i % replicas.len()];
+        let id = outbox
+            .write(move |c| {
+                outbox::enqueue(c, &event, &TraceContext::new_root(), Clock::System.now())
+            })
+            .await
+            .unwrap();
+        written.push(id.to_string());
+    }
+    let mut received = Vec::new();
+    while received.len() < total {
+        let d = next_within(&mut sub, Duration::from_secs(10))
+            .await
+            .expect("every row published");
+        received.push(d.message.id.clone());
+        d.ack().await.unwrap();
+    }
+    trigger.fire();
+    for r in relays {
+        r.await.unwrap();
+    }
+    assert_eq!(received, written, "each row once, in write order");
+    let published = shared::metrics::get(
+        "events_published_total",
+        &[("service", service), ("subject", "user.created")],
+    );
+    assert_eq!(published, total as u64, "no relay published a row twice");
+    assert_eq!(Outbox::new(db, service).pending().await.unwrap(), 0);
+}
+
+/// A service's entry in the event catalogue must say what its listeners
+/// consume: starting listeners for anything else is refused at once.
+#[tokio::test]
+#[should_panic(expected = "says it consumes")]
+async fn listeners_for_undeclared_subjects_are_refused() {
+    let f = fixture().await;
+    let (_trigger, signal) = shutdown::channel();
+    let _tasks = listener::Listeners::new(f.bus.clone(), "svc", ListenerOptions::default(), signal)
+        .declared(&["order.created"])
+        .on(|_: UserCreated, _| async { Ok(Outcome::Done) })
+        .into_tasks();
+}
+
+#[tokio::test]
+async fn listeners_for_exactly_the_declared_subjects_start() {
+    let f = fixture().await;
+    let (trigger, signal) = shutdown::channel();
+    let tasks = listener::Listeners::new(f.bus.clone(), "svc", ListenerOptions::default(), signal)
+        .declared(&[UserCreated::SUBJECT])
+        .on(|_: UserCreated, _| async { Ok(Outcome::Done) })
+        .into_tasks();
+    assert_eq!(tasks.len(), 2, "one member and the lag reporter");
+    trigger.fire();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// And what its outbox publishes: in debug builds (every test) the relay
+/// stops at an undeclared subject.
+#[cfg(debug_assertions)]
+#[tokio::test]
+#[should_panic(expected = "does not declare")]
+async fn the_relay_refuses_a_subject_its_service_does_not_declare() {
+    let f = fixture().await;
+    let outbox = Outbox::new(f.db.clone(), "svc").declaring(&["order.created"]);
+    enqueue(&f, user("a@example.com")).await;
+    let _ = outbox.relay_once(&f.bus).await;
+}
+
+/// Records the fields of every span opened while it is the subscriber.
+#[derive(Clone, Default)]
+struct SpanCapture(Arc<Mutex<Vec<std::collections::HashMap<String, String>>>>);
+
+struct Fields<'a>(&'a mut std::collections::HashMap<String, String>);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(
+            field.name().to_owned(),
+            format!("{value:?}").trim_matches('"').to_owned(),
+        );
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanCapture {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut fields = std::collections::HashMap::new();
+        fields.insert("name".to_owned(), attrs.metadata().name().to_owned());
+        fields.insert("id".to_owned(), id.into_u64().to_string());
+        attrs.record(&mut Fields(&mut fields));
+        self.0.lock().unwrap().push(fields);
+    }
+
+    /// Fields recorded after creation (the trace ids are).
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let id = id.into_u64().to_string();
+        let mut spans = self.0.lock().unwrap();
+        if let Some(fields) = spans.iter_mut().rev().find(|f| f["id"] == id) {
+            values.record(&mut Fields(fields));
+        }
+    }
+}
+
+/// The consumer's span is in the producer's trace: a child of the span that
+/// wrote the event, named by the OpenTelemetry messaging conventions.
+#[tokio::test]
+async fn the_consumers_span_carries_the_producers_trace_id() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let capture = SpanCapture::default();
+    // Global: the outbox row is written on the database's own thread. The
+    // only test here that sets one; spans of other tests are told apart by
+    // their trace id.
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(capture.clone()))
+        .unwrap();
+    let f = fixture().await;
+    let producer = TraceContext::new_root();
+    let event = user("traced@example.com");
+    f.db.write(move |c| outbox::enqueue(c, &event, &producer, Clock::System.now()))
+        .await
+        .unwrap();
+    f.outbox.relay_once(&f.bus).await.unwrap();
+    let (seen, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (trigger, signal) = shutdown::channel();
+    let tasks = listener::Listeners::new(f.bus.clone(), "svc", ListenerOptions::default(), signal)
+        .on(move |_: UserCreated, ctx: EventContext| {
+            let seen = seen.clone();
+            async move {
+                let _ = seen.send(ctx.trace);
+                Ok(Outcome::Done)
+            }
+        })
+        .into_tasks();
+    let handled = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        handled.trace_id, producer.trace_id,
+        "the handler continues the trace"
+    );
+    trigger.fire();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let spans = capture.0.lock().unwrap();
+    let process = spans
+        .iter()
+        .find(|s| s["name"] == "process" && s.get("trace_id") == Some(&producer.trace_id_hex()))
+        .expect("a consumer span");
+    assert_eq!(process["trace_id"], producer.trace_id_hex());
+    assert_eq!(process["span_id"], handled.span_id_hex());
+    assert_eq!(process["otel.kind"], "consumer");
+    assert_eq!(process["messaging.destination.name"], "user.created");
+    assert_eq!(process["messaging.consumer.group.name"], "svc-user-created");
+    // The event's "create" span is a child of the writer's and the parent
+    // of the consumer's.
+    let create = spans
+        .iter()
+        .find(|s| s["name"] == "create" && s.get("trace_id") == Some(&producer.trace_id_hex()))
+        .expect("a producer span");
+    assert_eq!(create["otel.kind"], "producer");
+    assert_eq!(create["trace_id"], producer.trace_id_hex());
+    assert_eq!(create["parent_span_id"], producer.span_id_hex());
+    assert_eq!(
+        process["parent_span_id"], create["span_id"],
+        "the producer's span is the parent"
+    );
+}

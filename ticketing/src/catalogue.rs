@@ -1,0 +1,306 @@
+//! `ticketing events`: the event catalogue and flow map, generated from the
+//! code's own registrations — the event types (their subjects and JSON
+//! Schemas), the services' catalogue entries (who publishes, who consumes;
+//! enforced by listeners and relays), the listeners' durable names and the
+//! built-in stream spec — so the picture cannot drift from the code.
+
+use std::fmt::Write as _;
+
+use bus::listener::durable_name;
+use serde_json::{Value, json};
+
+/// How to print the catalogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// A document: the flow map (Mermaid) and a section per event.
+    Markdown,
+    /// Every event with its schema, publisher, consumers and stream.
+    Json,
+    /// The flow map alone, as a Mermaid flowchart.
+    Mermaid,
+    /// The flow map alone, for Graphviz.
+    Dot,
+}
+
+/// One event in the catalogue.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub subject: &'static str,
+    pub publisher: &'static str,
+    /// (service, durable consumer name)
+    pub consumers: Vec<(&'static str, String)>,
+    pub stream: Option<String>,
+    pub schema: Value,
+}
+
+/// Every event, in the order the event types are declared.
+pub fn entries() -> Vec<Entry> {
+    let spec = marketplace_events::streams();
+    marketplace_events::schemas()
+        .into_iter()
+        .map(|(subject, schema)| {
+            let publisher = marketplace_events::CATALOGUE
+                .iter()
+                .find(|s| s.publishes.contains(&subject))
+                .map_or("(none)", |s| s.service);
+            let consumers = marketplace_events::CATALOGUE
+                .iter()
+                .filter(|s| s.consumes.contains(&subject))
+                .map(|s| (s.service, durable_name(s.service, subject)))
+                .collect();
+            Entry {
+                subject,
+                publisher,
+                consumers,
+                stream: spec.stream_for_subject(subject).map(|s| s.name.clone()),
+                schema,
+            }
+        })
+        .collect()
+}
+
+pub fn render(format: Format) -> String {
+    let entries = entries();
+    match format {
+        Format::Markdown => markdown(&entries),
+        Format::Json => {
+            serde_json::to_string_pretty(&json_doc(&entries)).unwrap_or_default() + "\n"
+        }
+        Format::Mermaid => mermaid(&entries),
+        Format::Dot => dot(&entries),
+    }
+}
+
+fn json_doc(entries: &[Entry]) -> Value {
+    Value::Array(
+        entries
+            .iter()
+            .map(|e| {
+                json!({
+                    "subject": e.subject,
+                    "publisher": e.publisher,
+                    "consumers": e.consumers.iter()
+                        .map(|(service, durable)| json!({"service": service, "durable": durable}))
+                        .collect::<Vec<_>>(),
+                    "stream": e.stream,
+                    "schema": e.schema,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Services in a stable order: publishers and consumers as the catalogue
+/// lists them.
+fn services() -> Vec<&'static str> {
+    marketplace_events::CATALOGUE
+        .iter()
+        .map(|s| s.service)
+        .collect()
+}
+
+fn mermaid(entries: &[Entry]) -> String {
+    let mut out = String::from("flowchart LR\n");
+    for s in services() {
+        let _ = writeln!(out, "    {s}([{s}])");
+    }
+    for e in entries {
+        if e.consumers.is_empty() {
+            let _ = writeln!(
+                out,
+                "    {} -. {} .-> nobody_{}[(no consumer yet)]",
+                e.publisher,
+                e.subject,
+                e.subject.replace('.', "_")
+            );
+        }
+        for (consumer, _) in &e.consumers {
+            let _ = writeln!(out, "    {} -- {} --> {consumer}", e.publisher, e.subject);
+        }
+    }
+    out
+}
+
+fn dot(entries: &[Entry]) -> String {
+    let mut out =
+        String::from("digraph events {\n    rankdir=LR;\n    node [shape=box, style=rounded];\n");
+    for s in services() {
+        let _ = writeln!(out, "    \"{s}\";");
+    }
+    for e in entries {
+        if e.consumers.is_empty() {
+            let _ = writeln!(
+                out,
+                "    \"{}\" -> \"no consumer yet\" [label=\"{}\", style=dashed];",
+                e.publisher, e.subject
+            );
+        }
+        for (consumer, durable) in &e.consumers {
+            let _ = writeln!(
+                out,
+                "    \"{}\" -> \"{consumer}\" [label=\"{}\", tooltip=\"{durable}\"];",
+                e.publisher, e.subject
+            );
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// A one-line type for the field table: `string (uuid)`, `integer`, …
+fn type_of(schema: &Value, defs: &Value) -> String {
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        let name = r.rsplit('/').next().unwrap_or(r);
+        let target = &defs[name];
+        if let Some(variants) = target.get("enum").and_then(Value::as_array) {
+            let names: Vec<String> = variants
+                .iter()
+                .map(|v| format!("`{}`", v.as_str().unwrap_or_default()))
+                .collect();
+            return format!("one of {}", names.join(", "));
+        }
+        return format!("object ({name})");
+    }
+    if let Some(any) = schema.get("anyOf").and_then(Value::as_array) {
+        return any
+            .iter()
+            .map(|s| type_of(s, defs))
+            .collect::<Vec<_>>()
+            .join(" or ");
+    }
+    let kind = match schema.get("type") {
+        Some(Value::Array(kinds)) => kinds
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(" or "),
+        Some(Value::String(k)) => k.clone(),
+        _ => "any".into(),
+    };
+    match schema.get("format").and_then(Value::as_str) {
+        Some(f) => format!("{kind} ({f})"),
+        None => kind,
+    }
+}
+
+fn markdown(entries: &[Entry]) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "# Event catalogue\n\n\
+         Generated from the code by `ticketing events --format markdown` (the event \
+         types, the services' catalogue entries, the listeners' durable names and \
+         `deploy/streams.yaml`); a test fails when this file differs from what the \
+         code generates. Do not edit it by hand: run\n\n\
+         ```sh\ncargo run -q -- events --format markdown > docs/events.md\n```\n\n\
+         Every message carries the headers `Nats-Msg-Id` (the event id; the stream \
+         drops duplicates), `traceparent` (W3C trace context), `Ticketing-Event` \
+         (the subject) and `Ticketing-Schema` (the schema version). Money is in \
+         integer cents.\n\n## Flow map\n\n```mermaid\n",
+    );
+    out.push_str(&mermaid(entries));
+    out.push_str("```\n\n## Events\n\n| subject | publisher | consumers (durable) | stream |\n|---|---|---|---|\n");
+    for e in entries {
+        let consumers = if e.consumers.is_empty() {
+            "—".to_owned()
+        } else {
+            e.consumers
+                .iter()
+                .map(|(s, d)| format!("{s} (`{d}`)"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "| [`{}`](#{}) | {} | {consumers} | {} |",
+            e.subject,
+            e.subject.replace('.', ""),
+            e.publisher,
+            e.stream.as_deref().unwrap_or("**none**"),
+        );
+    }
+    for e in entries {
+        let _ = write!(out, "\n### `{}`\n\n", e.subject);
+        let _ = writeln!(
+            out,
+            "Published by **{}** on stream `{}`; consumed by {}.\n",
+            e.publisher,
+            e.stream.as_deref().unwrap_or("(none)"),
+            if e.consumers.is_empty() {
+                "no service yet".to_owned()
+            } else {
+                e.consumers
+                    .iter()
+                    .map(|(s, d)| format!("**{s}** (durable `{d}`)"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+        out.push_str("| field | type | required |\n|---|---|---|\n");
+        let required: Vec<&str> = e.schema["required"]
+            .as_array()
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let defs = &e.schema["$defs"];
+        if let Some(props) = e.schema["properties"].as_object() {
+            for (name, schema) in props {
+                let _ = writeln!(
+                    out,
+                    "| `{name}` | {} | {} |",
+                    type_of(schema, defs),
+                    if required.contains(&name.as_str()) {
+                        "yes"
+                    } else {
+                        "no"
+                    }
+                );
+            }
+        }
+        let _ = write!(
+            out,
+            "\n<details><summary>JSON Schema</summary>\n\n```json\n{}\n```\n\n</details>\n",
+            serde_json::to_string_pretty(&e.schema).unwrap_or_default()
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_has_a_publisher_a_stream_and_a_schema() {
+        let entries = entries();
+        assert_eq!(entries.len(), marketplace_events::ALL_SUBJECTS.len());
+        for e in &entries {
+            assert_ne!(e.publisher, "(none)", "{}", e.subject);
+            assert!(e.stream.is_some(), "{}", e.subject);
+            assert!(e.schema["properties"].is_object(), "{}", e.subject);
+        }
+        let created = entries
+            .iter()
+            .find(|e| e.subject == "order.created")
+            .unwrap();
+        let consumers: Vec<&str> = created.consumers.iter().map(|(s, _)| *s).collect();
+        assert_eq!(consumers, ["tickets", "expiration", "payments"]);
+        assert_eq!(created.stream.as_deref(), Some("ORDERS"));
+    }
+
+    #[test]
+    fn the_flow_maps_draw_every_edge() {
+        let m = render(Format::Mermaid);
+        assert!(m.contains("orders -- order.created --> tickets"), "{m}");
+        assert!(m.contains("payments -- payment.created --> orders"), "{m}");
+        assert!(m.contains("auth -. user.created .->"), "{m}");
+        let d = render(Format::Dot);
+        assert!(
+            d.contains("\"tickets\" -> \"orders\" [label=\"ticket.created\""),
+            "{d}"
+        );
+        let j: Value = serde_json::from_str(&render(Format::Json)).unwrap();
+        assert_eq!(
+            j.as_array().unwrap().len(),
+            marketplace_events::ALL_SUBJECTS.len()
+        );
+    }
+}

@@ -1,0 +1,131 @@
+//! The command line: `ticketing [run] [flags]`. Every flag has an environment
+//! variable equivalent.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ticketing",
+    version,
+    about = "A ticket resale marketplace of event-driven services"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run services (the default): all of them, with the gateway, on one port.
+    Run(RunArgs),
+    /// Drills that check the system's guarantees on real processes.
+    #[command(subcommand)]
+    Drill(Drill),
+    /// Provision JetStream streams and consumers from the spec
+    /// (deploy/streams.yaml): plan shows the difference, apply makes it so.
+    #[command(subcommand)]
+    Streams(crate::streams::Streams),
+    /// The blog system (posts, comments, moderation, query and its page) on
+    /// the same library: `ticketing blog` runs it all on one port.
+    Blog(crate::blog::BlogCommand),
+    /// Print the event catalogue (every subject, its JSON Schema, publisher,
+    /// consumers and stream) or the flow map, generated from the code.
+    Events {
+        #[arg(long, value_enum, default_value = "markdown")]
+        format: crate::catalogue::Format,
+    },
+    /// Exit 0 if URL answers 2xx within 3 s, else 1 with the reason: a health
+    /// check for images without a shell or curl (docker-compose).
+    Probe {
+        /// e.g. http://127.0.0.1:3000/readyz
+        #[arg(default_value = "http://127.0.0.1:3000/readyz")]
+        url: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Drill {
+    /// Parallel clients sell and edit tickets on replicas of the tickets and
+    /// orders services (NATS JetStream + PostgreSQL); checks that every copy
+    /// converges, each event is handled once, and one order wins per ticket.
+    Concurrency(crate::drill::ConcurrencyArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on.
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+    /// Where the embedded databases, the bus log and the generated JWT key live.
+    #[arg(long, env = "TICKETING_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Comma-separated services to run: auth, tickets, orders, expiration,
+    /// payments, gateway (a reverse proxy to AUTH_URL, TICKETS_URL, …), or
+    /// all (every service behind an in-process gateway).
+    #[arg(
+        long,
+        env = "TICKETING_SERVICES",
+        default_value = "all",
+        value_delimiter = ','
+    )]
+    pub services: Vec<String>,
+    #[command(flatten)]
+    pub engines: EngineArgs,
+}
+
+/// Where the services keep their data and events (the marketplace's and
+/// the blog's alike).
+#[derive(Debug, Clone, clap::Args)]
+pub struct EngineArgs {
+    /// NATS server with JetStream; without it the embedded bus is used.
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: Option<String>,
+    /// PostgreSQL URL; without it each service uses SQLite in the data
+    /// directory. With several services in one process, each uses
+    /// `<SERVICE>_DATABASE_URL` if set, else this URL with the database name
+    /// `ticketing_<service>` (`blog_<service>` for the blog).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+impl EngineArgs {
+    /// The URLs that choose the engines.
+    pub fn urls(&self) -> runtime::engines::EngineUrls {
+        runtime::engines::EngineUrls {
+            nats_url: self.nats_url.clone(),
+            database_url: self.database_url.clone(),
+        }
+    }
+}
+
+impl Cli {
+    /// The name this process reports to trace collectors by default:
+    /// `ticketing` for the all-in-one process and one-shot commands, else
+    /// the services it runs (`tickets`, `orders+payments`, …).
+    pub fn service_name(&self) -> String {
+        let run = match &self.command {
+            None => &self.run,
+            Some(Command::Run(run)) => run,
+            Some(Command::Blog(blog)) => return blog.service_name(),
+            Some(_) => return "ticketing".to_owned(),
+        };
+        let services: Vec<&str> = run
+            .services
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if services.is_empty() || services.iter().any(|s| s.eq_ignore_ascii_case("all")) {
+            "ticketing".to_owned()
+        } else {
+            services.join("+")
+        }
+    }
+}
