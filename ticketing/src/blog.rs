@@ -17,6 +17,8 @@ use shared::shutdown;
 use shared::time::Clock;
 
 use runtime::engines::{BusChoice, engines, open_bus};
+use runtime::role::{Catalogue, Role};
+use runtime::{Fallback, serve_running};
 
 use crate::config::SettingsError;
 
@@ -82,17 +84,7 @@ impl BlogCommand {
             Some(BlogSubcommand::Run(run)) => run,
             Some(BlogSubcommand::Streams(_)) => return "blog".to_owned(),
         };
-        let services: Vec<&str> = run
-            .services
-            .iter()
-            .map(|s| s.trim())
-            .filter(|s| !s.is_empty())
-            .collect();
-        if services.is_empty() || services.iter().any(|s| s.eq_ignore_ascii_case("all")) {
-            "blog".to_owned()
-        } else {
-            format!("blog-{}", services.join("+"))
-        }
+        runtime::role::process_name(&run.services, "blog", "blog-")
     }
 }
 
@@ -110,41 +102,20 @@ pub struct BlogSettings {
     pub databases: Databases,
 }
 
-fn parse_services(names: &[String]) -> Result<(Vec<&'static str>, bool), SettingsError> {
-    let mut services = Vec::new();
-    let mut page = false;
-    for name in names.iter().map(|n| n.trim().to_ascii_lowercase()) {
-        if name == "all" {
-            services.extend_from_slice(blog::SERVICES);
-            page = true;
-        } else if name == blog::WEB {
-            page = true;
-        } else if let Some(s) = blog::SERVICES.iter().find(|s| **s == name) {
-            services.push(*s);
-        } else {
-            return Err(SettingsError::Invalid(format!(
-                "unknown blog service {name:?} in --services / BLOG_SERVICES (expected {}, web or all)",
-                blog::SERVICES.join(", ")
-            )));
-        }
-    }
-    services.sort_by_key(|s| blog::SERVICES.iter().position(|a| a == s));
-    services.dedup();
-    if services.is_empty() && !page {
-        return Err(SettingsError::Invalid("no blog services to run".into()));
-    }
-    Ok((services, page))
-}
+/// The blog's services as `--services` names them (it has no gateway).
+pub const CATALOGUE: Catalogue = Catalogue {
+    variable: "BLOG_SERVICES",
+    services: blog::SERVICES,
+    gateway: false,
+};
 
 impl BlogSettings {
     pub fn load(args: &BlogArgs) -> Result<BlogSettings, SettingsError> {
-        let (services, page) = parse_services(&args.services)?;
+        let role = Role::parse(&args.services, &CATALOGUE).map_err(SettingsError::Invalid)?;
+        let (services, page) = (role.services().to_vec(), role.pages());
         let rules = blog_moderation::Rules::parse(&args.banned_words)
             .map_err(|e| SettingsError::Invalid(format!("BLOG_BANNED_WORDS: {e}")))?;
-        let whole_api = ["posts", "comments", "query"]
-            .iter()
-            .all(|s| services.contains(s));
-        let upstreams = if page && !whole_api {
+        let upstreams = if page && !role.runs_all(["posts", "comments", "query"]) {
             let api = env_var::<String>("BLOG_API_URL")?;
             let each = |var: &str| -> Result<String, SettingsError> {
                 match env_var::<String>(var)?.or_else(|| api.clone()) {
@@ -196,37 +167,9 @@ pub async fn main(command: BlogCommand) -> Result<u8, Box<dyn std::error::Error>
     run(settings, listener, signal).await.map(|()| 0)
 }
 
-/// The page in front of `api` (the composed API of this process, or the
-/// services over HTTP): its routes at their paths, and the API's own paths
-/// (`/posts…`, health, metrics) passed to `api_router` when there is one.
-fn with_page(api_router: Option<axum::Router>, upstreams: Option<blog::Upstreams>) -> axum::Router {
-    use tower::ServiceExt;
-    let client = match (upstreams, &api_router) {
-        (Some(u), _) => u.api(),
-        (None, Some(router)) => runtime::client::Api::in_process(router.clone()),
-        (None, None) => unreachable!("a page without an API was refused by the settings"),
-    };
-    let ready_client = client.clone();
-    let ready: shared::http::ReadyCheck = Arc::new(move || {
-        let api = ready_client.clone();
-        Box::pin(async move { blog::page::check_ready(&api).await })
-    });
-    let page = blog::page_router(client);
-    match api_router {
-        Some(api) => page.fallback(move |req: axum::extract::Request| {
-            let api = api.clone();
-            async move {
-                match api.oneshot(req).await {
-                    Ok(res) => res,
-                    Err(never) => match never {},
-                }
-            }
-        }),
-        None => shared::http::finish(page.merge(shared::http::health_router(vec![(
-            "blog page".into(),
-            ready,
-        )]))),
-    }
+/// The page, calling the API through `client`.
+fn page(client: runtime::client::Api) -> axum::Router {
+    blog::page_router(client)
 }
 
 /// Starts the configured blog services (and the page) and serves them on
@@ -238,9 +181,24 @@ pub async fn run(
 ) -> Result<(), Box<dyn std::error::Error>> {
     if settings.config.services.is_empty() {
         // The page alone: no database, no bus.
-        let router = with_page(None, settings.upstreams.clone());
+        let client = settings
+            .upstreams
+            .clone()
+            .ok_or("the blog page alone needs BLOG_API_URL or POSTS_URL, COMMENTS_URL, QUERY_URL")?
+            .api();
+        let ready: shared::http::ReadyCheck = {
+            let api = client.clone();
+            Arc::new(move || {
+                let api = api.clone();
+                Box::pin(async move { blog::page::check_ready(&api).await })
+            })
+        };
+        let router = page(client).merge(runtime::edge::health_router(vec![(
+            "blog page".into(),
+            ready,
+        )]));
         tracing::info!(upstreams = ?settings.upstreams, "blog page listening on http://{}", listener.local_addr()?);
-        runtime::serve(listener, shared::http::layers(router), shutdown).await?;
+        runtime::serve(listener, router, Fallback::Json, shutdown).await?;
         return Ok(());
     }
     let bus = open_bus(&settings.bus, &settings.data_dir).await?;
@@ -254,18 +212,28 @@ pub async fn run(
         shutdown: shutdown.clone(),
     };
     let running: Vec<Running> = blog::start(&deps, &settings.config).await?;
-    let (page, upstreams) = (settings.page, settings.upstreams.clone());
-    runtime::serve_running(
+    let (with_page, upstreams) = (settings.page, settings.upstreams.clone());
+    serve_running(
         running,
         listener,
         shutdown,
         &settings.databases,
-        move |router| {
-            if page {
-                with_page(Some(router), upstreams)
-            } else {
-                router
+        Fallback::Json,
+        move |api| {
+            if !with_page {
+                return api;
             }
+            // The page beside the API in one router: it calls this
+            // process's API in process (through the same edge a request
+            // from outside passes), or the services elsewhere.
+            let client = match upstreams {
+                Some(u) => u.api(),
+                None => runtime::client::Api::in_process(runtime::edge::edge(
+                    api.clone(),
+                    Fallback::Json,
+                )),
+            };
+            api.merge(page(client))
         },
     )
     .await
@@ -273,20 +241,25 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_services;
+    use super::*;
 
     #[test]
-    fn blog_services_are_parsed_deduplicated_and_ordered() {
-        let s = |v: &[&str]| parse_services(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    fn the_blog_runs_its_four_services_and_the_page_and_has_no_gateway() {
+        let role = Role::parse(&["all".to_owned()], &CATALOGUE).unwrap();
         assert_eq!(
-            s(&["all"]).unwrap(),
-            (vec!["posts", "comments", "moderation", "query"], true)
+            role.services(),
+            ["posts", "comments", "moderation", "query"]
         );
+        assert!(role.pages());
         assert_eq!(
-            s(&["query", "Posts", "posts"]).unwrap(),
-            (vec!["posts", "query"], false)
+            Role::parse(&["web".to_owned()], &CATALOGUE).unwrap(),
+            Role::Pages
         );
-        assert_eq!(s(&["web"]).unwrap(), (vec![], true));
-        assert!(s(&["tickets"]).unwrap_err().to_string().contains("tickets"));
+        assert!(Role::parse(&["gateway".to_owned()], &CATALOGUE).is_err());
+        assert!(
+            Role::parse(&["tickets".to_owned()], &CATALOGUE)
+                .unwrap_err()
+                .contains("tickets")
+        );
     }
 }

@@ -116,16 +116,6 @@ impl Cli {
             Some(Command::Blog(blog)) => return blog.service_name(),
             Some(_) => return "ticketing".to_owned(),
         };
-        let services: Vec<&str> = run
-            .services
-            .iter()
-            .map(|s| s.trim())
-            .filter(|s| !s.is_empty())
-            .collect();
-        if services.is_empty() || services.iter().any(|s| s.eq_ignore_ascii_case("all")) {
-            "ticketing".to_owned()
-        } else {
-            services.join("+")
-        }
+        runtime::role::process_name(&run.services, "ticketing", "")
     }
 }

@@ -5,22 +5,27 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use marketplace_events::API_ROUTES;
 use runtime::engines::{BusChoice, EngineError, engines};
+use runtime::gateway::Upstreams;
+use runtime::role::{Catalogue, Role};
 use shared::config::{ConfigError, env_var};
 
 use crate::cli::RunArgs;
 
-/// The services this binary can run, besides the web client.
-pub const ALL_SERVICES: &[&str] = &["auth", "tickets", "orders", "expiration", "payments"];
-/// The web client: no database, no bus; it speaks the services' HTTP API.
-pub const WEB: &str = "web";
+/// The marketplace's services as `--services` names them.
+pub const CATALOGUE: Catalogue = Catalogue {
+    variable: "TICKETING_SERVICES",
+    services: marketplace_events::SERVICES,
+    gateway: true,
+};
 
 /// How the web client reaches the API.
 #[derive(Debug, Clone)]
 pub struct WebSettings {
     /// `None`: the API services run in this process and are called in
     /// process; otherwise over HTTP.
-    pub upstreams: Option<web::Upstreams>,
+    pub upstreams: Option<Upstreams>,
     /// Show the offline gateway's test card tokens on the payment form.
     pub test_card_tokens: bool,
 }
@@ -30,9 +35,10 @@ pub struct Settings {
     pub host: String,
     pub port: u16,
     pub data_dir: PathBuf,
-    pub services: Vec<&'static str>,
+    /// What this process runs.
+    pub role: Role,
     /// Set when this process is the stand-alone gateway.
-    pub gateway: Option<crate::gateway::Upstreams>,
+    pub gateway: Option<Upstreams>,
     /// Set when this process serves the web client.
     pub web: Option<WebSettings>,
     pub bus: BusChoice,
@@ -57,49 +63,10 @@ pub enum SettingsError {
     Engines(#[from] EngineError),
 }
 
-fn parse_services(names: &[String]) -> Result<Vec<&'static str>, SettingsError> {
-    let mut out = Vec::new();
-    for name in names.iter().map(|n| n.trim().to_ascii_lowercase()) {
-        if name == "gateway" {
-            if names.len() != 1 {
-                return Err(SettingsError::Invalid(
-                    "the gateway runs alone: --services gateway".into(),
-                ));
-            }
-            return Ok(vec!["gateway"]);
-        }
-        if name == "all" {
-            out.extend_from_slice(ALL_SERVICES);
-            out.push(WEB);
-            continue;
-        }
-        if name == WEB {
-            out.push(WEB);
-            continue;
-        }
-        match ALL_SERVICES.iter().find(|s| **s == name) {
-            Some(s) => out.push(*s),
-            None => {
-                return Err(SettingsError::Invalid(format!(
-                    "unknown service {name:?} in --services / TICKETING_SERVICES (expected {}, web, gateway or all)",
-                    ALL_SERVICES.join(", ")
-                )));
-            }
-        }
-    }
-    out.sort_by_key(|s| {
-        ALL_SERVICES
-            .iter()
-            .position(|a| a == s)
-            .unwrap_or(usize::MAX)
-    });
-    out.dedup();
-    Ok(out)
-}
-
-fn upstream(name: &str) -> Result<String, SettingsError> {
-    env_var::<String>(name)?
-        .ok_or_else(|| SettingsError::Invalid(format!("{name} must be set for --services gateway")))
+/// `<SERVICE>_URL`: where the service runs, for the gateway and the web
+/// client in front of services in other processes.
+fn url_variable(service: &str) -> String {
+    format!("{}_URL", service.to_ascii_uppercase())
 }
 
 /// `JWT_KEY` if set, else a random key generated once and kept in the data
@@ -150,47 +117,36 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 
 impl Settings {
     pub fn load(args: &RunArgs) -> Result<Settings, SettingsError> {
-        let services = parse_services(&args.services)?;
+        let role = Role::parse(&args.services, &CATALOGUE).map_err(SettingsError::Invalid)?;
         let data_dir = args.data_dir.clone();
-        let gateway_upstreams = if services == ["gateway"] {
-            Some(crate::gateway::Upstreams {
-                auth: upstream("AUTH_URL")?,
-                tickets: upstream("TICKETS_URL")?,
-                orders: upstream("ORDERS_URL")?,
-                payments: upstream("PAYMENTS_URL")?,
-                web: env_var::<String>("WEB_URL")?,
+        let gateway_upstreams = if role == Role::Gateway {
+            let upstreams = Upstreams::new(API_ROUTES, |service| {
+                let var = url_variable(service);
+                env_var::<String>(&var)?.ok_or_else(|| {
+                    SettingsError::Invalid(format!("{var} must be set for --services gateway"))
+                })
+            })?;
+            Some(match env_var::<String>("WEB_URL")? {
+                Some(web) => upstreams.with_rest("web", web),
+                None => upstreams,
             })
         } else {
             None
         };
-        let backends: Vec<&'static str> = services
-            .iter()
-            .copied()
-            .filter(|s| ALL_SERVICES.contains(s))
-            .collect();
-        let web = if services.contains(&WEB) {
-            let in_process = ["auth", "tickets", "orders", "payments"]
-                .iter()
-                .all(|s| services.contains(s));
-            let upstreams = if in_process {
+        let web = if role.pages() {
+            let upstreams = if role.runs_all(marketplace_events::api_services()) {
                 None
             } else {
                 let api = env_var::<String>("API_URL")?;
-                let each = |var: &str| -> Result<String, SettingsError> {
-                    match env_var::<String>(var)?.or_else(|| api.clone()) {
-                        Some(u) => Ok(u.trim_end_matches('/').to_owned()),
-                        None => Err(SettingsError::Invalid(format!(
+                Some(Upstreams::new(API_ROUTES, |service| {
+                    let var = url_variable(service);
+                    env_var::<String>(&var)?.or_else(|| api.clone()).ok_or_else(|| {
+                        SettingsError::Invalid(format!(
                             "the web client without the API services in its process needs API_URL \
                              (one origin for the whole API) or {var}"
-                        ))),
-                    }
-                };
-                Some(web::Upstreams {
-                    auth: each("AUTH_URL")?,
-                    tickets: each("TICKETS_URL")?,
-                    orders: each("ORDERS_URL")?,
-                    payments: each("PAYMENTS_URL")?,
-                })
+                        ))
+                    })
+                })?)
             };
             Some(WebSettings {
                 upstreams,
@@ -202,7 +158,12 @@ impl Settings {
         } else {
             None
         };
-        let (bus, databases) = engines(&args.engines.urls(), "ticketing", &backends, &data_dir)?;
+        let (bus, databases) = engines(
+            &args.engines.urls(),
+            "ticketing",
+            role.services(),
+            &data_dir,
+        )?;
         let jwt_key = jwt_key(&data_dir)?;
         let expiration_secs = env_var::<u64>("ORDER_EXPIRATION_SECONDS")?.unwrap_or(900);
         if expiration_secs == 0 {
@@ -225,7 +186,7 @@ impl Settings {
             host: args.host.clone(),
             port: args.port,
             data_dir,
-            services,
+            role,
             gateway: gateway_upstreams,
             web,
             bus,
@@ -251,24 +212,17 @@ impl Settings {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_services;
+    use super::*;
 
     #[test]
-    fn the_gateway_runs_alone() {
-        let s = |v: &[&str]| parse_services(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        assert_eq!(s(&["gateway"]).unwrap(), ["gateway"]);
-        assert!(s(&["gateway", "auth"]).is_err());
-    }
-
-    #[test]
-    fn services_are_parsed_deduplicated_and_ordered() {
-        let s = |v: &[&str]| parse_services(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        assert_eq!(s(&["all"]).unwrap().len(), 6);
-        assert_eq!(s(&["web", "auth"]).unwrap(), ["auth", "web"]);
+    fn every_marketplace_service_can_be_named_and_all_runs_them_with_the_pages() {
+        let role = Role::parse(&["all".to_owned()], &CATALOGUE).unwrap();
+        assert_eq!(role.services(), marketplace_events::SERVICES);
+        assert!(role.pages());
+        assert!(role.runs_all(marketplace_events::api_services()));
         assert_eq!(
-            s(&["payments", "Auth", "auth"]).unwrap(),
-            ["auth", "payments"]
+            Role::parse(&["gateway".to_owned()], &CATALOGUE).unwrap(),
+            Role::Gateway
         );
-        assert!(s(&["billing"]).unwrap_err().to_string().contains("billing"));
     }
 }

@@ -8,7 +8,6 @@ pub mod cluster;
 pub mod config;
 pub mod docs;
 pub mod drill;
-pub mod gateway;
 pub mod streams;
 
 use std::sync::Arc;
@@ -16,8 +15,8 @@ use std::time::Duration;
 
 use bus::listener::ListenerOptions;
 use runtime::engines::open_bus;
-use runtime::serve_running;
 use runtime::service::{Deps, Running};
+use runtime::{Fallback, Role, serve_running};
 use shared::auth::AuthKeys;
 use shared::shutdown::Shutdown;
 use shared::time::Clock;
@@ -96,51 +95,59 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let local = listener.local_addr()?;
-    if let Some(upstreams) = settings.gateway.clone() {
-        tracing::info!(?upstreams, "ticketing gateway listening on http://{local}");
-        runtime::serve(listener, gateway::router(upstreams), shutdown).await?;
-        tracing::info!("stopped");
-        return Ok(());
-    }
-    let backends: Vec<&'static str> = settings
-        .services
-        .iter()
-        .copied()
-        .filter(|s| config::ALL_SERVICES.contains(s))
-        .collect();
-    if backends.is_empty() {
-        // The web client alone: no database, no bus.
-        let Some(web_settings) = settings.web.clone() else {
-            return Err("no services to run".into());
-        };
-        let upstreams = web_settings
-            .upstreams
-            .clone()
-            .ok_or("the web client alone needs API_URL or AUTH_URL, TICKETS_URL, …")?;
-        let api = upstreams.clone().client();
-        let ready: shared::http::ReadyCheck = {
-            let api = api.clone();
-            Arc::new(move || {
+    match &settings.role {
+        Role::Gateway => {
+            let upstreams = settings
+                .gateway
+                .clone()
+                .ok_or("the gateway needs its upstreams")?;
+            tracing::info!(?upstreams, "ticketing gateway listening on http://{local}");
+            let router = runtime::gateway::router(upstreams);
+            runtime::serve(listener, router, Fallback::Own, shutdown).await?;
+        }
+        Role::Pages => {
+            // The web client alone: no database, no bus.
+            let web_settings = settings
+                .web
+                .clone()
+                .ok_or("the web client needs its settings")?;
+            let upstreams = web_settings
+                .upstreams
+                .clone()
+                .ok_or("the web client alone needs API_URL or AUTH_URL, TICKETS_URL, …")?;
+            tracing::info!(
+                ?upstreams,
+                "ticketing web client listening on http://{local}"
+            );
+            let api = upstreams.client();
+            let ready: shared::http::ReadyCheck = {
                 let api = api.clone();
-                Box::pin(async move { web::check_ready(&api).await })
-            })
-        };
-        let router = web::router(web::WebConfig {
-            api,
-            test_card_tokens: web_settings.test_card_tokens,
-            secure_cookies: settings.secure_cookies,
-        })
-        .merge(shared::http::health_router(vec![("web api".into(), ready)]))
-        .merge(docs::router())
-        .fallback(web::not_found);
-        tracing::info!(
-            ?upstreams,
-            "ticketing web client listening on http://{local}"
-        );
-        runtime::serve(listener, shared::http::layers(router), shutdown).await?;
-        tracing::info!("stopped");
-        return Ok(());
+                Arc::new(move || {
+                    let api = api.clone();
+                    Box::pin(async move { web::check_ready(&api).await })
+                })
+            };
+            let router = pages(api, &web_settings, settings.secure_cookies)
+                .merge(runtime::edge::health_router(vec![(
+                    "web api".into(),
+                    ready,
+                )]))
+                .merge(docs::router());
+            runtime::serve(listener, router, pages_fallback(), shutdown).await?;
+        }
+        Role::Services { .. } => return run_services(settings, listener, shutdown).await,
     }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The marketplace's services of this process (and the web client, when it
+/// runs here too), on its bus and databases.
+async fn run_services(
+    settings: Settings,
+    listener: tokio::net::TcpListener,
+    shutdown: Shutdown,
+) -> Result<(), Box<dyn std::error::Error>> {
     let bus = open_bus(&settings.bus, &settings.data_dir).await?;
     let deps = Deps {
         databases: settings.databases.clone(),
@@ -150,10 +157,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
     };
     let mut running = start_services(&settings, &deps).await?;
-    let whole_api = ["auth", "tickets", "orders", "payments"]
-        .iter()
-        .all(|s| settings.services.contains(s));
-    if whole_api || settings.web.is_some() {
+    if settings.role.runs_all(marketplace_events::api_services()) || settings.web.is_some() {
         running.push(Running {
             name: "docs",
             router: docs::router(),
@@ -161,56 +165,54 @@ pub async fn run(
             tasks: Vec::new(),
         });
     }
-    let web = settings.web.clone();
-    let secure_cookies = settings.secure_cookies;
+    let (web, secure_cookies) = (settings.web.clone(), settings.secure_cookies);
+    let fallback = match web {
+        Some(_) => pages_fallback(),
+        None => Fallback::Json,
+    };
     serve_running(
         running,
         listener,
         shutdown,
         &settings.databases,
-        move |router| match &web {
-            Some(web_settings) => with_web(router, web_settings, secure_cookies),
-            None => router,
+        fallback,
+        move |api| match &web {
+            // The pages beside the API in one router: the web client calls
+            // this process's API in process (through the same edge a
+            // request from outside passes), or the API elsewhere.
+            Some(web_settings) => {
+                let client = match &web_settings.upstreams {
+                    None => web::Api::in_process(runtime::edge::edge(api.clone(), Fallback::Json)),
+                    Some(u) => u.clone().client(),
+                };
+                api.merge(pages(client, web_settings, secure_cookies))
+            }
+            None => api,
         },
     )
     .await
 }
 
-/// The web client in front of `api` (this process's composed API): its
-/// pages at their paths, everything else to the API, and an HTML 404 for
-/// paths that are neither.
-fn with_web(
-    api: axum::Router,
-    settings: &config::WebSettings,
-    secure_cookies: bool,
-) -> axum::Router {
-    use tower::ServiceExt;
-    let client = match &settings.upstreams {
-        None => web::Api::in_process(api.clone()),
-        Some(u) => u.clone().client(),
-    };
-    let pages = web::router(web::WebConfig {
-        api: client,
+/// The web client's pages, calling the API through `api`.
+fn pages(api: web::Api, settings: &config::WebSettings, secure_cookies: bool) -> axum::Router {
+    web::router(web::WebConfig {
+        api,
         test_card_tokens: settings.test_card_tokens,
         secure_cookies,
-    });
-    pages.fallback(move |req: axum::extract::Request| {
-        let api = api.clone();
-        async move {
-            let path = req.uri().path();
-            let for_api = path == "/api"
-                || path.starts_with("/api/")
-                || matches!(path, "/healthz" | "/readyz" | "/metrics");
-            if for_api {
-                match api.oneshot(req).await {
-                    Ok(res) => res,
-                    Err(never) => match never {},
-                }
-            } else {
-                web::not_found().await
-            }
-        }
     })
+}
+
+/// Where the web client runs: the API's paths (a service's prefix, the API
+/// docs, the health routes) answer in the JSON error shape, everything else
+/// with the HTML 404 page.
+fn pages_fallback() -> Fallback {
+    fn api_path(path: &str) -> bool {
+        path == "/api" || path.starts_with("/api/") || runtime::edge::HEALTH_PATHS.contains(&path)
+    }
+    Fallback::Pages {
+        api: api_path,
+        not_found: || Box::pin(web::not_found()),
+    }
 }
 
 async fn start_services(
@@ -219,7 +221,7 @@ async fn start_services(
 ) -> Result<Vec<Running>, store::StoreError> {
     let options = ListenerOptions::default();
     let mut running = Vec::new();
-    for name in settings.services.iter().filter(|s| **s != config::WEB) {
+    for name in settings.role.services() {
         running.push(match *name {
             "auth" => auth::start(deps, settings.auth.clone()).await?,
             "tickets" => tickets::start(deps, options.clone()).await?,

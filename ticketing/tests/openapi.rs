@@ -367,3 +367,63 @@ async fn metrics_cover_requests_events_outboxes_pools_and_timers() {
         assert!(metrics.contains(series), "missing {series}:\n{metrics}");
     }
 }
+
+/// In the all-in-one process the pages pass the same HTTP edge as the API:
+/// a request id on every answer, request metrics by route, and the 404s
+/// in the right shape (HTML for pages, JSON under the API).
+#[tokio::test]
+async fn pages_and_the_api_pass_one_http_edge() {
+    let server = all_in_one().await;
+    let client = reqwest::Client::new();
+    let page = client
+        .get(format!("{}/", server.base))
+        .header("x-request-id", "page-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["x-request-id"], "page-1");
+    let api = client
+        .get(format!("{}/api/tickets", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.headers()["x-request-id"].len(), 32);
+
+    let missing_page = client
+        .get(format!("{}/no/such/page", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing_page.status(), 404);
+    assert!(missing_page.headers().contains_key("x-request-id"));
+    assert!(
+        missing_page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let missing_api = client
+        .get(format!("{}/api/no/such/thing", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing_api.status(), 404);
+    let body: Value = missing_api.json().await.unwrap();
+    assert_eq!(body["errors"][0]["message"], "Not found");
+
+    let metrics = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("http_requests_total{method=\"GET\",route=\"/\",status=\"200\"}"),
+        "the landing page is counted:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("route=\"unmatched\",status=\"404\""),
+        "what no route took is counted:\n{metrics}"
+    );
+}

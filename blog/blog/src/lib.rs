@@ -71,7 +71,7 @@ impl Upstreams {
     /// A client of the blog's API over HTTP.
     pub fn api(self) -> runtime::client::Api {
         runtime::client::Api::http(std::sync::Arc::new(move |method, path| {
-            self.base_for(method, path).trim_end_matches('/').to_owned()
+            Some(self.base_for(method, path).trim_end_matches('/').to_owned())
         }))
     }
 }

@@ -158,7 +158,7 @@ async fn prepare(
         match replay_if_empty(&db, bus.as_ref(), clock.now()).await {
             Ok(()) => break,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot prepare the read model's consumers yet");
+                tracing::warn!(error = %store::report(&e), "cannot prepare the read model's consumers yet");
                 tokio::select! {
                     _ = tokio::time::sleep(retry) => {}
                     _ = shutdown.wait() => return,
@@ -170,15 +170,23 @@ async fn prepare(
     let _ = go.send(true);
 }
 
+/// Why the read model's consumers could not be rewound yet (it is retried).
+#[derive(Debug, thiserror::Error)]
+enum ReplayError {
+    #[error("cannot read or record the replay")]
+    Store(#[from] StoreError),
+    #[error("cannot rewind a consumer")]
+    Bus(#[from] bus::BusError),
+}
+
 async fn replay_if_empty(
     db: &Db,
     bus: &dyn Bus,
     now: shared::time::Timestamp,
-) -> Result<(), String> {
+) -> Result<(), ReplayError> {
     let replayed = db
         .read(|c| c.query_opt("SELECT 1 FROM replays WHERE id = 1", &[]))
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .is_some();
     if replayed {
         return Ok(());
@@ -192,8 +200,7 @@ async fn replay_if_empty(
             durable_name(SERVICE, subject),
             subject,
         ))
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     }
     // Recorded only after the rewinds: a crash in between rewinds again,
     // which the idempotent handlers absorb.
@@ -203,8 +210,7 @@ async fn replay_if_empty(
             &[&now],
         )
     })
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     tracing::info!("empty read model: reading the streams from their first message");
     Ok(())
 }

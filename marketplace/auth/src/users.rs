@@ -148,7 +148,7 @@ async fn sign_up(
     let hash = password::hash_off_runtime(password)
         .await
         .map_err(ApiError::internal)?
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .map_err(ApiError::internal)?;
     let user = AuthUser {
         id: UserId::new(),
         email: email.to_string(),

@@ -297,6 +297,21 @@ pub fn service_events(service: &str) -> &'static ServiceEvents {
         .unwrap_or_else(|| panic!("{service} is not in marketplace_events::CATALOGUE"))
 }
 
+/// Which service serves which part of the public API: the gateway proxies
+/// by it, the web client calls by it, the all-in-one process routes by it,
+/// and the Helm chart's ingress mirrors it (a deploy test holds that).
+pub const API_ROUTES: &[(&str, &str)] = &[
+    ("/api/users", "auth"),
+    ("/api/tickets", "tickets"),
+    ("/api/orders", "orders"),
+    ("/api/payments", "payments"),
+];
+
+/// The services that serve the public API (the others only consume events).
+pub fn api_services() -> impl Iterator<Item = &'static str> {
+    API_ROUTES.iter().map(|(_, service)| *service)
+}
+
 /// `deploy/streams.yaml` as it was built.
 pub const STREAMS_YAML: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -413,6 +428,14 @@ mod tests {
     fn the_builtin_spec_declares_what_the_services_publish_and_consume() {
         if let Err(problems) = provision::check_catalogue(&streams(), CATALOGUE) {
             panic!("{}", problems.join("\n"));
+        }
+    }
+
+    #[test]
+    fn every_api_prefix_belongs_to_a_service() {
+        for (prefix, service) in API_ROUTES {
+            assert!(SERVICES.contains(service), "{service}");
+            assert!(prefix.starts_with("/api/"), "{prefix}");
         }
     }
 

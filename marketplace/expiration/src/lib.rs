@@ -130,7 +130,7 @@ async fn run_scheduler(
     let mut counted_at: Option<tokio::time::Instant> = None;
     loop {
         if let Err(e) = fire_due(&outbox, clock.now()).await {
-            tracing::warn!(error = %e, "cannot fire timers");
+            tracing::warn!(error = %store::report(&e), "cannot fire timers");
         }
         let now = tokio::time::Instant::now();
         let count = counted_at.is_none_or(|at| now.duration_since(at) >= COUNT_EVERY);
@@ -138,7 +138,7 @@ async fn run_scheduler(
             Ok(Some(at)) => clock.instant_at(at),
             Ok(None) => now + Duration::from_secs(3600),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read timers");
+                tracing::warn!(error = %store::report(&e), "cannot read timers");
                 now + Duration::from_secs(1)
             }
         };

@@ -67,7 +67,7 @@ async fn on_finished(
     if outcome == Outcome::Done && status == OrderStatus::Cancelled {
         refund_if_cancelled(&state, id, &ctx.trace)
             .await
-            .map_err(ListenerError)?;
+            .map_err(|e| ListenerError::dependency(format!("refunding order {id}"), e))?;
     }
     Ok(outcome)
 }

@@ -200,6 +200,15 @@ async fn pay(
     ))
 }
 
+/// Why a refund could not be made or recorded (it is retried).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RefundError {
+    #[error("cannot read or record the refund")]
+    Store(#[from] StoreError),
+    #[error("the payment gateway refused or failed the refund")]
+    Gateway(#[from] GatewayError),
+}
+
 /// Refunds the order's payment if the order is cancelled and the payment not
 /// yet refunded. Safe to call any number of times: the gateway sees one
 /// idempotency key per payment and the refund is recorded once.
@@ -207,7 +216,7 @@ pub(crate) async fn refund_if_cancelled(
     state: &AppState,
     order_id: OrderId,
     trace: &TraceContext,
-) -> Result<(), String> {
+) -> Result<(), RefundError> {
     let pending = state
         .db
         .read(move |c| {
@@ -219,8 +228,7 @@ pub(crate) async fn refund_if_cancelled(
             .map(|r| Ok::<_, StoreError>((r.get::<PaymentId>(0)?, r.get::<String>(1)?, r.get::<Money>(2)?)))
             .transpose()
         })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let Some((payment_id, charge_id, amount)) = pending else {
         return Ok(());
     };
@@ -228,8 +236,7 @@ pub(crate) async fn refund_if_cancelled(
         .config
         .gateway
         .refund(charge_id, format!("refund-{payment_id}"))
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let now = state.clock.now();
     let trace = *trace;
     let recorded = state
@@ -254,8 +261,7 @@ pub(crate) async fn refund_if_cancelled(
             }
             Ok::<_, StoreError>(n == 1)
         })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     if recorded {
         tracing::info!(%order_id, %payment_id, "payment refunded: its order was cancelled first");
     }

@@ -19,7 +19,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-pub use api::{Api, Upstreams};
+pub use api::Api;
 
 /// How the web client is set up.
 #[derive(Clone)]

@@ -105,11 +105,15 @@ pub enum BusErrorKind {
     Other,
 }
 
+/// A bus error: its kind, what failed, and the error that caused it when
+/// there is one (kept as the source, so logs show the whole chain).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("bus error ({kind:?}): {message}")]
 pub struct BusError {
     pub kind: BusErrorKind,
     pub message: String,
+    #[source]
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 impl BusError {
@@ -117,6 +121,20 @@ impl BusError {
         BusError {
             kind,
             message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An error of `kind` while doing `message`, caused by `source`.
+    pub fn caused_by(
+        kind: BusErrorKind,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        BusError {
+            kind,
+            message: message.into(),
+            source: Some(Arc::new(source)),
         }
     }
 }
@@ -127,7 +145,7 @@ impl From<store::StoreError> for BusError {
             store::StoreErrorKind::Unavailable => BusErrorKind::Unavailable,
             _ => BusErrorKind::Other,
         };
-        BusError::new(kind, e.to_string())
+        BusError::caused_by(kind, "the bus's store failed", e)
     }
 }
 

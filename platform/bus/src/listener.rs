@@ -23,20 +23,32 @@ pub enum Outcome {
 }
 
 /// A failure that may pass (a database hiccup, a gateway timeout): the event
-/// is delivered again with back-off until it succeeds or is parked.
+/// is delivered again with back-off until it succeeds or is parked. Each
+/// keeps its cause as its source; the log line shows the whole chain.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ListenerError(pub String);
-
-impl From<store::StoreError> for ListenerError {
-    fn from(e: store::StoreError) -> Self {
-        ListenerError(e.to_string())
-    }
+pub enum ListenerError {
+    /// The handler's database failed.
+    #[error("the handler's database failed")]
+    Store(#[from] store::StoreError),
+    /// The bus failed.
+    #[error("the bus failed")]
+    Bus(#[from] crate::BusError),
+    /// Something else the handler needs failed (a payment gateway, …).
+    #[error("{context}")]
+    Dependency {
+        context: String,
+        #[source]
+        source: store::BoxError,
+    },
 }
 
-impl From<crate::BusError> for ListenerError {
-    fn from(e: crate::BusError) -> Self {
-        ListenerError(e.to_string())
+impl ListenerError {
+    /// `context` failed because of `source`.
+    pub fn dependency(context: impl Into<String>, source: impl Into<store::BoxError>) -> Self {
+        ListenerError::Dependency {
+            context: context.into(),
+            source: source.into(),
+        }
     }
 }
 
@@ -160,7 +172,7 @@ async fn report_lag(bus: Arc<dyn Bus>, config: ConsumerConfig, mut shutdown: Shu
             }
             Ok(None) => return,
             Err(e) => {
-                tracing::debug!(durable = %config.durable, error = %e, "cannot read consumer lag")
+                tracing::debug!(durable = %config.durable, error = %store::report(&e), "cannot read consumer lag")
             }
         }
     }
@@ -207,12 +219,13 @@ where
                 break sub;
             }
             Err(e) => {
-                tracing::warn!(service, subject = E::SUBJECT, error = %e, "cannot join consumer yet");
+                tracing::warn!(service, subject = E::SUBJECT, error = %store::report(&e), "cannot join consumer yet");
                 health.set(
                     &config.durable,
                     Some(format!(
-                        "listener {} cannot join its consumer: {e}",
-                        config.durable
+                        "listener {} cannot join its consumer: {}",
+                        config.durable,
+                        store::report(&e)
                     )),
                 );
                 tokio::select! {
@@ -232,7 +245,7 @@ where
         match next {
             None => break,
             Some(Err(e)) => {
-                tracing::warn!(service, subject = E::SUBJECT, error = %e, "cannot fetch events");
+                tracing::warn!(service, subject = E::SUBJECT, error = %store::report(&e), "cannot fetch events");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = shutdown.wait() => break,
@@ -261,7 +274,7 @@ async fn settle<E, H, Fut>(
             // Decoding will never succeed: park it now rather than retrying.
             let reason = format!("undecodable {subject} payload: {e}");
             if let Err(err) = delivery.term(reason).await {
-                tracing::warn!(service, subject, error = %err, "cannot park message");
+                tracing::warn!(service, subject, error = %store::report(&err), "cannot park message");
             }
             return;
         }
@@ -344,7 +357,7 @@ async fn settle_in<E, H, Fut>(
                 .await
         }
         Err(e) => {
-            tracing::warn!(service, subject, delivered, error = %e, "event handler failed, retrying later");
+            tracing::warn!(service, subject, delivered, error = %store::report(&e), "event handler failed, retrying later");
             shared::metrics::inc(
                 "events_failed_total",
                 &[("service", service), ("subject", subject)],
@@ -356,7 +369,7 @@ async fn settle_in<E, H, Fut>(
     };
     if let Err(e) = settled {
         // The message will come back after the ack wait; handlers are idempotent.
-        tracing::warn!(service, subject, error = %e, "cannot settle delivery");
+        tracing::warn!(service, subject, error = %store::report(&e), "cannot settle delivery");
     }
     }
     .instrument(span)

@@ -369,8 +369,8 @@ impl Outbox {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(service, error = %e, retry_in_ms = backoff.as_millis() as u64, "outbox relay failed");
-                        outbox.set_error(Some(e.to_string()));
+                        tracing::warn!(service, error = %store::report(&e), retry_in_ms = backoff.as_millis() as u64, "outbox relay failed");
+                        outbox.set_error(Some(store::report(&e)));
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
                             _ = shutdown.wait() => {}

@@ -19,8 +19,9 @@ use tower::ServiceExt;
 
 const TRACEPARENT: &str = "traceparent";
 
-/// Which origin serves a request: its method and path → base URL.
-pub type Resolve = Arc<dyn Fn(&Method, &str) -> String + Send + Sync>;
+/// Which origin serves a request: its method and path → base URL (`None`:
+/// no service serves it).
+pub type Resolve = Arc<dyn Fn(&Method, &str) -> Option<String> + Send + Sync>;
 
 #[derive(Clone)]
 enum Transport {
@@ -139,7 +140,9 @@ impl Api {
     ) -> Result<Reply, Unavailable> {
         match &self.transport {
             Transport::Http { client, resolve } => {
-                let url = format!("{}{path}", resolve(&method, path));
+                let base = resolve(&method, path)
+                    .ok_or_else(|| Unavailable(format!("no service serves {path}")))?;
+                let url = format!("{base}{path}");
                 let mut req = client.request(method, &url);
                 if let Some(s) = &caller.session {
                     req = req.bearer_auth(s);

@@ -1,7 +1,9 @@
 //! What starts, serves and stops a service, for every product: what a
 //! service is handed ([`service::Deps`]) and hands back
-//! ([`service::Running`]), the choice of engines ([`engines`]), listening
-//! with one shutdown signal ([`serve`]), logging and trace export
+//! ([`service::Running`]), what a process runs ([`role::Role`]), the choice
+//! of engines ([`engines`]), the HTTP [`edge`] every process's router gets
+//! once, listening with one shutdown signal ([`serve`]), the reverse proxy
+//! of the microservices mode ([`gateway`]), logging and trace export
 //! ([`telemetry`]), and what server-rendered pages share (the API
 //! [`client`], the [`pages`]' security headers).
 //!
@@ -9,11 +11,16 @@
 //! through it the same way.
 
 pub mod client;
+pub mod edge;
 pub mod engines;
+pub mod gateway;
 pub mod pages;
+pub mod role;
 pub mod serve;
 pub mod service;
 pub mod telemetry;
 
+pub use edge::Fallback;
+pub use role::Role;
 pub use serve::{listen, serve, serve_running};
 pub use service::{Databases, Deps, Running, ServiceBase};

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use shared::shutdown::{self, Shutdown};
 
+use crate::edge::{Fallback, edge};
 use crate::service::Running;
 
 /// Listens on `host:port`, and returns with it a shutdown signal that fires
@@ -26,13 +27,16 @@ pub async fn listen(
     Ok((listener, signal))
 }
 
-/// Serves `router` on `listener` until `shutdown` fires, then stops accepting
-/// and lets in-flight requests finish.
+/// Serves `router` behind the HTTP edge (with `fallback` for what no route
+/// takes) on `listener` until `shutdown` fires, then stops accepting and
+/// lets in-flight requests finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,
+    fallback: Fallback,
     mut shutdown: Shutdown,
 ) -> std::io::Result<()> {
+    let router = edge(router, fallback);
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -42,14 +46,15 @@ pub async fn serve(
 }
 
 /// Serves started services on `listener` (their routes composed with the
-/// health routes, then passed through `wrap`) until `shutdown` fires; then
-/// stops accepting, finishes in-flight requests and handlers, and flushes
-/// the outbox relays.
+/// health routes, then passed through `wrap`, e.g. to add the pages) behind
+/// the HTTP edge until `shutdown` fires; then stops accepting, finishes
+/// in-flight requests and handlers, and flushes the outbox relays.
 pub async fn serve_running(
     mut running: Vec<Running>,
     listener: tokio::net::TcpListener,
     shutdown: Shutdown,
     databases: &crate::service::Databases,
+    fallback: Fallback,
     wrap: impl FnOnce(axum::Router) -> axum::Router,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let local = listener.local_addr()?;
@@ -60,7 +65,7 @@ pub async fn serve_running(
     let names: Vec<_> = running.iter().map(|r| r.name).collect();
     let router = wrap(crate::service::compose(&mut running));
     tracing::info!(services = ?names, ?databases, "listening on http://{local}");
-    serve(listener, router, shutdown).await?;
+    serve(listener, router, fallback, shutdown).await?;
     tracing::info!("http server stopped; finishing handlers and flushing outboxes");
     let drain = async {
         for t in tasks {

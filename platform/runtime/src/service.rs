@@ -159,7 +159,7 @@ impl ServiceBase {
                         Box::pin(async move {
                             bus.check_subjects(publishes)
                                 .await
-                                .map_err(|e| e.to_string())
+                                .map_err(|e| store::report(&e))
                         })
                     }),
                 ));
@@ -198,14 +198,14 @@ pub fn standard_checks(
             format!("{service} database"),
             Arc::new(move || {
                 let db = db.clone();
-                Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
+                Box::pin(async move { db.ping().await.map_err(|e| store::report(&e)) })
             }),
         ),
         (
             format!("{service} bus"),
             Arc::new(move || {
                 let bus = bus.clone();
-                Box::pin(async move { bus.check_ready().await.map_err(|e| e.to_string()) })
+                Box::pin(async move { bus.check_ready().await.map_err(|e| store::report(&e)) })
             }),
         ),
     ];
@@ -222,7 +222,8 @@ pub fn standard_checks(
 }
 
 /// Merges the routes of started services with the health routes into one
-/// client-facing router (the all-in-one gateway, or a lone service).
+/// router (the all-in-one process, or a lone service); [`crate::serve`]
+/// puts the edge around it.
 pub fn compose(services: &mut [Running]) -> axum::Router {
     let mut router = axum::Router::new();
     let mut checks = Vec::new();
@@ -230,5 +231,5 @@ pub fn compose(services: &mut [Running]) -> axum::Router {
         router = router.merge(std::mem::take(&mut s.router));
         checks.append(&mut s.ready_checks);
     }
-    shared::http::finish(router.merge(shared::http::health_router(checks)))
+    router.merge(crate::edge::health_router(checks))
 }

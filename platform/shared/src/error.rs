@@ -124,14 +124,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
             ApiError::Internal(cause) => {
-                let mut chain = cause.to_string();
-                let mut source = cause.source();
-                while let Some(s) = source {
-                    chain.push_str(": ");
-                    chain.push_str(&s.to_string());
-                    source = s.source();
-                }
-                tracing::error!(error = %chain, "request failed");
+                tracing::error!(error = %store::report(cause.as_ref()), "request failed");
             }
             ApiError::Unavailable(reason) => tracing::warn!(%reason, "dependency unavailable"),
             _ => {}

@@ -1,7 +1,5 @@
 //! Store errors with a closed kind callers can branch on.
 
-use std::fmt;
-
 /// What went wrong, as far as a caller needs to know to decide what to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreErrorKind {
@@ -15,10 +13,19 @@ pub enum StoreErrorKind {
     Other,
 }
 
-#[derive(Debug)]
+/// Any error a store error can be caused by.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A store error: its kind, what was being done, and (when another library
+/// failed) the error that caused it, kept as the source so a logged 500
+/// shows the whole chain.
+#[derive(Debug, thiserror::Error)]
+#[error("store error ({kind:?}): {message}")]
 pub struct StoreError {
     kind: StoreErrorKind,
     message: String,
+    #[source]
+    source: Option<BoxError>,
 }
 
 impl StoreError {
@@ -26,6 +33,20 @@ impl StoreError {
         StoreError {
             kind,
             message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An error of `kind` while doing `message`, caused by `source`.
+    pub fn caused_by(
+        kind: StoreErrorKind,
+        message: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        StoreError {
+            kind,
+            message: message.into(),
+            source: Some(source.into()),
         }
     }
 
@@ -37,14 +58,6 @@ impl StoreError {
         self.kind == StoreErrorKind::UniqueViolation
     }
 }
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "store error ({:?}): {}", self.kind, self.message)
-    }
-}
-
-impl std::error::Error for StoreError {}
 
 impl From<rusqlite::Error> for StoreError {
     fn from(err: rusqlite::Error) -> Self {
@@ -64,6 +77,41 @@ impl From<rusqlite::Error> for StoreError {
             }
             _ => StoreErrorKind::Other,
         };
-        StoreError::new(kind, err.to_string())
+        StoreError::caused_by(kind, "SQLite failed", err)
+    }
+}
+
+/// `err` and every error it was caused by, `: `-separated — what a log
+/// line or a readiness reason shows of an error.
+pub fn report(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_from_a_library_keeps_it_as_its_source() {
+        let cause = std::io::Error::other("disk on fire");
+        let e = StoreError::caused_by(StoreErrorKind::Unavailable, "opening the database", cause);
+        assert_eq!(
+            e.to_string(),
+            "store error (Unavailable): opening the database"
+        );
+        let source = std::error::Error::source(&e).expect("a source");
+        assert_eq!(source.to_string(), "disk on fire");
+        assert!(std::error::Error::source(&StoreError::new(StoreErrorKind::Other, "x")).is_none());
+        assert_eq!(
+            report(&e),
+            "store error (Unavailable): opening the database: disk on fire"
+        );
     }
 }

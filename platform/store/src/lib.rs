@@ -19,7 +19,7 @@ mod value;
 pub mod testing;
 
 pub use conn::{Backend, Conn, Row};
-pub use error::{StoreError, StoreErrorKind};
+pub use error::{BoxError, StoreError, StoreErrorKind, report};
 pub use migrate::Migration;
 pub use value::{FromValue, ToValue, Value};
 

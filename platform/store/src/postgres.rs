@@ -43,12 +43,9 @@ impl From<tokio_postgres::Error> for StoreError {
             // No SQLSTATE: the connection itself failed.
             None => StoreErrorKind::Unavailable,
         };
-        // `Display` of a db error is only "db error"; the source has the text.
-        let message = match e.source() {
-            Some(source) => format!("{e}: {source}"),
-            None => e.to_string(),
-        };
-        StoreError::new(kind, message)
+        // The error is the source (its own `Display` is only "db error"; its
+        // source has the server's text, and the chain shows both).
+        StoreError::caused_by(kind, "PostgreSQL failed", e)
     }
 }
 
@@ -57,9 +54,9 @@ impl PgDb {
     /// reconnect after a failure) when a transaction needs them, so a service
     /// starts, and reports not-ready, while PostgreSQL is down.
     pub(crate) fn new(url: &str, max_connections: usize) -> Result<PgDb, StoreError> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| {
-            StoreError::new(StoreErrorKind::Other, format!("bad PostgreSQL URL: {e}"))
-        })?;
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::caused_by(StoreErrorKind::Other, "bad PostgreSQL URL", e))?;
         let (jobs, queue) = mpsc::channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
         for i in 0..max_connections.max(1) {
@@ -67,7 +64,13 @@ impl PgDb {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map_err(|e| StoreError::new(StoreErrorKind::Other, e.to_string()))?;
+                .map_err(|e| {
+                    StoreError::caused_by(
+                        StoreErrorKind::Other,
+                        "cannot start a connection thread",
+                        e,
+                    )
+                })?;
             std::thread::Builder::new()
                 .name(format!("postgres-{i}"))
                 .spawn(move || {
@@ -90,7 +93,13 @@ impl PgDb {
                         }
                     }
                 })
-                .map_err(|e| StoreError::new(StoreErrorKind::Other, e.to_string()))?;
+                .map_err(|e| {
+                    StoreError::caused_by(
+                        StoreErrorKind::Other,
+                        "cannot start a connection thread",
+                        e,
+                    )
+                })?;
         }
         Ok(PgDb { jobs })
     }

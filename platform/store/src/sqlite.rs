@@ -62,7 +62,7 @@ impl SqliteDb {
                 }
             })
             .map_err(|e| {
-                StoreError::new(StoreErrorKind::Other, format!("cannot spawn thread: {e}"))
+                StoreError::caused_by(StoreErrorKind::Other, "cannot spawn the database thread", e)
             })?;
         ready_rx
             .await
@@ -181,10 +181,11 @@ fn read_value(v: ValueRef<'_>) -> Result<Value, StoreError> {
     Ok(match v {
         ValueRef::Null => Value::Null,
         ValueRef::Integer(i) => Value::Int(i),
-        ValueRef::Text(t) | ValueRef::Blob(t) => Value::Text(
-            String::from_utf8(t.to_vec())
-                .map_err(|e| StoreError::new(StoreErrorKind::Decode, e.to_string()))?,
-        ),
+        ValueRef::Text(t) | ValueRef::Blob(t) => {
+            Value::Text(String::from_utf8(t.to_vec()).map_err(|e| {
+                StoreError::caused_by(StoreErrorKind::Decode, "text is not UTF-8", e)
+            })?)
+        }
         ValueRef::Real(r) => {
             return Err(StoreError::new(
                 StoreErrorKind::Decode,

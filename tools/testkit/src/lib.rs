@@ -217,7 +217,7 @@ impl TestApp {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let server = tokio::spawn(async move {
-            runtime::serve(listener, router, signal)
+            runtime::serve(listener, router, runtime::Fallback::Json, signal)
                 .await
                 .expect("serve");
         });

@@ -149,7 +149,7 @@ impl JetStreamBus {
                     Ok(a) => {
                         let seq = a.stream_seq;
                         if let Err(e) = bus.park_from_advisory(a).await {
-                            tracing::warn!(seq, error = %e, "cannot park a message out of deliveries");
+                            tracing::warn!(seq, error = %store::report(&e), "cannot park a message out of deliveries");
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "unreadable max-deliveries advisory"),

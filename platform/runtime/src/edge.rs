@@ -1,0 +1,256 @@
+//! The HTTP edge: what every process's outermost router gets, once, in every
+//! mode and for pages as well as the API — a request id and trace span per
+//! request, request metrics, panic catching, the body limit, and answers
+//! for paths and methods no route takes (the shared JSON error shape for
+//! the API, the product's HTML page for pages). [`crate::serve`] applies
+//! it; nothing else attaches middleware of its own.
+//!
+//! Also the health routes every process serves: `/healthz`, `/readyz`,
+//! `/metrics`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use shared::error::{ApiError, FieldError, error_body};
+use shared::http::{BODY_LIMIT, BoxFuture, ReadyCheck};
+
+/// What a process answers for a path no route takes.
+#[derive(Clone)]
+pub enum Fallback {
+    /// The shared JSON error shape (404, 405), on every path: an API alone.
+    Json,
+    /// The product's HTML page for paths outside its API, and the JSON shape
+    /// under it (`api` says which paths are the API's).
+    Pages {
+        api: fn(&str) -> bool,
+        not_found: fn() -> BoxFuture<'static, Response>,
+    },
+    /// The router has a fallback of its own (the gateway's proxy).
+    Own,
+}
+
+/// The edge around `router`: the fallbacks, the body limit and the
+/// middleware stack. Applied once, to the outermost router (axum cannot
+/// merge two routers that both have fallbacks).
+pub fn edge(router: Router, fallback: Fallback) -> Router {
+    let router = match fallback {
+        Fallback::Json => router
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed),
+        Fallback::Pages { api, not_found } => router
+            .fallback(move |req: Request| async move {
+                if api(req.uri().path()) {
+                    ApiError::NotFound.into_response()
+                } else {
+                    not_found().await
+                }
+            })
+            .method_not_allowed_fallback(move |req: Request| async move {
+                if api(req.uri().path()) {
+                    ApiError::MethodNotAllowed.into_response()
+                } else {
+                    StatusCode::METHOD_NOT_ALLOWED.into_response()
+                }
+            }),
+        Fallback::Own => router,
+    };
+    router
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(count_requests))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .layer(axum::middleware::from_fn(request_span))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("handler panicked");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        axum::Json(error_body(&[FieldError {
+            message: "Something went wrong".into(),
+            field: None,
+        }])),
+    )
+        .into_response()
+}
+
+async fn count_requests(req: Request, next: Next) -> Response {
+    // The route template (`/api/tickets/{id}`), not the path, so the series
+    // stay few; "unmatched" for what no route took.
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_owned();
+    let response = next.run(req).await;
+    let class = match response.status().as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    shared::metrics::inc("http_responses_total", &[("class", class)]);
+    shared::metrics::inc(
+        "http_requests_total",
+        &[
+            ("method", &method),
+            ("route", &route),
+            ("status", response.status().as_str()),
+        ],
+    );
+    response
+}
+
+/// The request id header: taken from the caller when it is a sane token,
+/// else generated; echoed on the response and on every log line of the
+/// request.
+pub const REQUEST_ID: &str = "x-request-id";
+
+fn sane_request_id(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 128
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// Opens the request's span: its request id, and its trace context (a child
+/// of the caller's `traceparent`, or a new trace) — the one the handler's
+/// [`TraceContext`](shared::trace::TraceContext) extractor returns, so what
+/// the handler publishes continues this trace. The span follows the
+/// OpenTelemetry HTTP server conventions in its field names.
+async fn request_span(mut req: Request, next: Next) -> Response {
+    use tracing::Instrument;
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| sane_request_id(v))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let parent = shared::trace::TraceContext::parent_from_headers(req.headers());
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_default();
+    // The OpenTelemetry HTTP span name: method and route, or the method
+    // alone where no route matched (the gateway's proxy, a 404).
+    let name = if route.is_empty() {
+        req.method().to_string()
+    } else {
+        format!("{} {route}", req.method())
+    };
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %name,
+        otel.kind = "server",
+        http.request.method = %req.method(),
+        http.route = %route,
+        url.path = %req.uri().path(),
+        request_id = %request_id,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+        parent_span_id = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let trace = shared::trace::join(&span, parent);
+    req.extensions_mut().insert(trace);
+    // From here on the request's `traceparent` names this span, so whatever
+    // passes the headers on (the gateway, the web client's API calls)
+    // continues this trace as its child.
+    if let Ok(v) = axum::http::HeaderValue::from_str(&trace.to_string()) {
+        req.headers_mut().insert(shared::trace::TRACEPARENT, v);
+    }
+    let method = req.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let mut response = next.run(req).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    if !route.is_empty() {
+        shared::metrics::observe(
+            "http_request_duration_seconds",
+            &[("method", &method), ("route", &route)],
+            elapsed.as_secs_f64(),
+        );
+    }
+    span.in_scope(|| {
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        if status >= 500 {
+            tracing::warn!(status, latency_ms = ms, "request failed");
+        } else {
+            tracing::debug!(status, latency_ms = ms, "request");
+        }
+    });
+    if let Ok(v) = axum::http::HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    response
+}
+
+/// The paths of the health routes.
+pub const HEALTH_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
+
+/// `GET /healthz` (live while serving), `GET /readyz` (200 when every check
+/// passes, else 503 with the reasons), `GET /metrics` (Prometheus text).
+pub fn health_router(checks: Vec<(String, ReadyCheck)>) -> Router {
+    let checks = Arc::new(checks);
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route(
+            "/readyz",
+            get(move || {
+                let checks = checks.clone();
+                async move {
+                    let mut failures = Vec::new();
+                    for (name, check) in checks.iter() {
+                        if let Err(reason) = check().await {
+                            failures.push(FieldError {
+                                message: format!("{name}: {reason}"),
+                                field: None,
+                            });
+                        }
+                    }
+                    if failures.is_empty() {
+                        (
+                            StatusCode::OK,
+                            axum::Json(serde_json::json!({"status": "ready"})),
+                        )
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            axum::Json(error_body(&failures)),
+                        )
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    shared::metrics::render(),
+                )
+            }),
+        )
+}
