@@ -1,67 +1,65 @@
-//! A small process-wide registry of counters, gauges and histograms,
-//! rendered in the Prometheus text format at `/metrics`. A handful of series
-//! does not justify a metrics framework.
+//! Process-wide metrics in the Prometheus text format at `/metrics`, on the
+//! Rust ecosystem's standard: the `metrics` facade with its Prometheus
+//! exporter as the recorder (lock-free counters, gauges and histograms
+//! keyed by name and labels). These functions are the one way the
+//! workspace records: they install the recorder on first use, give every
+//! histogram the same buckets, and add gauges that are read when scraped
+//! ([`collect`]).
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
-}
+use metrics::Label;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-            Kind::Histogram => "histogram",
+/// Bucket bounds of every histogram, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// How often histogram samples are folded into their buckets when nothing
+/// scrapes (the exporter queues them until then).
+const UPKEEP: Duration = Duration::from_secs(5);
+
+/// The exporter, installed as the process's recorder on first use.
+fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&BUCKETS)
+            .expect("the bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder was installed first, which nothing
+        // in this workspace does; then these functions record nothing.
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics stays empty");
         }
-    }
+        let upkeep = handle.clone();
+        let _ = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP);
+                    upkeep.run_upkeep();
+                }
+            });
+        handle
+    })
 }
 
-#[derive(Default)]
-struct Registry {
-    kinds: BTreeMap<&'static str, Kind>,
-    /// (family, sample suffix, labels) → value
-    samples: BTreeMap<(&'static str, &'static str, String), f64>,
-}
-
-fn registry() -> std::sync::MutexGuard<'static, Registry> {
-    static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
-    // A poisoned lock only means another thread panicked mid-update; the
-    // maps themselves are still usable.
-    REGISTRY
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-}
-
-fn labels_text(labels: &[(&str, &str)]) -> String {
-    let mut s = String::new();
-    for (i, (k, v)) in labels.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        let v = v
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n");
-        let _ = write!(s, "{k}=\"{v}\"");
-    }
-    s
+fn labels(labels: &[(&str, &str)]) -> Vec<Label> {
+    labels
+        .iter()
+        .map(|(k, v)| Label::new((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 /// Adds `n` to the counter `name{labels}`.
-pub fn add(name: &'static str, labels: &[(&str, &str)], n: u64) {
-    let mut r = registry();
-    r.kinds.insert(name, Kind::Counter);
-    *r.samples
-        .entry((name, "", labels_text(labels)))
-        .or_insert(0.0) += n as f64;
+pub fn add(name: &'static str, labels_: &[(&str, &str)], n: u64) {
+    handle();
+    metrics::counter!(name, labels(labels_)).increment(n);
 }
 
 /// Adds one to the counter `name{labels}`.
@@ -69,53 +67,16 @@ pub fn inc(name: &'static str, labels: &[(&str, &str)]) {
     add(name, labels, 1);
 }
 
-/// The current value of a counter or gauge (0 if never set).
-pub fn get(name: &'static str, labels: &[(&str, &str)]) -> u64 {
-    registry()
-        .samples
-        .get(&(name, "", labels_text(labels)))
-        .copied()
-        .unwrap_or(0.0) as u64
-}
-
 /// Sets the gauge `name{labels}` to `value`.
-pub fn set(name: &'static str, labels: &[(&str, &str)], value: f64) {
-    let mut r = registry();
-    r.kinds.insert(name, Kind::Gauge);
-    r.samples.insert((name, "", labels_text(labels)), value);
+pub fn set(name: &'static str, labels_: &[(&str, &str)], value: f64) {
+    handle();
+    metrics::gauge!(name, labels(labels_)).set(value);
 }
-
-/// Bucket bounds of every histogram, in seconds.
-const BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
 
 /// Records `seconds` in the histogram `name{labels}`.
-pub fn observe(name: &'static str, labels: &[(&str, &str)], seconds: f64) {
-    let base = labels_text(labels);
-    let with_le = |le: &str| {
-        if base.is_empty() {
-            format!("le=\"{le}\"")
-        } else {
-            format!("{base},le=\"{le}\"")
-        }
-    };
-    let mut r = registry();
-    r.kinds.insert(name, Kind::Histogram);
-    for bound in BUCKETS {
-        let count = r
-            .samples
-            .entry((name, "_bucket", with_le(&bound.to_string())))
-            .or_insert(0.0);
-        if seconds <= bound {
-            *count += 1.0;
-        }
-    }
-    *r.samples
-        .entry((name, "_bucket", with_le("+Inf")))
-        .or_insert(0.0) += 1.0;
-    *r.samples.entry((name, "_sum", base.clone())).or_insert(0.0) += seconds;
-    *r.samples.entry((name, "_count", base)).or_insert(0.0) += 1.0;
+pub fn observe(name: &'static str, labels_: &[(&str, &str)], seconds: f64) {
+    handle();
+    metrics::histogram!(name, labels(labels_)).record(seconds);
 }
 
 /// A gauge a collector reports: name, labels, value.
@@ -125,6 +86,7 @@ type Collector = Box<dyn Fn() -> Vec<Sample> + Send + Sync>;
 
 fn collectors() -> std::sync::MutexGuard<'static, BTreeMap<String, Collector>> {
     static COLLECTORS: OnceLock<Mutex<BTreeMap<String, Collector>>> = OnceLock::new();
+    // A poisoned lock only means a collector panicked; the map is usable.
     COLLECTORS
         .get_or_init(Default::default)
         .lock()
@@ -145,22 +107,30 @@ pub fn render() -> String {
         let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
         set(name, &labels, value);
     }
-    let r = registry();
-    let mut out = String::new();
-    let mut last = "";
-    for ((name, suffix, labels), value) in r.samples.iter() {
-        if *name != last {
-            let kind = r.kinds.get(name).copied().unwrap_or(Kind::Counter);
-            let _ = writeln!(out, "# TYPE {name} {}", kind.name());
-            last = name;
-        }
-        if labels.is_empty() {
-            let _ = writeln!(out, "{name}{suffix} {value}");
-        } else {
-            let _ = writeln!(out, "{name}{suffix}{{{labels}}} {value}");
-        }
-    }
-    out
+    handle().render()
+}
+
+/// The current value of a counter or gauge (0 if never set), read from
+/// [`render`]: for tests and examples, not for hot paths.
+pub fn get(name: &'static str, labels: &[(&str, &str)]) -> u64 {
+    let series = if labels.is_empty() {
+        name.to_owned()
+    } else {
+        let inner: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+            .collect();
+        format!("{name}{{{}}}", inner.join(","))
+    };
+    render()
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(&series)?
+                .strip_prefix(' ')?
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(0.0) as u64
 }
 
 #[cfg(test)]
