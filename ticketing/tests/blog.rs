@@ -133,15 +133,7 @@ async fn the_blog_runs_all_in_one_with_one_command_and_keeps_its_data() {
     blog.comment(&post, "Nice").await;
     let model = blog.until_statuses(&post, &["rejected", "approved"]).await;
 
-    let page = blog
-        .http
-        .get(cluster.url(id))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = testkit::get_text(&blog.http, cluster.url(id)).await;
     assert!(page.contains("<h2>One command</h2>"), "{page}");
     assert!(page.contains("Removed by moderation"));
     assert!(page.contains("Nice"));
@@ -190,12 +182,7 @@ async fn the_blog_runs_as_separate_processes_on_jetstream_and_postgres() {
         blog.comment(&post, content).await;
     }
     blog.until_statuses(&post, &["pending"; 3]).await;
-    let html = reqwest::get(cluster.url(page))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = testkit::get_text(&reqwest::Client::new(), cluster.url(page)).await;
     assert_eq!(html.matches("awaiting moderation").count(), 3, "{html}");
 
     // Moderation comes up and works through the backlog.
@@ -204,12 +191,7 @@ async fn the_blog_runs_as_separate_processes_on_jetstream_and_postgres() {
     let model = blog
         .until_statuses(&post, &["approved", "rejected", "approved"])
         .await;
-    let html = reqwest::get(cluster.url(page))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = testkit::get_text(&reqwest::Client::new(), cluster.url(page)).await;
     assert!(html.contains("Removed by moderation"), "{html}");
     assert!(!html.contains("awaiting moderation"));
 

@@ -114,14 +114,7 @@ async fn the_purchase_flow_works_with_one_process_per_service_on_nats_and_postgr
         let (buyer, gw) = (buyer.clone(), gw.clone());
         async move {
             eventually(Duration::from_secs(15), || async {
-                let v: Value = buyer
-                    .get(format!("{gw}{path}"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let v: Value = testkit::get_json(&buyer, format!("{gw}{path}")).await;
                 (v[field] == value).then_some(v)
             })
             .await
@@ -183,14 +176,7 @@ async fn the_purchase_flow_works_with_one_process_per_service_on_nats_and_postgr
         html.contains("Sign out"),
         "signed in through the forwarded session"
     );
-    let orders = buyer
-        .get(format!("{gw}/orders"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let orders = testkit::get_text(&buyer, format!("{gw}/orders")).await;
     assert!(
         orders.contains("Festival") && orders.contains("Paid"),
         "{orders}"
@@ -294,14 +280,7 @@ async fn services_without_their_streams_serve_report_why_and_recover_once_provis
             expected.iter().all(|e| text.contains(e)).then_some(text)
         })
         .await;
-        let last = http
-            .get(format!("{url}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let last = testkit::get_text(&http, format!("{url}/readyz")).await;
         assert!(
             reasons.is_some_and(|r| r.contains("ticketing streams apply")),
             "{name}: /readyz never said {expected:?}; it says {last}"

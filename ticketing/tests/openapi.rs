@@ -206,12 +206,11 @@ async fn all_in_one() -> Server {
 #[tokio::test]
 async fn every_described_operation_is_routed_and_the_docs_are_served() {
     let server = all_in_one().await;
-    let served: Value = reqwest::get(format!("{}/api/docs/openapi.json", server.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let served: Value = testkit::get_json(
+        &reqwest::Client::new(),
+        format!("{}/api/docs/openapi.json", server.base),
+    )
+    .await;
     assert_eq!(
         served,
         spec(),
@@ -250,12 +249,8 @@ async fn every_described_operation_is_routed_and_the_docs_are_served() {
         }
         req.send().await.unwrap();
     }
-    let metrics = reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics =
+        testkit::get_text(&reqwest::Client::new(), format!("{}/metrics", server.base)).await;
     for (method, path) in operations(&served) {
         let series = format!("http_requests_total{{method=\"{method}\",route=\"{path}\",");
         assert!(
@@ -412,12 +407,8 @@ async fn pages_and_the_api_pass_one_http_edge() {
     let body: Value = missing_api.json().await.unwrap();
     assert_eq!(body["errors"][0]["message"], "Not found");
 
-    let metrics = reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics =
+        testkit::get_text(&reqwest::Client::new(), format!("{}/metrics", server.base)).await;
     assert!(
         metrics.contains("http_requests_total{method=\"GET\",route=\"/\",status=\"200\"}"),
         "the landing page is counted:\n{metrics}"

@@ -150,14 +150,7 @@ impl User {
     }
 
     async fn get(&self, path: &str) -> Value {
-        self.client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        testkit::get_json(&self.client, format!("{}{path}", self.base)).await
     }
 
     async fn sell(&self, title: &str, price: f64) -> String {

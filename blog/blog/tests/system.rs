@@ -170,14 +170,7 @@ async fn a_comment_is_moderated_end_to_end_and_the_page_shows_it() {
         );
     }
     until_statuses(&app, &post_id, &["approved", "rejected", "approved"]).await;
-    let html = browser
-        .get(&page_url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = testkit::get_text(&browser, &page_url).await;
     assert!(html.contains("Removed by moderation"), "{html}");
     assert!(
         !html.contains("I love an Orange"),

@@ -154,7 +154,7 @@ async fn create(
                     &now,
                 ],
             )?;
-            bus::outbox::enqueue(c, &event, &trace, now)?;
+            c.enqueue(&event, &trace, now)?;
             Ok::<_, StoreError>(true)
         })
         .await?;
@@ -239,7 +239,7 @@ async fn on_comment_moderated(
                 status: comment.status,
                 version: comment.version,
             };
-            bus::outbox::enqueue(c, &updated, &ctx.trace, now)?;
+            c.enqueue(&updated, &ctx.trace, now)?;
             Ok::<_, ListenerError>(Outcome::Done)
         })
         .await?;
@@ -256,11 +256,11 @@ pub async fn start(deps: &Deps, options: ListenerOptions) -> Result<Running, Sto
         outbox: base.outbox.clone(),
         clock: deps.clock.clone(),
     };
-    let (db, s) = (state.db.clone(), state.clone());
     let listeners = base
         .listeners(options)
-        .on(move |e: PostCreated, _| on_post_created(db.clone(), e))
-        .on(move |e: CommentModerated, ctx| on_comment_moderated(s.clone(), e, ctx))
+        .with_state(state.clone())
+        .on(|state: AppState, e: PostCreated, _| on_post_created(state.db, e))
+        .on(on_comment_moderated)
         .into_tasks();
     let router = axum::Router::new()
         .route("/posts/{id}/comments", get(list).post(create))

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use store::Conn as _;
 
 use blog_events::{CommentCreated, CommentModerated, Verdict};
 use bus::listener::{EventContext, ListenerError, ListenerOptions, Outcome};
@@ -89,9 +90,7 @@ pub struct Config {
 }
 
 async fn on_comment_created(
-    outbox: Outbox,
-    clock: Clock,
-    rules: Arc<Rules>,
+    (outbox, clock, rules): (Outbox, Clock, Arc<Rules>),
     e: CommentCreated,
     ctx: EventContext,
 ) -> Result<Outcome, ListenerError> {
@@ -110,7 +109,7 @@ async fn on_comment_created(
                     post_id: e.post_id,
                     status: verdict,
                 };
-                bus::outbox::enqueue(c, &event, &ctx.trace, now)?;
+                c.enqueue(&event, &ctx.trace, now)?;
                 tracing::info!(comment = %e.id, verdict = verdict.as_str(), "comment moderated");
             }
             Ok::<_, StoreError>(())
@@ -129,13 +128,12 @@ pub async fn start(
     let base = deps
         .open_service(blog_events::service_events(SERVICE), MIGRATIONS)
         .await?;
-    let (outbox, clock, rules) = (base.outbox.clone(), deps.clock.clone(), config.rules);
+    let rules = config.rules;
     tracing::info!(banned = ?rules.banned().collect::<Vec<_>>(), "moderation rules");
     let listeners = base
         .listeners(options)
-        .on(move |e: CommentCreated, ctx| {
-            on_comment_created(outbox.clone(), clock.clone(), rules.clone(), e, ctx)
-        })
+        .with_state((base.outbox.clone(), deps.clock.clone(), rules))
+        .on(on_comment_created)
         .into_tasks();
     Ok(base.running(axum::Router::new(), listeners))
 }

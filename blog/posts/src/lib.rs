@@ -14,6 +14,7 @@ use shared::ApiError;
 use shared::http::{Fields, JsonBody};
 use shared::time::Clock;
 use shared::trace::TraceContext;
+use store::Conn as _;
 use store::Migration;
 
 pub const SERVICE: &str = "posts";
@@ -66,7 +67,7 @@ async fn create(
                 "INSERT INTO posts (id, title, created_at) VALUES ($1, $2, $3)",
                 &[&e.id, &e.title, &now],
             )?;
-            bus::outbox::enqueue(c, &e, &trace, now)
+            c.enqueue(&e, &trace, now)
         })
         .await?;
     Ok((

@@ -21,7 +21,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::routing::get;
 use blog_events::{CommentCreated, CommentId, CommentStatus, CommentUpdated, PostCreated, PostId};
-use bus::listener::{ListenerError, ListenerOptions, Outcome, durable_name};
+use bus::listener::{EventContext, ListenerError, ListenerOptions, Outcome, durable_name};
 use bus::{Bus, ConsumerConfig};
 use runtime::service::{Deps, Running};
 use serde_json::{Value, json};
@@ -102,7 +102,11 @@ async fn list(State(db): State<Db>) -> Result<Json<Value>, ApiError> {
     )))
 }
 
-async fn on_post_created(db: Db, e: PostCreated) -> Result<Outcome, ListenerError> {
+async fn on_post_created(
+    db: Db,
+    e: PostCreated,
+    _: EventContext,
+) -> Result<Outcome, ListenerError> {
     db.write(move |c| {
         c.execute(
             "INSERT INTO posts (id, title) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
@@ -230,16 +234,16 @@ pub async fn start(deps: &Deps, options: ListenerOptions) -> Result<Running, Sto
         go,
         deps.shutdown.clone(),
     ));
-    let (a, b, c) = (db.clone(), db.clone(), db.clone());
     let mut tasks = base
         .listeners(options)
         .after(gate)
-        .on(move |e: PostCreated, _| on_post_created(a.clone(), e))
-        .on(move |e: CommentCreated, _| {
-            upsert_comment(b.clone(), e.id, e.post_id, e.content, e.status, e.version)
+        .with_state(db.clone())
+        .on(on_post_created)
+        .on(|db, e: CommentCreated, _| {
+            upsert_comment(db, e.id, e.post_id, e.content, e.status, e.version)
         })
-        .on(move |e: CommentUpdated, _| {
-            upsert_comment(c.clone(), e.id, e.post_id, e.content, e.status, e.version)
+        .on(|db, e: CommentUpdated, _| {
+            upsert_comment(db, e.id, e.post_id, e.content, e.status, e.version)
         })
         .into_tasks();
     tasks.push(prep);

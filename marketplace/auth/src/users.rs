@@ -4,7 +4,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bus::outbox;
 use marketplace_events::UserCreated;
 use serde::Serialize;
 use serde_json::json;
@@ -14,6 +13,7 @@ use shared::email::Email;
 use shared::http::{Fields, JsonBody, PeerAddr};
 use shared::ids::UserId;
 use shared::trace::TraceContext;
+use store::Conn as _;
 use store::StoreError;
 
 use crate::{AppState, password};
@@ -162,8 +162,7 @@ async fn sign_up(
                 "INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4)",
                 &[&row.id, &row.email, &hash, &now],
             )?;
-            outbox::enqueue(
-                c,
+            c.enqueue(
                 &UserCreated {
                     id: row.id,
                     email: row.email.clone(),

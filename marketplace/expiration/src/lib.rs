@@ -8,8 +8,9 @@
 //! right after start.
 
 use std::time::Duration;
+use store::Conn as _;
 
-use bus::listener::{ListenerError, ListenerOptions, Outcome};
+use bus::listener::{EventContext, ListenerError, ListenerOptions, Outcome};
 use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
 use marketplace_events::OrderId;
 use marketplace_events::{ExpirationComplete, OrderCreated};
@@ -43,11 +44,11 @@ pub static MIGRATIONS: &[Migration] = &[
 
 /// Stores (once) a timer for an order.
 async fn on_order_created(
-    db: Db,
-    wake: Arc<Notify>,
+    (db, wake): (Db, Arc<Notify>),
     e: OrderCreated,
-    trace: TraceContext,
+    ctx: EventContext,
 ) -> Result<Outcome, ListenerError> {
+    let trace = ctx.trace;
     db.write(move |c| {
         c.execute(
             "INSERT INTO timers (order_id, expires_at, traceparent) VALUES ($1, $2, $3) ON CONFLICT (order_id) DO NOTHING",
@@ -81,7 +82,7 @@ pub async fn fire_due(outbox: &Outbox, now: Timestamp) -> Result<usize, StoreErr
                     &[],
                     (now.millis() - expires_at.millis()).max(0) as f64 / 1000.0,
                 );
-                bus::outbox::enqueue(c, &ExpirationComplete { order_id }, &trace, now)?;
+                c.enqueue(&ExpirationComplete { order_id }, &trace, now)?;
                 tracing::info!(%order_id, "order timer fired");
             }
             Ok(due.len())
@@ -163,10 +164,10 @@ pub async fn start(deps: &Deps, listener_options: ListenerOptions) -> Result<Run
         .open_service(marketplace_events::service_events(SERVICE), MIGRATIONS)
         .await?;
     let wake = Arc::new(Notify::new());
-    let (db, w) = (base.db.clone(), wake.clone());
     let mut tasks = base
         .listeners(listener_options)
-        .on(move |e: OrderCreated, ctx| on_order_created(db.clone(), w.clone(), e, ctx.trace))
+        .with_state((base.db.clone(), wake.clone()))
+        .on(on_order_created)
         .into_tasks();
     let scheduler = run_scheduler(
         base.db.clone(),

@@ -11,16 +11,20 @@ use crate::AppState;
 use crate::orders::Order;
 
 pub(crate) fn spawn(state: &AppState, listeners: Listeners) -> Vec<tokio::task::JoinHandle<()>> {
-    let (a, b, c, d) = (state.clone(), state.clone(), state.clone(), state.clone());
     listeners
-        .on(move |e: TicketCreated, _| on_ticket_created(a.clone(), e))
-        .on(move |e: TicketUpdated, _| on_ticket_updated(b.clone(), e))
-        .on(move |e: ExpirationComplete, ctx| on_expired(c.clone(), e, ctx))
-        .on(move |e: PaymentCreated, ctx| on_paid(d.clone(), e, ctx))
+        .with_state(state.clone())
+        .on(on_ticket_created)
+        .on(on_ticket_updated)
+        .on(on_expired)
+        .on(on_paid)
         .into_tasks()
 }
 
-async fn on_ticket_created(state: AppState, e: TicketCreated) -> Result<Outcome, ListenerError> {
+async fn on_ticket_created(
+    state: AppState,
+    e: TicketCreated,
+    _: EventContext,
+) -> Result<Outcome, ListenerError> {
     state
         .db
         .write(move |c| {
@@ -34,7 +38,11 @@ async fn on_ticket_created(state: AppState, e: TicketCreated) -> Result<Outcome,
         .await
 }
 
-async fn on_ticket_updated(state: AppState, e: TicketUpdated) -> Result<Outcome, ListenerError> {
+async fn on_ticket_updated(
+    state: AppState,
+    e: TicketUpdated,
+    _: EventContext,
+) -> Result<Outcome, ListenerError> {
     state
         .db
         .write(move |c| {
@@ -74,7 +82,7 @@ async fn on_expired(
                 return Ok(()); // paid or already cancelled: nothing to do
             }
             order.finish(c, OrderStatus::Cancelled)?;
-            bus::outbox::enqueue(c, &order.cancelled_event(), &ctx.trace, now)?;
+            c.enqueue(&order.cancelled_event(), &ctx.trace, now)?;
             tracing::info!(order_id = %order.id, "order expired");
             Ok::<_, ListenerError>(())
         })
@@ -108,7 +116,7 @@ async fn on_paid(
                     id: order.ticket_id,
                 },
             };
-            bus::outbox::enqueue(c, &event, &ctx.trace, now)?;
+            c.enqueue(&event, &ctx.trace, now)?;
             Ok::<_, ListenerError>(())
         })
         .await?;

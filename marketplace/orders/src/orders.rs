@@ -232,7 +232,7 @@ async fn create(
                 expires_at,
                 ticket: OrderTicket { id: ticket_id, price_cents: price },
             };
-            bus::outbox::enqueue(c, &event, &trace, now)?;
+            c.enqueue(&event, &trace, now)?;
             Ok(Order::find(c, id)?.expect("inserted above"))
         })
         .await?;
@@ -311,7 +311,7 @@ async fn cancel(
                 OrderStatus::Cancelled => Ok(()), // nothing to announce
                 OrderStatus::Created => {
                     order.finish(c, OrderStatus::Cancelled)?;
-                    bus::outbox::enqueue(c, &order.cancelled_event(), &trace, now)?;
+                    c.enqueue(&order.cancelled_event(), &trace, now)?;
                     Ok(())
                 }
             }

@@ -9,19 +9,23 @@ use crate::AppState;
 use crate::payments::refund_if_cancelled;
 
 pub(crate) fn spawn(state: &AppState, listeners: Listeners) -> Vec<tokio::task::JoinHandle<()>> {
-    let (a, b, c) = (state.clone(), state.clone(), state.clone());
     listeners
-        .on(move |e: OrderCreated, _| on_created(a.clone(), e))
-        .on(move |e: OrderCancelled, ctx| {
-            on_finished(b.clone(), e.id, e.version, OrderStatus::Cancelled, ctx)
+        .with_state(state.clone())
+        .on(on_created)
+        .on(|state, e: OrderCancelled, ctx| {
+            on_finished(state, e.id, e.version, OrderStatus::Cancelled, ctx)
         })
-        .on(move |e: OrderCompleted, ctx| {
-            on_finished(c.clone(), e.id, e.version, OrderStatus::Complete, ctx)
+        .on(|state, e: OrderCompleted, ctx| {
+            on_finished(state, e.id, e.version, OrderStatus::Complete, ctx)
         })
         .into_tasks()
 }
 
-async fn on_created(state: AppState, e: OrderCreated) -> Result<Outcome, ListenerError> {
+async fn on_created(
+    state: AppState,
+    e: OrderCreated,
+    _: EventContext,
+) -> Result<Outcome, ListenerError> {
     state
         .db
         .write(move |c| {

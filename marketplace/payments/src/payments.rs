@@ -14,6 +14,7 @@ use shared::http::{Fields, JsonBody};
 use shared::ids::UserId;
 use shared::money::Money;
 use shared::trace::TraceContext;
+use store::Conn as _;
 use store::StoreError;
 
 use crate::AppState;
@@ -180,7 +181,7 @@ async fn pay(
             )
             .map_err(|e| if e.is_unique_violation() { already_paid() } else { e.into() })?;
             let event = PaymentCreated { id: payment_id, order_id, charge_id: charge.clone(), amount_cents: amount };
-            bus::outbox::enqueue(c, &event, &trace, now)?;
+            c.enqueue(&event, &trace, now)?;
             Ok::<_, ApiError>(status)
         })
         .await?;
@@ -247,8 +248,7 @@ pub(crate) async fn refund_if_cancelled(
                 &[&payment_id, &refund_id],
             )?;
             if n == 1 {
-                bus::outbox::enqueue(
-                    c,
+                c.enqueue(
                     &PaymentRefunded {
                         id: payment_id,
                         order_id,

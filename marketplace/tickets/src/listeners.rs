@@ -12,11 +12,11 @@ use crate::AppState;
 use crate::tickets::Ticket;
 
 pub(crate) fn spawn(state: &AppState, listeners: Listeners) -> Vec<tokio::task::JoinHandle<()>> {
-    let (a, b, c) = (state.clone(), state.clone(), state.clone());
     listeners
-        .on(move |e: OrderCreated, ctx| on_order_created(a.clone(), e, ctx))
-        .on(move |e: OrderCancelled, ctx| on_order_cancelled(b.clone(), e, ctx))
-        .on(move |e: OrderCompleted, ctx| on_order_completed(c.clone(), e, ctx))
+        .with_state(state.clone())
+        .on(on_order_created)
+        .on(on_order_cancelled)
+        .on(on_order_completed)
         .into_tasks()
 }
 
@@ -62,7 +62,7 @@ async fn on_order_created(
             ticket.order_id = Some(e.id);
             ticket.version += 1;
             ticket.save(c)?;
-            bus::outbox::enqueue(c, &ticket.updated_event(), &ctx.trace, now)?;
+            c.enqueue(&ticket.updated_event(), &ctx.trace, now)?;
             Ok::<_, ListenerError>(Outcome::Done)
         })
         .await?;
@@ -106,7 +106,7 @@ async fn on_order_finished(
             ticket.order_id = None;
             ticket.version += 1;
             ticket.save(c)?;
-            bus::outbox::enqueue(c, &ticket.updated_event(), &ctx.trace, now)?;
+            c.enqueue(&ticket.updated_event(), &ctx.trace, now)?;
             Ok::<_, ListenerError>(Outcome::Done)
         })
         .await?;

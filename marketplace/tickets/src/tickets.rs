@@ -334,7 +334,7 @@ async fn create(
                 &[&t.id, &t.title, &t.price, &t.user_id, &now],
             )?;
             let event = TicketCreated { id: t.id, version: 0, title: t.title.clone(), price_cents: t.price, user_id: t.user_id };
-            bus::outbox::enqueue(c, &event, &trace, now)?;
+            c.enqueue(&event, &trace, now)?;
             Ok::<_, StoreError>(())
         })
         .await?;
@@ -386,7 +386,7 @@ async fn update(
             ticket.price = input.price;
             ticket.version += 1;
             ticket.save(c)?;
-            bus::outbox::enqueue(c, &ticket.updated_event(), &trace, now)?;
+            c.enqueue(&ticket.updated_event(), &trace, now)?;
             Ok(ticket)
         })
         .await?;

@@ -96,26 +96,6 @@ fn backoff(base: Duration, delivered: u32) -> Duration {
     (base * factor).min(Duration::from_secs(30))
 }
 
-/// Starts the members of `service`'s listener for `E`. Each keeps trying to
-/// join its durable consumer (the bus may not be ready yet) and then handles
-/// deliveries until `shutdown` fires, finishing the one in hand first.
-pub fn spawn<E, H, Fut>(
-    bus: Arc<dyn Bus>,
-    service: &'static str,
-    options: ListenerOptions,
-    handler: H,
-    shutdown: Shutdown,
-) -> Vec<tokio::task::JoinHandle<()>>
-where
-    E: Event,
-    H: Fn(E, EventContext) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Outcome, ListenerError>> + Send + 'static,
-{
-    Listeners::new(bus, service, options, shutdown)
-        .on(handler)
-        .into_tasks()
-}
-
 /// What each member of a listener runs with.
 #[derive(Clone)]
 struct Member {
@@ -304,29 +284,7 @@ async fn settle<E, H, Fut>(
         message_id: delivery.message.id.clone(),
         delivered,
     };
-    settle_in(
-        span, service, options, handler, delivery, event, ctx, subject,
-    )
-    .await;
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn settle_in<E, H, Fut>(
-    span: tracing::Span,
-    service: &'static str,
-    options: &ListenerOptions,
-    handler: &H,
-    delivery: Delivery,
-    event: E,
-    ctx: EventContext,
-    subject: &'static str,
-) where
-    E: Event,
-    H: Fn(E, EventContext) -> Fut,
-    Fut: Future<Output = Result<Outcome, ListenerError>>,
-{
     use tracing::Instrument;
-    let delivered = delivery.delivered;
     async move {
     // Tell the bus we are still working on slow handlers, so the message is
     // not handed to another member meanwhile.
@@ -440,8 +398,23 @@ impl ListenerHealth {
     }
 }
 
-/// The listeners of one service, started one event type at a time.
-pub struct Listeners {
+/// The listeners of one service, started one event type at a time: the one
+/// way a service consumes events. Each handler is given the service's state
+/// (cloned for every event; see [`Listeners::with_state`]), the event and
+/// its delivery's context:
+///
+/// ```ignore
+/// base.listeners(options)
+///     .with_state(state)
+///     .on(on_order_created)   // async fn(AppState, OrderCreated, EventContext) -> Result<Outcome, ListenerError>
+///     .on(on_order_cancelled)
+///     .into_tasks()
+/// ```
+///
+/// Every member of each listener keeps trying to join its durable consumer
+/// (the bus may not be ready yet) and then handles deliveries until the
+/// shutdown signal fires, finishing the one in hand first.
+pub struct Listeners<S = ()> {
     /// What each listener added with [`Listeners::on`] runs with.
     member: Member,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -449,6 +422,8 @@ pub struct Listeners {
     registered: Vec<&'static str>,
     /// Subjects the service declares it consumes, if it declares any.
     declared: Option<&'static [&'static str]>,
+    /// Given to every handler.
+    state: S,
 }
 
 impl Listeners {
@@ -471,6 +446,20 @@ impl Listeners {
             tasks: Vec::new(),
             registered: Vec::new(),
             declared: None,
+            state: (),
+        }
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> Listeners<S> {
+    /// Handlers added after this are given `state` (cloned per event).
+    pub fn with_state<T: Clone + Send + Sync + 'static>(self, state: T) -> Listeners<T> {
+        Listeners {
+            member: self.member,
+            tasks: self.tasks,
+            registered: self.registered,
+            declared: self.declared,
+            state,
         }
     }
 
@@ -504,14 +493,17 @@ impl Listeners {
         self
     }
 
-    /// Starts `handler` for every `E` delivered to this service's durable consumer.
+    /// Starts `handler` for every `E` delivered to this service's durable
+    /// consumer; `E` is the handler's second argument.
     pub fn on<E, H, Fut>(mut self, handler: H) -> Self
     where
         E: Event,
-        H: Fn(E, EventContext) -> Fut + Clone + Send + Sync + 'static,
+        H: Fn(S, E, EventContext) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<Outcome, ListenerError>> + Send + 'static,
     {
-        let tasks = spawn_members::<E, H, Fut>(self.member.clone(), handler);
+        let state = self.state.clone();
+        let handler = move |e: E, ctx: EventContext| handler(state.clone(), e, ctx);
+        let tasks = spawn_members::<E, _, Fut>(self.member.clone(), handler);
         self.tasks.extend(tasks);
         self.registered.push(E::SUBJECT);
         self

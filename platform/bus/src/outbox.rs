@@ -12,7 +12,7 @@ use shared::ids::EventId;
 use shared::shutdown::Shutdown;
 use shared::time::Timestamp;
 use shared::trace::{TRACEPARENT, TraceContext};
-use store::{Backend, Conn, Db, StoreError, StoreErrorKind};
+use store::{Backend, Conn, Db, Row, StoreError, StoreErrorKind, ToValue};
 use tokio::sync::Notify;
 
 use crate::{Bus, BusError, Message};
@@ -31,8 +31,53 @@ pub const OUTBOX_TABLE_SQL: &str = "
 /// Rows published per round trip.
 const BATCH: i64 = 256;
 
+/// A transaction of [`Outbox::write`]: the service's database connection
+/// (it is a [`Conn`]), and [`OutboxTx::enqueue`], the only way to
+/// write an event — so every event is written in the same transaction as
+/// the change it announces, and the relay is woken once that commits.
+pub struct OutboxTx<'a> {
+    conn: &'a mut dyn Conn,
+}
+
+/// Statements run on the transaction's connection, so code written for
+/// any [`Conn`] takes an `OutboxTx` too.
+impl Conn for OutboxTx<'_> {
+    fn execute(&mut self, sql: &str, params: &[&dyn ToValue]) -> Result<u64, StoreError> {
+        self.conn.execute(sql, params)
+    }
+
+    fn query(&mut self, sql: &str, params: &[&dyn ToValue]) -> Result<Vec<Row>, StoreError> {
+        self.conn.query(sql, params)
+    }
+
+    fn query_opt(&mut self, sql: &str, params: &[&dyn ToValue]) -> Result<Option<Row>, StoreError> {
+        self.conn.query_opt(sql, params)
+    }
+
+    fn execute_batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        self.conn.execute_batch(sql)
+    }
+
+    fn backend(&self) -> Backend {
+        self.conn.backend()
+    }
+}
+
+impl OutboxTx<'_> {
+    /// Writes `event` to the outbox in this transaction, as a child of
+    /// `trace`; published by the relay once the transaction commits.
+    pub fn enqueue<E: Event>(
+        &mut self,
+        event: &E,
+        trace: &TraceContext,
+        now: Timestamp,
+    ) -> Result<EventId, StoreError> {
+        enqueue(self.conn, event, trace, now)
+    }
+}
+
 /// Writes `event` to the outbox inside the caller's transaction.
-pub fn enqueue<E: Event>(
+fn enqueue<E: Event>(
     c: &mut dyn Conn,
     event: &E,
     trace: &TraceContext,
@@ -161,14 +206,18 @@ impl Outbox {
 
     /// Runs `f` in one transaction of the service's database and, once it has
     /// committed, wakes the relay: the way to make a state change and
-    /// [`enqueue`] the events announcing it.
+    /// [`OutboxTx::enqueue`] the events announcing it.
     pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
-        F: FnOnce(&mut dyn Conn) -> Result<T, E> + Send + 'static,
+        F: FnOnce(&mut OutboxTx<'_>) -> Result<T, E> + Send + 'static,
     {
-        let result = self.inner.db.write(f).await;
+        let result = self
+            .inner
+            .db
+            .write(move |conn| f(&mut OutboxTx { conn }))
+            .await;
         if result.is_ok() {
             self.wake();
         }

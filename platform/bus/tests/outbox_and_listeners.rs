@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use bus::contract::next_within;
 use bus::embedded::EmbeddedBus;
-use bus::listener::{self, EventContext, ListenerError, ListenerOptions, Outcome};
-use bus::outbox::{self, OUTBOX_TABLE_SQL, Outbox};
+use bus::listener::{self, EventContext, ListenerError, ListenerOptions, Listeners, Outcome};
+use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
 use bus::{Bus, ConsumerConfig, Message};
 use serde::{Deserialize, Serialize};
 use shared::events::Event;
@@ -62,7 +62,8 @@ fn user(email: &str) -> UserCreated {
 }
 
 async fn enqueue(f: &Fixture, event: UserCreated) {
-    f.db.write(move |c| outbox::enqueue(c, &event, &TraceContext::new_root(), Clock::System.now()))
+    f.outbox
+        .write(move |c| c.enqueue(&event, &TraceContext::new_root(), Clock::System.now()))
         .await
         .unwrap();
 }
@@ -94,9 +95,10 @@ async fn the_relay_publishes_committed_events_with_type_and_trace_headers_then_f
 async fn an_event_written_in_a_rolled_back_transaction_is_never_published() {
     let f = fixture().await;
     let event = user("a@b.co");
-    let _ =
-        f.db.write(move |c| -> Result<(), StoreError> {
-            outbox::enqueue(c, &event, &TraceContext::new_root(), Clock::System.now())?;
+    let _ = f
+        .outbox
+        .write(move |c| -> Result<(), StoreError> {
+            c.enqueue(&event, &TraceContext::new_root(), Clock::System.now())?;
             Err(StoreError::new(
                 store::StoreErrorKind::Other,
                 "the state change failed",
@@ -180,27 +182,18 @@ async fn a_listener_gets_typed_events_retries_early_ones_and_parks_undecodable_o
     let f = fixture().await;
     let (trigger, signal) = shutdown::channel();
     let seen = Arc::new(Mutex::new(Vec::<(String, u32)>::new()));
-    let handler = {
-        let seen = seen.clone();
-        move |e: UserCreated, ctx: EventContext| {
-            let seen = seen.clone();
-            async move {
-                seen.lock().unwrap().push((e.email.clone(), ctx.delivered));
-                // The first delivery of "early" pretends its predecessor is missing.
-                if e.email == "early@b.co" && ctx.delivered == 1 {
-                    return Ok(Outcome::NotYet("predecessor missing".into()));
-                }
-                Ok::<_, ListenerError>(Outcome::Done)
-            }
+    let handler = |seen: Arc<Mutex<Vec<(String, u32)>>>, e: UserCreated, ctx: EventContext| async move {
+        seen.lock().unwrap().push((e.email.clone(), ctx.delivered));
+        // The first delivery of "early" pretends its predecessor is missing.
+        if e.email == "early@b.co" && ctx.delivered == 1 {
+            return Ok(Outcome::NotYet("predecessor missing".into()));
         }
+        Ok::<_, ListenerError>(Outcome::Done)
     };
-    let tasks = listener::spawn::<UserCreated, _, _>(
-        f.bus.clone(),
-        "svc",
-        ListenerOptions::default(),
-        handler,
-        signal,
-    );
+    let tasks = Listeners::new(f.bus.clone(), "svc", ListenerOptions::default(), signal)
+        .with_state(seen.clone())
+        .on(handler)
+        .into_tasks();
     enqueue(&f, user("early@b.co")).await;
     f.outbox.relay_once(&f.bus).await.unwrap();
     f.bus
@@ -251,7 +244,7 @@ async fn an_event_written_through_the_outbox_is_published_without_waiting_for_th
     tokio::time::sleep(Duration::from_millis(100)).await;
     let event = user("fast@b.co");
     f.outbox
-        .write(move |c| outbox::enqueue(c, &event, &TraceContext::new_root(), Clock::System.now()))
+        .write(move |c| c.enqueue(&event, &TraceContext::new_root(), Clock::System.now()))
         .await
         .unwrap();
     let start = tokio::time::Instant::now();
@@ -297,9 +290,7 @@ async fn relays_of_replicas_sharing_a_postgres_outbox_publish_each_row_once_in_o
         let event = user(&format!("u{i}@b.co"));
         let outbox = &replicas[i % replicas.len()];
         let id = outbox
-            .write(move |c| {
-                outbox::enqueue(c, &event, &TraceContext::new_root(), Clock::System.now())
-            })
+            .write(move |c| c.enqueue(&event, &TraceContext::new_root(), Clock::System.now()))
             .await
             .unwrap();
         written.push(id.to_string());
@@ -334,7 +325,7 @@ async fn listeners_for_undeclared_subjects_are_refused() {
     let (_trigger, signal) = shutdown::channel();
     let _tasks = listener::Listeners::new(f.bus.clone(), "svc", ListenerOptions::default(), signal)
         .declared(&["order.created"])
-        .on(|_: UserCreated, _| async { Ok(Outcome::Done) })
+        .on(|_, _: UserCreated, _| async { Ok(Outcome::Done) })
         .into_tasks();
 }
 
@@ -344,7 +335,7 @@ async fn listeners_for_exactly_the_declared_subjects_start() {
     let (trigger, signal) = shutdown::channel();
     let tasks = listener::Listeners::new(f.bus.clone(), "svc", ListenerOptions::default(), signal)
         .declared(&[UserCreated::SUBJECT])
-        .on(|_: UserCreated, _| async { Ok(Outcome::Done) })
+        .on(|_, _: UserCreated, _| async { Ok(Outcome::Done) })
         .into_tasks();
     assert_eq!(tasks.len(), 2, "one member and the lag reporter");
     trigger.fire();
@@ -427,19 +418,18 @@ async fn the_consumers_span_carries_the_producers_trace_id() {
     let f = fixture().await;
     let producer = TraceContext::new_root();
     let event = user("traced@example.com");
-    f.db.write(move |c| outbox::enqueue(c, &event, &producer, Clock::System.now()))
+    f.outbox
+        .write(move |c| c.enqueue(&event, &producer, Clock::System.now()))
         .await
         .unwrap();
     f.outbox.relay_once(&f.bus).await.unwrap();
     let (seen, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let (trigger, signal) = shutdown::channel();
-    let tasks = listener::Listeners::new(f.bus.clone(), "svc", ListenerOptions::default(), signal)
-        .on(move |_: UserCreated, ctx: EventContext| {
-            let seen = seen.clone();
-            async move {
-                let _ = seen.send(ctx.trace);
-                Ok(Outcome::Done)
-            }
+    let tasks = Listeners::new(f.bus.clone(), "svc", ListenerOptions::default(), signal)
+        .with_state(seen)
+        .on(|seen: tokio::sync::mpsc::UnboundedSender<_>, _: UserCreated, ctx: EventContext| async move {
+            let _ = seen.send(ctx.trace);
+            Ok(Outcome::Done)
         })
         .into_tasks();
     let handled = tokio::time::timeout(Duration::from_secs(5), rx.recv())

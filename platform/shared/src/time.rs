@@ -134,7 +134,23 @@ impl Clock {
 
 #[cfg(test)]
 mod tests {
-    use super::Timestamp;
+    use super::{Clock, Timestamp};
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_tokio_clock_moves_with_paused_time_and_names_the_instant_of_a_timestamp() {
+        let clock = Clock::tokio();
+        let start = clock.now();
+        let due = Timestamp::from_millis(start.millis() + 60_000);
+        let wake = clock.instant_at(due);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(clock.now().millis(), start.millis() + 59_000);
+        assert!(tokio::time::Instant::now() < wake);
+        tokio::time::sleep_until(wake).await;
+        assert_eq!(clock.now(), due);
+        // A timestamp in the past is due now.
+        assert_eq!(clock.instant_at(start), tokio::time::Instant::now());
+    }
 
     #[test]
     fn timestamps_round_trip_through_rfc3339() {

@@ -96,19 +96,19 @@ fn relay(c: &mut Criterion) {
             rt.block_on(async {
                 let mut spent = Duration::ZERO;
                 for _ in 0..iters {
-                    db.write(|c| {
-                        for _ in 0..256 {
-                            bus::outbox::enqueue(
-                                c,
-                                &order_created(),
-                                &TraceContext::new_root(),
-                                Clock::System.now(),
-                            )?;
-                        }
-                        Ok::<_, store::StoreError>(())
-                    })
-                    .await
-                    .unwrap();
+                    outbox
+                        .write(|c| {
+                            for _ in 0..256 {
+                                c.enqueue(
+                                    &order_created(),
+                                    &TraceContext::new_root(),
+                                    Clock::System.now(),
+                                )?;
+                            }
+                            Ok::<_, store::StoreError>(())
+                        })
+                        .await
+                        .unwrap();
                     let started = Instant::now();
                     let sent = outbox.relay_once(&bus).await.unwrap();
                     spent += started.elapsed();

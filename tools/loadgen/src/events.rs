@@ -22,11 +22,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use store::Conn as _;
 
 use async_nats::jetstream::{self, consumer::pull, stream};
 use bus::jetstream::JetStreamBus;
 use bus::listener::{self, ListenerOptions, Outcome};
-use bus::outbox::{self, Outbox};
+use bus::outbox::Outbox;
 use bus::{Bus, ConsumerConfig, Message};
 use futures_util::StreamExt;
 use marketplace_events::UserCreated;
@@ -536,16 +537,20 @@ async fn full_path_rate(
     let handled = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(tokio::sync::Notify::new());
     let total = args.events;
-    let (h, d, db) = (handled.clone(), done.clone(), consumer.clone());
-    let listeners = listener::spawn::<UserCreated, _, _>(
+    let listeners = listener::Listeners::new(
         bus.clone(),
         service,
         ListenerOptions {
             concurrency: args.consumers,
             ..ListenerOptions::default()
         },
-        move |e: UserCreated, _| {
-            let (h, d, db) = (h.clone(), d.clone(), db.clone());
+        signal.clone(),
+    )
+    .with_state((handled.clone(), done.clone(), consumer.clone()))
+    .on(
+        move |(h, d, db): (Arc<AtomicUsize>, Arc<tokio::sync::Notify>, store::Db),
+              e: UserCreated,
+              _| {
             async move {
                 if !consumer_tx {
                     if h.fetch_add(1, Ordering::Relaxed) + 1 >= total {
@@ -566,8 +571,8 @@ async fn full_path_rate(
                 Ok(Outcome::Done)
             }
         },
-        signal.clone(),
-    );
+    )
+    .into_tasks();
     // Let the consumer members join before the clock starts.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -589,12 +594,7 @@ async fn full_path_rate(
                                 "INSERT INTO items (id, n) VALUES ($1, 1)",
                                 &[&id.to_string()],
                             )?;
-                            outbox::enqueue(
-                                c,
-                                &event,
-                                &TraceContext::new_root(),
-                                Clock::System.now(),
-                            )
+                            c.enqueue(&event, &TraceContext::new_root(), Clock::System.now())
                         })
                         .await
                         .unwrap();

@@ -398,3 +398,16 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// `GET url` with `client`; the answer's body as text. Panics when the
+/// server cannot be reached (a test failure).
+pub async fn get_text(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// `GET url` with `client`; the answer's body as JSON (`null` if it is
+/// not JSON). Panics when the server cannot be reached.
+pub async fn get_json(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> serde_json::Value {
+    let body = get_text(client, url).await;
+    serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)
+}
