@@ -1006,6 +1006,30 @@ pub async fn apply(
     spec: &Spec,
     options: &Options,
 ) -> Result<Applied, ProvisionError> {
+    // A service starting while this runs creates its durable consumer itself
+    // when it finds the stream but not the consumer; if that happens between
+    // our write and our check, the consumer has the service's description
+    // instead of the spec's. Each consumer can be caught so at most once (the
+    // service finds it the next time), so another round puts it right.
+    let mut log = Vec::new();
+    let mut rounds = 0;
+    loop {
+        match apply_round(client, spec, options, &mut log).await {
+            Err(ProvisionError::Drift(_)) if rounds < 2 => rounds += 1,
+            Ok(plan) => return Ok(Applied { plan, log }),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One round of [`apply`]: plan, then carry the plan out (appending what
+/// was done to `log`), then plan again; `Drift` if something still differs.
+async fn apply_round(
+    client: &async_nats::Client,
+    spec: &Spec,
+    options: &Options,
+    log: &mut Vec<String>,
+) -> Result<Plan, ProvisionError> {
     let state = read_state(client).await?;
     let plan = plan(spec, &state, options);
     if !plan.problems.is_empty() {
@@ -1026,7 +1050,6 @@ pub async fn apply(
     }
     let api = Api { client };
     let facts = &state.facts;
-    let mut log = Vec::new();
     // Deletions first (consumers before their streams), so recreated and
     // new resources never meet what they replace.
     for item in plan.items.iter().filter(|i| i.consumer) {
@@ -1090,7 +1113,7 @@ pub async fn apply(
             "after applying, the server still differs from the spec:\n{after}"
         )));
     }
-    Ok(Applied { plan, log })
+    Ok(plan)
 }
 
 /// Makes the server's streams and consumers match `spec`, creating and
