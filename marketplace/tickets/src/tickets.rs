@@ -6,12 +6,11 @@ use axum::http::StatusCode;
 use marketplace_events::{OrderId, TicketId};
 use marketplace_events::{TicketCreated, TicketStatus, TicketUpdated};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use shared::ApiError;
 use shared::auth::AuthUser;
-use shared::http::{ApiQuery, Fields, JsonBody};
+use shared::http::{ApiQuery, Fields, FromFields, ValidJson};
 use shared::ids::UserId;
-use shared::money::Money;
+use shared::money::{Dollars, Money};
 use shared::trace::TraceContext;
 use store::{Conn, Row, StoreError};
 
@@ -29,34 +28,77 @@ pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(as = Ticket)]
-#[allow(dead_code)]
 pub struct TicketBody {
-    #[schema(format = Uuid)]
-    id: String,
+    #[schema(value_type = String, format = Uuid)]
+    id: TicketId,
     title: String,
     /// Dollars, at most two decimals.
-    price: f64,
-    #[schema(format = Uuid)]
-    user_id: String,
+    #[schema(value_type = f64)]
+    price: Dollars,
+    #[schema(value_type = String, format = Uuid)]
+    user_id: UserId,
     /// 0 when listed, one more with every change.
     version: i64,
     status: TicketStatus,
     /// The order holding the ticket while it is reserved, else null.
-    #[schema(format = Uuid, required = true)]
-    order_id: Option<String>,
+    #[schema(value_type = Option<String>, format = Uuid, required = true)]
+    order_id: Option<OrderId>,
+}
+
+impl From<&Ticket> for TicketBody {
+    fn from(t: &Ticket) -> Self {
+        TicketBody {
+            id: t.id,
+            title: t.title.clone(),
+            price: Dollars(t.price),
+            user_id: t.user_id,
+            version: t.version,
+            status: t.status,
+            order_id: t.order_id,
+        }
+    }
 }
 
 /// What a seller sends to list or edit a ticket.
-#[derive(Serialize, utoipa::ToSchema)]
-#[schema(as = TicketInput)]
-#[allow(dead_code)]
-pub struct TicketInputBody {
+#[derive(utoipa::ToSchema)]
+pub struct TicketInput {
     /// 1 to 120 characters after trimming.
     #[schema(min_length = 1, max_length = 120, pattern = r"\S")]
     title: String,
     /// Dollars: more than 0, at most 1 000 000, at most two decimals.
-    #[schema(minimum = 0.01, maximum = 1000000, multiple_of = 0.01)]
-    price: f64,
+    #[schema(value_type = f64, minimum = 0.01, maximum = 1000000, multiple_of = 0.01)]
+    price: Money,
+}
+
+impl FromFields for TicketInput {
+    fn from_fields(f: &mut Fields<'_>) -> Option<Self> {
+        let title = f.string("title", "Title").map(str::trim).filter(|t| {
+            let n = t.chars().count();
+            if n == 0 {
+                f.fail("title", "Title is required");
+            } else if n > 120 {
+                f.fail("title", "Title must be at most 120 characters");
+            }
+            (1..=120).contains(&n)
+        });
+        let price = match f.value("price") {
+            None => {
+                f.fail("price", "Price is required");
+                None
+            }
+            Some(v) => match Money::parse_price(v) {
+                Ok(m) => Some(m),
+                Err(msg) => {
+                    f.fail("price", msg);
+                    None
+                }
+            },
+        };
+        Some(TicketInput {
+            title: title?.to_owned(),
+            price: price?,
+        })
+    }
 }
 
 /// A ticket as stored.
@@ -134,55 +176,6 @@ impl Ticket {
             status: self.status,
         }
     }
-
-    fn to_json(&self) -> Value {
-        json!({
-            "id": self.id,
-            "title": self.title,
-            "price": self.price.to_dollars_json(),
-            "userId": self.user_id,
-            "version": self.version,
-            "status": self.status,
-            "orderId": self.order_id,
-        })
-    }
-}
-
-/// Validated create/edit input.
-struct TicketInput {
-    title: String,
-    price: Money,
-}
-
-fn parse_input(body: &JsonBody) -> Result<TicketInput, ApiError> {
-    let mut f = Fields::new(body);
-    let title = f.string("title", "Title").map(str::trim).filter(|t| {
-        let n = t.chars().count();
-        if n == 0 {
-            f.fail("title", "Title is required");
-        } else if n > 120 {
-            f.fail("title", "Title must be at most 120 characters");
-        }
-        (1..=120).contains(&n)
-    });
-    let price = match f.value("price") {
-        None => {
-            f.fail("price", "Price is required");
-            None
-        }
-        Some(v) => match Money::parse_price(v) {
-            Ok(m) => Some(m),
-            Err(msg) => {
-                f.fail("price", msg);
-                None
-            }
-        },
-    };
-    f.finish()?;
-    Ok(TicketInput {
-        title: title.expect("validated").to_owned(),
-        price: price.expect("validated"),
-    })
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -227,7 +220,7 @@ async fn list_where(
     condition: &'static str,
     key: String,
     q: &ListQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<TicketBody>>, ApiError> {
     let (limit, after) = page(q)?;
     let tickets = state
         .db
@@ -245,9 +238,7 @@ async fn list_where(
             rows.iter().map(Ticket::from_row).collect::<Result<Vec<_>, _>>()
         })
         .await?;
-    Ok(Json(Value::Array(
-        tickets.iter().map(Ticket::to_json).collect(),
-    )))
+    Ok(Json(tickets.iter().map(TicketBody::from).collect()))
 }
 
 /// Tickets for sale (`available`), oldest first.
@@ -260,7 +251,7 @@ async fn list_where(
 async fn list(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<TicketBody>>, ApiError> {
     list_where(&state, "status = $1", "available".into(), &q).await
 }
 
@@ -276,7 +267,7 @@ async fn mine(
     State(state): State<AppState>,
     user: AuthUser,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<TicketBody>>, ApiError> {
     list_where(&state, "user_id = $1", user.id.to_string(), &q).await
 }
 
@@ -290,19 +281,19 @@ async fn mine(
 async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TicketBody>, ApiError> {
     let id = TicketId::parse(&id).ok_or(ApiError::NotFound)?;
     let ticket = state
         .db
         .read(move |c| Ticket::find(c, id))
         .await?
         .ok_or(ApiError::NotFound)?;
-    Ok(Json(ticket.to_json()))
+    Ok(Json(TicketBody::from(&ticket)))
 }
 
 /// Lists a ticket for sale; publishes `ticket.created`.
 #[utoipa::path(post, path = "/api/tickets", tag = "tickets",
-    request_body = TicketInputBody,
+    request_body = TicketInput,
     security(("session" = []), ("bearer" = [])),
     responses(
         (status = 201, description = "Listed, version 0, available", body = TicketBody),
@@ -311,9 +302,8 @@ async fn create(
     State(state): State<AppState>,
     user: AuthUser,
     trace: TraceContext,
-    body: JsonBody,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let input = parse_input(&body)?;
+    ValidJson(input): ValidJson<TicketInput>,
+) -> Result<(StatusCode, Json<TicketBody>), ApiError> {
     let now = state.clock.now();
     let ticket = Ticket {
         id: TicketId::new(),
@@ -338,13 +328,13 @@ async fn create(
             Ok::<_, StoreError>(())
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(ticket.to_json())))
+    Ok((StatusCode::CREATED, Json(TicketBody::from(&ticket))))
 }
 
 /// Edits the caller's ticket; publishes `ticket.updated`.
 #[utoipa::path(put, path = "/api/tickets/{id}", tag = "tickets",
     params(("id" = String, Path, description = "ticket id")),
-    request_body = TicketInputBody,
+    request_body = TicketInput,
     security(("session" = []), ("bearer" = [])),
     responses(
         (status = 200, description = "Edited; version one more", body = TicketBody),
@@ -357,9 +347,8 @@ async fn update(
     user: AuthUser,
     trace: TraceContext,
     Path(id): Path<String>,
-    body: JsonBody,
-) -> Result<Json<Value>, ApiError> {
-    let input = parse_input(&body)?;
+    ValidJson(input): ValidJson<TicketInput>,
+) -> Result<Json<TicketBody>, ApiError> {
     let id = TicketId::parse(&id).ok_or(ApiError::NotFound)?;
     let now = state.clock.now();
     // Check and change in one transaction, so a reservation cannot slip in
@@ -390,5 +379,5 @@ async fn update(
             Ok(ticket)
         })
         .await?;
-    Ok(Json(ticket.to_json()))
+    Ok(Json(TicketBody::from(&ticket)))
 }

@@ -137,6 +137,39 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// A request type read from a JSON object body, field by field: each field
+/// is checked with [`Fields`], so every bad field is reported at once in the
+/// shared shape, with the messages the contract names.
+pub trait FromFields: Sized {
+    /// The request read from `f`, or `None` when a field failed (it was
+    /// recorded with [`Fields::fail`] or one of the readers).
+    fn from_fields(f: &mut Fields<'_>) -> Option<Self>;
+}
+
+/// A JSON body read into `T` at the edge of a handler: 415 unless it is
+/// JSON, 413 over the limit, 400 for malformed JSON, and 400 listing each
+/// bad field.
+pub struct ValidJson<T>(pub T);
+
+impl<T: FromFields, S: Send + Sync> FromRequest<S> for ValidJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let body = JsonBody::from_request(req, state).await?;
+        let mut fields = Fields::new(&body);
+        let value = T::from_fields(&mut fields);
+        match (fields.finish(), value) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(value)) => Ok(ValidJson(value)),
+            // A reader that declined without saying why: a bug.
+            (Ok(()), None) => Err(ApiError::internal(format!(
+                "{} refused a body without naming a field",
+                std::any::type_name::<T>()
+            ))),
+        }
+    }
+}
+
 /// `Query<T>` whose rejection is a 400 in the shared shape.
 pub struct ApiQuery<T>(pub T);
 

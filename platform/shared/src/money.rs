@@ -74,6 +74,17 @@ impl Money {
     }
 }
 
+/// An amount as the HTTP API shows it: a JSON number of dollars (`1999` →
+/// `19.99`, `2000` → `20`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dollars(pub Money);
+
+impl serde::Serialize for Dollars {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.to_dollars_json().serialize(serializer)
+    }
+}
+
 impl ToValue for Money {
     fn to_value(&self) -> Value {
         Value::Int(self.0)
