@@ -86,7 +86,7 @@ pub fn openapi() -> OpenApi {
         tickets::openapi(),
         orders::openapi(),
         payments::openapi(),
-        shared::openapi::health(),
+        runtime::edge::health_openapi(),
         <self_doc::DocsApi as utoipa::OpenApi>::openapi(),
     ] {
         api.merge(part);

@@ -162,7 +162,7 @@ fn every_route_in_the_code_is_described() {
             );
         }
     }
-    assert!(checked >= 6, "the scan found the health and docs routes");
+    assert!(checked >= 2, "the scan found the docs routes");
 }
 
 struct Server {

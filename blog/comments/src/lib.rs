@@ -19,9 +19,9 @@ use blog_events::{
 use bus::listener::{EventContext, ListenerError, ListenerOptions, Outcome};
 use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
 use runtime::service::{Deps, Running};
-use serde_json::{Value, json};
+use serde::Serialize;
 use shared::ApiError;
-use shared::http::{Fields, JsonBody};
+use shared::http::{Fields, FromFields, ValidJson};
 use shared::time::Clock;
 use shared::trace::TraceContext;
 use store::{Conn, Db, Migration, Row, StoreError};
@@ -88,13 +88,38 @@ impl Comment {
             version: r.get(4)?,
         })
     }
+}
 
-    fn to_json(&self) -> Value {
-        json!({
-            "id": self.id,
-            "postId": self.post_id,
-            "content": self.content,
-            "status": self.status,
+/// A comment as the API returns it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CommentBody {
+    id: CommentId,
+    post_id: PostId,
+    content: String,
+    status: CommentStatus,
+}
+
+impl From<&Comment> for CommentBody {
+    fn from(c: &Comment) -> Self {
+        CommentBody {
+            id: c.id,
+            post_id: c.post_id,
+            content: c.content.clone(),
+            status: c.status,
+        }
+    }
+}
+
+/// What a reader sends: 1 to [`MAX_CONTENT`] characters (trimmed).
+struct CommentInput {
+    content: String,
+}
+
+impl FromFields for CommentInput {
+    fn from_fields(f: &mut Fields<'_>) -> Option<Self> {
+        Some(CommentInput {
+            content: f.text("content", "Content", MAX_CONTENT)?.to_owned(),
         })
     }
 }
@@ -115,16 +140,13 @@ async fn create(
     State(state): State<AppState>,
     Path(post): Path<String>,
     trace: TraceContext,
-    body: JsonBody,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    ValidJson(CommentInput { content }): ValidJson<CommentInput>,
+) -> Result<(StatusCode, Json<CommentBody>), ApiError> {
     let post_id = post_id(&post)?;
-    let mut f = Fields::new(&body);
-    let content = f.text("content", "Content", MAX_CONTENT).map(str::to_owned);
-    f.finish()?;
     let comment = Comment {
         id: CommentId::new(),
         post_id,
-        content: content.expect("validated"),
+        content,
         status: CommentStatus::Pending,
         version: 0,
     };
@@ -161,14 +183,14 @@ async fn create(
     if !written {
         return Err(ApiError::NotFound);
     }
-    Ok((StatusCode::CREATED, Json(comment.to_json())))
+    Ok((StatusCode::CREATED, Json(CommentBody::from(&comment))))
 }
 
 /// A post's comments, oldest first, whatever their status.
 async fn list(
     State(state): State<AppState>,
     Path(post): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<CommentBody>>, ApiError> {
     let post_id = post_id(&post)?;
     let comments = state
         .db
@@ -187,9 +209,7 @@ async fn list(
         })
         .await?
         .ok_or(ApiError::NotFound)?;
-    Ok(Json(Value::Array(
-        comments.iter().map(Comment::to_json).collect(),
-    )))
+    Ok(Json(comments.iter().map(CommentBody::from).collect()))
 }
 
 async fn on_post_created(db: Db, e: PostCreated) -> Result<Outcome, ListenerError> {

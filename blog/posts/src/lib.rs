@@ -9,9 +9,9 @@ use axum::routing::post;
 use blog_events::{PostCreated, PostId};
 use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
 use runtime::service::{Deps, Running};
-use serde_json::{Value, json};
+use serde::Serialize;
 use shared::ApiError;
-use shared::http::{Fields, JsonBody};
+use shared::http::{Fields, FromFields, ValidJson};
 use shared::time::Clock;
 use shared::trace::TraceContext;
 use store::Conn as _;
@@ -45,18 +45,35 @@ struct AppState {
     clock: Clock,
 }
 
+/// What a writer sends: a title of 1 to [`MAX_TITLE`] characters (trimmed).
+struct PostInput {
+    title: String,
+}
+
+impl FromFields for PostInput {
+    fn from_fields(f: &mut Fields<'_>) -> Option<Self> {
+        Some(PostInput {
+            title: f.text("title", "Title", MAX_TITLE)?.to_owned(),
+        })
+    }
+}
+
+/// A post as the API returns it.
+#[derive(Serialize)]
+struct PostBody {
+    id: PostId,
+    title: String,
+}
+
 /// Writes a post; publishes `post.created`.
 async fn create(
     State(state): State<AppState>,
     trace: TraceContext,
-    body: JsonBody,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let mut f = Fields::new(&body);
-    let title = f.text("title", "Title", MAX_TITLE).map(str::to_owned);
-    f.finish()?;
+    ValidJson(PostInput { title }): ValidJson<PostInput>,
+) -> Result<(StatusCode, Json<PostBody>), ApiError> {
     let event = PostCreated {
         id: PostId::new(),
-        title: title.expect("validated"),
+        title,
     };
     let now = state.clock.now();
     let e = event.clone();
@@ -72,7 +89,10 @@ async fn create(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "id": event.id, "title": event.title })),
+        Json(PostBody {
+            id: event.id,
+            title: event.title,
+        }),
     ))
 }
 

@@ -24,7 +24,7 @@ use blog_events::{CommentCreated, CommentId, CommentStatus, CommentUpdated, Post
 use bus::listener::{EventContext, ListenerError, ListenerOptions, Outcome, durable_name};
 use bus::{Bus, ConsumerConfig};
 use runtime::service::{Deps, Running};
-use serde_json::{Value, json};
+use serde::Serialize;
 use shared::ApiError;
 use shared::events::Event;
 use shared::shutdown::Shutdown;
@@ -54,8 +54,24 @@ pub static MIGRATIONS: &[Migration] = &[Migration {
           );",
 }];
 
+/// A post with its comments, as `GET /posts` returns it.
+#[derive(Serialize)]
+struct PostView {
+    id: PostId,
+    title: String,
+    comments: Vec<CommentView>,
+}
+
+/// A comment in a [`PostView`].
+#[derive(Serialize)]
+struct CommentView {
+    id: CommentId,
+    content: String,
+    status: CommentStatus,
+}
+
 /// Every post with its comments, oldest first.
-async fn list(State(db): State<Db>) -> Result<Json<Value>, ApiError> {
+async fn list(State(db): State<Db>) -> Result<Json<Vec<PostView>>, ApiError> {
     let (posts, comments) = db
         .read(|c| {
             let posts = c
@@ -70,36 +86,42 @@ async fn list(State(db): State<Db>) -> Result<Json<Value>, ApiError> {
                 )?
                 .iter()
                 .map(|r| {
+                    let status: String = r.get(3)?;
+                    let status = CommentStatus::parse(&status).ok_or_else(|| {
+                        StoreError::new(
+                            store::StoreErrorKind::Decode,
+                            format!("bad status {status}"),
+                        )
+                    })?;
                     Ok((
                         r.get::<CommentId>(0)?,
                         r.get::<PostId>(1)?,
                         r.get::<String>(2)?,
-                        r.get::<String>(3)?,
+                        status,
                     ))
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
             Ok::<_, StoreError>((posts, comments))
         })
         .await?;
-    let mut by_post: HashMap<PostId, Vec<Value>> = HashMap::new();
+    let mut by_post: HashMap<PostId, Vec<CommentView>> = HashMap::new();
     for (id, post_id, content, status) in comments {
-        by_post
-            .entry(post_id)
-            .or_default()
-            .push(json!({ "id": id, "content": content, "status": status }));
+        by_post.entry(post_id).or_default().push(CommentView {
+            id,
+            content,
+            status,
+        });
     }
-    Ok(Json(Value::Array(
+    Ok(Json(
         posts
             .into_iter()
-            .map(|(id, title)| {
-                json!({
-                    "id": id,
-                    "title": title,
-                    "comments": by_post.remove(&id).unwrap_or_default(),
-                })
+            .map(|(id, title)| PostView {
+                id,
+                comments: by_post.remove(&id).unwrap_or_default(),
+                title,
             })
             .collect(),
-    )))
+    ))
 }
 
 async fn on_post_created(

@@ -1,16 +1,16 @@
 //! `/api/users`: sign up, sign in, sign out, current user.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use marketplace_events::UserCreated;
 use serde::Serialize;
-use serde_json::json;
 use shared::ApiError;
 use shared::auth::{AuthUser, MaybeAuthUser};
 use shared::email::Email;
-use shared::http::{Fields, JsonBody, PeerAddr};
+use shared::http::{Fields, FromFields, PeerAddr, ValidJson};
 use shared::ids::UserId;
 use shared::trace::TraceContext;
 use store::Conn as _;
@@ -30,45 +30,103 @@ pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
 /// A user as the API returns it.
 #[derive(Serialize, utoipa::ToSchema)]
 #[schema(as = User)]
-#[allow(dead_code)]
 pub struct UserBody {
-    #[schema(format = Uuid)]
-    id: String,
+    #[schema(value_type = String, format = Uuid)]
+    id: UserId,
     #[schema(format = Email)]
     email: String,
 }
 
+impl From<AuthUser> for UserBody {
+    fn from(u: AuthUser) -> Self {
+        UserBody {
+            id: u.id,
+            email: u.email,
+        }
+    }
+}
+
 /// Sign-up details.
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(utoipa::ToSchema)]
 #[schema(as = SignUp)]
-#[allow(dead_code)]
-pub struct SignUpBody {
+pub struct SignUpInput {
     /// Stored trimmed and lower-cased.
-    #[schema(format = Email)]
-    email: String,
+    #[schema(value_type = String, format = Email)]
+    email: Email,
     #[schema(min_length = 8, max_length = 128)]
     password: String,
 }
 
+impl FromFields for SignUpInput {
+    fn from_fields(f: &mut Fields<'_>) -> Option<Self> {
+        let email = email_field(f);
+        let password = f.string("password", "Password").filter(|p| {
+            let ok = (8..=128).contains(&p.chars().count());
+            if !ok {
+                f.fail("password", "Password must be between 8 and 128 characters");
+            }
+            ok
+        });
+        Some(SignUpInput {
+            email: email?,
+            password: password?.to_owned(),
+        })
+    }
+}
+
 /// Sign-in credentials.
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(utoipa::ToSchema)]
 #[schema(as = SignIn)]
-#[allow(dead_code)]
-pub struct SignInBody {
-    #[schema(format = Email)]
-    email: String,
+pub struct SignInInput {
+    #[schema(value_type = String, format = Email)]
+    email: Email,
     #[schema(min_length = 1)]
     password: String,
+}
+
+impl FromFields for SignInInput {
+    fn from_fields(f: &mut Fields<'_>) -> Option<Self> {
+        let email = email_field(f);
+        let password = f.string("password", "Password").filter(|p| {
+            if p.is_empty() {
+                f.fail("password", "Password is required");
+            }
+            !p.is_empty()
+        });
+        Some(SignInInput {
+            email: email?,
+            password: password?.to_owned(),
+        })
+    }
 }
 
 /// Who the session belongs to, if anyone.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(as = CurrentUser)]
-#[allow(dead_code)]
 pub struct CurrentUserBody {
     #[schema(required = true)]
     current_user: Option<UserBody>,
+}
+
+/// One sign-in or sign-up attempt, counted against the client's allowance
+/// before the body is read (a flood of malformed bodies is limited too).
+struct Attempt;
+
+impl FromRequestParts<AppState> for Attempt {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let peer = PeerAddr::from_request_parts(parts, state)
+            .await
+            .unwrap_or(PeerAddr(None));
+        let key = client_key(state, &parts.headers, peer);
+        state
+            .limiter
+            .check(&key)
+            .map_err(|retry_after_secs| ApiError::TooManyRequests { retry_after_secs })?;
+        Ok(Attempt)
+    }
 }
 
 /// Who is asking, for rate limiting.
@@ -87,20 +145,12 @@ fn client_key(state: &AppState, headers: &HeaderMap, peer: PeerAddr) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn limit(state: &AppState, headers: &HeaderMap, peer: PeerAddr) -> Result<(), ApiError> {
-    let key = client_key(state, headers, peer);
-    state
-        .limiter
-        .check(&key)
-        .map_err(|retry_after_secs| ApiError::TooManyRequests { retry_after_secs })
-}
-
 fn signed_in(state: &AppState, status: StatusCode, user: AuthUser) -> Result<Response, ApiError> {
     let token = state.keys.issue(&user, state.clock.now())?;
     Ok((
         status,
         [(header::SET_COOKIE, state.keys.session_cookie(&token))],
-        Json(json!({ "id": user.id, "email": user.email })),
+        Json(UserBody::from(user)),
     )
         .into_response())
 }
@@ -114,7 +164,7 @@ fn email_field(f: &mut Fields<'_>) -> Option<Email> {
 /// Creates an account and signs it in (sets the `session` cookie);
 /// publishes `user.created`.
 #[utoipa::path(post, path = "/api/users/signup", tag = "users",
-    request_body = SignUpBody,
+    request_body = SignUpInput,
     responses(
         (status = 201, description = "Signed up and in; the session cookie is set", body = UserBody,
             headers(("set-cookie" = String, description = "session=<jwt>; HttpOnly; SameSite=Lax; Path=/"))),
@@ -123,28 +173,10 @@ fn email_field(f: &mut Fields<'_>) -> Option<Email> {
     ))]
 async fn sign_up(
     State(state): State<AppState>,
-    peer: PeerAddr,
+    _: Attempt,
     trace: TraceContext,
-    headers: HeaderMap,
-    body: JsonBody,
+    ValidJson(SignUpInput { email, password }): ValidJson<SignUpInput>,
 ) -> Result<Response, ApiError> {
-    limit(&state, &headers, peer)?;
-    let mut f = Fields::new(&body);
-    let email = email_field(&mut f);
-    let password = f.string("password", "Password").filter(|p| {
-        let n = p.chars().count();
-        let ok = (8..=128).contains(&n);
-        if !ok {
-            f.fail("password", "Password must be between 8 and 128 characters");
-        }
-        ok
-    });
-    f.finish()?;
-    let (email, password) = (
-        email.expect("validated"),
-        password.expect("validated").to_owned(),
-    );
-
     let hash = password::hash_off_runtime(password)
         .await
         .map_err(ApiError::internal)?
@@ -185,7 +217,7 @@ async fn sign_up(
 
 /// Signs in (sets the `session` cookie).
 #[utoipa::path(post, path = "/api/users/signin", tag = "users",
-    request_body = SignInBody,
+    request_body = SignInInput,
     responses(
         (status = 200, description = "Signed in; the session cookie is set", body = UserBody,
             headers(("set-cookie" = String, description = "session=<jwt>; HttpOnly; SameSite=Lax; Path=/"))),
@@ -194,25 +226,9 @@ async fn sign_up(
     ))]
 async fn sign_in(
     State(state): State<AppState>,
-    peer: PeerAddr,
-    headers: HeaderMap,
-    body: JsonBody,
+    _: Attempt,
+    ValidJson(SignInInput { email, password }): ValidJson<SignInInput>,
 ) -> Result<Response, ApiError> {
-    limit(&state, &headers, peer)?;
-    let mut f = Fields::new(&body);
-    let email = email_field(&mut f);
-    let password = f.string("password", "Password").filter(|p| {
-        if p.is_empty() {
-            f.fail("password", "Password is required");
-        }
-        !p.is_empty()
-    });
-    f.finish()?;
-    let (email, password) = (
-        email.expect("validated"),
-        password.expect("validated").to_owned(),
-    );
-
     let lookup = email.to_string();
     let found = state
         .db
@@ -260,8 +276,8 @@ async fn sign_out(State(state): State<AppState>) -> Response {
 /// Who the session belongs to (`null` without a valid session).
 #[utoipa::path(get, path = "/api/users/currentuser", tag = "users",
     responses((status = 200, description = "The signed-in user, or null", body = CurrentUserBody)))]
-async fn current_user(user: MaybeAuthUser) -> Json<serde_json::Value> {
-    Json(json!({
-        "currentUser": user.0.map(|u| json!({ "id": u.id, "email": u.email }))
-    }))
+async fn current_user(user: MaybeAuthUser) -> Json<CurrentUserBody> {
+    Json(CurrentUserBody {
+        current_user: user.0.map(UserBody::from),
+    })
 }

@@ -228,6 +228,44 @@ async fn too_many_attempts_from_one_client_get_429_with_retry_after() {
 }
 
 #[tokio::test]
+async fn invalid_and_malformed_attempts_count_against_the_limit_too() {
+    let app = app_with(auth::Config {
+        attempts_per_window: 2,
+        window: Duration::from_secs(60),
+        trust_forwarded_for: false,
+    })
+    .await;
+    // Invalid fields and unreadable bodies are attempts: the limit is
+    // checked before the body is read, so a flood of garbage is limited.
+    assert_eq!(
+        signin(&app, "not-an-email", "").await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    let garbage = app
+        .client
+        .post(app.url("/api/users/signup"))
+        .header("content-type", "application/json")
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), StatusCode::BAD_REQUEST);
+    let limited = app
+        .client
+        .post(app.url("/api/users/signup"))
+        .header("content-type", "application/json")
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        errors(limited).await,
+        vec![(None, "Too many attempts, try again later".to_owned())]
+    );
+}
+
+#[tokio::test]
 async fn malformed_requests_get_the_shared_error_shape() {
     let app = app().await;
     let url = app.url("/api/users/signup");

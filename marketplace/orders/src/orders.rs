@@ -6,12 +6,11 @@ use axum::http::StatusCode;
 use marketplace_events::{OrderCancelled, OrderCreated, OrderStatus, OrderTicket, TicketRef};
 use marketplace_events::{OrderId, TicketId};
 use serde::Serialize;
-use serde_json::{Value, json};
 use shared::ApiError;
 use shared::auth::AuthUser;
-use shared::http::{Fields, JsonBody};
+use shared::http::{Fields, FromFields, ValidJson};
 use shared::ids::UserId;
-use shared::money::Money;
+use shared::money::{Dollars, Money};
 use shared::time::Timestamp;
 use shared::trace::TraceContext;
 use store::{Conn, Row, StoreError};
@@ -29,16 +28,15 @@ pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(as = Order)]
-#[allow(dead_code)]
 pub struct OrderBody {
-    #[schema(format = Uuid)]
-    id: String,
-    #[schema(format = Uuid)]
-    user_id: String,
+    #[schema(value_type = String, format = Uuid)]
+    id: OrderId,
+    #[schema(value_type = String, format = Uuid)]
+    user_id: UserId,
     status: OrderStatus,
     /// When the hold on the ticket ends (RFC 3339, UTC).
-    #[schema(format = DateTime)]
-    expires_at: String,
+    #[schema(value_type = String, format = DateTime)]
+    expires_at: Timestamp,
     version: i64,
     ticket: OrderTicketBody,
 }
@@ -46,24 +44,50 @@ pub struct OrderBody {
 /// The ticket an order is for, as the orders service knows it.
 #[derive(Serialize, utoipa::ToSchema)]
 #[schema(as = OrderTicket)]
-#[allow(dead_code)]
 pub struct OrderTicketBody {
-    #[schema(format = Uuid)]
-    id: String,
+    #[schema(value_type = String, format = Uuid)]
+    id: TicketId,
     title: String,
     /// Dollars.
-    price: f64,
+    #[schema(value_type = f64)]
+    price: Dollars,
     version: i64,
 }
 
+impl From<&Order> for OrderBody {
+    fn from(o: &Order) -> Self {
+        OrderBody {
+            id: o.id,
+            user_id: o.user_id,
+            status: o.status,
+            expires_at: o.expires_at,
+            version: o.version,
+            ticket: OrderTicketBody {
+                id: o.ticket_id,
+                title: o.ticket_title.clone(),
+                price: Dollars(o.ticket_price),
+                version: o.ticket_version,
+            },
+        }
+    }
+}
+
 /// What a buyer sends to order a ticket.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[derive(utoipa::ToSchema)]
 #[schema(as = OrderInput)]
-#[allow(dead_code)]
-pub struct OrderInputBody {
-    #[schema(min_length = 1)]
+pub struct OrderInput {
+    /// The ticket's id; one that names no ticket is a 404.
+    #[schema(rename = "ticketId", min_length = 1)]
     ticket_id: String,
+}
+
+impl FromFields for OrderInput {
+    fn from_fields(f: &mut Fields<'_>) -> Option<Self> {
+        let ticket_id = f.non_empty("ticketId", "ticketId")?;
+        Some(OrderInput {
+            ticket_id: ticket_id.trim().to_owned(),
+        })
+    }
 }
 
 /// An order joined with its ticket as this service knows it.
@@ -142,22 +166,6 @@ impl Order {
             ticket: TicketRef { id: self.ticket_id },
         }
     }
-
-    fn to_json(&self) -> Value {
-        json!({
-            "id": self.id,
-            "userId": self.user_id,
-            "status": self.status,
-            "expiresAt": self.expires_at,
-            "version": self.version,
-            "ticket": {
-                "id": self.ticket_id,
-                "title": self.ticket_title,
-                "price": self.ticket_price.to_dollars_json(),
-                "version": self.ticket_version,
-            },
-        })
-    }
 }
 
 /// Finds the caller's order; someone else's is as good as missing.
@@ -176,7 +184,7 @@ fn find_mine(c: &mut dyn Conn, id: OrderId, user: UserId, lock: bool) -> Result<
 /// Orders a ticket: it is held for the caller until `expiresAt`; publishes
 /// `order.created`. Of concurrent buyers, exactly one wins.
 #[utoipa::path(post, path = "/api/orders", tag = "orders",
-    request_body = OrderInputBody,
+    request_body = OrderInput,
     security(("session" = []), ("bearer" = [])),
     responses(
         (status = 201, description = "Ordered; the ticket is held", body = OrderBody),
@@ -188,13 +196,9 @@ async fn create(
     State(state): State<AppState>,
     user: AuthUser,
     trace: TraceContext,
-    body: JsonBody,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let mut f = Fields::new(&body);
-    let ticket_id = f.non_empty("ticketId", "ticketId");
-    f.finish()?;
-    let ticket_id =
-        TicketId::parse(ticket_id.expect("validated").trim()).ok_or(ApiError::NotFound)?;
+    ValidJson(input): ValidJson<OrderInput>,
+) -> Result<(StatusCode, Json<OrderBody>), ApiError> {
+    let ticket_id = TicketId::parse(&input.ticket_id).ok_or(ApiError::NotFound)?;
     let now = state.clock.now();
     let expires_at = now.plus_secs(state.config.order_expiration.as_secs());
     let result = state
@@ -236,14 +240,17 @@ async fn create(
             Ok(Order::find(c, id)?.expect("inserted above"))
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(result.to_json())))
+    Ok((StatusCode::CREATED, Json(OrderBody::from(&result))))
 }
 
 /// The caller's orders, newest first.
 #[utoipa::path(get, path = "/api/orders", tag = "orders",
     security(("session" = []), ("bearer" = [])),
     responses((status = 200, description = "The caller's orders, newest first", body = Vec<OrderBody>)))]
-async fn list(State(state): State<AppState>, user: AuthUser) -> Result<Json<Value>, ApiError> {
+async fn list(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> Result<Json<Vec<OrderBody>>, ApiError> {
     let orders = state
         .db
         .read(move |c| {
@@ -256,9 +263,7 @@ async fn list(State(state): State<AppState>, user: AuthUser) -> Result<Json<Valu
             .collect::<Result<Vec<_>, _>>()
         })
         .await?;
-    Ok(Json(Value::Array(
-        orders.iter().map(Order::to_json).collect(),
-    )))
+    Ok(Json(orders.iter().map(OrderBody::from).collect()))
 }
 
 /// One of the caller's orders.
@@ -273,13 +278,13 @@ async fn show(
     State(state): State<AppState>,
     user: AuthUser,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OrderBody>, ApiError> {
     let id = OrderId::parse(&id).ok_or(ApiError::NotFound)?;
     let order = state
         .db
         .read(move |c| find_mine(c, id, user.id, false))
         .await?;
-    Ok(Json(order.to_json()))
+    Ok(Json(OrderBody::from(&order)))
 }
 
 /// Cancels one of the caller's orders; publishes `order.cancelled` (nothing

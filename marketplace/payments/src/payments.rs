@@ -7,12 +7,11 @@ use axum::http::StatusCode;
 use marketplace_events::{OrderId, PaymentId};
 use marketplace_events::{OrderStatus, PaymentCreated, PaymentRefunded};
 use serde::Serialize;
-use serde_json::{Value, json};
 use shared::ApiError;
 use shared::auth::AuthUser;
-use shared::http::{Fields, JsonBody};
+use shared::http::{Fields, FromFields, ValidJson};
 use shared::ids::UserId;
-use shared::money::Money;
+use shared::money::{Dollars, Money};
 use shared::trace::TraceContext;
 use store::Conn as _;
 use store::StoreError;
@@ -29,29 +28,39 @@ pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(as = Payment)]
-#[allow(dead_code)]
 pub struct PaymentBody {
-    #[schema(format = Uuid)]
-    id: String,
-    #[schema(format = Uuid)]
-    order_id: String,
+    #[schema(value_type = String, format = Uuid)]
+    id: PaymentId,
+    #[schema(value_type = String, format = Uuid)]
+    order_id: OrderId,
     /// The gateway's charge id.
     charge_id: String,
     /// Dollars charged.
-    amount: f64,
+    #[schema(value_type = f64)]
+    amount: Dollars,
 }
 
 /// What a buyer sends to pay for an order.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[derive(utoipa::ToSchema)]
 #[schema(as = PaymentInput)]
-#[allow(dead_code)]
-pub struct PaymentInputBody {
-    #[schema(min_length = 1)]
+pub struct PaymentInput {
+    /// The order's id; one that names no order of the caller's is a 404.
+    #[schema(rename = "orderId", min_length = 1)]
     order_id: String,
     /// A card token, such as Stripe's `tok_visa`.
     #[schema(min_length = 1)]
     token: String,
+}
+
+impl FromFields for PaymentInput {
+    fn from_fields(f: &mut Fields<'_>) -> Option<Self> {
+        let order_id = f.non_empty("orderId", "orderId");
+        let token = f.non_empty("token", "token");
+        Some(PaymentInput {
+            order_id: order_id?.trim().to_owned(),
+            token: token?.trim().to_owned(),
+        })
+    }
 }
 
 struct OrderCopy {
@@ -99,7 +108,7 @@ fn cancelled() -> ApiError {
 /// Charges the order's price; publishes `payment.created`. Idempotent per
 /// order: a second payment never charges twice.
 #[utoipa::path(post, path = "/api/payments", tag = "payments",
-    request_body = PaymentInputBody,
+    request_body = PaymentInput,
     security(("session" = []), ("bearer" = [])),
     responses(
         (status = 201, description = "Charged", body = PaymentBody),
@@ -111,14 +120,9 @@ async fn pay(
     State(state): State<AppState>,
     user: AuthUser,
     trace: TraceContext,
-    body: JsonBody,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let mut f = Fields::new(&body);
-    let order_id = f.non_empty("orderId", "orderId");
-    let token = f.non_empty("token", "token");
-    f.finish()?;
-    let order_id = OrderId::parse(order_id.expect("validated").trim()).ok_or(ApiError::NotFound)?;
-    let token = token.expect("validated").trim().to_owned();
+    ValidJson(PaymentInput { order_id, token }): ValidJson<PaymentInput>,
+) -> Result<(StatusCode, Json<PaymentBody>), ApiError> {
+    let order_id = OrderId::parse(&order_id).ok_or(ApiError::NotFound)?;
 
     let order = state
         .db
@@ -195,9 +199,12 @@ async fn pay(
     }
     Ok((
         StatusCode::CREATED,
-        Json(
-            json!({ "id": payment_id, "orderId": order_id, "chargeId": charge_id, "amount": amount.to_dollars_json() }),
-        ),
+        Json(PaymentBody {
+            id: payment_id,
+            order_id,
+            charge_id,
+            amount: Dollars(amount),
+        }),
     ))
 }
 

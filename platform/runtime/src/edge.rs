@@ -15,7 +15,6 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use shared::error::{ApiError, FieldError, error_body};
 use shared::http::{BODY_LIMIT, BoxFuture, ReadyCheck};
 
@@ -207,50 +206,81 @@ async fn request_span(mut req: Request, next: Next) -> Response {
 /// The paths of the health routes.
 pub const HEALTH_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
 
+/// `{"status": "ok" | "ready"}`
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct StatusBody {
+    status: String,
+}
+
+type Checks = Arc<Vec<(String, ReadyCheck)>>;
+
+/// Liveness: 200 while the process serves.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process serves", body = StatusBody)))]
+async fn healthz() -> axum::Json<StatusBody> {
+    axum::Json(StatusBody {
+        status: "ok".into(),
+    })
+}
+
+/// Readiness: 200 only when the database, the bus, the streams and the
+/// consumers are usable; 503 names what is not.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = StatusBody),
+        (status = 503, description = "Not ready; one entry per reason", body = shared::error::ErrorBody),
+    ))]
+async fn readyz(axum::extract::State(checks): axum::extract::State<Checks>) -> Response {
+    let mut failures = Vec::new();
+    for (name, check) in checks.iter() {
+        if let Err(reason) = check().await {
+            failures.push(FieldError {
+                message: format!("{name}: {reason}"),
+                field: None,
+            });
+        }
+    }
+    if failures.is_empty() {
+        axum::Json(StatusBody {
+            status: "ready".into(),
+        })
+        .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(error_body(&failures)),
+        )
+            .into_response()
+    }
+}
+
+/// Prometheus metrics (text exposition format 0.0.4).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text", content_type = "text/plain", body = String)))]
+async fn metrics() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        shared::metrics::render(),
+    )
+}
+
+fn health_routes() -> utoipa_axum::router::OpenApiRouter<Checks> {
+    utoipa_axum::router::OpenApiRouter::default()
+        .routes(utoipa_axum::routes!(healthz))
+        .routes(utoipa_axum::routes!(readyz))
+        .routes(utoipa_axum::routes!(metrics))
+}
+
 /// `GET /healthz` (live while serving), `GET /readyz` (200 when every check
 /// passes, else 503 with the reasons), `GET /metrics` (Prometheus text).
 pub fn health_router(checks: Vec<(String, ReadyCheck)>) -> Router {
-    let checks = Arc::new(checks);
-    Router::new()
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-        )
-        .route(
-            "/readyz",
-            get(move || {
-                let checks = checks.clone();
-                async move {
-                    let mut failures = Vec::new();
-                    for (name, check) in checks.iter() {
-                        if let Err(reason) = check().await {
-                            failures.push(FieldError {
-                                message: format!("{name}: {reason}"),
-                                field: None,
-                            });
-                        }
-                    }
-                    if failures.is_empty() {
-                        (
-                            StatusCode::OK,
-                            axum::Json(serde_json::json!({"status": "ready"})),
-                        )
-                    } else {
-                        (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            axum::Json(error_body(&failures)),
-                        )
-                    }
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(|| async {
-                (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    shared::metrics::render(),
-                )
-            }),
-        )
+    health_routes()
+        .split_for_parts()
+        .0
+        .with_state(Arc::new(checks))
+}
+
+/// The OpenAPI description of the health routes.
+pub fn health_openapi() -> utoipa::openapi::OpenApi {
+    health_routes().into_openapi()
 }

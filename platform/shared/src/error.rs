@@ -5,11 +5,19 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-/// One entry of the `errors` array.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// The one error shape of every service: `{"errors": [{"message", "field"?}]}`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub errors: Vec<FieldError>,
+}
+
+/// One error; `field` names the input it is about (validation errors only).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(as = ErrorEntry)]
 pub struct FieldError {
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false)]
     pub field: Option<String>,
 }
 
@@ -116,8 +124,10 @@ impl ApiError {
 }
 
 /// Builds the shared JSON error body.
-pub fn error_body(entries: &[FieldError]) -> serde_json::Value {
-    serde_json::json!({ "errors": entries })
+pub fn error_body(entries: &[FieldError]) -> ErrorBody {
+    ErrorBody {
+        errors: entries.to_vec(),
+    }
 }
 
 impl IntoResponse for ApiError {

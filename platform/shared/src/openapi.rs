@@ -2,27 +2,13 @@
 //! bearer security schemes, and the responses every operation can give
 //! (added to each operation so the spec lists every status a client sees).
 
+use utoipa::PartialSchema;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, OpenApi, Ref, RefOr};
-use utoipa::{PartialSchema, ToSchema};
 
-/// The one error shape of every service: `{"errors": [{"message", "field"?}]}`.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct ErrorBody {
-    pub errors: Vec<ErrorEntry>,
-}
-
-/// One error; `field` names the input it is about (validation errors only).
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct ErrorEntry {
-    pub message: String,
-    #[schema(required = false)]
-    pub field: Option<String>,
-}
+pub use crate::error::{ErrorBody, FieldError as ErrorEntry};
 
 /// The security requirement of operations that need a session: the
 /// `session` cookie or the same token as a bearer token.
@@ -110,42 +96,4 @@ pub fn finish(mut api: OpenApi) -> OpenApi {
         }
     }
     api
-}
-
-/// `{"status": "ok" | "ready"}`
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct StatusBody {
-    pub status: String,
-}
-
-/// Liveness: 200 while the process serves.
-#[utoipa::path(get, path = "/healthz", tag = "operations",
-    responses((status = 200, description = "The process serves", body = StatusBody)))]
-#[allow(dead_code)]
-fn healthz() {}
-
-/// Readiness: 200 only when the database, the bus, the streams and the
-/// consumers are usable; 503 names what is not.
-#[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses(
-        (status = 200, description = "Ready", body = StatusBody),
-        (status = 503, description = "Not ready; one entry per reason", body = ErrorBody),
-    ))]
-#[allow(dead_code)]
-fn readyz() {}
-
-/// Prometheus metrics (text exposition format 0.0.4).
-#[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text", content_type = "text/plain", body = String)))]
-#[allow(dead_code)]
-fn metrics() {}
-
-#[derive(utoipa::OpenApi)]
-#[openapi(paths(healthz, readyz, metrics))]
-struct HealthApi;
-
-/// The health and metrics routes every process serves.
-pub fn health() -> OpenApi {
-    <HealthApi as utoipa::OpenApi>::openapi()
 }
