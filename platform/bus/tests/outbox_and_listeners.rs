@@ -1,4 +1,10 @@
 //! The outbox relay and typed listeners, on the embedded bus.
+//!
+//! On virtual time (Tokio's paused clock, which the database calls hold
+//! still while they run): relay polls, retry delays and "nothing more
+//! arrives" windows cost no real time, and "promptly" means before the
+//! next poll, exactly. The test of relays sharing a PostgreSQL outbox runs
+//! in real time (network I/O, and several worker threads).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,20 +43,30 @@ struct Fixture {
     db: Db,
     bus: Arc<dyn Bus>,
     outbox: Outbox,
+    clock: Clock,
 }
 
+/// A service database, its outbox and an embedded bus, on virtual time.
 async fn fixture() -> Fixture {
+    tokio::time::pause();
+    store::testing::hold_paused_clock();
+    let clock = Clock::tokio();
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open_sqlite(&dir.path().join("svc.db"), MIGRATIONS)
         .await
         .unwrap();
-    let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::open(&dir.path().join("bus.db")).await.unwrap());
+    let bus: Arc<dyn Bus> = Arc::new(
+        EmbeddedBus::open_with_clock(&dir.path().join("bus.db"), clock.clone())
+            .await
+            .unwrap(),
+    );
     let outbox = Outbox::new(db.clone(), "test");
     Fixture {
         _dir: dir,
         db,
         bus,
         outbox,
+        clock,
     }
 }
 
@@ -62,8 +78,9 @@ fn user(email: &str) -> UserCreated {
 }
 
 async fn enqueue(f: &Fixture, event: UserCreated) {
+    let now = f.clock.now();
     f.outbox
-        .write(move |c| c.enqueue(&event, &TraceContext::new_root(), Clock::System.now()))
+        .write(move |c| c.enqueue(&event, &TraceContext::new_root(), now))
         .await
         .unwrap();
 }
@@ -95,10 +112,11 @@ async fn the_relay_publishes_committed_events_with_type_and_trace_headers_then_f
 async fn an_event_written_in_a_rolled_back_transaction_is_never_published() {
     let f = fixture().await;
     let event = user("a@b.co");
+    let now = f.clock.now();
     let _ = f
         .outbox
         .write(move |c| -> Result<(), StoreError> {
-            c.enqueue(&event, &TraceContext::new_root(), Clock::System.now())?;
+            c.enqueue(&event, &TraceContext::new_root(), now)?;
             Err(StoreError::new(
                 store::StoreErrorKind::Other,
                 "the state change failed",
@@ -243,8 +261,9 @@ async fn an_event_written_through_the_outbox_is_published_without_waiting_for_th
     // Let the relay go idle first, so only a wake-up (not the 1 s poll) can be quick.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let event = user("fast@b.co");
+    let now = f.clock.now();
     f.outbox
-        .write(move |c| c.enqueue(&event, &TraceContext::new_root(), Clock::System.now()))
+        .write(move |c| c.enqueue(&event, &TraceContext::new_root(), now))
         .await
         .unwrap();
     let start = tokio::time::Instant::now();
@@ -418,8 +437,9 @@ async fn the_consumers_span_carries_the_producers_trace_id() {
     let f = fixture().await;
     let producer = TraceContext::new_root();
     let event = user("traced@example.com");
+    let now = f.clock.now();
     f.outbox
-        .write(move |c| c.enqueue(&event, &producer, Clock::System.now()))
+        .write(move |c| c.enqueue(&event, &producer, now))
         .await
         .unwrap();
     f.outbox.relay_once(&f.bus).await.unwrap();

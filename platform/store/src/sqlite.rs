@@ -17,6 +17,13 @@ use crate::value::{ToValue, Value};
 
 type Job = Box<dyn FnOnce(&mut rusqlite::Connection) + Send>;
 
+/// Whether callers wait for the database thread from a blocking task (see
+/// `testing::hold_paused_clock`): Tokio does not auto-advance a paused
+/// clock while a blocking task runs, so a test on virtual time cannot see
+/// its timers fire while a query is still in flight.
+pub(crate) static HOLD_PAUSED_CLOCK: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 #[derive(Clone)]
 pub(crate) struct SqliteDb {
     jobs: mpsc::Sender<Job>,
@@ -86,7 +93,14 @@ impl SqliteDb {
         self.jobs
             .send(job)
             .map_err(|_| StoreError::new(StoreErrorKind::Unavailable, "database thread stopped"))?;
-        match done_rx.await {
+        let done = if HOLD_PAUSED_CLOCK.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::task::spawn_blocking(move || done_rx.blocking_recv())
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        } else {
+            done_rx.await
+        };
+        match done {
             Ok(result) => result,
             // The closure panicked: the transaction was rolled back when the
             // panic unwound through it.

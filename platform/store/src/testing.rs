@@ -19,6 +19,18 @@ pub fn engines_required() -> bool {
 
 pub use crate::scratch::ScratchSchema as PgSchema;
 
+/// For tests on Tokio's paused clock: from now on, in this process, every
+/// SQLite transaction is awaited from a blocking task. A paused clock
+/// auto-advances to the next timer whenever the runtime has nothing to
+/// do — also while it only waits for the database thread, which would let
+/// a timer fire "before" a write it should follow. Tokio does not
+/// auto-advance while a blocking task runs, so virtual time stands still
+/// while the database works. (It costs a thread hand-off per transaction:
+/// tests only.)
+pub fn hold_paused_clock() {
+    crate::sqlite::HOLD_PAUSED_CLOCK.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Creates a fresh schema, or `None` (after saying why) when PostgreSQL is
 /// unreachable and engines are optional.
 pub async fn postgres_schema() -> Option<PgSchema> {

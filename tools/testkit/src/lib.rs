@@ -68,6 +68,32 @@ pub const MARKETPLACE: Product = Product {
 pub struct Stopped {
     dir: tempfile::TempDir,
     engines: Option<Engines>,
+    clock: Clock,
+}
+
+std::thread_local! {
+    /// Whether the test on this thread asked for [`virtual_time`].
+    static VIRTUAL_TIME: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs the calling test on virtual time, where the engines allow it: call
+/// it first thing in a `#[tokio::test]` (a current-thread runtime). On the
+/// embedded engines it pauses Tokio's clock, so sleeps, timeouts and the
+/// services' timers take no real time, makes database calls hold the clock
+/// still while they run (`store::testing::hold_paused_clock`), and gives
+/// the apps this test starts a clock that reads Tokio's time
+/// ([`Clock::tokio`]) — the services, the embedded bus and the test then
+/// share one virtual clock. On PostgreSQL and JetStream (network I/O,
+/// during which a paused clock would jump ahead to the next timer) time
+/// stays real. Returns whether time is virtual.
+pub fn virtual_time() -> bool {
+    if on_engines() {
+        return false;
+    }
+    tokio::time::pause();
+    store::testing::hold_paused_clock();
+    VIRTUAL_TIME.set(true);
+    true
 }
 
 /// Whether tests run on PostgreSQL and JetStream (`TICKETING_TEST_ON_ENGINES=1`).
@@ -168,7 +194,20 @@ impl TestApp {
         } else {
             None
         };
-        Self::spawn_in(Stopped { dir, engines }, start).await
+        let clock = if VIRTUAL_TIME.get() {
+            Clock::tokio()
+        } else {
+            Clock::System
+        };
+        Self::spawn_in(
+            Stopped {
+                dir,
+                engines,
+                clock,
+            },
+            start,
+        )
+        .await
     }
 
     /// Starts the services again on a stopped app's data (a restart).
@@ -178,11 +217,15 @@ impl TestApp {
         Fut: Future<Output = Result<Vec<Running>, E>>,
         E: std::fmt::Debug,
     {
-        let Stopped { dir, engines } = stopped;
+        let Stopped {
+            dir,
+            engines,
+            clock,
+        } = stopped;
         let (bus, databases): (Arc<dyn Bus>, Databases) = match &engines {
             None => (
                 Arc::new(
-                    EmbeddedBus::open(&dir.path().join("bus.db"))
+                    EmbeddedBus::open_with_clock(&dir.path().join("bus.db"), clock.clone())
                         .await
                         .expect("bus"),
                 ),
@@ -203,7 +246,7 @@ impl TestApp {
             databases,
             bus: bus.clone(),
             keys: keys.clone(),
-            clock: Clock::System,
+            clock,
             shutdown: signal.clone(),
         };
         let mut running = start(deps.clone()).await.expect("service starts");
@@ -354,6 +397,7 @@ impl TestApp {
         Stopped {
             dir: self.dir,
             engines: self.engines,
+            clock: self.deps.clock,
         }
     }
 }
