@@ -58,11 +58,7 @@ impl Blog {
             .send()
             .await
             .unwrap();
-        assert_eq!(res.status(), StatusCode::CREATED);
-        res.json::<Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        testkit::created_id(res).await
     }
 
     /// Comments once the comments service has heard of the post.

@@ -7,8 +7,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::Shopper;
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 use testkit::eventually;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,122 +51,53 @@ async fn the_purchase_flow_works_with_one_process_per_service_on_nats_and_postgr
     let gw = cluster.url(gateway);
 
     // The flow, through the gateway.
-    let user = || {
-        reqwest::Client::builder()
-            .cookie_store(true)
-            .build()
-            .unwrap()
-    };
-    let (seller, buyer) = (user(), user());
-    for (c, email) in [
-        (&seller, "seller@example.com"),
-        (&buyer, "buyer@example.com"),
-    ] {
-        let res = c
-            .post(format!("{gw}/api/users/signup"))
-            .json(&json!({"email": email, "password": "password123"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::CREATED);
-    }
-    let sell = |title: &'static str| {
-        let (seller, gw) = (seller.clone(), gw.clone());
-        async move {
-            let res = seller
-                .post(format!("{gw}/api/tickets"))
-                .json(&json!({"title": title, "price": 30}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status(), StatusCode::CREATED);
-            res.json::<Value>().await.unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        }
-    };
-    let buy = |ticket: String| {
-        let (buyer, gw) = (buyer.clone(), gw.clone());
-        async move {
-            eventually(Duration::from_secs(15), || async {
-                let res = buyer
-                    .post(format!("{gw}/api/orders"))
-                    .json(&json!({"ticketId": ticket}))
-                    .send()
-                    .await
-                    .unwrap();
-                if res.status() == StatusCode::CREATED {
-                    Some(
-                        res.json::<Value>().await.unwrap()["id"]
-                            .as_str()
-                            .unwrap()
-                            .to_owned(),
-                    )
-                } else {
-                    None
-                }
-            })
-            .await
-            .expect("order placed")
-        }
-    };
-    let until = |path: String, field: &'static str, value: Value| {
-        let (buyer, gw) = (buyer.clone(), gw.clone());
-        async move {
-            eventually(Duration::from_secs(15), || async {
-                let v: Value = testkit::get_json(&buyer, format!("{gw}{path}")).await;
-                (v[field] == value).then_some(v)
-            })
-            .await
-            .unwrap_or_else(|| panic!("{path} never had {field} = {value}"))
-        }
-    };
+    let seller = Shopper::sign_up(&gw, "seller@example.com").await;
+    let buyer = Shopper::sign_up(&gw, "buyer@example.com").await;
 
-    let ticket = sell("Festival").await;
-    let order = buy(ticket.clone()).await;
-    until(
-        format!("/api/tickets/{ticket}"),
-        "status",
-        json!("reserved"),
-    )
-    .await;
-    let paid = eventually(Duration::from_secs(15), || async {
-        let res = buyer
-            .post(format!("{gw}/api/payments"))
-            .json(&json!({"orderId": order, "token": "tok_visa"}))
-            .send()
-            .await
-            .unwrap();
-        (res.status() == StatusCode::CREATED).then_some(())
-    })
-    .await;
-    assert!(
-        paid.is_some(),
-        "payment accepted once payments knew the order"
-    );
-    until(format!("/api/orders/{order}"), "status", json!("complete")).await;
-    until(format!("/api/tickets/{ticket}"), "status", json!("sold")).await;
+    let ticket = seller.sell("Festival", 30.0).await;
+    let order = buyer.buy(&ticket).await;
+    buyer
+        .until(
+            &format!("/api/tickets/{ticket}"),
+            "status",
+            json!("reserved"),
+        )
+        .await;
+    // Accepted once payments knows the order.
+    buyer
+        .until_created(
+            "/api/payments",
+            json!({"orderId": order, "token": "tok_visa"}),
+        )
+        .await;
+    buyer
+        .until(&format!("/api/orders/{order}"), "status", json!("complete"))
+        .await;
+    buyer
+        .until(&format!("/api/tickets/{ticket}"), "status", json!("sold"))
+        .await;
 
-    let other = sell("Matinee").await;
-    let unpaid = buy(other.clone()).await;
-    until(
-        format!("/api/orders/{unpaid}"),
-        "status",
-        json!("cancelled"),
-    )
-    .await;
-    until(
-        format!("/api/tickets/{other}"),
-        "status",
-        json!("available"),
-    )
-    .await;
+    let other = seller.sell("Matinee", 30.0).await;
+    let unpaid = buyer.buy(&other).await;
+    buyer
+        .until(
+            &format!("/api/orders/{unpaid}"),
+            "status",
+            json!("cancelled"),
+        )
+        .await;
+    buyer
+        .until(
+            &format!("/api/tickets/{other}"),
+            "status",
+            json!("available"),
+        )
+        .await;
 
     // The same state through the web client's pages, via the gateway: the
     // landing page lists what is for sale; the buyer's session (the cookie
     // the API set) is forwarded, so "My orders" shows their orders.
-    let landing = buyer.get(format!("{gw}/")).send().await.unwrap();
+    let landing = buyer.client.get(format!("{gw}/")).send().await.unwrap();
     assert_eq!(landing.status(), StatusCode::OK);
     let html = landing.text().await.unwrap();
     assert!(
@@ -176,7 +108,7 @@ async fn the_purchase_flow_works_with_one_process_per_service_on_nats_and_postgr
         html.contains("Sign out"),
         "signed in through the forwarded session"
     );
-    let orders = testkit::get_text(&buyer, format!("{gw}/orders")).await;
+    let orders = buyer.page("/orders").await;
     assert!(
         orders.contains("Festival") && orders.contains("Paid"),
         "{orders}"

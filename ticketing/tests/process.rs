@@ -10,8 +10,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use testkit::eventually;
 
-#[path = "common/otlp.rs"]
-mod otlp;
+mod common;
+
+use common::{Shopper as User, otlp};
 
 /// A running `ticketing` process.
 struct Proc {
@@ -102,104 +103,13 @@ impl Drop for Proc {
     }
 }
 
-/// A user with a browser-like cookie jar.
-struct User {
-    client: reqwest::Client,
-    base: String,
-}
-
-impl User {
-    async fn sign_up(p: &Proc, email: &str) -> User {
-        let user = User::new(p);
-        let res = user
-            .post(
-                "/api/users/signup",
-                json!({"email": email, "password": "password123"}),
-            )
-            .await;
-        assert_eq!(res.status(), StatusCode::CREATED);
-        user
-    }
-
-    fn new(p: &Proc) -> User {
-        User {
-            client: reqwest::Client::builder()
-                .cookie_store(true)
-                .build()
-                .unwrap(),
-            base: p.base.clone(),
-        }
-    }
-
-    async fn post(&self, path: &str, body: Value) -> reqwest::Response {
-        self.client
-            .post(format!("{}{path}", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn put(&self, path: &str, body: Value) -> reqwest::Response {
-        self.client
-            .put(format!("{}{path}", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        testkit::get_json(&self.client, format!("{}{path}", self.base)).await
-    }
-
-    async fn sell(&self, title: &str, price: f64) -> String {
-        let res = self
-            .post("/api/tickets", json!({"title": title, "price": price}))
-            .await;
-        assert_eq!(res.status(), StatusCode::CREATED);
-        res.json::<Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-
-    /// Orders a ticket, waiting for orders to learn about it first.
-    async fn buy(&self, ticket: &str) -> String {
-        eventually(Duration::from_secs(10), || async {
-            let res = self.post("/api/orders", json!({"ticketId": ticket})).await;
-            if res.status() == StatusCode::CREATED {
-                Some(
-                    res.json::<Value>().await.unwrap()["id"]
-                        .as_str()
-                        .unwrap()
-                        .to_owned(),
-                )
-            } else {
-                None
-            }
-        })
-        .await
-        .expect("order placed")
-    }
-
-    async fn until(&self, path: &str, field: &str, value: Value) -> Value {
-        eventually(Duration::from_secs(10), || async {
-            let v = self.get(path).await;
-            (v[field] == value).then_some(v)
-        })
-        .await
-        .unwrap_or_else(|| panic!("{path} never had {field} = {value}"))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_purchase_flow_and_an_expiring_order_work_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let p = Proc::start(dir.path(), 2).await;
-    let seller = User::sign_up(&p, "seller@example.com").await;
-    let buyer = User::sign_up(&p, "buyer@example.com").await;
-    let rival = User::sign_up(&p, "rival@example.com").await;
+    let seller = User::sign_up(&p.base, "seller@example.com").await;
+    let buyer = User::sign_up(&p.base, "buyer@example.com").await;
+    let rival = User::sign_up(&p.base, "rival@example.com").await;
 
     let ticket = seller.sell("Concert", 25.5).await;
     let listed: Vec<Value> = serde_json::from_value(seller.get("/api/tickets").await).unwrap();
@@ -285,8 +195,8 @@ async fn the_whole_purchase_flow_and_an_expiring_order_work_end_to_end() {
 async fn a_restart_keeps_accounts_sessions_data_and_pending_timers() {
     let dir = tempfile::tempdir().unwrap();
     let p = Proc::start(dir.path(), 3).await;
-    let seller = User::sign_up(&p, "seller@example.com").await;
-    let buyer = User::sign_up(&p, "buyer@example.com").await;
+    let seller = User::sign_up(&p.base, "seller@example.com").await;
+    let buyer = User::sign_up(&p.base, "buyer@example.com").await;
     let ticket = seller.sell("Opera", 42.0).await;
     let order = buyer.buy(&ticket).await;
     buyer
@@ -302,7 +212,7 @@ async fn a_restart_keeps_accounts_sessions_data_and_pending_timers() {
     // Down for longer than the hold: the timer must fire after the restart.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let p = Proc::start_on(port, dir.path(), 3).await;
-    let again = User::new(&p);
+    let again = User::new(&p.base);
     // The same session cookie still works (the generated JWT key was kept)...
     let same_session = buyer.get("/api/users/currentuser").await;
     assert_eq!(same_session["currentUser"]["email"], "buyer@example.com");
@@ -339,8 +249,8 @@ async fn a_restart_keeps_accounts_sessions_data_and_pending_timers() {
 async fn an_event_written_just_before_a_crash_still_reaches_its_consumers() {
     let dir = tempfile::tempdir().unwrap();
     let p = Proc::start(dir.path(), 900).await;
-    let seller = User::sign_up(&p, "seller@example.com").await;
-    let buyer = User::sign_up(&p, "buyer@example.com").await;
+    let seller = User::sign_up(&p.base, "seller@example.com").await;
+    let buyer = User::sign_up(&p.base, "buyer@example.com").await;
     let ticket = seller.sell("Ballet", 12.0).await;
     // Killed right after the 201: the ticket.created event may still be
     // only in the outbox.
@@ -432,8 +342,8 @@ async fn an_unpaid_order_is_one_exported_trace_from_the_request_through_the_time
     let collector = otlp::Collector::start().await;
     let dir = tempfile::tempdir().unwrap();
     let p = Proc::start_with(free_port(), dir.path(), 1, &collector.env()).await;
-    let seller = User::sign_up(&p, "seller@example.com").await;
-    let buyer = User::sign_up(&p, "buyer@example.com").await;
+    let seller = User::sign_up(&p.base, "seller@example.com").await;
+    let buyer = User::sign_up(&p.base, "buyer@example.com").await;
     let ticket = seller.sell("Concert", 10.0).await;
     // Wait until orders knows the ticket, then order it as part of a trace
     // the caller started.
@@ -588,7 +498,7 @@ async fn a_trace_collector_that_is_down_costs_no_request_and_the_process_stops_c
         ("OTEL_BSP_SCHEDULE_DELAY", "50".to_owned()),
     ];
     let p = Proc::start_with(free_port(), dir.path(), 60, &env).await;
-    let seller = User::sign_up(&p, "seller@example.com").await;
+    let seller = User::sign_up(&p.base, "seller@example.com").await;
     for i in 0..5 {
         seller.sell(&format!("Show {i}"), 10.0).await;
         tokio::time::sleep(Duration::from_millis(60)).await;

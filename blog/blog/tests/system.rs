@@ -41,11 +41,7 @@ async fn post(app: &TestApp, title: &str) -> String {
             Some(json!({ "title": title })),
         )
         .await;
-    assert_eq!(res.status(), StatusCode::CREATED);
-    res.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    testkit::created_id(res).await
 }
 
 /// Comments on `post` once the comments service knows of it.

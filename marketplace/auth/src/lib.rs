@@ -11,12 +11,9 @@ mod users;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::FromRef;
-use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
+use bus::outbox::OUTBOX_TABLE_SQL;
 use runtime::service::{Deps, Running};
-use shared::auth::AuthKeys;
-use shared::time::Clock;
-use store::{Db, Migration};
+use store::Migration;
 
 pub use rate_limit::RateLimiter;
 
@@ -62,21 +59,15 @@ impl Default for Config {
     }
 }
 
+/// What the handlers share: the sign-in allowance and how to tell clients apart.
 #[derive(Clone)]
-pub struct AppState {
-    db: Db,
-    outbox: Outbox,
-    keys: Arc<AuthKeys>,
-    clock: Clock,
+pub struct Limits {
     limiter: Arc<RateLimiter>,
     trust_forwarded_for: bool,
 }
 
-impl FromRef<AppState> for Arc<AuthKeys> {
-    fn from_ref(s: &AppState) -> Self {
-        s.keys.clone()
-    }
-}
+/// What the handlers share.
+pub type AppState = runtime::service::ServiceState<Limits>;
 
 /// The auth service's routes.
 pub fn router(state: AppState) -> axum::Router {
@@ -93,14 +84,13 @@ pub async fn start(deps: &Deps, config: Config) -> Result<Running, store::StoreE
     let base = deps
         .open_service(marketplace_events::service_events(SERVICE), MIGRATIONS)
         .await?;
-    let state = AppState {
-        db: base.db.clone(),
-        outbox: base.outbox.clone(),
-        keys: deps.keys.clone(),
-        clock: deps.clock.clone(),
-        limiter: Arc::new(RateLimiter::new(config.attempts_per_window, config.window)),
-        trust_forwarded_for: config.trust_forwarded_for,
-    };
+    let state = base.state(
+        deps,
+        Limits {
+            limiter: Arc::new(RateLimiter::new(config.attempts_per_window, config.window)),
+            trust_forwarded_for: config.trust_forwarded_for,
+        },
+    );
     // Warm the dummy hash now so the first unknown-email sign-in is not
     // measurably slower than the rest.
     tokio::task::spawn_blocking(password::warm_up);

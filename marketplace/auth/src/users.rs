@@ -122,6 +122,7 @@ impl FromRequestParts<AppState> for Attempt {
             .unwrap_or(PeerAddr(None));
         let key = client_key(state, &parts.headers, peer);
         state
+            .config
             .limiter
             .check(&key)
             .map_err(|retry_after_secs| ApiError::TooManyRequests { retry_after_secs })?;
@@ -131,7 +132,7 @@ impl FromRequestParts<AppState> for Attempt {
 
 /// Who is asking, for rate limiting.
 fn client_key(state: &AppState, headers: &HeaderMap, peer: PeerAddr) -> String {
-    if state.trust_forwarded_for {
+    if state.config.trust_forwarded_for {
         if let Some(first) = headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())

@@ -10,15 +10,11 @@
 mod listeners;
 mod orders;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::FromRef;
-use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
+use bus::outbox::OUTBOX_TABLE_SQL;
 use runtime::service::{Deps, Running};
-use shared::auth::AuthKeys;
-use shared::time::Clock;
-use store::{Db, Migration};
+use store::Migration;
 
 pub const SERVICE: &str = "orders";
 
@@ -68,20 +64,8 @@ impl Default for Config {
     }
 }
 
-#[derive(Clone)]
-pub struct AppState {
-    db: Db,
-    outbox: Outbox,
-    keys: Arc<AuthKeys>,
-    clock: Clock,
-    config: Config,
-}
-
-impl FromRef<AppState> for Arc<AuthKeys> {
-    fn from_ref(s: &AppState) -> Self {
-        s.keys.clone()
-    }
-}
+/// What the handlers and listeners share.
+pub type AppState = runtime::service::ServiceState<Config>;
 
 pub fn router(state: AppState) -> axum::Router {
     orders::router().split_for_parts().0.with_state(state)
@@ -100,13 +84,7 @@ pub async fn start(
     let base = deps
         .open_service(marketplace_events::service_events(SERVICE), MIGRATIONS)
         .await?;
-    let state = AppState {
-        db: base.db.clone(),
-        outbox: base.outbox.clone(),
-        keys: deps.keys.clone(),
-        clock: deps.clock.clone(),
-        config,
-    };
+    let state = base.state(deps, config);
     let listeners = listeners::spawn(&state, base.listeners(listener_options));
     Ok(base.running(router(state), listeners))
 }

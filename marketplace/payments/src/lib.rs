@@ -13,12 +13,9 @@ mod payments;
 
 use std::sync::Arc;
 
-use axum::extract::FromRef;
-use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
+use bus::outbox::OUTBOX_TABLE_SQL;
 use runtime::service::{Deps, Running};
-use shared::auth::AuthKeys;
-use shared::time::Clock;
-use store::{Db, Migration};
+use store::Migration;
 
 pub use gateway::{OfflineGateway, PaymentGateway, StripeGateway};
 
@@ -69,20 +66,8 @@ impl Default for Config {
     }
 }
 
-#[derive(Clone)]
-pub struct AppState {
-    db: Db,
-    outbox: Outbox,
-    keys: Arc<AuthKeys>,
-    clock: Clock,
-    config: Config,
-}
-
-impl FromRef<AppState> for Arc<AuthKeys> {
-    fn from_ref(s: &AppState) -> Self {
-        s.keys.clone()
-    }
-}
+/// What the handlers and listeners share.
+pub type AppState = runtime::service::ServiceState<Config>;
 
 pub fn router(state: AppState) -> axum::Router {
     payments::router().split_for_parts().0.with_state(state)
@@ -111,13 +96,7 @@ pub async fn start(
     let base = deps
         .open_service(marketplace_events::service_events(SERVICE), MIGRATIONS)
         .await?;
-    let state = AppState {
-        db: base.db.clone(),
-        outbox: base.outbox.clone(),
-        keys: deps.keys.clone(),
-        clock: deps.clock.clone(),
-        config,
-    };
+    let state = base.state(deps, config);
     let listeners = listeners::spawn(&state, base.listeners(listener_options));
     Ok(base.running(router(state), listeners))
 }

@@ -10,14 +10,9 @@
 mod listeners;
 mod tickets;
 
-use std::sync::Arc;
-
-use axum::extract::FromRef;
-use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
+use bus::outbox::OUTBOX_TABLE_SQL;
 use runtime::service::{Deps, Running};
-use shared::auth::AuthKeys;
-use shared::time::Clock;
-use store::{Db, Migration};
+use store::Migration;
 
 pub const SERVICE: &str = "tickets";
 
@@ -55,19 +50,8 @@ pub static MIGRATIONS: &[Migration] = &[
     },
 ];
 
-#[derive(Clone)]
-pub struct AppState {
-    db: Db,
-    outbox: Outbox,
-    keys: Arc<AuthKeys>,
-    clock: Clock,
-}
-
-impl FromRef<AppState> for Arc<AuthKeys> {
-    fn from_ref(s: &AppState) -> Self {
-        s.keys.clone()
-    }
-}
+/// What the handlers and listeners share.
+pub type AppState = runtime::service::ServiceState<()>;
 
 /// The tickets service's routes.
 pub fn router(state: AppState) -> axum::Router {
@@ -87,12 +71,7 @@ pub async fn start(
     let base = deps
         .open_service(marketplace_events::service_events(SERVICE), MIGRATIONS)
         .await?;
-    let state = AppState {
-        db: base.db.clone(),
-        outbox: base.outbox.clone(),
-        keys: deps.keys.clone(),
-        clock: deps.clock.clone(),
-    };
+    let state = base.state(deps, ());
     let listeners = listeners::spawn(&state, base.listeners(listener_options));
     Ok(base.running(router(state), listeners))
 }

@@ -15,6 +15,25 @@ use bus::Bus;
 use bus::listener::{ListenerHealth, ListenerOptions, Listeners};
 use bus::outbox::Outbox;
 
+/// What a service's handlers and listeners share: its database and outbox,
+/// the session keys and the clock, and its own settings `C`. Services name
+/// it as their `AppState` (`type AppState = ServiceState<Config>`); the
+/// session extractors (`AuthUser`, `MaybeAuthUser`) read the keys from it.
+#[derive(Clone)]
+pub struct ServiceState<C> {
+    pub db: Db,
+    pub outbox: Outbox,
+    pub keys: Arc<AuthKeys>,
+    pub clock: Clock,
+    pub config: C,
+}
+
+impl<C> axum::extract::FromRef<ServiceState<C>> for Arc<AuthKeys> {
+    fn from_ref(s: &ServiceState<C>) -> Self {
+        s.keys.clone()
+    }
+}
+
 /// Where each service keeps its database.
 #[derive(Clone, Debug)]
 pub enum Databases {
@@ -121,6 +140,17 @@ pub struct ServiceBase {
 }
 
 impl ServiceBase {
+    /// The state its handlers and listeners share, with its settings `config`.
+    pub fn state<C>(&self, deps: &Deps, config: C) -> ServiceState<C> {
+        ServiceState {
+            db: self.db.clone(),
+            outbox: self.outbox.clone(),
+            keys: deps.keys.clone(),
+            clock: deps.clock.clone(),
+            config,
+        }
+    }
+
     /// The bus the service publishes and consumes on.
     pub fn bus(&self) -> Arc<dyn Bus> {
         self.bus.clone()

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 use shared::auth::{AuthKeys, AuthUser};
 use shared::ids::UserId;
 use shared::time::Clock;
@@ -205,5 +205,111 @@ impl Api {
         })
         .await;
         found.unwrap_or_else(|| panic!("{method} {path} never answered {status}"))
+    }
+}
+
+/// A user with a browser-like cookie jar, against one base URL (a process,
+/// or the gateway in front of several).
+#[derive(Clone)]
+pub struct Shopper {
+    pub client: reqwest::Client,
+    base: String,
+}
+
+impl Shopper {
+    /// A new account, signed up and in.
+    pub async fn sign_up(base: &str, email: &str) -> Shopper {
+        let user = Shopper::new(base);
+        let res = user
+            .post(
+                "/api/users/signup",
+                json!({"email": email, "password": "password123"}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        user
+    }
+
+    /// A visitor without a session.
+    pub fn new(base: &str) -> Shopper {
+        Shopper {
+            client: reqwest::Client::builder()
+                .cookie_store(true)
+                .build()
+                .unwrap(),
+            base: base.to_owned(),
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> reqwest::Response {
+        self.client
+            .put(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        testkit::get_json(&self.client, format!("{}{path}", self.base)).await
+    }
+
+    /// The page at `path`, as HTML.
+    pub async fn page(&self, path: &str) -> String {
+        testkit::get_text(&self.client, format!("{}{path}", self.base)).await
+    }
+
+    /// Lists a ticket; its id.
+    pub async fn sell(&self, title: &str, price: f64) -> String {
+        let res = self
+            .post("/api/tickets", json!({"title": title, "price": price}))
+            .await;
+        testkit::created_id(res).await
+    }
+
+    /// Orders a ticket, waiting for orders to learn about it first; the
+    /// order's id.
+    pub async fn buy(&self, ticket: &str) -> String {
+        self.until_created("/api/orders", json!({"ticketId": ticket}))
+            .await
+    }
+
+    /// Posts `body` to `path` until it is answered 201 (the service may not
+    /// know yet what the body names); the created resource's id.
+    pub async fn until_created(&self, path: &str, body: Value) -> String {
+        testkit::eventually(Duration::from_secs(15), || async {
+            let res = self.post(path, body.clone()).await;
+            if res.status() == StatusCode::CREATED {
+                Some(
+                    res.json::<Value>().await.unwrap()["id"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                )
+            } else {
+                None
+            }
+        })
+        .await
+        .unwrap_or_else(|| panic!("POST {path} never answered 201"))
+    }
+
+    /// `path` once its `field` has `value`.
+    pub async fn until(&self, path: &str, field: &str, value: Value) -> Value {
+        testkit::eventually(Duration::from_secs(15), || async {
+            let v = self.get(path).await;
+            (v[field] == value).then_some(v)
+        })
+        .await
+        .unwrap_or_else(|| panic!("{path} never had {field} = {value}"))
     }
 }

@@ -449,6 +449,16 @@ pub async fn get_text(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> S
     client.get(url).send().await.unwrap().text().await.unwrap()
 }
 
+/// The `id` of what `res` created; panics unless it is a 201 with one.
+pub async fn created_id(res: reqwest::Response) -> String {
+    assert_eq!(res.status(), reqwest::StatusCode::CREATED, "{}", res.url());
+    let body: serde_json::Value = res.json().await.expect("a JSON body");
+    body["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id in {body}"))
+        .to_owned()
+}
+
 /// `GET url` with `client`; the answer's body as JSON (`null` if it is
 /// not JSON). Panics when the server cannot be reached.
 pub async fn get_json(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> serde_json::Value {
