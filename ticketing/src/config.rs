@@ -9,6 +9,7 @@ use marketplace_events::API_ROUTES;
 use runtime::engines::{BusChoice, EngineError, engines};
 use runtime::gateway::Upstreams;
 use runtime::role::{Catalogue, Role};
+use shared::client_addr::TrustedProxies;
 use shared::config::{ConfigError, env_var};
 
 use crate::cli::RunArgs;
@@ -198,7 +199,7 @@ impl Settings {
             auth: auth::Config {
                 attempts_per_window: env_var::<u32>("AUTH_RATE_LIMIT_PER_MINUTE")?.unwrap_or(20),
                 window: Duration::from_secs(60),
-                trust_forwarded_for: env_var::<bool>("TRUST_FORWARDED_FOR")?.unwrap_or(false),
+                trusted_proxies: trusted_proxies()?,
             },
             payments: payments::Config {
                 gateway,
@@ -208,6 +209,20 @@ impl Settings {
             },
         })
     }
+}
+
+/// Which proxies' `X-Forwarded-For` entries auth believes:
+/// `TRUST_FORWARDED_FOR=true` turns it on, `TRUSTED_PROXIES` (networks or
+/// addresses, comma-separated) names them — by default loopback and the
+/// private networks, where an ingress, the gateway and the web pods live.
+fn trusted_proxies() -> Result<Option<TrustedProxies>, ConfigError> {
+    if !env_var::<bool>("TRUST_FORWARDED_FOR")?.unwrap_or(false) {
+        return Ok(None);
+    }
+    Ok(Some(
+        env_var::<TrustedProxies>("TRUSTED_PROXIES")?
+            .unwrap_or_else(TrustedProxies::private_networks),
+    ))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bus::outbox::OUTBOX_TABLE_SQL;
 use runtime::service::{Deps, Running};
+use shared::client_addr::TrustedProxies;
 use store::Migration;
 
 pub use rate_limit::RateLimiter;
@@ -44,9 +45,10 @@ pub struct Config {
     /// Sign-in and sign-up attempts allowed per client per window.
     pub attempts_per_window: u32,
     pub window: Duration,
-    /// Use the first `X-Forwarded-For` address as the client (behind a
-    /// trusted proxy or ingress) instead of the peer address.
-    pub trust_forwarded_for: bool,
+    /// Behind proxies (an ingress, the gateway, the web client): the ones
+    /// whose `X-Forwarded-For` entries tell who the client is. `None`: the
+    /// TCP peer is the client.
+    pub trusted_proxies: Option<TrustedProxies>,
 }
 
 impl Default for Config {
@@ -54,7 +56,7 @@ impl Default for Config {
         Config {
             attempts_per_window: 20,
             window: Duration::from_secs(60),
-            trust_forwarded_for: false,
+            trusted_proxies: None,
         }
     }
 }
@@ -63,7 +65,7 @@ impl Default for Config {
 #[derive(Clone)]
 pub struct Limits {
     limiter: Arc<RateLimiter>,
-    trust_forwarded_for: bool,
+    trusted_proxies: Option<TrustedProxies>,
 }
 
 /// What the handlers share.
@@ -88,7 +90,7 @@ pub async fn start(deps: &Deps, config: Config) -> Result<Running, store::StoreE
         deps,
         Limits {
             limiter: Arc::new(RateLimiter::new(config.attempts_per_window, config.window)),
-            trust_forwarded_for: config.trust_forwarded_for,
+            trusted_proxies: config.trusted_proxies,
         },
     );
     // Warm the dummy hash now so the first unknown-email sign-in is not

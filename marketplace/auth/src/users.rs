@@ -130,20 +130,23 @@ impl FromRequestParts<AppState> for Attempt {
     }
 }
 
-/// Who is asking, for rate limiting.
+/// Who is asking, for rate limiting: the peer, or behind trusted proxies
+/// the address they say they received the request from.
 fn client_key(state: &AppState, headers: &HeaderMap, peer: PeerAddr) -> String {
-    if state.config.trust_forwarded_for {
-        if let Some(first) = headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-        {
-            return first.trim().to_owned();
-        }
+    let Some(peer) = peer.0 else {
+        return "unknown".into();
+    };
+    match &state.config.trusted_proxies {
+        None => peer.ip(),
+        Some(proxies) => proxies.client(
+            peer.ip(),
+            headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        ),
     }
-    peer.0
-        .map(|p| p.ip().to_string())
-        .unwrap_or_else(|| "unknown".into())
+    .to_string()
 }
 
 fn signed_in(state: &AppState, status: StatusCode, user: AuthUser) -> Result<Response, ApiError> {

@@ -209,7 +209,7 @@ async fn too_many_attempts_from_one_client_get_429_with_retry_after() {
     let app = app_with(auth::Config {
         attempts_per_window: 3,
         window: Duration::from_secs(60),
-        trust_forwarded_for: false,
+        trusted_proxies: None,
     })
     .await;
     for _ in 0..3 {
@@ -227,12 +227,85 @@ async fn too_many_attempts_from_one_client_get_429_with_retry_after() {
     );
 }
 
+/// Behind the real gateway, with the gateway as the trusted proxy: a client
+/// that writes its own `X-Forwarded-For` (a new address on every attempt)
+/// is still one client, keyed on the address the gateway appended.
+#[tokio::test]
+async fn a_client_rotating_x_forwarded_for_through_the_gateway_is_still_limited() {
+    let app = app_with(auth::Config {
+        attempts_per_window: 5,
+        window: Duration::from_secs(60),
+        trusted_proxies: Some("127.0.0.1".parse().unwrap()),
+    })
+    .await;
+    let auth_url = app.url("");
+    let upstreams = runtime::gateway::Upstreams::new(marketplace_events::API_ROUTES, |_| {
+        Ok::<_, ()>(auth_url.clone())
+    })
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, signal) = shared::shutdown::channel();
+    let served = tokio::spawn(runtime::serve(
+        listener,
+        runtime::gateway::router(upstreams),
+        runtime::Fallback::Own,
+        signal,
+    ));
+    // The attacker's own address differs from the gateway's.
+    let attacker = reqwest::Client::builder()
+        .local_address(Some("127.0.0.2".parse().unwrap()))
+        .build()
+        .unwrap();
+    let mut statuses = Vec::new();
+    for i in 0..40 {
+        let res = attacker
+            .post(format!("{gateway}/api/users/signin"))
+            .header("x-forwarded-for", format!("198.51.100.{i}"))
+            .json(&json!({"email": "x@example.com", "password": "password123"}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(res.status());
+    }
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::UNAUTHORIZED)
+            .count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+            .count(),
+        35,
+        "{statuses:?}"
+    );
+    // Another client behind the same gateway has an allowance of its own.
+    let neighbour = reqwest::Client::builder()
+        .local_address(Some("127.0.0.3".parse().unwrap()))
+        .build()
+        .unwrap();
+    let res = neighbour
+        .post(format!("{gateway}/api/users/signin"))
+        .json(&json!({"email": "x@example.com", "password": "password123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    stop.fire();
+    served.await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn invalid_and_malformed_attempts_count_against_the_limit_too() {
     let app = app_with(auth::Config {
         attempts_per_window: 2,
         window: Duration::from_secs(60),
-        trust_forwarded_for: false,
+        trusted_proxies: None,
     })
     .await;
     // Invalid fields and unreadable bodies are attempts: the limit is

@@ -4,6 +4,7 @@
 //! Nothing here knows about any particular service.
 
 pub mod auth;
+pub mod client_addr;
 pub mod config;
 pub mod email;
 pub mod error;
