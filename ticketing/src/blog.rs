@@ -18,7 +18,7 @@ use shared::time::Clock;
 
 use runtime::engines::{BusChoice, engines, open_bus};
 use runtime::role::{Catalogue, Role};
-use runtime::{Fallback, serve_running};
+use runtime::{Fallback, Stopping, serve_running};
 
 use crate::config::SettingsError;
 
@@ -100,6 +100,7 @@ pub struct BlogSettings {
     pub upstreams: Option<blog::Upstreams>,
     pub bus: BusChoice,
     pub databases: Databases,
+    pub http: runtime::HttpLimits,
 }
 
 /// The blog's services as `--services` names them (it has no gateway).
@@ -149,6 +150,7 @@ impl BlogSettings {
             upstreams,
             bus,
             databases,
+            http: runtime::HttpLimits::from_env()?,
         })
     }
 }
@@ -198,27 +200,33 @@ pub async fn run(
             ready,
         )]));
         tracing::info!(upstreams = ?settings.upstreams, "blog page listening on http://{}", listener.local_addr()?);
-        runtime::serve(listener, router, Fallback::Json, shutdown).await?;
+        runtime::serve_with(listener, router, Fallback::Json, shutdown, settings.http).await?;
         return Ok(());
     }
     let bus = open_bus(&settings.bus, &settings.data_dir).await?;
     // The blog has no accounts; Deps carries keys for services that do.
     let key = uuid::Uuid::new_v4().simple().to_string();
+    // The services stop only after the HTTP server has drained.
+    let (stop_services, services_shutdown) = shared::shutdown::channel();
     let deps = Deps {
         databases: settings.databases.clone(),
         bus,
         keys: AuthKeys::new(key.as_bytes(), Duration::from_secs(3600), true),
         clock: Clock::System,
-        shutdown: shutdown.clone(),
+        shutdown: services_shutdown,
     };
+    tracing::info!(databases = ?settings.databases, "starting the blog's services");
     let running: Vec<Running> = blog::start(&deps, &settings.config).await?;
     let (with_page, upstreams) = (settings.page, settings.upstreams.clone());
     serve_running(
         running,
         listener,
-        shutdown,
-        &settings.databases,
+        Stopping {
+            http: shutdown,
+            services: stop_services,
+        },
         Fallback::Json,
+        settings.http,
         move |api| {
             if !with_page {
                 return api;

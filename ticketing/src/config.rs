@@ -50,6 +50,8 @@ pub struct Settings {
     pub order_expiration: Duration,
     pub auth: auth::Config,
     pub payments: payments::Config,
+    /// Timeouts, the head limit and the shutdown deadline of the HTTP server.
+    pub http: runtime::HttpLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +203,7 @@ impl Settings {
                 window: Duration::from_secs(60),
                 trusted_proxies: trusted_proxies()?,
             },
+            http: runtime::HttpLimits::from_env()?,
             payments: payments::Config {
                 gateway,
                 currency: env_var::<String>("PAYMENT_CURRENCY")?

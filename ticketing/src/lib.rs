@@ -16,7 +16,7 @@ use std::time::Duration;
 use bus::listener::ListenerOptions;
 use runtime::engines::open_bus;
 use runtime::service::{Deps, Running};
-use runtime::{Fallback, Role, serve_running};
+use runtime::{Fallback, Role, Stopping, serve_running};
 use shared::auth::AuthKeys;
 use shared::shutdown::Shutdown;
 use shared::time::Clock;
@@ -103,7 +103,7 @@ pub async fn run(
                 .ok_or("the gateway needs its upstreams")?;
             tracing::info!(?upstreams, "ticketing gateway listening on http://{local}");
             let router = runtime::gateway::router(upstreams);
-            runtime::serve(listener, router, Fallback::Own, shutdown).await?;
+            runtime::serve_with(listener, router, Fallback::Own, shutdown, settings.http).await?;
         }
         Role::Pages => {
             // The web client alone: no database, no bus.
@@ -133,7 +133,8 @@ pub async fn run(
                     ready,
                 )]))
                 .merge(docs::router());
-            runtime::serve(listener, router, pages_fallback(), shutdown).await?;
+            runtime::serve_with(listener, router, pages_fallback(), shutdown, settings.http)
+                .await?;
         }
         Role::Services { .. } => return run_services(settings, listener, shutdown).await,
     }
@@ -149,13 +150,16 @@ async fn run_services(
     shutdown: Shutdown,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let bus = open_bus(&settings.bus, &settings.data_dir).await?;
+    // The services stop only after the HTTP server has drained.
+    let (stop_services, services_shutdown) = shared::shutdown::channel();
     let deps = Deps {
         databases: settings.databases.clone(),
         bus,
         keys: AuthKeys::new(&settings.jwt_key, settings.jwt_ttl, settings.secure_cookies),
         clock: Clock::System,
-        shutdown: shutdown.clone(),
+        shutdown: services_shutdown,
     };
+    tracing::info!(databases = ?settings.databases, "starting services");
     let mut running = start_services(&settings, &deps).await?;
     if settings.role.runs_all(marketplace_events::api_services()) || settings.web.is_some() {
         running.push(Running {
@@ -173,9 +177,12 @@ async fn run_services(
     serve_running(
         running,
         listener,
-        shutdown,
-        &settings.databases,
+        Stopping {
+            http: shutdown,
+            services: stop_services,
+        },
         fallback,
+        settings.http,
         move |api| match &web {
             // The pages beside the API in one router: the web client calls
             // this process's API in process (through the same edge a

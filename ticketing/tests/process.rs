@@ -2,8 +2,7 @@
 //! own process, driven over HTTP. Covers the purchase flow end to end, a
 //! graceful restart, and a crash (SIGKILL) right after a write.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -12,96 +11,7 @@ use testkit::eventually;
 
 mod common;
 
-use common::{Shopper as User, otlp};
-
-/// A running `ticketing` process.
-struct Proc {
-    child: Child,
-    base: String,
-    port: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Proc {
-    async fn start(data_dir: &Path, expiration_secs: u64) -> Proc {
-        Proc::start_on(free_port(), data_dir, expiration_secs).await
-    }
-
-    /// Starts on a given port (a restart keeps the address users know).
-    async fn start_on(port: u16, data_dir: &Path, expiration_secs: u64) -> Proc {
-        Proc::start_with(port, data_dir, expiration_secs, &[]).await
-    }
-
-    /// Starts with `env` added to the process's environment.
-    async fn start_with(
-        port: u16,
-        data_dir: &Path,
-        expiration_secs: u64,
-        env: &[(&str, String)],
-    ) -> Proc {
-        let child = Command::new(env!("CARGO_BIN_EXE_ticketing"))
-            .args(["run", "--port", &port.to_string(), "--data-dir"])
-            .arg(data_dir)
-            .env("ORDER_EXPIRATION_SECONDS", expiration_secs.to_string())
-            .env("COOKIE_SECURE", "false")
-            .env("RUST_LOG", "warn")
-            .env_remove("JWT_KEY")
-            .env_remove("STRIPE_SECRET_KEY")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .env_remove("OTEL_SERVICE_NAME")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("binary starts");
-        let base = format!("http://127.0.0.1:{port}");
-        let probe = reqwest::Client::new();
-        eventually(Duration::from_secs(20), || async {
-            let ok = probe
-                .get(format!("{base}/readyz"))
-                .send()
-                .await
-                .map(|r| r.status() == StatusCode::OK)
-                .unwrap_or(false);
-            ok.then_some(())
-        })
-        .await
-        .expect("process becomes ready");
-        Proc { child, base, port }
-    }
-
-    /// SIGTERM, then wait for a clean exit.
-    fn stop(mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let exit = self.child.wait().unwrap();
-        assert!(exit.success(), "graceful shutdown exited with {exit}");
-    }
-
-    /// SIGKILL: no chance to flush anything.
-    fn crash(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{Proc, Shopper as User, free_port, otlp};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_purchase_flow_and_an_expiring_order_work_end_to_end() {

@@ -121,9 +121,9 @@ async fn proxy(State(gw): State<Arc<Gateway>>, peer: PeerAddr, req: Request) -> 
             .unwrap_or("/")
     );
     let (parts, body) = req.into_parts();
-    let body = match axum::body::to_bytes(body, BODY_LIMIT + 1).await {
-        Ok(b) if b.len() <= BODY_LIMIT => b,
-        _ => return ApiError::PayloadTooLarge.into_response(),
+    let body = match shared::http::read_body(body, BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
     };
     let mut upstream = gw.client.request(parts.method.clone(), &target).body(body);
     for (name, value) in parts.headers.iter().filter(|(n, _)| !hop_by_hop(n)) {

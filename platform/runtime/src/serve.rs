@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use shared::shutdown::{self, Shutdown};
 
+use axum::response::IntoResponse as _;
+use std::future::Future as _;
+
 use crate::edge::{Fallback, edge};
 use crate::service::Running;
 
@@ -15,6 +18,7 @@ pub async fn listen(
     host: &str,
     port: u16,
 ) -> Result<(tokio::net::TcpListener, Shutdown), Box<dyn std::error::Error>> {
+    raise_open_files_limit();
     let addr = format!("{host}:{port}");
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -27,34 +31,311 @@ pub async fn listen(
     Ok((listener, signal))
 }
 
+/// How the HTTP server treats slow, idle, oversized and stuck connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// How long a client may take to send a request's line and headers,
+    /// and — on a kept-alive connection — how long it may stay idle
+    /// before the next one (hyper measures both with one timer). Past it
+    /// the connection is closed.
+    pub header_timeout: Duration,
+    /// How long a request's body may take to arrive, from when the handler
+    /// starts reading it; past it the request is answered 408.
+    pub body_timeout: Duration,
+    /// The largest request line plus headers: past it, 431.
+    pub max_head_bytes: usize,
+    /// After the shutdown signal: how long requests in flight may take to
+    /// finish before their connections are dropped (the outboxes are
+    /// flushed either way).
+    pub shutdown_deadline: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_head_bytes: 32 * 1024,
+            shutdown_deadline: Duration::from_secs(20),
+        }
+    }
+}
+
+impl HttpLimits {
+    /// The defaults, overridden by `HTTP_HEADER_TIMEOUT_SECONDS`,
+    /// `HTTP_BODY_TIMEOUT_SECONDS`, `HTTP_MAX_HEADER_BYTES` and
+    /// `SHUTDOWN_DEADLINE_SECONDS`.
+    pub fn from_env() -> Result<HttpLimits, shared::config::ConfigError> {
+        use shared::config::env_var;
+        let d = HttpLimits::default();
+        let secs = |name: &str, default: Duration| {
+            env_var::<u64>(name).map(|v| v.map_or(default, Duration::from_secs))
+        };
+        Ok(HttpLimits {
+            header_timeout: secs("HTTP_HEADER_TIMEOUT_SECONDS", d.header_timeout)?,
+            body_timeout: secs("HTTP_BODY_TIMEOUT_SECONDS", d.body_timeout)?,
+            max_head_bytes: env_var::<usize>("HTTP_MAX_HEADER_BYTES")?
+                .unwrap_or(d.max_head_bytes)
+                .max(1024),
+            shutdown_deadline: secs("SHUTDOWN_DEADLINE_SECONDS", d.shutdown_deadline)?,
+        })
+    }
+}
+
 /// Serves `router` behind the HTTP edge (with `fallback` for what no route
-/// takes) on `listener` until `shutdown` fires, then stops accepting and
-/// lets in-flight requests finish.
+/// takes) on `listener` with the default [`HttpLimits`] until `shutdown`
+/// fires; see [`serve_with`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     fallback: Fallback,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    serve_with(listener, router, fallback, shutdown, HttpLimits::default()).await
+}
+
+/// Serves `router` behind the HTTP edge on `listener` until `shutdown`
+/// fires; then stops accepting, lets requests in flight finish for at most
+/// `limits.shutdown_deadline`, drops the connections still open, and
+/// returns.
+///
+/// Written on hyper directly rather than `axum::serve`, which runs without
+/// a timer (so no header timeout ever applies) and has no body timeout,
+/// head limit or shutdown deadline.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    fallback: Fallback,
     mut shutdown: Shutdown,
+    limits: HttpLimits,
 ) -> std::io::Result<()> {
     let router = edge(router, fallback);
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.wait().await })
-    .await
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
+    let mut backoff = AcceptBackoff::default();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait() => break,
+        };
+        // Reap finished connections as we go, so the set stays small.
+        while connections.try_join_next().is_some() {}
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff.reset();
+                let conn = connection(stream, peer, router.clone(), limits);
+                let conn = graceful.watch(conn);
+                connections.spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    }
+                });
+            }
+            Err(e) => backoff.wait(e, &mut shutdown).await,
+        }
+    }
+    drop(listener);
+    let in_flight = connections.len();
+    if in_flight > 0 {
+        tracing::info!(connections = in_flight, deadline = ?limits.shutdown_deadline, "draining connections");
+    }
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(limits.shutdown_deadline) => {
+            tracing::warn!(
+                connections = connections.len(),
+                "connections still open at the shutdown deadline: dropped"
+            );
+        }
+    }
+    connections.shutdown().await;
+    Ok(())
+}
+
+/// One HTTP/1.1 connection: the header timeout on hyper's timer, the head
+/// limit, the body timeout around every request body, and the peer's
+/// address for the handlers.
+fn connection(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    router: axum::Router,
+    limits: HttpLimits,
+) -> impl hyper_util::server::graceful::GracefulConnection<Error = hyper::Error> {
+    use tower::ServiceExt as _;
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let router = router.clone();
+        async move {
+            if head_size(&req) > limits.max_head_bytes {
+                return Ok(shared::ApiError::HeadersTooLarge.into_response());
+            }
+            let mut req =
+                req.map(|body| axum::body::Body::new(DeadlineBody::new(body, limits.body_timeout)));
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            router.oneshot(req).await
+        }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        // hyper refuses a head past its read buffer with a bare 431; keep
+        // that for heads far over the limit, and answer the rest in the
+        // shared shape above.
+        .max_buf_size((limits.max_head_bytes * 2).max(8192))
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+}
+
+/// The size of a request's line and headers as the client sent them.
+fn head_size<B>(req: &hyper::Request<B>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    req.headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + line
+}
+
+/// A request body that fails with [`shared::http::BodyTimedOut`] once its
+/// time is up. Hand-written: tower-http's `TimeoutBody` (0.6) restarts its
+/// timer on every frame, so a client sending one byte at a time would never
+/// be cut off; a whole-body deadline is what bounds it.
+struct DeadlineBody<B> {
+    body: B,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    limit: Duration,
+    started: bool,
+}
+
+impl<B> DeadlineBody<B> {
+    fn new(body: B, limit: Duration) -> Self {
+        DeadlineBody {
+            body,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+            limit,
+            started: false,
+        }
+    }
+}
+
+impl<B> http_body::Body for DeadlineBody<B>
+where
+    B: http_body::Body + Unpin,
+    B::Error: Into<shared::error::BoxError>,
+{
+    type Data = B::Data;
+    type Error = shared::error::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if !this.started {
+            // The clock starts when the handler starts reading.
+            this.started = true;
+            let at = tokio::time::Instant::now() + this.limit;
+            this.deadline.as_mut().reset(at);
+        }
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut this.body).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        match this.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                Poll::Ready(Some(Err(Box::new(shared::http::BodyTimedOut(this.limit)))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Backing off when `accept` fails: out of file descriptors (`EMFILE`,
+/// `ENFILE`) or memory, accepting again at once only spins and floods the
+/// log. Waits 10 ms, doubling up to 1 s, while accepting keeps failing;
+/// logs the first failure of a run and then once a second at most.
+#[derive(Default)]
+struct AcceptBackoff {
+    wait: Option<Duration>,
+    logged: Option<tokio::time::Instant>,
+}
+
+impl AcceptBackoff {
+    fn reset(&mut self) {
+        if self.wait.take().is_some() {
+            tracing::info!("accepting connections again");
+        }
+        self.logged = None;
+    }
+
+    async fn wait(&mut self, error: std::io::Error, shutdown: &mut Shutdown) {
+        use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, Interrupted};
+        // The client gave up before we accepted: nothing to back off from.
+        if matches!(
+            error.kind(),
+            ConnectionAborted | ConnectionReset | Interrupted
+        ) {
+            return;
+        }
+        let wait = self.wait.map_or(Duration::from_millis(10), |w| {
+            (w * 2).min(Duration::from_secs(1))
+        });
+        self.wait = Some(wait);
+        shared::metrics::inc("http_accept_errors_total", &[]);
+        let now = tokio::time::Instant::now();
+        if self
+            .logged
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+        {
+            self.logged = Some(now);
+            tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "cannot accept connections");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait() => {}
+        }
+    }
+}
+
+/// Raises this process's soft limit of open files to its hard limit (each
+/// connection is a file descriptor; the usual soft limit, 1 024, is low for
+/// a server). Reports what it could not do and carries on.
+pub fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
+}
+
+/// The two stages of stopping a process that runs services: `http` (the
+/// signal, SIGTERM or Ctrl-C) stops the HTTP server; only once it has
+/// drained does `services` fire — the signal the services' tasks were
+/// started with (their `Deps::shutdown`) — so the listeners and outbox
+/// relays stop after the last request's events are in the outbox, and the
+/// relays flush them.
+pub struct Stopping {
+    pub http: Shutdown,
+    pub services: shared::shutdown::ShutdownTrigger,
 }
 
 /// Serves started services on `listener` (their routes composed with the
 /// health routes, then passed through `wrap`, e.g. to add the pages) behind
-/// the HTTP edge until `shutdown` fires; then stops accepting, finishes
-/// in-flight requests and handlers, and flushes the outbox relays.
+/// the HTTP edge until `stop.http` fires; then stops accepting, lets
+/// requests in flight finish (up to `limits.shutdown_deadline`), and only
+/// then stops the services' tasks and flushes their outbox relays.
 pub async fn serve_running(
     mut running: Vec<Running>,
     listener: tokio::net::TcpListener,
-    shutdown: Shutdown,
-    databases: &crate::service::Databases,
+    stop: Stopping,
     fallback: Fallback,
+    limits: HttpLimits,
     wrap: impl FnOnce(axum::Router) -> axum::Router,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let local = listener.local_addr()?;
@@ -64,9 +345,10 @@ pub async fn serve_running(
         .collect();
     let names: Vec<_> = running.iter().map(|r| r.name).collect();
     let router = wrap(crate::service::compose(&mut running));
-    tracing::info!(services = ?names, ?databases, "listening on http://{local}");
-    serve(listener, router, fallback, shutdown).await?;
+    tracing::info!(services = ?names, "listening on http://{local}");
+    serve_with(listener, router, fallback, stop.http, limits).await?;
     tracing::info!("http server stopped; finishing handlers and flushing outboxes");
+    stop.services.fire();
     let drain = async {
         for t in tasks {
             let _ = t.await;

@@ -30,7 +30,7 @@ impl FieldError {
     }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Errors named by what a client can do about them.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +59,12 @@ pub enum ApiError {
     PaymentDeclined(String),
     #[error("payload too large")]
     PayloadTooLarge,
+    /// 408: the body did not arrive within the server's body timeout.
+    #[error("request body timed out")]
+    RequestTimeout,
+    /// 431: the request line and headers are larger than the server takes.
+    #[error("request headers too large")]
+    HeadersTooLarge,
     #[error("unsupported media type")]
     UnsupportedMediaType,
     #[error("too many requests")]
@@ -91,6 +97,8 @@ impl ApiError {
             ApiError::PaymentDeclined(_) => StatusCode::PAYMENT_REQUIRED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -117,6 +125,8 @@ impl ApiError {
             ApiError::MethodNotAllowed => plain("Method not allowed"),
             ApiError::PayloadTooLarge => plain("Request body is too large (limit 64 KiB)"),
             ApiError::UnsupportedMediaType => plain("Content-Type must be application/json"),
+            ApiError::RequestTimeout => plain("The request body did not arrive in time"),
+            ApiError::HeadersTooLarge => plain("The request headers are too large"),
             ApiError::TooManyRequests { .. } => plain("Too many attempts, try again later"),
             ApiError::Internal(_) => plain("Something went wrong"),
         }

@@ -50,11 +50,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         if declared.is_some_and(|n| n > BODY_LIMIT) {
             return Err(ApiError::PayloadTooLarge);
         }
-        // Fails only when the body outgrows the limit (or the client hangs
-        // up, when no one reads the response anyway).
-        let bytes = axum::body::to_bytes(req.into_body(), BODY_LIMIT)
-            .await
-            .map_err(|_| ApiError::PayloadTooLarge)?;
+        let bytes = read_body(req.into_body(), BODY_LIMIT).await?;
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(Value::Object(map)) => Ok(JsonBody(map)),
             Ok(_) => Err(ApiError::BadRequest(
@@ -65,6 +61,31 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             )),
         }
     }
+}
+
+/// The error a request body yields when it did not arrive within the
+/// server's body timeout (the server wraps every request body with it).
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0:?}")]
+pub struct BodyTimedOut(pub std::time::Duration);
+
+/// Reads a whole request body of at most `limit` bytes: 413 past the limit,
+/// 408 when it does not arrive within the server's body timeout. (Any other
+/// failure is the client hanging up, when no one reads the answer anyway.)
+pub async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(c) = cause {
+            if c.is::<BodyTimedOut>() {
+                return ApiError::RequestTimeout;
+            }
+            cause = c.source();
+        }
+        ApiError::PayloadTooLarge
+    })
 }
 
 /// Collects per-field validation errors while reading a [`JsonBody`], so the

@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -230,6 +232,11 @@ impl Shopper {
         user
     }
 
+    /// The base URL it talks to.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// A visitor without a session.
     pub fn new(base: &str) -> Shopper {
         Shopper {
@@ -311,5 +318,121 @@ impl Shopper {
         })
         .await
         .unwrap_or_else(|| panic!("{path} never had {field} = {value}"))
+    }
+}
+
+/// A running `ticketing` process.
+pub struct Proc {
+    pub child: Child,
+    pub base: String,
+    pub port: u16,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Proc {
+    pub async fn start(data_dir: &Path, expiration_secs: u64) -> Proc {
+        Proc::start_on(free_port(), data_dir, expiration_secs).await
+    }
+
+    /// Starts on a given port (a restart keeps the address users know).
+    pub async fn start_on(port: u16, data_dir: &Path, expiration_secs: u64) -> Proc {
+        Proc::start_with(port, data_dir, expiration_secs, &[]).await
+    }
+
+    /// Starts with `env` added to the process's environment.
+    pub async fn start_with(
+        port: u16,
+        data_dir: &Path,
+        expiration_secs: u64,
+        env: &[(&str, String)],
+    ) -> Proc {
+        Proc::launch(port, data_dir, expiration_secs, env, None).await
+    }
+
+    /// Starts with `env` added, and with at most `open_files` file
+    /// descriptors (soft and hard limit, set by `prlimit`) when given.
+    pub async fn launch(
+        port: u16,
+        data_dir: &Path,
+        expiration_secs: u64,
+        env: &[(&str, String)],
+        open_files: Option<u64>,
+    ) -> Proc {
+        let binary = env!("CARGO_BIN_EXE_ticketing");
+        let mut command = match open_files {
+            None => Command::new(binary),
+            Some(n) => {
+                // prlimit execs the binary: the child's pid is the server's.
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(binary);
+                c
+            }
+        };
+        let child = command
+            .args(["run", "--port", &port.to_string(), "--data-dir"])
+            .arg(data_dir)
+            .env("ORDER_EXPIRATION_SECONDS", expiration_secs.to_string())
+            .env("COOKIE_SECURE", "false")
+            .env("RUST_LOG", "warn")
+            .env_remove("JWT_KEY")
+            .env_remove("STRIPE_SECRET_KEY")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("OTEL_SERVICE_NAME")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("binary starts");
+        let base = format!("http://127.0.0.1:{port}");
+        let probe = reqwest::Client::new();
+        testkit::eventually(Duration::from_secs(20), || async {
+            let ok = probe
+                .get(format!("{base}/readyz"))
+                .send()
+                .await
+                .map(|r| r.status() == StatusCode::OK)
+                .unwrap_or(false);
+            ok.then_some(())
+        })
+        .await
+        .expect("process becomes ready");
+        Proc { child, base, port }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(mut self) {
+        self.terminate();
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "graceful shutdown exited with {exit}");
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn crash(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

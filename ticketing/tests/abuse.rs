@@ -1,0 +1,163 @@
+//! The all-in-one binary attacked as an outsider would, bounded in time:
+//! slow and idle connections under a low file limit, SIGTERM with a stuck
+//! connection, SIGTERM under write load. Each ends by itself.
+
+mod common;
+
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use common::{Proc, Shopper, free_port};
+use reqwest::StatusCode;
+use serde_json::json;
+use store::{Db, StoreError};
+
+/// Rows left in the outbox of every service database in `dir`.
+async fn outbox_rows(dir: &std::path::Path) -> Vec<(String, i64)> {
+    let mut rows = Vec::new();
+    for service in ["auth", "tickets", "orders", "expiration", "payments"] {
+        let path = dir.join(format!("{service}.db"));
+        let db = Db::open_sqlite(&path, &[]).await.unwrap();
+        let n = db
+            .read(|c| c.query("SELECT COUNT(*) FROM outbox", &[])?[0].get::<i64>(0))
+            .await
+            .map_err(|e: StoreError| e)
+            .unwrap();
+        rows.push((service.to_owned(), n));
+    }
+    rows
+}
+
+fn wait_exit(p: &mut Proc, within: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            start.elapsed() < within,
+            "still running {within:?} after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_served_while_a_thousand_slow_connections_exhaust_a_low_file_limit() {
+    // This process opens the slow connections: it needs the descriptors.
+    runtime::serve::raise_open_files_limit();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let p = Proc::launch(
+        port,
+        dir.path(),
+        900,
+        &[("HTTP_HEADER_TIMEOUT_SECONDS", "1".into())],
+        Some(256),
+    )
+    .await;
+    // A thousand clients that start a request and never finish its head.
+    let mut slow = Vec::new();
+    for _ in 0..1000 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.write_all(b"GET /api/tickets HTTP/1.1\r\nHost: x\r\n");
+            slow.push(s);
+        }
+    }
+    assert!(slow.len() >= 900, "only {} connected", slow.len());
+    let start = Instant::now();
+    let res = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+        .get(format!("{}/api/tickets", p.base))
+        .send()
+        .await
+        .expect("served despite the slow connections");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(slow);
+    p.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_stuck_connection_exits_within_the_deadline_and_flushes_the_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Proc::launch(
+        free_port(),
+        dir.path(),
+        900,
+        &[
+            ("SHUTDOWN_DEADLINE_SECONDS", "1".into()),
+            ("HTTP_HEADER_TIMEOUT_SECONDS", "60".into()),
+        ],
+        None,
+    )
+    .await;
+    let seller = Shopper::sign_up(&p.base, "seller@example.com").await;
+    seller.sell("Stuck", 10.0).await;
+    // Half a request head, and nothing more.
+    let mut stuck = std::net::TcpStream::connect(("127.0.0.1", p.port)).unwrap();
+    stuck.write_all(b"GET /api/tickets HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    p.terminate();
+    let exit = wait_exit(&mut p, Duration::from_secs(10));
+    assert!(exit.success(), "{exit}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    for (service, n) in outbox_rows(dir.path()).await {
+        assert_eq!(n, 0, "{service}'s outbox kept {n} events");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_write_load_leaves_every_outbox_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Proc::start(dir.path(), 900).await;
+    let seller = Shopper::sign_up(&p.base, "seller@example.com").await;
+    // Writers that keep listing tickets until the server stops answering.
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let seller = seller.clone();
+            tokio::spawn(async move {
+                let mut created = 0;
+                for i in 0.. {
+                    let res = seller
+                        .client
+                        .post(format!("{}/api/tickets", seller.base()))
+                        .json(&json!({"title": format!("t{w}-{i}"), "price": 5}))
+                        .send()
+                        .await;
+                    match res {
+                        Ok(r) if r.status() == StatusCode::CREATED => created += 1,
+                        _ => break,
+                    }
+                }
+                created
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    p.terminate();
+    let exit = wait_exit(&mut p, Duration::from_secs(30));
+    assert!(exit.success(), "{exit}");
+    let mut created = 0;
+    for w in writers {
+        created += w.await.unwrap();
+    }
+    assert!(created > 0, "the load wrote nothing");
+    for (service, n) in outbox_rows(dir.path()).await {
+        assert_eq!(
+            n, 0,
+            "{service}'s outbox kept {n} events after {created} writes"
+        );
+    }
+}
