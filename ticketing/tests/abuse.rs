@@ -161,3 +161,137 @@ async fn sigterm_under_write_load_leaves_every_outbox_empty() {
         );
     }
 }
+
+/// A browser-like client that does not follow redirects, so the test sees
+/// where it would be sent.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The page's form token.
+fn csrf(html: &str) -> String {
+    let at = html.find(r#"name="_csrf" value=""#).expect("a form token") + 20;
+    html[at..at + html[at..].find('"').unwrap()].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_next_values_never_redirect_off_site_or_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Proc::start(dir.path(), 900).await;
+    Shopper::sign_up(&p.base, "user@example.com").await;
+    // Percent-encoded, as they would arrive in a link.
+    let hostile = [
+        "//evil.example",
+        "/%09/evil.example",
+        "/%0A/evil.example",
+        "/%0D%0A/x",
+        "/%0D%0ASet-Cookie:%20a=b",
+        "/%5Cevil.example",
+        "%5C%5Cevil.example",
+        "https:%2F%2Fevil.example",
+        "javascript:alert(1)",
+        "/%E3%80%80/evil.example",
+        "/%ff",
+    ];
+    for next in hostile {
+        let b = browser();
+        let form = b
+            .get(format!("{}/auth/signin?next={next}", p.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(form.status(), StatusCode::OK, "{next}");
+        let html = form.text().await.unwrap();
+        let res = b
+            .post(format!("{}/auth/signin?next={next}", p.base))
+            .form(&[
+                ("_csrf", csrf(&html).as_str()),
+                ("email", "user@example.com"),
+                ("password", "password123"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::SEE_OTHER, "{next}");
+        assert_eq!(res.headers()["location"], "/", "{next}");
+    }
+    // A local path is kept.
+    let b = browser();
+    let html = b
+        .get(format!("{}/auth/signin?next=/orders", p.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let res = b
+        .post(format!("{}/auth/signin?next=/orders", p.base))
+        .form(&[
+            ("_csrf", csrf(&html).as_str()),
+            ("email", "user@example.com"),
+            ("password", "password123"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["location"], "/orders");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_ids_in_page_and_api_paths_get_404_never_a_500() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Proc::start(dir.path(), 900).await;
+    let seller = Shopper::sign_up(&p.base, "seller@example.com").await;
+    let buyer = Shopper::sign_up(&p.base, "buyer@example.com").await;
+    let ticket = seller.sell("Show", 10.0).await;
+    let order = buyer.buy(&ticket).await;
+    let b = &buyer.client;
+    // The pages: the not-found page, whatever the id.
+    for path in [
+        "/tickets/%ff".to_owned(),
+        "/tickets/not-an-id".to_owned(),
+        format!("/orders/{order}%0A"),
+        format!("/tickets/{ticket}%0D%0Aedit/edit"),
+    ] {
+        let res = b.get(format!("{}{path}", p.base)).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_FOUND, "{path}");
+        assert!(
+            res.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html"),
+            "{path}"
+        );
+    }
+    // Paying through a path with a newline after the id: refused, and the
+    // order stays unpaid (it used to be paid, then answered with a 500).
+    let html = testkit::get_text(b, format!("{}/orders/{order}", p.base)).await;
+    let res = b
+        .post(format!("{}/orders/{order}%0A/pay", p.base))
+        .form(&[("_csrf", csrf(&html).as_str()), ("token", "tok_visa")])
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        buyer.get(&format!("/api/orders/{order}")).await["status"],
+        "created"
+    );
+    // The API: 404 in the shared shape.
+    for path in ["/api/tickets/%ff", "/api/orders/%ff", "/api/tickets/%ff%fe"] {
+        let res = b.get(format!("{}{path}", p.base)).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_FOUND, "{path}");
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(
+            body,
+            json!({"errors": [{"message": "Not found"}]}),
+            "{path}"
+        );
+    }
+}

@@ -10,7 +10,7 @@
 //!   that is no longer pending is a duplicate and changes nothing.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use blog_events::{
@@ -21,7 +21,7 @@ use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
 use runtime::service::{Deps, Running};
 use serde::Serialize;
 use shared::ApiError;
-use shared::http::{Fields, FromFields, ValidJson};
+use shared::http::{Fields, FromFields, IdPath, ValidJson};
 use shared::time::Clock;
 use shared::trace::TraceContext;
 use store::{Conn, Db, Migration, Row, StoreError};
@@ -129,20 +129,13 @@ fn post_exists(c: &mut dyn Conn, id: PostId) -> Result<bool, StoreError> {
         .is_some())
 }
 
-/// The post a path names, if it is a well-formed id (else a 404, as for a
-/// post that does not exist).
-fn post_id(raw: &str) -> Result<PostId, ApiError> {
-    PostId::parse(raw).ok_or(ApiError::NotFound)
-}
-
 /// Writes a comment, pending; publishes `comment.created`.
 async fn create(
     State(state): State<AppState>,
-    Path(post): Path<String>,
+    IdPath(post_id): IdPath<PostId>,
     trace: TraceContext,
     ValidJson(CommentInput { content }): ValidJson<CommentInput>,
 ) -> Result<(StatusCode, Json<CommentBody>), ApiError> {
-    let post_id = post_id(&post)?;
     let comment = Comment {
         id: CommentId::new(),
         post_id,
@@ -189,9 +182,8 @@ async fn create(
 /// A post's comments, oldest first, whatever their status.
 async fn list(
     State(state): State<AppState>,
-    Path(post): Path<String>,
+    IdPath(post_id): IdPath<PostId>,
 ) -> Result<Json<Vec<CommentBody>>, ApiError> {
-    let post_id = post_id(&post)?;
     let comments = state
         .db
         .read(move |c| {

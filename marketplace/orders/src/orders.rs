@@ -1,14 +1,14 @@
 //! `/api/orders`: buy, list mine, show mine, cancel.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use marketplace_events::{OrderCancelled, OrderCreated, OrderStatus, OrderTicket, TicketRef};
 use marketplace_events::{OrderId, TicketId};
 use serde::Serialize;
 use shared::ApiError;
 use shared::auth::AuthUser;
-use shared::http::{Fields, FromFields, ValidJson};
+use shared::http::{Fields, FromFields, IdPath, ValidJson};
 use shared::ids::UserId;
 use shared::money::{Dollars, Money};
 use shared::time::Timestamp;
@@ -277,9 +277,8 @@ async fn list(
 async fn show(
     State(state): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<OrderId>,
 ) -> Result<Json<OrderBody>, ApiError> {
-    let id = OrderId::parse(&id).ok_or(ApiError::NotFound)?;
     let order = state
         .db
         .read(move |c| find_mine(c, id, user.id, false))
@@ -301,9 +300,8 @@ async fn cancel(
     State(state): State<AppState>,
     user: AuthUser,
     trace: TraceContext,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<OrderId>,
 ) -> Result<StatusCode, ApiError> {
-    let id = OrderId::parse(&id).ok_or(ApiError::NotFound)?;
     let now = state.clock.now();
     state
         .outbox

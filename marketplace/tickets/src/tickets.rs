@@ -1,14 +1,14 @@
 //! `/api/tickets`: list, show, create, edit.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use marketplace_events::{OrderId, TicketId};
 use marketplace_events::{TicketCreated, TicketStatus, TicketUpdated};
 use serde::{Deserialize, Serialize};
 use shared::ApiError;
 use shared::auth::AuthUser;
-use shared::http::{ApiQuery, Fields, FromFields, ValidJson};
+use shared::http::{ApiQuery, Fields, FromFields, IdPath, ValidJson};
 use shared::ids::UserId;
 use shared::money::{Dollars, Money};
 use shared::trace::TraceContext;
@@ -280,9 +280,8 @@ async fn mine(
     ))]
 async fn show(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<TicketId>,
 ) -> Result<Json<TicketBody>, ApiError> {
-    let id = TicketId::parse(&id).ok_or(ApiError::NotFound)?;
     let ticket = state
         .db
         .read(move |c| Ticket::find(c, id))
@@ -346,10 +345,9 @@ async fn update(
     State(state): State<AppState>,
     user: AuthUser,
     trace: TraceContext,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<TicketId>,
     ValidJson(input): ValidJson<TicketInput>,
 ) -> Result<Json<TicketBody>, ApiError> {
-    let id = TicketId::parse(&id).ok_or(ApiError::NotFound)?;
     let now = state.clock.now();
     // Check and change in one transaction, so a reservation cannot slip in
     // between the check and the write.

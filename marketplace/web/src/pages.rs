@@ -134,8 +134,37 @@ fn page(status: StatusCode, t: &impl Template) -> PageResult {
     Ok((status, render(t)).into_response())
 }
 
+/// The id in a page's path, canonical (a UUID, lower-case and hyphenated);
+/// anything else — not a UUID, not even UTF-8 — is the not-found page. So
+/// no page handler puts raw path input into a header or an API path.
+pub(crate) struct PageId(String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PageId {
+    type Rejection = PageError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, PageError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| PageError::NotFound)?;
+        uuid::Uuid::try_parse(&raw)
+            .map(|id| PageId(id.hyphenated().to_string()))
+            .map_err(|_| PageError::NotFound)
+    }
+}
+
 /// A 303 to `to`, passing on the API's `Set-Cookie` headers (the session).
+/// `to` is built from canonical ids and checked paths only; should it still
+/// not fit in a header, the answer is a redirect home, never a panic.
 fn see_other(to: &str, cookies: &[HeaderValue]) -> PageResult {
+    let to = if HeaderValue::from_str(to).is_ok() {
+        to
+    } else {
+        tracing::error!(to, "web: a redirect target does not fit in a header");
+        "/"
+    };
     let mut res = Redirect::to(to).into_response();
     for c in cookies {
         res.headers_mut().append(header::SET_COOKIE, c.clone());
@@ -155,10 +184,21 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-/// A local path to go to after signing in, never another site.
+/// A local path to go to after signing in, never another site: an absolute
+/// path of printable ASCII (the query string's value, already decoded).
+/// Refused, for `/`: anything with a scheme or host (`//`, `https:`),
+/// backslashes (browsers read `/\` as `//`), and control characters and
+/// spaces (browsers strip a tab or newline, so `/\t/evil.example` would
+/// become `//evil.example`; a newline would not fit in a header at all).
 fn safe_next(next: Option<&String>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.clone(),
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && n.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') =>
+        {
+            n.clone()
+        }
         _ => "/".into(),
     }
 }
@@ -631,7 +671,7 @@ async fn ticket_page(
 pub(crate) async fn show_ticket(
     State(web): State<Shared>,
     ctx: Ctx,
-    Path(id): Path<String>,
+    PageId(id): PageId,
 ) -> PageResult {
     let ticket = fetch_ticket(&web, &ctx, &id).await?;
     ticket_page(&web, &ctx, &ticket, StatusCode::OK, FormErrors::default()).await
@@ -640,7 +680,7 @@ pub(crate) async fn show_ticket(
 pub(crate) async fn purchase(
     State(web): State<Shared>,
     ctx: Ctx,
-    Path(id): Path<String>,
+    PageId(id): PageId,
     Form(form): Form<HashMap<String, String>>,
 ) -> PageResult {
     ctx.check_csrf(&form)?;
@@ -690,7 +730,7 @@ async fn seller_ticket(web: &Shared, ctx: &Ctx, id: &str) -> Result<(Layout, Tic
 pub(crate) async fn edit_ticket_form(
     State(web): State<Shared>,
     ctx: Ctx,
-    Path(id): Path<String>,
+    PageId(id): PageId,
 ) -> PageResult {
     let (layout, ticket) = seller_ticket(&web, &ctx, &id).await?;
     page(
@@ -710,7 +750,7 @@ pub(crate) async fn edit_ticket_form(
 pub(crate) async fn edit_ticket(
     State(web): State<Shared>,
     ctx: Ctx,
-    Path(id): Path<String>,
+    PageId(id): PageId,
     Form(form): Form<HashMap<String, String>>,
 ) -> PageResult {
     ctx.check_csrf(&form)?;
@@ -852,7 +892,7 @@ async fn order_page(
 pub(crate) async fn show_order(
     State(web): State<Shared>,
     ctx: Ctx,
-    Path(id): Path<String>,
+    PageId(id): PageId,
 ) -> PageResult {
     order_page(
         &web,
@@ -868,7 +908,7 @@ pub(crate) async fn show_order(
 pub(crate) async fn pay(
     State(web): State<Shared>,
     ctx: Ctx,
-    Path(id): Path<String>,
+    PageId(id): PageId,
     Form(form): Form<HashMap<String, String>>,
 ) -> PageResult {
     ctx.check_csrf(&form)?;
@@ -904,7 +944,7 @@ pub(crate) async fn pay(
 pub(crate) async fn cancel(
     State(web): State<Shared>,
     ctx: Ctx,
-    Path(id): Path<String>,
+    PageId(id): PageId,
     Form(form): Form<HashMap<String, String>>,
 ) -> PageResult {
     ctx.check_csrf(&form)?;
@@ -950,10 +990,31 @@ mod tests {
 
     #[test]
     fn sign_in_never_sends_anyone_to_another_site() {
-        assert_eq!(safe_next(Some(&"/orders/1".to_owned())), "/orders/1");
-        assert_eq!(safe_next(Some(&"//evil.example".to_owned())), "/");
-        assert_eq!(safe_next(Some(&"https://evil.example".to_owned())), "/");
-        assert_eq!(safe_next(Some(&"/\\evil.example".to_owned())), "/");
+        for fine in ["/", "/orders/1", "/tickets/new?x=1", "/orders/1#top"] {
+            assert_eq!(safe_next(Some(&fine.to_owned())), fine);
+        }
+        // Decoded values, as the query string gives them.
+        let hostile = [
+            "//evil.example",
+            "https://evil.example",
+            "javascript:alert(1)",
+            "evil.example",
+            "/\\evil.example",
+            "\\/evil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/\r\n/x",
+            "/\r\nSet-Cookie: a=b",
+            " //evil.example",
+            "/ /evil.example",
+            "/\u{0}/evil.example",
+            "/\u{7f}/evil.example",
+            "/\u{3000}/evil.example",
+            "",
+        ];
+        for bad in hostile {
+            assert_eq!(safe_next(Some(&bad.to_owned())), "/", "{bad:?}");
+        }
         assert_eq!(safe_next(None), "/");
         assert_eq!(encode("/a b?c"), "/a%20b%3Fc");
     }

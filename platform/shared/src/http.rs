@@ -191,6 +191,25 @@ impl<T: FromFields, S: Send + Sync> FromRequest<S> for ValidJson<T> {
     }
 }
 
+/// The id in a route's path, read as `T` (an id type): a path segment that
+/// is not one — malformed, or not even UTF-8 (`%ff`) — is a 404 in the
+/// shared shape, as an unknown id is.
+pub struct IdPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for IdPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| IdPath(p.0))
+            .map_err(|_| ApiError::NotFound)
+    }
+}
+
 /// `Query<T>` whose rejection is a 400 in the shared shape.
 pub struct ApiQuery<T>(pub T);
 
