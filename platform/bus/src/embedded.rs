@@ -186,6 +186,18 @@ impl EmbeddedBus {
 
     pub async fn open_with_clock(path: &Path, clock: Clock) -> Result<EmbeddedBus, BusError> {
         let db = Db::open_sqlite(path, MIGRATIONS).await?;
+        // Whatever a previous run had in flight (delivered, not yet
+        // acknowledged) or was holding back died with it: deliverable now,
+        // not when its ack wait would have run out. (Only one process uses
+        // the bus's file.)
+        let now = clock.now().millis();
+        db.write(move |c| {
+            c.execute(
+                "UPDATE pending SET visible_at = $1 WHERE visible_at > $1",
+                &[&now],
+            )
+        })
+        .await?;
         let consumers = Arc::new(Mutex::new(HashMap::new()));
         let loaded = db
             .read(|c| {

@@ -66,6 +66,30 @@ async fn messages_and_consumer_positions_survive_a_restart() {
     assert_eq!(ids, ["m2", "m3"]);
 }
 
+/// A delivery in flight when the process died is nobody's any more: after
+/// a restart it is delivered again at once, not when its ack wait (here a
+/// minute) would have run out.
+#[tokio::test]
+async fn deliveries_in_flight_at_a_crash_are_redelivered_at_once_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bus.db");
+    let mut config = ConsumerConfig::new("c", "t.a");
+    config.ack_wait = Duration::from_secs(60);
+    {
+        let bus = EmbeddedBus::open(&path).await.unwrap();
+        let mut sub = bus.subscribe(config.clone()).await.unwrap();
+        bus.publish(msg("m1")).await.unwrap();
+        let _in_flight = next_within(&mut sub, Duration::from_secs(5)).await.unwrap();
+    }
+    let bus = EmbeddedBus::open(&path).await.unwrap();
+    let mut sub = bus.subscribe(config).await.unwrap();
+    let d = next_within(&mut sub, Duration::from_secs(2))
+        .await
+        .expect("redelivered without waiting out the ack wait");
+    assert_eq!(d.message.id, "m1");
+    assert_eq!(d.delivered, 2);
+}
+
 #[tokio::test]
 async fn a_durable_cannot_be_rejoined_with_a_different_filter() {
     let dir = tempfile::tempdir().unwrap();
