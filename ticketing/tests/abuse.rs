@@ -295,3 +295,98 @@ async fn hostile_ids_in_page_and_api_paths_get_404_never_a_500() {
         );
     }
 }
+
+/// Unmounts a test's tmpfs when dropped.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills the file system at `dir` until it refuses more.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_a_503_and_not_ready_and_the_service_recovers_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(dir.path())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        assert!(
+            !store::testing::engines_required(),
+            "mounting a tmpfs (as root) is required in CI (TICKETING_REQUIRE_ENGINES=1)"
+        );
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    let _unmount = Mounted(dir.path().to_path_buf());
+    let p = Proc::start(dir.path(), 900).await;
+    let seller = Shopper::sign_up(&p.base, "seller@example.com").await;
+    seller.sell("Before", 10.0).await;
+
+    let filler = fill(dir.path());
+    let title = "x".repeat(120);
+    let mut refused = None;
+    for _ in 0..500 {
+        let res = seller
+            .post("/api/tickets", json!({"title": title, "price": 10}))
+            .await;
+        if res.status() != StatusCode::CREATED {
+            refused = Some((res.status(), res.text().await.unwrap()));
+            break;
+        }
+    }
+    let (status, body) = refused.expect("a write failed on the full disk");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(
+        body,
+        r#"{"errors":[{"message":"The service cannot store data right now, try again later"}]}"#
+    );
+    let not_ready = testkit::eventually(Duration::from_secs(10), || async {
+        let r = seller
+            .client
+            .get(format!("{}/readyz", p.base))
+            .send()
+            .await
+            .ok()?;
+        let status = r.status();
+        let text = r.text().await.ok()?;
+        (status == StatusCode::SERVICE_UNAVAILABLE && text.contains("cannot write")).then_some(text)
+    })
+    .await;
+    assert!(not_ready.is_some(), "/readyz never reported the full disk");
+
+    std::fs::remove_file(filler).unwrap();
+    let ready = testkit::eventually(Duration::from_secs(30), || async {
+        let r = seller
+            .client
+            .get(format!("{}/readyz", p.base))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert!(
+        ready.is_some(),
+        "/readyz did not recover once space returned"
+    );
+    seller.sell("After", 10.0).await;
+    p.stop();
+}

@@ -116,12 +116,42 @@ pub async fn next_due(db: &Db, count: bool) -> Result<Option<Timestamp>, StoreEr
     Ok(next)
 }
 
+/// Why the scheduler cannot fire timers, while it cannot (the service is
+/// not ready meanwhile).
+#[derive(Clone, Default)]
+struct SchedulerHealth(Arc<std::sync::Mutex<Option<String>>>);
+
+impl SchedulerHealth {
+    fn set(&self, problem: Option<String>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = problem;
+    }
+
+    fn check(&self) -> Result<(), String> {
+        match &*self.0.lock().unwrap_or_else(|e| e.into_inner()) {
+            None => Ok(()),
+            Some(problem) => Err(problem.clone()),
+        }
+    }
+}
+
+/// How long the scheduler waits after failing to fire timers: 100 ms,
+/// doubling up to 30 s while it keeps failing.
+fn fire_backoff(previous: Option<Duration>) -> Duration {
+    previous.map_or(Duration::from_millis(100), |d| {
+        (d * 2).min(Duration::from_secs(30))
+    })
+}
+
 /// The scheduler: fire what is due, sleep until the next timer or a wake-up.
+/// When firing fails (the database cannot write), it backs off, counts the
+/// failure (`expiration_fire_failures_total`) and reports not-ready until
+/// a round succeeds again.
 async fn run_scheduler(
     db: Db,
     outbox: Outbox,
     clock: Clock,
     wake: Arc<Notify>,
+    health: SchedulerHealth,
     mut shutdown: Shutdown,
 ) {
     tokio::select! {
@@ -129,9 +159,26 @@ async fn run_scheduler(
         _ = shutdown.wait() => return,
     }
     let mut counted_at: Option<tokio::time::Instant> = None;
+    let mut failing: Option<Duration> = None;
     loop {
-        if let Err(e) = fire_due(&outbox, clock.now()).await {
-            tracing::warn!(error = %store::report(&e), "cannot fire timers");
+        match fire_due(&outbox, clock.now()).await {
+            Ok(_) => {
+                if failing.take().is_some() {
+                    tracing::info!("firing timers again");
+                    health.set(None);
+                }
+            }
+            Err(e) => {
+                let wait = fire_backoff(failing);
+                failing = Some(wait);
+                shared::metrics::inc("expiration_fire_failures_total", &[]);
+                tracing::warn!(error = %store::report(&e), retry_in_ms = wait.as_millis() as u64, "cannot fire timers");
+                health.set(Some(format!("cannot fire timers: {}", store::report(&e))));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => continue,
+                    _ = shutdown.wait() => break,
+                }
+            }
         }
         let now = tokio::time::Instant::now();
         let count = counted_at.is_none_or(|at| now.duration_since(at) >= COUNT_EVERY);
@@ -164,6 +211,7 @@ pub async fn start(deps: &Deps, listener_options: ListenerOptions) -> Result<Run
         .open_service(marketplace_events::service_events(SERVICE), MIGRATIONS)
         .await?;
     let wake = Arc::new(Notify::new());
+    let health = SchedulerHealth::default();
     let mut tasks = base
         .listeners(listener_options)
         .with_state((base.db.clone(), wake.clone()))
@@ -174,8 +222,17 @@ pub async fn start(deps: &Deps, listener_options: ListenerOptions) -> Result<Run
         base.outbox.clone(),
         deps.clock.clone(),
         wake,
+        health.clone(),
         deps.shutdown.clone(),
     );
     tasks.push(tokio::spawn(scheduler));
-    Ok(base.running(axum::Router::new(), tasks))
+    let mut running = base.running(axum::Router::new(), tasks);
+    running.ready_checks.push((
+        "expiration scheduler".into(),
+        Arc::new(move || {
+            let health = health.clone();
+            Box::pin(async move { health.check() })
+        }),
+    ));
+    Ok(running)
 }

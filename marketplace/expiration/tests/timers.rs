@@ -141,3 +141,55 @@ async fn a_timer_that_came_due_while_stopped_fires_right_after_start() {
         o.id
     );
 }
+
+/// When firing fails (here a trigger refuses the delete, as a full disk
+/// would), the scheduler backs off instead of spinning, counts each failure,
+/// reports not-ready, and fires the timer once writing works again. (The
+/// injected failure is SQLite's trigger syntax: embedded engines only.)
+#[tokio::test]
+async fn a_scheduler_that_cannot_write_backs_off_reports_not_ready_and_recovers() {
+    if !testkit::virtual_time() {
+        eprintln!("skipped on the engines: the failure is injected with an SQLite trigger");
+        return;
+    }
+    let app = start(None).await;
+    let side = store::Db::open_sqlite(&app.dir.path().join("expiration.db"), &[])
+        .await
+        .unwrap();
+    side.write(|c| {
+        c.execute(
+            "CREATE TRIGGER refuse_firing BEFORE DELETE ON timers
+             BEGIN SELECT RAISE(ABORT, 'injected: cannot write'); END",
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    let before = shared::metrics::get("expiration_fire_failures_total", &[]);
+    let mut fired = app.watch::<ExpirationComplete>().await;
+    let o = order(in_ms(&app, 100));
+    app.publish(&o).await;
+    // Five virtual minutes of failing: 100 ms doubling up to 30 s is about
+    // fifteen attempts, where a loop without pause makes thousands.
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    let failures = shared::metrics::get("expiration_fire_failures_total", &[]) - before;
+    assert!((5..=20).contains(&failures), "{failures} attempts");
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let reasons = ready.text().await.unwrap();
+    assert!(
+        reasons.contains("expiration scheduler: cannot fire timers"),
+        "{reasons}"
+    );
+
+    side.write(|c| c.execute("DROP TRIGGER refuse_firing", &[]))
+        .await
+        .unwrap();
+    let e = fired
+        .next_within(Duration::from_secs(60))
+        .await
+        .expect("fired once writing works again");
+    assert_eq!(e.order_id, o.id);
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), reqwest::StatusCode::OK);
+}

@@ -142,7 +142,9 @@ impl BusError {
 impl From<store::StoreError> for BusError {
     fn from(e: store::StoreError) -> Self {
         let kind = match e.kind() {
-            store::StoreErrorKind::Unavailable => BusErrorKind::Unavailable,
+            store::StoreErrorKind::Unavailable | store::StoreErrorKind::Storage => {
+                BusErrorKind::Unavailable
+            }
             _ => BusErrorKind::Other,
         };
         BusError::caused_by(kind, "the bus's store failed", e)

@@ -165,6 +165,12 @@ impl From<store::StoreError> for ApiError {
             store::StoreErrorKind::Unavailable => {
                 ApiError::Unavailable("The database is unavailable, try again shortly".into())
             }
+            store::StoreErrorKind::Storage => {
+                tracing::error!(error = %store::report(&err), "the database cannot write");
+                ApiError::Unavailable(
+                    "The service cannot store data right now, try again later".into(),
+                )
+            }
             _ => ApiError::Internal(Box::new(err)),
         }
     }

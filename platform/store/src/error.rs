@@ -7,6 +7,9 @@ pub enum StoreErrorKind {
     UniqueViolation,
     /// The database could not be reached or is busy; retrying may help.
     Unavailable,
+    /// The database cannot write: its disk is full, or it is read-only or
+    /// failing. Writes succeed again once space returns.
+    Storage,
     /// A column did not hold the type the code expected.
     Decode,
     /// Anything else: a bug in a query or a broken database.
@@ -28,8 +31,24 @@ pub struct StoreError {
     source: Option<BoxError>,
 }
 
+std::thread_local! {
+    /// Whether a storage error was made on this thread since the last
+    /// [`take_storage_failure`]: the engines run each transaction on a
+    /// thread of their own and ask afterwards, so the handle learns that
+    /// its database cannot write, whatever error type the transaction's
+    /// closure turned the error into.
+    static STORAGE_FAILED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+pub(crate) fn take_storage_failure() -> bool {
+    STORAGE_FAILED.replace(false)
+}
+
 impl StoreError {
     pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        if kind == StoreErrorKind::Storage {
+            STORAGE_FAILED.set(true);
+        }
         StoreError {
             kind,
             message: message.into(),
@@ -43,6 +62,9 @@ impl StoreError {
         message: impl Into<String>,
         source: impl Into<BoxError>,
     ) -> Self {
+        if kind == StoreErrorKind::Storage {
+            STORAGE_FAILED.set(true);
+        }
         StoreError {
             kind,
             message: message.into(),
@@ -74,6 +96,9 @@ impl From<rusqlite::Error> for StoreError {
             },
             Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::CannotOpen) => {
                 StoreErrorKind::Unavailable
+            }
+            Some(ErrorCode::DiskFull | ErrorCode::ReadOnly | ErrorCode::SystemIoFailure) => {
+                StoreErrorKind::Storage
             }
             _ => StoreErrorKind::Other,
         };

@@ -35,6 +35,9 @@ pub struct Db {
     in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Transactions started since the handle was opened.
     started: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Set when a transaction met a storage error (disk full, read-only);
+    /// cleared when [`Db::ping`]'s probe write succeeds again.
+    cannot_write: std::sync::Arc<std::sync::atomic::AtomicBool>,
     connections: usize,
 }
 
@@ -77,6 +80,7 @@ impl Db {
             not_ready: Default::default(),
             in_flight: Default::default(),
             started: Default::default(),
+            cannot_write: Default::default(),
             connections: 1,
         };
         db.migrate(migrations).await?;
@@ -103,6 +107,7 @@ impl Db {
             not_ready: Default::default(),
             in_flight: Default::default(),
             started: Default::default(),
+            cannot_write: Default::default(),
             connections: max_connections.max(1),
         })
     }
@@ -204,10 +209,15 @@ impl Db {
         self.started
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _in_flight = InFlight(self.in_flight.clone());
-        match &self.backend {
+        let (result, storage_failed) = match &self.backend {
             Engine::Sqlite(db) => db.transaction(f).await,
             Engine::Postgres(db) => db.transaction(f).await,
+        };
+        if storage_failed {
+            self.cannot_write
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        result
     }
 
     /// Runs read-only queries; `f` sees one consistent snapshot.
@@ -222,9 +232,43 @@ impl Db {
         self.write(f).await
     }
 
-    /// Cheap round trip used by readiness checks.
+    /// The readiness check: a cheap round trip — and, once a transaction
+    /// has met a storage error (disk full, read-only), a small write, until
+    /// one succeeds again: the database is not ready while it cannot write,
+    /// and is again by itself when space returns.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|c| c.query("SELECT 1", &[]).map(|_| ())).await
+        if !self.cannot_write.load(std::sync::atomic::Ordering::Relaxed) {
+            return self.read(|c| c.query("SELECT 1", &[]).map(|_| ())).await;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let probe = self
+            .write(move |c| {
+                c.execute(
+                    "CREATE TABLE IF NOT EXISTS store_write_probe (id BIGINT PRIMARY KEY, at BIGINT NOT NULL)",
+                    &[],
+                )?;
+                c.execute(
+                    "INSERT INTO store_write_probe (id, at) VALUES (1, $1)
+                     ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                    &[&now],
+                )
+            })
+            .await;
+        match probe {
+            Ok(_) => {
+                self.cannot_write
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!("the database can write again");
+                Ok(())
+            }
+            Err(e) => Err(StoreError::caused_by(
+                e.kind(),
+                "the database cannot write (disk full or read-only?)",
+                e,
+            )),
+        }
     }
 
     /// Applies the `migrations` that have not run yet.

@@ -39,6 +39,16 @@ impl From<tokio_postgres::Error> for StoreError {
             {
                 StoreErrorKind::Unavailable
             }
+            // Insufficient resources (disk full, out of memory), a
+            // read-only server, an I/O error.
+            Some(code)
+                if code.code().starts_with("53") && *code != SqlState::TOO_MANY_CONNECTIONS
+                    || *code == SqlState::READ_ONLY_SQL_TRANSACTION
+                    || *code == SqlState::IO_ERROR =>
+            {
+                StoreErrorKind::Storage
+            }
+            Some(code) if *code == SqlState::TOO_MANY_CONNECTIONS => StoreErrorKind::Unavailable,
             Some(_) => StoreErrorKind::Other,
             // No SQLSTATE: the connection itself failed.
             None => StoreErrorKind::Unavailable,
@@ -104,7 +114,8 @@ impl PgDb {
         Ok(PgDb { jobs })
     }
 
-    pub(crate) async fn transaction<T, E, F>(&self, f: F) -> Result<T, E>
+    /// Runs `f` in a transaction; also says whether it met a storage error.
+    pub(crate) async fn transaction<T, E, F>(&self, f: F) -> (Result<T, E>, bool)
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
@@ -112,14 +123,22 @@ impl PgDb {
     {
         let (done, result) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |worker: &mut Worker| {
-            let _ = done.send(worker.transaction(f));
+            crate::error::take_storage_failure();
+            let result = worker.transaction(f);
+            let _ = done.send((result, crate::error::take_storage_failure()));
         });
         if self.jobs.send(job).is_err() {
-            return Err(StoreError::new(StoreErrorKind::Other, "database closed").into());
+            return (
+                Err(StoreError::new(StoreErrorKind::Other, "database closed").into()),
+                false,
+            );
         }
         match result.await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::new(StoreErrorKind::Other, "transaction panicked").into()),
+            Ok(done) => done,
+            Err(_) => (
+                Err(StoreError::new(StoreErrorKind::Other, "transaction panicked").into()),
+                false,
+            ),
         }
     }
 }

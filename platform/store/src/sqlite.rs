@@ -77,7 +77,8 @@ impl SqliteDb {
         Ok(SqliteDb { jobs })
     }
 
-    pub(crate) async fn transaction<T, E, F>(&self, f: F) -> Result<T, E>
+    /// Runs `f` in a transaction; also says whether it met a storage error.
+    pub(crate) async fn transaction<T, E, F>(&self, f: F) -> (Result<T, E>, bool)
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
@@ -85,14 +86,18 @@ impl SqliteDb {
     {
         let (done_tx, done_rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
+            crate::error::take_storage_failure();
             let result = run_transaction(conn, f);
             // The caller may have gone away (request cancelled); the
             // transaction's outcome stands either way.
-            let _ = done_tx.send(result);
+            let _ = done_tx.send((result, crate::error::take_storage_failure()));
         });
-        self.jobs
-            .send(job)
-            .map_err(|_| StoreError::new(StoreErrorKind::Unavailable, "database thread stopped"))?;
+        if self.jobs.send(job).is_err() {
+            return (
+                Err(StoreError::new(StoreErrorKind::Unavailable, "database thread stopped").into()),
+                false,
+            );
+        }
         let done = if HOLD_PAUSED_CLOCK.load(std::sync::atomic::Ordering::Relaxed) {
             tokio::task::spawn_blocking(move || done_rx.blocking_recv())
                 .await
@@ -101,10 +106,13 @@ impl SqliteDb {
             done_rx.await
         };
         match done {
-            Ok(result) => result,
+            Ok(done) => done,
             // The closure panicked: the transaction was rolled back when the
             // panic unwound through it.
-            Err(_) => Err(StoreError::new(StoreErrorKind::Other, "transaction panicked").into()),
+            Err(_) => (
+                Err(StoreError::new(StoreErrorKind::Other, "transaction panicked").into()),
+                false,
+            ),
         }
     }
 }
