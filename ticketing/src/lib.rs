@@ -127,7 +127,7 @@ pub async fn run(
                     Box::pin(async move { web::check_ready(&api).await })
                 })
             };
-            let router = pages(api, &web_settings, settings.secure_cookies)
+            let router = pages(api, &web_settings, &PageSettings::of(&settings))
                 .merge(runtime::edge::health_router(vec![(
                     "web api".into(),
                     ready,
@@ -169,7 +169,8 @@ async fn run_services(
             tasks: Vec::new(),
         });
     }
-    let (web, secure_cookies) = (settings.web.clone(), settings.secure_cookies);
+    let web = settings.web.clone();
+    let page_settings = PageSettings::of(&settings);
     let fallback = match web {
         Some(_) => pages_fallback(),
         None => Fallback::Json,
@@ -192,7 +193,7 @@ async fn run_services(
                     None => web::Api::in_process(runtime::edge::edge(api.clone(), Fallback::Json)),
                     Some(u) => u.clone().client(),
                 };
-                api.merge(pages(client, web_settings, secure_cookies))
+                api.merge(pages(client, web_settings, &page_settings))
             }
             None => api,
         },
@@ -201,11 +202,27 @@ async fn run_services(
 }
 
 /// The web client's pages, calling the API through `api`.
-fn pages(api: web::Api, settings: &config::WebSettings, secure_cookies: bool) -> axum::Router {
+/// What the pages take from the process's settings.
+struct PageSettings {
+    secure_cookies: bool,
+    form_key: Arc<[u8]>,
+}
+
+impl PageSettings {
+    fn of(settings: &Settings) -> PageSettings {
+        PageSettings {
+            secure_cookies: settings.secure_cookies,
+            form_key: settings.jwt_key.clone().into(),
+        }
+    }
+}
+
+fn pages(api: web::Api, web: &config::WebSettings, settings: &PageSettings) -> axum::Router {
     web::router(web::WebConfig {
         api,
-        test_card_tokens: settings.test_card_tokens,
-        secure_cookies,
+        test_card_tokens: web.test_card_tokens,
+        secure_cookies: settings.secure_cookies,
+        form_key: settings.form_key.clone(),
     })
 }
 

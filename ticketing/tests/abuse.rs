@@ -390,3 +390,142 @@ async fn a_full_disk_is_a_503_and_not_ready_and_the_service_recovers_when_space_
     seller.sell("After", 10.0).await;
     p.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_requests_from_another_site_are_refused_bearer_clients_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Proc::start(dir.path(), 900).await;
+    let seller = Shopper::sign_up(&p.base, "seller@example.com").await;
+    // A page on another site posting with the victim's cookie.
+    for (path, body) in [
+        ("/api/tickets", json!({"title": "Forged", "price": 1})),
+        ("/api/users/signout", json!({})),
+    ] {
+        let res = seller
+            .client
+            .post(format!("{}{path}", p.base))
+            .header("sec-fetch-site", "cross-site")
+            .header("origin", "https://evil.example")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(
+            res.text().await.unwrap(),
+            r#"{"errors":[{"message":"Cross-site requests with a session cookie are refused"}]}"#
+        );
+    }
+    // Still signed in: the forged sign-out did nothing.
+    let me = seller.get("/api/users/currentuser").await;
+    assert_eq!(me["currentUser"]["email"], "seller@example.com");
+    // The same from the site itself passes.
+    let res = seller
+        .client
+        .post(format!("{}/api/tickets", p.base))
+        .header("sec-fetch-site", "same-origin")
+        .json(&json!({"title": "Mine", "price": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    // An API client with a bearer token is not a browser being forged.
+    let signin = reqwest::Client::new()
+        .post(format!("{}/api/users/signin", p.base))
+        .json(&json!({"email": "seller@example.com", "password": "password123"}))
+        .send()
+        .await
+        .unwrap();
+    let cookie = signin.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let token = cookie
+        .trim_start_matches("session=")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/tickets", p.base))
+        .bearer_auth(&token)
+        .header("sec-fetch-site", "cross-site")
+        .json(&json!({"title": "By API", "price": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+}
+
+/// Signs `b` in through the sign-in page; the token the page carried.
+async fn page_sign_in(b: &reqwest::Client, base: &str, email: &str) -> String {
+    let html = b
+        .get(format!("{base}/auth/signin"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let token = csrf(&html);
+    let res = b
+        .post(format!("{base}/auth/signin"))
+        .form(&[
+            ("_csrf", token.as_str()),
+            ("email", email),
+            ("password", "password123"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    token
+}
+
+async fn new_ticket_form(b: &reqwest::Client, base: &str, token: &str) -> StatusCode {
+    b.post(format!("{base}/tickets/new"))
+        .form(&[("_csrf", token), ("title", "Form"), ("price", "5")])
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn form_tokens_are_bound_to_the_session_and_rotate_at_sign_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Proc::start(dir.path(), 900).await;
+    Shopper::sign_up(&p.base, "alice@example.com").await;
+    Shopper::sign_up(&p.base, "bob@example.com").await;
+
+    let alice = browser();
+    let before = page_sign_in(&alice, &p.base, "alice@example.com").await;
+    let html = testkit::get_text(&alice, format!("{}/tickets/new", p.base)).await;
+    let after = csrf(&html);
+    assert_ne!(before, after, "signing in rotates the form token");
+    assert_eq!(
+        new_ticket_form(&alice, &p.base, &before).await,
+        StatusCode::FORBIDDEN
+    );
+
+    // Another visitor's token is no good for this session, nor this
+    // session's for theirs.
+    let bob = browser();
+    page_sign_in(&bob, &p.base, "bob@example.com").await;
+    let bobs = csrf(&testkit::get_text(&bob, format!("{}/tickets/new", p.base)).await);
+    assert_ne!(bobs, after);
+    assert_eq!(
+        new_ticket_form(&alice, &p.base, &bobs).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        new_ticket_form(&bob, &p.base, &after).await,
+        StatusCode::FORBIDDEN
+    );
+
+    assert_eq!(
+        new_ticket_form(&alice, &p.base, &after).await,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        new_ticket_form(&bob, &p.base, &bobs).await,
+        StatusCode::SEE_OTHER
+    );
+}

@@ -29,6 +29,9 @@ pub struct WebConfig {
     pub test_card_tokens: bool,
     /// `Secure` on the CSRF cookie (as on the session cookie).
     pub secure_cookies: bool,
+    /// The secret the forms' tokens are derived with (every replica of the
+    /// web client needs the same one: the session key does).
+    pub form_key: Arc<[u8]>,
 }
 
 struct Web {
@@ -154,9 +157,27 @@ pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// The CSRF token of this browser (the `csrf` cookie's value).
+/// The token this request's forms carry and must send back: bound to the
+/// session, so it changes when the user signs in or out.
 #[derive(Clone)]
 pub(crate) struct CsrfToken(pub String);
+
+/// A form token: HMAC-SHA256 of what identifies the browser's session (its
+/// session cookie when signed in, else its `csrf` cookie), so a token is
+/// good for one session only — signing in rotates it, and a token read
+/// before sign-in (or by another visitor) does not work after.
+pub(crate) fn form_token(key: &[u8], binding: &str) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key)
+        .expect("HMAC takes a key of any length");
+    mac.update(b"ticketing form token\0");
+    mac.update(binding.as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 fn valid_token(t: &str) -> bool {
     t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit())
@@ -168,7 +189,9 @@ async fn protect(State(web): State<Shared>, mut req: Request, next: Next) -> Res
     let existing = cookie(req.headers(), "csrf").filter(|t| valid_token(t));
     let fresh = existing.is_none();
     let token = existing.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    req.extensions_mut().insert(CsrfToken(token.clone()));
+    let binding = cookie(req.headers(), "session").unwrap_or_else(|| token.clone());
+    req.extensions_mut()
+        .insert(CsrfToken(form_token(&web.config.form_key, &binding)));
     let mut res = next.run(req).await;
     if fresh {
         let secure = if web.config.secure_cookies {
@@ -253,6 +276,11 @@ mod tests {
     #[test]
     fn tokens_compare_whole() {
         assert!(same_token("abcd", "abcd"));
+        let (a, b) = (form_token(b"k", "session-a"), form_token(b"k", "session-b"));
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+        assert_eq!(a, form_token(b"k", "session-a"));
+        assert_ne!(a, form_token(b"other key", "session-a"));
         assert!(!same_token("abcd", "abce"));
         assert!(!same_token("abcd", "abc"));
         assert!(valid_token(&uuid::Uuid::new_v4().simple().to_string()));

@@ -60,6 +60,7 @@ pub fn edge(router: Router, fallback: Fallback) -> Router {
     };
     router
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(refuse_cross_site))
         .layer(axum::middleware::from_fn(count_requests))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
@@ -85,6 +86,44 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
         }])),
     )
         .into_response()
+}
+
+/// Refuses a state-changing request that a browser sent from another site
+/// with the session cookie (cross-site request forgery): `Sec-Fetch-Site:
+/// cross-site`, or — from a browser too old to send that — an `Origin`
+/// whose host is not this one. API clients that send a bearer token, and
+/// requests without the session cookie, are not affected.
+async fn refuse_cross_site(req: Request, next: Next) -> Response {
+    if is_cross_site_with_session(&req) {
+        return ApiError::Forbidden("Cross-site requests with a session cookie are refused".into())
+            .into_response();
+    }
+    next.run(req).await
+}
+
+fn is_cross_site_with_session(req: &Request) -> bool {
+    use axum::http::Method;
+    let headers = req.headers();
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+        || shared::auth::bearer_token(headers).is_some()
+        || !shared::auth::has_session_cookie(headers)
+    {
+        return false;
+    }
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = text("sec-fetch-site") {
+        return site.eq_ignore_ascii_case("cross-site");
+    }
+    let Some(origin) = text("origin") else {
+        return false;
+    };
+    // Behind the gateway, the host the browser addressed is X-Forwarded-Host.
+    let host = text("x-forwarded-host").or_else(|| text("host"));
+    let origin_host = origin
+        .split_once("://")
+        .map_or(origin, |(_, rest)| rest)
+        .trim_end_matches('/');
+    host.is_none_or(|h| !origin_host.eq_ignore_ascii_case(h))
 }
 
 async fn count_requests(req: Request, next: Next) -> Response {
@@ -283,4 +322,90 @@ pub fn health_router(checks: Vec<(String, ReadyCheck)>) -> Router {
 /// The OpenAPI description of the health routes.
 pub fn health_openapi() -> utoipa::openapi::OpenApi {
     health_routes().into_openapi()
+}
+
+#[cfg(test)]
+mod cross_site_tests {
+    use super::is_cross_site_with_session;
+
+    fn req(method: &str, headers: &[(&str, &str)]) -> axum::extract::Request {
+        let mut r = axum::http::Request::builder()
+            .method(method)
+            .uri("/api/orders");
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.body(axum::body::Body::empty()).unwrap()
+    }
+
+    const SESSION: (&str, &str) = ("cookie", "session=abc");
+
+    #[test]
+    fn cookie_requests_from_another_site_are_refused_and_the_rest_pass() {
+        let refused = [
+            req("POST", &[SESSION, ("sec-fetch-site", "cross-site")]),
+            req("DELETE", &[SESSION, ("sec-fetch-site", "cross-site")]),
+            req(
+                "POST",
+                &[
+                    SESSION,
+                    ("origin", "https://evil.example"),
+                    ("host", "shop.example"),
+                ],
+            ),
+            req(
+                "POST",
+                &[SESSION, ("origin", "null"), ("host", "shop.example")],
+            ),
+            req(
+                "POST",
+                &[
+                    SESSION,
+                    ("authorization", "Basic eA=="),
+                    ("sec-fetch-site", "cross-site"),
+                ],
+            ),
+        ];
+        for r in &refused {
+            assert!(is_cross_site_with_session(r), "{:?}", r.headers());
+        }
+        let passed = [
+            req("POST", &[SESSION, ("sec-fetch-site", "same-origin")]),
+            req("POST", &[SESSION, ("sec-fetch-site", "none")]),
+            req(
+                "POST",
+                &[
+                    SESSION,
+                    ("origin", "https://shop.example"),
+                    ("host", "shop.example"),
+                ],
+            ),
+            req(
+                "POST",
+                &[
+                    SESSION,
+                    ("origin", "https://shop.example"),
+                    ("host", "10.0.0.5:3000"),
+                    ("x-forwarded-host", "shop.example"),
+                ],
+            ),
+            // No browser evidence either way (curl, scripts).
+            req("POST", &[SESSION]),
+            // A bearer client, and a request without the session cookie.
+            req(
+                "POST",
+                &[
+                    SESSION,
+                    ("authorization", "Bearer t"),
+                    ("sec-fetch-site", "cross-site"),
+                ],
+            ),
+            req("POST", &[("sec-fetch-site", "cross-site")]),
+            // Reading is not forgery.
+            req("GET", &[SESSION, ("sec-fetch-site", "cross-site")]),
+        ];
+        for r in &passed {
+            assert!(!is_cross_site_with_session(r), "{:?}", r.headers());
+        }
+    }
 }

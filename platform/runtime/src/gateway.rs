@@ -129,6 +129,12 @@ async fn proxy(State(gw): State<Arc<Gateway>>, peer: PeerAddr, req: Request) -> 
     for (name, value) in parts.headers.iter().filter(|(n, _)| !hop_by_hop(n)) {
         upstream = upstream.header(name, value);
     }
+    // The host the client addressed, for the services' same-origin check.
+    if let Some(host) = parts.headers.get(axum::http::header::HOST) {
+        if !parts.headers.contains_key("x-forwarded-host") {
+            upstream = upstream.header("x-forwarded-host", host);
+        }
+    }
     if let Some(ip) = peer.0.map(|p| p.ip().to_string()) {
         let forwarded = match parts
             .headers

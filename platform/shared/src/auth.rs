@@ -102,16 +102,21 @@ pub struct AuthUser {
 #[derive(Debug, Clone)]
 pub struct MaybeAuthUser(pub Option<AuthUser>);
 
-/// The session token on a request: the bearer token if there is an
-/// `Authorization` header, else the session cookie.
-pub fn token_from_parts(parts: &Parts) -> Option<&str> {
-    if let Some(auth) = parts.headers.get(header::AUTHORIZATION) {
-        let auth = auth.to_str().ok()?;
-        let (scheme, token) = auth.split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
-    }
-    parts
-        .headers
+/// The bearer token of a request's `Authorization` header, if it has one
+/// (other schemes, such as `Basic`, are not ours to read).
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = auth.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Whether a request carries a session cookie.
+pub fn has_session_cookie(headers: &axum::http::HeaderMap) -> bool {
+    session_cookie(headers).is_some()
+}
+
+fn session_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -119,6 +124,13 @@ pub fn token_from_parts(parts: &Parts) -> Option<&str> {
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(name, value)| *name == SESSION_COOKIE && !value.is_empty())
         .map(|(_, value)| value)
+}
+
+/// The session token on a request: a bearer token if the `Authorization`
+/// header has one, else the session cookie (also when the header uses
+/// another scheme, which a browser may send to a site behind basic auth).
+pub fn token_from_parts(parts: &Parts) -> Option<&str> {
+    bearer_token(&parts.headers).or_else(|| session_cookie(&parts.headers))
 }
 
 impl<S> FromRequestParts<S> for AuthUser
@@ -155,6 +167,35 @@ where
 mod tests {
     use super::*;
     use crate::time::Clock;
+
+    fn parts(headers: &[(&str, &str)]) -> Parts {
+        let mut req = axum::http::Request::builder();
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn a_bearer_token_wins_and_other_schemes_leave_the_cookie_in_charge() {
+        let cookie = ("cookie", "a=1; session=from-cookie");
+        assert_eq!(
+            token_from_parts(&parts(&[("authorization", "Bearer from-header"), cookie])),
+            Some("from-header")
+        );
+        for other in ["Basic dXNlcjpwYXNz", "Digest x", "garbage"] {
+            assert_eq!(
+                token_from_parts(&parts(&[("authorization", other), cookie])),
+                Some("from-cookie"),
+                "{other}"
+            );
+        }
+        assert_eq!(
+            token_from_parts(&parts(&[("authorization", "Basic x")])),
+            None
+        );
+        assert_eq!(token_from_parts(&parts(&[("cookie", "session=")])), None);
+    }
 
     fn user() -> AuthUser {
         AuthUser {
