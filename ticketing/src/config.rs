@@ -90,7 +90,7 @@ fn jwt_key(data_dir: &Path) -> Result<Vec<u8>, SettingsError> {
             return Ok(existing.trim().as_bytes().to_vec());
         }
     }
-    std::fs::create_dir_all(data_dir).map_err(io)?;
+    store::private_dir(data_dir).map_err(io)?;
     let key = format!(
         "{}{}",
         uuid::Uuid::new_v4().simple(),

@@ -529,3 +529,27 @@ async fn form_tokens_are_bound_to_the_session_and_rotate_at_sign_in() {
         StatusCode::SEE_OTHER
     );
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_directory_and_its_files_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let p = Proc::start(&data, 900).await;
+    Shopper::sign_up(&p.base, "user@example.com").await;
+    p.stop();
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    let mut files = 0;
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.contains(".db") || name == "jwt.key" {
+            assert_eq!(mode(&path), 0o600, "{name}");
+            files += 1;
+        }
+    }
+    assert!(files >= 7, "only {files} files checked");
+}

@@ -25,6 +25,17 @@ pub use value::{FromValue, ToValue, Value};
 
 use std::path::Path;
 
+/// Creates `dir` and its missing parents, readable by their owner only
+/// (0700: the data directory holds the databases and the session key).
+/// Directories that exist already are left as they are.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
 /// A service's database: cheap to clone, shared by its handlers and tasks.
 #[derive(Clone)]
 pub struct Db {

@@ -33,7 +33,7 @@ impl SqliteDb {
     pub(crate) async fn open(path: PathBuf) -> Result<SqliteDb, StoreError> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| {
+                crate::private_dir(dir).map_err(|e| {
                     StoreError::new(
                         StoreErrorKind::Unavailable,
                         format!("cannot create directory {}: {e}", dir.display()),
@@ -41,6 +41,12 @@ impl SqliteDb {
                 })?;
             }
         }
+        private_files(&path).map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Unavailable,
+                format!("cannot create {}: {e}", path.display()),
+            )
+        })?;
         let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = oneshot::channel();
         let name = format!(
@@ -115,6 +121,30 @@ impl SqliteDb {
             ),
         }
     }
+}
+
+/// The database file, created readable by its owner only (it may hold
+/// password hashes), and any it already has tightened to that. SQLite
+/// gives the `-wal` and `-shm` files it creates the database file's mode.
+fn private_files(path: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+            if file.exists() {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 fn run_transaction<T, E, F>(conn: &mut rusqlite::Connection, f: F) -> Result<T, E>

@@ -275,3 +275,20 @@ async fn a_postgres_database_that_is_down_at_start_reports_unavailable_until_it_
     assert!(ready, "became ready");
     assert_eq!(count(&db).await, 0, "migrated");
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_database_file_is_created_private_and_an_existing_one_is_tightened() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let fresh = dir.path().join("new/deeper/fresh.db");
+    Db::open_sqlite(&fresh, &[]).await.unwrap();
+    assert_eq!(mode(&fresh), 0o600);
+    assert_eq!(mode(fresh.parent().unwrap()), 0o700);
+    let old = dir.path().join("old.db");
+    std::fs::write(&old, b"").unwrap();
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+    Db::open_sqlite(&old, &[]).await.unwrap();
+    assert_eq!(mode(&old), 0o600);
+}
