@@ -117,6 +117,14 @@ async fn bad_content_is_refused() {
             json!({"content": long}),
             "Content must be at most 2000 characters",
         ),
+        (
+            json!({"content": "\u{2060}\n\u{200B}"}),
+            "Content is required",
+        ),
+        (
+            json!({"content": "hi\u{1b}[2J"}),
+            "Content must not contain control or text-direction characters",
+        ),
     ] {
         let res = app
             .send(

@@ -53,7 +53,7 @@ struct PostInput {
 impl FromFields for PostInput {
     fn from_fields(f: &mut Fields<'_>) -> Option<Self> {
         Some(PostInput {
-            title: f.text("title", "Title", MAX_TITLE)?.to_owned(),
+            title: f.line("title", "Title", MAX_TITLE)?.to_owned(),
         })
     }
 }

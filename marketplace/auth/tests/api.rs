@@ -104,6 +104,22 @@ async fn signing_up_with_bad_fields_lists_each_bad_field() {
         signup(&app, "a@b.co", &long).await.status(),
         StatusCode::BAD_REQUEST
     );
+    // Hidden characters and what the usual address syntax does not allow.
+    for email in [
+        "ann@exa\u{202E}mple.com",
+        "ann\u{200B}@example.com",
+        "ann\u{7}@example.com",
+        "ann..lee@example.com",
+        "ann@example.123",
+    ] {
+        let res = signup(&app, email, "password123").await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{email:?}");
+        assert_eq!(
+            errors(res).await,
+            [(Some("email".to_owned()), "Email must be valid".to_owned())],
+            "{email:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -72,15 +72,7 @@ pub struct TicketInput {
 
 impl FromFields for TicketInput {
     fn from_fields(f: &mut Fields<'_>) -> Option<Self> {
-        let title = f.string("title", "Title").map(str::trim).filter(|t| {
-            let n = t.chars().count();
-            if n == 0 {
-                f.fail("title", "Title is required");
-            } else if n > 120 {
-                f.fail("title", "Title must be at most 120 characters");
-            }
-            (1..=120).contains(&n)
-        });
+        let title = f.line("title", "Title", 120);
         let price = match f.value("price") {
             None => {
                 f.fail("price", "Price is required");

@@ -184,6 +184,18 @@ async fn creating_needs_a_session_and_valid_fields() {
         (json!({"title": "ok", "price": "20"}), vec!["price"]),
         (json!({"title": "ok", "price": 1000000.5}), vec!["price"]),
         (json!({"title": 7, "price": 10}), vec!["title"]),
+        // Hidden characters, and nothing visible.
+        (
+            json!({"title": "evil\u{202E}gnp.exe", "price": 10}),
+            vec!["title"],
+        ),
+        (json!({"title": "bell\u{7}", "price": 10}), vec!["title"]),
+        (json!({"title": "two\nlines", "price": 10}), vec!["title"]),
+        (
+            json!({"title": "\u{200B}\u{2060}", "price": 10}),
+            vec!["title"],
+        ),
+        (json!({"title": "\u{3164}", "price": 10}), vec!["title"]),
     ] {
         let res = app
             .send(

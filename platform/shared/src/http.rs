@@ -134,9 +134,40 @@ impl<'a> Fields<'a> {
         Some(s)
     }
 
-    /// A required string of 1 to `max` characters after trimming, trimmed.
+    /// A required one-line text (a title) of 1 to `max` characters after
+    /// trimming, trimmed; see [`crate::text`] for what it may not contain.
+    pub fn line(&mut self, field: &str, label: &str, max: usize) -> Option<&'a str> {
+        self.checked_text(field, label, max, false)
+    }
+
+    /// A required text that may span lines (a comment) of 1 to `max`
+    /// characters after trimming, trimmed.
     pub fn text(&mut self, field: &str, label: &str, max: usize) -> Option<&'a str> {
-        let s = self.non_empty(field, label)?.trim();
+        self.checked_text(field, label, max, true)
+    }
+
+    fn checked_text(
+        &mut self,
+        field: &str,
+        label: &str,
+        max: usize,
+        multi_line: bool,
+    ) -> Option<&'a str> {
+        let s = self.string(field, label)?.trim();
+        match crate::text::check(s, multi_line) {
+            Err(crate::text::Unfit::Empty) => {
+                self.fail(field, format!("{label} is required"));
+                return None;
+            }
+            Err(crate::text::Unfit::Hidden) => {
+                self.fail(
+                    field,
+                    format!("{label} must not contain control or text-direction characters"),
+                );
+                return None;
+            }
+            Ok(()) => {}
+        }
         if s.chars().count() > max {
             self.fail(field, format!("{label} must be at most {max} characters"));
             return None;

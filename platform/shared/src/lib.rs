@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod money;
 pub mod openapi;
 pub mod shutdown;
+pub mod text;
 pub mod time;
 pub mod trace;
 
