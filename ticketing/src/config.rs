@@ -48,6 +48,7 @@ pub struct Settings {
     pub jwt_ttl: Duration,
     pub secure_cookies: bool,
     pub order_expiration: Duration,
+    pub max_active_orders_per_user: i64,
     pub auth: auth::Config,
     pub payments: payments::Config,
     /// Timeouts, the head limit and the shutdown deadline of the HTTP server.
@@ -198,6 +199,10 @@ impl Settings {
             jwt_ttl: Duration::from_secs(env_var::<u64>("JWT_TTL_SECONDS")?.unwrap_or(3600)),
             secure_cookies: env_var::<bool>("COOKIE_SECURE")?.unwrap_or(true),
             order_expiration: Duration::from_secs(expiration_secs),
+            max_active_orders_per_user: env_var::<u32>("MAX_ACTIVE_ORDERS_PER_USER")?
+                .unwrap_or(10)
+                .max(1)
+                .into(),
             auth: auth::Config {
                 attempts_per_window: env_var::<u32>("AUTH_RATE_LIMIT_PER_MINUTE")?.unwrap_or(20),
                 window: Duration::from_secs(60),

@@ -254,6 +254,7 @@ async fn start_services(
                     deps,
                     orders::Config {
                         order_expiration: settings.order_expiration,
+                        max_active_orders_per_user: settings.max_active_orders_per_user,
                     },
                     options.clone(),
                 )

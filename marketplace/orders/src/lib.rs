@@ -47,6 +47,14 @@ pub static MIGRATIONS: &[Migration] = &[
         description: "outbox",
         sql: OUTBOX_TABLE_SQL,
     },
+    Migration {
+        version: 3,
+        description: "buyers, whose row serializes one buyer's orders",
+        sql: "CREATE TABLE buyers (
+                  user_id TEXT PRIMARY KEY
+              );
+              CREATE INDEX orders_active_by_user ON orders (user_id) WHERE status = 'created';",
+    },
 ];
 
 /// Settings of the orders service.
@@ -54,12 +62,17 @@ pub static MIGRATIONS: &[Migration] = &[
 pub struct Config {
     /// How long an order holds its ticket (`ORDER_EXPIRATION_SECONDS`).
     pub order_expiration: Duration,
+    /// How many unpaid orders one buyer may hold at once
+    /// (`MAX_ACTIVE_ORDERS_PER_USER`): a buyer cannot reserve a whole
+    /// listing and let it expire.
+    pub max_active_orders_per_user: i64,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             order_expiration: Duration::from_secs(900),
+            max_active_orders_per_user: 10,
         }
     }
 }

@@ -190,7 +190,7 @@ fn find_mine(c: &mut dyn Conn, id: OrderId, user: UserId, lock: bool) -> Result<
         (status = 201, description = "Ordered; the ticket is held", body = OrderBody),
         (status = 403, description = "The caller's own ticket", body = shared::openapi::ErrorBody),
         (status = 404, description = "No such ticket", body = shared::openapi::ErrorBody),
-        (status = 409, description = "The ticket is reserved or sold", body = shared::openapi::ErrorBody),
+        (status = 409, description = "The ticket is reserved or sold, or the caller holds as many unpaid orders as allowed", body = shared::openapi::ErrorBody),
     ))]
 async fn create(
     State(state): State<AppState>,
@@ -201,9 +201,27 @@ async fn create(
     let ticket_id = TicketId::parse(&input.ticket_id).ok_or(ApiError::NotFound)?;
     let now = state.clock.now();
     let expires_at = now.plus_secs(state.config.order_expiration.as_secs());
+    let cap = state.config.max_active_orders_per_user;
     let result = state
         .outbox
         .write(move |c| {
+            // The buyer's row, locked until this transaction ends: one
+            // buyer's orders are placed one at a time, so the count below
+            // holds also for concurrent requests (on PostgreSQL; SQLite
+            // runs one write at a time anyway).
+            c.execute(
+                "INSERT INTO buyers (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING",
+                &[&user.id],
+            )?;
+            c.query("SELECT user_id FROM buyers WHERE user_id = $1 FOR UPDATE", &[&user.id])?;
+            let active: i64 = c
+                .query("SELECT COUNT(*) FROM orders WHERE user_id = $1 AND status = 'created'", &[&user.id])?[0]
+                .get(0)?;
+            if active >= cap {
+                return Err(ApiError::Conflict(format!(
+                    "You already have {cap} unpaid orders; pay for or cancel one first"
+                )));
+            }
             let ticket = c
                 .query_opt("SELECT user_id, price_cents FROM tickets WHERE id = $1", &[&ticket_id])?
                 .ok_or(ApiError::NotFound)?;

@@ -17,16 +17,18 @@ use shared::time::Clock;
 use testkit::{TestApp, eventually};
 
 async fn app() -> TestApp {
+    app_with(orders::Config {
+        order_expiration: Duration::from_secs(60),
+        ..orders::Config::default()
+    })
+    .await
+}
+
+async fn app_with(config: orders::Config) -> TestApp {
     TestApp::spawn(|deps| async move {
-        orders::start(
-            &deps,
-            orders::Config {
-                order_expiration: Duration::from_secs(60),
-            },
-            ListenerOptions::default(),
-        )
-        .await
-        .map(|r| vec![r])
+        orders::start(&deps, config, ListenerOptions::default())
+            .await
+            .map(|r| vec![r])
     })
     .await
 }
@@ -448,5 +450,96 @@ async fn ticket_updates_apply_in_version_order_whatever_order_they_arrive_in() {
     assert_eq!(
         (o["ticket"]["title"].clone(), o["ticket"]["price"].clone()),
         (json!("v2"), json!(15))
+    );
+}
+
+/// One buyer cannot reserve a whole listing: at most so many unpaid orders
+/// at once, also when the orders arrive together.
+#[tokio::test]
+async fn a_buyer_holds_at_most_the_allowed_number_of_unpaid_orders_even_ordering_at_once() {
+    let app = app_with(orders::Config {
+        max_active_orders_per_user: 3,
+        ..orders::Config::default()
+    })
+    .await;
+    let seller = UserId::new();
+    let mut tickets = Vec::new();
+    for _ in 0..10 {
+        tickets.push(ticket(&app, seller, 500).await);
+    }
+    let (_, buyer) = app.user();
+    let statuses = app
+        .race(
+            "/api/orders",
+            tickets
+                .iter()
+                .map(|t| (Some(buyer.clone()), json!({"ticketId": t})))
+                .collect(),
+        )
+        .await;
+    let created = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CONFLICT)
+        .count();
+    assert_eq!((created, refused), (3, 7), "{statuses:?}");
+    let res = order(&app, &buyer, tickets[9]).await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"errors": [{"message": "You already have 3 unpaid orders; pay for or cancel one first"}]})
+    );
+    // Cancelling one frees a place; another buyer is not affected.
+    let mine: Value = app
+        .send(Method::GET, "/api/orders", Some(&buyer), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let first = mine[0]["id"].as_str().unwrap().to_owned();
+    let res = app
+        .send(
+            Method::DELETE,
+            &format!("/api/orders/{first}"),
+            Some(&buyer),
+            None,
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let free = tickets
+        .iter()
+        .find(|t| {
+            mine.as_array()
+                .unwrap()
+                .iter()
+                .all(|o| o["ticket"]["id"] != t.to_string())
+        })
+        .copied()
+        .unwrap();
+    assert_eq!(
+        order(&app, &buyer, free).await.status(),
+        StatusCode::CREATED
+    );
+    let (_, other) = app.user();
+    let untouched = tickets
+        .iter()
+        .rev()
+        .find(|t| {
+            **t != free
+                && mine
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|o| o["ticket"]["id"] != t.to_string())
+        })
+        .copied()
+        .unwrap();
+    assert_eq!(
+        order(&app, &other, untouched).await.status(),
+        StatusCode::CREATED
     );
 }
