@@ -8,7 +8,7 @@ use marketplace_events::{OrderId, TicketId};
 use serde::Serialize;
 use shared::ApiError;
 use shared::auth::AuthUser;
-use shared::http::{Fields, FromFields, IdPath, ValidJson};
+use shared::http::{ApiQuery, Fields, FromFields, IdPath, PageQuery, ValidJson};
 use shared::ids::UserId;
 use shared::money::{Dollars, Money};
 use shared::time::Timestamp;
@@ -261,24 +261,39 @@ async fn create(
     Ok((StatusCode::CREATED, Json(OrderBody::from(&result))))
 }
 
-/// The caller's orders, newest first.
+/// The caller's orders, newest first, a page at a time (`limit`, and
+/// `after` = the last id of the previous page).
 #[utoipa::path(get, path = "/api/orders", tag = "orders",
+    params(PageQuery),
     security(("session" = []), ("bearer" = [])),
-    responses((status = 200, description = "The caller's orders, newest first", body = Vec<OrderBody>)))]
+    responses(
+        (status = 200, description = "The caller's orders, newest first", body = Vec<OrderBody>),
+        (status = 400, description = "A malformed limit or cursor", body = shared::openapi::ErrorBody),
+    ))]
 async fn list(
     State(state): State<AppState>,
     user: AuthUser,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Vec<OrderBody>>, ApiError> {
+    let (limit, after) = q.read(OrderId::parse, "an order")?;
     let orders = state
         .db
         .read(move |c| {
-            c.query(
-                &format!("{SELECT} WHERE o.user_id = $1 ORDER BY o.id DESC"),
-                &[&user.id],
-            )?
-            .iter()
-            .map(Order::from_row)
-            .collect::<Result<Vec<_>, _>>()
+            let rows = match after {
+                None => c.query(
+                    &format!("{SELECT} WHERE o.user_id = $1 ORDER BY o.id DESC LIMIT $2"),
+                    &[&user.id, &limit],
+                )?,
+                Some(after) => c.query(
+                    &format!(
+                        "{SELECT} WHERE o.user_id = $1 AND o.id < $2 ORDER BY o.id DESC LIMIT $3"
+                    ),
+                    &[&user.id, &after, &limit],
+                )?,
+            };
+            rows.iter()
+                .map(Order::from_row)
+                .collect::<Result<Vec<_>, _>>()
         })
         .await?;
     Ok(Json(orders.iter().map(OrderBody::from).collect()))

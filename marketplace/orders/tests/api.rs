@@ -543,3 +543,62 @@ async fn a_buyer_holds_at_most_the_allowed_number_of_unpaid_orders_even_ordering
         StatusCode::CREATED
     );
 }
+
+#[tokio::test]
+async fn the_callers_orders_are_listed_newest_first_a_page_at_a_time() {
+    let app = app_with(orders::Config {
+        max_active_orders_per_user: 100,
+        ..orders::Config::default()
+    })
+    .await;
+    let seller = UserId::new();
+    let (_, buyer) = app.user();
+    let mut placed = Vec::new();
+    for _ in 0..5 {
+        let t = ticket(&app, seller, 500).await;
+        let res = order(&app, &buyer, t).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let body: Value = res.json().await.unwrap();
+        placed.push(body["id"].as_str().unwrap().to_owned());
+    }
+    placed.reverse(); // newest first
+    let list = |query: String| {
+        let (app, buyer) = (&app, buyer.clone());
+        async move {
+            let res = app
+                .send(
+                    Method::GET,
+                    &format!("/api/orders{query}"),
+                    Some(&buyer),
+                    None,
+                )
+                .await;
+            let status = res.status();
+            (status, res.json::<Value>().await.unwrap())
+        }
+    };
+    let ids = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, all) = list(String::new()).await;
+    assert_eq!(ids(&all), placed);
+    let (_, first) = list("?limit=2".into()).await;
+    assert_eq!(ids(&first), placed[..2]);
+    let (_, second) = list(format!("?limit=2&after={}", placed[1])).await;
+    assert_eq!(ids(&second), placed[2..4]);
+    let (_, last) = list(format!("?limit=2&after={}", placed[3])).await;
+    assert_eq!(ids(&last), placed[4..]);
+    for (query, field) in [
+        ("?limit=0", "limit"),
+        ("?limit=201", "limit"),
+        ("?after=nope", "after"),
+    ] {
+        let (status, body) = list(query.into()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(body["errors"][0]["field"], field, "{query}");
+    }
+}

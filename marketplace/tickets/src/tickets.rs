@@ -5,10 +5,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use marketplace_events::{OrderId, TicketId};
 use marketplace_events::{TicketCreated, TicketStatus, TicketUpdated};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use shared::ApiError;
 use shared::auth::AuthUser;
-use shared::http::{ApiQuery, Fields, FromFields, IdPath, ValidJson};
+use shared::http::{ApiQuery, Fields, FromFields, IdPath, PageQuery, ValidJson};
 use shared::ids::UserId;
 use shared::money::{Dollars, Money};
 use shared::trace::TraceContext;
@@ -170,50 +170,15 @@ impl Ticket {
     }
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-struct ListQuery {
-    /// Page size, 1 to 200 (default 50).
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
-    limit: Option<String>,
-    /// The last ticket id of the previous page.
-    #[param(value_type = Option<String>, format = Uuid)]
-    after: Option<String>,
-}
-
-/// `limit` and `after` of a list query, checked.
-fn page(q: &ListQuery) -> Result<(i64, Option<TicketId>), ApiError> {
-    let limit = match q.limit.as_deref() {
-        None => 50,
-        Some(s) => match s.parse::<i64>() {
-            Ok(n) if (1..=200).contains(&n) => n,
-            _ => {
-                return Err(ApiError::field(
-                    "limit",
-                    "limit must be a whole number from 1 to 200",
-                ));
-            }
-        },
-    };
-    let after = match q.after.as_deref() {
-        None => None,
-        Some(s) => Some(
-            TicketId::parse(s)
-                .ok_or_else(|| ApiError::field("after", "after must be a ticket id"))?,
-        ),
-    };
-    Ok((limit, after))
-}
-
 /// One page of the tickets `condition` (with `$1` bound to `key`) selects,
 /// oldest first.
 async fn list_where(
     state: &AppState,
     condition: &'static str,
     key: String,
-    q: &ListQuery,
+    q: &PageQuery,
 ) -> Result<Json<Vec<TicketBody>>, ApiError> {
-    let (limit, after) = page(q)?;
+    let (limit, after) = q.read(TicketId::parse, "a ticket")?;
     let tickets = state
         .db
         .read(move |c| {
@@ -235,21 +200,21 @@ async fn list_where(
 
 /// Tickets for sale (`available`), oldest first.
 #[utoipa::path(get, path = "/api/tickets", tag = "tickets",
-    params(ListQuery),
+    params(PageQuery),
     responses(
         (status = 200, description = "A page of tickets for sale, oldest first", body = Vec<TicketBody>),
         (status = 400, description = "limit or after is malformed", body = shared::openapi::ErrorBody),
     ))]
 async fn list(
     State(state): State<AppState>,
-    ApiQuery(q): ApiQuery<ListQuery>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Vec<TicketBody>>, ApiError> {
     list_where(&state, "status = $1", "available".into(), &q).await
 }
 
 /// The caller's own tickets, whatever their status, oldest first.
 #[utoipa::path(get, path = "/api/tickets/mine", tag = "tickets",
-    params(ListQuery),
+    params(PageQuery),
     security(("session" = []), ("bearer" = [])),
     responses(
         (status = 200, description = "A page of the caller's tickets, oldest first", body = Vec<TicketBody>),
@@ -258,7 +223,7 @@ async fn list(
 async fn mine(
     State(state): State<AppState>,
     user: AuthUser,
-    ApiQuery(q): ApiQuery<ListQuery>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Vec<TicketBody>>, ApiError> {
     list_where(&state, "user_id = $1", user.id.to_string(), &q).await
 }

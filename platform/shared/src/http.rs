@@ -241,6 +241,51 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for IdPath<
     }
 }
 
+/// A list's page: `limit` (1 to 200, default 50) items after the item
+/// `after` (the last id of the previous page; none: from the start).
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Page size, 1 to 200 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
+    pub limit: Option<String>,
+    /// The last id of the previous page.
+    #[param(value_type = Option<String>, format = Uuid)]
+    pub after: Option<String>,
+}
+
+impl PageQuery {
+    /// The page size and the cursor, read with `parse` (the list's id
+    /// type); 400 naming the parameter when either is malformed. `noun`
+    /// names the items in the message (`after must be a ticket id`).
+    pub fn read<T>(
+        &self,
+        parse: impl Fn(&str) -> Option<T>,
+        noun: &str,
+    ) -> Result<(i64, Option<T>), ApiError> {
+        let limit = match self.limit.as_deref() {
+            None => 50,
+            Some(s) => match s.parse::<i64>() {
+                Ok(n) if (1..=200).contains(&n) => n,
+                _ => {
+                    return Err(ApiError::field(
+                        "limit",
+                        "limit must be a whole number from 1 to 200",
+                    ));
+                }
+            },
+        };
+        let after = match self.after.as_deref() {
+            None => None,
+            Some(s) => Some(
+                parse(s)
+                    .ok_or_else(|| ApiError::field("after", format!("after must be {noun} id")))?,
+            ),
+        };
+        Ok((limit, after))
+    }
+}
+
 /// `Query<T>` whose rejection is a 400 in the shared shape.
 pub struct ApiQuery<T>(pub T);
 
