@@ -149,6 +149,13 @@ fn the_chart_deploys_each_service_with_probes_secrets_and_its_own_database() {
         assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
         assert_eq!(c["livenessProbe"]["httpGet"]["port"], "http");
         assert_eq!(c["ports"][0]["name"], "http");
+        // Metrics on an internal port of their own, where the scraper looks.
+        assert_eq!(c["ports"][1]["name"], "metrics");
+        assert_eq!(c["ports"][1]["containerPort"], 9100);
+        assert_eq!(env["METRICS_ADDR"], "0.0.0.0:9100");
+        let annotations = &pod["metadata"]["annotations"];
+        assert_eq!(annotations["prometheus.io/scrape"], "true");
+        assert_eq!(annotations["prometheus.io/port"], "9100");
         assert!(c["resources"]["limits"]["memory"].is_string(), "{service}");
         assert!(c["resources"]["requests"]["cpu"].is_string(), "{service}");
         assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 30);

@@ -32,7 +32,7 @@ pub async fn listen(
 }
 
 /// How the HTTP server treats slow, idle, oversized and stuck connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpLimits {
     /// How long a client may take to send a request's line and headers,
     /// and — on a kept-alive connection — how long it may stay idle
@@ -48,6 +48,10 @@ pub struct HttpLimits {
     /// finish before their connections are dropped (the outboxes are
     /// flushed either way).
     pub shutdown_deadline: Duration,
+    /// Where to serve `/metrics` instead of the public port (an internal
+    /// address only the scraper reaches, e.g. `0.0.0.0:9100`); `None`:
+    /// on the public port.
+    pub metrics_addr: Option<String>,
 }
 
 impl Default for HttpLimits {
@@ -57,14 +61,15 @@ impl Default for HttpLimits {
             body_timeout: Duration::from_secs(30),
             max_head_bytes: 32 * 1024,
             shutdown_deadline: Duration::from_secs(20),
+            metrics_addr: None,
         }
     }
 }
 
 impl HttpLimits {
     /// The defaults, overridden by `HTTP_HEADER_TIMEOUT_SECONDS`,
-    /// `HTTP_BODY_TIMEOUT_SECONDS`, `HTTP_MAX_HEADER_BYTES` and
-    /// `SHUTDOWN_DEADLINE_SECONDS`.
+    /// `HTTP_BODY_TIMEOUT_SECONDS`, `HTTP_MAX_HEADER_BYTES`,
+    /// `SHUTDOWN_DEADLINE_SECONDS` and `METRICS_ADDR`.
     pub fn from_env() -> Result<HttpLimits, shared::config::ConfigError> {
         use shared::config::env_var;
         let d = HttpLimits::default();
@@ -78,6 +83,7 @@ impl HttpLimits {
                 .unwrap_or(d.max_head_bytes)
                 .max(1024),
             shutdown_deadline: secs("SHUTDOWN_DEADLINE_SECONDS", d.shutdown_deadline)?,
+            metrics_addr: env_var::<String>("METRICS_ADDR")?,
         })
     }
 }
@@ -94,6 +100,55 @@ pub async fn serve(
     serve_with(listener, router, fallback, shutdown, HttpLimits::default()).await
 }
 
+/// With `limits.metrics_addr`: binds it and serves `/metrics` there alone
+/// until `shutdown`; the public router then answers `/metrics` with 404.
+async fn metrics_elsewhere(
+    router: axum::Router,
+    limits: &HttpLimits,
+    shutdown: &Shutdown,
+) -> std::io::Result<axum::Router> {
+    let Some(addr) = &limits.metrics_addr else {
+        return Ok(router);
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on METRICS_ADDR {addr}: {e}"),
+        )
+    })?;
+    tracing::info!("metrics on http://{}/metrics", listener.local_addr()?);
+    let metrics = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4",
+                )],
+                shared::metrics::render(),
+            )
+        }),
+    );
+    let inner = HttpLimits {
+        metrics_addr: None,
+        ..limits.clone()
+    };
+    tokio::spawn(accept_and_drain(
+        listener,
+        edge(metrics, Fallback::Json),
+        shutdown.clone(),
+        inner,
+    ));
+    Ok(router.layer(axum::middleware::from_fn(
+        |req: axum::extract::Request, next: axum::middleware::Next| async move {
+            if req.uri().path() == "/metrics" {
+                return shared::ApiError::NotFound.into_response();
+            }
+            next.run(req).await
+        },
+    )))
+}
+
 /// Serves `router` behind the HTTP edge on `listener` until `shutdown`
 /// fires; then stops accepting, lets requests in flight finish for at most
 /// `limits.shutdown_deadline`, drops the connections still open, and
@@ -106,10 +161,21 @@ pub async fn serve_with(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     fallback: Fallback,
+    shutdown: Shutdown,
+    limits: HttpLimits,
+) -> std::io::Result<()> {
+    let router = metrics_elsewhere(router, &limits, &shutdown).await?;
+    accept_and_drain(listener, edge(router, fallback), shutdown, limits).await
+}
+
+/// The server's loop: accepts connections until `shutdown`, then drains
+/// them for at most the shutdown deadline.
+async fn accept_and_drain(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
     mut shutdown: Shutdown,
     limits: HttpLimits,
 ) -> std::io::Result<()> {
-    let router = edge(router, fallback);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut connections = tokio::task::JoinSet::new();
     let mut backoff = AcceptBackoff::default();
@@ -123,7 +189,7 @@ pub async fn serve_with(
         match accepted {
             Ok((stream, peer)) => {
                 backoff.reset();
-                let conn = connection(stream, peer, router.clone(), limits);
+                let conn = connection(stream, peer, router.clone(), limits.clone());
                 let conn = graceful.watch(conn);
                 connections.spawn(async move {
                     if let Err(e) = conn.await {

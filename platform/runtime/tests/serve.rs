@@ -17,6 +17,7 @@ fn limits() -> HttpLimits {
         body_timeout: Duration::from_millis(400),
         max_head_bytes: 16 * 1024,
         shutdown_deadline: Duration::from_millis(500),
+        metrics_addr: None,
     }
 }
 
@@ -234,4 +235,30 @@ async fn a_normal_request_is_served_and_shutdown_without_connections_is_immediat
     s.stop.fire();
     s.served.await.unwrap().unwrap();
     assert!(start.elapsed() < Duration::from_millis(400));
+}
+
+#[tokio::test]
+async fn metrics_can_move_off_the_public_port() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s = server(HttpLimits {
+        metrics_addr: Some(format!("127.0.0.1:{port}")),
+        ..limits()
+    })
+    .await;
+    let get = |url: String| async move {
+        let mut c = TcpStream::connect(url.as_str()).await.unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        read_to_close(&mut c).await.0
+    };
+    let public = get(s.addr.to_string()).await;
+    assert!(public.starts_with("HTTP/1.1 404"), "{public}");
+    let internal = get(format!("127.0.0.1:{port}")).await;
+    assert!(internal.starts_with("HTTP/1.1 200"), "{internal}");
+    assert!(internal.contains("text/plain; version=0.0.4"), "{internal}");
 }
