@@ -37,6 +37,7 @@ pub async fn postgres_schema() -> Option<PgSchema> {
     let base = postgres_url();
     match PgSchema::create(&base, "t").await {
         Ok(s) => Some(s),
+        Err(e) if is_too_many_clients(&e) => panic!("{}", too_many_clients(&base)),
         Err(e) if engines_required() => panic!(
             "PostgreSQL at {base} is required (TICKETING_REQUIRE_ENGINES=1) but unreachable: {e}"
         ),
@@ -47,6 +48,29 @@ pub async fn postgres_schema() -> Option<PgSchema> {
             None
         }
     }
+}
+
+/// How many connections the test suites open on PostgreSQL at once, at
+/// most: a multi-process test runs up to ten service processes of two
+/// connections each, plus its own; a service suite four per schema.
+pub const CONNECTIONS_NEEDED: usize = 30;
+
+/// Whether `e` is the server refusing a connection because it is full
+/// (SQLSTATE 53300: "too many clients already", or the same for a role).
+pub fn is_too_many_clients(e: &crate::StoreError) -> bool {
+    let text = crate::report(e);
+    text.contains("too many clients") || text.contains("too many connections")
+}
+
+/// What to say when the server refuses a connection because it is full.
+pub fn too_many_clients(base: &str) -> String {
+    format!(
+        "PostgreSQL at {base} refused a connection: it already serves as many clients as its \
+         max_connections allows (100 by default, shared with everything else using the server). \
+         The test suites need about {CONNECTIONS_NEEDED} connections at once: raise \
+         max_connections, stop other clients, or run fewer test binaries at once \
+         (cargo test -j1 / --test-threads=1)"
+    )
 }
 
 /// Says a test was skipped, on the real stderr (the test harness captures

@@ -292,3 +292,42 @@ async fn a_database_file_is_created_private_and_an_existing_one_is_tightened() {
     Db::open_sqlite(&old, &[]).await.unwrap();
     assert_eq!(mode(&old), 0o600);
 }
+
+/// A full server is named for what it is, with what to do about it — not
+/// an obscure failure deep inside a multi-process test.
+#[tokio::test]
+async fn a_server_refusing_connections_for_being_full_is_recognised() {
+    let Some(schema) = store::testing::postgres_schema().await else {
+        return;
+    };
+    // A role allowed no connections at all is refused with SQLSTATE 53300,
+    // the code of a server that is full.
+    let admin = Db::open_postgres(&schema.url, 1, &[]).await.unwrap();
+    admin
+        .write(|c| {
+            c.execute("DROP ROLE IF EXISTS ticketing_test_full", &[])?;
+            c.execute(
+                "CREATE ROLE ticketing_test_full LOGIN CONNECTION LIMIT 0",
+                &[],
+            )
+        })
+        .await
+        .unwrap();
+    let base = store::testing::postgres_url();
+    let full = base.replacen("postgres://postgres@", "postgres://ticketing_test_full@", 1);
+    assert_ne!(full, base, "the test expects the default user in {base}");
+    let err = store::testing::PgSchema::create(&full, "t")
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        store::testing::is_too_many_clients(&err),
+        "{}",
+        store::report(&err)
+    );
+    assert!(store::testing::too_many_clients(&full).contains("max_connections"));
+    admin
+        .write(|c| c.execute("DROP ROLE ticketing_test_full", &[]))
+        .await
+        .unwrap();
+}

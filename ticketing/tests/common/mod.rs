@@ -96,6 +96,9 @@ impl Engines {
             ("JWT_KEY", JWT_KEY.to_owned()),
             ("COOKIE_SECURE", "false".to_owned()),
             ("RUST_LOG", "warn".to_owned()),
+            // Two connections per process: the suites stay well inside a
+            // default PostgreSQL's 100 beside its other users.
+            ("DATABASE_POOL_SIZE", "2".to_owned()),
         ];
         common.extend(env.iter().cloned());
         Cluster::new(

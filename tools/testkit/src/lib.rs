@@ -135,7 +135,7 @@ impl Engines {
                 .zip(&self.schemas)
                 .map(|(s, schema)| ((*s).to_owned(), schema.url.clone()))
                 .collect(),
-            max_connections: 4,
+            max_connections: 2,
         }
     }
 }
