@@ -268,10 +268,6 @@ async fn run(
         .map_err(|e| format!("cannot sign a session: {e:?}"))
     };
     let seller = Arc::new(token("seller@drill.invalid")?);
-    let buyers = [
-        Arc::new(token("buyer-a@drill.invalid")?),
-        Arc::new(token("buyer-b@drill.invalid")?),
-    ];
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -394,8 +390,14 @@ async fn run(
     }
 
     // 4. The race: two buyers per ticket, through different orders replicas.
+    // Two buyers of their own for each ticket, as in life (one account may
+    // hold only a few unpaid orders at once).
     let mut racers = Vec::new();
     for (i, id) in ids.iter().enumerate() {
+        let buyers = [
+            Arc::new(token(&format!("buyer-a-{i}@drill.invalid"))?),
+            Arc::new(token(&format!("buyer-b-{i}@drill.invalid"))?),
+        ];
         let mut attempts = Vec::new();
         for (b, buyer) in buyers.iter().enumerate() {
             let (http, buyer, id) = (http.clone(), buyer.clone(), id.clone());
