@@ -62,8 +62,13 @@ impl From<&Ticket> for TicketBody {
 /// What a seller sends to list or edit a ticket.
 #[derive(utoipa::ToSchema)]
 pub struct TicketInput {
-    /// 1 to 120 characters after trimming.
-    #[schema(min_length = 1, max_length = 120, pattern = r"\S")]
+    /// 1 to 120 characters after trimming, something visible among them; no
+    /// control or text-direction characters (`shared::text`).
+    #[schema(
+        min_length = 1,
+        max_length = 120,
+        pattern = r"^[^\x00-\x1F\x7F-\x9F\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]*[^\s\x00-\x1F\x7F-\x9F\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069\u00AD\u034F\u115F\u1160\u17B4\u17B5\u180B-\u180F\u200B-\u200D\u2060-\u2065\u206A-\u206F\u3164\uFE00-\uFE0F\uFEFF\uFFA0][^\x00-\x1F\x7F-\x9F\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]*$"
+    )]
     title: String,
     /// Dollars: more than 0, at most 1 000 000, at most two decimals.
     #[schema(value_type = f64, minimum = 0.01, maximum = 1000000, multiple_of = 0.01)]

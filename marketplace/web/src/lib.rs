@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 pub use api::Api;
+pub use pages::safe_next;
 
 /// How the web client is set up.
 #[derive(Clone)]

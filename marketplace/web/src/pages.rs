@@ -190,7 +190,7 @@ fn encode(s: &str) -> String {
 /// backslashes (browsers read `/\` as `//`), and control characters and
 /// spaces (browsers strip a tab or newline, so `/\t/evil.example` would
 /// become `//evil.example`; a newline would not fit in a header at all).
-fn safe_next(next: Option<&String>) -> String {
+pub fn safe_next(next: Option<&String>) -> String {
     match next {
         Some(n)
             if n.starts_with('/')
