@@ -9,6 +9,9 @@ fuzz_target!(|data: &[u8]| {
     let to = web::safe_next(Some(&next));
     assert!(to.starts_with('/'), "{to:?}");
     assert!(!to.starts_with("//"), "{to:?}");
-    assert!(to.bytes().all(|b| b.is_ascii_graphic() && b != b'\\'), "{to:?}");
+    assert!(
+        to.bytes().all(|b| b.is_ascii_graphic() && b != b'\\'),
+        "{to:?}"
+    );
     assert!(to == "/" || to == next, "{to:?}");
 });

@@ -14,6 +14,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = shared::text::check(text, true);
     if let Ok(email) = shared::email::Email::parse(text) {
         assert!(!email.as_str().chars().any(char::is_control), "{email}");
-        assert_eq!(shared::email::Email::parse(email.as_str()), Ok(email.clone()));
+        assert_eq!(
+            shared::email::Email::parse(email.as_str()),
+            Ok(email.clone())
+        );
     }
 });
