@@ -114,6 +114,7 @@ impl BlogSettings {
     pub fn load(args: &BlogArgs) -> Result<BlogSettings, SettingsError> {
         let role = Role::parse(&args.services, &CATALOGUE).map_err(SettingsError::Invalid)?;
         let (services, page) = (role.services().to_vec(), role.pages());
+        let all_in_one = role.runs_all(blog::SERVICES.iter().copied());
         let rules = blog_moderation::Rules::parse(&args.banned_words)
             .map_err(|e| SettingsError::Invalid(format!("BLOG_BANNED_WORDS: {e}")))?;
         let upstreams = if page && !role.runs_all(["posts", "comments", "query"]) {
@@ -150,7 +151,9 @@ impl BlogSettings {
             upstreams,
             bus,
             databases,
-            http: runtime::HttpLimits::from_env()?,
+            // `/metrics` on the public port only when one process serves
+            // the whole blog.
+            http: runtime::HttpLimits::from_env(all_in_one)?,
         })
     }
 }

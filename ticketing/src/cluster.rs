@@ -13,6 +13,9 @@ struct Proc {
     name: String,
     services: String,
     port: u16,
+    /// Where it serves `/metrics` (`METRICS_ADDR`): a process of a split
+    /// deployment keeps them off its public port.
+    metrics_port: u16,
     env: Vec<(String, String)>,
     child: Option<Child>,
 }
@@ -65,6 +68,7 @@ impl Cluster {
             name: name.to_owned(),
             services: services.to_owned(),
             port: free_port()?,
+            metrics_port: free_port()?,
             env: env
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), v.clone()))
@@ -93,6 +97,7 @@ impl Cluster {
             cmd.env_remove(var);
         }
         cmd.envs(self.common.iter().cloned())
+            .env("METRICS_ADDR", format!("127.0.0.1:{}", p.metrics_port))
             .envs(p.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -113,6 +118,12 @@ impl Cluster {
     /// The process's base URL, e.g. `http://127.0.0.1:40123`.
     pub fn url(&self, id: ProcId) -> String {
         format!("http://127.0.0.1:{}", self.procs[id].port)
+    }
+
+    /// Where the process serves its metrics, e.g.
+    /// `http://127.0.0.1:40124/metrics`.
+    pub fn metrics_url(&self, id: ProcId) -> String {
+        format!("http://127.0.0.1:{}/metrics", self.procs[id].metrics_port)
     }
 
     /// Waits until `/readyz` answers 200; false after `timeout`, or at once

@@ -186,6 +186,11 @@ impl Settings {
                 }
                 None => Arc::new(payments::OfflineGateway),
             };
+        // `/metrics` on the public port only when one process serves the
+        // whole marketplace.
+        let http = runtime::HttpLimits::from_env(
+            role.runs_all(marketplace_events::SERVICES.iter().copied()),
+        )?;
         Ok(Settings {
             host: args.host.clone(),
             port: args.port,
@@ -208,7 +213,7 @@ impl Settings {
                 window: Duration::from_secs(60),
                 trusted_proxies: trusted_proxies()?,
             },
-            http: runtime::HttpLimits::from_env()?,
+            http,
             payments: payments::Config {
                 gateway,
                 currency: env_var::<String>("PAYMENT_CURRENCY")?

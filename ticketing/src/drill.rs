@@ -253,6 +253,10 @@ async fn run(
         orders.push(spawn(&mut cluster, "orders", &orders_db.url)?);
     }
     cluster.all_ready(Duration::from_secs(60)).await?;
+    let tickets_metrics_urls: Vec<String> =
+        tickets.iter().map(|id| cluster.metrics_url(*id)).collect();
+    let orders_metrics_urls: Vec<String> =
+        orders.iter().map(|id| cluster.metrics_url(*id)).collect();
     let tickets: Vec<String> = tickets.into_iter().map(|id| cluster.url(id)).collect();
     let orders_urls: Vec<String> = orders.iter().map(|id| cluster.url(*id)).collect();
 
@@ -374,11 +378,11 @@ async fn run(
         )
     };
     let mut tickets_metrics = Vec::new();
-    for url in &tickets {
+    for url in &tickets_metrics_urls {
         tickets_metrics.push(fetch_metrics(&http, url).await?);
     }
     let mut orders_metrics = Vec::new();
-    for url in &orders_urls {
+    for url in &orders_metrics_urls {
         orders_metrics.push(fetch_metrics(&http, url).await?);
     }
     for subject in ["ticket.created", "ticket.updated"] {
@@ -476,14 +480,14 @@ async fn send(
     serde_json::from_str(&text).map_err(|e| format!("{method} {url}: {e}"))
 }
 
-async fn fetch_metrics(http: &reqwest::Client, base: &str) -> Result<String, String> {
-    http.get(format!("{base}/metrics"))
+async fn fetch_metrics(http: &reqwest::Client, url: &str) -> Result<String, String> {
+    http.get(url)
         .send()
         .await
-        .map_err(|e| format!("{base}/metrics: {e}"))?
+        .map_err(|e| format!("{url}: {e}"))?
         .text()
         .await
-        .map_err(|e| format!("{base}/metrics: {e}"))
+        .map_err(|e| format!("{url}: {e}"))
 }
 
 /// A counter's value in Prometheus text (0 if absent).

@@ -339,7 +339,7 @@ async fn replicas_restarted_in_front_of_a_backlog_handle_each_event_once() {
     let http = reqwest::Client::new();
     let mut handled = HashMap::new();
     for id in o {
-        let text = testkit::get_text(&http, format!("{}/metrics", c.url(id))).await;
+        let text = testkit::get_text(&http, c.metrics_url(id)).await;
         for subject in ["ticket.created", "ticket.updated"] {
             let key = format!("events_handled_total{{service=\"orders\",subject=\"{subject}\"}} ");
             let v: u64 = text

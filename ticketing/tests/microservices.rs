@@ -24,13 +24,11 @@ async fn the_purchase_flow_works_with_one_process_per_service_on_nats_and_postgr
     let mut env = collector.env();
     env.push(("ORDER_EXPIRATION_SECONDS", "3".into()));
     let mut cluster = engines.cluster(&env);
-    let urls: Vec<String> = names
+    let ids: Vec<usize> = names
         .iter()
-        .map(|name| {
-            let id = engines.spawn(&mut cluster, name, name);
-            cluster.url(id)
-        })
+        .map(|name| engines.spawn(&mut cluster, name, name))
         .collect();
+    let urls: Vec<String> = ids.iter().map(|id| cluster.url(*id)).collect();
     // The web client in a process of its own, reaching the services over
     // HTTP as it would behind an ingress.
     let upstreams = [
@@ -154,7 +152,7 @@ async fn the_purchase_flow_works_with_one_process_per_service_on_nats_and_postgr
 
     // On JetStream the bus can tell each consumer's lag: nothing is left.
     let lag = eventually(Duration::from_secs(15), || async {
-        let text = reqwest::get(format!("{}/metrics", urls[2]))
+        let text = reqwest::get(cluster.metrics_url(ids[2]))
             .await
             .ok()?
             .text()

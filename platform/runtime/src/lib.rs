@@ -22,5 +22,5 @@ pub mod telemetry;
 
 pub use edge::Fallback;
 pub use role::Role;
-pub use serve::{HttpLimits, Stopping, listen, serve, serve_running, serve_with};
+pub use serve::{HttpLimits, MetricsAt, Stopping, listen, serve, serve_running, serve_with};
 pub use service::{Databases, Deps, Running, ServiceBase};

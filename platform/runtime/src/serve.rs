@@ -48,10 +48,21 @@ pub struct HttpLimits {
     /// finish before their connections are dropped (the outboxes are
     /// flushed either way).
     pub shutdown_deadline: Duration,
-    /// Where to serve `/metrics` instead of the public port (an internal
-    /// address only the scraper reaches, e.g. `0.0.0.0:9100`); `None`:
-    /// on the public port.
-    pub metrics_addr: Option<String>,
+    /// Where `/metrics` is served.
+    pub metrics: MetricsAt,
+}
+
+/// Where a process serves `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsAt {
+    /// On the public port, beside the API (the all-in-one default).
+    Public,
+    /// On an address of its own (`METRICS_ADDR`, e.g. `0.0.0.0:9100`,
+    /// reachable by the scraper only); the public port answers 404.
+    Address(String),
+    /// Not at all: a process of a split deployment without
+    /// `METRICS_ADDR` keeps its metrics off the public port.
+    Off,
 }
 
 impl Default for HttpLimits {
@@ -61,7 +72,7 @@ impl Default for HttpLimits {
             body_timeout: Duration::from_secs(30),
             max_head_bytes: 32 * 1024,
             shutdown_deadline: Duration::from_secs(20),
-            metrics_addr: None,
+            metrics: MetricsAt::Public,
         }
     }
 }
@@ -69,8 +80,11 @@ impl Default for HttpLimits {
 impl HttpLimits {
     /// The defaults, overridden by `HTTP_HEADER_TIMEOUT_SECONDS`,
     /// `HTTP_BODY_TIMEOUT_SECONDS`, `HTTP_MAX_HEADER_BYTES`,
-    /// `SHUTDOWN_DEADLINE_SECONDS` and `METRICS_ADDR`.
-    pub fn from_env() -> Result<HttpLimits, shared::config::ConfigError> {
+    /// `SHUTDOWN_DEADLINE_SECONDS` and `METRICS_ADDR`. Without
+    /// `METRICS_ADDR`, `/metrics` is on the public port only when
+    /// `all_in_one` (one process serving everything); a process of a split
+    /// deployment serves it only on the address it is given.
+    pub fn from_env(all_in_one: bool) -> Result<HttpLimits, shared::config::ConfigError> {
         use shared::config::env_var;
         let d = HttpLimits::default();
         let secs = |name: &str, default: Duration| {
@@ -83,7 +97,11 @@ impl HttpLimits {
                 .unwrap_or(d.max_head_bytes)
                 .max(1024),
             shutdown_deadline: secs("SHUTDOWN_DEADLINE_SECONDS", d.shutdown_deadline)?,
-            metrics_addr: env_var::<String>("METRICS_ADDR")?,
+            metrics: match env_var::<String>("METRICS_ADDR")? {
+                Some(addr) => MetricsAt::Address(addr),
+                None if all_in_one => MetricsAt::Public,
+                None => MetricsAt::Off,
+            },
         })
     }
 }
@@ -100,17 +118,31 @@ pub async fn serve(
     serve_with(listener, router, fallback, shutdown, HttpLimits::default()).await
 }
 
-/// With `limits.metrics_addr`: binds it and serves `/metrics` there alone
-/// until `shutdown`; the public router then answers `/metrics` with 404.
+/// Unless `/metrics` is public: the public router answers it with 404, and
+/// with an address of its own it is served there alone until `shutdown`.
 async fn metrics_elsewhere(
     router: axum::Router,
     limits: &HttpLimits,
     shutdown: &Shutdown,
 ) -> std::io::Result<axum::Router> {
-    let Some(addr) = &limits.metrics_addr else {
-        return Ok(router);
+    let addr = match &limits.metrics {
+        MetricsAt::Public => return Ok(router),
+        MetricsAt::Off => None,
+        MetricsAt::Address(addr) => Some(addr.clone()),
     };
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+    let hidden = router.layer(axum::middleware::from_fn(
+        |req: axum::extract::Request, next: axum::middleware::Next| async move {
+            if req.uri().path() == "/metrics" {
+                return shared::ApiError::NotFound.into_response();
+            }
+            next.run(req).await
+        },
+    ));
+    let Some(addr) = addr else {
+        tracing::info!("/metrics is not served (set METRICS_ADDR to serve it)");
+        return Ok(hidden);
+    };
+    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| {
         std::io::Error::new(
             e.kind(),
             format!("cannot listen on METRICS_ADDR {addr}: {e}"),
@@ -130,7 +162,7 @@ async fn metrics_elsewhere(
         }),
     );
     let inner = HttpLimits {
-        metrics_addr: None,
+        metrics: MetricsAt::Public,
         ..limits.clone()
     };
     tokio::spawn(accept_and_drain(
@@ -139,14 +171,7 @@ async fn metrics_elsewhere(
         shutdown.clone(),
         inner,
     ));
-    Ok(router.layer(axum::middleware::from_fn(
-        |req: axum::extract::Request, next: axum::middleware::Next| async move {
-            if req.uri().path() == "/metrics" {
-                return shared::ApiError::NotFound.into_response();
-            }
-            next.run(req).await
-        },
-    )))
+    Ok(hidden)
 }
 
 /// Serves `router` behind the HTTP edge on `listener` until `shutdown`

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use axum::routing::{get, post};
-use runtime::{Fallback, HttpLimits};
+use runtime::{Fallback, HttpLimits, MetricsAt};
 use shared::shutdown;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -17,7 +17,7 @@ fn limits() -> HttpLimits {
         body_timeout: Duration::from_millis(400),
         max_head_bytes: 16 * 1024,
         shutdown_deadline: Duration::from_millis(500),
-        metrics_addr: None,
+        metrics: MetricsAt::Public,
     }
 }
 
@@ -245,7 +245,7 @@ async fn metrics_can_move_off_the_public_port() {
         .unwrap()
         .port();
     let s = server(HttpLimits {
-        metrics_addr: Some(format!("127.0.0.1:{port}")),
+        metrics: MetricsAt::Address(format!("127.0.0.1:{port}")),
         ..limits()
     })
     .await;
@@ -261,4 +261,19 @@ async fn metrics_can_move_off_the_public_port() {
     let internal = get(format!("127.0.0.1:{port}")).await;
     assert!(internal.starts_with("HTTP/1.1 200"), "{internal}");
     assert!(internal.contains("text/plain; version=0.0.4"), "{internal}");
+}
+
+#[tokio::test]
+async fn metrics_can_be_kept_off_the_public_port_altogether() {
+    let s = server(HttpLimits {
+        metrics: MetricsAt::Off,
+        ..limits()
+    })
+    .await;
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut c).await.0;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
 }
