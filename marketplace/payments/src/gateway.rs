@@ -32,10 +32,32 @@ pub enum GatewayError {
     Unavailable(String),
 }
 
-/// Charges and refunds.
+/// What became of a hold on a card when it was settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// The held amount was taken.
+    Captured,
+    /// The hold was released; nothing was charged.
+    Voided,
+}
+
+/// Charges and refunds; holds (authorizations) that are later captured or
+/// voided.
 pub trait PaymentGateway: Send + Sync + 'static {
     /// Short name for logs and start-up messages.
     fn name(&self) -> &'static str;
+    /// Places a hold for the amount on the card (no money moves yet);
+    /// returns the authorization's id. The same idempotency key always
+    /// yields the same authorization.
+    fn authorize(&self, req: ChargeRequest) -> BoxFuture<'_, Result<String, GatewayError>>;
+    /// Takes the held amount, or releases the hold (`Settled::Voided`).
+    /// Settling again the same way with the same key changes nothing.
+    fn settle(
+        &self,
+        authorization_id: String,
+        how: Settled,
+        idempotency_key: String,
+    ) -> BoxFuture<'_, Result<(), GatewayError>>;
     /// Charges a card; returns the charge id.
     fn charge(&self, req: ChargeRequest) -> BoxFuture<'_, Result<String, GatewayError>>;
     /// Refunds a charge in full; returns the refund id.
@@ -59,6 +81,35 @@ fn offline_id(prefix: &str, key: &str) -> String {
 impl PaymentGateway for OfflineGateway {
     fn name(&self) -> &'static str {
         "offline"
+    }
+
+    fn authorize(&self, req: ChargeRequest) -> BoxFuture<'_, Result<String, GatewayError>> {
+        Box::pin(async move {
+            match req.token.as_str() {
+                "tok_visa" | "tok_mastercard" => Ok(offline_id("pi", &req.idempotency_key)),
+                "tok_chargeDeclined" => {
+                    Err(GatewayError::Declined("Your card was declined.".into()))
+                }
+                other => Err(GatewayError::Invalid(format!("No such token: '{other}'"))),
+            }
+        })
+    }
+
+    fn settle(
+        &self,
+        authorization_id: String,
+        _how: Settled,
+        _idempotency_key: String,
+    ) -> BoxFuture<'_, Result<(), GatewayError>> {
+        Box::pin(async move {
+            if authorization_id.starts_with("pi_offline_") {
+                Ok(())
+            } else {
+                Err(GatewayError::Invalid(format!(
+                    "No such payment_intent: '{authorization_id}'"
+                )))
+            }
+        })
     }
 
     fn charge(&self, req: ChargeRequest) -> BoxFuture<'_, Result<String, GatewayError>> {
@@ -93,6 +144,9 @@ pub struct StripeGateway {
 #[derive(Deserialize)]
 struct StripeObject {
     id: String,
+    /// A PaymentIntent's state (`requires_capture`, `succeeded`, `canceled`…).
+    #[serde(default)]
+    status: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -130,6 +184,17 @@ impl StripeGateway {
         idempotency_key: &str,
         form: &[(&str, &str)],
     ) -> Result<String, GatewayError> {
+        self.post_object(path, idempotency_key, form)
+            .await
+            .map(|o| o.id)
+    }
+
+    async fn post_object(
+        &self,
+        path: &str,
+        idempotency_key: &str,
+        form: &[(&str, &str)],
+    ) -> Result<StripeObject, GatewayError> {
         let res = self
             .client
             .post(format!("{}{path}", self.base_url))
@@ -145,11 +210,9 @@ impl StripeGateway {
             .await
             .map_err(|e| GatewayError::Unavailable(e.to_string()))?;
         if status.is_success() {
-            return serde_json::from_slice::<StripeObject>(&body)
-                .map(|o| o.id)
-                .map_err(|e| {
-                    GatewayError::Unavailable(format!("unexpected Stripe response: {e}"))
-                });
+            return serde_json::from_slice::<StripeObject>(&body).map_err(|e| {
+                GatewayError::Unavailable(format!("unexpected Stripe response: {e}"))
+            });
         }
         let detail = serde_json::from_slice::<StripeErrorBody>(&body)
             .ok()
@@ -172,6 +235,72 @@ impl StripeGateway {
 impl PaymentGateway for StripeGateway {
     fn name(&self) -> &'static str {
         "stripe"
+    }
+
+    /// A PaymentIntent created and confirmed at once with manual capture
+    /// (`/v1/payment_intents`, card only, the token as the card's data).
+    fn authorize(&self, req: ChargeRequest) -> BoxFuture<'_, Result<String, GatewayError>> {
+        Box::pin(async move {
+            let amount = req.amount.cents().to_string();
+            let intent = self
+                .post_object(
+                    "/v1/payment_intents",
+                    &req.idempotency_key,
+                    &[
+                        ("amount", &amount),
+                        ("currency", &req.currency),
+                        ("capture_method", "manual"),
+                        ("confirm", "true"),
+                        ("payment_method_types[]", "card"),
+                        ("payment_method_data[type]", "card"),
+                        ("payment_method_data[card][token]", &req.token),
+                        ("description", &req.description),
+                    ],
+                )
+                .await?;
+            match intent.status.as_deref() {
+                Some("requires_capture") => Ok(intent.id),
+                // 3-D Secure and the like need the buyer, which a
+                // server-side payment cannot involve.
+                Some("requires_action") => Err(GatewayError::Declined(
+                    "This card needs an authentication step that is not supported".into(),
+                )),
+                other => Err(GatewayError::Declined(format!(
+                    "The card could not be authorized (status {})",
+                    other.unwrap_or("unknown")
+                ))),
+            }
+        })
+    }
+
+    /// `/v1/payment_intents/{id}/capture` or `/cancel`.
+    fn settle(
+        &self,
+        authorization_id: String,
+        how: Settled,
+        idempotency_key: String,
+    ) -> BoxFuture<'_, Result<(), GatewayError>> {
+        Box::pin(async move {
+            let (action, done) = match how {
+                Settled::Captured => ("capture", "succeeded"),
+                Settled::Voided => ("cancel", "canceled"),
+            };
+            let intent = self
+                .post_object(
+                    &format!("/v1/payment_intents/{authorization_id}/{action}"),
+                    &idempotency_key,
+                    &[],
+                )
+                .await?;
+            if intent.status.as_deref() == Some(done) {
+                Ok(())
+            } else {
+                Err(GatewayError::Unavailable(format!(
+                    "Stripe left the payment intent {} as {:?} after {action}",
+                    intent.id, intent.status
+                )))
+            }
+        })
     }
 
     fn charge(&self, req: ChargeRequest) -> BoxFuture<'_, Result<String, GatewayError>> {

@@ -26,6 +26,130 @@ struct Inner {
     /// Idempotency key → object id, as Stripe remembers them.
     by_key: HashMap<String, String>,
     counter: u64,
+    /// PaymentIntent id → status.
+    intents: HashMap<String, String>,
+    /// Idempotency key → the answer given, replayed for the same key.
+    answers: HashMap<String, (StatusCode, serde_json::Value)>,
+}
+
+type Answer = (StatusCode, axum::Json<serde_json::Value>);
+
+fn stripe_error(
+    status: StatusCode,
+    kind: &str,
+    code: &str,
+    message: &str,
+) -> (StatusCode, serde_json::Value) {
+    (
+        status,
+        json!({"error": {"type": kind, "code": code, "message": message}}),
+    )
+}
+
+/// Answers once per idempotency key, as Stripe does: a replay gets the
+/// first answer back without doing anything again.
+fn once(
+    inner: &Mutex<Inner>,
+    key: Option<&String>,
+    act: impl FnOnce(&mut Inner) -> (StatusCode, serde_json::Value),
+) -> Answer {
+    let mut g = inner.lock().unwrap();
+    if let Some(answer) = key.and_then(|k| g.answers.get(k)) {
+        let (status, body) = answer.clone();
+        return (status, axum::Json(body));
+    }
+    let (status, body) = act(&mut g);
+    if let Some(k) = key {
+        g.answers.insert(k.clone(), (status, body.clone()));
+    }
+    (status, axum::Json(body))
+}
+
+async fn create_intent(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer {
+    let r = record(&inner, "/v1/payment_intents", &headers, &body);
+    if r.authorization.as_deref() != Some("Bearer sk_test_123") {
+        let (s, b) = stripe_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "",
+            "Invalid API Key provided",
+        );
+        return (s, axum::Json(b));
+    }
+    once(&inner, r.idempotency_key.as_ref(), |g| {
+        let token = r
+            .form
+            .get("payment_method_data[card][token]")
+            .map(String::as_str);
+        let status = match token {
+            Some("tok_visa" | "tok_mastercard") => "requires_capture",
+            Some("tok_threeDSecureRequired") => "requires_action",
+            Some("tok_chargeDeclined") => {
+                return stripe_error(
+                    StatusCode::PAYMENT_REQUIRED,
+                    "card_error",
+                    "card_declined",
+                    "Your card was declined.",
+                );
+            }
+            _ => {
+                return stripe_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "resource_missing",
+                    "No such token",
+                );
+            }
+        };
+        g.counter += 1;
+        let id = format!("pi_fake_{}", g.counter);
+        g.intents.insert(id.clone(), status.to_owned());
+        (
+            StatusCode::OK,
+            json!({"id": id, "object": "payment_intent", "status": status, "amount": r.form.get("amount")}),
+        )
+    })
+}
+
+async fn settle_intent(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    axum::extract::Path((id, action)): axum::extract::Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer {
+    let path = format!("/v1/payment_intents/{id}/{action}");
+    let r = record(&inner, &path, &headers, &body);
+    once(&inner, r.idempotency_key.as_ref(), |g| {
+        let Some(status) = g.intents.get(&id).cloned() else {
+            return stripe_error(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "resource_missing",
+                "No such payment_intent",
+            );
+        };
+        let next = match (action.as_str(), status.as_str()) {
+            ("capture", "requires_capture") => "succeeded",
+            ("cancel", "requires_capture") => "canceled",
+            (_, other) => {
+                return stripe_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "payment_intent_unexpected_state",
+                    &format!("This PaymentIntent's status is {other}"),
+                );
+            }
+        };
+        g.intents.insert(id.clone(), next.to_owned());
+        (
+            StatusCode::OK,
+            json!({"id": id, "object": "payment_intent", "status": next}),
+        )
+    })
 }
 
 #[derive(Clone)]
@@ -149,6 +273,8 @@ impl FakeStripe {
         let app = Router::new()
             .route("/v1/charges", post(charges))
             .route("/v1/refunds", post(refunds))
+            .route("/v1/payment_intents", post(create_intent))
+            .route("/v1/payment_intents/{id}/{action}", post(settle_intent))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -169,6 +295,11 @@ impl FakeStripe {
             .filter(|r| r.path == path)
             .cloned()
             .collect()
+    }
+
+    /// Each PaymentIntent's status now.
+    pub fn intents(&self) -> HashMap<String, String> {
+        self.inner.lock().unwrap().intents.clone()
     }
 
     /// Charges created (a replay of an idempotency key creates none).
