@@ -198,47 +198,21 @@ async fn hostile_next_values_never_redirect_off_site_or_fail() {
         "/%ff",
     ];
     for next in hostile {
-        let b = browser();
-        let form = b
-            .get(format!("{}/auth/signin?next={next}", p.base))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(form.status(), StatusCode::OK, "{next}");
-        let html = form.text().await.unwrap();
-        let res = b
-            .post(format!("{}/auth/signin?next={next}", p.base))
-            .form(&[
-                ("_csrf", csrf(&html).as_str()),
-                ("email", "user@example.com"),
-                ("password", "password123"),
-            ])
-            .send()
-            .await
-            .unwrap();
+        let res = sign_in_through_page(
+            &browser(),
+            &p.base,
+            &format!("?next={next}"),
+            "user@example.com",
+        )
+        .await
+        .1;
         assert_eq!(res.status(), StatusCode::SEE_OTHER, "{next}");
         assert_eq!(res.headers()["location"], "/", "{next}");
     }
     // A local path is kept.
-    let b = browser();
-    let html = b
-        .get(format!("{}/auth/signin?next=/orders", p.base))
-        .send()
+    let res = sign_in_through_page(&browser(), &p.base, "?next=/orders", "user@example.com")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let res = b
-        .post(format!("{}/auth/signin?next=/orders", p.base))
-        .form(&[
-            ("_csrf", csrf(&html).as_str()),
-            ("email", "user@example.com"),
-            ("password", "password123"),
-        ])
-        .send()
-        .await
-        .unwrap();
+        .1;
     assert_eq!(res.headers()["location"], "/orders");
 }
 
@@ -454,19 +428,23 @@ async fn cookie_requests_from_another_site_are_refused_bearer_clients_are_not() 
     assert_eq!(res.status(), StatusCode::CREATED);
 }
 
-/// Signs `b` in through the sign-in page; the token the page carried.
-async fn page_sign_in(b: &reqwest::Client, base: &str, email: &str) -> String {
-    let html = b
-        .get(format!("{base}/auth/signin"))
+/// Signs `b` in through the sign-in page at `/auth/signin{query}`: the
+/// token the page carried, and the answer to the form.
+async fn sign_in_through_page(
+    b: &reqwest::Client,
+    base: &str,
+    query: &str,
+    email: &str,
+) -> (String, reqwest::Response) {
+    let form = b
+        .get(format!("{base}/auth/signin{query}"))
         .send()
         .await
-        .unwrap()
-        .text()
-        .await
         .unwrap();
-    let token = csrf(&html);
+    assert_eq!(form.status(), StatusCode::OK, "{query}");
+    let token = csrf(&form.text().await.unwrap());
     let res = b
-        .post(format!("{base}/auth/signin"))
+        .post(format!("{base}/auth/signin{query}"))
         .form(&[
             ("_csrf", token.as_str()),
             ("email", email),
@@ -475,6 +453,12 @@ async fn page_sign_in(b: &reqwest::Client, base: &str, email: &str) -> String {
         .send()
         .await
         .unwrap();
+    (token, res)
+}
+
+/// Signs `b` in through the sign-in page; the token the page carried.
+async fn page_sign_in(b: &reqwest::Client, base: &str, email: &str) -> String {
+    let (token, res) = sign_in_through_page(b, base, "", email).await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     token
 }

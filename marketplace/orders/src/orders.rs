@@ -205,15 +205,15 @@ async fn create(
     let result = state
         .outbox
         .write(move |c| {
-            // The buyer's row, locked until this transaction ends: one
-            // buyer's orders are placed one at a time, so the count below
-            // holds also for concurrent requests (on PostgreSQL; SQLite
-            // runs one write at a time anyway).
+            // The buyer's row, written and so locked until this
+            // transaction ends: one buyer's orders are placed one at a
+            // time, so the count below holds also for concurrent requests
+            // (on PostgreSQL; SQLite runs one write at a time anyway).
             c.execute(
-                "INSERT INTO buyers (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING",
+                "INSERT INTO buyers (user_id) VALUES ($1)
+                 ON CONFLICT (user_id) DO UPDATE SET user_id = excluded.user_id",
                 &[&user.id],
             )?;
-            c.query("SELECT user_id FROM buyers WHERE user_id = $1 FOR UPDATE", &[&user.id])?;
             let active: i64 = c
                 .query("SELECT COUNT(*) FROM orders WHERE user_id = $1 AND status = 'created'", &[&user.id])?[0]
                 .get(0)?;

@@ -78,21 +78,23 @@ fn offline_id(prefix: &str, key: &str) -> String {
     format!("{prefix}_offline_{clean}")
 }
 
+/// What Stripe's test mode does with a card token: the id of the object
+/// (`prefix`) a good card yields, or the decline or refusal.
+fn offline_card(req: &ChargeRequest, prefix: &str) -> Result<String, GatewayError> {
+    match req.token.as_str() {
+        "tok_visa" | "tok_mastercard" => Ok(offline_id(prefix, &req.idempotency_key)),
+        "tok_chargeDeclined" => Err(GatewayError::Declined("Your card was declined.".into())),
+        other => Err(GatewayError::Invalid(format!("No such token: '{other}'"))),
+    }
+}
+
 impl PaymentGateway for OfflineGateway {
     fn name(&self) -> &'static str {
         "offline"
     }
 
     fn authorize(&self, req: ChargeRequest) -> BoxFuture<'_, Result<String, GatewayError>> {
-        Box::pin(async move {
-            match req.token.as_str() {
-                "tok_visa" | "tok_mastercard" => Ok(offline_id("pi", &req.idempotency_key)),
-                "tok_chargeDeclined" => {
-                    Err(GatewayError::Declined("Your card was declined.".into()))
-                }
-                other => Err(GatewayError::Invalid(format!("No such token: '{other}'"))),
-            }
-        })
+        Box::pin(async move { offline_card(&req, "pi") })
     }
 
     fn settle(
@@ -113,15 +115,7 @@ impl PaymentGateway for OfflineGateway {
     }
 
     fn charge(&self, req: ChargeRequest) -> BoxFuture<'_, Result<String, GatewayError>> {
-        Box::pin(async move {
-            match req.token.as_str() {
-                "tok_visa" | "tok_mastercard" => Ok(offline_id("ch", &req.idempotency_key)),
-                "tok_chargeDeclined" => {
-                    Err(GatewayError::Declined("Your card was declined.".into()))
-                }
-                other => Err(GatewayError::Invalid(format!("No such token: '{other}'"))),
-            }
-        })
+        Box::pin(async move { offline_card(&req, "ch") })
     }
 
     fn refund(

@@ -176,8 +176,11 @@ pub(crate) fn form_token(key: &[u8], binding: &str) -> String {
     mac.finalize()
         .into_bytes()
         .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+        .fold(String::with_capacity(64), |mut hex, b| {
+            use std::fmt::Write as _;
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
 }
 
 fn valid_token(t: &str) -> bool {

@@ -296,7 +296,7 @@ async fn readyz(axum::extract::State(checks): axum::extract::State<Checks>) -> R
 /// Prometheus metrics (text exposition format 0.0.4).
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text", content_type = "text/plain", body = String)))]
-async fn metrics() -> impl IntoResponse {
+pub(crate) async fn metrics() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         shared::metrics::render(),

@@ -149,18 +149,7 @@ async fn metrics_elsewhere(
         )
     })?;
     tracing::info!("metrics on http://{}/metrics", listener.local_addr()?);
-    let metrics = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(|| async {
-            (
-                [(
-                    axum::http::header::CONTENT_TYPE,
-                    "text/plain; version=0.0.4",
-                )],
-                shared::metrics::render(),
-            )
-        }),
-    );
+    let metrics = axum::Router::new().route("/metrics", axum::routing::get(crate::edge::metrics));
     let inner = HttpLimits {
         metrics: MetricsAt::Public,
         ..limits.clone()
@@ -214,7 +203,7 @@ async fn accept_and_drain(
         match accepted {
             Ok((stream, peer)) => {
                 backoff.reset();
-                let conn = connection(stream, peer, router.clone(), limits.clone());
+                let conn = connection(stream, peer, router.clone(), &limits);
                 let conn = graceful.watch(conn);
                 connections.spawn(async move {
                     if let Err(e) = conn.await {
@@ -250,17 +239,18 @@ fn connection(
     stream: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
     router: axum::Router,
-    limits: HttpLimits,
-) -> impl hyper_util::server::graceful::GracefulConnection<Error = hyper::Error> {
+    limits: &HttpLimits,
+) -> impl hyper_util::server::graceful::GracefulConnection<Error = hyper::Error> + use<> {
     use tower::ServiceExt as _;
+    let (max_head_bytes, body_timeout) = (limits.max_head_bytes, limits.body_timeout);
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let router = router.clone();
         async move {
-            if head_size(&req) > limits.max_head_bytes {
+            if head_size(&req) > max_head_bytes {
                 return Ok(shared::ApiError::HeadersTooLarge.into_response());
             }
             let mut req =
-                req.map(|body| axum::body::Body::new(DeadlineBody::new(body, limits.body_timeout)));
+                req.map(|body| axum::body::Body::new(DeadlineBody::new(body, body_timeout)));
             req.extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
             router.oneshot(req).await
@@ -278,7 +268,10 @@ fn connection(
 
 /// The size of a request's line and headers as the client sent them.
 fn head_size<B>(req: &hyper::Request<B>) -> usize {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    let line = req.method().as_str().len() + target + 12;
     req.headers()
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
