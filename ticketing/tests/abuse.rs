@@ -537,3 +537,81 @@ async fn the_data_directory_and_its_files_are_private_to_their_owner() {
     }
     assert!(files >= 7, "only {files} files checked");
 }
+
+/// Each connection is a file descriptor: the process raises its soft limit
+/// of open files to the hard one at start.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_soft_open_files_limit_is_raised_to_the_hard_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // Started with a soft limit of 256 under a hard one of 4 096.
+    let mut child = std::process::Command::new("prlimit")
+        .args([
+            "--nofile=256:4096",
+            "--",
+            env!("CARGO_BIN_EXE_ticketing"),
+            "run",
+        ])
+        .args(["--port", &free_port().to_string(), "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .env_remove("NATS_URL")
+        .env_remove("DATABASE_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let limits_file = format!("/proc/{}/limits", child.id());
+    let soft = testkit::eventually(Duration::from_secs(10), || {
+        let limits_file = limits_file.clone();
+        async move {
+            let text = std::fs::read_to_string(&limits_file).ok()?;
+            let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+            let soft: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
+            (soft == 4096).then_some(soft)
+        }
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(soft, Some(4096), "the soft limit stayed at 256");
+}
+
+/// In a split deployment `/metrics` stays off the public port: a process
+/// without `METRICS_ADDR` does not serve it there, one with it serves it on
+/// that address only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_process_keeps_metrics_off_its_public_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = ticketing::cluster::Cluster::new(
+        std::path::Path::new(env!("CARGO_BIN_EXE_ticketing")),
+        &[("RUST_LOG", "warn".to_owned())],
+        ticketing::cluster::Logs::Inherit,
+    );
+    let data = |name: &str| {
+        (
+            "TICKETING_DATA_DIR",
+            dir.path().join(name).display().to_string(),
+        )
+    };
+    let unset = cluster
+        .spawn(
+            "tickets-a",
+            "tickets",
+            &[data("a"), ("METRICS_ADDR", String::new())],
+        )
+        .unwrap();
+    let given = cluster.spawn("tickets-b", "tickets", &[data("b")]).unwrap();
+    cluster.all_ready(Duration::from_secs(30)).await.unwrap();
+    let http = reqwest::Client::new();
+    for id in [unset, given] {
+        let res = http
+            .get(format!("{}/metrics", cluster.url(id)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    }
+    let metrics = testkit::get_text(&http, cluster.metrics_url(given)).await;
+    assert!(metrics.contains("http_requests_total"), "{metrics}");
+}
