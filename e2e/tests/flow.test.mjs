@@ -96,8 +96,8 @@ async function assertLabelled(page) {
   assert.deepEqual(unlabelled, [], `inputs without a label on ${page.url()}`);
 }
 
-async function signUp(page, email) {
-  await page.goto(server.base + "/");
+async function signUp(page, email, base = server.base) {
+  await page.goto(base + "/");
   await page.getByRole("link", { name: "Sign up" }).click();
   await assertLabelled(page);
   await page.getByLabel("E-mail").fill(email);
@@ -237,6 +237,39 @@ test("a seller lists, a buyer buys and pays, an unpaid order expires", async () 
     execFileSync("java", ["-jar", vnu, "--errors-only", ...savedPages], { stdio: "pipe" });
   } catch (e) {
     assert.fail(`invalid HTML:\n${e.stderr}${e.stdout}`);
+  }
+});
+
+test("a payment whose verdict is still coming shows Processing… and turns to Paid by itself", async () => {
+  // A server that answers every payment before the order's verdict (202).
+  const quick = await startServer({ PAYMENT_WAIT_SECONDS: "0" });
+  try {
+    const run = Date.now().toString(36);
+    const opera = `Opera ${run}`;
+    const seller = await person();
+    await signUp(seller, `seller2-${run}@example.com`, quick.base);
+    await sell(seller, opera, "40");
+    const buyer = await person();
+    await signUp(buyer, `buyer2-${run}@example.com`, quick.base);
+    await buyer.goto(quick.base + "/");
+    await buyer.getByRole("link", { name: opera }).click();
+    await buyer.getByRole("button", { name: "Purchase" }).click();
+    await buyer.getByRole("heading", { name: `Order for ${opera}` }).waitFor();
+    await buyer.getByLabel("Card token").fill("tok_visa");
+    await buyer.getByRole("button", { name: /^Pay/ }).click();
+    // The 202 path: the order page of the pending payment.
+    await buyer.waitForURL(/\?payment=/);
+    if ((await buyer.locator("#payment-processing").count()) > 0) {
+      assert.match(await buyer.locator("#payment-processing").innerText(), /^Processing…/);
+      assert.equal(await buyer.getByRole("button", { name: /^Pay/ }).count(), 0, "no second payment offered");
+      await shot(buyer, "order-processing");
+    }
+    // No click: the page refreshes itself until the verdict is in.
+    await buyer.locator("#order-status", { hasText: "Paid" }).waitFor({ timeout: 15_000 });
+    assert.match(await buyer.locator("main").innerText(), /the ticket is yours/);
+    assert.equal(await buyer.locator("#payment-processing").count(), 0);
+  } finally {
+    await quick.stop();
   }
 });
 

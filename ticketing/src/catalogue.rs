@@ -290,7 +290,10 @@ mod tests {
     fn the_flow_maps_draw_every_edge() {
         let m = render(Format::Mermaid);
         assert!(m.contains("orders -- order.created --> tickets"), "{m}");
-        assert!(m.contains("payments -- payment.created --> orders"), "{m}");
+        assert!(
+            m.contains("payments -- payment.authorized --> orders"),
+            "{m}"
+        );
         assert!(m.contains("auth -. user.created .->"), "{m}");
         let d = render(Format::Dot);
         assert!(

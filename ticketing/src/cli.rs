@@ -38,6 +38,8 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "markdown")]
         format: crate::catalogue::Format,
     },
+    /// Operator commands on the payments service's data.
+    Payments(PaymentsArgs),
     /// Exit 0 if URL answers 2xx within 3 s, else 1 with the reason: a health
     /// check for images without a shell or curl (docker-compose).
     Probe {
@@ -53,6 +55,31 @@ pub enum Drill {
     /// orders services (NATS JetStream + PostgreSQL); checks that every copy
     /// converges, each event is handled once, and one order wins per ticket.
     Concurrency(crate::drill::ConcurrencyArgs),
+}
+
+/// `ticketing payments …`: run against the payments database the service
+/// uses (the same `TICKETING_DATA_DIR` or `DATABASE_URL`/`PAYMENTS_DATABASE_URL`
+/// and `STRIPE_SECRET_KEY`); events it records are published by the running
+/// payments service's outbox relay.
+#[derive(Debug, clap::Args)]
+pub struct PaymentsArgs {
+    #[command(subcommand)]
+    pub command: PaymentsCommand,
+    /// Where the embedded databases live.
+    #[arg(long, env = "TICKETING_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub engines: EngineArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PaymentsCommand {
+    /// Give the money of a captured payment back: refunds it at the gateway
+    /// (once, however often it is run) and records `payment.refunded`.
+    Refund {
+        /// The payment's id (from `GET /api/payments/:id` or the logs).
+        id: String,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]

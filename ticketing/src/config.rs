@@ -175,17 +175,7 @@ impl Settings {
                 "ORDER_EXPIRATION_SECONDS must be at least 1".into(),
             ));
         }
-        let gateway: Arc<dyn payments::PaymentGateway> =
-            match env_var::<String>("STRIPE_SECRET_KEY")? {
-                Some(key) => {
-                    let base = env_var::<String>("STRIPE_API_BASE")?
-                        .unwrap_or_else(|| "https://api.stripe.com".into());
-                    Arc::new(payments::StripeGateway::new(base, key).map_err(|e| {
-                        SettingsError::Invalid(format!("cannot set up the Stripe client: {e}"))
-                    })?)
-                }
-                None => Arc::new(payments::OfflineGateway),
-            };
+        let gateway = payment_gateway()?;
         // `/metrics` on the public port only when one process serves the
         // whole marketplace.
         let http = runtime::HttpLimits::from_env(
@@ -219,9 +209,37 @@ impl Settings {
                 currency: env_var::<String>("PAYMENT_CURRENCY")?
                     .unwrap_or_else(|| "usd".into())
                     .to_lowercase(),
+                verdict_wait: Duration::from_secs(
+                    env_var::<u64>("PAYMENT_WAIT_SECONDS")?.unwrap_or(5),
+                ),
+                verdict_timeout: Duration::from_secs(
+                    env_var::<u64>("PAYMENT_VERDICT_TIMEOUT_SECONDS")?
+                        .unwrap_or(3600)
+                        .max(1),
+                ),
+                authorize_recovery: Duration::from_secs(
+                    env_var::<u64>("PAYMENT_AUTHORIZE_RECOVERY_SECONDS")?
+                        .unwrap_or(60)
+                        .max(1),
+                ),
             },
         })
     }
+}
+
+/// Stripe when `STRIPE_SECRET_KEY` is set (at `STRIPE_API_BASE`, by
+/// default `https://api.stripe.com`), else the offline test gateway.
+pub fn payment_gateway() -> Result<Arc<dyn payments::PaymentGateway>, SettingsError> {
+    Ok(match env_var::<String>("STRIPE_SECRET_KEY")? {
+        Some(key) => {
+            let base = env_var::<String>("STRIPE_API_BASE")?
+                .unwrap_or_else(|| "https://api.stripe.com".into());
+            Arc::new(payments::StripeGateway::new(base, key).map_err(|e| {
+                SettingsError::Invalid(format!("cannot set up the Stripe client: {e}"))
+            })?)
+        }
+        None => Arc::new(payments::OfflineGateway),
+    })
 }
 
 /// Which proxies' `X-Forwarded-For` entries auth believes:

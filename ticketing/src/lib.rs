@@ -33,6 +33,7 @@ pub async fn main(cli: cli::Cli) -> Result<u8, Box<dyn std::error::Error>> {
         }
         Some(cli::Command::Blog(command)) => return blog::main(command).await,
         Some(cli::Command::Probe { url }) => return Ok(probe(&url).await),
+        Some(cli::Command::Payments(args)) => return payments_command(args).await,
         Some(cli::Command::Events { format }) => {
             print_report(&catalogue::render(format).trim_end());
             return Ok(0);
@@ -51,6 +52,38 @@ pub async fn main(cli: cli::Cli) -> Result<u8, Box<dyn std::error::Error>> {
     let settings = Settings::load(&args)?;
     let (listener, signal) = runtime::listen(&settings.host, settings.port).await?;
     run(settings, listener, signal).await.map(|()| 0)
+}
+
+/// `ticketing payments …`, on the payments database the service uses.
+async fn payments_command(args: cli::PaymentsArgs) -> Result<u8, Box<dyn std::error::Error>> {
+    let (_, databases) = runtime::engines::engines(
+        &args.engines.urls(),
+        "ticketing",
+        &["payments"],
+        &args.data_dir,
+    )?;
+    let db = match databases {
+        runtime::service::Databases::Sqlite(dir) => {
+            store::Db::open_sqlite(&dir.join("payments.db"), payments::MIGRATIONS).await?
+        }
+        runtime::service::Databases::Postgres { urls, .. } => {
+            store::Db::open_postgres(&urls["payments"], 2, payments::MIGRATIONS).await?
+        }
+    };
+    let outbox = bus::outbox::Outbox::new(db.clone(), payments::SERVICE)
+        .declaring(marketplace_events::service_events(payments::SERVICE).publishes);
+    match args.command {
+        cli::PaymentsCommand::Refund { id } => {
+            let id = marketplace_events::PaymentId::parse(&id)
+                .ok_or_else(|| format!("not a payment id: {id}"))?;
+            let gateway = config::payment_gateway()?;
+            let refund =
+                payments::saga::refund(&db, &outbox, gateway.as_ref(), Clock::System.now(), id)
+                    .await?;
+            print_report(&format!("payment {id} refunded: {refund}"));
+        }
+    }
+    Ok(0)
 }
 
 /// `ticketing probe`: 0 when `url` answers 2xx, else 1 (and why, on stderr).

@@ -172,12 +172,6 @@ fn browser() -> reqwest::Client {
         .unwrap()
 }
 
-/// The page's form token.
-fn csrf(html: &str) -> String {
-    let at = html.find(r#"name="_csrf" value=""#).expect("a form token") + 20;
-    html[at..at + html[at..].find('"').unwrap()].to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_next_values_never_redirect_off_site_or_fail() {
     let dir = tempfile::tempdir().unwrap();
@@ -247,7 +241,10 @@ async fn hostile_ids_in_page_and_api_paths_get_404_never_a_500() {
     let html = testkit::get_text(b, format!("{}/orders/{order}", p.base)).await;
     let res = b
         .post(format!("{}/orders/{order}%0A/pay", p.base))
-        .form(&[("_csrf", csrf(&html).as_str()), ("token", "tok_visa")])
+        .form(&[
+            ("_csrf", common::form_token(&html).as_str()),
+            ("token", "tok_visa"),
+        ])
         .send()
         .await
         .unwrap();
@@ -442,7 +439,7 @@ async fn sign_in_through_page(
         .await
         .unwrap();
     assert_eq!(form.status(), StatusCode::OK, "{query}");
-    let token = csrf(&form.text().await.unwrap());
+    let token = common::form_token(&form.text().await.unwrap());
     let res = b
         .post(format!("{base}/auth/signin{query}"))
         .form(&[
@@ -482,7 +479,7 @@ async fn form_tokens_are_bound_to_the_session_and_rotate_at_sign_in() {
     let alice = browser();
     let before = page_sign_in(&alice, &p.base, "alice@example.com").await;
     let html = testkit::get_text(&alice, format!("{}/tickets/new", p.base)).await;
-    let after = csrf(&html);
+    let after = common::form_token(&html);
     assert_ne!(before, after, "signing in rotates the form token");
     assert_eq!(
         new_ticket_form(&alice, &p.base, &before).await,
@@ -493,7 +490,8 @@ async fn form_tokens_are_bound_to_the_session_and_rotate_at_sign_in() {
     // session's for theirs.
     let bob = browser();
     page_sign_in(&bob, &p.base, "bob@example.com").await;
-    let bobs = csrf(&testkit::get_text(&bob, format!("{}/tickets/new", p.base)).await);
+    let bobs =
+        common::form_token(&testkit::get_text(&bob, format!("{}/tickets/new", p.base)).await);
     assert_ne!(bobs, after);
     assert_eq!(
         new_ticket_form(&alice, &p.base, &bobs).await,

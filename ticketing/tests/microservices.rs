@@ -122,8 +122,8 @@ async fn the_purchase_flow_works_with_one_process_per_service_on_nats_and_postgr
     let expected_payment = [
         "gateway POST",
         "payments POST /api/payments",
-        "payments create payment.created",
-        "orders process payment.created",
+        "payments create payment.authorized",
+        "orders process payment.authorized",
     ];
     let expected_page = ["gateway GET", "web GET /", "tickets GET /api/tickets"];
     let traced = eventually(Duration::from_secs(10), || async {
@@ -135,7 +135,7 @@ async fn the_purchase_flow_works_with_one_process_per_service_on_nats_and_postgr
                 .map(|s| common::otlp::chain(&spans, s))
                 .collect()
         };
-        let payment = chains("orders", "process payment.created");
+        let payment = chains("orders", "process payment.authorized");
         let page = chains("tickets", "GET /api/tickets");
         (payment.iter().any(|c| c == &expected_payment) && page.iter().any(|c| c == &expected_page))
             .then_some(())
@@ -164,7 +164,7 @@ async fn the_purchase_flow_works_with_one_process_per_service_on_nats_and_postgr
     .await;
     let text = lag.expect("orders reports its consumers' lag");
     assert!(
-        text.contains("consumer_ack_pending{durable=\"orders-payment-created\"} 0"),
+        text.contains("consumer_ack_pending{durable=\"orders-payment-authorized\"} 0"),
         "{text}"
     );
     drop(cluster);
@@ -199,7 +199,7 @@ async fn services_without_their_streams_serve_report_why_and_recover_once_provis
             ],
             "orders" => &["listener orders-ticket-created cannot join its consumer"],
             "expiration" => &["listener expiration-order-created cannot join its consumer"],
-            _ => &["no stream holds payment.created"],
+            _ => &["no stream holds payment.authorized"],
         };
         let reasons = eventually(Duration::from_secs(30), || async {
             let res = http.get(format!("{url}/readyz")).send().await.ok()?;

@@ -315,15 +315,15 @@ async fn what_may_change_in_place_depends_on_the_server_version() {
     // A consumer's deliver policy never changes in place.
     let spec = s.spec("deliver.yaml", |t| {
         t.replacen(
-            "filter_subject: payment.created, ack_wait: 5s",
-            "filter_subject: payment.created, deliver_policy: new, ack_wait: 5s",
+            "filter_subject: payment.authorized, ack_wait: 5s",
+            "filter_subject: payment.authorized, deliver_policy: new, ack_wait: 5s",
             1,
         )
     });
     let plan = s.streams(&["plan", "-f", &spec]);
     assert!(
         plan.stdout
-            .contains("! consumer PAYMENTS > orders-payment-created"),
+            .contains("! consumer PAYMENTS > orders-payment-authorized"),
         "{plan:?}"
     );
     assert!(
@@ -385,16 +385,16 @@ async fn prune_deletes_only_what_the_tool_owns_and_the_spec_dropped() {
         })
         .await
         .unwrap();
-    publish(&js, "payment.created", 2).await;
+    publish(&js, "payment.authorized", 2).await;
     // The spec drops PAYMENTS (and the consumer on it) and one consumer on ORDERS.
     let spec = s.spec("smaller.yaml", |t| {
         let t = t.replacen(
-            "  - name: PAYMENTS\n    owner: payments\n    description: Charges and refunds (payment.created, payment.refunded)\n    subjects: [\"payment.>\"]\n    duplicate_window: 2m\n",
+            "  - name: PAYMENTS\n    owner: payments\n    description: Holds on cards and their fate (payment.authorized, payment.captured, payment.voided, payment.refunded)\n    subjects: [\"payment.>\"]\n    duplicate_window: 2m\n",
             "",
             1,
         );
         t.lines()
-            .filter(|l| !l.contains("orders-payment-created") && !l.contains("payments-order-completed"))
+            .filter(|l| !l.contains("orders-payment-authorized") && !l.contains("payments-order-completed"))
             .map(|l| format!("{l}\n"))
             .collect()
     });

@@ -181,19 +181,49 @@ pub struct ExpirationComplete {
 }
 shared::event!(ExpirationComplete, "expiration.complete");
 
-/// `payment.created`: payments, after a successful charge.
+/// `payment.authorized`: payments, when the card holds the order's price
+/// (no money has moved). Orders answers with its verdict: `order.completed`
+/// if the order was still awaiting payment, otherwise the `order.cancelled`
+/// it already published.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct PaymentCreated {
+pub struct PaymentAuthorized {
     pub id: PaymentId,
     pub order_id: OrderId,
-    pub charge_id: String,
+    /// The gateway's authorization (a Stripe PaymentIntent id).
+    pub authorization_id: String,
     pub amount_cents: Money,
 }
-shared::event!(PaymentCreated, "payment.created");
+shared::event!(PaymentAuthorized, "payment.authorized");
 
-/// `payment.refunded`: payments, when a charge is refunded because its order
-/// was cancelled first.
+/// `payment.captured`: payments, when the held amount was taken because the
+/// order completed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentCaptured {
+    pub id: PaymentId,
+    pub order_id: OrderId,
+    pub authorization_id: String,
+    pub amount_cents: Money,
+}
+shared::event!(PaymentCaptured, "payment.captured");
+
+/// `payment.voided`: payments, when the hold was released: the order was
+/// cancelled first, or no verdict came within the bound. Nothing was charged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentVoided {
+    pub id: PaymentId,
+    pub order_id: OrderId,
+    pub authorization_id: String,
+    pub amount_cents: Money,
+    /// `order-cancelled` or `no-verdict`.
+    pub reason: String,
+}
+shared::event!(PaymentVoided, "payment.voided");
+
+/// `payment.refunded`: payments, when an operator gave captured money back
+/// (`ticketing payments refund`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentRefunded {
@@ -213,7 +243,9 @@ pub const ALL_SUBJECTS: &[&str] = &[
     OrderCancelled::SUBJECT,
     OrderCompleted::SUBJECT,
     ExpirationComplete::SUBJECT,
-    PaymentCreated::SUBJECT,
+    PaymentAuthorized::SUBJECT,
+    PaymentCaptured::SUBJECT,
+    PaymentVoided::SUBJECT,
     PaymentRefunded::SUBJECT,
 ];
 
@@ -230,7 +262,9 @@ pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
             ExpirationComplete::SUBJECT,
             schema_of::<ExpirationComplete>(),
         ),
-        (PaymentCreated::SUBJECT, schema_of::<PaymentCreated>()),
+        (PaymentAuthorized::SUBJECT, schema_of::<PaymentAuthorized>()),
+        (PaymentCaptured::SUBJECT, schema_of::<PaymentCaptured>()),
+        (PaymentVoided::SUBJECT, schema_of::<PaymentVoided>()),
         (PaymentRefunded::SUBJECT, schema_of::<PaymentRefunded>()),
     ]
 }
@@ -266,7 +300,7 @@ pub const CATALOGUE: &[ServiceEvents] = &[
             TicketCreated::SUBJECT,
             TicketUpdated::SUBJECT,
             ExpirationComplete::SUBJECT,
-            PaymentCreated::SUBJECT,
+            PaymentAuthorized::SUBJECT,
         ],
     },
     ServiceEvents {
@@ -276,7 +310,12 @@ pub const CATALOGUE: &[ServiceEvents] = &[
     },
     ServiceEvents {
         service: "payments",
-        publishes: &[PaymentCreated::SUBJECT, PaymentRefunded::SUBJECT],
+        publishes: &[
+            PaymentAuthorized::SUBJECT,
+            PaymentCaptured::SUBJECT,
+            PaymentVoided::SUBJECT,
+            PaymentRefunded::SUBJECT,
+        ],
         consumes: &[
             OrderCreated::SUBJECT,
             OrderCancelled::SUBJECT,

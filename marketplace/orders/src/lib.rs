@@ -3,8 +3,8 @@
 //! Owns `orders` and a replica of tickets; publishes `order.created`,
 //! `order.cancelled` and `order.completed`; consumes `ticket.created`,
 //! `ticket.updated` (replica, in version order), `expiration.complete`
-//! (cancel unless complete) and `payment.created` (complete unless
-//! cancelled). One active order per ticket is enforced by a partial unique
+//! (cancel unless complete) and `payment.authorized` (complete if still
+//! `created`: orders alone decides whether a hold is captured). One active order per ticket is enforced by a partial unique
 //! index, so of any number of concurrent buyers exactly one wins.
 
 mod listeners;

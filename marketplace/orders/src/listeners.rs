@@ -1,9 +1,9 @@
 //! How orders reacts to the world: keep the ticket replica current (in
-//! version order), cancel expired orders, complete paid ones.
+//! version order), cancel expired orders, decide the fate of payments.
 
 use bus::listener::{EventContext, ListenerError, Listeners, Outcome, check_version};
 use marketplace_events::{
-    ExpirationComplete, OrderCompleted, OrderStatus, PaymentCreated, TicketCreated, TicketRef,
+    ExpirationComplete, OrderCompleted, OrderStatus, PaymentAuthorized, TicketCreated, TicketRef,
     TicketUpdated,
 };
 
@@ -16,7 +16,7 @@ pub(crate) fn spawn(state: &AppState, listeners: Listeners) -> Vec<tokio::task::
         .on(on_ticket_created)
         .on(on_ticket_updated)
         .on(on_expired)
-        .on(on_paid)
+        .on(on_authorized)
         .into_tasks()
 }
 
@@ -90,9 +90,15 @@ async fn on_expired(
     Ok(Outcome::Done)
 }
 
-async fn on_paid(
+/// The verdict on a hold: orders alone decides whether a payment completes
+/// the order. Still `created` → complete it (`order.completed` tells payments
+/// to capture). Cancelled (by the buyer or by expiry) → nothing to do: the
+/// `order.cancelled` already published tells payments to void the hold.
+/// Complete → a duplicate. The order's row lock orders this against a
+/// concurrent cancellation or expiry, so exactly one of them wins.
+async fn on_authorized(
     state: AppState,
-    e: PaymentCreated,
+    e: PaymentAuthorized,
     ctx: EventContext,
 ) -> Result<Outcome, ListenerError> {
     let now = state.clock.now();
@@ -100,12 +106,11 @@ async fn on_paid(
         .outbox
         .write(move |c| {
             let Some(mut order) = Order::find_for_update(c, e.order_id)? else {
+                // Payments voids a hold that gets no verdict within its bound.
                 tracing::warn!(order_id = %e.order_id, "payment for an unknown order");
                 return Ok(());
             };
             if order.status != OrderStatus::Created {
-                // Cancelled first: payments refunds it when it sees the
-                // cancellation. Complete: a duplicate.
                 return Ok(());
             }
             order.finish(c, OrderStatus::Complete)?;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bus::listener::ListenerOptions;
 use marketplace_events::{
-    ExpirationComplete, OrderCancelled, OrderCompleted, OrderCreated, PaymentCreated,
+    ExpirationComplete, OrderCancelled, OrderCompleted, OrderCreated, PaymentAuthorized,
     TicketCreated, TicketStatus, TicketUpdated,
 };
 use marketplace_events::{OrderId, PaymentId, TicketId};
@@ -328,10 +328,10 @@ async fn cancelling_frees_the_ticket_publishes_once_and_a_complete_order_cannot_
     // The ticket can be bought again; pay for that order.
     let again = until_orderable(&app, &buyer, t).await;
     let id = OrderId::parse(again["id"].as_str().unwrap()).unwrap();
-    app.publish(&PaymentCreated {
+    app.publish(&PaymentAuthorized {
         id: PaymentId::new(),
         order_id: id,
-        charge_id: "ch_1".into(),
+        authorization_id: "pi_ch_1".into(),
         amount_cents: Money::from_cents(100),
     })
     .await;
@@ -370,10 +370,10 @@ async fn expiry_cancels_an_unpaid_order_but_never_a_paid_one() {
         OrderId::parse(unpaid["id"].as_str().unwrap()).unwrap(),
         OrderId::parse(paid["id"].as_str().unwrap()).unwrap(),
     );
-    app.publish(&PaymentCreated {
+    app.publish(&PaymentAuthorized {
         id: PaymentId::new(),
         order_id: paid_id,
-        charge_id: "ch".into(),
+        authorization_id: "pi_ch".into(),
         amount_cents: Money::from_cents(100),
     })
     .await;
@@ -396,11 +396,12 @@ async fn expiry_cancels_an_unpaid_order_but_never_a_paid_one() {
         status_of(&app, &buyer, &paid_id.to_string()).await,
         "complete"
     );
-    // A payment landing after expiry does not complete the cancelled order.
-    app.publish(&PaymentCreated {
+    // A hold landing after expiry does not complete the cancelled order
+    // (its order.cancelled already told payments to void it).
+    app.publish(&PaymentAuthorized {
         id: PaymentId::new(),
         order_id: unpaid_id,
-        charge_id: "ch2".into(),
+        authorization_id: "pi_ch2".into(),
         amount_cents: Money::from_cents(100),
     })
     .await;

@@ -7,14 +7,14 @@ use serde::Deserialize;
 use shared::http::BoxFuture;
 use shared::money::Money;
 
-/// A charge to make.
+/// A hold to place on a card.
 #[derive(Debug, Clone)]
 pub struct ChargeRequest {
     pub amount: Money,
     pub currency: String,
     /// A card token such as `tok_visa`.
     pub token: String,
-    /// The same key always yields the same charge (one per order).
+    /// The same key always yields the same authorization (one per payment).
     pub idempotency_key: String,
     pub description: String,
 }
@@ -41,8 +41,8 @@ pub enum Settled {
     Voided,
 }
 
-/// Charges and refunds; holds (authorizations) that are later captured or
-/// voided.
+/// Holds (authorizations) that are later captured or voided, and refunds
+/// of captured ones.
 pub trait PaymentGateway: Send + Sync + 'static {
     /// Short name for logs and start-up messages.
     fn name(&self) -> &'static str;
@@ -58,19 +58,17 @@ pub trait PaymentGateway: Send + Sync + 'static {
         how: Settled,
         idempotency_key: String,
     ) -> BoxFuture<'_, Result<(), GatewayError>>;
-    /// Charges a card; returns the charge id.
-    fn charge(&self, req: ChargeRequest) -> BoxFuture<'_, Result<String, GatewayError>>;
-    /// Refunds a charge in full; returns the refund id.
+    /// Refunds a captured authorization in full; returns the refund id.
     fn refund(
         &self,
-        charge_id: String,
+        authorization_id: String,
         idempotency_key: String,
     ) -> BoxFuture<'_, Result<String, GatewayError>>;
 }
 
 /// Stripe's test-mode behaviour, offline: `tok_visa` and `tok_mastercard`
 /// succeed, `tok_chargeDeclined` is declined, anything else is invalid. Ids
-/// derive from the idempotency key, so a retried charge is the same charge.
+/// derive from the idempotency key, so a retried authorization is the same.
 pub struct OfflineGateway;
 
 fn offline_id(prefix: &str, key: &str) -> String {
@@ -114,20 +112,16 @@ impl PaymentGateway for OfflineGateway {
         })
     }
 
-    fn charge(&self, req: ChargeRequest) -> BoxFuture<'_, Result<String, GatewayError>> {
-        Box::pin(async move { offline_card(&req, "ch") })
-    }
-
     fn refund(
         &self,
-        _charge_id: String,
+        _authorization_id: String,
         idempotency_key: String,
     ) -> BoxFuture<'_, Result<String, GatewayError>> {
         Box::pin(async move { Ok(offline_id("re", &idempotency_key)) })
     }
 }
 
-/// The real Stripe API (`/v1/charges`, `/v1/refunds`), form-encoded, with the
+/// The real Stripe API (`/v1/payment_intents`, `/v1/refunds`), form-encoded, with the
 /// secret key as bearer token and an `Idempotency-Key` on every request.
 pub struct StripeGateway {
     client: reqwest::Client,
@@ -297,31 +291,19 @@ impl PaymentGateway for StripeGateway {
         })
     }
 
-    fn charge(&self, req: ChargeRequest) -> BoxFuture<'_, Result<String, GatewayError>> {
-        Box::pin(async move {
-            let amount = req.amount.cents().to_string();
-            self.post(
-                "/v1/charges",
-                &req.idempotency_key,
-                &[
-                    ("amount", &amount),
-                    ("currency", &req.currency),
-                    ("source", &req.token),
-                    ("description", &req.description),
-                ],
-            )
-            .await
-        })
-    }
-
+    /// `/v1/refunds` for the captured PaymentIntent.
     fn refund(
         &self,
-        charge_id: String,
+        authorization_id: String,
         idempotency_key: String,
     ) -> BoxFuture<'_, Result<String, GatewayError>> {
         Box::pin(async move {
-            self.post("/v1/refunds", &idempotency_key, &[("charge", &charge_id)])
-                .await
+            self.post(
+                "/v1/refunds",
+                &idempotency_key,
+                &[("payment_intent", &authorization_id)],
+            )
+            .await
         })
     }
 }

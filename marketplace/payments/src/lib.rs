@@ -1,17 +1,31 @@
-//! The payments service: pay for an order.
+//! The payments service: pay for an order, as a saga in which the orders
+//! service alone decides.
 //!
-//! Owns `payments` and a replica of orders; publishes `payment.created` and
-//! `payment.refunded`; consumes `order.created`, `order.cancelled` and
-//! `order.completed`. Paying is idempotent per order: the gateway gets one
-//! idempotency key per order and the database one payment per order, so a
-//! retried or concurrent second payment never charges twice. A payment that
-//! lands after its order was cancelled is refunded.
+//! Owns `payments` and a replica of orders; publishes `payment.authorized`,
+//! `payment.captured`, `payment.voided` and `payment.refunded`; consumes
+//! `order.created`, `order.cancelled` and `order.completed`.
+//!
+//! 1. `POST /api/payments` places a hold on the card (authorize: no money
+//!    moves) and records the payment `authorized` with `payment.authorized`
+//!    in the same transaction.
+//! 2. Orders completes the order if it is still awaiting payment
+//!    (`order.completed`), or has already cancelled it (`order.cancelled`).
+//! 3. That verdict makes payments capture the hold or void it, retried until
+//!    the gateway confirms (one idempotency key per payment and step), by a
+//!    settler that survives restarts; `payment.captured` / `payment.voided`.
+//! 4. The request waits for the verdict, bounded: 201 captured, 409 nothing
+//!    was charged, or 202 pending (then `GET /api/payments/:id`).
+//!
+//! A hold that gets no verdict within a bound is voided and counted. Money
+//! that was captured goes back only by an operator's refund.
 
 pub mod gateway;
 mod listeners;
 mod payments;
+pub mod saga;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bus::outbox::OUTBOX_TABLE_SQL;
 use runtime::service::{Deps, Running};
@@ -47,6 +61,26 @@ pub static MIGRATIONS: &[Migration] = &[
         description: "outbox",
         sql: OUTBOX_TABLE_SQL,
     },
+    // The saga: a payment is a hold that is later captured or voided. Rows
+    // from before were captured charges (their ids stay in
+    // `authorization_id`); a declined attempt keeps the order payable.
+    // `next_try_at` is when the settler looks at the row next; NULL once it
+    // reached an end (captured, voided, declined).
+    Migration {
+        version: 3,
+        description: "payments as authorize, then capture or void",
+        sql: "ALTER TABLE payments RENAME COLUMN charge_id TO authorization_id;
+              ALTER TABLE payments ADD COLUMN status TEXT NOT NULL DEFAULT 'captured';
+              ALTER TABLE payments ADD COLUMN card_token TEXT;
+              ALTER TABLE payments ADD COLUMN attempts BIGINT NOT NULL DEFAULT 0;
+              ALTER TABLE payments ADD COLUMN next_try_at BIGINT;
+              ALTER TABLE payments ADD COLUMN last_error TEXT;
+              DROP INDEX payments_one_per_order;
+              CREATE UNIQUE INDEX payments_one_live_per_order ON payments (order_id)
+                  WHERE status <> 'declined';
+              CREATE INDEX payments_due ON payments (next_try_at)
+                  WHERE next_try_at IS NOT NULL;",
+    },
 ];
 
 /// Settings of the payments service.
@@ -55,6 +89,17 @@ pub struct Config {
     pub gateway: Arc<dyn PaymentGateway>,
     /// ISO currency code charged (`PAYMENT_CURRENCY`, default `usd`).
     pub currency: String,
+    /// How long `POST /api/payments` waits for the order's verdict before
+    /// answering 202 (`PAYMENT_WAIT_SECONDS`, default 5).
+    pub verdict_wait: Duration,
+    /// How long a hold waits for a verdict before it is voided
+    /// (`PAYMENT_VERDICT_TIMEOUT_SECONDS`, default one hour; orders expire
+    /// long before, so only a lost order gets there).
+    pub verdict_timeout: Duration,
+    /// How long an authorization may stay unconfirmed (a crash or a gateway
+    /// outage mid-request) before the settler asks the gateway again with
+    /// the same idempotency key. Longer than the gateway client's timeout.
+    pub authorize_recovery: Duration,
 }
 
 impl Default for Config {
@@ -62,12 +107,24 @@ impl Default for Config {
         Config {
             gateway: Arc::new(OfflineGateway),
             currency: "usd".into(),
+            verdict_wait: Duration::from_secs(5),
+            verdict_timeout: Duration::from_secs(3600),
+            authorize_recovery: Duration::from_secs(60),
         }
     }
 }
 
+/// The settings plus what the request path and the settler share in
+/// process: verdicts as they are applied, and a wake-up for the settler.
+#[derive(Clone)]
+pub struct Shared {
+    pub settings: Config,
+    pub(crate) verdicts: saga::Verdicts,
+    pub(crate) settler: Arc<tokio::sync::Notify>,
+}
+
 /// What the handlers and listeners share.
-pub type AppState = runtime::service::ServiceState<Config>;
+pub type AppState = runtime::service::ServiceState<Shared>;
 
 pub fn router(state: AppState) -> axum::Router {
     payments::router().split_for_parts().0.with_state(state)
@@ -96,7 +153,18 @@ pub async fn start(
     let base = deps
         .open_service(marketplace_events::service_events(SERVICE), MIGRATIONS)
         .await?;
-    let state = base.state(deps, config);
-    let listeners = listeners::spawn(&state, base.listeners(listener_options));
-    Ok(base.running(router(state), listeners))
+    let state = base.state(
+        deps,
+        Shared {
+            settings: config,
+            verdicts: saga::Verdicts::default(),
+            settler: Arc::new(tokio::sync::Notify::new()),
+        },
+    );
+    let mut tasks = listeners::spawn(&state, base.listeners(listener_options));
+    tasks.push(tokio::spawn(saga::run_settler(
+        state.clone(),
+        deps.shutdown.clone(),
+    )));
+    Ok(base.running(router(state), tasks))
 }

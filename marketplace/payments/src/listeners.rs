@@ -1,12 +1,13 @@
-//! How payments follows orders: a replica applied in version order, and a
-//! refund when an order that was paid turns out to be cancelled.
+//! How payments follows orders: a replica applied in version order, and the
+//! order's verdict on a hold — capture it when the order completed, void it
+//! when the order was cancelled.
 
 use bus::listener::{EventContext, ListenerError, Listeners, Outcome, check_version};
 use marketplace_events::OrderId;
 use marketplace_events::{OrderCancelled, OrderCompleted, OrderCreated, OrderStatus};
 
 use crate::AppState;
-use crate::payments::refund_if_cancelled;
+use crate::saga;
 
 pub(crate) fn spawn(state: &AppState, listeners: Listeners) -> Vec<tokio::task::JoinHandle<()>> {
     listeners
@@ -39,14 +40,19 @@ async fn on_created(
         .await
 }
 
+/// The order reached its end: the replica takes it and, in the same
+/// transaction, the order's hold gets its verdict (a durable obligation the
+/// settler keeps if what follows fails). The capture or void is then tried
+/// at once.
 async fn on_finished(
     state: AppState,
     id: OrderId,
     version: i64,
     status: OrderStatus,
-    ctx: EventContext,
+    _: EventContext,
 ) -> Result<Outcome, ListenerError> {
-    let outcome = state
+    let now = state.clock.now();
+    let (outcome, work) = state
         .db
         .write(move |c| {
             let stored: Option<i64> = c
@@ -57,21 +63,21 @@ async fn on_finished(
                 .map(|r| r.get(0))
                 .transpose()?;
             if let Some(outcome) = check_version(&format!("order {id}"), stored, version) {
-                return Ok::<_, ListenerError>(outcome);
+                return Ok::<_, ListenerError>((outcome, None));
             }
             c.execute(
                 "UPDATE orders SET status = $2, version = $3 WHERE id = $1",
                 &[&id, &status.as_str(), &version],
             )?;
-            Ok(Outcome::Done)
+            let work = saga::apply_verdict(c, id, status == OrderStatus::Complete, now)?;
+            Ok((Outcome::Done, work))
         })
         .await?;
-    // Checked on every delivery, duplicates included, so a refund that failed
-    // half-way (gateway down, crash) is retried until it is recorded.
-    if outcome == Outcome::Done && status == OrderStatus::Cancelled {
-        refund_if_cancelled(&state, id, &ctx.trace)
-            .await
-            .map_err(|e| ListenerError::dependency(format!("refunding order {id}"), e))?;
+    if let Some((payment, _)) = work {
+        // A failure here is the settler's to retry: the verdict is stored.
+        if let Err(e) = saga::settle(&state, payment).await {
+            tracing::warn!(%payment, error = %store::report(&e), "cannot settle the payment now; the settler will retry");
+        }
     }
     Ok(outcome)
 }

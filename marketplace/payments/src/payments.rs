@@ -1,27 +1,59 @@
-//! `POST /api/payments`: pay for an order, and the refund of payments whose
-//! order was cancelled first.
+//! `POST /api/payments` (place a hold, wait for the order's verdict) and
+//! `GET /api/payments/:id`.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use marketplace_events::{OrderId, PaymentId};
-use marketplace_events::{OrderStatus, PaymentCreated, PaymentRefunded};
+use marketplace_events::{OrderId, OrderStatus, PaymentId};
 use serde::Serialize;
 use shared::ApiError;
 use shared::auth::AuthUser;
-use shared::http::{Fields, FromFields, ValidJson};
-use shared::ids::UserId;
+use shared::http::{Fields, FromFields, IdPath, ValidJson};
 use shared::money::{Dollars, Money};
 use shared::trace::TraceContext;
-use store::Conn as _;
 use store::StoreError;
 
 use crate::AppState;
-use crate::gateway::{ChargeRequest, GatewayError};
+use crate::gateway::GatewayError;
+use crate::saga::{self, Payment, Status};
 
 /// The routes and their OpenAPI description, registered together.
 pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
-    utoipa_axum::router::OpenApiRouter::default().routes(utoipa_axum::routes!(pay))
+    utoipa_axum::router::OpenApiRouter::default()
+        .routes(utoipa_axum::routes!(pay))
+        .routes(utoipa_axum::routes!(show))
+}
+
+/// Where a payment stands, as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PublicStatus {
+    /// The card holds the amount; the order's verdict is not known yet.
+    Pending,
+    /// The order completed; the held amount is being taken.
+    Capturing,
+    /// The order completed and the amount was taken.
+    Captured,
+    /// The order was cancelled (or no verdict came): the hold was released,
+    /// nothing was charged.
+    Voided,
+    /// The card was declined; nothing was held.
+    Declined,
+    /// Captured, then given back by an operator.
+    Refunded,
+}
+
+impl PublicStatus {
+    fn of(p: &Payment) -> PublicStatus {
+        match p.status {
+            _ if p.refund_id.is_some() => PublicStatus::Refunded,
+            Status::Authorizing | Status::Authorized => PublicStatus::Pending,
+            Status::Capturing => PublicStatus::Capturing,
+            Status::Captured => PublicStatus::Captured,
+            Status::Voiding | Status::Voided => PublicStatus::Voided,
+            Status::Declined => PublicStatus::Declined,
+        }
+    }
 }
 
 /// A payment as the API returns it.
@@ -33,11 +65,25 @@ pub struct PaymentBody {
     id: PaymentId,
     #[schema(value_type = String, format = Uuid)]
     order_id: OrderId,
-    /// The gateway's charge id.
-    charge_id: String,
-    /// Dollars charged.
+    status: PublicStatus,
+    /// The gateway's authorization (a Stripe PaymentIntent id); empty while
+    /// the gateway has not answered.
+    authorization_id: String,
+    /// Dollars held, charged or released.
     #[schema(value_type = f64)]
     amount: Dollars,
+}
+
+impl From<&Payment> for PaymentBody {
+    fn from(p: &Payment) -> Self {
+        PaymentBody {
+            id: p.id,
+            order_id: p.order_id,
+            status: PublicStatus::of(p),
+            authorization_id: p.authorization_id.clone(),
+            amount: Dollars(p.amount),
+        }
+    }
 }
 
 /// What a buyer sends to pay for an order.
@@ -63,58 +109,65 @@ impl FromFields for PaymentInput {
     }
 }
 
-struct OrderCopy {
-    user_id: UserId,
-    price: Money,
-    status: OrderStatus,
+/// The 409 of an order that was cancelled before the payment's verdict.
+pub const NOTHING_CHARGED: &str = "Order was cancelled; nothing was charged";
+
+fn conflict_for(p: &Payment) -> ApiError {
+    ApiError::Conflict(
+        match PublicStatus::of(p) {
+            PublicStatus::Pending => "A payment for this order is already being processed",
+            PublicStatus::Voided => NOTHING_CHARGED,
+            _ => "Order is already paid",
+        }
+        .into(),
+    )
 }
 
-/// The replica of an order; `lock` holds its row until the transaction ends.
-fn load_order(
+/// The replica's order, if it is the caller's, and its live payment.
+fn load(
     c: &mut dyn store::Conn,
-    id: OrderId,
-    lock: bool,
-) -> Result<Option<OrderCopy>, StoreError> {
-    let sql = if lock {
-        "SELECT user_id, price_cents, status FROM orders WHERE id = $1 FOR UPDATE"
-    } else {
-        "SELECT user_id, price_cents, status FROM orders WHERE id = $1"
+    order: OrderId,
+    user: shared::ids::UserId,
+) -> Result<Option<(OrderStatus, Money, Option<Payment>)>, StoreError> {
+    let Some(row) = c.query_opt(
+        "SELECT user_id, price_cents, status FROM orders WHERE id = $1",
+        &[&order],
+    )?
+    else {
+        return Ok(None);
     };
-    c.query_opt(sql, &[&id])?
-        .map(|r| {
-            let status: String = r.get(2)?;
-            Ok(OrderCopy {
-                user_id: r.get(0)?,
-                price: r.get(1)?,
-                status: OrderStatus::parse(&status).ok_or_else(|| {
-                    StoreError::new(
-                        store::StoreErrorKind::Decode,
-                        format!("bad status {status}"),
-                    )
-                })?,
-            })
-        })
-        .transpose()
+    if row.get::<shared::ids::UserId>(0)? != user {
+        return Ok(None);
+    }
+    let status: String = row.get(2)?;
+    let status = OrderStatus::parse(&status).ok_or_else(|| {
+        StoreError::new(
+            store::StoreErrorKind::Decode,
+            format!("bad status {status}"),
+        )
+    })?;
+    Ok(Some((
+        status,
+        row.get(1)?,
+        Payment::live_for_order(c, order)?,
+    )))
 }
 
-fn already_paid() -> ApiError {
-    ApiError::Conflict("Order is already paid".into())
-}
-
-fn cancelled() -> ApiError {
-    ApiError::Conflict("Cannot pay for a cancelled order".into())
-}
-
-/// Charges the order's price; publishes `payment.created`. Idempotent per
-/// order: a second payment never charges twice.
+/// Places a hold for the order's price on the card and waits (bounded) for
+/// the orders service's verdict: 201 when the order completed and the
+/// amount was captured, 409 when the order was cancelled first (the hold is
+/// released: nothing is charged), 202 when no verdict came in time — read
+/// the payment or the order later. One live payment per order: a second,
+/// concurrent one is a 409 and never holds the card twice.
 #[utoipa::path(post, path = "/api/payments", tag = "payments",
     request_body = PaymentInput,
     security(("session" = []), ("bearer" = [])),
     responses(
-        (status = 201, description = "Charged", body = PaymentBody),
-        (status = 402, description = "The card was declined", body = shared::openapi::ErrorBody),
+        (status = 201, description = "The order completed and the amount was captured (status `captured`, or `capturing` while the gateway confirms)", body = PaymentBody),
+        (status = 202, description = "The hold is placed but the verdict did not come in time (status `pending`): read `GET /api/payments/{id}` or the order later", body = PaymentBody),
+        (status = 402, description = "The card was declined; the order can still be paid", body = shared::openapi::ErrorBody),
         (status = 404, description = "No such order of the caller's", body = shared::openapi::ErrorBody),
-        (status = 409, description = "The order is cancelled or already paid", body = shared::openapi::ErrorBody),
+        (status = 409, description = "The order is cancelled (nothing was charged), already paid, or a payment for it is in progress", body = shared::openapi::ErrorBody),
     ))]
 async fn pay(
     State(state): State<AppState>,
@@ -124,153 +177,99 @@ async fn pay(
 ) -> Result<(StatusCode, Json<PaymentBody>), ApiError> {
     let order_id = OrderId::parse(&order_id).ok_or(ApiError::NotFound)?;
 
-    let order = state
-        .db
-        .read(move |c| {
-            let order = load_order(c, order_id, false)?;
-            let paid = c
-                .query_opt("SELECT 1 FROM payments WHERE order_id = $1", &[&order_id])?
-                .is_some();
-            Ok::<_, StoreError>(order.map(|o| (o, paid)))
-        })
-        .await?;
-    let (order, paid) = match order {
-        Some((o, paid)) if o.user_id == user.id => (o, paid),
-        _ => return Err(ApiError::NotFound),
-    };
-    match order.status {
-        OrderStatus::Cancelled => return Err(cancelled()),
-        OrderStatus::Complete => return Err(already_paid()),
-        OrderStatus::Created if paid => return Err(already_paid()),
-        OrderStatus::Created => {}
-    }
-
-    // One idempotency key per order: a retried or concurrent payment gets
-    // the same charge back from the gateway instead of a second one.
-    let charge_id = state
-        .config
-        .gateway
-        .charge(ChargeRequest {
-            amount: order.price,
-            currency: state.config.currency.clone(),
-            token,
-            idempotency_key: format!("charge-{order_id}"),
-            description: format!("ticketing order {order_id}"),
-        })
-        .await
-        .map_err(|e| match e {
-            GatewayError::Declined(m) => ApiError::PaymentDeclined(m),
-            GatewayError::Invalid(m) => ApiError::field("token", m),
-            GatewayError::Unavailable(m) => {
-                tracing::warn!(error = %m, "payment gateway unavailable");
-                ApiError::Unavailable(
-                    "The payment gateway is unavailable, try again shortly".into(),
-                )
-            }
-        })?;
-
+    // Record the attempt first: the unique index on the order's live
+    // payment lets one of any number of concurrent requests through, and a
+    // crash from here on leaves a row the settler finishes.
     let now = state.clock.now();
-    let payment_id = PaymentId::new();
-    let amount = order.price;
-    let charge = charge_id.clone();
-    // Record the charge even if the order was cancelled meanwhile, so the
-    // refund below (or the cancellation listener) gives the money back.
-    let status_now = state
-        .outbox
+    let recovery = now.plus_secs(state.config.settings.authorize_recovery.as_secs());
+    let id = PaymentId::new();
+    let card = token.clone();
+    let payment = state
+        .db
         .write(move |c| {
-            let status = load_order(c, order_id, true)?.map(|o| o.status).unwrap_or(OrderStatus::Cancelled);
+            let (status, price, live) = load(c, order_id, user.id)?.ok_or(ApiError::NotFound)?;
+            if let Some(p) = live {
+                return Err(conflict_for(&p));
+            }
+            match status {
+                OrderStatus::Cancelled => {
+                    return Err(ApiError::Conflict("Cannot pay for a cancelled order".into()));
+                }
+                OrderStatus::Complete => return Err(ApiError::Conflict("Order is already paid".into())),
+                OrderStatus::Created => {}
+            }
             c.execute(
-                "INSERT INTO payments (id, order_id, charge_id, amount_cents, created_at) VALUES ($1, $2, $3, $4, $5)",
-                &[&payment_id, &order_id, &charge, &amount, &now],
+                "INSERT INTO payments (id, order_id, authorization_id, amount_cents, created_at, status, card_token, next_try_at)
+                 VALUES ($1, $2, '', $3, $4, 'authorizing', $5, $6)",
+                &[&id, &order_id, &price, &now, &card, &recovery],
             )
-            .map_err(|e| if e.is_unique_violation() { already_paid() } else { e.into() })?;
-            let event = PaymentCreated { id: payment_id, order_id, charge_id: charge.clone(), amount_cents: amount };
-            c.enqueue(&event, &trace, now)?;
-            Ok::<_, ApiError>(status)
+            .map_err(|e| {
+                if e.is_unique_violation() {
+                    ApiError::Conflict("A payment for this order is already being processed".into())
+                } else {
+                    e.into()
+                }
+            })?;
+            Payment::find(c, id)?.ok_or_else(|| ApiError::internal(format!("payment {id} not inserted")))
         })
         .await?;
-    tracing::info!(%order_id, %payment_id, charge_id = %charge_id, "payment recorded");
 
-    if status_now == OrderStatus::Cancelled {
-        refund_if_cancelled(&state, order_id, &TraceContext::new_root())
-            .await
-            .map_err(ApiError::internal)?;
-        return Err(cancelled());
-    }
-    Ok((
-        StatusCode::CREATED,
-        Json(PaymentBody {
-            id: payment_id,
-            order_id,
-            charge_id,
-            amount: Dollars(amount),
-        }),
-    ))
-}
-
-/// Why a refund could not be made or recorded (it is retried).
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum RefundError {
-    #[error("cannot read or record the refund")]
-    Store(#[from] StoreError),
-    #[error("the payment gateway refused or failed the refund")]
-    Gateway(#[from] GatewayError),
-}
-
-/// Refunds the order's payment if the order is cancelled and the payment not
-/// yet refunded. Safe to call any number of times: the gateway sees one
-/// idempotency key per payment and the refund is recorded once.
-pub(crate) async fn refund_if_cancelled(
-    state: &AppState,
-    order_id: OrderId,
-    trace: &TraceContext,
-) -> Result<(), RefundError> {
-    let pending = state
-        .db
-        .read(move |c| {
-            c.query_opt(
-                "SELECT p.id, p.charge_id, p.amount_cents FROM payments p JOIN orders o ON o.id = p.order_id
-                 WHERE p.order_id = $1 AND p.refund_id IS NULL AND o.status = 'cancelled'",
-                &[&order_id],
-            )?
-            .map(|r| Ok::<_, StoreError>((r.get::<PaymentId>(0)?, r.get::<String>(1)?, r.get::<Money>(2)?)))
-            .transpose()
-        })
-        .await?;
-    let Some((payment_id, charge_id, amount)) = pending else {
-        return Ok(());
+    let answer = saga::authorize(&state, &payment, token).await;
+    let status = match &answer {
+        // The outcome is unknown (the gateway may hold the card): the
+        // settler asks again with the same key once the recovery bound has
+        // passed, and the saga goes on from its answer.
+        Err(GatewayError::Unavailable(m)) => {
+            tracing::warn!(error = %m, payment_id = %id, "payment gateway unavailable; the settler will retry");
+            Status::Authorizing
+        }
+        _ => saga::record_authorization(&state, id, &answer, trace)
+            .await?
+            .unwrap_or(Status::Authorizing),
     };
-    let refund_id = state
-        .config
-        .gateway
-        .refund(charge_id, format!("refund-{payment_id}"))
-        .await?;
-    let now = state.clock.now();
-    let trace = *trace;
-    let recorded = state
-        .outbox
-        .write(move |c| {
-            let n = c.execute(
-                "UPDATE payments SET refund_id = $2 WHERE id = $1 AND refund_id IS NULL",
-                &[&payment_id, &refund_id],
-            )?;
-            if n == 1 {
-                c.enqueue(
-                    &PaymentRefunded {
-                        id: payment_id,
-                        order_id,
-                        refund_id,
-                        amount_cents: amount,
-                    },
-                    &trace,
-                    now,
-                )?;
-            }
-            Ok::<_, StoreError>(n == 1)
-        })
-        .await?;
-    if recorded {
-        tracing::info!(%order_id, %payment_id, "payment refunded: its order was cancelled first");
+    match (status, answer) {
+        (Status::Declined, Err(GatewayError::Declined(m))) => {
+            return Err(ApiError::PaymentDeclined(m));
+        }
+        (Status::Declined, Err(GatewayError::Invalid(m))) => {
+            return Err(ApiError::field("token", m));
+        }
+        _ => {}
     }
-    Ok(())
+    let status = if status == Status::Authorized {
+        saga::wait_for_verdict(&state, id, state.config.settings.verdict_wait).await
+    } else {
+        status
+    };
+    let payment = state
+        .db
+        .read(move |c| Payment::find(c, id))
+        .await?
+        .ok_or_else(|| ApiError::internal(format!("payment {id} vanished")))?;
+    tracing::info!(%order_id, payment_id = %id, status = status.as_str(), "payment answered");
+    match status.verdict() {
+        Some(true) => Ok((StatusCode::CREATED, Json(PaymentBody::from(&payment)))),
+        Some(false) => Err(ApiError::Conflict(NOTHING_CHARGED.into())),
+        None => Ok((StatusCode::ACCEPTED, Json(PaymentBody::from(&payment)))),
+    }
+}
+
+/// One of the caller's payments, as it stands now.
+#[utoipa::path(get, path = "/api/payments/{id}", tag = "payments",
+    params(("id" = String, Path, description = "payment id")),
+    security(("session" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The payment", body = PaymentBody),
+        (status = 404, description = "No such payment of the caller's", body = shared::openapi::ErrorBody),
+    ))]
+async fn show(
+    State(state): State<AppState>,
+    user: AuthUser,
+    IdPath(id): IdPath<PaymentId>,
+) -> Result<Json<PaymentBody>, ApiError> {
+    let payment = state.db.read(move |c| Payment::find(c, id)).await?;
+    match payment {
+        Some(p) if p.user_id == Some(user.id) => Ok(Json(PaymentBody::from(&p))),
+        _ => Err(ApiError::NotFound),
+    }
 }

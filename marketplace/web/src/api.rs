@@ -27,6 +27,14 @@ pub struct Ticket {
     pub order_id: Option<String>,
 }
 
+/// A payment: `status` is `pending` until the order's verdict, then
+/// `captured` (or `capturing`), `voided`, `declined` or `refunded`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Payment {
+    pub id: String,
+    pub status: String,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct OrderTicket {
     pub id: String,

@@ -12,7 +12,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde_json::{Value, json};
 
-use crate::api::{ApiFieldError, Order, Reply, Ticket, Unavailable, User};
+use crate::api::{ApiFieldError, Order, Payment, Reply, Ticket, Unavailable, User};
 use crate::{Ctx, Shared, same_token};
 
 // ------------------------------------------------------------ page plumbing
@@ -852,6 +852,9 @@ struct OrderPage {
     test_tokens: bool,
     token: String,
     errors: FormErrors,
+    /// A payment for the order awaits its verdict: the page says so and
+    /// refreshes itself instead of offering to pay again.
+    processing: bool,
 }
 
 async fn order_page(
@@ -861,6 +864,18 @@ async fn order_page(
     status: StatusCode,
     token: String,
     errors: FormErrors,
+) -> PageResult {
+    order_page_with(web, ctx, id, status, token, errors, None).await
+}
+
+async fn order_page_with(
+    web: &Shared,
+    ctx: &Ctx,
+    id: &str,
+    status: StatusCode,
+    token: String,
+    errors: FormErrors,
+    payment: Option<&str>,
 ) -> PageResult {
     let (layout, _) = ctx
         .signed_in_layout(web, "Your order", &format!("/orders/{id}"))
@@ -877,6 +892,21 @@ async fn order_page(
         return Err(PageError::NotFound);
     }
     let order: Order = reply.parse()?;
+    // Only a payment id that is a payment id reaches the API.
+    let payment = payment
+        .filter(|p| uuid::Uuid::parse_str(p).is_ok_and(|u| u.hyphenated().to_string() == *p));
+    let processing = match payment {
+        Some(p) if order.status == "created" => {
+            let reply = ctx
+                .call(web, Method::GET, &format!("/api/payments/{p}"), None)
+                .await?;
+            reply.status == StatusCode::OK
+                && reply
+                    .parse::<Payment>()
+                    .is_ok_and(|p| p.status == "pending")
+        }
+        _ => false,
+    };
     page(
         status,
         &OrderPage {
@@ -885,22 +915,27 @@ async fn order_page(
             test_tokens: web.config.test_card_tokens,
             token,
             errors,
+            processing,
         },
     )
 }
 
+/// `?payment=<id>`: the payment just made, still pending when the page
+/// was asked for (after a 202).
 pub(crate) async fn show_order(
     State(web): State<Shared>,
     ctx: Ctx,
     PageId(id): PageId,
+    Query(query): Query<HashMap<String, String>>,
 ) -> PageResult {
-    order_page(
+    order_page_with(
         &web,
         &ctx,
         &id,
         StatusCode::OK,
         String::new(),
         FormErrors::default(),
+        query.get("payment").map(String::as_str),
     )
     .await
 }
@@ -922,6 +957,11 @@ pub(crate) async fn pay(
         )
         .await?;
     match reply.status {
+        // No verdict yet: the order page shows "Processing…" until it comes.
+        StatusCode::ACCEPTED => {
+            let payment = reply.parse::<Payment>().map(|p| p.id).unwrap_or_default();
+            return see_other(&format!("/orders/{id}?payment={}", encode(&payment)), &[]);
+        }
         s if s.is_success() => return see_other(&format!("/orders/{id}"), &[]),
         StatusCode::UNAUTHORIZED => return Err(PageError::SignIn(format!("/orders/{id}"))),
         StatusCode::NOT_FOUND => return Err(PageError::NotFound),

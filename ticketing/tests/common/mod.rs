@@ -313,6 +313,17 @@ impl Shopper {
         .unwrap_or_else(|| panic!("POST {path} never answered 201"))
     }
 
+    /// The `status` of `path` once it is one of `statuses`.
+    pub async fn until_in(&self, path: &str, statuses: &[&str]) -> String {
+        testkit::eventually(Duration::from_secs(15), || async {
+            let v = self.get(path).await;
+            let s = v["status"].as_str().unwrap_or_default().to_owned();
+            statuses.contains(&s.as_str()).then_some(s)
+        })
+        .await
+        .unwrap_or_else(|| panic!("{path} never reached one of {statuses:?}"))
+    }
+
     /// `path` once its `field` has `value`.
     pub async fn until(&self, path: &str, field: &str, value: Value) -> Value {
         testkit::eventually(Duration::from_secs(15), || async {
@@ -322,6 +333,12 @@ impl Shopper {
         .await
         .unwrap_or_else(|| panic!("{path} never had {field} = {value}"))
     }
+}
+
+/// A page's form token (the `_csrf` field of its forms).
+pub fn form_token(html: &str) -> String {
+    let at = html.find(r#"name="_csrf" value=""#).expect("a form token") + 20;
+    html[at..at + html[at..].find('"').unwrap()].to_owned()
 }
 
 /// A running `ticketing` process.

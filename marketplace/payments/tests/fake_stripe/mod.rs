@@ -1,5 +1,8 @@
 //! A local stand-in for the Stripe API: records every request and answers
-//! like Stripe's test mode (idempotency keys included).
+//! like Stripe's test mode (idempotency keys included). Shared by the
+//! payments tests and the whole-system saga tests, which use different parts.
+
+#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,13 +26,16 @@ pub struct Recorded {
 #[derive(Default)]
 struct Inner {
     requests: Vec<Recorded>,
-    /// Idempotency key → object id, as Stripe remembers them.
-    by_key: HashMap<String, String>,
     counter: u64,
     /// PaymentIntent id → status.
     intents: HashMap<String, String>,
+    /// PaymentIntent id → the description it was created with.
+    descriptions: HashMap<String, String>,
     /// Idempotency key → the answer given, replayed for the same key.
     answers: HashMap<String, (StatusCode, serde_json::Value)>,
+    /// Unreachable: every request fails with 503 before Stripe executes it
+    /// (so nothing is remembered for its key).
+    down: bool,
 }
 
 type Answer = (StatusCode, axum::Json<serde_json::Value>);
@@ -54,6 +60,12 @@ fn once(
     act: impl FnOnce(&mut Inner) -> (StatusCode, serde_json::Value),
 ) -> Answer {
     let mut g = inner.lock().unwrap();
+    if g.down {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"error": {"type": "api_error", "message": "Service unavailable"}})),
+        );
+    }
     if let Some(answer) = key.and_then(|k| g.answers.get(k)) {
         let (status, body) = answer.clone();
         return (status, axum::Json(body));
@@ -108,6 +120,10 @@ async fn create_intent(
         g.counter += 1;
         let id = format!("pi_fake_{}", g.counter);
         g.intents.insert(id.clone(), status.to_owned());
+        g.descriptions.insert(
+            id.clone(),
+            r.form.get("description").cloned().unwrap_or_default(),
+        );
         (
             StatusCode::OK,
             json!({"id": id, "object": "payment_intent", "status": status, "amount": r.form.get("amount")}),
@@ -200,78 +216,43 @@ fn record(inner: &Mutex<Inner>, path: &str, headers: &HeaderMap, body: &Bytes) -
     r
 }
 
-fn object(inner: &Mutex<Inner>, prefix: &str, key: Option<&String>) -> String {
-    let mut g = inner.lock().unwrap();
-    if let Some(id) = key.and_then(|k| g.by_key.get(k)) {
-        return id.clone();
-    }
-    g.counter += 1;
-    let id = format!("{prefix}_fake_{}", g.counter);
-    if let Some(k) = key {
-        g.by_key.insert(k.clone(), id.clone());
-    }
-    id
-}
-
-async fn charges(
-    State(inner): State<Arc<Mutex<Inner>>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> (StatusCode, axum::Json<serde_json::Value>) {
-    let r = record(&inner, "/v1/charges", &headers, &body);
-    if r.authorization.as_deref() != Some("Bearer sk_test_123") {
-        return (
-            StatusCode::UNAUTHORIZED,
-            axum::Json(
-                json!({"error": {"type": "invalid_request_error", "message": "Invalid API Key provided"}}),
-            ),
-        );
-    }
-    match r.form.get("source").map(String::as_str) {
-        Some("tok_visa" | "tok_mastercard") => {
-            let id = object(&inner, "ch", r.idempotency_key.as_ref());
-            (
-                StatusCode::OK,
-                axum::Json(json!({"id": id, "object": "charge", "amount": r.form.get("amount")})),
-            )
-        }
-        Some("tok_chargeDeclined") => (
-            StatusCode::PAYMENT_REQUIRED,
-            axum::Json(
-                json!({"error": {"type": "card_error", "code": "card_declined", "message": "Your card was declined."}}),
-            ),
-        ),
-        Some("tok_outage") => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            axum::Json(json!({"error": {"type": "api_error", "message": "internal"}})),
-        ),
-        _ => (
-            StatusCode::BAD_REQUEST,
-            axum::Json(
-                json!({"error": {"type": "invalid_request_error", "message": "No such token"}}),
-            ),
-        ),
-    }
-}
-
 async fn refunds(
     State(inner): State<Arc<Mutex<Inner>>>,
     headers: HeaderMap,
     body: Bytes,
-) -> (StatusCode, axum::Json<serde_json::Value>) {
+) -> Answer {
     let r = record(&inner, "/v1/refunds", &headers, &body);
-    let id = object(&inner, "re", r.idempotency_key.as_ref());
-    (
-        StatusCode::OK,
-        axum::Json(json!({"id": id, "object": "refund", "charge": r.form.get("charge")})),
-    )
+    once(&inner, r.idempotency_key.as_ref(), |g| {
+        let intent = r.form.get("payment_intent").cloned().unwrap_or_default();
+        match g.intents.get(&intent).map(String::as_str) {
+            Some("succeeded") => {
+                g.counter += 1;
+                let id = format!("re_fake_{}", g.counter);
+                (
+                    StatusCode::OK,
+                    json!({"id": id, "object": "refund", "payment_intent": intent, "status": "succeeded"}),
+                )
+            }
+            Some(other) => stripe_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "charge_not_captured",
+                &format!("This PaymentIntent's status is {other}"),
+            ),
+            None => stripe_error(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "resource_missing",
+                "No such payment_intent",
+            ),
+        }
+    })
 }
 
 impl FakeStripe {
     pub async fn start() -> FakeStripe {
         let inner = Arc::new(Mutex::new(Inner::default()));
         let app = Router::new()
-            .route("/v1/charges", post(charges))
             .route("/v1/refunds", post(refunds))
             .route("/v1/payment_intents", post(create_intent))
             .route("/v1/payment_intents/{id}/{action}", post(settle_intent))
@@ -302,14 +283,35 @@ impl FakeStripe {
         self.inner.lock().unwrap().intents.clone()
     }
 
-    /// Charges created (a replay of an idempotency key creates none).
-    pub fn distinct_charges(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap()
-            .by_key
-            .values()
-            .filter(|id| id.starts_with("ch_"))
-            .count()
+    /// Each PaymentIntent's description and status now.
+    pub fn described_intents(&self) -> Vec<(String, String)> {
+        let g = self.inner.lock().unwrap();
+        g.intents
+            .iter()
+            .map(|(id, status)| (g.descriptions[id].clone(), status.clone()))
+            .collect()
+    }
+
+    /// Makes the fake unreachable (every request a 503) or reachable again.
+    pub fn set_down(&self, down: bool) {
+        self.inner.lock().unwrap().down = down;
+    }
+
+    /// Requests to `path` that the fake executed (not replays of a key it
+    /// had answered, nor requests while it was down), with their keys.
+    pub fn executed(&self, path_suffix: &str) -> Vec<String> {
+        let g = self.inner.lock().unwrap();
+        let mut keys: Vec<String> = g
+            .answers
+            .keys()
+            .filter(|k| {
+                g.requests.iter().any(|r| {
+                    r.idempotency_key.as_ref() == Some(*k) && r.path.ends_with(path_suffix)
+                })
+            })
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
     }
 }
