@@ -5,6 +5,9 @@
 //! applied twice (every record's version counts its changes exactly), every
 //! order reaches a terminal state, and the replicas agree.
 
+#[path = "../../marketplace/payments/tests/fake_stripe/mod.rs"]
+mod fake_stripe;
+
 mod common;
 
 use std::collections::HashMap;
@@ -79,6 +82,147 @@ async fn pay_for(buyer: &Api, urls: &[String], order: &str) {
     })
     .await;
     assert!(taken.is_some(), "payment for {order} never taken");
+}
+
+/// The payment saga with payments or orders killed (SIGKILL) a few
+/// milliseconds into each payment, on JetStream + PostgreSQL with the real
+/// Stripe client against a fake Stripe: after recovery every hold at the
+/// gateway is captured or voided, a hold is captured exactly when its order
+/// completed, each capture ran once, and every payment answered 201 belongs
+/// to a complete order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_or_orders_killed_between_the_sagas_steps_settle_every_hold_once() {
+    let Some(engines) = common::engines(&SERVICES).await else {
+        return;
+    };
+    let stripe = fake_stripe::FakeStripe::start().await;
+    let mut c = engines.cluster(&[
+        ("ORDER_EXPIRATION_SECONDS", "8".into()),
+        ("STRIPE_SECRET_KEY", "sk_test_123".into()),
+        ("STRIPE_API_BASE", stripe.url()),
+        ("PAYMENT_AUTHORIZE_RECOVERY_SECONDS", "2".into()),
+        ("MAX_ACTIVE_ORDERS_PER_USER", "100".into()),
+    ]);
+    let t = engines.spawn(&mut c, "tickets", "tickets");
+    let o = engines.spawn(&mut c, "orders", "orders");
+    let _exp = engines.spawn(&mut c, "expiration", "expiration");
+    let pay = engines.spawn(&mut c, "payments", "payments");
+    c.all_ready(Duration::from_secs(60)).await.unwrap();
+    let (tickets, orders, payments) = (vec![c.url(t)], vec![c.url(o)], c.url(pay));
+    let (seller, buyer) = (
+        Api::new("seller@example.com"),
+        Api::new("buyer@example.com"),
+    );
+    let n = 10u64;
+    let mut paid = Vec::new();
+    for i in 0..n {
+        let ticket = create_ticket(&seller, &tickets, &format!("Saga {i}")).await;
+        let order = buyer
+            .until(
+                "POST",
+                &orders,
+                "/api/orders",
+                Some(json!({"ticketId": ticket})),
+                StatusCode::CREATED,
+            )
+            .await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        buyer
+            .until(
+                "POST",
+                std::slice::from_ref(&payments),
+                "/api/payments",
+                Some(json!({"orderId": order, "token": "tok_chargeDeclined"})),
+                StatusCode::PAYMENT_REQUIRED,
+            )
+            .await;
+        let paying = {
+            let (buyer, url, order) = (
+                buyer.clone(),
+                format!("{payments}/api/payments"),
+                order.clone(),
+            );
+            tokio::spawn(async move {
+                buyer
+                    .send(
+                        "POST",
+                        &url,
+                        Some(json!({"orderId": order, "token": "tok_visa"})),
+                    )
+                    .await
+                    .map(|(s, _)| s)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(i * 2)).await;
+        // Payments before it records the hold or mid-capture; orders
+        // before or after its verdict.
+        let victim = if i % 2 == 0 { pay } else { o };
+        c.kill(victim);
+        c.start(victim).unwrap();
+        if let Ok(Some(StatusCode::CREATED)) = paying.await {
+            paid.push(order);
+        }
+        c.all_ready(Duration::from_secs(60)).await.unwrap();
+    }
+    // Every order ends; every hold is settled.
+    let rows = until_rows(
+        &engines,
+        "orders",
+        "SELECT id, status FROM orders",
+        "every order reaches a terminal state",
+        |r| r.len() == n as usize && r.iter().all(|o| o[1] != "created"),
+    )
+    .await;
+    let status: HashMap<&str, &str> = rows
+        .iter()
+        .map(|r| (r[0].as_str(), r[1].as_str()))
+        .collect();
+    let intents = eventually(Duration::from_secs(40), || async {
+        let all = stripe.described_intents();
+        all.iter()
+            .all(|(_, s)| s == "succeeded" || s == "canceled")
+            .then_some(all)
+    })
+    .await
+    .unwrap_or_else(|| panic!("holds left unsettled: {:?}", stripe.described_intents()));
+    let mut captured_per_order: HashMap<&str, usize> = HashMap::new();
+    for (description, state) in &intents {
+        let order = description.trim_start_matches("ticketing order ");
+        let order_status = status[order];
+        if state == "succeeded" {
+            assert_eq!(
+                order_status, "complete",
+                "captured without a completed order: {order}"
+            );
+            *captured_per_order.entry(order).or_default() += 1;
+        }
+    }
+    for (order, s) in &status {
+        let captured = captured_per_order.get(order).copied().unwrap_or(0);
+        assert_eq!(
+            captured,
+            usize::from(*s == "complete"),
+            "order {order} ({s})"
+        );
+    }
+    for order in &paid {
+        assert_eq!(status[order.as_str()], "complete", "told 201: {order}");
+    }
+    assert_eq!(
+        stripe.executed("/capture").len(),
+        captured_per_order.len(),
+        "one capture each"
+    );
+    eprintln!(
+        "kill -9 of payments/orders mid-payment, {n} purchases: {} answered 201, {} complete, {} holds",
+        paid.len(),
+        captured_per_order.len(),
+        intents.len()
+    );
+    outboxes_drain(&engines, &["tickets", "orders", "expiration", "payments"]).await;
+    assert_eq!(parked(&engines).await, 0, "no event was parked");
 }
 
 async fn create_ticket(seller: &Api, tickets: &[String], title: &str) -> String {
