@@ -5,11 +5,13 @@
 # reports every ticketing process's resident memory (idle, set-up, load).
 #   cargo build --release -p ticketing -p loadgen
 #   bench/microservices.sh [browse|purchase|contention|expiry] [loadgen flags…]
-# (ORDER_EXPIRATION_SECONDS in the environment reaches the services.)
+# (ORDER_EXPIRATION_SECONDS in the environment reaches the services; BIN
+# names another directory holding `ticketing` and `loadgen`, e.g. an older
+# build to compare with.)
 # Needs nats-server (NATS_SERVER=path) and PostgreSQL (PGURL, trust auth).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=target/release
+BIN=${BIN:-target/release}
 NATS_SERVER=${NATS_SERVER:-nats-server}
 PGURL=${PGURL:-postgres://postgres@127.0.0.1:5432}
 work=$(mktemp -d)

@@ -43,7 +43,7 @@ async fn on_created(
 /// The order reached its end: the replica takes it and, in the same
 /// transaction, the order's hold gets its verdict (a durable obligation the
 /// settler keeps if what follows fails). The capture or void is then tried
-/// at once.
+/// at once, in a task of its own.
 async fn on_finished(
     state: AppState,
     id: OrderId,
@@ -74,10 +74,15 @@ async fn on_finished(
         })
         .await?;
     if let Some((payment, _)) = work {
-        // A failure here is the settler's to retry: the verdict is stored.
-        if let Err(e) = saga::settle(&state, payment).await {
-            tracing::warn!(%payment, error = %store::report(&e), "cannot settle the payment now; the settler will retry");
-        }
+        // Settled beside the listener, which moves on to the next verdict:
+        // the gateway's latency does not queue the verdicts behind it. The
+        // verdict is stored, so a failure or a crash here is the settler's
+        // to retry.
+        tokio::spawn(async move {
+            if let Err(e) = saga::settle(&state, payment).await {
+                tracing::warn!(%payment, error = %store::report(&e), "cannot settle the payment now; the settler will retry");
+            }
+        });
     }
     Ok(outcome)
 }

@@ -214,17 +214,7 @@ pub async fn purchase(
     while started.elapsed() < Duration::from_secs(60) {
         incomplete = 0;
         for (who, orders) in &pending {
-            let list = api.get("/api/orders", Some(&buyers[*who])).await;
-            let complete: std::collections::HashSet<&str> = list
-                .body
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter(|o| o["status"] == "complete")
-                        .filter_map(|o| o["id"].as_str())
-                        .collect()
-                })
-                .unwrap_or_default();
+            let complete = completed_orders(api, &buyers[*who]).await;
             incomplete += orders
                 .iter()
                 .filter(|o| !complete.contains(o.as_str()))
@@ -246,6 +236,31 @@ pub async fn purchase(
         ),
     ));
     Ok(out)
+}
+
+/// The ids of the buyer's complete orders, every page of them
+/// (`GET /api/orders` answers 50 by default, at most 200 a page).
+async fn completed_orders(api: &Api, buyer: &User) -> std::collections::HashSet<String> {
+    let mut complete = std::collections::HashSet::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(id) => format!("/api/orders?limit=200&after={id}"),
+            None => "/api/orders?limit=200".to_owned(),
+        };
+        let page = api.get(&path, Some(buyer)).await;
+        let orders = page.body.as_array().cloned().unwrap_or_default();
+        complete.extend(
+            orders
+                .iter()
+                .filter(|o| o["status"] == "complete")
+                .filter_map(|o| o["id"].as_str().map(str::to_owned)),
+        );
+        match orders.last().and_then(|o| o["id"].as_str()) {
+            Some(last) if orders.len() == 200 => after = Some(last.to_owned()),
+            _ => return complete,
+        }
+    }
 }
 
 /// contention: M buyers race for K tickets at once; exactly K win.
