@@ -65,6 +65,11 @@ pub enum Drill {
 pub struct PaymentsArgs {
     #[command(subcommand)]
     pub command: PaymentsCommand,
+}
+
+/// Which payments database a command works on.
+#[derive(Debug, clap::Args)]
+pub struct PaymentsData {
     /// Where the embedded databases live.
     #[arg(long, env = "TICKETING_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
@@ -79,6 +84,8 @@ pub enum PaymentsCommand {
     Refund {
         /// The payment's id (from `GET /api/payments/:id` or the logs).
         id: String,
+        #[command(flatten)]
+        data: PaymentsData,
     },
 }
 

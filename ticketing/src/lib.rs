@@ -56,11 +56,31 @@ pub async fn main(cli: cli::Cli) -> Result<u8, Box<dyn std::error::Error>> {
 
 /// `ticketing payments …`, on the payments database the service uses.
 async fn payments_command(args: cli::PaymentsArgs) -> Result<u8, Box<dyn std::error::Error>> {
+    match args.command {
+        cli::PaymentsCommand::Refund { id, data } => {
+            let id = marketplace_events::PaymentId::parse(&id)
+                .ok_or_else(|| format!("not a payment id: {id}"))?;
+            let (db, outbox) = payments_store(&data).await?;
+            let gateway = config::payment_gateway()?;
+            let refund =
+                payments::saga::refund(&db, &outbox, gateway.as_ref(), Clock::System.now(), id)
+                    .await?;
+            print_report(&format!("payment {id} refunded: {refund}"));
+        }
+    }
+    Ok(0)
+}
+
+/// The payments service's database (SQLite in the data directory, or
+/// `PAYMENTS_DATABASE_URL` / `DATABASE_URL`) and its outbox.
+async fn payments_store(
+    data: &cli::PaymentsData,
+) -> Result<(store::Db, bus::outbox::Outbox), Box<dyn std::error::Error>> {
     let (_, databases) = runtime::engines::engines(
-        &args.engines.urls(),
+        &data.engines.urls(),
         "ticketing",
         &["payments"],
-        &args.data_dir,
+        &data.data_dir,
     )?;
     let db = match databases {
         runtime::service::Databases::Sqlite(dir) => {
@@ -72,18 +92,7 @@ async fn payments_command(args: cli::PaymentsArgs) -> Result<u8, Box<dyn std::er
     };
     let outbox = bus::outbox::Outbox::new(db.clone(), payments::SERVICE)
         .declaring(marketplace_events::service_events(payments::SERVICE).publishes);
-    match args.command {
-        cli::PaymentsCommand::Refund { id } => {
-            let id = marketplace_events::PaymentId::parse(&id)
-                .ok_or_else(|| format!("not a payment id: {id}"))?;
-            let gateway = config::payment_gateway()?;
-            let refund =
-                payments::saga::refund(&db, &outbox, gateway.as_ref(), Clock::System.now(), id)
-                    .await?;
-            print_report(&format!("payment {id} refunded: {refund}"));
-        }
-    }
-    Ok(0)
+    Ok((db, outbox))
 }
 
 /// `ticketing probe`: 0 when `url` answers 2xx, else 1 (and why, on stderr).

@@ -461,3 +461,71 @@ async fn the_web_client_says_nothing_was_charged_when_the_order_was_cancelled_fi
     }
     panic!("in 60 races the cancellation never landed between the hold and the verdict");
 }
+
+/// The operator's refund, as the binary runs it beside the running service:
+/// once however often it is run, announced and shown; refused for what was
+/// not captured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_refunds_a_captured_payment_with_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Proc::start(dir.path(), 900).await;
+    let seller = Shopper::sign_up(&p.base, "seller@example.com").await;
+    let buyer = Shopper::sign_up(&p.base, "buyer@example.com").await;
+    let ticket = seller.sell("Recital", 15.0).await;
+    let order = buyer.buy(&ticket).await;
+    payable(&buyer, &order).await;
+    let res = buyer
+        .post(
+            "/api/payments",
+            json!({"orderId": order, "token": "tok_visa"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let payment = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let refund = |id: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ticketing"))
+            .args(["payments", "refund", id, "--data-dir"])
+            .arg(dir.path())
+            .env_remove("STRIPE_SECRET_KEY")
+            .env_remove("DATABASE_URL")
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap()
+    };
+    let first = refund(&payment);
+    assert!(first.status.success(), "{first:?}");
+    let said = String::from_utf8_lossy(&first.stdout).into_owned();
+    assert!(
+        said.contains(&format!("payment {payment} refunded: re_offline_")),
+        "{said}"
+    );
+    let again = refund(&payment);
+    assert!(again.status.success(), "{again:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout),
+        said,
+        "the same refund"
+    );
+    let shown = eventually(Duration::from_secs(5), || async {
+        let p = buyer.get(&format!("/api/payments/{payment}")).await;
+        (p["status"] == "refunded").then_some(p)
+    })
+    .await;
+    assert!(shown.is_some(), "the payment shows refunded");
+    for (id, why) in [
+        (uuid_like(), "no payment"),
+        ("not-an-id".to_owned(), "not a payment id"),
+    ] {
+        let out = refund(&id);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{err}");
+    }
+}
+
+fn uuid_like() -> String {
+    marketplace_events::PaymentId::new().to_string()
+}
