@@ -189,6 +189,7 @@ pub(crate) async fn wait_for_verdict(state: &AppState, id: PaymentId, bound: Dur
     // Polled as well, slowly: another replica may apply the verdict.
     let mut poll = tokio::time::interval(Duration::from_millis(250));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut settling_seen = false;
     loop {
         tokio::select! {
             got = told.recv() => match got {
@@ -208,7 +209,12 @@ pub(crate) async fn wait_for_verdict(state: &AppState, id: PaymentId, bound: Dur
             .flatten()
             .map(|p| p.status);
         match stored {
-            Some(s) if s.verdict().is_some() => return s,
+            Some(s @ (Status::Captured | Status::Voided)) => return s,
+            // Being captured or voided: this process tells when it is done
+            // (or failed); a verdict settled elsewhere is taken at the next
+            // look, so a capture in flight is not answered as `capturing`.
+            Some(s) if s.verdict().is_some() && settling_seen => return s,
+            Some(s) if s.verdict().is_some() => settling_seen = true,
             Some(s) if tokio::time::Instant::now() >= deadline => return s,
             None if tokio::time::Instant::now() >= deadline => return Status::Authorizing,
             _ => {}
