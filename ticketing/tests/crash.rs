@@ -117,18 +117,7 @@ async fn payments_or_orders_killed_between_the_sagas_steps_settle_every_hold_onc
     let mut paid = Vec::new();
     for i in 0..n {
         let ticket = create_ticket(&seller, &tickets, &format!("Saga {i}")).await;
-        let order = buyer
-            .until(
-                "POST",
-                &orders,
-                "/api/orders",
-                Some(json!({"ticketId": ticket})),
-                StatusCode::CREATED,
-            )
-            .await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let order = place_order(&buyer, &orders, &ticket).await;
         buyer
             .until(
                 "POST",
@@ -225,6 +214,22 @@ async fn payments_or_orders_killed_between_the_sagas_steps_settle_every_hold_onc
     assert_eq!(parked(&engines).await, 0, "no event was parked");
 }
 
+/// Orders `ticket` (retrying while orders has not learned of it); the id.
+async fn place_order(buyer: &Api, orders: &[String], ticket: &str) -> String {
+    buyer
+        .until(
+            "POST",
+            orders,
+            "/api/orders",
+            Some(json!({"ticketId": ticket})),
+            StatusCode::CREATED,
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 async fn create_ticket(seller: &Api, tickets: &[String], title: &str) -> String {
     seller
         .until(
@@ -282,18 +287,7 @@ async fn services_killed_mid_purchase_lose_nothing_and_apply_nothing_twice() {
             c.kill(pay);
             c.start(pay).unwrap();
         }
-        let order = buyer
-            .until(
-                "POST",
-                &orders_urls,
-                "/api/orders",
-                Some(json!({"ticketId": ticket})),
-                StatusCode::CREATED,
-            )
-            .await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let order = place_order(&buyer, &orders_urls, ticket).await;
         if i % 2 == 0 {
             pay_for(&buyer, &payments_url, &order).await;
         }

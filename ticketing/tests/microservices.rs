@@ -18,35 +18,16 @@ async fn the_purchase_flow_works_with_one_process_per_service_on_nats_and_postgr
     let Some(engines) = common::engines(&names).await else {
         return;
     };
-    // Five services, one process each, then the gateway; all export their
-    // spans to one collector.
+    // Five services, one process each, the web client, then the gateway;
+    // all export their spans to one collector.
     let collector = common::otlp::Collector::start().await;
     let mut env = collector.env();
     env.push(("ORDER_EXPIRATION_SECONDS", "3".into()));
-    let mut cluster = engines.cluster(&env);
-    let ids: Vec<usize> = names
-        .iter()
-        .map(|name| engines.spawn(&mut cluster, name, name))
-        .collect();
-    let urls: Vec<String> = ids.iter().map(|id| cluster.url(*id)).collect();
-    // The web client in a process of its own, reaching the services over
-    // HTTP as it would behind an ingress.
-    let upstreams = [
-        ("AUTH_URL", urls[0].clone()),
-        ("TICKETS_URL", urls[1].clone()),
-        ("ORDERS_URL", urls[2].clone()),
-        ("PAYMENTS_URL", urls[4].clone()),
-    ];
-    let web = cluster.spawn("web", "web", &upstreams).unwrap();
-    cluster.all_ready(Duration::from_secs(30)).await.unwrap();
-    let mut gateway_env = upstreams.to_vec();
-    gateway_env.push(("WEB_URL", cluster.url(web)));
-    let gateway = cluster.spawn("gateway", "gateway", &gateway_env).unwrap();
-    assert!(
-        cluster.ready(gateway, Duration::from_secs(30)).await,
-        "gateway never became ready"
-    );
-    let gw = cluster.url(gateway);
+    let common::WebStack {
+        cluster,
+        services: ids,
+        gateway: gw,
+    } = engines.web_stack(&env).await;
 
     // The flow, through the gateway.
     let seller = Shopper::sign_up(&gw, "seller@example.com").await;

@@ -93,6 +93,30 @@ impl OrderStatus {
     }
 }
 
+/// Decodes a status stored as its name; an unknown name is a decode error.
+pub fn decode_status<T>(
+    value: &store::Value,
+    parse: fn(&str) -> Option<T>,
+) -> Result<T, store::StoreError> {
+    let name = <String as store::FromValue>::from_value(value)?;
+    parse(&name).ok_or_else(|| {
+        store::StoreError::new(store::StoreErrorKind::Decode, format!("bad status {name}"))
+    })
+}
+
+/// Statuses are stored as their names (`as_str`).
+impl store::FromValue for TicketStatus {
+    fn from_value(value: &store::Value) -> Result<Self, store::StoreError> {
+        decode_status(value, TicketStatus::parse)
+    }
+}
+
+impl store::FromValue for OrderStatus {
+    fn from_value(value: &store::Value) -> Result<Self, store::StoreError> {
+        decode_status(value, OrderStatus::parse)
+    }
+}
+
 /// `user.created`: auth, on sign-up.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]

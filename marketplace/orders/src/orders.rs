@@ -109,16 +109,10 @@ const SELECT: &str = "SELECT o.id, o.user_id, o.status, o.expires_at, o.version,
 
 impl Order {
     fn from_row(r: &Row) -> Result<Self, StoreError> {
-        let status: String = r.get(2)?;
         Ok(Order {
             id: r.get(0)?,
             user_id: r.get(1)?,
-            status: OrderStatus::parse(&status).ok_or_else(|| {
-                StoreError::new(
-                    store::StoreErrorKind::Decode,
-                    format!("bad status {status}"),
-                )
-            })?,
+            status: r.get(2)?,
             expires_at: r.get(3)?,
             version: r.get(4)?,
             ticket_id: r.get(5)?,

@@ -139,15 +139,8 @@ fn load(
     if row.get::<shared::ids::UserId>(0)? != user {
         return Ok(None);
     }
-    let status: String = row.get(2)?;
-    let status = OrderStatus::parse(&status).ok_or_else(|| {
-        StoreError::new(
-            store::StoreErrorKind::Decode,
-            format!("bad status {status}"),
-        )
-    })?;
     Ok(Some((
-        status,
+        row.get(2)?,
         row.get(1)?,
         Payment::live_for_order(c, order)?,
     )))

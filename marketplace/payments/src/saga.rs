@@ -56,6 +56,16 @@ pub enum Status {
 }
 
 impl Status {
+    const ALL: [Status; 7] = [
+        Status::Authorizing,
+        Status::Authorized,
+        Status::Capturing,
+        Status::Captured,
+        Status::Voiding,
+        Status::Voided,
+        Status::Declined,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Authorizing => "authorizing",
@@ -69,17 +79,7 @@ impl Status {
     }
 
     pub fn parse(s: &str) -> Option<Status> {
-        [
-            Status::Authorizing,
-            Status::Authorized,
-            Status::Capturing,
-            Status::Captured,
-            Status::Voiding,
-            Status::Voided,
-            Status::Declined,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
+        Status::ALL.into_iter().find(|st| st.as_str() == s)
     }
 
     /// The order's verdict is known: capture (`Some(true)`) or void.
@@ -111,20 +111,20 @@ const SELECT: &str =
         p.refund_id, p.card_token, p.attempts
     FROM payments p LEFT JOIN orders o ON o.id = p.order_id";
 
+impl store::FromValue for Status {
+    fn from_value(value: &store::Value) -> Result<Self, StoreError> {
+        marketplace_events::decode_status(value, Status::parse)
+    }
+}
+
 fn decode(r: &store::Row) -> Result<Payment, StoreError> {
-    let status: String = r.get(5)?;
     Ok(Payment {
         id: r.get(0)?,
         order_id: r.get(1)?,
         user_id: r.get(2)?,
         authorization_id: r.get(3)?,
         amount: r.get(4)?,
-        status: Status::parse(&status).ok_or_else(|| {
-            StoreError::new(
-                store::StoreErrorKind::Decode,
-                format!("bad payment status {status}"),
-            )
-        })?,
+        status: r.get(5)?,
         refund_id: r.get(6)?,
         card_token: r.get(7)?,
         attempts: r.get(8)?,
@@ -155,12 +155,7 @@ pub(crate) fn order_status(
     id: OrderId,
 ) -> Result<Option<OrderStatus>, StoreError> {
     c.query_opt("SELECT status FROM orders WHERE id = $1 FOR UPDATE", &[&id])?
-        .map(|r| {
-            let s: String = r.get(0)?;
-            OrderStatus::parse(&s).ok_or_else(|| {
-                StoreError::new(store::StoreErrorKind::Decode, format!("bad status {s}"))
-            })
-        })
+        .map(|r| r.get(0))
         .transpose()
 }
 
@@ -337,7 +332,6 @@ pub(crate) async fn advance(state: &AppState, id: PaymentId) -> Result<(), Store
     let Some(p) = state.db.read(move |c| Payment::find(c, id)).await? else {
         return Ok(());
     };
-    let gateway = &state.config.settings.gateway;
     match p.status {
         Status::Authorizing => {
             // The request that asked for the hold crashed or lost the
@@ -346,16 +340,11 @@ pub(crate) async fn advance(state: &AppState, id: PaymentId) -> Result<(), Store
             let Some(token) = p.card_token.clone() else {
                 return Ok(());
             };
-            let answer = gateway
-                .authorize(authorization_request(state, &p, token))
-                .await;
+            let answer = authorize(state, &p, token).await;
             if let Err(GatewayError::Unavailable(e)) = &answer {
                 return retry_later(state, &p, e).await;
             }
             record_authorization(state, id, &answer, TraceContext::new_root()).await?;
-            if let Ok(Some(p)) = state.db.read(move |c| Payment::find(c, id)).await {
-                state.config.verdicts.tell(id, p.status);
-            }
             Ok(())
         }
         Status::Authorized => {
@@ -658,15 +647,7 @@ mod tests {
 
     #[test]
     fn statuses_round_trip_and_only_settling_ones_carry_a_verdict() {
-        for s in [
-            Status::Authorizing,
-            Status::Authorized,
-            Status::Capturing,
-            Status::Captured,
-            Status::Voiding,
-            Status::Voided,
-            Status::Declined,
-        ] {
+        for s in Status::ALL {
             assert_eq!(Status::parse(s.as_str()), Some(s));
         }
         assert_eq!(Status::Authorized.verdict(), None);

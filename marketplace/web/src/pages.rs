@@ -857,18 +857,8 @@ struct OrderPage {
     processing: bool,
 }
 
+/// The order page; `payment`: a payment just made for it (after a 202).
 async fn order_page(
-    web: &Shared,
-    ctx: &Ctx,
-    id: &str,
-    status: StatusCode,
-    token: String,
-    errors: FormErrors,
-) -> PageResult {
-    order_page_with(web, ctx, id, status, token, errors, None).await
-}
-
-async fn order_page_with(
     web: &Shared,
     ctx: &Ctx,
     id: &str,
@@ -928,7 +918,7 @@ pub(crate) async fn show_order(
     PageId(id): PageId,
     Query(query): Query<HashMap<String, String>>,
 ) -> PageResult {
-    order_page_with(
+    order_page(
         &web,
         &ctx,
         &id,
@@ -978,7 +968,7 @@ pub(crate) async fn pay(
     } else {
         FormErrors::from_api(reply.errors(), &["token"])
     };
-    order_page(&web, &ctx, &id, reply.status, token, errors).await
+    order_page(&web, &ctx, &id, reply.status, token, errors, None).await
 }
 
 pub(crate) async fn cancel(
@@ -1008,6 +998,7 @@ pub(crate) async fn cancel(
                 status,
                 String::new(),
                 FormErrors::from_api(reply.errors(), &[]),
+                None,
             )
             .await
         }

@@ -119,6 +119,40 @@ impl Engines {
             .unwrap()
     }
 
+    /// The marketplace deployed apart: each service in a process of its own
+    /// (ids in `marketplace_events::SERVICES` order), the web client reaching
+    /// them over HTTP as it would behind an ingress, and the gateway in front
+    /// of both; `env` reaches every process. Returns once all are ready.
+    pub async fn web_stack(&self, env: &[(&str, String)]) -> WebStack {
+        let mut cluster = self.cluster(env);
+        let services: Vec<usize> = marketplace_events::SERVICES
+            .iter()
+            .map(|name| self.spawn(&mut cluster, name, name))
+            .collect();
+        let urls: Vec<String> = services.iter().map(|id| cluster.url(*id)).collect();
+        let upstreams = [
+            ("AUTH_URL", urls[0].clone()),
+            ("TICKETS_URL", urls[1].clone()),
+            ("ORDERS_URL", urls[2].clone()),
+            ("PAYMENTS_URL", urls[4].clone()),
+        ];
+        let web = cluster.spawn("web", "web", &upstreams).unwrap();
+        cluster.all_ready(Duration::from_secs(30)).await.unwrap();
+        let mut gateway_env = upstreams.to_vec();
+        gateway_env.push(("WEB_URL", cluster.url(web)));
+        let gateway = cluster.spawn("gateway", "gateway", &gateway_env).unwrap();
+        assert!(
+            cluster.ready(gateway, Duration::from_secs(30)).await,
+            "gateway never became ready"
+        );
+        let gateway = cluster.url(gateway);
+        WebStack {
+            cluster,
+            services,
+            gateway,
+        }
+    }
+
     /// Rows of `sql` in `service`'s database, each column as text.
     pub async fn query(&self, service: &'static str, sql: &'static str) -> Vec<Vec<String>> {
         let db = store::Db::postgres_lazy(&self.schemas[service].url, 1).unwrap();
@@ -142,6 +176,15 @@ impl Engines {
         .await
         .unwrap()
     }
+}
+
+/// What [`Engines::web_stack`] started.
+pub struct WebStack {
+    pub cluster: Cluster,
+    /// The services' processes, in `marketplace_events::SERVICES` order.
+    pub services: Vec<usize>,
+    /// The gateway's base URL.
+    pub gateway: String,
 }
 
 /// A signed-in client (a session minted with the processes' JWT key).
