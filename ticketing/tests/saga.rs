@@ -347,25 +347,11 @@ async fn the_web_client_shows_processing_then_paid() {
     let Some(engines) = common::engines(&names).await else {
         return;
     };
-    let mut cluster = engines.cluster(&[("PAYMENT_WAIT_SECONDS", "1".into())]);
-    let ids: Vec<usize> = names
-        .iter()
-        .map(|name| engines.spawn(&mut cluster, name, name))
-        .collect();
-    let urls: Vec<String> = ids.iter().map(|id| cluster.url(*id)).collect();
-    let upstreams = [
-        ("AUTH_URL", urls[0].clone()),
-        ("TICKETS_URL", urls[1].clone()),
-        ("ORDERS_URL", urls[2].clone()),
-        ("PAYMENTS_URL", urls[4].clone()),
-    ];
-    let web = cluster.spawn("web", "web", &upstreams).unwrap();
-    cluster.all_ready(Duration::from_secs(30)).await.unwrap();
-    let mut gateway_env = upstreams.to_vec();
-    gateway_env.push(("WEB_URL", cluster.url(web)));
-    let gateway = cluster.spawn("gateway", "gateway", &gateway_env).unwrap();
-    assert!(cluster.ready(gateway, Duration::from_secs(30)).await);
-    let gw = cluster.url(gateway);
+    // Kept to the end: dropping it stops the processes.
+    let stack = engines
+        .web_stack(&[("PAYMENT_WAIT_SECONDS", "1".into())])
+        .await;
+    let gw = stack.gateway.clone();
 
     let seller = Shopper::sign_up(&gw, "seller@example.com").await;
     let buyer = Shopper::sign_up(&gw, "buyer@example.com").await;
@@ -418,6 +404,14 @@ async fn the_web_client_shows_processing_then_paid() {
     .expect("the page turns to Paid");
     assert!(!paid.contains("Processing…"));
     assert!(!paid.contains(r#"http-equiv="refresh""#));
+    // A payment parameter that is no payment id is ignored, never sent on.
+    for junk in ["not-an-id", "..%2F..%2Fapi%2Forders", ""] {
+        let text = buyer.page(&format!("/orders/{order}?payment={junk}")).await;
+        assert!(
+            text.contains("Paid — the ticket is yours."),
+            "{junk}: {text}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -495,6 +495,46 @@ async fn a_gateway_outage_leaves_the_payment_pending_and_the_settler_finishes_it
     );
 }
 
+/// The order was cancelled while the gateway could not answer: when the
+/// settler gets the hold at last, it is released at once, never captured.
+#[tokio::test]
+async fn a_hold_recorded_after_its_order_was_cancelled_is_voided_at_once() {
+    let stripe = fake_stripe::FakeStripe::start().await;
+    let app = app_with(Config {
+        authorize_recovery: Duration::from_secs(1),
+        ..with_stripe(&stripe)
+    })
+    .await;
+    let mut voided = app.watch::<PaymentVoided>().await;
+    let (buyer, token) = app.user();
+    let id = order(&app, buyer, &token, 650).await;
+    stripe.set_down(true);
+    let res = pay(&app, &token, id, "tok_visa").await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let payment = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.publish(&cancelled(id)).await;
+    stripe.set_down(false);
+    let v = voided
+        .next_within(Duration::from_secs(10))
+        .await
+        .expect("voided once the hold is recorded");
+    assert_eq!(
+        (v.id.to_string(), v.reason.as_str()),
+        (payment.clone(), "order-cancelled")
+    );
+    assert_eq!(stripe.intents()[&v.authorization_id], "canceled");
+    assert!(stripe.executed("/capture").is_empty());
+    let body: Value = get_payment(&app, &token, &payment)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["status"], "voided");
+}
+
 #[tokio::test]
 async fn a_capture_the_gateway_fails_is_retried_until_it_is_confirmed() {
     let stripe = fake_stripe::FakeStripe::start().await;
