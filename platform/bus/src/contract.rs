@@ -455,6 +455,68 @@ pub async fn a_message_whose_last_delivery_times_out_is_parked(env: Env) {
     assert_eq!((parked[0].id.as_str(), parked[0].deliveries), ("hang", 2));
 }
 
+/// The next item of a watch within [`SOON`].
+async fn watched(w: &mut crate::Watch) -> crate::Watched {
+    match tokio::time::timeout(SOON, w.next()).await {
+        Ok(Some(Ok(item))) => item,
+        other => panic!("watch gave nothing: {:?}", other.map(|o| o.map(|r| r.err()))),
+    }
+}
+
+fn watched_id(item: crate::Watched) -> String {
+    match item {
+        crate::Watched::Message(m) => m.id,
+        crate::Watched::CaughtUp => "caught up".into(),
+    }
+}
+
+pub async fn a_watch_replays_from_its_start_time_marks_when_caught_up_then_follows(env: Env) {
+    use crate::Watched;
+    let clock = shared::time::Clock::System;
+    env.bus
+        .publish(msg(env.subject("w"), "before", "{}"))
+        .await
+        .unwrap();
+    // Publication times come from the broker's clock (the same machine's).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let since = clock.now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for (s, id) in [("w", "h1"), ("other", "x"), ("w", "h2")] {
+        env.bus.publish(msg(env.subject(s), id, "{}")).await.unwrap();
+    }
+    let mut first = env.bus.watch(&env.subject("w"), since).await.unwrap();
+    let mut second = env.bus.watch(&env.subject("w"), since).await.unwrap();
+    for w in [&mut first, &mut second] {
+        let seen: Vec<String> = [watched(w).await, watched(w).await, watched(w).await]
+            .into_iter()
+            .map(watched_id)
+            .collect();
+        assert_eq!(seen, ["h1", "h2", "caught up"]);
+    }
+    env.bus
+        .publish(msg(env.subject("w"), "live", r#"{"n":1}"#))
+        .await
+        .unwrap();
+    // Every watcher gets it (not one member of a group).
+    for w in [&mut first, &mut second] {
+        match watched(w).await {
+            Watched::Message(m) => {
+                assert_eq!((m.id.as_str(), m.payload.as_slice()), ("live", &br#"{"n":1}"#[..]));
+                assert_eq!(m.subject, env.subject("w"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // A watch starting after the last message has no history: caught up at once.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut fresh = env.bus.watch(&env.subject("w"), clock.now()).await.unwrap();
+    assert_eq!(watched(&mut fresh).await, Watched::CaughtUp);
+    assert!(
+        tokio::time::timeout(QUIET, fresh.next()).await.is_err(),
+        "nothing more"
+    );
+}
+
 async fn wait_for_parked(env: &Env, durable: &str, n: usize) -> Vec<crate::ParkedMessage> {
     let deadline = tokio::time::Instant::now() + SOON;
     loop {
@@ -487,6 +549,7 @@ macro_rules! bus_contract_tests {
             a_message_out_of_deliveries_is_parked_and_does_not_block_the_rest,
             a_terminated_message_is_parked_with_its_reason_and_never_redelivered,
             a_message_whose_last_delivery_times_out_is_parked,
+            a_watch_replays_from_its_start_time_marks_when_caught_up_then_follows,
         );
     };
     (@cases $fresh:path, $($case:ident),* $(,)?) => {

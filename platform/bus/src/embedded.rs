@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 
 use crate::{
     Acker, Bus, BusError, BusErrorKind, ConsumerConfig, Delivery, DeliverySource, Message,
-    ParkedMessage, PublishAck, Subscription, subject,
+    ParkedMessage, PublishAck, Subscription, Watch, WatchSource, Watched, subject,
 };
 
 static MIGRATIONS: &[Migration] = &[Migration {
@@ -54,6 +54,10 @@ static MIGRATIONS: &[Migration] = &[Migration {
             PRIMARY KEY (consumer, seq)
         );
     ",
+}, Migration {
+    version: 2,
+    description: "messages by publication time, for watches",
+    sql: "CREATE INDEX messages_published_at ON messages (published_at);",
 }];
 
 /// How many messages one fetch claims for a member.
@@ -461,6 +465,43 @@ impl Bus for EmbeddedBus {
         })
     }
 
+    fn watch(
+        &self,
+        filter_subject: &str,
+        since: shared::time::Timestamp,
+    ) -> crate::BoxFuture<'_, Result<Watch, BusError>> {
+        let filter = filter_subject.to_owned();
+        Box::pin(async move {
+            let since = since.millis();
+            let (after, history_end) = self
+                .inner
+                .db
+                .read(move |c| {
+                    let last: i64 = c
+                        .query_opt("SELECT COALESCE(MAX(seq), 0) FROM messages", &[])?
+                        .map(|r| r.get(0))
+                        .transpose()?
+                        .unwrap_or(0);
+                    let first: Option<i64> = c
+                        .query_opt(
+                            "SELECT MIN(seq) FROM messages WHERE published_at >= $1",
+                            &[&since],
+                        )?
+                        .and_then(|r| r.get::<Option<i64>>(0).ok().flatten());
+                    Ok::<_, StoreError>((first.map_or(last, |f| f - 1), last))
+                })
+                .await?;
+            Ok(Watch::new(Box::new(EmbeddedWatch {
+                inner: self.inner.clone(),
+                filter,
+                after,
+                history_end,
+                caught_up: false,
+                buffer: VecDeque::new(),
+            })))
+        })
+    }
+
     fn parked(&self, durable: &str) -> crate::BoxFuture<'_, Result<Vec<ParkedMessage>, BusError>> {
         let durable = durable.to_owned();
         Box::pin(async move {
@@ -492,6 +533,81 @@ impl Bus for EmbeddedBus {
 
     fn check_ready(&self) -> crate::BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async move { self.inner.db.ping().await.map_err(BusError::from) })
+    }
+}
+
+/// A watch on the embedded bus: reads the log after the last sequence it
+/// has looked at, and waits for a publish when it has read it all.
+struct EmbeddedWatch {
+    inner: Arc<Inner>,
+    filter: String,
+    /// The last sequence looked at.
+    after: i64,
+    /// The last sequence when the watch began.
+    history_end: i64,
+    caught_up: bool,
+    buffer: VecDeque<Message>,
+}
+
+/// How many logged messages one read of a watch looks at.
+const WATCH_BATCH: i64 = 512;
+
+impl WatchSource for EmbeddedWatch {
+    fn next(&mut self) -> crate::BoxFuture<'_, Option<Result<Watched, BusError>>> {
+        Box::pin(async move {
+            loop {
+                if let Some(m) = self.buffer.pop_front() {
+                    return Some(Ok(Watched::Message(m)));
+                }
+                if !self.caught_up && self.after >= self.history_end {
+                    self.caught_up = true;
+                    return Some(Ok(Watched::CaughtUp));
+                }
+                let inner = self.inner.clone();
+                let woken = inner.wake.notified();
+                tokio::pin!(woken);
+                woken.as_mut().enable();
+                let after = self.after;
+                let rows = self
+                    .inner
+                    .db
+                    .read(move |c| {
+                        c.query(
+                            "SELECT seq, subject, msg_id, headers, payload FROM messages
+                             WHERE seq > $1 ORDER BY seq LIMIT $2",
+                            &[&after, &WATCH_BATCH],
+                        )?
+                        .into_iter()
+                        .map(|r| {
+                            Ok((
+                                r.get::<i64>(0)?,
+                                Message {
+                                    subject: r.get(1)?,
+                                    id: r.get(2)?,
+                                    headers: decode_headers(&r.get::<String>(3)?),
+                                    payload: r.get::<String>(4)?.into_bytes(),
+                                },
+                            ))
+                        })
+                        .collect::<Result<Vec<_>, StoreError>>()
+                    })
+                    .await;
+                let rows = match rows {
+                    Ok(rows) => rows,
+                    Err(e) => return Some(Err(e.into())),
+                };
+                if rows.is_empty() {
+                    woken.await;
+                    continue;
+                }
+                for (seq, m) in rows {
+                    self.after = seq;
+                    if subject::matches(&self.filter, &m.subject) {
+                        self.buffer.push_back(m);
+                    }
+                }
+            }
+        })
     }
 }
 

@@ -183,6 +183,20 @@ pub trait Bus: Send + Sync + 'static {
     /// members subscribed meanwhile may be cut off or see messages twice.
     fn rewind(&self, config: &ConsumerConfig) -> BoxFuture<'_, Result<(), BusError>>;
 
+    /// Follows `filter_subject` for this caller alone, without a durable
+    /// consumer: every message published at or after `since`, then each new
+    /// one as it is published. Every watcher sees every message (each
+    /// process keeps its own copy of something, such as a deny list), and
+    /// nothing is acknowledged. After the messages that were already there
+    /// when it began, the watch yields [`Watched::CaughtUp`] once. A message
+    /// may be seen twice (after the bus reconnects), so what a watcher does
+    /// with it must be idempotent.
+    fn watch(
+        &self,
+        filter_subject: &str,
+        since: shared::time::Timestamp,
+    ) -> BoxFuture<'_, Result<Watch, BusError>>;
+
     /// Messages parked on a durable consumer.
     fn parked(&self, durable: &str) -> BoxFuture<'_, Result<Vec<ParkedMessage>, BusError>>;
 
@@ -225,6 +239,36 @@ impl Subscription {
     pub async fn next(&mut self) -> Option<Result<Delivery, BusError>> {
         self.source.next().await
     }
+}
+
+/// What a [`Watch`] yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Watched {
+    Message(Message),
+    /// Everything published before the watch began has been yielded.
+    CaughtUp,
+}
+
+/// A watch on a subject, from [`Bus::watch`].
+pub struct Watch {
+    source: Box<dyn WatchSource>,
+}
+
+impl Watch {
+    pub fn new(source: Box<dyn WatchSource>) -> Self {
+        Watch { source }
+    }
+
+    /// The next message (or the caught-up mark); waits until there is one.
+    /// `None` once the bus is closed.
+    pub async fn next(&mut self) -> Option<Result<Watched, BusError>> {
+        self.source.next().await
+    }
+}
+
+/// Implementation side of a [`Watch`].
+pub trait WatchSource: Send {
+    fn next(&mut self) -> BoxFuture<'_, Option<Result<Watched, BusError>>>;
 }
 
 /// Implementation side of a [`Subscription`].

@@ -1,7 +1,14 @@
 //! Sessions: HS256 JWTs issued by auth and verified locally by every service,
 //! carried in an HttpOnly cookie or an `Authorization: Bearer` header.
+//!
+//! A token names its user and its session (`sid`). Verifying it needs no call
+//! to auth, so a token alone would stay valid until it expires; sign-out and
+//! bans end sessions earlier through [`Revocations`], a deny list each process
+//! keeps from events and consults on every verification.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::extract::{FromRef, FromRequestParts};
@@ -10,7 +17,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
-use crate::ids::UserId;
+use crate::ids::{SessionId, UserId};
 use crate::time::Timestamp;
 
 /// The session cookie's name.
@@ -20,8 +27,22 @@ pub const SESSION_COOKIE: &str = "session";
 struct Claims {
     sub: String,
     email: String,
+    sid: String,
     iat: i64,
+    /// When the session began, in milliseconds (`iat` is whole seconds, too
+    /// coarse to tell a session begun just after a sign-out everywhere from
+    /// one it ended).
+    iat_ms: i64,
     exp: i64,
+}
+
+/// A verified session: its user, its id and its lifetime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub user: AuthUser,
+    pub id: SessionId,
+    pub issued: Timestamp,
+    pub expires: Timestamp,
 }
 
 /// The signing key and session settings, shared by every service.
@@ -33,12 +54,18 @@ pub struct AuthKeys {
     pub ttl: Duration,
     /// Whether cookies carry `Secure` (off only for plain-HTTP local use).
     pub secure_cookie: bool,
+    /// Sessions ended before their tokens expire; a token they match does
+    /// not verify.
+    pub revocations: Revocations,
 }
+
+/// Seconds of clock difference a token's expiry tolerates.
+const LEEWAY_SECS: u64 = 5;
 
 impl AuthKeys {
     pub fn new(secret: &[u8], ttl: Duration, secure_cookie: bool) -> Arc<Self> {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECS;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Arc::new(AuthKeys {
             encoding: EncodingKey::from_secret(secret),
@@ -46,29 +73,55 @@ impl AuthKeys {
             validation,
             ttl,
             secure_cookie,
+            revocations: Revocations::default(),
         })
     }
 
-    /// Signs a session token for `user`, valid from `now` for the TTL.
+    /// How long after its start a session's token may still verify (its
+    /// lifetime plus the expiry's leeway): how long a revocation must be
+    /// remembered.
+    pub fn longest_life(&self) -> Duration {
+        self.ttl + Duration::from_secs(LEEWAY_SECS)
+    }
+
+    /// Signs a token for a new session of `user`, valid from `now` for the TTL.
     pub fn issue(&self, user: &AuthUser, now: Timestamp) -> Result<String, ApiError> {
-        let iat = now.millis() / 1000;
+        let iat = now.millis().div_euclid(1000);
         let claims = Claims {
             sub: user.id.to_string(),
             email: user.email.clone(),
+            sid: SessionId::new().to_string(),
             iat,
+            iat_ms: now.millis(),
             exp: iat + self.ttl.as_secs() as i64,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(ApiError::internal)
     }
 
-    /// The user a token names, if its signature and expiry check out.
-    pub fn verify(&self, token: &str) -> Option<AuthUser> {
+    /// The session a token names, if its signature and expiry check out and
+    /// it has not been revoked.
+    pub fn verify_session(&self, token: &str) -> Option<Session> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok()?;
-        Some(AuthUser {
-            id: UserId::parse(&data.claims.sub)?,
-            email: data.claims.email,
-        })
+        let c = data.claims;
+        let session = Session {
+            user: AuthUser {
+                id: UserId::parse(&c.sub)?,
+                email: c.email,
+            },
+            id: SessionId::parse(&c.sid)?,
+            issued: Timestamp::from_millis(c.iat_ms),
+            expires: Timestamp::from_millis(c.exp.saturating_mul(1000)),
+        };
+        (!self
+            .revocations
+            .is_revoked(session.user.id, session.id, session.issued))
+        .then_some(session)
+    }
+
+    /// The user a token names, if it verifies (see [`AuthKeys::verify_session`]).
+    pub fn verify(&self, token: &str) -> Option<AuthUser> {
+        self.verify_session(token).map(|s| s.user)
     }
 
     /// `Set-Cookie` value holding a session token.
@@ -88,6 +141,129 @@ impl AuthKeys {
         );
         // A JWT is base64url and dots, always a valid header value.
         HeaderValue::from_str(&s).expect("cookie of token characters is a valid header")
+    }
+}
+
+/// A session ended before its token expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// One session (a sign-out).
+    Session {
+        session: SessionId,
+        /// When its token expires: the entry is useless after that.
+        until: Timestamp,
+    },
+    /// Every session of `user` begun at or before `before` (a sign-out
+    /// everywhere, a ban).
+    Before {
+        user: UserId,
+        before: Timestamp,
+        /// When the last token begun by `before` expires.
+        until: Timestamp,
+    },
+}
+
+/// The deny list: revoked sessions, each kept only while a token it matches
+/// could still verify. Its size is bounded by the revocations of one token
+/// lifetime (about 60 bytes an entry); expired entries are dropped at most a
+/// minute after they expire, by [`Revocations::apply`] and
+/// [`Revocations::prune`]. Applying a revocation twice, or revocations of one
+/// user in any order, ends in the same list (the latest cutoff wins), so the
+/// events that feed it may arrive duplicated and out of order.
+#[derive(Default)]
+pub struct Revocations {
+    list: RwLock<RevokedSet>,
+    /// Entries held; lets a verification skip the lock when there are none.
+    len: AtomicUsize,
+}
+
+#[derive(Default)]
+struct RevokedSet {
+    /// Session → when its token expires (ms).
+    sessions: HashMap<SessionId, i64>,
+    /// User → (sessions begun at or before this are revoked, until) in ms.
+    users: HashMap<UserId, (i64, i64)>,
+    next_prune: i64,
+}
+
+/// How often expired entries are looked for.
+const PRUNE_EVERY_MS: i64 = 60_000;
+
+impl RevokedSet {
+    fn prune(&mut self, now: i64) -> usize {
+        let before = self.sessions.len() + self.users.len();
+        self.sessions.retain(|_, until| *until > now);
+        self.users.retain(|_, (_, until)| *until > now);
+        self.next_prune = now + PRUNE_EVERY_MS;
+        before - self.sessions.len() - self.users.len()
+    }
+}
+
+impl Revocations {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, RevokedSet> {
+        // A poisoned lock means a panic mid-insert into a map of plain
+        // values; the map is still usable.
+        self.list.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records `r`, unless it has already expired at `now`.
+    pub fn apply(&self, r: Revocation, now: Timestamp) {
+        let now = now.millis();
+        let mut list = self.write();
+        if now >= list.next_prune {
+            list.prune(now);
+        }
+        match r {
+            Revocation::Session { session, until } if until.millis() > now => {
+                let e = list.sessions.entry(session).or_insert(until.millis());
+                *e = (*e).max(until.millis());
+            }
+            Revocation::Before {
+                user,
+                before,
+                until,
+            } if until.millis() > now => {
+                let e = list
+                    .users
+                    .entry(user)
+                    .or_insert((before.millis(), until.millis()));
+                *e = (e.0.max(before.millis()), e.1.max(until.millis()));
+            }
+            _ => {}
+        }
+        self.len
+            .store(list.sessions.len() + list.users.len(), Ordering::Release);
+    }
+
+    /// Whether a session of `user` begun at `issued` has been revoked.
+    pub fn is_revoked(&self, user: UserId, session: SessionId, issued: Timestamp) -> bool {
+        if self.len.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let list = self.list.read().unwrap_or_else(|e| e.into_inner());
+        list.sessions.contains_key(&session)
+            || list
+                .users
+                .get(&user)
+                .is_some_and(|(before, _)| issued.millis() <= *before)
+    }
+
+    /// Drops the entries expired at `now`; returns how many.
+    pub fn prune(&self, now: Timestamp) -> usize {
+        let mut list = self.write();
+        let dropped = list.prune(now.millis());
+        self.len
+            .store(list.sessions.len() + list.users.len(), Ordering::Release);
+        dropped
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -144,6 +320,21 @@ where
         let keys = Arc::<AuthKeys>::from_ref(state);
         token_from_parts(parts)
             .and_then(|t| keys.verify(t))
+            .ok_or(ApiError::Unauthorized)
+    }
+}
+
+impl<S> FromRequestParts<S> for Session
+where
+    S: Send + Sync,
+    Arc<AuthKeys>: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let keys = Arc::<AuthKeys>::from_ref(state);
+        token_from_parts(parts)
+            .and_then(|t| keys.verify_session(t))
             .ok_or(ApiError::Unauthorized)
     }
 }
@@ -227,6 +418,106 @@ mod tests {
             .issue(&u, Timestamp::from_millis(now.millis() - 7_200_000))
             .unwrap();
         assert!(keys.verify(&old).is_none());
+    }
+
+    #[test]
+    fn a_revoked_session_no_longer_verifies_and_other_sessions_still_do() {
+        let keys = AuthKeys::new(b"secret", Duration::from_secs(3600), true);
+        let u = user();
+        let now = Clock::System.now();
+        let first = keys.issue(&u, now).unwrap();
+        let second = keys.issue(&u, now).unwrap();
+        let session = keys.verify_session(&first).unwrap();
+        assert_eq!(session.user, u);
+        assert_eq!(session.issued, now);
+        keys.revocations.apply(
+            Revocation::Session {
+                session: session.id,
+                until: session.expires,
+            },
+            now,
+        );
+        assert!(keys.verify(&first).is_none());
+        assert_eq!(keys.verify(&second), Some(u));
+    }
+
+    #[test]
+    fn revoking_a_users_sessions_before_a_moment_spares_later_ones_and_other_users() {
+        let keys = AuthKeys::new(b"secret", Duration::from_secs(3600), true);
+        let (u, other) = (user(), user());
+        let t = Clock::System.now();
+        let at = |ms: i64| Timestamp::from_millis(t.millis() + ms);
+        let old = keys.issue(&u, t).unwrap();
+        let same_ms = keys.issue(&u, at(1)).unwrap();
+        let others = keys.issue(&other, t).unwrap();
+        let revoke = |before| Revocation::Before {
+            user: u.id,
+            before,
+            until: at(3_600_000),
+        };
+        keys.revocations.apply(revoke(at(1)), t);
+        // Within the same second, one millisecond later: not revoked.
+        let later = keys.issue(&u, at(2)).unwrap();
+        assert!(keys.verify(&old).is_none());
+        assert!(keys.verify(&same_ms).is_none());
+        assert!(keys.verify(&later).is_some());
+        assert!(keys.verify(&others).is_some());
+        // An older cutoff arriving late does not move the newer one back.
+        keys.revocations.apply(revoke(t), t);
+        assert!(keys.verify(&same_ms).is_none());
+        assert!(keys.verify(&later).is_some());
+    }
+
+    #[test]
+    fn entries_are_dropped_once_no_token_they_match_can_verify() {
+        let list = Revocations::default();
+        let t = Timestamp::from_millis(1_000_000_000);
+        for i in 0..100_000 {
+            list.apply(
+                Revocation::Session {
+                    session: SessionId::new(),
+                    until: Timestamp::from_millis(t.millis() + 1000 + i % 1000),
+                },
+                t,
+            );
+        }
+        list.apply(
+            Revocation::Before {
+                user: UserId::new(),
+                before: t,
+                until: Timestamp::from_millis(t.millis() + 5000),
+            },
+            t,
+        );
+        assert_eq!(list.len(), 100_001);
+        assert_eq!(list.prune(Timestamp::from_millis(t.millis() + 1500)), 50_000);
+        assert_eq!(list.prune(Timestamp::from_millis(t.millis() + 5000)), 50_001);
+        assert!(list.is_empty());
+        // Already expired when it arrives: not kept at all.
+        list.apply(
+            Revocation::Session {
+                session: SessionId::new(),
+                until: t,
+            },
+            t,
+        );
+        assert!(list.is_empty());
+        // Applying prunes on its own once a minute has passed.
+        list.apply(
+            Revocation::Session {
+                session: SessionId::new(),
+                until: Timestamp::from_millis(t.millis() + 10),
+            },
+            t,
+        );
+        list.apply(
+            Revocation::Session {
+                session: SessionId::new(),
+                until: Timestamp::from_millis(t.millis() + 200_000),
+            },
+            Timestamp::from_millis(t.millis() + 100_000),
+        );
+        assert_eq!(list.len(), 1);
     }
 
     #[test]

@@ -66,6 +66,7 @@ macro_rules! id_type {
 
 crate::id_type!(/** A user account. */ UserId);
 crate::id_type!(/** An event; also the bus's de-duplication id. */ EventId);
+crate::id_type!(/** One sign-in: what a session token names next to its user, so sign-out can end it alone. */ SessionId);
 
 #[cfg(test)]
 mod tests {

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Acker, Bus, BusError, BusErrorKind, ConsumerConfig, Delivery, DeliverySource, Message,
-    ParkedMessage, PublishAck, Subscription,
+    ParkedMessage, PublishAck, Subscription, Watch, WatchSource, Watched,
 };
 
 /// Subjects under which parked messages are recorded: `parked.<durable>`.
@@ -334,6 +334,35 @@ impl Bus for JetStreamBus {
         })
     }
 
+    fn watch(
+        &self,
+        filter_subject: &str,
+        since: shared::time::Timestamp,
+    ) -> crate::BoxFuture<'_, Result<Watch, BusError>> {
+        let filter = filter_subject.to_owned();
+        Box::pin(async move {
+            let (_, stream) = self.stream_holding(&filter).await?;
+            let start_time =
+                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(since.millis()) * 1_000_000)
+                    .map_err(|e| BusError::new(BusErrorKind::Config, format!("watch start: {e}")))?;
+            let consumer = stream
+                .create_consumer(pull::OrderedConfig {
+                    filter_subject: filter,
+                    deliver_policy: DeliverPolicy::ByStartTime { start_time },
+                    ..Default::default()
+                })
+                .await
+                .map_err(unavailable)?;
+            let remaining = consumer.cached_info().num_pending;
+            let messages = consumer.messages().await.map_err(unavailable)?;
+            Ok(Watch::new(Box::new(JsWatch {
+                messages,
+                remaining,
+                caught_up: false,
+            })))
+        })
+    }
+
     fn parked(&self, durable: &str) -> crate::BoxFuture<'_, Result<Vec<ParkedMessage>, BusError>> {
         let subject = format!("{PARKED_PREFIX}.{durable}");
         Box::pin(async move {
@@ -478,30 +507,63 @@ impl Drop for JsSource {
     }
 }
 
+/// A JetStream message as the bus's [`Message`] (its id from `Nats-Msg-Id`).
+fn message_of(msg: &async_nats::Message) -> Message {
+    let mut headers = Vec::new();
+    let mut id = String::new();
+    if let Some(h) = &msg.headers {
+        for (name, values) in h.iter() {
+            for v in values {
+                if name.to_string().eq_ignore_ascii_case("Nats-Msg-Id") {
+                    id = v.to_string();
+                }
+                headers.push((name.to_string(), v.to_string()));
+            }
+        }
+    }
+    Message {
+        subject: msg.subject.to_string(),
+        id,
+        headers,
+        payload: msg.payload.to_vec(),
+    }
+}
+
+/// A watch: an ordered consumer (ephemeral, flow-controlled, recreated by
+/// the client from where it was when a message goes missing or the
+/// connection drops) starting at the watch's start time.
+struct JsWatch {
+    messages: pull::Ordered,
+    /// Messages still to come from before the watch began.
+    remaining: u64,
+    caught_up: bool,
+}
+
+impl WatchSource for JsWatch {
+    fn next(&mut self) -> crate::BoxFuture<'_, Option<Result<Watched, BusError>>> {
+        Box::pin(async move {
+            if !self.caught_up && self.remaining == 0 {
+                self.caught_up = true;
+                return Some(Ok(Watched::CaughtUp));
+            }
+            match self.messages.next().await? {
+                Ok(msg) => {
+                    self.remaining = self.remaining.saturating_sub(1);
+                    Some(Ok(Watched::Message(message_of(&msg))))
+                }
+                Err(e) => Some(Err(unavailable(format!("watch interrupted: {e}")))),
+            }
+        })
+    }
+}
+
 impl JsSource {
     fn delivery(&self, msg: jetstream::Message) -> Result<Delivery, BusError> {
         let info = msg.info().map_err(|e| {
             BusError::new(BusErrorKind::Other, format!("not a JetStream message: {e}"))
         })?;
         let (seq, delivered) = (info.stream_sequence, info.delivered.max(1) as u32);
-        let mut headers = Vec::new();
-        let mut id = String::new();
-        if let Some(h) = &msg.headers {
-            for (name, values) in h.iter() {
-                for v in values {
-                    if name.to_string().eq_ignore_ascii_case("Nats-Msg-Id") {
-                        id = v.to_string();
-                    }
-                    headers.push((name.to_string(), v.to_string()));
-                }
-            }
-        }
-        let message = Message {
-            subject: msg.subject.to_string(),
-            id,
-            headers,
-            payload: msg.payload.to_vec(),
-        };
+        let message = message_of(&msg);
         let acker = Arc::new(JsAcker {
             bus: self.bus.clone(),
             msg,
