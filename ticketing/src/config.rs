@@ -202,6 +202,7 @@ impl Settings {
                 attempts_per_window: env_var::<u32>("AUTH_RATE_LIMIT_PER_MINUTE")?.unwrap_or(20),
                 window: Duration::from_secs(60),
                 trusted_proxies: trusted_proxies()?,
+                admin_emails: admin_emails()?,
             },
             http,
             payments: payments::Config {
@@ -240,6 +241,27 @@ pub fn payment_gateway() -> Result<Arc<dyn payments::PaymentGateway>, SettingsEr
         }
         None => Arc::new(payments::OfflineGateway),
     })
+}
+
+/// `ADMIN_EMAILS`: the admins' e-mail addresses, comma-separated (none by
+/// default). An admin is whoever signs up or in with one of them.
+fn admin_emails() -> Result<Vec<String>, ConfigError> {
+    let Some(raw) = env_var::<String>("ADMIN_EMAILS")? else {
+        return Ok(Vec::new());
+    };
+    raw.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            shared::email::Email::parse(s)
+                .map(|e| e.to_string())
+                .map_err(|reason| ConfigError {
+                    name: "ADMIN_EMAILS".into(),
+                    value: s.into(),
+                    reason: reason.into(),
+                })
+        })
+        .collect()
 }
 
 /// Which proxies' `X-Forwarded-For` entries auth believes:

@@ -203,6 +203,20 @@ async fn run_services(
     };
     tracing::info!(databases = ?settings.databases, "starting services");
     let mut running = start_services(&settings, &deps).await?;
+    // Every process with services keeps its own deny list of ended
+    // sessions, fed by auth's events (the services in it share it).
+    let follower = auth::sessions::follow(
+        deps.bus.clone(),
+        deps.keys.clone(),
+        deps.clock.clone(),
+        deps.shutdown.clone(),
+    );
+    running.push(Running {
+        name: "sessions",
+        router: axum::Router::new(),
+        ready_checks: vec![("sessions".into(), follower.ready)],
+        tasks: vec![follower.task],
+    });
     if settings.role.runs_all(marketplace_events::api_services()) || settings.web.is_some() {
         running.push(Running {
             name: "docs",

@@ -1,11 +1,14 @@
 //! The auth service: accounts and sessions.
 //!
-//! Owns the `users` table; publishes `user.created`; consumes nothing. Every
-//! other service verifies the session token it issues locally, with the
-//! shared key.
+//! Owns the `users` table; publishes `user.created`, `user.banned`,
+//! `user.unbanned` and `user.signed-out`; consumes nothing. Every other
+//! service verifies the session token it issues locally, with the shared key,
+//! and learns of ended sessions from the events ([`sessions::follow`]).
 
+mod admin;
 mod password;
 mod rate_limit;
+pub mod sessions;
 mod users;
 
 use std::sync::Arc;
@@ -37,6 +40,12 @@ pub static MIGRATIONS: &[Migration] = &[
         description: "outbox",
         sql: OUTBOX_TABLE_SQL,
     },
+    Migration {
+        version: 3,
+        description: "user versions and bans",
+        sql: "ALTER TABLE users ADD COLUMN version BIGINT NOT NULL DEFAULT 0;
+              ALTER TABLE users ADD COLUMN banned_at BIGINT;",
+    },
 ];
 
 /// Settings of the auth service.
@@ -49,6 +58,9 @@ pub struct Config {
     /// whose `X-Forwarded-For` entries tell who the client is. `None`: the
     /// TCP peer is the client.
     pub trusted_proxies: Option<TrustedProxies>,
+    /// The admins, by e-mail (`ADMIN_EMAILS`, stored lower-case): they may
+    /// list users and ban or unban them.
+    pub admin_emails: Vec<String>,
 }
 
 impl Default for Config {
@@ -57,15 +69,25 @@ impl Default for Config {
             attempts_per_window: 20,
             window: Duration::from_secs(60),
             trusted_proxies: None,
+            admin_emails: Vec::new(),
         }
     }
 }
 
-/// What the handlers share: the sign-in allowance and how to tell clients apart.
+/// What the handlers share: the sign-in allowance, how to tell clients
+/// apart, and who the admins are.
 #[derive(Clone)]
 pub struct Limits {
     limiter: Arc<RateLimiter>,
     trusted_proxies: Option<TrustedProxies>,
+    admins: Arc<[String]>,
+}
+
+impl Limits {
+    /// Whether the account with this e-mail is an admin.
+    pub(crate) fn is_admin(&self, email: &str) -> bool {
+        self.admins.iter().any(|a| a.eq_ignore_ascii_case(email))
+    }
 }
 
 /// What the handlers share.
@@ -73,12 +95,16 @@ pub type AppState = runtime::service::ServiceState<Limits>;
 
 /// The auth service's routes.
 pub fn router(state: AppState) -> axum::Router {
-    users::router().split_for_parts().0.with_state(state)
+    routes().split_for_parts().0.with_state(state)
+}
+
+fn routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    users::router().merge(admin::router())
 }
 
 /// The OpenAPI description of the routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    users::router().into_openapi()
+    routes().into_openapi()
 }
 
 /// Opens the database, starts the outbox relay and returns the routes.
@@ -91,6 +117,7 @@ pub async fn start(deps: &Deps, config: Config) -> Result<Running, store::StoreE
         Limits {
             limiter: Arc::new(RateLimiter::new(config.attempts_per_window, config.window)),
             trusted_proxies: config.trusted_proxies,
+            admins: config.admin_emails.into(),
         },
     );
     // Warm the dummy hash now so the first unknown-email sign-in is not

@@ -1,17 +1,18 @@
-//! `/api/users`: sign up, sign in, sign out, current user.
+//! `/api/users`: sign up, sign in, sign out (here or everywhere), current user.
 
 use axum::Json;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use marketplace_events::UserCreated;
+use marketplace_events::{UserCreated, UserSignedOut};
 use serde::Serialize;
 use shared::ApiError;
-use shared::auth::{AuthUser, MaybeAuthUser};
+use shared::auth::{AuthUser, MaybeAuthUser, Session};
 use shared::email::Email;
 use shared::http::{Fields, FromFields, PeerAddr, ValidJson};
 use shared::ids::UserId;
+use shared::time::Timestamp;
 use shared::trace::TraceContext;
 use store::Conn as _;
 use store::StoreError;
@@ -24,6 +25,7 @@ pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
         .routes(utoipa_axum::routes!(sign_up))
         .routes(utoipa_axum::routes!(sign_in))
         .routes(utoipa_axum::routes!(sign_out))
+        .routes(utoipa_axum::routes!(sign_out_everywhere))
         .routes(utoipa_axum::routes!(current_user))
 }
 
@@ -35,12 +37,15 @@ pub struct UserBody {
     id: UserId,
     #[schema(format = Email)]
     email: String,
+    /// Whether the user is an admin (may list, ban and unban users).
+    admin: bool,
 }
 
-impl From<AuthUser> for UserBody {
-    fn from(u: AuthUser) -> Self {
+impl UserBody {
+    fn of(state: &AppState, u: AuthUser) -> Self {
         UserBody {
             id: u.id,
+            admin: state.config.is_admin(&u.email),
             email: u.email,
         }
     }
@@ -154,7 +159,7 @@ fn signed_in(state: &AppState, status: StatusCode, user: AuthUser) -> Result<Res
     Ok((
         status,
         [(header::SET_COOKIE, state.keys.session_cookie(&token))],
-        Json(UserBody::from(user)),
+        Json(UserBody::of(state, user)),
     )
         .into_response())
 }
@@ -201,6 +206,7 @@ async fn sign_up(
             c.enqueue(
                 &UserCreated {
                     id: row.id,
+                    version: 0,
                     email: row.email.clone(),
                 },
                 &trace,
@@ -226,6 +232,7 @@ async fn sign_up(
         (status = 200, description = "Signed in; the session cookie is set", body = UserBody,
             headers(("set-cookie" = String, description = "session=<jwt>; HttpOnly; SameSite=Lax; Path=/"))),
         (status = 401, description = "Invalid credentials", body = shared::openapi::ErrorBody),
+        (status = 403, description = "The account is banned", body = shared::openapi::ErrorBody),
         (status = 429, description = "Too many attempts from this client", body = shared::openapi::ErrorBody),
     ))]
 async fn sign_in(
@@ -238,22 +245,28 @@ async fn sign_in(
         .db
         .read(move |c| {
             c.query_opt(
-                "SELECT id, password_hash FROM users WHERE email = $1",
+                "SELECT id, password_hash, banned_at FROM users WHERE email = $1",
                 &[&lookup],
             )?
-            .map(|r| Ok::<_, StoreError>((r.get::<UserId>(0)?, r.get::<String>(1)?)))
+            .map(|r| {
+                Ok::<_, StoreError>((r.get::<UserId>(0)?, r.get::<String>(1)?, r.get::<Option<i64>>(2)?.is_some()))
+            })
             .transpose()
         })
         .await?;
-    let (id, hash) = match found {
-        Some((id, hash)) => (Some(id), hash),
-        None => (None, password::dummy_hash().to_owned()),
+    let (id, hash, banned) = match found {
+        Some((id, hash, banned)) => (Some(id), hash, banned),
+        None => (None, password::dummy_hash().to_owned(), false),
     };
     // Verify even for an unknown e-mail so both failures cost the same.
     let matches = password::verify_off_runtime(password, hash)
         .await
         .map_err(ApiError::internal)?;
     match id {
+        // Only someone who knows the password learns of the ban.
+        Some(_) if matches && banned => Err(ApiError::Forbidden(
+            "This account is banned; it cannot sign in".into(),
+        )),
         Some(id) if matches => signed_in(
             &state,
             StatusCode::OK,
@@ -266,10 +279,29 @@ async fn sign_in(
     }
 }
 
-/// Signs out: clears the `session` cookie.
-#[utoipa::path(post, path = "/api/users/signout", tag = "users",
-    responses((status = 204, description = "Signed out; the cookie is cleared")))]
-async fn sign_out(State(state): State<AppState>) -> Response {
+/// Records a revocation with its `user.signed-out` event, and applies it to
+/// this process's deny list at once (other processes apply it when the event
+/// reaches them).
+async fn revoke(
+    state: &AppState,
+    trace: &TraceContext,
+    event: UserSignedOut,
+) -> Result<(), ApiError> {
+    let now = state.clock.now();
+    let revocation = event.revocation();
+    let trace = trace.clone();
+    state
+        .outbox
+        .write(move |c| c.enqueue(&event, &trace, now))
+        .await?;
+    if let Some(r) = revocation {
+        state.keys.revocations.apply(r, now);
+    }
+    Ok(())
+}
+
+/// 204 clearing the session cookie.
+fn signed_out(state: &AppState) -> Response {
     (
         StatusCode::NO_CONTENT,
         [(header::SET_COOKIE, state.keys.clear_cookie())],
@@ -277,11 +309,73 @@ async fn sign_out(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Who the session belongs to (`null` without a valid session).
+/// Signs out: ends the request's session (its token no longer works
+/// anywhere, as a cookie or a bearer token; publishes `user.signed-out`)
+/// and clears the `session` cookie. Without a valid session it only clears
+/// the cookie.
+#[utoipa::path(post, path = "/api/users/signout", tag = "users",
+    responses((status = 204, description = "Signed out; the session is ended and the cookie cleared")))]
+async fn sign_out(
+    State(state): State<AppState>,
+    trace: TraceContext,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let session = shared::auth::token_from_headers(&headers)
+        .and_then(|t| state.keys.verify_session(t));
+    if let Some(s) = session {
+        revoke(
+            &state,
+            &trace,
+            UserSignedOut {
+                user_id: s.user.id,
+                session_id: Some(s.id),
+                before: None,
+                until: Timestamp::from_millis(
+                    s.expires.millis() + shared::auth::LEEWAY_SECS as i64 * 1000,
+                ),
+            },
+        )
+        .await?;
+        tracing::info!(user_id = %s.user.id, session_id = %s.id, "signed out");
+    }
+    Ok(signed_out(&state))
+}
+
+/// Signs out everywhere: ends every session of the caller begun until now
+/// (publishes `user.signed-out` with `before`) and clears the cookie.
+#[utoipa::path(post, path = "/api/users/signout-all", tag = "users",
+    security(("session" = []), ("bearer" = [])),
+    responses(
+        (status = 204, description = "Every session of the caller is ended; the cookie is cleared"),
+        (status = 401, description = "No valid session", body = shared::openapi::ErrorBody),
+    ))]
+async fn sign_out_everywhere(
+    State(state): State<AppState>,
+    trace: TraceContext,
+    session: Session,
+) -> Result<Response, ApiError> {
+    let now = state.clock.now();
+    revoke(
+        &state,
+        &trace,
+        UserSignedOut {
+            user_id: session.user.id,
+            session_id: None,
+            before: Some(now),
+            until: Timestamp::from_millis(now.millis() + state.keys.longest_life().as_millis() as i64),
+        },
+    )
+    .await?;
+    tracing::info!(user_id = %session.user.id, "signed out everywhere");
+    Ok(signed_out(&state))
+}
+
+/// Who the session belongs to (`null` without a valid session: none, an
+/// expired or ended one, or a banned user's).
 #[utoipa::path(get, path = "/api/users/currentuser", tag = "users",
     responses((status = 200, description = "The signed-in user, or null", body = CurrentUserBody)))]
-async fn current_user(user: MaybeAuthUser) -> Json<CurrentUserBody> {
+async fn current_user(State(state): State<AppState>, user: MaybeAuthUser) -> Json<CurrentUserBody> {
     Json(CurrentUserBody {
-        current_user: user.0.map(UserBody::from),
+        current_user: user.0.map(|u| UserBody::of(&state, u)),
     })
 }

@@ -226,6 +226,7 @@ async fn too_many_attempts_from_one_client_get_429_with_retry_after() {
         attempts_per_window: 3,
         window: Duration::from_secs(60),
         trusted_proxies: None,
+        ..auth::Config::default()
     })
     .await;
     for _ in 0..3 {
@@ -252,6 +253,7 @@ async fn a_client_rotating_x_forwarded_for_through_the_gateway_is_still_limited(
         attempts_per_window: 5,
         window: Duration::from_secs(60),
         trusted_proxies: Some("127.0.0.1".parse().unwrap()),
+        ..auth::Config::default()
     })
     .await;
     let auth_url = app.url("");
@@ -322,6 +324,7 @@ async fn invalid_and_malformed_attempts_count_against_the_limit_too() {
         attempts_per_window: 2,
         window: Duration::from_secs(60),
         trusted_proxies: None,
+        ..auth::Config::default()
     })
     .await;
     // Invalid fields and unreadable bodies are attempts: the limit is
@@ -414,4 +417,327 @@ async fn health_and_readiness_report_ok_and_metrics_are_prometheus_text() {
         .await
         .unwrap();
     assert!(metrics.contains("http_responses_total"), "{metrics}");
+}
+
+// ---- sessions: sign-out, sign-out everywhere, bans -------------------------
+
+/// The session token a sign-up or sign-in answer set as its cookie.
+fn token_of(res: &reqwest::Response) -> String {
+    let cookie = res.headers()["set-cookie"].to_str().unwrap();
+    cookie["session=".len()..cookie.find(';').unwrap()].to_owned()
+}
+
+/// Signs `email` up (or in, when it exists) and returns the user's id and token.
+async fn session(app: &TestApp, email: &str) -> (String, String) {
+    let mut res = signup(app, email, "password123").await;
+    if res.status() == StatusCode::CONFLICT {
+        res = signin(app, email, "password123").await;
+    }
+    assert!(res.status().is_success(), "{}", res.status());
+    let token = token_of(&res);
+    let body: Value = res.json().await.unwrap();
+    (body["id"].as_str().unwrap().to_owned(), token)
+}
+
+/// Who `token` is, to auth: the e-mail, or `None` when it is no session.
+async fn who(app: &TestApp, token: &str) -> Option<String> {
+    // A client without the cookie jar: only the bearer token speaks.
+    let body: Value = reqwest::Client::new()
+        .get(app.url("/api/users/currentuser"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["currentUser"]["email"].as_str().map(String::from)
+}
+
+async fn post_with(app: &TestApp, path: &str, token: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(app.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+const ADMIN: &str = "admin@example.com";
+
+async fn admin_app() -> TestApp {
+    app_with(auth::Config {
+        admin_emails: vec![ADMIN.into()],
+        ..auth::Config::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn signing_out_ends_that_session_only_and_says_so_by_event() {
+    let app = app().await;
+    let mut signed_out = app.watch::<marketplace_events::UserSignedOut>().await;
+    let (id, first) = session(&app, "ann@example.com").await;
+    let (_, second) = session(&app, "ann@example.com").await;
+    assert_eq!(who(&app, &first).await.as_deref(), Some("ann@example.com"));
+    let res = post_with(&app, "/api/users/signout", &first).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert!(res.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    assert_eq!(who(&app, &first).await, None, "the signed-out token is dead");
+    assert_eq!(who(&app, &second).await.as_deref(), Some("ann@example.com"));
+    let event = signed_out.next().await;
+    assert_eq!(event.user_id.to_string(), id);
+    assert!(event.session_id.is_some() && event.before.is_none());
+    // Signing out without a session only clears the cookie.
+    let res = reqwest::Client::new()
+        .post(app.url("/api/users/signout"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert!(signed_out.next_within(Duration::from_millis(300)).await.is_none());
+}
+
+#[tokio::test]
+async fn signing_out_everywhere_ends_every_session_of_the_caller_and_no_one_elses() {
+    let app = app().await;
+    let mut signed_out = app.watch::<marketplace_events::UserSignedOut>().await;
+    let (_, first) = session(&app, "ann@example.com").await;
+    let (_, second) = session(&app, "ann@example.com").await;
+    let (_, bobs) = session(&app, "bob@example.com").await;
+    let res = post_with(&app, "/api/users/signout-all", &first).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_eq!(who(&app, &first).await, None);
+    assert_eq!(who(&app, &second).await, None);
+    assert_eq!(who(&app, &bobs).await.as_deref(), Some("bob@example.com"));
+    let event = signed_out.next().await;
+    assert!(event.before.is_some() && event.session_id.is_none());
+    // Signing in again at once begins a session the cut-off does not cover.
+    let (_, again) = session(&app, "ann@example.com").await;
+    assert_eq!(who(&app, &again).await.as_deref(), Some("ann@example.com"));
+    // Without a session there is nothing to end.
+    let res = reqwest::Client::new()
+        .post(app.url("/api/users/signout-all"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn only_admins_ban_and_never_themselves_another_admin_or_someone_unknown() {
+    let app = app_with(auth::Config {
+        admin_emails: vec![ADMIN.into(), "second@example.com".into()],
+        ..auth::Config::default()
+    })
+    .await;
+    let (admin_id, admin) = session(&app, ADMIN).await;
+    let (second_id, _) = session(&app, "second@example.com").await;
+    let (ann_id, ann) = session(&app, "ann@example.com").await;
+    let ban = |token: &str, id: &str| {
+        let (url, token) = (app.url(&format!("/api/users/{id}/ban")), token.to_owned());
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(ban(&ann, &admin_id).await.status(), StatusCode::FORBIDDEN);
+    let anonymous = reqwest::Client::new()
+        .post(app.url(&format!("/api/users/{ann_id}/ban")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        ban(&admin, &shared::ids::UserId::new().to_string()).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(ban(&admin, "not-an-id").await.status(), StatusCode::NOT_FOUND);
+    let own = ban(&admin, &admin_id).await;
+    assert_eq!(own.status(), StatusCode::CONFLICT);
+    assert_eq!(errors(own).await[0].1, "You cannot ban yourself");
+    let other = ban(&admin, &second_id).await;
+    assert_eq!(other.status(), StatusCode::CONFLICT);
+    assert_eq!(errors(other).await[0].1, "An admin cannot be banned");
+    let list = reqwest::Client::new()
+        .get(app.url("/api/users"))
+        .bearer_auth(&ann)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(list.status(), StatusCode::FORBIDDEN);
+    // The admin flag is in the user's own view.
+    let me: Value = reqwest::Client::new()
+        .get(app.url("/api/users/currentuser"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["currentUser"]["admin"], true);
+}
+
+#[tokio::test]
+async fn a_ban_ends_the_users_sessions_and_sign_ins_until_lifted_and_old_sessions_stay_dead() {
+    let app = admin_app().await;
+    let mut banned = app.watch::<marketplace_events::UserBanned>().await;
+    let mut unbanned = app.watch::<marketplace_events::UserUnbanned>().await;
+    let (_, admin) = session(&app, ADMIN).await;
+    let (ann_id, ann) = session(&app, "ann@example.com").await;
+    let (_, bob) = session(&app, "bob@example.com").await;
+
+    let res = post_with(&app, &format!("/api/users/{ann_id}/ban"), &admin).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!((body["banned"].as_bool(), body["version"].as_i64()), (Some(true), Some(1)));
+    let event = banned.next().await;
+    assert_eq!((event.id.to_string(), event.version), (ann_id.clone(), 1));
+    assert_eq!(who(&app, &ann).await, None, "currentuser is null for a banned user");
+    assert_eq!(who(&app, &bob).await.as_deref(), Some("bob@example.com"));
+    let refused = signin(&app, "ann@example.com", "password123").await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(errors(refused).await[0].1, "This account is banned; it cannot sign in");
+    // A wrong password learns nothing of the ban.
+    assert_eq!(
+        signin(&app, "ann@example.com", "wrong-password").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // Banning again changes nothing and publishes nothing.
+    let again: Value = post_with(&app, &format!("/api/users/{ann_id}/ban"), &admin)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["version"], 1);
+    assert!(banned.next_within(Duration::from_millis(300)).await.is_none());
+
+    let lifted = reqwest::Client::new()
+        .delete(app.url(&format!("/api/users/{ann_id}/ban")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lifted.status(), StatusCode::OK);
+    let body: Value = lifted.json().await.unwrap();
+    assert_eq!((body["banned"].as_bool(), body["version"].as_i64()), (Some(false), Some(2)));
+    assert_eq!(unbanned.next().await.version, 2);
+    let (_, fresh) = session(&app, "ann@example.com").await;
+    assert_eq!(who(&app, &fresh).await.as_deref(), Some("ann@example.com"));
+    assert_eq!(who(&app, &ann).await, None, "a token from before the ban stays dead");
+}
+
+#[tokio::test]
+async fn admins_list_users_newest_first_a_page_at_a_time_and_search_by_email() {
+    let app = admin_app().await;
+    let (_, admin) = session(&app, ADMIN).await;
+    for name in ["ann", "anna", "bob", "a_b"] {
+        session(&app, &format!("{name}@example.com")).await;
+    }
+    let list = |query: &str| {
+        let (url, admin) = (app.url(&format!("/api/users{query}")), admin.clone());
+        async move {
+            let res = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(admin)
+                .send()
+                .await
+                .unwrap();
+            (res.status(), res.json::<Value>().await.unwrap())
+        }
+    };
+    let emails = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["email"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, all) = list("").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        emails(&all),
+        ["a_b@example.com", "bob@example.com", "anna@example.com", "ann@example.com", ADMIN]
+    );
+    assert_eq!(all[4]["admin"], true);
+    assert_eq!(all[0]["banned"], false);
+    let (_, page) = list("?limit=2").await;
+    assert_eq!(emails(&page), ["a_b@example.com", "bob@example.com"]);
+    let after = page[1]["id"].as_str().unwrap();
+    let (_, next) = list(&format!("?limit=2&after={after}")).await;
+    assert_eq!(emails(&next), ["anna@example.com", "ann@example.com"]);
+    let (_, found) = list("?email=ANN").await;
+    assert_eq!(emails(&found), ["anna@example.com", "ann@example.com"]);
+    // Wildcards in the search are literal characters.
+    let (_, literal) = list("?email=a_b").await;
+    assert_eq!(emails(&literal), ["a_b@example.com"]);
+    let (status, _) = list("?limit=0").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+/// Another process's deny list learns of ends of sessions from the events
+/// alone, and one started after them rebuilds it before it reports ready.
+#[tokio::test]
+async fn another_process_rejects_ended_sessions_from_the_events_even_one_started_later() {
+    let app = admin_app().await;
+    let (_, admin) = session(&app, ADMIN).await;
+    let (ann_id, ann) = session(&app, "ann@example.com").await;
+    let (_, bob) = session(&app, "bob@example.com").await;
+    let (_, carl) = session(&app, "carl@example.com").await;
+    let elsewhere = |bus| {
+        let keys = shared::auth::AuthKeys::new(testkit::TEST_JWT_KEY, Duration::from_secs(3600), false);
+        let follower = auth::sessions::follow(
+            bus,
+            keys.clone(),
+            shared::time::Clock::System,
+            shared::shutdown::Shutdown::never(),
+        );
+        (keys, follower)
+    };
+    let (running, follower) = elsewhere(app.deps.bus.clone());
+    let ready = testkit::eventually(Duration::from_secs(10), || {
+        let check = follower.ready.clone();
+        async move { check().await.ok() }
+    })
+    .await;
+    assert!(ready.is_some(), "the deny list caught up");
+    assert!(running.verify(&ann).is_some());
+
+    assert!(post_with(&app, &format!("/api/users/{ann_id}/ban"), &admin).await.status().is_success());
+    assert_eq!(post_with(&app, "/api/users/signout", &bob).await.status(), StatusCode::NO_CONTENT);
+    let carls_again = session(&app, "carl@example.com").await.1;
+    assert_eq!(post_with(&app, "/api/users/signout-all", &carl).await.status(), StatusCode::NO_CONTENT);
+    let rejected = testkit::eventually(Duration::from_secs(10), || {
+        let running = running.clone();
+        let (ann, bob, carl, again) = (ann.clone(), bob.clone(), carl.clone(), carls_again.clone());
+        async move {
+            (running.verify(&ann).is_none()
+                && running.verify(&bob).is_none()
+                && running.verify(&carl).is_none()
+                && running.verify(&again).is_none())
+            .then_some(())
+        }
+    })
+    .await;
+    assert!(rejected.is_some(), "every ended session is rejected elsewhere");
+    assert!(running.verify(&admin).is_some(), "others' sessions still verify");
+
+    // A process started after all of it: not ready until rebuilt, then
+    // rejecting from its first check.
+    let (late, follower) = elsewhere(app.deps.bus.clone());
+    let ready = testkit::eventually(Duration::from_secs(10), || {
+        let check = follower.ready.clone();
+        async move { check().await.ok() }
+    })
+    .await;
+    assert!(ready.is_some());
+    for token in [&ann, &bob, &carl, &carls_again] {
+        assert!(late.verify(token).is_none());
+    }
+    assert!(late.verify(&admin).is_some());
 }

@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 pub use shared::events::{Event, ServiceEvents, schema_of};
-use shared::ids::UserId;
+use shared::ids::{SessionId, UserId};
 use shared::money::Money;
 use shared::time::Timestamp;
 
@@ -35,6 +35,9 @@ pub enum TicketStatus {
     Available,
     Reserved,
     Sold,
+    /// Off sale while its seller is banned; available again when the ban
+    /// is lifted.
+    Withdrawn,
 }
 
 impl TicketStatus {
@@ -43,6 +46,7 @@ impl TicketStatus {
             TicketStatus::Available => "available",
             TicketStatus::Reserved => "reserved",
             TicketStatus::Sold => "sold",
+            TicketStatus::Withdrawn => "withdrawn",
         }
     }
 
@@ -51,6 +55,7 @@ impl TicketStatus {
             "available" => Some(TicketStatus::Available),
             "reserved" => Some(TicketStatus::Reserved),
             "sold" => Some(TicketStatus::Sold),
+            "withdrawn" => Some(TicketStatus::Withdrawn),
             _ => None,
         }
     }
@@ -122,9 +127,84 @@ impl store::FromValue for OrderStatus {
 #[serde(rename_all = "camelCase")]
 pub struct UserCreated {
     pub id: UserId,
+    /// The user record's version (0 when created).
+    #[serde(default)]
+    pub version: i64,
     pub email: String,
 }
 shared::event!(UserCreated, "user.created");
+
+/// `user.banned`: auth, when an admin bans a user. Every session the user
+/// began up to `bannedAt` is revoked (they cannot begin another while
+/// banned); services also withdraw what the user offers or holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserBanned {
+    pub id: UserId,
+    pub version: i64,
+    pub banned_at: Timestamp,
+    /// When the last session begun by `bannedAt` expires: a deny list keeps
+    /// the ban no longer.
+    pub until: Timestamp,
+}
+shared::event!(UserBanned, "user.banned");
+
+/// `user.unbanned`: auth, when an admin lifts a ban. The user may sign in
+/// again; sessions from before the ban stay revoked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserUnbanned {
+    pub id: UserId,
+    pub version: i64,
+}
+shared::event!(UserUnbanned, "user.unbanned");
+
+/// `user.signed-out`: auth, when a user ends one session (`sessionId`) or
+/// every session they began up to `before` (sign out everywhere). Exactly
+/// one of the two is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserSignedOut {
+    pub user_id: UserId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<SessionId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Timestamp>,
+    /// When the last session it ends expires: a deny list keeps it no longer.
+    pub until: Timestamp,
+}
+shared::event!(UserSignedOut, "user.signed-out");
+
+impl UserSignedOut {
+    /// The revocation it stands for (`None` when it names neither a session
+    /// nor a moment, which auth never publishes).
+    pub fn revocation(&self) -> Option<shared::auth::Revocation> {
+        use shared::auth::Revocation;
+        match (self.session_id, self.before) {
+            (Some(session), _) => Some(Revocation::Session {
+                session,
+                until: self.until,
+            }),
+            (None, Some(before)) => Some(Revocation::Before {
+                user: self.user_id,
+                before,
+                until: self.until,
+            }),
+            (None, None) => None,
+        }
+    }
+}
+
+impl UserBanned {
+    /// The revocation it stands for: every session begun up to the ban.
+    pub fn revocation(&self) -> shared::auth::Revocation {
+        shared::auth::Revocation::Before {
+            user: self.id,
+            before: self.banned_at,
+            until: self.until,
+        }
+    }
+}
 
 /// `ticket.created`: tickets, on create.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -261,6 +341,9 @@ shared::event!(PaymentRefunded, "payment.refunded");
 /// Every subject, for catalogues and stream definitions.
 pub const ALL_SUBJECTS: &[&str] = &[
     UserCreated::SUBJECT,
+    UserBanned::SUBJECT,
+    UserUnbanned::SUBJECT,
+    UserSignedOut::SUBJECT,
     TicketCreated::SUBJECT,
     TicketUpdated::SUBJECT,
     OrderCreated::SUBJECT,
@@ -277,6 +360,9 @@ pub const ALL_SUBJECTS: &[&str] = &[
 pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
     vec![
         (UserCreated::SUBJECT, schema_of::<UserCreated>()),
+        (UserBanned::SUBJECT, schema_of::<UserBanned>()),
+        (UserUnbanned::SUBJECT, schema_of::<UserUnbanned>()),
+        (UserSignedOut::SUBJECT, schema_of::<UserSignedOut>()),
         (TicketCreated::SUBJECT, schema_of::<TicketCreated>()),
         (TicketUpdated::SUBJECT, schema_of::<TicketUpdated>()),
         (OrderCreated::SUBJECT, schema_of::<OrderCreated>()),
@@ -301,7 +387,12 @@ pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
 pub const CATALOGUE: &[ServiceEvents] = &[
     ServiceEvents {
         service: "auth",
-        publishes: &[UserCreated::SUBJECT],
+        publishes: &[
+            UserCreated::SUBJECT,
+            UserBanned::SUBJECT,
+            UserUnbanned::SUBJECT,
+            UserSignedOut::SUBJECT,
+        ],
         consumes: &[],
     },
     ServiceEvents {
@@ -311,6 +402,8 @@ pub const CATALOGUE: &[ServiceEvents] = &[
             OrderCreated::SUBJECT,
             OrderCancelled::SUBJECT,
             OrderCompleted::SUBJECT,
+            UserBanned::SUBJECT,
+            UserUnbanned::SUBJECT,
         ],
     },
     ServiceEvents {
@@ -325,6 +418,8 @@ pub const CATALOGUE: &[ServiceEvents] = &[
             TicketUpdated::SUBJECT,
             ExpirationComplete::SUBJECT,
             PaymentAuthorized::SUBJECT,
+            UserBanned::SUBJECT,
+            UserUnbanned::SUBJECT,
         ],
     },
     ServiceEvents {
@@ -347,6 +442,11 @@ pub const CATALOGUE: &[ServiceEvents] = &[
         ],
     },
 ];
+
+/// What every process that authenticates requests watches (not a durable:
+/// each process sees every message, from one token lifetime ago) to keep its
+/// deny list of sessions: `user.banned` and `user.signed-out` on it.
+pub const SESSION_EVENTS: &str = "user.>";
 
 /// The marketplace's services, in the order they are started.
 pub const SERVICES: &[&str] = &["auth", "tickets", "orders", "expiration", "payments"];

@@ -4,7 +4,9 @@
 //! `order.cancelled` and `order.completed`; consumes `ticket.created`,
 //! `ticket.updated` (replica, in version order), `expiration.complete`
 //! (cancel unless complete) and `payment.authorized` (complete if still
-//! `created`: orders alone decides whether a hold is captured). One active order per ticket is enforced by a partial unique
+//! `created`: orders alone decides whether a hold is captured), `user.banned`
+//! (a banned buyer's unpaid orders are cancelled, freeing their tickets) and
+//! `user.unbanned` (the ban's version, so the newest wins). One active order per ticket is enforced by a partial unique
 //! index, so of any number of concurrent buyers exactly one wins.
 
 mod listeners;
@@ -54,6 +56,16 @@ pub static MIGRATIONS: &[Migration] = &[
                   user_id TEXT PRIMARY KEY
               );
               CREATE INDEX orders_active_by_user ON orders (user_id) WHERE status = 'created';",
+    },
+    Migration {
+        version: 4,
+        description: "tickets' status in the replica; users' bans",
+        sql: "ALTER TABLE tickets ADD COLUMN status TEXT NOT NULL DEFAULT 'available';
+              CREATE TABLE users (
+                  id TEXT PRIMARY KEY,
+                  version BIGINT NOT NULL,
+                  banned_at BIGINT
+              );",
     },
 ];
 

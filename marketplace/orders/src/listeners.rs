@@ -1,11 +1,15 @@
 //! How orders reacts to the world: keep the ticket replica current (in
-//! version order), cancel expired orders, decide the fate of payments.
+//! version order), cancel expired orders, decide the fate of payments,
+//! cancel a banned buyer's unpaid orders.
 
 use bus::listener::{EventContext, ListenerError, Listeners, Outcome, check_version};
 use marketplace_events::{
     ExpirationComplete, OrderCompleted, OrderStatus, PaymentAuthorized, TicketCreated, TicketRef,
-    TicketUpdated,
+    TicketUpdated, UserBanned, UserUnbanned,
 };
+use shared::ids::UserId;
+use store::Conn as _;
+use shared::time::Timestamp;
 
 use crate::AppState;
 use crate::orders::Order;
@@ -17,7 +21,83 @@ pub(crate) fn spawn(state: &AppState, listeners: Listeners) -> Vec<tokio::task::
         .on(on_ticket_updated)
         .on(on_expired)
         .on(on_authorized)
+        .on(on_user_banned)
+        .on(on_user_unbanned)
         .into_tasks()
+}
+
+/// Records the user's ban state at `version`, if newer than what is
+/// recorded; `false` for a duplicate or an older event.
+fn record_ban(
+    c: &mut dyn store::Conn,
+    user: UserId,
+    version: i64,
+    banned_at: Option<Timestamp>,
+) -> Result<bool, store::StoreError> {
+    let stored: Option<i64> = c
+        .query_opt("SELECT version FROM users WHERE id = $1 FOR UPDATE", &[&user])?
+        .map(|r| r.get(0))
+        .transpose()?;
+    if stored.is_some_and(|v| v >= version) {
+        return Ok(false);
+    }
+    c.execute(
+        "INSERT INTO users (id, version, banned_at) VALUES ($1, $2, $3)
+         ON CONFLICT (id) DO UPDATE SET version = excluded.version, banned_at = excluded.banned_at",
+        &[&user, &version, &banned_at],
+    )?;
+    Ok(true)
+}
+
+/// A banned buyer's unpaid orders are cancelled (each `order.cancelled`
+/// frees its ticket and voids any hold); paid ones stand.
+async fn on_user_banned(
+    state: AppState,
+    e: UserBanned,
+    ctx: EventContext,
+) -> Result<Outcome, ListenerError> {
+    let now = state.clock.now();
+    state
+        .outbox
+        .write(move |c| {
+            if !record_ban(c, e.id, e.version, Some(e.banned_at))? {
+                return Ok(());
+            }
+            let open: Vec<marketplace_events::OrderId> = c
+                .query(
+                    "SELECT id FROM orders WHERE user_id = $1 AND status = 'created' ORDER BY id",
+                    &[&e.id],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect::<Result<_, _>>()?;
+            for id in &open {
+                let Some(mut order) = Order::find_for_update(c, *id)? else {
+                    continue;
+                };
+                if order.status != OrderStatus::Created {
+                    continue;
+                }
+                order.finish(c, OrderStatus::Cancelled)?;
+                c.enqueue(&order.cancelled_event(), &ctx.trace, now)?;
+            }
+            tracing::info!(user_id = %e.id, version = e.version, cancelled = open.len(), "buyer banned");
+            Ok::<_, ListenerError>(())
+        })
+        .await?;
+    Ok(Outcome::Done)
+}
+
+async fn on_user_unbanned(
+    state: AppState,
+    e: UserUnbanned,
+    _: EventContext,
+) -> Result<Outcome, ListenerError> {
+    state
+        .db
+        .write(move |c| record_ban(c, e.id, e.version, None))
+        .await?;
+    Ok(Outcome::Done)
 }
 
 async fn on_ticket_created(
@@ -57,8 +137,8 @@ async fn on_ticket_updated(
                 return Ok(outcome);
             }
             c.execute(
-                "UPDATE tickets SET title = $2, price_cents = $3, version = $4 WHERE id = $1",
-                &[&e.id, &e.title, &e.price_cents, &e.version],
+                "UPDATE tickets SET title = $2, price_cents = $3, version = $4, status = $5 WHERE id = $1",
+                &[&e.id, &e.title, &e.price_cents, &e.version, &e.status.as_str()],
             )?;
             Ok(Outcome::Done)
         })

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use marketplace_events::{OrderCancelled, OrderCreated, OrderStatus, OrderTicket, TicketRef};
+use marketplace_events::{OrderCancelled, OrderCreated, OrderStatus, OrderTicket, TicketRef, TicketStatus};
 use marketplace_events::{OrderId, TicketId};
 use serde::Serialize;
 use shared::ApiError;
@@ -216,12 +216,19 @@ async fn create(
                     "You already have {cap} unpaid orders; pay for or cancel one first"
                 )));
             }
+            // A session the deny list had not yet ended still orders nothing.
+            if c.query_opt("SELECT 1 FROM users WHERE id = $1 AND banned_at IS NOT NULL", &[&user.id])?.is_some() {
+                return Err(ApiError::Forbidden("This account is banned".into()));
+            }
             let ticket = c
-                .query_opt("SELECT user_id, price_cents FROM tickets WHERE id = $1", &[&ticket_id])?
+                .query_opt("SELECT user_id, price_cents, status FROM tickets WHERE id = $1", &[&ticket_id])?
                 .ok_or(ApiError::NotFound)?;
-            let (seller, price): (UserId, Money) = (ticket.get(0)?, ticket.get(1)?);
+            let (seller, price, status): (UserId, Money, TicketStatus) = (ticket.get(0)?, ticket.get(1)?, ticket.get(2)?);
             if seller == user.id {
                 return Err(ApiError::Forbidden("You cannot buy your own ticket".into()));
+            }
+            if status == TicketStatus::Withdrawn {
+                return Err(ApiError::Conflict("Ticket is not for sale".into()));
             }
             if let Some(active) =
                 c.query_opt("SELECT status FROM orders WHERE ticket_id = $1 AND status IN ('created', 'complete')", &[&ticket_id])?

@@ -2,7 +2,9 @@
 //!
 //! Owns `tickets`; publishes `ticket.created` and `ticket.updated`; consumes
 //! `order.created` (reserve), `order.cancelled` (release) and
-//! `order.completed` (sold). It keeps a small replica of orders (id, ticket,
+//! `order.completed` (sold), `user.banned` and `user.unbanned` (a banned
+//! seller's available tickets are withdrawn from sale, and come back when
+//! the ban is lifted). It keeps a small replica of orders (id, ticket,
 //! version, status) so order events that arrive out of order are applied in
 //! version order and a late `order.created` never re-reserves a ticket for a
 //! cancelled order.
@@ -47,6 +49,15 @@ pub static MIGRATIONS: &[Migration] = &[
         version: 3,
         description: "a seller's tickets",
         sql: "CREATE INDEX tickets_seller ON tickets (user_id, id);",
+    },
+    Migration {
+        version: 4,
+        description: "sellers' bans",
+        sql: "CREATE TABLE sellers (
+                  user_id TEXT PRIMARY KEY,
+                  version BIGINT NOT NULL,
+                  banned_at BIGINT
+              );",
     },
 ];
 

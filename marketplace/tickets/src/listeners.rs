@@ -1,10 +1,18 @@
 //! How tickets reacts to orders: reserve on `order.created`, release on
 //! `order.cancelled` (only if that order holds the ticket), mark sold on
 //! `order.completed`. Order events are applied in version order through the
-//! local order replica; duplicates are acked and ignored.
+//! local order replica; duplicates are acked and ignored. A seller's ban
+//! withdraws their available tickets (and any released while it lasts); its
+//! lifting puts them back on sale. Bans apply by the user record's version:
+//! the highest seen wins, whatever order the events arrive in.
 
 use bus::listener::{EventContext, ListenerError, Listeners, Outcome, check_version};
-use marketplace_events::{OrderCancelled, OrderCompleted, OrderCreated, OrderStatus, TicketStatus};
+use marketplace_events::{
+    OrderCancelled, OrderCompleted, OrderCreated, OrderStatus, TicketStatus, UserBanned,
+    UserUnbanned,
+};
+use shared::ids::UserId;
+use shared::time::Timestamp;
 use marketplace_events::{OrderId, TicketId};
 use store::Conn;
 
@@ -17,7 +25,93 @@ pub(crate) fn spawn(state: &AppState, listeners: Listeners) -> Vec<tokio::task::
         .on(on_order_created)
         .on(on_order_cancelled)
         .on(on_order_completed)
+        .on(on_seller_banned)
+        .on(on_seller_unbanned)
         .into_tasks()
+}
+
+/// Whether `seller` is banned, as far as this service knows.
+pub(crate) fn seller_banned(c: &mut dyn Conn, seller: UserId) -> Result<bool, store::StoreError> {
+    Ok(c.query_opt(
+        "SELECT banned_at FROM sellers WHERE user_id = $1",
+        &[&seller],
+    )?
+    .map(|r| r.get::<Option<Timestamp>>(0))
+    .transpose()?
+    .flatten()
+    .is_some())
+}
+
+/// Records the seller's ban state at `version` and moves their tickets
+/// from `from` to `to`, each with its `ticket.updated`; nothing when this
+/// version is not newer than the one recorded.
+async fn set_seller_ban(
+    state: AppState,
+    seller: UserId,
+    version: i64,
+    banned_at: Option<Timestamp>,
+    ctx: EventContext,
+) -> Result<Outcome, ListenerError> {
+    let now = state.clock.now();
+    let (from, to) = match banned_at {
+        Some(_) => (TicketStatus::Available, TicketStatus::Withdrawn),
+        None => (TicketStatus::Withdrawn, TicketStatus::Available),
+    };
+    state
+        .outbox
+        .write(move |c| {
+            let stored: Option<i64> = c
+                .query_opt(
+                    "SELECT version FROM sellers WHERE user_id = $1 FOR UPDATE",
+                    &[&seller],
+                )?
+                .map(|r| r.get(0))
+                .transpose()?;
+            if stored.is_some_and(|v| v >= version) {
+                return Ok(Outcome::Done); // a duplicate, or older than what we know
+            }
+            c.execute(
+                "INSERT INTO sellers (user_id, version, banned_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (user_id) DO UPDATE SET version = excluded.version, banned_at = excluded.banned_at",
+                &[&seller, &version, &banned_at],
+            )?;
+            let ids: Vec<TicketId> = c
+                .query(
+                    "SELECT id FROM tickets WHERE user_id = $1 AND status = $2 ORDER BY id",
+                    &[&seller, &from.as_str()],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect::<Result<_, _>>()?;
+            for id in &ids {
+                let Some(mut ticket) = Ticket::find_for_update(c, *id)? else {
+                    continue;
+                };
+                ticket.status = to;
+                ticket.version += 1;
+                ticket.save(c)?;
+                c.enqueue(&ticket.updated_event(), &ctx.trace, now)?;
+            }
+            tracing::info!(seller = %seller, version, tickets = ids.len(), status = to.as_str(), "seller's tickets moved");
+            Ok::<_, ListenerError>(Outcome::Done)
+        })
+        .await
+}
+
+async fn on_seller_banned(
+    state: AppState,
+    e: UserBanned,
+    ctx: EventContext,
+) -> Result<Outcome, ListenerError> {
+    set_seller_ban(state, e.id, e.version, Some(e.banned_at), ctx).await
+}
+
+async fn on_seller_unbanned(
+    state: AppState,
+    e: UserUnbanned,
+    ctx: EventContext,
+) -> Result<Outcome, ListenerError> {
+    set_seller_ban(state, e.id, e.version, None, ctx).await
 }
 
 /// The stored version of an order, if this service has seen it.
@@ -100,6 +194,8 @@ async fn on_order_finished(
             }
             ticket.status = if status == OrderStatus::Complete {
                 TicketStatus::Sold
+            } else if seller_banned(c, ticket.user_id)? {
+                TicketStatus::Withdrawn
             } else {
                 TicketStatus::Available
             };

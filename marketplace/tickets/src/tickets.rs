@@ -273,6 +273,7 @@ async fn create(
     state
         .outbox
         .write(move |c| {
+            refuse_banned(c, t.user_id)?;
             c.execute(
                 "INSERT INTO tickets (id, title, price_cents, user_id, version, status, order_id, created_at)
                  VALUES ($1, $2, $3, $4, 0, 'available', NULL, $5)",
@@ -280,10 +281,20 @@ async fn create(
             )?;
             let event = TicketCreated { id: t.id, version: 0, title: t.title.clone(), price_cents: t.price, user_id: t.user_id };
             c.enqueue(&event, &trace, now)?;
-            Ok::<_, StoreError>(())
+            Ok::<_, ApiError>(())
         })
         .await?;
     Ok((StatusCode::CREATED, Json(TicketBody::from(&ticket))))
+}
+
+/// 403 for a seller this service knows to be banned: a request on a
+/// session its deny list had not yet ended (the ban's events travel
+/// separately) still lists or edits nothing.
+fn refuse_banned(c: &mut dyn Conn, seller: UserId) -> Result<(), ApiError> {
+    if crate::listeners::seller_banned(c, seller)? {
+        return Err(ApiError::Forbidden("This account is banned".into()));
+    }
+    Ok(())
 }
 
 /// Edits the caller's ticket; publishes `ticket.updated`.
@@ -316,6 +327,7 @@ async fn update(
                     "Only the seller can edit this ticket".into(),
                 ));
             }
+            refuse_banned(c, user.id)?;
             match ticket.status {
                 TicketStatus::Reserved => {
                     return Err(ApiError::Conflict("Cannot edit a reserved ticket".into()));
@@ -323,7 +335,8 @@ async fn update(
                 TicketStatus::Sold => {
                     return Err(ApiError::Conflict("Cannot edit a sold ticket".into()));
                 }
-                TicketStatus::Available => {}
+                // Withdrawn: its seller is banned, and was refused above.
+                TicketStatus::Available | TicketStatus::Withdrawn => {}
             }
             ticket.title = input.title;
             ticket.price = input.price;

@@ -60,7 +60,7 @@ pub struct AuthKeys {
 }
 
 /// Seconds of clock difference a token's expiry tolerates.
-const LEEWAY_SECS: u64 = 5;
+pub const LEEWAY_SECS: u64 = 5;
 
 impl AuthKeys {
     pub fn new(secret: &[u8], ttl: Duration, secure_cookie: bool) -> Arc<Self> {
@@ -306,7 +306,12 @@ fn session_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
 /// header has one, else the session cookie (also when the header uses
 /// another scheme, which a browser may send to a site behind basic auth).
 pub fn token_from_parts(parts: &Parts) -> Option<&str> {
-    bearer_token(&parts.headers).or_else(|| session_cookie(&parts.headers))
+    token_from_headers(&parts.headers)
+}
+
+/// The session token among `headers` (see [`token_from_parts`]).
+pub fn token_from_headers(headers: &axum::http::HeaderMap) -> Option<&str> {
+    bearer_token(headers).or_else(|| session_cookie(headers))
 }
 
 impl<S> FromRequestParts<S> for AuthUser

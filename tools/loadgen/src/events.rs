@@ -586,6 +586,7 @@ async fn full_path_rate(
                     let id = UserId::new();
                     let event = UserCreated {
                         id,
+                        version: 0,
                         email: format!("{id}@bench.invalid"),
                     };
                     outbox
