@@ -224,11 +224,11 @@ async fn create(
                 .query_opt("SELECT user_id, price_cents, status FROM tickets WHERE id = $1", &[&ticket_id])?
                 .ok_or(ApiError::NotFound)?;
             let (seller, price, status): (UserId, Money, TicketStatus) = (ticket.get(0)?, ticket.get(1)?, ticket.get(2)?);
-            if seller == user.id {
-                return Err(ApiError::Forbidden("You cannot buy your own ticket".into()));
-            }
             if status == TicketStatus::Withdrawn {
                 return Err(ApiError::Conflict("Ticket is not for sale".into()));
+            }
+            if seller == user.id {
+                return Err(ApiError::Forbidden("You cannot buy your own ticket".into()));
             }
             if let Some(active) =
                 c.query_opt("SELECT status FROM orders WHERE ticket_id = $1 AND status IN ('created', 'complete')", &[&ticket_id])?

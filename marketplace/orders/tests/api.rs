@@ -45,22 +45,26 @@ async fn ticket(app: &TestApp, seller: UserId, cents: i64) -> TicketId {
     })
     .await;
     // Ordering it as its own seller says 403 once orders knows it (404 before).
-    let token = app
-        .keys
-        .issue(
-            &shared::auth::AuthUser {
-                id: seller,
-                email: "s@example.com".into(),
-            },
-            Clock::System.now(),
-        )
-        .unwrap();
+    let token = token_for(app, seller);
     eventually(Duration::from_secs(5), || async {
         (order(app, &token, id).await.status() == StatusCode::FORBIDDEN).then_some(())
     })
     .await
     .expect("ticket replicated");
     id
+}
+
+/// A session token of `user`'s.
+fn token_for(app: &TestApp, user: UserId) -> String {
+    app.keys
+        .issue(
+            &shared::auth::AuthUser {
+                id: user,
+                email: "s@example.com".into(),
+            },
+            Clock::System.now(),
+        )
+        .unwrap()
 }
 
 async fn order(app: &TestApp, token: &str, ticket: TicketId) -> reqwest::Response {
@@ -602,4 +606,92 @@ async fn the_callers_orders_are_listed_newest_first_a_page_at_a_time() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
         assert_eq!(body["errors"][0]["field"], field, "{query}");
     }
+}
+
+fn ban(user: UserId, version: i64) -> marketplace_events::UserBanned {
+    let now = Clock::System.now();
+    marketplace_events::UserBanned {
+        id: user,
+        version,
+        banned_at: now,
+        until: now.plus_secs(3600),
+    }
+}
+
+#[tokio::test]
+async fn a_banned_buyers_unpaid_orders_are_cancelled_and_paid_ones_stand() {
+    let app = app().await;
+    let mut cancelled = app.watch::<OrderCancelled>().await;
+    let (buyer, token) = app.user();
+    let (_, other) = app.user();
+    let (open, paid, theirs) = (
+        ticket(&app, UserId::new(), 100).await,
+        ticket(&app, UserId::new(), 100).await,
+        ticket(&app, UserId::new(), 100).await,
+    );
+    let open_order: Value = order(&app, &token, open).await.json().await.unwrap();
+    let paid_order: Value = order(&app, &token, paid).await.json().await.unwrap();
+    let other_order: Value = order(&app, &other, theirs).await.json().await.unwrap();
+    let paid_id = paid_order["id"].as_str().unwrap();
+    app.publish(&PaymentAuthorized {
+        id: PaymentId::new(),
+        order_id: OrderId::parse(paid_id).unwrap(),
+        authorization_id: "auth".into(),
+        amount_cents: Money::from_cents(100),
+    })
+    .await;
+    until_status(&app, &token, paid_id, "complete").await;
+
+    app.publish(&ban(buyer, 1)).await;
+    let event = cancelled.next().await;
+    assert_eq!(event.id.to_string(), open_order["id"].as_str().unwrap());
+    assert_eq!(event.ticket.id, open);
+    until_status(&app, &token, open_order["id"].as_str().unwrap(), "cancelled").await;
+    assert_eq!(status_of(&app, &token, paid_id).await, "complete");
+    assert_eq!(
+        status_of(&app, &other, other_order["id"].as_str().unwrap()).await,
+        "created"
+    );
+    // A duplicate cancels nothing more; a request on a session not yet
+    // ended orders nothing.
+    app.publish(&ban(buyer, 1)).await;
+    assert!(cancelled.next_within(Duration::from_millis(300)).await.is_none());
+    let refused = order(&app, &token, theirs).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(message(refused).await, "This account is banned");
+    // Lifted: the buyer may order again.
+    app.publish(&marketplace_events::UserUnbanned { id: buyer, version: 2 })
+        .await;
+    until_orderable(&app, &token, open).await;
+}
+
+#[tokio::test]
+async fn a_withdrawn_ticket_cannot_be_ordered_until_it_is_back_on_sale() {
+    let app = app().await;
+    let (_, token) = app.user();
+    let seller = UserId::new();
+    let id = ticket(&app, seller, 100).await;
+    let update = |version, status| TicketUpdated {
+        id,
+        version,
+        title: "Show".into(),
+        price_cents: Money::from_cents(100),
+        user_id: seller,
+        order_id: None,
+        status,
+    };
+    app.publish(&update(1, TicketStatus::Withdrawn)).await;
+    // Polled as its seller, who is refused (403) until then and orders nothing.
+    let as_seller = token_for(&app, seller);
+    let refused = eventually(Duration::from_secs(5), || async {
+        let res = order(&app, &as_seller, id).await;
+        (res.status() == StatusCode::CONFLICT).then_some(res)
+    })
+    .await
+    .expect("refused once withdrawn");
+    assert_eq!(message(refused).await, "Ticket is not for sale");
+    let res = order(&app, &token, id).await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    app.publish(&update(2, TicketStatus::Available)).await;
+    until_orderable(&app, &token, id).await;
 }

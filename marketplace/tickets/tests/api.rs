@@ -586,3 +586,114 @@ async fn an_undecodable_order_event_is_parked_not_retried_forever() {
     .expect("parked");
     assert_eq!(parked[0].id, "junk");
 }
+
+fn banned(user: UserId, version: i64) -> marketplace_events::UserBanned {
+    let now = shared::time::Clock::System.now();
+    marketplace_events::UserBanned {
+        id: user,
+        version,
+        banned_at: now,
+        until: now.plus_secs(3600),
+    }
+}
+
+fn unbanned(user: UserId, version: i64) -> marketplace_events::UserUnbanned {
+    marketplace_events::UserUnbanned { id: user, version }
+}
+
+async fn listed(app: &TestApp) -> Vec<String> {
+    let list: Value = app
+        .send(Method::GET, "/api/tickets", None, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_banned_sellers_tickets_leave_the_listing_and_come_back_when_the_ban_is_lifted() {
+    let app = app().await;
+    let mut updates = app.watch::<TicketUpdated>().await;
+    let (seller, token) = app.user();
+    let (_, other) = app.user();
+    let free = created(&app, &token, "Free", 10.0).await;
+    let held = created(&app, &token, "Held", 10.0).await;
+    let others = created(&app, &other, "Other", 10.0).await;
+    let (free_id, held_id) = (free["id"].as_str().unwrap(), held["id"].as_str().unwrap());
+    let order = OrderId::new();
+    app.publish(&order_created(order, &held)).await;
+    at_version(&app, held_id, 1).await;
+    assert_eq!(updates.next().await.status, marketplace_events::TicketStatus::Reserved);
+
+    app.publish(&banned(seller, 1)).await;
+    let withdrawn = at_version(&app, free_id, 1).await;
+    assert_eq!(withdrawn["status"], "withdrawn");
+    let event = updates.next().await;
+    assert_eq!((event.status, event.version), (marketplace_events::TicketStatus::Withdrawn, 1));
+    assert_eq!(listed(&app).await, [others["id"].as_str().unwrap()]);
+    // A ticket released while the ban lasts is withdrawn, not put on sale.
+    app.publish(&OrderCancelled {
+        id: order,
+        version: 1,
+        ticket: ticket_ref(&held),
+    })
+    .await;
+    assert_eq!(at_version(&app, held_id, 2).await["status"], "withdrawn");
+    // A request on a session not yet ended lists nothing new.
+    let refused = create(&app, &token, "Sneaky", json!(5)).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+
+    app.publish(&unbanned(seller, 2)).await;
+    assert_eq!(at_version(&app, free_id, 2).await["status"], "available");
+    assert_eq!(at_version(&app, held_id, 3).await["status"], "available");
+    let mut ids = listed(&app).await;
+    ids.sort();
+    let mut expected = vec![
+        free_id.to_owned(),
+        held_id.to_owned(),
+        others["id"].as_str().unwrap().to_owned(),
+    ];
+    expected.sort();
+    assert_eq!(ids, expected);
+}
+
+/// Waits until the ticket has `status` and its version stops moving.
+async fn settles_at(app: &TestApp, id: &str, status: &str) -> Value {
+    let t = eventually(Duration::from_secs(5), || async {
+        let t = get_ticket(app, id).await;
+        (t["status"] == status).then_some(t)
+    })
+    .await
+    .unwrap_or_else(|| panic!("ticket {id} never became {status}"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = get_ticket(app, id).await;
+    assert_eq!(after, t, "the ticket kept changing");
+    t
+}
+
+#[tokio::test]
+async fn duplicate_and_out_of_order_bans_end_in_the_state_of_the_highest_version() {
+    let app = app().await;
+    let (seller, token) = app.user();
+    let t = created(&app, &token, "Gig", 10.0).await;
+    let id = t["id"].as_str().unwrap();
+    // Version 2 (lifted) is published before version 1 (banned); 3 bans again.
+    app.publish(&unbanned(seller, 2)).await;
+    app.publish(&banned(seller, 1)).await;
+    app.publish(&banned(seller, 3)).await;
+    settles_at(&app, id, "withdrawn").await;
+    // Duplicates and stale versions change nothing.
+    app.publish(&banned(seller, 3)).await;
+    app.publish(&unbanned(seller, 2)).await;
+    app.publish(&banned(seller, 1)).await;
+    settles_at(&app, id, "withdrawn").await;
+    app.publish(&unbanned(seller, 4)).await;
+    settles_at(&app, id, "available").await;
+    app.publish(&banned(seller, 3)).await;
+    settles_at(&app, id, "available").await;
+}
