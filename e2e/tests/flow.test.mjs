@@ -24,13 +24,18 @@ mkdirSync(artifacts, { recursive: true });
 // How long an order holds its ticket here: long enough to pay by script,
 // short enough to watch one expire.
 const HOLD_SECONDS = 12;
+// The admin of this server (ADMIN_EMAILS).
+const ADMIN = "admin@example.com";
 
 let server;
 let browser;
 const consoleErrors = [];
 
 before(async () => {
-  server = await startServer({ ORDER_EXPIRATION_SECONDS: String(HOLD_SECONDS) });
+  server = await startServer({
+    ORDER_EXPIRATION_SECONDS: String(HOLD_SECONDS),
+    ADMIN_EMAILS: ADMIN,
+  });
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     headless: true,
@@ -57,9 +62,9 @@ async function person(viewport = { width: 1024, height: 800 }) {
   const context = await browser.newContext({ viewport });
   const page = await context.newPage();
   page.on("console", (m) => {
-    // A form sent back with its errors has the API's status (400, 402, 409):
+    // A form sent back with its errors has the API's status (400, 402, 403, 409):
     // the browser logs that; it is the page working, not failing.
-    const expected = /Failed to load resource: the server responded with a status of (400|402|409)/;
+    const expected = /Failed to load resource: the server responded with a status of (400|402|403|409)/;
     if (m.type() === "error" && !expected.test(m.text())) {
       consoleErrors.push(`${page.url()}: ${m.text()}`);
     }
@@ -271,6 +276,64 @@ test("a payment whose verdict is still coming shows Processing… and turns to P
   } finally {
     await quick.stop();
   }
+});
+
+async function signIn(page, email) {
+  await page.goto(server.base + "/auth/signin");
+  await page.getByLabel("E-mail").fill(email);
+  await page.getByLabel("Password").fill("correct horse battery");
+  await page.getByRole("button", { name: "Sign in" }).click();
+}
+
+/// Whether the page, loaded afresh, shows its visitor signed out.
+async function signedOutOnReload(page) {
+  await page.goto(server.base + "/");
+  return (
+    (await page.getByRole("link", { name: "Sign in" }).count()) === 1 &&
+    (await page.getByText("Signed in as").count()) === 0
+  );
+}
+
+test("an admin bans a user signed in elsewhere: their next page shows them signed out", async () => {
+  const admin = await person();
+  await signUp(admin, ADMIN);
+  const victim = await person();
+  await signUp(victim, "banned@example.com");
+  await admin.getByRole("link", { name: "Users" }).click();
+  await admin.getByLabel("E-mail contains").fill("banned@");
+  await admin.getByRole("button", { name: "Search" }).click();
+  await admin.getByRole("button", { name: "Ban banned@example.com" }).click();
+  await admin.getByRole("button", { name: "Unban banned@example.com" }).waitFor();
+  await shot(admin, "admin-users");
+  await assertLabelled(admin);
+  assert.ok(await signedOutOnReload(victim), "the banned user is signed out");
+  // A banned user cannot sign back in…
+  await signIn(victim, "banned@example.com");
+  await victim.getByText("This account is banned").waitFor();
+  // …until the ban is lifted.
+  await admin.getByRole("button", { name: "Unban banned@example.com" }).click();
+  await admin.getByRole("button", { name: "Ban banned@example.com" }).waitFor();
+  await signIn(victim, "banned@example.com");
+  await victim.getByText("Signed in as banned@example.com").waitFor();
+  // Someone who is not an admin has no users page.
+  assert.equal(await victim.getByRole("link", { name: "Users" }).count(), 0);
+  const res = await victim.goto(server.base + "/admin/users");
+  assert.equal(res.status(), 403);
+  await admin.context().close();
+  await victim.context().close();
+});
+
+test("signing out everywhere ends the sessions of every browser of the user", async () => {
+  const laptop = await person();
+  await signUp(laptop, "two-browsers@example.com");
+  const phone = await person({ width: 390, height: 800 });
+  await signIn(phone, "two-browsers@example.com");
+  await phone.getByText("Signed in as two-browsers@example.com").waitFor();
+  await laptop.getByRole("button", { name: "Sign out everywhere" }).click();
+  await laptop.getByRole("link", { name: "Sign in" }).waitFor();
+  assert.ok(await signedOutOnReload(phone), "the other browser is signed out too");
+  await laptop.context().close();
+  await phone.context().close();
 });
 
 test("pages are protected: security headers, CSRF, no caching of pages", async () => {

@@ -13,6 +13,19 @@ pub use runtime::client::{Api, ApiFieldError, Caller, Reply, Unavailable};
 pub struct User {
     pub id: String,
     pub email: String,
+    /// May list, ban and unban users.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// A user as an admin sees it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminUser {
+    pub id: String,
+    pub email: String,
+    pub admin: bool,
+    pub banned: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

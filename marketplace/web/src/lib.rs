@@ -51,6 +51,10 @@ pub fn router(config: WebConfig) -> Router {
         .route("/auth/signup", get(pages::signup_form).post(pages::signup))
         .route("/auth/signin", get(pages::signin_form).post(pages::signin))
         .route("/auth/signout", post(pages::signout))
+        .route("/auth/signout-all", post(pages::signout_everywhere))
+        .route("/admin/users", get(pages::admin_users))
+        .route("/admin/users/{id}/ban", post(pages::ban))
+        .route("/admin/users/{id}/unban", post(pages::unban))
         .route(
             "/tickets/new",
             get(pages::new_ticket_form).post(pages::new_ticket),

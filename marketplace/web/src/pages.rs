@@ -296,6 +296,7 @@ fn ticket_status(status: &str) -> &'static str {
         "available" => "For sale",
         "reserved" => "Reserved",
         "sold" => "Sold",
+        "withdrawn" => "Withdrawn (seller banned)",
         _ => "Unknown",
     }
 }
@@ -545,6 +546,132 @@ pub(crate) async fn signout(
         .call(&web, Method::POST, "/api/users/signout", None)
         .await?;
     see_other("/", &reply.cookies)
+}
+
+/// Ends every session of the signed-in user, this one included.
+pub(crate) async fn signout_everywhere(
+    State(web): State<Shared>,
+    ctx: Ctx,
+    Form(form): Form<HashMap<String, String>>,
+) -> PageResult {
+    ctx.check_csrf(&form)?;
+    let reply = ctx
+        .call(&web, Method::POST, "/api/users/signout-all", None)
+        .await?;
+    see_other("/", &reply.cookies)
+}
+
+// -------------------------------------------------------------------- admin
+
+#[derive(Template)]
+#[template(path = "admin_users.html")]
+struct AdminUsersPage {
+    layout: Layout,
+    users: Vec<crate::api::AdminUser>,
+    search: String,
+    /// The next page's address, when there may be one.
+    next: Option<String>,
+    /// What the last ban or unban answered, when it was refused.
+    notice: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct UserSearch {
+    after: Option<String>,
+    email: Option<String>,
+    notice: Option<String>,
+}
+
+/// Users, newest first, searchable by e-mail, with Ban / Unban: admins only.
+pub(crate) async fn admin_users(
+    State(web): State<Shared>,
+    ctx: Ctx,
+    Query(q): Query<UserSearch>,
+) -> PageResult {
+    let (layout, user) = ctx
+        .signed_in_layout(&web, "Users", "/admin/users")
+        .await?;
+    if !user.admin {
+        return Err(PageError::Forbidden("Only an admin may see the users."));
+    }
+    let search = q.email.unwrap_or_default().trim().to_owned();
+    let mut path = format!("/api/users?limit={PAGE_SIZE}");
+    if !search.is_empty() {
+        path.push_str(&format!("&email={}", encode(&search)));
+    }
+    if let Some(a) = q.after.as_deref().filter(|a| !a.is_empty()) {
+        path.push_str(&format!("&after={}", encode(a)));
+    }
+    let reply = ctx.call(&web, Method::GET, &path, None).await?;
+    match reply.status {
+        StatusCode::BAD_REQUEST => return Err(PageError::NotFound),
+        StatusCode::FORBIDDEN => {
+            return Err(PageError::Forbidden("Only an admin may see the users."));
+        }
+        _ => {}
+    }
+    let users: Vec<crate::api::AdminUser> = reply.parse()?;
+    let next = (users.len() == PAGE_SIZE)
+        .then(|| users.last())
+        .flatten()
+        .map(|u| format!("/admin/users?after={}&email={}", u.id, encode(&search)));
+    page(
+        StatusCode::OK,
+        &AdminUsersPage {
+            layout,
+            users,
+            search,
+            next,
+            notice: q.notice.filter(|n| n == "refused").map(|_| {
+                "That user cannot be banned (an admin, or yourself).".to_owned()
+            }),
+        },
+    )
+}
+
+async fn set_ban(
+    web: Shared,
+    ctx: Ctx,
+    id: PageId,
+    form: HashMap<String, String>,
+    method: Method,
+) -> PageResult {
+    ctx.check_csrf(&form)?;
+    let reply = ctx
+        .call(&web, method, &format!("/api/users/{}/ban", id.0), None)
+        .await?;
+    let back = match form.get("email").map(|e| e.trim()).filter(|e| !e.is_empty()) {
+        Some(e) => format!("/admin/users?email={}", encode(e)),
+        None => "/admin/users".to_owned(),
+    };
+    match reply.status {
+        s if s.is_success() => see_other(&back, &[]),
+        StatusCode::CONFLICT => {
+            let sep = if back.contains('?') { '&' } else { '?' };
+            see_other(&format!("{back}{sep}notice=refused"), &[])
+        }
+        StatusCode::UNAUTHORIZED => Err(PageError::SignIn("/admin/users".into())),
+        StatusCode::FORBIDDEN => Err(PageError::Forbidden("Only an admin may ban users.")),
+        _ => Err(PageError::NotFound),
+    }
+}
+
+pub(crate) async fn ban(
+    State(web): State<Shared>,
+    ctx: Ctx,
+    id: PageId,
+    Form(form): Form<HashMap<String, String>>,
+) -> PageResult {
+    set_ban(web, ctx, id, form, Method::POST).await
+}
+
+pub(crate) async fn unban(
+    State(web): State<Shared>,
+    ctx: Ctx,
+    id: PageId,
+    Form(form): Form<HashMap<String, String>>,
+) -> PageResult {
+    set_ban(web, ctx, id, form, Method::DELETE).await
 }
 
 // ------------------------------------------------------------------ tickets
