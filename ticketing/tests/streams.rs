@@ -132,7 +132,7 @@ async fn a_fresh_server_gets_everything_and_a_second_apply_changes_nothing() {
     assert_eq!(plan.code, 2, "{plan:?}");
     assert!(plan.stdout.contains("+ stream TICKETS"), "{plan:?}");
     assert!(
-        plan.stdout.contains("Plan: 17 to create, 0 to update"),
+        plan.stdout.contains("Plan: 21 to create, 0 to update"),
         "{plan:?}"
     );
 
@@ -178,7 +178,7 @@ async fn a_fresh_server_gets_everything_and_a_second_apply_changes_nothing() {
     assert_eq!(plan.code, 0, "{plan:?}");
     assert!(
         plan.stdout
-            .contains("0 to create, 0 to update, 0 to recreate, 0 to delete, 17 unchanged")
+            .contains("0 to create, 0 to update, 0 to recreate, 0 to delete, 21 unchanged")
     );
 }
 
