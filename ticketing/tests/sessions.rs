@@ -1,0 +1,206 @@
+//! Ended sessions end everywhere: after a sign-out or a ban, every service
+//! process rejects the token (as a bearer token and as a cookie), from the
+//! events alone; one that was down meanwhile rejects it from its first
+//! request after it is ready. All-in-one on the embedded bus, and one process
+//! per service on JetStream + PostgreSQL.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Proc;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use testkit::eventually;
+
+const ADMIN: &str = "admin@example.com";
+
+/// Signs `email` up through `base`; its id and session token.
+async fn account(base: &str, email: &str) -> (String, String) {
+    let res = reqwest::Client::new()
+        .post(format!("{base}/api/users/signup"))
+        .json(&json!({"email": email, "password": "password123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let cookie = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let token = cookie["session=".len()..cookie.find(';').unwrap()].to_owned();
+    let body: Value = res.json().await.unwrap();
+    (body["id"].as_str().unwrap().to_owned(), token)
+}
+
+async fn post(url: String, token: &str) -> StatusCode {
+    reqwest::Client::new()
+        .post(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// A route of each API service that needs a session, relative to its base
+/// (auth's current user is 200 either way, `null` without a session).
+const GUARDED: &[(&str, &str)] = &[
+    ("auth", "/api/users/currentuser"),
+    ("tickets", "/api/tickets/mine"),
+    ("orders", "/api/orders"),
+    ("payments", "/api/payments/0191d3b2-7c4e-7000-8000-000000000000"),
+];
+
+/// The statuses `token` gets from each guarded route at `base(service)`,
+/// as a bearer token or (`cookie`) as the session cookie; auth's `null`
+/// current user counts as a 401.
+async fn statuses(base: impl Fn(&str) -> Option<String>, token: &str, cookie: bool) -> Vec<StatusCode> {
+    let client = reqwest::Client::new();
+    let mut out = Vec::new();
+    for (service, path) in GUARDED {
+        let Some(base) = base(service) else {
+            continue; // not running
+        };
+        let mut req = client.get(format!("{base}{path}"));
+        req = if cookie {
+            req.header("cookie", format!("session={token}"))
+        } else {
+            req.bearer_auth(token)
+        };
+        let res = req.send().await.unwrap();
+        out.push(if *service == "auth" {
+            let body: Value = res.json().await.unwrap();
+            if body["currentUser"].is_null() {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::OK
+            }
+        } else {
+            res.status()
+        });
+    }
+    out
+}
+
+/// Waits until every service rejects `token`, both ways.
+async fn until_rejected_everywhere(base: &(impl Fn(&str) -> Option<String> + Sync), token: &str) {
+    let done = eventually(Duration::from_secs(10), || async {
+        let all = [
+            statuses(base, token, false).await,
+            statuses(base, token, true).await,
+        ]
+        .concat();
+        all.iter()
+            .all(|s| *s == StatusCode::UNAUTHORIZED)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        done.is_some(),
+        "still accepted somewhere: {:?}",
+        statuses(base, token, false).await
+    );
+}
+
+fn accepted(statuses: &[StatusCode]) -> bool {
+    statuses.iter().all(|s| *s != StatusCode::UNAUTHORIZED)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_in_one_ended_sessions_are_rejected_by_every_service_and_stay_so_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("ADMIN_EMAILS", ADMIN.to_owned())];
+    let port = common::free_port();
+    let proc = Proc::start_with(port, dir.path(), 60, &env).await;
+    let base = proc.base.clone();
+    let at = |_: &str| Some(base.clone());
+    let (_, admin) = account(&base, ADMIN).await;
+    let (banned_id, banned) = account(&base, "banned@example.com").await;
+    let (_, leaver) = account(&base, "leaver@example.com").await;
+    let (_, stayer) = account(&base, "stayer@example.com").await;
+    assert!(accepted(&statuses(at, &banned, false).await));
+
+    assert_eq!(
+        post(format!("{base}/api/users/{banned_id}/ban"), &admin).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        post(format!("{base}/api/users/signout"), &leaver).await,
+        StatusCode::NO_CONTENT
+    );
+    until_rejected_everywhere(&at, &banned).await;
+    until_rejected_everywhere(&at, &leaver).await;
+    assert!(accepted(&statuses(at, &stayer, false).await));
+
+    // Restarted: the deny list is rebuilt from the bus before it is ready.
+    proc.stop();
+    let proc = Proc::start_with(port, dir.path(), 60, &env).await;
+    for token in [&banned, &leaver] {
+        let after = [
+            statuses(at, token, false).await,
+            statuses(at, token, true).await,
+        ]
+        .concat();
+        assert!(
+            after.iter().all(|s| *s == StatusCode::UNAUTHORIZED),
+            "{after:?}"
+        );
+    }
+    assert!(accepted(&statuses(at, &stayer, false).await));
+    proc.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_per_service_rejects_ended_sessions_even_a_process_that_was_down() {
+    let names = marketplace_events::SERVICES;
+    let Some(engines) = common::engines(names).await else {
+        return;
+    };
+    let common::WebStack {
+        mut cluster,
+        services: ids,
+        gateway: gw,
+    } = engines
+        .web_stack(&[("ADMIN_EMAILS", ADMIN.to_owned())])
+        .await;
+    let urls: Vec<String> = ids.iter().map(|id| cluster.url(*id)).collect();
+    let url_of = |service: &str| {
+        let i = names.iter().position(|n| *n == service).unwrap();
+        Some(urls[i].clone())
+    };
+    let (_, admin) = account(&gw, ADMIN).await;
+    let (banned_id, banned) = account(&gw, "banned@example.com").await;
+    let (_, leaver) = account(&gw, "leaver@example.com").await;
+    let (_, stayer) = account(&gw, "stayer@example.com").await;
+    assert!(accepted(&statuses(url_of, &banned, false).await));
+
+    // Orders is down while the ban and the sign-out happen.
+    let orders = ids[names.iter().position(|n| *n == "orders").unwrap()];
+    cluster.kill(orders);
+    assert_eq!(
+        post(format!("{gw}/api/users/{banned_id}/ban"), &admin).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        post(format!("{gw}/api/users/signout"), &leaver).await,
+        StatusCode::NO_CONTENT
+    );
+    // Orders is judged after its restart, below.
+    let running = |service: &str| url_of(service).filter(|_| service != "orders");
+    until_rejected_everywhere(&running, &banned).await;
+    until_rejected_everywhere(&running, &leaver).await;
+
+    cluster.start(orders).unwrap();
+    assert!(cluster.ready(orders, Duration::from_secs(30)).await);
+    // From its first request after it is ready: no waiting.
+    for token in [&banned, &leaver] {
+        for cookie in [false, true] {
+            let mut req = reqwest::Client::new().get(format!("{}/api/orders", cluster.url(orders)));
+            req = if cookie {
+                req.header("cookie", format!("session={token}"))
+            } else {
+                req.bearer_auth(token)
+            };
+            assert_eq!(req.send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+        }
+    }
+    assert!(accepted(&statuses(url_of, &stayer, false).await));
+}
