@@ -4,7 +4,9 @@
 # process behind the gateway — under one of loadgen's scenarios, which
 # reports every ticketing process's resident memory (idle, set-up, load).
 #   cargo build --release -p ticketing -p loadgen
-#   bench/microservices.sh [browse|purchase|contention|expiry] [loadgen flags…]
+#   bench/microservices.sh [browse|purchase|contention|expiry|revoke] [loadgen flags…]
+# (revoke probes each service process directly; the admin is loadgen's
+# default, admin@loadgen.invalid.)
 # (ORDER_EXPIRATION_SECONDS in the environment reaches the services; BIN
 # names another directory holding `ticketing` and `loadgen`, e.g. an older
 # build to compare with.)
@@ -27,6 +29,7 @@ nats_port=$(free_port)
 pids+=($!)
 export NATS_URL=nats://127.0.0.1:$nats_port JWT_KEY=bench-microservices-key-0123456789
 export AUTH_RATE_LIMIT_PER_MINUTE=1000000 COOKIE_SECURE=false RUST_LOG=warn
+export ADMIN_EMAILS=admin@loadgen.invalid
 "$BIN/ticketing" streams apply --wait 30s >/dev/null
 
 declare -A url
@@ -48,5 +51,10 @@ pids+=($!)
 wait_ready "http://127.0.0.1:$gw_port"
 scenario=purchase
 if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then scenario=$1; shift; fi
+if [ "$scenario" = revoke ]; then
+  "$BIN/loadgen" revoke --url "http://127.0.0.1:$gw_port" \
+    --services "auth=${url[auth]},tickets=${url[tickets]},orders=${url[orders]},payments=${url[payments]}" "$@"
+  exit
+fi
 "$BIN/loadgen" "$scenario" --url "http://127.0.0.1:$gw_port" \
   --metrics-url "${url[expiration]}/metrics" "$@"

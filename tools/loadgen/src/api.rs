@@ -87,9 +87,15 @@ impl Api {
     /// Signs up a new user (the email is made unique per run).
     pub async fn sign_up(&self, who: &str) -> Result<User, String> {
         let email = format!("{who}-{}@loadgen.invalid", uuid::Uuid::new_v4().simple());
+        Ok(self.session("signup", &email).await?.0)
+    }
+
+    /// Signs `email` up (`action` `signup`) or in (`signin`): the session
+    /// and the user's id.
+    pub async fn session(&self, action: &str, email: &str) -> Result<(User, String), String> {
         let res = self
             .client
-            .post(format!("{}/api/users/signup", self.base))
+            .post(format!("{}/api/users/{action}", self.base))
             .json(&json!({"email": email, "password": "loadgen-password"}))
             .send()
             .await
@@ -100,8 +106,8 @@ impl Api {
                  (the limit counts sign-ups per client address)"
                 .to_owned());
         }
-        if status != 201 {
-            return Err(format!("sign-up answered {status}"));
+        if !(200..300).contains(&status) {
+            return Err(format!("{action} answered {status}"));
         }
         let token = res
             .headers()
@@ -112,7 +118,9 @@ impl Api {
             .and_then(|c| c.split(';').next())
             .map(str::to_owned)
             .ok_or("sign-up set no session cookie")?;
-        Ok(User { token })
+        let body: Value = res.json().await.map_err(|e| e.to_string())?;
+        let id = body["id"].as_str().unwrap_or_default().to_owned();
+        Ok((User { token }, id))
     }
 
     /// Signs up `n` users, `parallel` at a time.

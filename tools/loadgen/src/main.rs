@@ -18,6 +18,7 @@ mod events;
 mod plot;
 mod procs;
 mod report;
+mod revoke;
 mod scenarios;
 mod stats;
 
@@ -91,6 +92,29 @@ enum Scenario {
         /// How often the watched orders are polled.
         #[arg(long, default_value = "20ms", value_parser = duration)]
         poll: Duration,
+    },
+    /// Bans and sign-outs, one at a time: from the answer until every
+    /// service rejects the token (start the target with ADMIN_EMAILS naming
+    /// --admin and AUTH_RATE_LIMIT_PER_MINUTE=1000000).
+    Revoke {
+        /// Auth's base URL (the all-in-one process, or a gateway).
+        #[arg(long, default_value = "http://127.0.0.1:3000")]
+        url: String,
+        /// Where each service is probed, `name=url` comma-separated
+        /// (auth, tickets, orders, payments); default: all at --url.
+        #[arg(long, value_delimiter = ',')]
+        services: Vec<String>,
+        /// Bans measured, and as many sign-outs.
+        #[arg(long, default_value_t = 200)]
+        users: usize,
+        /// The admin's e-mail (signed up if new).
+        #[arg(long, default_value = "admin@loadgen.invalid")]
+        admin: String,
+        /// How often each service is asked.
+        #[arg(long, default_value = "2ms", value_parser = duration)]
+        poll: Duration,
+        #[arg(long)]
+        json: bool,
     },
     /// The bus through the outbox path, in this process, beside raw
     /// JetStream and raw store transactions.
@@ -202,6 +226,14 @@ async fn run(cli: Cli) -> Result<bool, String> {
         Scenario::Expiry { common, .. } => (common.clone(), "expiry"),
         Scenario::Events { args, json } => return events_report(args, *json).await,
         Scenario::Startup { binary, runs, json } => return startup(binary, *runs, *json).await,
+        Scenario::Revoke {
+            url,
+            services,
+            users,
+            admin,
+            poll,
+            json,
+        } => return revoke_report(url, services, admin, *users, *poll, *json).await,
     };
     let api = api::Api::new(&common.url, common.concurrency);
     let load = common.load();
@@ -260,7 +292,9 @@ async fn run(cli: Cli) -> Result<bool, String> {
             scenarios::expiry(&api, &metrics_url, orders, sample, poll).await?,
             json!({"orders": orders, "sample": sample, "poll_ms": poll.as_millis() as u64}),
         ),
-        Scenario::Events { .. } | Scenario::Startup { .. } => unreachable!("handled above"),
+        Scenario::Events { .. } | Scenario::Startup { .. } | Scenario::Revoke { .. } => {
+            unreachable!("handled above")
+        }
     };
     let memory = watch.finish().await;
     let mut comparisons = outcome.comparisons;
@@ -346,6 +380,49 @@ async fn events_report(args: &events::Args, json: bool) -> Result<bool, String> 
     };
     emit(&report, json);
     Ok(true)
+}
+
+async fn revoke_report(
+    url: &str,
+    services: &[String],
+    admin: &str,
+    users: usize,
+    poll: Duration,
+    json: bool,
+) -> Result<bool, String> {
+    let started = Instant::now();
+    let auth = api::Api::new(url, 8);
+    let services: Vec<(String, api::Api)> = if services.is_empty() {
+        ["auth", "tickets", "orders", "payments"]
+            .iter()
+            .map(|s| (s.to_string(), auth.clone()))
+            .collect()
+    } else {
+        services
+            .iter()
+            .map(|s| {
+                let (name, u) = s
+                    .split_once('=')
+                    .ok_or_else(|| format!("--services: {s} is not name=url"))?;
+                Ok((name.to_owned(), api::Api::new(u, 8)))
+            })
+            .collect::<Result<_, String>>()?
+    };
+    let outcome = revoke::run(&auth, &services, admin, users, poll).await?;
+    let report = Report {
+        scenario: "revoke".into(),
+        target: url.to_owned(),
+        settings: json!({"users": users, "poll_ms": poll.as_millis() as u64,
+            "services": services.iter().map(|(n, a)| format!("{n}={}", a.base)).collect::<Vec<_>>()}),
+        measured_seconds: started.elapsed().as_secs_f64(),
+        ops: Vec::new(),
+        checks: outcome.checks,
+        comparisons: Vec::new(),
+        figures: outcome.figures,
+        memory: Vec::new(),
+    };
+    emit(&report, json);
+    Ok(report.passed())
 }
 
 /// Starts the binary `runs` times on fresh data directories: time from
