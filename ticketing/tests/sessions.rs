@@ -46,13 +46,20 @@ const GUARDED: &[(&str, &str)] = &[
     ("auth", "/api/users/currentuser"),
     ("tickets", "/api/tickets/mine"),
     ("orders", "/api/orders"),
-    ("payments", "/api/payments/0191d3b2-7c4e-7000-8000-000000000000"),
+    (
+        "payments",
+        "/api/payments/0191d3b2-7c4e-7000-8000-000000000000",
+    ),
 ];
 
 /// The statuses `token` gets from each guarded route at `base(service)`,
 /// as a bearer token or (`cookie`) as the session cookie; auth's `null`
 /// current user counts as a 401.
-async fn statuses(base: impl Fn(&str) -> Option<String>, token: &str, cookie: bool) -> Vec<StatusCode> {
+async fn statuses(
+    base: impl Fn(&str) -> Option<String>,
+    token: &str,
+    cookie: bool,
+) -> Vec<StatusCode> {
     let client = reqwest::Client::new();
     let mut out = Vec::new();
     for (service, path) in GUARDED {

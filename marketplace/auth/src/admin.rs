@@ -182,7 +182,9 @@ async fn list(
                 &format!("{SELECT} {filter} ORDER BY id DESC LIMIT ${}", params.len()),
                 &params,
             )?;
-            rows.iter().map(UserRow::from_row).collect::<Result<Vec<_>, _>>()
+            rows.iter()
+                .map(UserRow::from_row)
+                .collect::<Result<Vec<_>, _>>()
         })
         .await?;
     Ok(Json(rows.into_iter().map(|u| u.body(&state)).collect()))

@@ -39,7 +39,9 @@ pub fn apply(keys: &AuthKeys, msg: &bus::Message, now: Timestamp) {
     };
     match revocation {
         Some(r) => keys.revocations.apply(r, now),
-        None => tracing::warn!(subject = %msg.subject, id = %msg.id, "unreadable revocation passed over"),
+        None => {
+            tracing::warn!(subject = %msg.subject, id = %msg.id, "unreadable revocation passed over")
+        }
     }
 }
 

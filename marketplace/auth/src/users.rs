@@ -249,7 +249,11 @@ async fn sign_in(
                 &[&lookup],
             )?
             .map(|r| {
-                Ok::<_, StoreError>((r.get::<UserId>(0)?, r.get::<String>(1)?, r.get::<Option<i64>>(2)?.is_some()))
+                Ok::<_, StoreError>((
+                    r.get::<UserId>(0)?,
+                    r.get::<String>(1)?,
+                    r.get::<Option<i64>>(2)?.is_some(),
+                ))
             })
             .transpose()
         })
@@ -289,7 +293,7 @@ async fn revoke(
 ) -> Result<(), ApiError> {
     let now = state.clock.now();
     let revocation = event.revocation();
-    let trace = trace.clone();
+    let trace = *trace;
     state
         .outbox
         .write(move |c| c.enqueue(&event, &trace, now))
@@ -320,8 +324,8 @@ async fn sign_out(
     trace: TraceContext,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let session = shared::auth::token_from_headers(&headers)
-        .and_then(|t| state.keys.verify_session(t));
+    let session =
+        shared::auth::token_from_headers(&headers).and_then(|t| state.keys.verify_session(t));
     if let Some(s) = session {
         revoke(
             &state,
@@ -362,7 +366,9 @@ async fn sign_out_everywhere(
             user_id: session.user.id,
             session_id: None,
             before: Some(now),
-            until: Timestamp::from_millis(now.millis() + state.keys.longest_life().as_millis() as i64),
+            until: Timestamp::from_millis(
+                now.millis() + state.keys.longest_life().as_millis() as i64,
+            ),
         },
     )
     .await?;

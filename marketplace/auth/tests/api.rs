@@ -439,10 +439,10 @@ async fn session(app: &TestApp, email: &str) -> (String, String) {
     (body["id"].as_str().unwrap().to_owned(), token)
 }
 
-/// Who `token` is, to auth: the e-mail, or `None` when it is no session.
-async fn who(app: &TestApp, token: &str) -> Option<String> {
-    // A client without the cookie jar: only the bearer token speaks.
-    let body: Value = reqwest::Client::new()
+/// Auth's current user for `token`, from a client without the cookie jar
+/// (only the bearer token speaks).
+async fn current_with(app: &TestApp, token: &str) -> Value {
+    reqwest::Client::new()
         .get(app.url("/api/users/currentuser"))
         .bearer_auth(token)
         .send()
@@ -450,8 +450,14 @@ async fn who(app: &TestApp, token: &str) -> Option<String> {
         .unwrap()
         .json()
         .await
-        .unwrap();
-    body["currentUser"]["email"].as_str().map(String::from)
+        .unwrap()
+}
+
+/// Who `token` is, to auth: the e-mail, or `None` when it is no session.
+async fn who(app: &TestApp, token: &str) -> Option<String> {
+    current_with(app, token).await["currentUser"]["email"]
+        .as_str()
+        .map(String::from)
 }
 
 async fn post_with(app: &TestApp, path: &str, token: &str) -> reqwest::Response {
@@ -482,8 +488,17 @@ async fn signing_out_ends_that_session_only_and_says_so_by_event() {
     assert_eq!(who(&app, &first).await.as_deref(), Some("ann@example.com"));
     let res = post_with(&app, "/api/users/signout", &first).await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
-    assert!(res.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
-    assert_eq!(who(&app, &first).await, None, "the signed-out token is dead");
+    assert!(
+        res.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    assert_eq!(
+        who(&app, &first).await,
+        None,
+        "the signed-out token is dead"
+    );
     assert_eq!(who(&app, &second).await.as_deref(), Some("ann@example.com"));
     let event = signed_out.next().await;
     assert_eq!(event.user_id.to_string(), id);
@@ -495,7 +510,12 @@ async fn signing_out_ends_that_session_only_and_says_so_by_event() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
-    assert!(signed_out.next_within(Duration::from_millis(300)).await.is_none());
+    assert!(
+        signed_out
+            .next_within(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -553,10 +573,15 @@ async fn only_admins_ban_and_never_themselves_another_admin_or_someone_unknown()
         .unwrap();
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
-        ban(&admin, &shared::ids::UserId::new().to_string()).await.status(),
+        ban(&admin, &shared::ids::UserId::new().to_string())
+            .await
+            .status(),
         StatusCode::NOT_FOUND
     );
-    assert_eq!(ban(&admin, "not-an-id").await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        ban(&admin, "not-an-id").await.status(),
+        StatusCode::NOT_FOUND
+    );
     let own = ban(&admin, &admin_id).await;
     assert_eq!(own.status(), StatusCode::CONFLICT);
     assert_eq!(errors(own).await[0].1, "You cannot ban yourself");
@@ -571,16 +596,10 @@ async fn only_admins_ban_and_never_themselves_another_admin_or_someone_unknown()
         .unwrap();
     assert_eq!(list.status(), StatusCode::FORBIDDEN);
     // The admin flag is in the user's own view.
-    let me: Value = reqwest::Client::new()
-        .get(app.url("/api/users/currentuser"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(me["currentUser"]["admin"], true);
+    assert_eq!(
+        current_with(&app, &admin).await["currentUser"]["admin"],
+        true
+    );
 }
 
 #[tokio::test]
@@ -595,17 +614,29 @@ async fn a_ban_ends_the_users_sessions_and_sign_ins_until_lifted_and_old_session
     let res = post_with(&app, &format!("/api/users/{ann_id}/ban"), &admin).await;
     assert_eq!(res.status(), StatusCode::OK);
     let body: Value = res.json().await.unwrap();
-    assert_eq!((body["banned"].as_bool(), body["version"].as_i64()), (Some(true), Some(1)));
+    assert_eq!(
+        (body["banned"].as_bool(), body["version"].as_i64()),
+        (Some(true), Some(1))
+    );
     let event = banned.next().await;
     assert_eq!((event.id.to_string(), event.version), (ann_id.clone(), 1));
-    assert_eq!(who(&app, &ann).await, None, "currentuser is null for a banned user");
+    assert_eq!(
+        who(&app, &ann).await,
+        None,
+        "currentuser is null for a banned user"
+    );
     assert_eq!(who(&app, &bob).await.as_deref(), Some("bob@example.com"));
     let refused = signin(&app, "ann@example.com", "password123").await;
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
-    assert_eq!(errors(refused).await[0].1, "This account is banned; it cannot sign in");
+    assert_eq!(
+        errors(refused).await[0].1,
+        "This account is banned; it cannot sign in"
+    );
     // A wrong password learns nothing of the ban.
     assert_eq!(
-        signin(&app, "ann@example.com", "wrong-password").await.status(),
+        signin(&app, "ann@example.com", "wrong-password")
+            .await
+            .status(),
         StatusCode::UNAUTHORIZED
     );
     // Banning again changes nothing and publishes nothing.
@@ -615,7 +646,12 @@ async fn a_ban_ends_the_users_sessions_and_sign_ins_until_lifted_and_old_session
         .await
         .unwrap();
     assert_eq!(again["version"], 1);
-    assert!(banned.next_within(Duration::from_millis(300)).await.is_none());
+    assert!(
+        banned
+            .next_within(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
 
     let lifted = reqwest::Client::new()
         .delete(app.url(&format!("/api/users/{ann_id}/ban")))
@@ -625,11 +661,18 @@ async fn a_ban_ends_the_users_sessions_and_sign_ins_until_lifted_and_old_session
         .unwrap();
     assert_eq!(lifted.status(), StatusCode::OK);
     let body: Value = lifted.json().await.unwrap();
-    assert_eq!((body["banned"].as_bool(), body["version"].as_i64()), (Some(false), Some(2)));
+    assert_eq!(
+        (body["banned"].as_bool(), body["version"].as_i64()),
+        (Some(false), Some(2))
+    );
     assert_eq!(unbanned.next().await.version, 2);
     let (_, fresh) = session(&app, "ann@example.com").await;
     assert_eq!(who(&app, &fresh).await.as_deref(), Some("ann@example.com"));
-    assert_eq!(who(&app, &ann).await, None, "a token from before the ban stays dead");
+    assert_eq!(
+        who(&app, &ann).await,
+        None,
+        "a token from before the ban stays dead"
+    );
 }
 
 #[tokio::test]
@@ -662,7 +705,13 @@ async fn admins_list_users_newest_first_a_page_at_a_time_and_search_by_email() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         emails(&all),
-        ["a_b@example.com", "bob@example.com", "anna@example.com", "ann@example.com", ADMIN]
+        [
+            "a_b@example.com",
+            "bob@example.com",
+            "anna@example.com",
+            "ann@example.com",
+            ADMIN
+        ]
     );
     assert_eq!(all[4]["admin"], true);
     assert_eq!(all[0]["banned"], false);
@@ -690,7 +739,8 @@ async fn another_process_rejects_ended_sessions_from_the_events_even_one_started
     let (_, bob) = session(&app, "bob@example.com").await;
     let (_, carl) = session(&app, "carl@example.com").await;
     let elsewhere = |bus| {
-        let keys = shared::auth::AuthKeys::new(testkit::TEST_JWT_KEY, Duration::from_secs(3600), false);
+        let keys =
+            shared::auth::AuthKeys::new(testkit::TEST_JWT_KEY, Duration::from_secs(3600), false);
         let follower = auth::sessions::follow(
             bus,
             keys.clone(),
@@ -708,10 +758,23 @@ async fn another_process_rejects_ended_sessions_from_the_events_even_one_started
     assert!(ready.is_some(), "the deny list caught up");
     assert!(running.verify(&ann).is_some());
 
-    assert!(post_with(&app, &format!("/api/users/{ann_id}/ban"), &admin).await.status().is_success());
-    assert_eq!(post_with(&app, "/api/users/signout", &bob).await.status(), StatusCode::NO_CONTENT);
+    assert!(
+        post_with(&app, &format!("/api/users/{ann_id}/ban"), &admin)
+            .await
+            .status()
+            .is_success()
+    );
+    assert_eq!(
+        post_with(&app, "/api/users/signout", &bob).await.status(),
+        StatusCode::NO_CONTENT
+    );
     let carls_again = session(&app, "carl@example.com").await.1;
-    assert_eq!(post_with(&app, "/api/users/signout-all", &carl).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        post_with(&app, "/api/users/signout-all", &carl)
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
     let rejected = testkit::eventually(Duration::from_secs(10), || {
         let running = running.clone();
         let (ann, bob, carl, again) = (ann.clone(), bob.clone(), carl.clone(), carls_again.clone());
@@ -724,8 +787,14 @@ async fn another_process_rejects_ended_sessions_from_the_events_even_one_started
         }
     })
     .await;
-    assert!(rejected.is_some(), "every ended session is rejected elsewhere");
-    assert!(running.verify(&admin).is_some(), "others' sessions still verify");
+    assert!(
+        rejected.is_some(),
+        "every ended session is rejected elsewhere"
+    );
+    assert!(
+        running.verify(&admin).is_some(),
+        "others' sessions still verify"
+    );
 
     // A process started after all of it: not ready until rebuilt, then
     // rejecting from its first check.

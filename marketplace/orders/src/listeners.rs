@@ -8,8 +8,8 @@ use marketplace_events::{
     TicketUpdated, UserBanned, UserUnbanned,
 };
 use shared::ids::UserId;
-use store::Conn as _;
 use shared::time::Timestamp;
+use store::Conn as _;
 
 use crate::AppState;
 use crate::orders::Order;
@@ -35,7 +35,10 @@ fn record_ban(
     banned_at: Option<Timestamp>,
 ) -> Result<bool, store::StoreError> {
     let stored: Option<i64> = c
-        .query_opt("SELECT version FROM users WHERE id = $1 FOR UPDATE", &[&user])?
+        .query_opt(
+            "SELECT version FROM users WHERE id = $1 FOR UPDATE",
+            &[&user],
+        )?
         .map(|r| r.get(0))
         .transpose()?;
     if stored.is_some_and(|v| v >= version) {

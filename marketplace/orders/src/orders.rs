@@ -3,7 +3,9 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use marketplace_events::{OrderCancelled, OrderCreated, OrderStatus, OrderTicket, TicketRef, TicketStatus};
+use marketplace_events::{
+    OrderCancelled, OrderCreated, OrderStatus, OrderTicket, TicketRef, TicketStatus,
+};
 use marketplace_events::{OrderId, TicketId};
 use serde::Serialize;
 use shared::ApiError;

@@ -646,7 +646,13 @@ async fn a_banned_buyers_unpaid_orders_are_cancelled_and_paid_ones_stand() {
     let event = cancelled.next().await;
     assert_eq!(event.id.to_string(), open_order["id"].as_str().unwrap());
     assert_eq!(event.ticket.id, open);
-    until_status(&app, &token, open_order["id"].as_str().unwrap(), "cancelled").await;
+    until_status(
+        &app,
+        &token,
+        open_order["id"].as_str().unwrap(),
+        "cancelled",
+    )
+    .await;
     assert_eq!(status_of(&app, &token, paid_id).await, "complete");
     assert_eq!(
         status_of(&app, &other, other_order["id"].as_str().unwrap()).await,
@@ -655,13 +661,21 @@ async fn a_banned_buyers_unpaid_orders_are_cancelled_and_paid_ones_stand() {
     // A duplicate cancels nothing more; a request on a session not yet
     // ended orders nothing.
     app.publish(&ban(buyer, 1)).await;
-    assert!(cancelled.next_within(Duration::from_millis(300)).await.is_none());
+    assert!(
+        cancelled
+            .next_within(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
     let refused = order(&app, &token, theirs).await;
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     assert_eq!(message(refused).await, "This account is banned");
     // Lifted: the buyer may order again.
-    app.publish(&marketplace_events::UserUnbanned { id: buyer, version: 2 })
-        .await;
+    app.publish(&marketplace_events::UserUnbanned {
+        id: buyer,
+        version: 2,
+    })
+    .await;
     until_orderable(&app, &token, open).await;
 }
 

@@ -11,9 +11,9 @@ use marketplace_events::{
     OrderCancelled, OrderCompleted, OrderCreated, OrderStatus, TicketStatus, UserBanned,
     UserUnbanned,
 };
+use marketplace_events::{OrderId, TicketId};
 use shared::ids::UserId;
 use shared::time::Timestamp;
-use marketplace_events::{OrderId, TicketId};
 use store::Conn;
 
 use crate::AppState;

@@ -628,13 +628,19 @@ async fn a_banned_sellers_tickets_leave_the_listing_and_come_back_when_the_ban_i
     let order = OrderId::new();
     app.publish(&order_created(order, &held)).await;
     at_version(&app, held_id, 1).await;
-    assert_eq!(updates.next().await.status, marketplace_events::TicketStatus::Reserved);
+    assert_eq!(
+        updates.next().await.status,
+        marketplace_events::TicketStatus::Reserved
+    );
 
     app.publish(&banned(seller, 1)).await;
     let withdrawn = at_version(&app, free_id, 1).await;
     assert_eq!(withdrawn["status"], "withdrawn");
     let event = updates.next().await;
-    assert_eq!((event.status, event.version), (marketplace_events::TicketStatus::Withdrawn, 1));
+    assert_eq!(
+        (event.status, event.version),
+        (marketplace_events::TicketStatus::Withdrawn, 1)
+    );
     assert_eq!(listed(&app).await, [others["id"].as_str().unwrap()]);
     // A ticket released while the ban lasts is withdrawn, not put on sale.
     app.publish(&OrderCancelled {

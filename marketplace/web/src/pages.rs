@@ -588,9 +588,7 @@ pub(crate) async fn admin_users(
     ctx: Ctx,
     Query(q): Query<UserSearch>,
 ) -> PageResult {
-    let (layout, user) = ctx
-        .signed_in_layout(&web, "Users", "/admin/users")
-        .await?;
+    let (layout, user) = ctx.signed_in_layout(&web, "Users", "/admin/users").await?;
     if !user.admin {
         return Err(PageError::Forbidden("Only an admin may see the users."));
     }
@@ -622,9 +620,10 @@ pub(crate) async fn admin_users(
             users,
             search,
             next,
-            notice: q.notice.filter(|n| n == "refused").map(|_| {
-                "That user cannot be banned (an admin, or yourself).".to_owned()
-            }),
+            notice: q
+                .notice
+                .filter(|n| n == "refused")
+                .map(|_| "That user cannot be banned (an admin, or yourself).".to_owned()),
         },
     )
 }
@@ -640,7 +639,11 @@ async fn set_ban(
     let reply = ctx
         .call(&web, method, &format!("/api/users/{}/ban", id.0), None)
         .await?;
-    let back = match form.get("email").map(|e| e.trim()).filter(|e| !e.is_empty()) {
+    let back = match form
+        .get("email")
+        .map(|e| e.trim())
+        .filter(|e| !e.is_empty())
+    {
         Some(e) => format!("/admin/users?email={}", encode(e)),
         None => "/admin/users".to_owned(),
     };

@@ -459,7 +459,10 @@ pub async fn a_message_whose_last_delivery_times_out_is_parked(env: Env) {
 async fn watched(w: &mut crate::Watch) -> crate::Watched {
     match tokio::time::timeout(SOON, w.next()).await {
         Ok(Some(Ok(item))) => item,
-        other => panic!("watch gave nothing: {:?}", other.map(|o| o.map(|r| r.err()))),
+        other => panic!(
+            "watch gave nothing: {:?}",
+            other.map(|o| o.map(|r| r.err()))
+        ),
     }
 }
 
@@ -482,7 +485,10 @@ pub async fn a_watch_replays_from_its_start_time_marks_when_caught_up_then_follo
     let since = clock.now();
     tokio::time::sleep(Duration::from_millis(100)).await;
     for (s, id) in [("w", "h1"), ("other", "x"), ("w", "h2")] {
-        env.bus.publish(msg(env.subject(s), id, "{}")).await.unwrap();
+        env.bus
+            .publish(msg(env.subject(s), id, "{}"))
+            .await
+            .unwrap();
     }
     let mut first = env.bus.watch(&env.subject("w"), since).await.unwrap();
     let mut second = env.bus.watch(&env.subject("w"), since).await.unwrap();
@@ -501,7 +507,10 @@ pub async fn a_watch_replays_from_its_start_time_marks_when_caught_up_then_follo
     for w in [&mut first, &mut second] {
         match watched(w).await {
             Watched::Message(m) => {
-                assert_eq!((m.id.as_str(), m.payload.as_slice()), ("live", &br#"{"n":1}"#[..]));
+                assert_eq!(
+                    (m.id.as_str(), m.payload.as_slice()),
+                    ("live", &br#"{"n":1}"#[..])
+                );
                 assert_eq!(m.subject, env.subject("w"));
             }
             other => panic!("{other:?}"),

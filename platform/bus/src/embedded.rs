@@ -17,10 +17,11 @@ use crate::{
     ParkedMessage, PublishAck, Subscription, Watch, WatchSource, Watched, subject,
 };
 
-static MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "log, consumers, pending deliveries, parked messages",
-    sql: "
+static MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "log, consumers, pending deliveries, parked messages",
+        sql: "
         CREATE TABLE messages (
             seq INTEGER PRIMARY KEY,
             subject TEXT NOT NULL,
@@ -54,11 +55,13 @@ static MIGRATIONS: &[Migration] = &[Migration {
             PRIMARY KEY (consumer, seq)
         );
     ",
-}, Migration {
-    version: 2,
-    description: "messages by publication time, for watches",
-    sql: "CREATE INDEX messages_published_at ON messages (published_at);",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "messages by publication time, for watches",
+        sql: "CREATE INDEX messages_published_at ON messages (published_at);",
+    },
+];
 
 /// How many messages one fetch claims for a member.
 const FETCH_BATCH: i64 = 64;

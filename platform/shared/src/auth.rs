@@ -322,10 +322,9 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let keys = Arc::<AuthKeys>::from_ref(state);
-        token_from_parts(parts)
-            .and_then(|t| keys.verify(t))
-            .ok_or(ApiError::Unauthorized)
+        Session::from_request_parts(parts, state)
+            .await
+            .map(|s| s.user)
     }
 }
 
@@ -495,8 +494,14 @@ mod tests {
             t,
         );
         assert_eq!(list.len(), 100_001);
-        assert_eq!(list.prune(Timestamp::from_millis(t.millis() + 1499)), 50_000);
-        assert_eq!(list.prune(Timestamp::from_millis(t.millis() + 5000)), 50_001);
+        assert_eq!(
+            list.prune(Timestamp::from_millis(t.millis() + 1499)),
+            50_000
+        );
+        assert_eq!(
+            list.prune(Timestamp::from_millis(t.millis() + 5000)),
+            50_001
+        );
         assert!(list.is_empty());
         // Already expired when it arrives: not kept at all.
         list.apply(

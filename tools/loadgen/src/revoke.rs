@@ -18,7 +18,10 @@ const PROBES: &[(&str, &str)] = &[
     ("auth", "/api/users/currentuser"),
     ("tickets", "/api/tickets/mine"),
     ("orders", "/api/orders"),
-    ("payments", "/api/payments/0191d3b2-7c4e-7000-8000-000000000000"),
+    (
+        "payments",
+        "/api/payments/0191d3b2-7c4e-7000-8000-000000000000",
+    ),
 ];
 
 /// Whether `service` at `api` rejects `user`'s session.
@@ -90,7 +93,10 @@ pub async fn run(
     let mut signouts = Vec::new();
     let mut missed = 0;
     for i in 0..users {
-        let email = format!("revoke-{i}-{}@loadgen.invalid", uuid::Uuid::new_v4().simple());
+        let email = format!(
+            "revoke-{i}-{}@loadgen.invalid",
+            uuid::Uuid::new_v4().simple()
+        );
         let (victim, id) = auth.session("signup", &email).await?;
         let ban = auth
             .post(&format!("/api/users/{id}/ban"), &admin, json!({}))
@@ -105,7 +111,10 @@ pub async fn run(
             Some(ms) => bans.push(ms),
             None => missed += 1,
         }
-        let email = format!("signout-{i}-{}@loadgen.invalid", uuid::Uuid::new_v4().simple());
+        let email = format!(
+            "signout-{i}-{}@loadgen.invalid",
+            uuid::Uuid::new_v4().simple()
+        );
         let (leaver, _) = auth.session("signup", &email).await?;
         let out = auth.post("/api/users/signout", &leaver, json!({})).await;
         if !out.is(204) {
@@ -121,7 +130,10 @@ pub async fn run(
         v.sort_by(f64::total_cmp);
         let p99 = percentile(&v, 0.99);
         figures.push(Figure {
-            what: format!("{what} answered → every service rejects the token, p50 ({} samples)", v.len()),
+            what: format!(
+                "{what} answered → every service rejects the token, p50 ({} samples)",
+                v.len()
+            ),
             value: percentile(&v, 0.5),
             unit: "ms".into(),
             goal: None,

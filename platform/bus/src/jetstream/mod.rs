@@ -342,9 +342,10 @@ impl Bus for JetStreamBus {
         let filter = filter_subject.to_owned();
         Box::pin(async move {
             let (_, stream) = self.stream_holding(&filter).await?;
-            let start_time =
-                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(since.millis()) * 1_000_000)
-                    .map_err(|e| BusError::new(BusErrorKind::Config, format!("watch start: {e}")))?;
+            let start_time = time::OffsetDateTime::from_unix_timestamp_nanos(
+                i128::from(since.millis()) * 1_000_000,
+            )
+            .map_err(|e| BusError::new(BusErrorKind::Config, format!("watch start: {e}")))?;
             let consumer = stream
                 .create_consumer(pull::OrderedConfig {
                     filter_subject: filter,
