@@ -225,7 +225,7 @@ test("a seller lists, a buyer buys and pays, an unpaid order expires", async () 
   await shot(seller, "my-tickets");
 
   // Signing out shows the signed-out header again.
-  await seller.getByRole("button", { name: "Sign out" }).click();
+  await seller.getByRole("button", { name: "Sign out", exact: true }).click();
   await seller.getByRole("link", { name: "Sign in" }).waitFor();
 
   // A screenshot is a real picture: a PNG of some size.
