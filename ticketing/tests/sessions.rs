@@ -211,3 +211,125 @@ async fn one_process_per_service_rejects_ended_sessions_even_a_process_that_was_
     }
     assert!(accepted(&statuses(url_of, &stayer, false).await));
 }
+
+/// What a ban does to the marketplace, end to end in one process: the
+/// seller's tickets leave the listing and come back when it is lifted; the
+/// buyer's unpaid order is cancelled and its ticket is for sale again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_withdraws_the_sellers_tickets_and_frees_what_the_buyer_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let proc = Proc::start_with(
+        common::free_port(),
+        dir.path(),
+        600,
+        &[("ADMIN_EMAILS", ADMIN.to_owned())],
+    )
+    .await;
+    let base = proc.base.clone();
+    let http = reqwest::Client::new();
+    let send = |method: reqwest::Method, path: &str, token: &str, body: Option<Value>| {
+        let mut req = http
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move { req.send().await.unwrap() }
+    };
+    let (_, admin) = account(&base, ADMIN).await;
+    let (seller_id, seller) = account(&base, "seller@example.com").await;
+    let (_, other_seller) = account(&base, "other@example.com").await;
+    let (buyer_id, buyer) = account(&base, "buyer@example.com").await;
+    let sell = |token: String| {
+        let send = &send;
+        async move {
+            let res = send(
+                reqwest::Method::POST,
+                "/api/tickets",
+                &token,
+                Some(json!({"title": "Show", "price": 10})),
+            )
+            .await;
+            let body: Value = res.json().await.unwrap();
+            body["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let banned_sellers = sell(seller.clone()).await;
+    let held = sell(other_seller.clone()).await;
+    let order = eventually(Duration::from_secs(5), || async {
+        let res = send(
+            reqwest::Method::POST,
+            "/api/orders",
+            &buyer,
+            Some(json!({"ticketId": held})),
+        )
+        .await;
+        (res.status() == StatusCode::CREATED).then_some(())
+    })
+    .await;
+    assert!(order.is_some(), "the buyer orders");
+    let ticket = |id: String| {
+        let base = base.clone();
+        async move {
+            reqwest::get(format!("{base}/api/tickets/{id}"))
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let listed = || async {
+        reqwest::get(format!("{base}/api/tickets"))
+            .await
+            .unwrap()
+            .json::<Vec<Value>>()
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let until = |id: String, status: &'static str| {
+        let ticket = &ticket;
+        async move {
+            eventually(Duration::from_secs(10), || async {
+                (ticket(id.clone()).await["status"] == status).then_some(())
+            })
+            .await
+            .unwrap_or_else(|| panic!("ticket {id} never became {status}"));
+        }
+    };
+    until(held.clone(), "reserved").await;
+
+    for id in [&seller_id, &buyer_id] {
+        let res = send(
+            reqwest::Method::POST,
+            &format!("/api/users/{id}/ban"),
+            &admin,
+            None,
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    until(banned_sellers.clone(), "withdrawn").await;
+    until(held.clone(), "available").await;
+    assert_eq!(ticket(held.clone()).await["orderId"], Value::Null);
+    assert_eq!(listed().await, std::slice::from_ref(&held));
+
+    let res = send(
+        reqwest::Method::DELETE,
+        &format!("/api/users/{seller_id}/ban"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    until(banned_sellers.clone(), "available").await;
+    let mut now_listed = listed().await;
+    now_listed.sort();
+    let mut both = vec![banned_sellers, held];
+    both.sort();
+    assert_eq!(now_listed, both);
+    proc.stop();
+}
