@@ -43,6 +43,11 @@ where
     let start = Instant::now();
     let measure_from = rec.measure_from().max(start);
     let end = start + load.warmup + load.duration;
+    // CPU time counts over the part whose operations are counted.
+    let cpu_from = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        crate::procs::measure_started();
+    });
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let bar = progress_bar(load, label);
@@ -117,6 +122,8 @@ where
         }
     }
     let finished = Instant::now().min(end);
+    let _ = cpu_from.await;
+    crate::procs::measure_ended();
     stop.store(true, Ordering::Relaxed);
     let _ = ticker.await;
     bar.finish_and_clear();

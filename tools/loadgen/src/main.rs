@@ -299,6 +299,21 @@ async fn run(cli: Cli) -> Result<bool, String> {
     let memory = watch.finish().await;
     let mut comparisons = outcome.comparisons;
     let ops = outcome.recorder.summary(Some(outcome.measured));
+    let mut figures = outcome.figures;
+    // CPU per operation: the time every process under test used in the
+    // measured part, over the operations completed in it.
+    let cpu_ms: f64 = memory.iter().map(|m| m.cpu_ms).sum();
+    if !memory.is_empty() {
+        for op in ops.iter().filter(|o| o.ok > 0) {
+            figures.push(Figure {
+                what: format!("CPU per {} (all processes under test)", op.op),
+                value: cpu_ms / op.ok as f64,
+                unit: "ms".into(),
+                goal: None,
+                met: None,
+            });
+        }
+    }
     let rate_of = |op: &str| {
         ops.iter()
             .find(|o| o.op == op)
@@ -342,7 +357,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
         ops,
         checks: outcome.checks,
         comparisons,
-        figures: outcome.figures,
+        figures,
         memory,
     };
     emit(&report, common.json);

@@ -1,6 +1,8 @@
-//! Resident memory of the processes under test, read from `/proc` (Linux):
-//! the process listening on the target's port, and every other `ticketing`
-//! process (the services of a microservices deployment on this machine).
+//! Resident memory and CPU time of the processes under test, read from
+//! `/proc` (Linux): the process listening on the target's port, and every
+//! other `ticketing` process (the services of a microservices deployment on
+//! this machine). CPU time per operation is the figure that stays put on a
+//! noisy shared machine, where wall-clock rates move with the neighbours.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -21,6 +23,45 @@ pub struct ProcMemory {
     pub setup_peak_mb: f64,
     /// Highest resident memory seen while the load ran, MB.
     pub peak_mb: f64,
+    /// CPU time (user + system) it used during the measured part of the
+    /// load, ms.
+    pub cpu_ms: f64,
+    #[serde(skip)]
+    cpu_start: Option<u64>,
+}
+
+/// Milliseconds per clock tick of `/proc/<pid>/stat` (USER_HZ, 100 on
+/// Linux whatever the kernel's own tick rate).
+const MS_PER_TICK: f64 = 10.0;
+
+/// User + system CPU time of `pid` so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count from after it.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime); field 3 is the first after the name.
+    let (utime, stime) = (fields.get(11)?, fields.get(12)?);
+    Some(utime.parse::<u64>().ok()? + stime.parse::<u64>().ok()?)
+}
+
+/// The measured part of the load begins: CPU time counts from now.
+pub fn measure_started() {
+    if let Some(seen) = CURRENT.lock().unwrap().as_ref() {
+        for m in seen.lock().unwrap().values_mut() {
+            m.cpu_start = cpu_ticks(m.pid);
+        }
+    }
+}
+
+/// The load is over: the CPU time of its measured part.
+pub fn measure_ended() {
+    if let Some(seen) = CURRENT.lock().unwrap().as_ref() {
+        for m in seen.lock().unwrap().values_mut() {
+            if let (Some(start), Some(now)) = (m.cpu_start, cpu_ticks(m.pid)) {
+                m.cpu_ms = now.saturating_sub(start) as f64 * MS_PER_TICK;
+            }
+        }
+    }
 }
 
 /// The running watch, so the driver can say when the load begins.
@@ -166,6 +207,8 @@ impl Watch {
                         idle_mb: mb,
                         setup_peak_mb: mb,
                         peak_mb: mb,
+                        cpu_ms: 0.0,
+                        cpu_start: None,
                     },
                 ))
             })
@@ -203,6 +246,22 @@ impl Watch {
             }
         }
         seen.values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn this_process_cpu_time_reads_and_grows() {
+        let me = std::process::id();
+        let before = super::cpu_ticks(me).expect("own stat readable");
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < std::time::Duration::from_millis(200) {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        std::hint::black_box(x);
+        assert!(super::cpu_ticks(me).unwrap() > before);
     }
 }
 

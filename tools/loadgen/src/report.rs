@@ -160,13 +160,13 @@ impl Report {
         if !self.memory.is_empty() {
             let _ = writeln!(
                 out,
-                "\n  resident memory, MB    idle   set-up peak   load peak"
+                "\n  resident memory, MB    idle   set-up peak   load peak   CPU ms (measured)"
             );
             for m in &self.memory {
                 let _ = writeln!(
                     out,
-                    "  {:<20} {:>6.1} {:>13.1} {:>11.1}   (pid {})",
-                    m.what, m.idle_mb, m.setup_peak_mb, m.peak_mb, m.pid
+                    "  {:<20} {:>6.1} {:>13.1} {:>11.1} {:>19.0}   (pid {})",
+                    m.what, m.idle_mb, m.setup_peak_mb, m.peak_mb, m.cpu_ms, m.pid
                 );
             }
         }
