@@ -249,6 +249,11 @@ impl Watch {
     }
 }
 
+/// Resident memory of `pid` now, MB.
+pub fn rss_mb(pid: u32) -> Option<f64> {
+    rss_kb(pid).map(|kb| kb as f64 / 1024.0)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -263,9 +268,4 @@ mod tests {
         std::hint::black_box(x);
         assert!(super::cpu_ticks(me).unwrap() > before);
     }
-}
-
-/// Resident memory of `pid` now, MB.
-pub fn rss_mb(pid: u32) -> Option<f64> {
-    rss_kb(pid).map(|kb| kb as f64 / 1024.0)
 }
