@@ -668,18 +668,26 @@ async fn a_banned_sellers_tickets_leave_the_listing_and_come_back_when_the_ban_i
     assert_eq!(ids, expected);
 }
 
-/// Waits until the ticket has `status` and its version stops moving.
+/// Waits until the ticket has `status` and keeps it, unchanged, for 300 ms
+/// (bans and unbans arrive on consumers of their own, so an intermediate
+/// state may show before the highest version's).
 async fn settles_at(app: &TestApp, id: &str, status: &str) -> Value {
-    let t = eventually(Duration::from_secs(5), || async {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
         let t = get_ticket(app, id).await;
-        (t["status"] == status).then_some(t)
-    })
-    .await
-    .unwrap_or_else(|| panic!("ticket {id} never became {status}"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = get_ticket(app, id).await;
-    assert_eq!(after, t, "the ticket kept changing");
-    t
+        if t["status"] == status {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if get_ticket(app, id).await == t {
+                return t;
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ticket {id} never settled at {status}: {t}"
+        );
+    }
 }
 
 #[tokio::test]
