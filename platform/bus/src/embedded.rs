@@ -81,6 +81,10 @@ struct Inner {
     consumers: Arc<Mutex<HashMap<String, ConsumerDef>>>,
     /// Woken on every publish and nak so waiting members fetch again.
     wake: Notify,
+    /// Each watch's filter and its own wake-up: a publish wakes only the
+    /// watches it concerns (a watch on `user.>` costs the bus's database
+    /// nothing when tickets and orders publish).
+    watches: Mutex<Vec<(String, Arc<Notify>)>>,
     /// Acknowledgements waiting to be written, committed together.
     acks: AckQueue,
 }
@@ -233,6 +237,7 @@ impl EmbeddedBus {
                 clock,
                 consumers,
                 wake: Notify::new(),
+                watches: Mutex::new(Vec::new()),
                 acks: AckQueue::default(),
             }),
         })
@@ -241,6 +246,12 @@ impl EmbeddedBus {
     async fn publish_all(&self, msgs: Vec<Message>) -> Result<Vec<PublishAck>, BusError> {
         let now = self.inner.clock.now().millis();
         let consumers = self.inner.consumers.clone();
+        // What the watches need to know which of them this concerns.
+        let subjects: Vec<String> = if lock(&self.inner.watches).is_empty() {
+            Vec::new()
+        } else {
+            msgs.iter().map(|m| m.subject.clone()).collect()
+        };
         let acks = self
             .inner
             .db
@@ -254,6 +265,11 @@ impl EmbeddedBus {
             .map_err(BusError::from)?;
         if acks.iter().any(|a| !a.duplicate) {
             self.inner.wake.notify_waiters();
+            for (filter, wake) in lock(&self.inner.watches).iter() {
+                if subjects.iter().any(|s| subject::matches(filter, s)) {
+                    wake.notify_waiters();
+                }
+            }
         }
         Ok(acks)
     }
@@ -494,8 +510,11 @@ impl Bus for EmbeddedBus {
                     Ok::<_, StoreError>((first.map_or(last, |f| f - 1), last))
                 })
                 .await?;
+            let wake = Arc::new(Notify::new());
+            lock(&self.inner.watches).push((filter.clone(), wake.clone()));
             Ok(Watch::new(Box::new(EmbeddedWatch {
                 inner: self.inner.clone(),
+                wake,
                 filter,
                 after,
                 history_end,
@@ -543,6 +562,8 @@ impl Bus for EmbeddedBus {
 /// has looked at, and waits for a publish when it has read it all.
 struct EmbeddedWatch {
     inner: Arc<Inner>,
+    /// Woken by publishes its filter matches.
+    wake: Arc<Notify>,
     filter: String,
     /// The last sequence looked at.
     after: i64,
@@ -550,6 +571,12 @@ struct EmbeddedWatch {
     history_end: i64,
     caught_up: bool,
     buffer: VecDeque<Message>,
+}
+
+impl Drop for EmbeddedWatch {
+    fn drop(&mut self) {
+        lock(&self.inner.watches).retain(|(_, w)| !Arc::ptr_eq(w, &self.wake));
+    }
 }
 
 /// How many logged messages one read of a watch looks at.
@@ -566,8 +593,8 @@ impl WatchSource for EmbeddedWatch {
                     self.caught_up = true;
                     return Some(Ok(Watched::CaughtUp));
                 }
-                let inner = self.inner.clone();
-                let woken = inner.wake.notified();
+                let wake = self.wake.clone();
+                let woken = wake.notified();
                 tokio::pin!(woken);
                 woken.as_mut().enable();
                 let after = self.after;

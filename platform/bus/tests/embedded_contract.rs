@@ -149,3 +149,40 @@ async fn concurrent_acks_are_committed_together_and_each_is_durable() {
         "an acknowledged message was delivered again"
     );
 }
+
+/// A watch reads the log only when something it watches is published: the
+/// rest of the traffic (every ticket and order event, for the sessions'
+/// watch on `user.>`) costs the bus's database no extra transaction.
+#[tokio::test]
+async fn a_watch_costs_nothing_for_subjects_it_does_not_watch() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(&dir.path().join("bus.db")).await.unwrap();
+    let mut watch = bus
+        .watch("t.watched", shared::time::Clock::System.now())
+        .await
+        .unwrap();
+    assert_eq!(watch.next().await.unwrap().unwrap(), bus::Watched::CaughtUp);
+    let waiting = tokio::spawn(async move { watch.next().await.map(|r| r.map(|_| ())) });
+    tokio::task::yield_now().await;
+    let before = bus.database_transactions();
+    for i in 0..50 {
+        bus.publish(msg(&format!("other-{i}"))).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        bus.database_transactions() - before,
+        50,
+        "one transaction per publish, none for the watch"
+    );
+    bus.publish(Message {
+        subject: "t.watched".into(),
+        ..msg("watched")
+    })
+    .await
+    .unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+    assert!(
+        matches!(seen, Ok(Ok(Some(Ok(()))))),
+        "the watched one arrives"
+    );
+}
