@@ -52,6 +52,19 @@ const GUARDED: &[(&str, &str)] = &[
     ),
 ];
 
+/// `req` carrying `token` as the session cookie, or as a bearer token.
+fn with_session(
+    req: reqwest::RequestBuilder,
+    token: &str,
+    cookie: bool,
+) -> reqwest::RequestBuilder {
+    if cookie {
+        req.header("cookie", format!("session={token}"))
+    } else {
+        req.bearer_auth(token)
+    }
+}
+
 /// The statuses `token` gets from each guarded route at `base(service)`,
 /// as a bearer token or (`cookie`) as the session cookie; auth's `null`
 /// current user counts as a 401.
@@ -66,13 +79,10 @@ async fn statuses(
         let Some(base) = base(service) else {
             continue; // not running
         };
-        let mut req = client.get(format!("{base}{path}"));
-        req = if cookie {
-            req.header("cookie", format!("session={token}"))
-        } else {
-            req.bearer_auth(token)
-        };
-        let res = req.send().await.unwrap();
+        let res = with_session(client.get(format!("{base}{path}")), token, cookie)
+            .send()
+            .await
+            .unwrap();
         out.push(if *service == "auth" {
             let body: Value = res.json().await.unwrap();
             if body["currentUser"].is_null() {
@@ -200,13 +210,9 @@ async fn one_process_per_service_rejects_ended_sessions_even_a_process_that_was_
     // From its first request after it is ready: no waiting.
     for token in [&banned, &leaver] {
         for cookie in [false, true] {
-            let mut req = reqwest::Client::new().get(format!("{}/api/orders", cluster.url(orders)));
-            req = if cookie {
-                req.header("cookie", format!("session={token}"))
-            } else {
-                req.bearer_auth(token)
-            };
-            assert_eq!(req.send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+            let req = reqwest::Client::new().get(format!("{}/api/orders", cluster.url(orders)));
+            let res = with_session(req, token, cookie).send().await.unwrap();
+            assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
         }
     }
     assert!(accepted(&statuses(url_of, &stayer, false).await));

@@ -222,7 +222,7 @@ async fn ban(
         return Err(ApiError::Conflict("You cannot ban yourself".into()));
     }
     let now = state.clock.now();
-    let until = Timestamp::from_millis(now.millis() + state.keys.longest_life().as_millis() as i64);
+    let until = state.keys.verifiable_until(now);
     let limits = state.config.clone();
     let change = state
         .outbox

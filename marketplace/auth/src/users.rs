@@ -12,7 +12,6 @@ use shared::auth::{AuthUser, MaybeAuthUser, Session};
 use shared::email::Email;
 use shared::http::{Fields, FromFields, PeerAddr, ValidJson};
 use shared::ids::UserId;
-use shared::time::Timestamp;
 use shared::trace::TraceContext;
 use store::Conn as _;
 use store::StoreError;
@@ -334,9 +333,7 @@ async fn sign_out(
                 user_id: s.user.id,
                 session_id: Some(s.id),
                 before: None,
-                until: Timestamp::from_millis(
-                    s.expires.millis() + shared::auth::LEEWAY_SECS as i64 * 1000,
-                ),
+                until: state.keys.verifiable_until(s.issued),
             },
         )
         .await?;
@@ -366,9 +363,7 @@ async fn sign_out_everywhere(
             user_id: session.user.id,
             session_id: None,
             before: Some(now),
-            until: Timestamp::from_millis(
-                now.millis() + state.keys.longest_life().as_millis() as i64,
-            ),
+            until: state.keys.verifiable_until(now),
         },
     )
     .await?;

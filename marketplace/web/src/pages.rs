@@ -536,16 +536,24 @@ pub(crate) async fn signin(
     auth_submit(web, ctx, false, q.next, form).await
 }
 
+/// Posts the sign-out form to `api_path` and goes home with the cleared cookie.
+async fn sign_out_via(
+    web: Shared,
+    ctx: Ctx,
+    form: HashMap<String, String>,
+    api_path: &str,
+) -> PageResult {
+    ctx.check_csrf(&form)?;
+    let reply = ctx.call(&web, Method::POST, api_path, None).await?;
+    see_other("/", &reply.cookies)
+}
+
 pub(crate) async fn signout(
     State(web): State<Shared>,
     ctx: Ctx,
     Form(form): Form<HashMap<String, String>>,
 ) -> PageResult {
-    ctx.check_csrf(&form)?;
-    let reply = ctx
-        .call(&web, Method::POST, "/api/users/signout", None)
-        .await?;
-    see_other("/", &reply.cookies)
+    sign_out_via(web, ctx, form, "/api/users/signout").await
 }
 
 /// Ends every session of the signed-in user, this one included.
@@ -554,11 +562,7 @@ pub(crate) async fn signout_everywhere(
     ctx: Ctx,
     Form(form): Form<HashMap<String, String>>,
 ) -> PageResult {
-    ctx.check_csrf(&form)?;
-    let reply = ctx
-        .call(&web, Method::POST, "/api/users/signout-all", None)
-        .await?;
-    see_other("/", &reply.cookies)
+    sign_out_via(web, ctx, form, "/api/users/signout-all").await
 }
 
 // -------------------------------------------------------------------- admin

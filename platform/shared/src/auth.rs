@@ -60,7 +60,7 @@ pub struct AuthKeys {
 }
 
 /// Seconds of clock difference a token's expiry tolerates.
-pub const LEEWAY_SECS: u64 = 5;
+const LEEWAY_SECS: u64 = 5;
 
 impl AuthKeys {
     pub fn new(secret: &[u8], ttl: Duration, secure_cookie: bool) -> Arc<Self> {
@@ -82,6 +82,12 @@ impl AuthKeys {
     /// remembered.
     pub fn longest_life(&self) -> Duration {
         self.ttl + Duration::from_secs(LEEWAY_SECS)
+    }
+
+    /// The last moment a token of a session begun by `begun` can verify:
+    /// until when a revocation of it must be remembered.
+    pub fn verifiable_until(&self, begun: Timestamp) -> Timestamp {
+        Timestamp::from_millis(begun.millis() + self.longest_life().as_millis() as i64)
     }
 
     /// Signs a token for a new session of `user`, valid from `now` for the TTL.
