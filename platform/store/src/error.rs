@@ -76,6 +76,19 @@ impl StoreError {
         self.kind
     }
 
+    /// The same error for another caller whose closure shared the failed
+    /// transaction (group commit): same kind and message, the cause as text.
+    pub(crate) fn replay(&self) -> StoreError {
+        StoreError {
+            kind: self.kind,
+            message: match &self.source {
+                Some(source) => format!("{}: {}", self.message, report(source.as_ref())),
+                None => self.message.clone(),
+            },
+            source: None,
+        }
+    }
+
     pub fn is_unique_violation(&self) -> bool {
         self.kind == StoreErrorKind::UniqueViolation
     }

@@ -61,6 +61,10 @@ pub struct DbStats {
     pub in_flight: usize,
     /// Transactions started since the handle was opened (reads included).
     pub transactions: u64,
+    /// `COMMIT`s sent to the engine. On SQLite, closures that queued up
+    /// together share one (group commit), so this can be far below
+    /// `transactions` under load; on PostgreSQL every transaction is its own.
+    pub commits: u64,
 }
 
 /// Counts a transaction as in flight until dropped (also on panic).
@@ -182,7 +186,10 @@ impl Db {
     }
 
     /// Runs `f` inside one transaction: committed when it returns `Ok`, rolled
-    /// back when it returns `Err` (or panics).
+    /// back when it returns `Err` (or panics). On SQLite the transaction may
+    /// be shared with other callers' closures (group commit), each in a
+    /// savepoint of its own: what `f` did stands or falls by its own result,
+    /// and this returns only once it is committed.
     pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
@@ -206,6 +213,10 @@ impl Db {
             connections: self.connections,
             in_flight: self.in_flight.load(std::sync::atomic::Ordering::Relaxed),
             transactions: self.started.load(std::sync::atomic::Ordering::Relaxed),
+            commits: match &self.backend {
+                Engine::Sqlite(db) => db.commits(),
+                Engine::Postgres(_) => self.started.load(std::sync::atomic::Ordering::Relaxed),
+            },
         }
     }
 

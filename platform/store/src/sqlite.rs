@@ -4,9 +4,17 @@
 //! costs one hand-off instead of one per statement, and prepared statements are
 //! cached on the connection. SQLite allows one writer at a time anyway, so one
 //! connection loses no concurrency for writes.
+//!
+//! **Group commit.** Closures that queue up while the thread is busy run
+//! together in one transaction, each inside a savepoint of its own: a closure
+//! that fails (or panics) rolls back only its savepoint and its caller gets its
+//! own error, the others keep their changes, and every caller is answered only
+//! after the shared `COMMIT` — the same guarantee as a transaction each, with
+//! one commit (one WAL append of the pages they share) for the group.
 
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use tokio::sync::oneshot;
@@ -15,7 +23,9 @@ use crate::conn::{Backend, Conn, Row};
 use crate::error::{StoreError, StoreErrorKind};
 use crate::value::{ToValue, Value};
 
-type Job = Box<dyn FnOnce(&mut rusqlite::Connection) + Send>;
+/// The most closures committed together: bounds how long the first of a
+/// group waits for the others (each is a few statements).
+const MAX_GROUP: usize = 64;
 
 /// Whether callers wait for the database thread from a blocking task (see
 /// `testing::hold_paused_clock`): Tokio does not auto-advance a paused
@@ -26,7 +36,67 @@ pub(crate) static HOLD_PAUSED_CLOCK: std::sync::atomic::AtomicBool =
 
 #[derive(Clone)]
 pub(crate) struct SqliteDb {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Box<dyn Queued>>,
+    /// `COMMIT`s the thread has made (a group counts once).
+    commits: Arc<AtomicU64>,
+}
+
+/// One caller's closure, queued for the database thread.
+trait Queued: Send {
+    /// Runs the closure inside the open transaction and keeps its result;
+    /// says whether it succeeded (its changes are to stay).
+    fn run(&mut self, conn: &rusqlite::Connection) -> bool;
+    /// Answers the caller: with the kept result, or with `failed` when the
+    /// transaction its changes were in did not commit.
+    fn answer(self: Box<Self>, failed: Option<&StoreError>);
+}
+
+struct Call<T, E, F> {
+    f: Option<F>,
+    result: Option<Result<T, E>>,
+    storage_failed: bool,
+    done: oneshot::Sender<(Result<T, E>, bool)>,
+}
+
+impl<T, E, F> Queued for Call<T, E, F>
+where
+    T: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+    F: FnOnce(&mut dyn Conn) -> Result<T, E> + Send + 'static,
+{
+    fn run(&mut self, conn: &rusqlite::Connection) -> bool {
+        let Some(f) = self.f.take() else {
+            return false;
+        };
+        crate::error::take_storage_failure();
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut SqliteConn { conn })))
+                .unwrap_or_else(|_| {
+                    Err(StoreError::new(StoreErrorKind::Other, "transaction panicked").into())
+                });
+        self.storage_failed = crate::error::take_storage_failure();
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn answer(self: Box<Self>, failed: Option<&StoreError>) {
+        let this = *self;
+        let result = match (this.result, failed) {
+            // Its own error stands: its changes were rolled back anyway.
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok(value)), None) => Ok(value),
+            (_, Some(failed)) => Err(failed.replay().into()),
+            (None, None) => {
+                Err(StoreError::new(StoreErrorKind::Other, "transaction did not run").into())
+            }
+        };
+        let storage_failed =
+            this.storage_failed || failed.is_some_and(|e| e.kind() == StoreErrorKind::Storage);
+        // The caller may have gone away (request cancelled); the
+        // transaction's outcome stands either way.
+        let _ = this.done.send((result, storage_failed));
+    }
 }
 
 impl SqliteDb {
@@ -47,8 +117,10 @@ impl SqliteDb {
                 format!("cannot create {}: {e}", path.display()),
             )
         })?;
-        let (jobs, rx) = mpsc::channel::<Job>();
+        let (jobs, rx) = mpsc::channel::<Box<dyn Queued>>();
         let (ready_tx, ready_rx) = oneshot::channel();
+        let commits = Arc::new(AtomicU64::new(0));
+        let thread_commits = commits.clone();
         let name = format!(
             "sqlite-{}",
             path.file_stem().and_then(|s| s.to_str()).unwrap_or("db")
@@ -56,7 +128,7 @@ impl SqliteDb {
         std::thread::Builder::new()
             .name(name)
             .spawn(move || {
-                let mut conn = match open_connection(&path) {
+                let conn = match open_connection(&path) {
                     Ok(conn) => {
                         let _ = ready_tx.send(Ok(()));
                         conn
@@ -67,11 +139,16 @@ impl SqliteDb {
                     }
                 };
                 // Runs until every `SqliteDb` clone (and so every sender) is gone.
-                while let Ok(job) = rx.recv() {
-                    // A panicking closure has already rolled its transaction
-                    // back while unwinding; keep serving the others.
-                    let _ =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)));
+                let mut group = Vec::with_capacity(MAX_GROUP);
+                while let Ok(first) = rx.recv() {
+                    group.push(first);
+                    while group.len() < MAX_GROUP {
+                        match rx.try_recv() {
+                            Ok(next) => group.push(next),
+                            Err(_) => break,
+                        }
+                    }
+                    run_group(&conn, &mut group, &thread_commits);
                 }
             })
             .map_err(|e| {
@@ -80,25 +157,30 @@ impl SqliteDb {
         ready_rx
             .await
             .map_err(|_| StoreError::new(StoreErrorKind::Other, "database thread exited"))??;
-        Ok(SqliteDb { jobs })
+        Ok(SqliteDb { jobs, commits })
     }
 
-    /// Runs `f` in a transaction; also says whether it met a storage error.
+    /// `COMMIT`s made so far (closures committed together count once).
+    pub(crate) fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` in a transaction (possibly shared with other callers' closures,
+    /// each in a savepoint); also says whether it met a storage error.
     pub(crate) async fn transaction<T, E, F>(&self, f: F) -> (Result<T, E>, bool)
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
         F: FnOnce(&mut dyn Conn) -> Result<T, E> + Send + 'static,
     {
-        let (done_tx, done_rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            crate::error::take_storage_failure();
-            let result = run_transaction(conn, f);
-            // The caller may have gone away (request cancelled); the
-            // transaction's outcome stands either way.
-            let _ = done_tx.send((result, crate::error::take_storage_failure()));
-        });
-        if self.jobs.send(job).is_err() {
+        let (done, done_rx) = oneshot::channel();
+        let call = Call {
+            f: Some(f),
+            result: None,
+            storage_failed: false,
+            done,
+        };
+        if self.jobs.send(Box::new(call)).is_err() {
             return (
                 Err(StoreError::new(StoreErrorKind::Unavailable, "database thread stopped").into()),
                 false,
@@ -113,13 +195,99 @@ impl SqliteDb {
         };
         match done {
             Ok(done) => done,
-            // The closure panicked: the transaction was rolled back when the
-            // panic unwound through it.
+            // The database thread itself went away mid-transaction.
             Err(_) => (
-                Err(StoreError::new(StoreErrorKind::Other, "transaction panicked").into()),
+                Err(StoreError::new(StoreErrorKind::Other, "database thread stopped").into()),
                 false,
             ),
         }
+    }
+}
+
+/// Runs the queued closures of `group` in as few transactions as it can
+/// (one, unless SQLite itself rolls a transaction back, which it does on
+/// some storage errors) and answers each caller after its commit.
+fn run_group(conn: &rusqlite::Connection, group: &mut Vec<Box<dyn Queued>>, commits: &AtomicU64) {
+    let alone = group.len() == 1;
+    // Closures whose changes wait for the next COMMIT.
+    let mut kept: Vec<Box<dyn Queued>> = Vec::new();
+    for mut call in group.drain(..) {
+        if conn.is_autocommit() {
+            if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+                let e = StoreError::from(e);
+                call.answer(Some(&e));
+                continue;
+            }
+        }
+        // A closure alone needs no savepoint: the transaction is its own.
+        if alone {
+            if call.run(conn) {
+                kept.push(call);
+            } else {
+                rollback(conn);
+                call.answer(None);
+            }
+            continue;
+        }
+        if let Err(e) = conn.execute_batch("SAVEPOINT queued") {
+            let e = StoreError::from(e);
+            call.answer(Some(&e));
+            continue;
+        }
+        if call.run(conn) {
+            if let Err(e) = conn.execute_batch("RELEASE queued") {
+                let e = StoreError::from(e);
+                call.answer(Some(&e));
+            } else {
+                kept.push(call);
+            }
+            continue;
+        }
+        if conn.is_autocommit() {
+            // SQLite rolled the whole transaction back (it does on some
+            // storage errors): the closures before this one lost their
+            // changes too, and are told so.
+            let lost = StoreError::new(
+                StoreErrorKind::Storage,
+                "the database rolled the transaction back",
+            );
+            for earlier in kept.drain(..) {
+                earlier.answer(Some(&lost));
+            }
+        } else if let Err(e) = conn.execute_batch("ROLLBACK TO queued; RELEASE queued") {
+            // Cannot isolate this closure's changes: none of the group's stand.
+            let e = StoreError::from(e);
+            rollback(conn);
+            for earlier in kept.drain(..) {
+                earlier.answer(Some(&e));
+            }
+        }
+        call.answer(None);
+    }
+    if conn.is_autocommit() {
+        return;
+    }
+    match conn.execute_batch("COMMIT") {
+        Ok(()) => {
+            commits.fetch_add(1, Ordering::Relaxed);
+            for call in kept {
+                call.answer(None);
+            }
+        }
+        Err(e) => {
+            let e = StoreError::from(e);
+            rollback(conn);
+            for call in kept {
+                call.answer(Some(&e));
+            }
+        }
+    }
+}
+
+/// Ends an open transaction without keeping anything (no-op if none is open).
+fn rollback(conn: &rusqlite::Connection) {
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
     }
 }
 
@@ -145,20 +313,6 @@ fn private_files(path: &std::path::Path) -> std::io::Result<()> {
     #[cfg(not(unix))]
     let _ = path;
     Ok(())
-}
-
-fn run_transaction<T, E, F>(conn: &mut rusqlite::Connection, f: F) -> Result<T, E>
-where
-    E: From<StoreError>,
-    F: FnOnce(&mut dyn Conn) -> Result<T, E>,
-{
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(StoreError::from)?;
-    let mut c = SqliteConn { conn: &tx };
-    let value = f(&mut c)?; // dropping `tx` on error rolls back
-    tx.commit().map_err(StoreError::from)?;
-    Ok(value)
 }
 
 fn open_connection(path: &std::path::Path) -> Result<rusqlite::Connection, StoreError> {

@@ -331,3 +331,106 @@ async fn a_server_refusing_connections_for_being_full_is_recognised() {
         .await
         .unwrap();
 }
+
+/// Group commit (SQLite): writes that queue up while the database thread is
+/// busy run in one transaction, each in a savepoint. One that returns an
+/// error, one that panics and one that breaks a constraint lose only their
+/// own changes and get their own error; every other write is committed, and
+/// the whole queue costs one `COMMIT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_that_queue_up_commit_together_and_fail_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open_sqlite(&dir.path().join("t.db"), MIGRATIONS)
+        .await
+        .unwrap();
+    // Holds the database thread until every other write is queued.
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (started, has_started) = tokio::sync::oneshot::channel::<()>();
+    let blocker = tokio::spawn({
+        let db = db.clone();
+        async move {
+            db.write(move |c| {
+                let _ = started.send(());
+                let _ = released.recv();
+                c.execute("INSERT INTO items (id, n) VALUES ('first', 0)", &[])
+            })
+            .await
+        }
+    });
+    has_started.await.unwrap();
+    let before = db.stats();
+    let writers: Vec<_> = (1..=10i64)
+        .map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.write(move |c| {
+                    let id = format!("w{i}");
+                    c.execute("INSERT INTO items (id, n) VALUES ($1, $2)", &[&id, &i])?;
+                    match i {
+                        3 => Err(StoreError::new(StoreErrorKind::Other, "changed my mind")),
+                        5 => panic!("bug in a query closure"),
+                        // The same id as the blocker's row: a unique violation.
+                        7 => c
+                            .execute("INSERT INTO items (id, n) VALUES ('first', 1)", &[])
+                            .map(|_| i),
+                        _ => Ok(i),
+                    }
+                })
+                .await
+            })
+        })
+        .collect();
+    while db.stats().in_flight < 11 {
+        tokio::task::yield_now().await;
+    }
+    // The counter moves just before each write is handed to the thread.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    release.send(()).unwrap();
+    blocker.await.unwrap().unwrap();
+    let mut results = Vec::new();
+    for writer in writers {
+        results.push(writer.await.unwrap());
+    }
+    for (i, result) in (1..=10i64).zip(&results) {
+        match i {
+            3 => assert_eq!(
+                result.as_ref().unwrap_err().to_string(),
+                "store error (Other): changed my mind"
+            ),
+            5 => assert!(
+                result
+                    .as_ref()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("panicked"),
+                "{result:?}"
+            ),
+            7 => assert!(
+                result.as_ref().unwrap_err().is_unique_violation(),
+                "{result:?}"
+            ),
+            _ => assert_eq!(result.as_ref().unwrap(), &i),
+        }
+    }
+    let ids: Vec<String> = db
+        .read(|c| {
+            c.query("SELECT id FROM items ORDER BY n, id", &[])?
+                .iter()
+                .map(|r| r.get(0))
+                .collect::<Result<Vec<String>, StoreError>>()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        ids,
+        ["first", "w1", "w2", "w4", "w6", "w8", "w9", "w10"],
+        "the failed writes left nothing behind, the others everything"
+    );
+    let after = db.stats();
+    assert_eq!(after.transactions - before.transactions, 11);
+    assert_eq!(
+        after.commits - before.commits,
+        3,
+        "the blocker's commit, the queued ten's, and the read's"
+    );
+}
