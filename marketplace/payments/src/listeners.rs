@@ -3,8 +3,10 @@
 //! when the order was cancelled.
 
 use bus::listener::{EventContext, ListenerError, Listeners, Outcome, check_version};
+use bus::outbox::OutboxTx;
 use marketplace_events::OrderId;
 use marketplace_events::{OrderCancelled, OrderCompleted, OrderCreated, OrderStatus};
+use store::Conn as _;
 
 use crate::AppState;
 use crate::saga;
@@ -12,7 +14,7 @@ use crate::saga;
 pub(crate) fn spawn(state: &AppState, listeners: Listeners) -> Vec<tokio::task::JoinHandle<()>> {
     listeners
         .with_state(state.clone())
-        .on(on_created)
+        .on_tx(on_created)
         .on(|state, e: OrderCancelled, ctx| {
             on_finished(state, e.id, e.version, OrderStatus::Cancelled, ctx)
         })
@@ -22,22 +24,26 @@ pub(crate) fn spawn(state: &AppState, listeners: Listeners) -> Vec<tokio::task::
         .into_tasks()
 }
 
-async fn on_created(
-    state: AppState,
+/// The replica learns of a new order (applied with the others in hand, in
+/// one transaction).
+fn on_created(
+    _: &AppState,
+    c: &mut OutboxTx<'_>,
     e: OrderCreated,
-    _: EventContext,
+    _: &EventContext,
 ) -> Result<Outcome, ListenerError> {
-    state
-        .db
-        .write(move |c| {
-            c.execute(
-                "INSERT INTO orders (id, user_id, price_cents, status, version) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (id) DO NOTHING",
-                &[&e.id, &e.user_id, &e.ticket.price_cents, &e.status.as_str(), &e.version],
-            )?;
-            Ok(Outcome::Done)
-        })
-        .await
+    c.execute(
+        "INSERT INTO orders (id, user_id, price_cents, status, version) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (id) DO NOTHING",
+        &[
+            &e.id,
+            &e.user_id,
+            &e.ticket.price_cents,
+            &e.status.as_str(),
+            &e.version,
+        ],
+    )?;
+    Ok(Outcome::Done)
 }
 
 /// The order reached its end: the replica takes it and, in the same

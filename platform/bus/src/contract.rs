@@ -526,6 +526,85 @@ pub async fn a_watch_replays_from_its_start_time_marks_when_caught_up_then_follo
     );
 }
 
+/// What a batching listener relies on: after `next` returns, `ready`
+/// hands over deliveries the member already holds, at once and in stream
+/// order, and together with later `next` calls every message comes exactly
+/// once.
+pub async fn deliveries_in_hand_are_taken_at_once_in_order(env: Env) {
+    for i in 0..20 {
+        env.bus
+            .publish(msg(env.subject("a"), &format!("m{i:02}"), "x"))
+            .await
+            .unwrap();
+    }
+    let mut sub = env.bus.subscribe(env.config("c", "a")).await.unwrap();
+    let mut ids = Vec::new();
+    while ids.len() < 20 {
+        let first = next_within(&mut sub, SOON).await.expect("a delivery");
+        let mut batch = vec![first];
+        // Never waits: either one is in hand or it is `None` at once.
+        let taken = tokio::time::timeout(Duration::from_millis(100), async {
+            while let Some(d) = sub.ready() {
+                batch.push(d);
+            }
+        })
+        .await;
+        assert!(taken.is_ok(), "ready() waited");
+        for d in batch {
+            ids.push(d.message.id.clone());
+            d.ack().await.unwrap();
+        }
+    }
+    let expected: Vec<String> = (0..20).map(|i| format!("m{i:02}")).collect();
+    assert_eq!(ids, expected);
+    assert!(
+        next_within(&mut sub, QUIET).await.is_none(),
+        "an acked message came back"
+    );
+}
+
+/// A member that dies in the middle of a batch (some acked, the rest
+/// neither acked nor nak'ed): exactly the unacknowledged ones come back,
+/// after the ack wait — nothing lost, nothing acked delivered again.
+pub async fn a_batch_abandoned_half_acknowledged_redelivers_exactly_the_rest(env: Env) {
+    let mut config = env.config("c", "a");
+    config.ack_wait = Duration::from_secs(1);
+    for i in 0..6 {
+        env.bus
+            .publish(msg(env.subject("a"), &format!("m{i}"), "x"))
+            .await
+            .unwrap();
+    }
+    let mut sub = env.bus.subscribe(config.clone()).await.unwrap();
+    let mut held = Vec::new();
+    while held.len() < 6 {
+        held.push(next_within(&mut sub, SOON).await.expect("a delivery"));
+        while let Some(d) = sub.ready() {
+            held.push(d);
+        }
+    }
+    let rest = held.split_off(3);
+    for d in held {
+        d.ack().await.unwrap();
+    }
+    drop(rest); // the crash: neither acked nor nak'ed
+    drop(sub);
+    let mut sub = env.bus.subscribe(config).await.unwrap();
+    let mut again = Vec::new();
+    while let Some(d) = next_within(&mut sub, Duration::from_secs(3)).await {
+        again.push((d.message.id.clone(), d.delivered));
+        d.ack().await.unwrap();
+    }
+    assert_eq!(
+        again,
+        [
+            ("m3".to_string(), 2),
+            ("m4".to_string(), 2),
+            ("m5".to_string(), 2)
+        ]
+    );
+}
+
 async fn wait_for_parked(env: &Env, durable: &str, n: usize) -> Vec<crate::ParkedMessage> {
     let deadline = tokio::time::Instant::now() + SOON;
     loop {
@@ -559,6 +638,8 @@ macro_rules! bus_contract_tests {
             a_terminated_message_is_parked_with_its_reason_and_never_redelivered,
             a_message_whose_last_delivery_times_out_is_parked,
             a_watch_replays_from_its_start_time_marks_when_caught_up_then_follows,
+            deliveries_in_hand_are_taken_at_once_in_order,
+            a_batch_abandoned_half_acknowledged_redelivers_exactly_the_rest,
         );
     };
     (@cases $fresh:path, $($case:ident),* $(,)?) => {

@@ -716,6 +716,10 @@ impl EmbeddedSource {
 }
 
 impl DeliverySource for EmbeddedSource {
+    fn ready(&mut self) -> Option<Delivery> {
+        self.buffer.pop_front()
+    }
+
     fn next(&mut self) -> crate::BoxFuture<'_, Option<Result<Delivery, BusError>>> {
         Box::pin(async move {
             loop {

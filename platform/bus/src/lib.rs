@@ -239,6 +239,14 @@ impl Subscription {
     pub async fn next(&mut self) -> Option<Result<Delivery, BusError>> {
         self.source.next().await
     }
+
+    /// A delivery this member already has in hand (fetched with the ones
+    /// before it), without waiting: how a listener gathers a batch after
+    /// [`Subscription::next`] returned its first message. `None` when
+    /// taking one would mean asking the bus again.
+    pub fn ready(&mut self) -> Option<Delivery> {
+        self.source.ready()
+    }
 }
 
 /// What a [`Watch`] yields.
@@ -274,6 +282,11 @@ pub trait WatchSource: Send {
 /// Implementation side of a [`Subscription`].
 pub trait DeliverySource: Send {
     fn next(&mut self) -> BoxFuture<'_, Option<Result<Delivery, BusError>>>;
+
+    /// A delivery already in hand, without waiting (see [`Subscription::ready`]).
+    fn ready(&mut self) -> Option<Delivery> {
+        None
+    }
 }
 
 /// Implementation side of a [`Delivery`]'s acknowledgements.

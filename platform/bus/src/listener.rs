@@ -11,6 +11,7 @@ use shared::events::Event;
 use shared::shutdown::Shutdown;
 use shared::trace::{TRACEPARENT, TraceContext};
 
+use crate::outbox::{Outbox, OutboxTx};
 use crate::{Bus, ConsumerConfig, Delivery};
 
 /// What a handler decided about an event.
@@ -72,6 +73,10 @@ pub struct ListenerOptions {
     pub max_deliver: u32,
     /// Members of the durable consumer this process runs.
     pub concurrency: usize,
+    /// The most deliveries a listener added with [`Listeners::on_tx`]
+    /// applies in one transaction (those already in hand when it takes the
+    /// first; it never waits for a batch to fill).
+    pub batch: usize,
 }
 
 impl Default for ListenerOptions {
@@ -80,6 +85,7 @@ impl Default for ListenerOptions {
             ack_wait: Duration::from_secs(5),
             max_deliver: 20,
             concurrency: 1,
+            batch: 64,
         }
     }
 }
@@ -107,14 +113,84 @@ struct Member {
     /// Joins its consumer only once this says `true`.
     after: Option<tokio::sync::watch::Receiver<bool>>,
     health: ListenerHealth,
+    /// Where listeners added with [`Listeners::on_tx`] run their transactions.
+    outbox: Option<Outbox>,
 }
 
-fn spawn_members<E, H, Fut>(member: Member, handler: H) -> Vec<tokio::task::JoinHandle<()>>
+/// What a member does with the deliveries it takes from its consumer.
+trait Handling<E: Event>: Clone + Send + Sync + 'static {
+    /// Deliveries taken at once (1: one at a time).
+    fn batch(&self, options: &ListenerOptions) -> usize;
+    fn settle(
+        &self,
+        service: &'static str,
+        options: &ListenerOptions,
+        deliveries: Vec<Delivery>,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// An async handler ([`Listeners::on`]): one delivery at a time, in
+/// whatever transactions it opens itself.
+#[derive(Clone)]
+struct OneAtATime<H>(H);
+
+impl<E, H, Fut> Handling<E> for OneAtATime<H>
 where
     E: Event,
     H: Fn(E, EventContext) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Outcome, ListenerError>> + Send + 'static,
 {
+    fn batch(&self, _: &ListenerOptions) -> usize {
+        1
+    }
+
+    async fn settle(
+        &self,
+        service: &'static str,
+        options: &ListenerOptions,
+        deliveries: Vec<Delivery>,
+    ) {
+        for delivery in deliveries {
+            settle::<E, H, Fut>(service, options, &self.0, delivery).await;
+        }
+    }
+}
+
+/// A handler that runs inside a transaction it is given
+/// ([`Listeners::on_tx`]): the deliveries in hand are applied together.
+#[derive(Clone)]
+struct InTransaction<H> {
+    outbox: Outbox,
+    handler: H,
+}
+
+impl<E, H> Handling<E> for InTransaction<H>
+where
+    E: Event,
+    H: Fn(&mut OutboxTx<'_>, E, &EventContext) -> Result<Outcome, ListenerError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    fn batch(&self, options: &ListenerOptions) -> usize {
+        options.batch.max(1)
+    }
+
+    async fn settle(
+        &self,
+        service: &'static str,
+        options: &ListenerOptions,
+        deliveries: Vec<Delivery>,
+    ) {
+        settle_batch::<E, H>(service, options, self, deliveries).await;
+    }
+}
+
+fn spawn_members<E: Event>(
+    member: Member,
+    handling: impl Handling<E>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     member.health.set(
         &durable_name(member.service, E::SUBJECT),
         Some(format!(
@@ -123,7 +199,7 @@ where
         )),
     );
     let mut tasks: Vec<_> = (0..member.options.concurrency.max(1))
-        .map(|_| tokio::spawn(run_member::<E, H, Fut>(member.clone(), handler.clone())))
+        .map(|_| tokio::spawn(run_member::<E, _>(member.clone(), handling.clone())))
         .collect();
     tasks.push(tokio::spawn(report_lag(
         member.bus.clone(),
@@ -158,12 +234,7 @@ async fn report_lag(bus: Arc<dyn Bus>, config: ConsumerConfig, mut shutdown: Shu
     }
 }
 
-async fn run_member<E, H, Fut>(member: Member, handler: H)
-where
-    E: Event,
-    H: Fn(E, EventContext) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Outcome, ListenerError>> + Send + 'static,
-{
+async fn run_member<E: Event, H: Handling<E>>(member: Member, handling: H) {
     let Member {
         bus,
         service,
@@ -172,7 +243,9 @@ where
         gate,
         after,
         health,
+        outbox: _,
     } = member;
+    let batch = handling.batch(&options);
     let config = ConsumerConfig {
         durable: durable_name(service, E::SUBJECT),
         filter_subject: E::SUBJECT.to_owned(),
@@ -231,37 +304,44 @@ where
                     _ = shutdown.wait() => break,
                 }
             }
-            Some(Ok(delivery)) => settle::<E, H, Fut>(service, &options, &handler, delivery).await,
+            Some(Ok(first)) => {
+                let mut deliveries = vec![first];
+                while deliveries.len() < batch {
+                    match sub.ready() {
+                        Some(d) => deliveries.push(d),
+                        None => break,
+                    }
+                }
+                handling.settle(service, &options, deliveries).await;
+            }
         }
     }
     tracing::debug!(service, durable = %config.durable, "listener stopped");
 }
 
-async fn settle<E, H, Fut>(
-    service: &'static str,
-    options: &ListenerOptions,
-    handler: &H,
-    delivery: Delivery,
-) where
-    E: Event,
-    H: Fn(E, EventContext) -> Fut,
-    Fut: Future<Output = Result<Outcome, ListenerError>>,
-{
-    let subject = E::SUBJECT;
-    let event = match serde_json::from_slice::<E>(&delivery.message.payload) {
-        Ok(e) => e,
+/// Decodes a delivery's payload; an undecodable one is parked at once
+/// (decoding will never succeed) and `None` returned.
+async fn decode<E: Event>(service: &'static str, delivery: Delivery) -> Option<(Delivery, E)> {
+    match serde_json::from_slice::<E>(&delivery.message.payload) {
+        Ok(e) => Some((delivery, e)),
         Err(e) => {
-            // Decoding will never succeed: park it now rather than retrying.
-            let reason = format!("undecodable {subject} payload: {e}");
+            let reason = format!("undecodable {} payload: {e}", E::SUBJECT);
             if let Err(err) = delivery.term(reason).await {
-                tracing::warn!(service, subject, error = %store::report(&err), "cannot park message");
+                tracing::warn!(service, subject = E::SUBJECT, error = %store::report(&err), "cannot park message");
             }
-            return;
+            None
         }
-    };
-    let delivered = delivery.delivered;
-    // The consumer's span: in the producer's trace (a child of the span that
-    // wrote the event), named by the OpenTelemetry messaging conventions.
+    }
+}
+
+/// The consumer's span for one delivery — in the producer's trace (a child
+/// of the span that wrote the event), named by the OpenTelemetry messaging
+/// conventions — and the context the handler gets.
+fn consumer_span(
+    service: &'static str,
+    subject: &'static str,
+    delivery: &Delivery,
+) -> (tracing::Span, EventContext) {
     let parent = delivery
         .message
         .header(TRACEPARENT)
@@ -274,7 +354,7 @@ async fn settle<E, H, Fut>(
         messaging.destination.name = subject,
         messaging.consumer.group.name = %durable_name(service, subject),
         messaging.message.id = %delivery.message.id,
-        messaging.message.delivery_count = delivered,
+        messaging.message.delivery_count = delivery.delivered,
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
         parent_span_id = tracing::field::Empty,
@@ -282,24 +362,44 @@ async fn settle<E, H, Fut>(
     let ctx = EventContext {
         trace: shared::trace::join(&span, parent),
         message_id: delivery.message.id.clone(),
-        delivered,
+        delivered: delivery.delivered,
     };
-    use tracing::Instrument;
-    async move {
-    // Tell the bus we are still working on slow handlers, so the message is
-    // not handed to another member meanwhile.
-    let work = handler(event, ctx);
+    (span, ctx)
+}
+
+/// Awaits `work`, telling the bus every half ack wait that `deliveries`
+/// are still being worked on, so they are not handed to another member
+/// meanwhile.
+async fn with_progress<T>(
+    options: &ListenerOptions,
+    deliveries: &[&Delivery],
+    work: impl Future<Output = T>,
+) -> T {
     tokio::pin!(work);
     // First tick one period from now: `interval`'s immediate first tick
     // still waits for the timer wheel (≈ 1 ms), which capped throughput.
     let period = options.ack_wait / 2;
     let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    let result = loop {
+    loop {
         tokio::select! {
-            r = &mut work => break r,
-            _ = progress.tick() => { let _ = delivery.in_progress().await; }
+            r = &mut work => return r,
+            _ = progress.tick() => {
+                for d in deliveries {
+                    let _ = d.in_progress().await;
+                }
+            }
         }
-    };
+    }
+}
+
+/// Settles a delivery by its handler's result: ack, or nak with back-off.
+async fn finish(
+    service: &'static str,
+    subject: &'static str,
+    delivery: Delivery,
+    result: Result<Outcome, ListenerError>,
+) {
+    let delivered = delivery.delivered;
     let settled = match result {
         Ok(Outcome::Done) => {
             shared::metrics::inc(
@@ -329,9 +429,155 @@ async fn settle<E, H, Fut>(
         // The message will come back after the ack wait; handlers are idempotent.
         tracing::warn!(service, subject, error = %store::report(&e), "cannot settle delivery");
     }
+}
+
+async fn settle<E, H, Fut>(
+    service: &'static str,
+    options: &ListenerOptions,
+    handler: &H,
+    delivery: Delivery,
+) where
+    E: Event,
+    H: Fn(E, EventContext) -> Fut,
+    Fut: Future<Output = Result<Outcome, ListenerError>>,
+{
+    let Some((delivery, event)) = decode::<E>(service, delivery).await else {
+        return;
+    };
+    let (span, ctx) = consumer_span(service, E::SUBJECT, &delivery);
+    use tracing::Instrument;
+    async move {
+        let result = with_progress(options, &[&delivery], handler(event, ctx)).await;
+        finish(service, E::SUBJECT, delivery, result).await;
     }
     .instrument(span)
     .await
+}
+
+/// Why a batch's transaction did not commit.
+enum BatchFailed {
+    /// The handler of the delivery at this index failed.
+    Handler(usize, ListenerError),
+    /// The transaction itself (its commit) failed.
+    Store(store::StoreError),
+}
+
+impl From<store::StoreError> for BatchFailed {
+    fn from(e: store::StoreError) -> Self {
+        BatchFailed::Store(e)
+    }
+}
+
+/// Runs the handler for every event in one transaction: every outcome, or
+/// why nothing was committed.
+async fn apply_together<E, H>(
+    handling: &InTransaction<H>,
+    items: Vec<(E, EventContext, tracing::Span)>,
+) -> Result<Vec<Outcome>, BatchFailed>
+where
+    E: Event,
+    H: Fn(&mut OutboxTx<'_>, E, &EventContext) -> Result<Outcome, ListenerError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    let handler = handling.handler.clone();
+    handling
+        .outbox
+        .write(move |tx| {
+            let mut outcomes = Vec::with_capacity(items.len());
+            for (i, (event, ctx, span)) in items.into_iter().enumerate() {
+                let _entered = span.enter();
+                match handler(tx, event, &ctx) {
+                    Ok(outcome) => outcomes.push(outcome),
+                    // Returning the error rolls the whole batch back.
+                    Err(e) => return Err(BatchFailed::Handler(i, e)),
+                }
+            }
+            Ok(outcomes)
+        })
+        .await
+}
+
+/// Applies `deliveries` in one transaction and settles each by its outcome
+/// once that has committed (acks together, naks for the early ones). If
+/// the transaction fails, nothing of it stands and they are applied again
+/// one transaction each, so one failing message (a poison one) holds up
+/// only itself: it is nak'ed with back-off and, in the end, parked.
+async fn settle_batch<E, H>(
+    service: &'static str,
+    options: &ListenerOptions,
+    handling: &InTransaction<H>,
+    deliveries: Vec<Delivery>,
+) where
+    E: Event,
+    H: Fn(&mut OutboxTx<'_>, E, &EventContext) -> Result<Outcome, ListenerError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    use tracing::Instrument;
+    let subject = E::SUBJECT;
+    let mut taken = Vec::with_capacity(deliveries.len());
+    let mut items = Vec::with_capacity(deliveries.len());
+    for delivery in deliveries {
+        let Some((delivery, event)) = decode::<E>(service, delivery).await else {
+            continue;
+        };
+        let (span, ctx) = consumer_span(service, subject, &delivery);
+        items.push((event, ctx.clone(), span.clone()));
+        taken.push((delivery, span, ctx));
+    }
+    if taken.is_empty() {
+        return;
+    }
+    let in_hand: Vec<&Delivery> = taken.iter().map(|(d, _, _)| d).collect();
+    let together = with_progress(options, &in_hand, apply_together(handling, items)).await;
+    let results: Vec<Result<Outcome, ListenerError>> = match together {
+        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+        Err(BatchFailed::Handler(_, e)) if taken.len() == 1 => vec![Err(e)],
+        Err(BatchFailed::Store(e)) if taken.len() == 1 => vec![Err(e.into())],
+        Err(failed) => {
+            let (at, cause) = match &failed {
+                BatchFailed::Handler(i, e) => (Some(*i), store::report(e)),
+                BatchFailed::Store(e) => (None, store::report(e)),
+            };
+            tracing::debug!(service, subject, size = taken.len(), failed_at = ?at, error = %cause,
+                "batch rolled back; applying its events one at a time");
+            let mut results = Vec::with_capacity(taken.len());
+            for (delivery, span, ctx) in &taken {
+                // It decoded a moment ago, so it decodes again.
+                let event = match serde_json::from_slice::<E>(&delivery.message.payload) {
+                    Ok(event) => event,
+                    Err(e) => {
+                        results.push(Err(ListenerError::dependency("decoding the event", e)));
+                        continue;
+                    }
+                };
+                let one = vec![(event, ctx.clone(), span.clone())];
+                let result = with_progress(options, &[delivery], apply_together(handling, one))
+                    .instrument(span.clone())
+                    .await;
+                results.push(match result {
+                    Ok(mut outcomes) => Ok(outcomes.remove(0)),
+                    Err(BatchFailed::Handler(_, e)) => Err(e),
+                    Err(BatchFailed::Store(e)) => Err(e.into()),
+                });
+            }
+            results
+        }
+    };
+    // Acks (and naks) of the batch go out together: on the embedded bus
+    // they share a transaction, on JetStream they overlap on the wire.
+    let settled = taken
+        .into_iter()
+        .zip(results)
+        .map(|((delivery, span, _), result)| {
+            finish(service, subject, delivery, result).instrument(span)
+        });
+    futures_util::future::join_all(settled).await;
 }
 
 #[cfg(test)]
@@ -442,6 +688,7 @@ impl Listeners {
                 gate: None,
                 after: None,
                 health: ListenerHealth::default(),
+                outbox: None,
             },
             tasks: Vec::new(),
             registered: Vec::new(),
@@ -493,8 +740,18 @@ impl<S: Clone + Send + Sync + 'static> Listeners<S> {
         self
     }
 
+    /// Listeners added with [`Listeners::on_tx`] after this run their
+    /// transactions on `outbox`'s database (a service's listeners get the
+    /// service's outbox).
+    pub fn applying_in(mut self, outbox: Outbox) -> Self {
+        self.member.outbox = Some(outbox);
+        self
+    }
+
     /// Starts `handler` for every `E` delivered to this service's durable
-    /// consumer; `E` is the handler's second argument.
+    /// consumer; `E` is the handler's second argument. The handler opens
+    /// whatever transactions it needs and may call out (a payment gateway):
+    /// deliveries are handled one at a time.
     pub fn on<E, H, Fut>(mut self, handler: H) -> Self
     where
         E: Event,
@@ -503,7 +760,47 @@ impl<S: Clone + Send + Sync + 'static> Listeners<S> {
     {
         let state = self.state.clone();
         let handler = move |e: E, ctx: EventContext| handler(state.clone(), e, ctx);
-        let tasks = spawn_members::<E, _, Fut>(self.member.clone(), handler);
+        let tasks = spawn_members::<E>(self.member.clone(), OneAtATime(handler));
+        self.tasks.extend(tasks);
+        self.registered.push(E::SUBJECT);
+        self
+    }
+
+    /// Starts `handler` for every `E` delivered, inside a transaction the
+    /// listener opens (on the outbox given to [`Listeners::applying_in`]),
+    /// so the deliveries in hand — up to [`ListenerOptions::batch`] — are
+    /// applied in one transaction and acknowledged together after it
+    /// commits. For handlers that only read and write the service's
+    /// database (and enqueue events): it runs on the database's thread.
+    ///
+    /// Per delivery the handler still decides: [`Outcome::Done`] (acked),
+    /// [`Outcome::NotYet`] (nak'ed with a delay — **it must have written
+    /// nothing**, as the version check does by returning before any write),
+    /// or an error, which rolls the whole batch back; its deliveries are
+    /// then applied again one transaction each, so a poison message is
+    /// retried and parked alone, exactly as with [`Listeners::on`].
+    ///
+    /// # Panics
+    /// If no outbox was given with [`Listeners::applying_in`].
+    pub fn on_tx<E, H>(mut self, handler: H) -> Self
+    where
+        E: Event,
+        H: Fn(&S, &mut OutboxTx<'_>, E, &EventContext) -> Result<Outcome, ListenerError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+    {
+        let outbox = self.member.outbox.clone().unwrap_or_else(|| {
+            panic!(
+                "{}: listeners added with on_tx need an outbox (Listeners::applying_in)",
+                self.member.service
+            )
+        });
+        let state = self.state.clone();
+        let handler =
+            move |tx: &mut OutboxTx<'_>, e: E, ctx: &EventContext| handler(&state, tx, e, ctx);
+        let tasks = spawn_members::<E>(self.member.clone(), InTransaction { outbox, handler });
         self.tasks.extend(tasks);
         self.registered.push(E::SUBJECT);
         self

@@ -452,6 +452,23 @@ async fn the_consumers_span_carries_the_producers_trace_id() {
             Ok(Outcome::Done)
         })
         .into_tasks();
+    // A listener applying its events in batches (on_tx) makes the same span
+    // for each of them.
+    let (seen_in_tx, mut rx_tx) = tokio::sync::mpsc::unbounded_channel();
+    let (trigger_tx, signal_tx) = shutdown::channel();
+    let tasks_tx = Listeners::new(f.bus.clone(), "svcb", ListenerOptions::default(), signal_tx)
+        .applying_in(f.outbox.clone())
+        .with_state(seen_in_tx)
+        .on_tx(
+            |seen: &tokio::sync::mpsc::UnboundedSender<_>,
+             _: &mut bus::outbox::OutboxTx<'_>,
+             _: UserCreated,
+             ctx: &EventContext| {
+                let _ = seen.send(ctx.trace);
+                Ok(Outcome::Done)
+            },
+        )
+        .into_tasks();
     let handled = tokio::time::timeout(Duration::from_secs(5), rx.recv())
         .await
         .unwrap()
@@ -460,8 +477,14 @@ async fn the_consumers_span_carries_the_producers_trace_id() {
         handled.trace_id, producer.trace_id,
         "the handler continues the trace"
     );
+    let handled_in_tx = tokio::time::timeout(Duration::from_secs(5), rx_tx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(handled_in_tx.trace_id, producer.trace_id);
     trigger.fire();
-    for t in tasks {
+    trigger_tx.fire();
+    for t in tasks.into_iter().chain(tasks_tx) {
         let _ = t.await;
     }
     let spans = capture.0.lock().unwrap();
@@ -487,4 +510,15 @@ async fn the_consumers_span_carries_the_producers_trace_id() {
         process["parent_span_id"], create["span_id"],
         "the producer's span is the parent"
     );
+    let batched = spans
+        .iter()
+        .find(|s| {
+            s["name"] == "process"
+                && s.get("messaging.consumer.group.name").map(String::as_str)
+                    == Some("svcb-user-created")
+        })
+        .expect("a consumer span of the batched listener");
+    assert_eq!(batched["trace_id"], producer.trace_id_hex());
+    assert_eq!(batched["span_id"], handled_in_tx.span_id_hex());
+    assert_eq!(batched["parent_span_id"], create["span_id"]);
 }

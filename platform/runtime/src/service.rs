@@ -163,6 +163,7 @@ impl ServiceBase {
             .declared(self.events.consumes)
             .gated_on(self.db.clone())
             .reporting_to(self.listener_health.clone())
+            .applying_in(self.outbox.clone())
     }
 
     /// The started service: `router` plus the standard readiness checks and

@@ -581,6 +581,25 @@ impl JsSource {
 }
 
 impl DeliverySource for JsSource {
+    fn ready(&mut self) -> Option<Delivery> {
+        use futures_util::FutureExt as _;
+        let stream = self.messages.as_mut()?;
+        // Polled once: a message of the current pull batch is there already,
+        // anything else (end of batch, heartbeat, error) is `next`'s business.
+        match stream.next().now_or_never()? {
+            Some(Ok(msg)) => self.delivery(msg).ok(),
+            Some(Err(e)) => {
+                tracing::debug!(durable = %self.durable, error = %e, "pull stream interrupted; pulling again");
+                self.messages = None;
+                None
+            }
+            None => {
+                self.messages = None;
+                None
+            }
+        }
+    }
+
     fn next(&mut self) -> crate::BoxFuture<'_, Option<Result<Delivery, BusError>>> {
         Box::pin(async move {
             loop {
@@ -740,6 +759,37 @@ pub mod testing {
         /// Subjects are `{prefix}.…`.
         pub prefix: String,
         url: String,
+    }
+
+    /// A stream called `name` over `subjects` (a test's own, fixed
+    /// subject), replacing one a previous run left; deleted when dropped.
+    pub async fn stream_over(bus: &JetStreamBus, name: &str, subjects: &str) -> TestStream {
+        let js = bus.context();
+        let _ = js.delete_stream(name).await;
+        js.create_stream(stream::Config {
+            name: name.into(),
+            subjects: vec![subjects.into()],
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            max_age: Duration::from_secs(3600),
+            ..Default::default()
+        })
+        .await
+        .expect("create test stream");
+        let _ = js
+            .get_or_create_stream(stream::Config {
+                name: PARKED_STREAM.into(),
+                subjects: vec![format!("{PARKED_PREFIX}.>")],
+                storage: stream::StorageType::File,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await;
+        TestStream {
+            name: name.into(),
+            prefix: subjects.trim_end_matches(".>").into(),
+            url: nats_url(),
+        }
     }
 
     /// Creates a file-storage stream over `{prefix}.>` with a fresh prefix,

@@ -1,0 +1,388 @@
+//! Listeners that apply the deliveries in hand in one transaction
+//! (`Listeners::on_tx`), on the embedded bus (virtual time) and on a real
+//! JetStream server (real time): a backlog costs a few commits instead of
+//! one per event, an early event waits without holding up the rest, a
+//! failing one rolls its batch back and is then retried alone and parked,
+//! and nothing is applied twice — also when a batch was committed but its
+//! acknowledgements never arrived (a crash between the two).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus::embedded::EmbeddedBus;
+use bus::jetstream::{JetStreamBus, testing};
+use bus::listener::{self, EventContext, ListenerError, ListenerOptions, Listeners, Outcome};
+use bus::outbox::{OUTBOX_TABLE_SQL, Outbox, OutboxTx};
+use bus::{Acker, Bus, BusError, Message};
+use serde::{Deserialize, Serialize};
+use shared::events::Event;
+use shared::shutdown;
+use shared::time::Clock;
+use store::{Conn, Db, Migration, StoreError};
+
+static MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "outbox",
+        sql: OUTBOX_TABLE_SQL,
+    },
+    Migration {
+        version: 2,
+        description: "what the handler applied, and how often",
+        sql: "CREATE TABLE applied (n BIGINT PRIMARY KEY, times BIGINT NOT NULL);",
+    },
+];
+
+/// The event of these tests; its own subject, so a JetStream stream over
+/// it overlaps no other test's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+struct Item {
+    n: i64,
+    /// "ok", "early" (not yet on its first delivery) or "poison" (always fails).
+    kind: String,
+}
+shared::event!(Item, "listenerbatch.item");
+
+/// A service name of its own for each run: the parked stream on a shared
+/// server outlives the test's stream.
+fn service() -> &'static str {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    Box::leak(format!("batch{}x{nanos}", std::process::id()).into_boxed_str())
+}
+
+fn item(n: i64, kind: &str) -> Message {
+    Message {
+        subject: Item::SUBJECT.into(),
+        id: format!("item-{n}"),
+        headers: vec![],
+        payload: serde_json::to_vec(&Item {
+            n,
+            kind: kind.into(),
+        })
+        .unwrap(),
+    }
+}
+
+/// Applies an item, counting how often: a second application of the same
+/// item (a rolled-back batch's work that stood after all) shows as 2.
+fn apply(
+    _: &(),
+    c: &mut OutboxTx<'_>,
+    e: Item,
+    ctx: &EventContext,
+) -> Result<Outcome, ListenerError> {
+    match e.kind.as_str() {
+        "poison" => {
+            return Err(ListenerError::dependency(
+                "applying a poison item",
+                std::io::Error::other("this one never applies"),
+            ));
+        }
+        "early" if ctx.delivered == 1 => return Ok(Outcome::NotYet("predecessor missing".into())),
+        _ => {}
+    }
+    c.execute(
+        "INSERT INTO applied (n, times) VALUES ($1, 1)
+         ON CONFLICT (n) DO UPDATE SET times = applied.times + 1",
+        &[&e.n],
+    )?;
+    Ok(Outcome::Done)
+}
+
+/// Applies an item once: a duplicate (already applied) is acked and
+/// changes nothing, as every replica handler does with versions.
+fn apply_once(
+    _: &(),
+    c: &mut OutboxTx<'_>,
+    e: Item,
+    _: &EventContext,
+) -> Result<Outcome, ListenerError> {
+    c.execute(
+        "INSERT INTO applied (n, times) VALUES ($1, 1) ON CONFLICT (n) DO NOTHING",
+        &[&e.n],
+    )?;
+    Ok(Outcome::Done)
+}
+
+async fn applied(db: &Db) -> Vec<(i64, i64)> {
+    db.read(|c| {
+        c.query("SELECT n, times FROM applied ORDER BY n", &[])?
+            .iter()
+            .map(|r| Ok((r.get(0)?, r.get(1)?)))
+            .collect::<Result<Vec<(i64, i64)>, StoreError>>()
+    })
+    .await
+    .unwrap()
+}
+
+async fn wait_until<F, Fut>(what: &str, within: Duration, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !done().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn options() -> ListenerOptions {
+    ListenerOptions {
+        ack_wait: Duration::from_secs(2),
+        max_deliver: 3,
+        concurrency: 1,
+        batch: 64,
+    }
+}
+
+/// The whole case, on any bus; `db` is SQLite, whose commits are counted.
+async fn a_backlog_is_applied_in_few_transactions_and_a_failure_is_isolated(
+    bus: Arc<dyn Bus>,
+    db: Db,
+) {
+    let service = service();
+    // A backlog of 40, one of them early.
+    let backlog: Vec<Message> = (0..40)
+        .map(|n| item(n, if n == 21 { "early" } else { "ok" }))
+        .collect();
+    bus.publish_batch(backlog).await.unwrap();
+    let commits = db.stats().commits;
+    let (trigger, signal) = shutdown::channel();
+    let tasks = Listeners::new(bus.clone(), service, options(), signal)
+        .applying_in(Outbox::new(db.clone(), service))
+        .on_tx(apply)
+        .into_tasks();
+    wait_until(
+        "the backlog is applied",
+        Duration::from_secs(20),
+        || async { applied(&db).await.len() == 40 },
+    )
+    .await;
+    let used = db.stats().commits - commits;
+    // Embedded: one batch and the early one's retry. JetStream: the pull
+    // batch arrives over the socket, so a batch is what has arrived.
+    assert!(used <= 20, "40 events took {used} commits");
+    // Then 20 more, one of them poison: the batch holding it is rolled
+    // back and its events applied one at a time; the poison one is
+    // retried alone and parked, and every other one applied once.
+    let more: Vec<Message> = (40..60)
+        .map(|n| item(n, if n == 47 { "poison" } else { "ok" }))
+        .collect();
+    bus.publish_batch(more).await.unwrap();
+    let durable = listener::durable_name(service, Item::SUBJECT);
+    wait_until(
+        "the poison item is parked",
+        Duration::from_secs(30),
+        || async { bus.parked(&durable).await.unwrap().len() == 1 },
+    )
+    .await;
+    wait_until("the rest are applied", Duration::from_secs(20), || async {
+        applied(&db).await.len() == 59
+    })
+    .await;
+    let rows = applied(&db).await;
+    assert!(rows.iter().all(|&(_, times)| times == 1), "{rows:?}");
+    assert!(
+        rows.iter().all(|&(n, _)| n != 47),
+        "the poison one left nothing"
+    );
+    let parked = bus.parked(&durable).await.unwrap();
+    assert_eq!(parked[0].id, "item-47");
+    trigger.fire();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// The crash between a batch's commit and its acks: the acks are lost, the
+/// events come back after the ack wait to the restarted listener, and the
+/// handler's duplicate check keeps the effect single.
+async fn a_batch_committed_but_never_acknowledged_is_applied_once_in_effect(
+    bus: Arc<dyn Bus>,
+    db: Db,
+) {
+    let service = service();
+    bus.publish_batch((0..10).map(|n| item(n, "ok")).collect())
+        .await
+        .unwrap();
+    // The first run commits and "crashes" before acking: its bus drops acks.
+    let (trigger, signal) = shutdown::channel();
+    let lossy: Arc<dyn Bus> = Arc::new(LosesAcks(bus.clone()));
+    let tasks = Listeners::new(lossy, service, options(), signal)
+        .applying_in(Outbox::new(db.clone(), service))
+        .on_tx(apply_once)
+        .into_tasks();
+    wait_until(
+        "the first run applied all",
+        Duration::from_secs(20),
+        || async { applied(&db).await.len() == 10 },
+    )
+    .await;
+    trigger.fire();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // The restarted listener gets them again and applies nothing twice.
+    let (trigger, signal) = shutdown::channel();
+    let tasks = Listeners::new(bus.clone(), service, options(), signal)
+        .applying_in(Outbox::new(db.clone(), service))
+        .on_tx(apply_once)
+        .into_tasks();
+    let handled = || {
+        shared::metrics::get(
+            "events_handled_total",
+            &[("service", service), ("subject", Item::SUBJECT)],
+        )
+    };
+    let before = handled();
+    wait_until(
+        "the redeliveries are acked",
+        Duration::from_secs(20),
+        || async { handled() >= before + 10 },
+    )
+    .await;
+    assert_eq!(
+        applied(&db).await,
+        (0..10).map(|n| (n, 1)).collect::<Vec<_>>()
+    );
+    trigger.fire();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// A bus whose deliveries' acks go nowhere (everything else is `inner`'s):
+/// a process that dies right after its transaction committed.
+struct LosesAcks(Arc<dyn Bus>);
+
+struct DroppedAck;
+
+impl Acker for DroppedAck {
+    fn ack(&self) -> bus::BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn nak(&self, _: Duration) -> bus::BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn term(&self, _: String) -> bus::BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn in_progress(&self) -> bus::BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl Bus for LosesAcks {
+    fn publish(&self, msg: Message) -> bus::BoxFuture<'_, Result<bus::PublishAck, BusError>> {
+        self.0.publish(msg)
+    }
+
+    fn subscribe(
+        &self,
+        config: bus::ConsumerConfig,
+    ) -> bus::BoxFuture<'_, Result<bus::Subscription, BusError>> {
+        Box::pin(async move {
+            let inner = self.0.subscribe(config).await?;
+            Ok(bus::Subscription::new(Box::new(AcksLost(inner))))
+        })
+    }
+
+    fn rewind(&self, config: &bus::ConsumerConfig) -> bus::BoxFuture<'_, Result<(), BusError>> {
+        self.0.rewind(config)
+    }
+
+    fn watch(
+        &self,
+        filter_subject: &str,
+        since: shared::time::Timestamp,
+    ) -> bus::BoxFuture<'_, Result<bus::Watch, BusError>> {
+        self.0.watch(filter_subject, since)
+    }
+
+    fn parked(
+        &self,
+        durable: &str,
+    ) -> bus::BoxFuture<'_, Result<Vec<bus::ParkedMessage>, BusError>> {
+        self.0.parked(durable)
+    }
+
+    fn check_ready(&self) -> bus::BoxFuture<'_, Result<(), BusError>> {
+        self.0.check_ready()
+    }
+}
+
+struct AcksLost(bus::Subscription);
+
+fn acks_lost(d: bus::Delivery) -> bus::Delivery {
+    bus::Delivery::new(d.message.clone(), d.seq, d.delivered, Arc::new(DroppedAck))
+}
+
+impl bus::DeliverySource for AcksLost {
+    fn next(&mut self) -> bus::BoxFuture<'_, Option<Result<bus::Delivery, BusError>>> {
+        Box::pin(async move { self.0.next().await.map(|r| r.map(acks_lost)) })
+    }
+
+    fn ready(&mut self) -> Option<bus::Delivery> {
+        self.0.ready().map(acks_lost)
+    }
+}
+
+async fn embedded() -> (tempfile::TempDir, Arc<dyn Bus>, Db) {
+    tokio::time::pause();
+    store::testing::hold_paused_clock();
+    let dir = tempfile::tempdir().unwrap();
+    let bus: Arc<dyn Bus> = Arc::new(
+        EmbeddedBus::open_with_clock(&dir.path().join("bus.db"), Clock::tokio())
+            .await
+            .unwrap(),
+    );
+    let db = Db::open_sqlite(&dir.path().join("svc.db"), MIGRATIONS)
+        .await
+        .unwrap();
+    (dir, bus, db)
+}
+
+/// A stream over this file's subject on the test server (replacing one a
+/// previous run left), or `None` when NATS is optional and unreachable.
+async fn jetstream() -> Option<(tempfile::TempDir, Arc<dyn Bus>, Db, testing::TestStream)> {
+    let client = testing::connect().await?;
+    let bus = JetStreamBus::from_client(client);
+    let stream = testing::stream_over(&bus, "LISTENERBATCH", "listenerbatch.>").await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open_sqlite(&dir.path().join("svc.db"), MIGRATIONS)
+        .await
+        .unwrap();
+    Some((dir, Arc::new(bus), db, stream))
+}
+
+#[tokio::test]
+async fn on_the_embedded_bus_a_backlog_is_applied_in_few_transactions_and_a_failure_is_isolated() {
+    let (_dir, bus, db) = embedded().await;
+    a_backlog_is_applied_in_few_transactions_and_a_failure_is_isolated(bus, db).await;
+}
+
+#[tokio::test]
+async fn on_the_embedded_bus_a_batch_committed_but_never_acknowledged_is_applied_once_in_effect() {
+    let (_dir, bus, db) = embedded().await;
+    a_batch_committed_but_never_acknowledged_is_applied_once_in_effect(bus, db).await;
+}
+
+/// Both JetStream cases in one test: they share this file's stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_jetstream_batches_apply_together_isolate_failures_and_survive_lost_acks() {
+    let Some((_dir, bus, db, stream)) = jetstream().await else {
+        return;
+    };
+    a_backlog_is_applied_in_few_transactions_and_a_failure_is_isolated(bus, db).await;
+    drop(stream);
+    let Some((_dir, bus, db, _stream)) = jetstream().await else {
+        return;
+    };
+    a_batch_committed_but_never_acknowledged_is_applied_once_in_effect(bus, db).await;
+}
