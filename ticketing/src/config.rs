@@ -49,6 +49,8 @@ pub struct Settings {
     pub secure_cookies: bool,
     pub order_expiration: Duration,
     pub max_active_orders_per_user: i64,
+    /// The most events a listener applies in one transaction.
+    pub listener_batch: usize,
     pub auth: auth::Config,
     pub payments: payments::Config,
     /// Timeouts, the head limit and the shutdown deadline of the HTTP server.
@@ -175,6 +177,12 @@ impl Settings {
                 "ORDER_EXPIRATION_SECONDS must be at least 1".into(),
             ));
         }
+        let listener_batch = env_var::<usize>("LISTENER_BATCH")?.unwrap_or(64);
+        if listener_batch == 0 {
+            return Err(SettingsError::Invalid(
+                "LISTENER_BATCH must be at least 1".into(),
+            ));
+        }
         let gateway = payment_gateway()?;
         // `/metrics` on the public port only when one process serves the
         // whole marketplace.
@@ -198,6 +206,7 @@ impl Settings {
                 .unwrap_or(10)
                 .max(1)
                 .into(),
+            listener_batch,
             auth: auth::Config {
                 attempts_per_window: env_var::<u32>("AUTH_RATE_LIMIT_PER_MINUTE")?.unwrap_or(20),
                 window: Duration::from_secs(60),

@@ -299,7 +299,10 @@ async fn start_services(
     settings: &Settings,
     deps: &Deps,
 ) -> Result<Vec<Running>, store::StoreError> {
-    let options = ListenerOptions::default();
+    let options = ListenerOptions {
+        batch: settings.listener_batch,
+        ..ListenerOptions::default()
+    };
     let mut running = Vec::new();
     for name in settings.role.services() {
         running.push(match *name {

@@ -233,18 +233,24 @@ async fn one_service_can_run_alone() {
 
 #[test]
 fn a_malformed_setting_stops_start_up_with_an_error_naming_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ticketing"))
-        .args(["run", "--port", "0", "--data-dir"])
-        .arg(dir.path())
-        .env("ORDER_EXPIRATION_SECONDS", "soon")
-        .env("RUST_LOG", "off")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("ORDER_EXPIRATION_SECONDS"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    for (name, value) in [
+        ("ORDER_EXPIRATION_SECONDS", "soon"),
+        ("LISTENER_BATCH", "0"),
+        ("LISTENER_BATCH", "many"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_ticketing"))
+            .args(["run", "--port", "0", "--data-dir"])
+            .arg(dir.path())
+            .env(name, value)
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{name}={value} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(name), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,9 +9,10 @@
 //!     size, batches and ack mode. Then latency: one awaited publish at a time,
 //!     publish → handled, p50 and p99. Rounds alternate raw / ours.
 //! (b) Full path: W writers each commit a state change with its outbox row;
-//!     the relay publishes; a listener (C members) runs one consumer
-//!     transaction per event — versus W writers committing plain transactions
-//!     on the same PostgreSQL.
+//!     the relay publishes; a listener (C members) copies each event in a
+//!     consumer transaction, the events each member has in hand together
+//!     (`--batch`, 1 = a transaction per event) — versus W writers
+//!     committing plain transactions on the same PostgreSQL.
 //!
 //! Embedded (`--bus embedded`): the full path on SQLite and the embedded
 //! bus, beside raw rusqlite transactions of the same shape.
@@ -67,6 +68,10 @@ pub struct Args {
     /// Members of the consumer in the full-path phase.
     #[arg(long, default_value_t = 8)]
     consumers: usize,
+    /// The most events a consumer member applies in one transaction in the
+    /// full-path phase (`1`: a transaction per event, as before batching).
+    #[arg(long, default_value_t = ListenerOptions::default().batch)]
+    batch: usize,
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -537,41 +542,42 @@ async fn full_path_rate(
     let handled = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(tokio::sync::Notify::new());
     let total = args.events;
-    let listeners = listener::Listeners::new(
-        bus.clone(),
-        service,
-        ListenerOptions {
-            concurrency: args.consumers,
-            ..ListenerOptions::default()
-        },
-        signal.clone(),
-    )
-    .with_state((handled.clone(), done.clone(), consumer.clone()))
-    .on(
-        move |(h, d, db): (Arc<AtomicUsize>, Arc<tokio::sync::Notify>, store::Db),
-              e: UserCreated,
-              _| {
-            async move {
-                if !consumer_tx {
-                    if h.fetch_add(1, Ordering::Relaxed) + 1 >= total {
-                        d.notify_one();
-                    }
-                    return Ok(Outcome::Done);
-                }
-                db.write(move |c| {
-                    c.execute(
-                        "INSERT INTO copies (id, email) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
-                        &[&e.id.to_string(), &e.email],
-                    )
-                })
-                .await?;
+    let options = ListenerOptions {
+        concurrency: args.consumers,
+        batch: args.batch.max(1),
+        ..ListenerOptions::default()
+    };
+    let listeners = listener::Listeners::new(bus.clone(), service, options, signal.clone())
+        .applying_in(Outbox::new(consumer.clone(), service))
+        .with_state((handled.clone(), done.clone()));
+    let listeners = if consumer_tx {
+        // The copy is written in the transaction the listener opens for
+        // the events it has in hand (a batch).
+        listeners.on_tx(
+            move |(h, d): &(Arc<AtomicUsize>, Arc<tokio::sync::Notify>),
+                  c: &mut bus::outbox::OutboxTx<'_>,
+                  e: UserCreated,
+                  _: &listener::EventContext| {
+                c.execute(
+                    "INSERT INTO copies (id, email) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+                    &[&e.id.to_string(), &e.email],
+                )?;
                 if h.fetch_add(1, Ordering::Relaxed) + 1 >= total {
                     d.notify_one();
                 }
                 Ok(Outcome::Done)
-            }
-        },
-    )
+            },
+        )
+    } else {
+        listeners.on(
+            move |(h, d): (Arc<AtomicUsize>, Arc<tokio::sync::Notify>), _: UserCreated, _| async move {
+                if h.fetch_add(1, Ordering::Relaxed) + 1 >= total {
+                    d.notify_one();
+                }
+                Ok(Outcome::Done)
+            },
+        )
+    }
     .into_tasks();
     // Let the consumer members join before the clock starts.
     tokio::time::sleep(Duration::from_millis(500)).await;
