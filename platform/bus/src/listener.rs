@@ -156,6 +156,25 @@ where
     }
 }
 
+/// A handler of [`Listeners::on_tx`], with the service's state bound in.
+trait TxHandler<E>:
+    Fn(&mut OutboxTx<'_>, E, &EventContext) -> Result<Outcome, ListenerError>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<E, H> TxHandler<E> for H where
+    H: Fn(&mut OutboxTx<'_>, E, &EventContext) -> Result<Outcome, ListenerError>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// A handler that runs inside a transaction it is given
 /// ([`Listeners::on_tx`]): the deliveries in hand are applied together.
 #[derive(Clone)]
@@ -167,11 +186,7 @@ struct InTransaction<H> {
 impl<E, H> Handling<E> for InTransaction<H>
 where
     E: Event,
-    H: Fn(&mut OutboxTx<'_>, E, &EventContext) -> Result<Outcome, ListenerError>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    H: TxHandler<E>,
 {
     fn batch(&self, options: &ListenerOptions) -> usize {
         options.batch.max(1)
@@ -476,11 +491,7 @@ async fn apply_together<E, H>(
 ) -> Result<Vec<Outcome>, BatchFailed>
 where
     E: Event,
-    H: Fn(&mut OutboxTx<'_>, E, &EventContext) -> Result<Outcome, ListenerError>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    H: TxHandler<E>,
 {
     let handler = handling.handler.clone();
     handling
@@ -512,11 +523,7 @@ async fn settle_batch<E, H>(
     deliveries: Vec<Delivery>,
 ) where
     E: Event,
-    H: Fn(&mut OutboxTx<'_>, E, &EventContext) -> Result<Outcome, ListenerError>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    H: TxHandler<E>,
 {
     use tracing::Instrument;
     let subject = E::SUBJECT;

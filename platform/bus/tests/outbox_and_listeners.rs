@@ -488,10 +488,14 @@ async fn the_consumers_span_carries_the_producers_trace_id() {
         let _ = t.await;
     }
     let spans = capture.0.lock().unwrap();
-    let process = spans
-        .iter()
-        .find(|s| s["name"] == "process" && s.get("trace_id") == Some(&producer.trace_id_hex()))
-        .expect("a consumer span");
+    let consumer_span = |group: &str| {
+        spans.iter().find(|s| {
+            s["name"] == "process"
+                && s.get("trace_id") == Some(&producer.trace_id_hex())
+                && s.get("messaging.consumer.group.name").map(String::as_str) == Some(group)
+        })
+    };
+    let process = consumer_span("svc-user-created").expect("a consumer span");
     assert_eq!(process["trace_id"], producer.trace_id_hex());
     assert_eq!(process["span_id"], handled.span_id_hex());
     assert_eq!(process["otel.kind"], "consumer");
@@ -510,14 +514,8 @@ async fn the_consumers_span_carries_the_producers_trace_id() {
         process["parent_span_id"], create["span_id"],
         "the producer's span is the parent"
     );
-    let batched = spans
-        .iter()
-        .find(|s| {
-            s["name"] == "process"
-                && s.get("messaging.consumer.group.name").map(String::as_str)
-                    == Some("svcb-user-created")
-        })
-        .expect("a consumer span of the batched listener");
+    let batched =
+        consumer_span("svcb-user-created").expect("a consumer span of the batched listener");
     assert_eq!(batched["trace_id"], producer.trace_id_hex());
     assert_eq!(batched["span_id"], handled_in_tx.span_id_hex());
     assert_eq!(batched["parent_span_id"], create["span_id"]);

@@ -764,32 +764,8 @@ pub mod testing {
     /// A stream called `name` over `subjects` (a test's own, fixed
     /// subject), replacing one a previous run left; deleted when dropped.
     pub async fn stream_over(bus: &JetStreamBus, name: &str, subjects: &str) -> TestStream {
-        let js = bus.context();
-        let _ = js.delete_stream(name).await;
-        js.create_stream(stream::Config {
-            name: name.into(),
-            subjects: vec![subjects.into()],
-            storage: stream::StorageType::File,
-            duplicate_window: Duration::from_secs(120),
-            max_age: Duration::from_secs(3600),
-            ..Default::default()
-        })
-        .await
-        .expect("create test stream");
-        let _ = js
-            .get_or_create_stream(stream::Config {
-                name: PARKED_STREAM.into(),
-                subjects: vec![format!("{PARKED_PREFIX}.>")],
-                storage: stream::StorageType::File,
-                duplicate_window: Duration::from_secs(120),
-                ..Default::default()
-            })
-            .await;
-        TestStream {
-            name: name.into(),
-            prefix: subjects.trim_end_matches(".>").into(),
-            url: nats_url(),
-        }
+        let _ = bus.context().delete_stream(name).await;
+        create(bus, name.into(), subjects.trim_end_matches(".>").into()).await
     }
 
     /// Creates a file-storage stream over `{prefix}.>` with a fresh prefix,
@@ -802,7 +778,12 @@ pub mod testing {
             .unwrap_or(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let prefix = format!("t{}x{nanos}x{n}", std::process::id());
-        let name = prefix.to_uppercase();
+        create(bus, prefix.to_uppercase(), prefix).await
+    }
+
+    /// A file-storage stream `name` over `{prefix}.>`, and the shared
+    /// parked stream if missing.
+    async fn create(bus: &JetStreamBus, name: String, prefix: String) -> TestStream {
         let js = bus.context();
         js.create_stream(stream::Config {
             name: name.clone(),
