@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bus::listener::ListenerOptions;
 use marketplace_events::API_ROUTES;
 use runtime::engines::{BusChoice, EngineError, engines};
 use runtime::gateway::Upstreams;
@@ -177,7 +178,8 @@ impl Settings {
                 "ORDER_EXPIRATION_SECONDS must be at least 1".into(),
             ));
         }
-        let listener_batch = env_var::<usize>("LISTENER_BATCH")?.unwrap_or(64);
+        let listener_batch =
+            env_var::<usize>("LISTENER_BATCH")?.unwrap_or(ListenerOptions::default().batch);
         if listener_batch == 0 {
             return Err(SettingsError::Invalid(
                 "LISTENER_BATCH must be at least 1".into(),

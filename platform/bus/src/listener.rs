@@ -477,6 +477,16 @@ enum BatchFailed {
     Store(store::StoreError),
 }
 
+impl BatchFailed {
+    /// The error the failing delivery is settled with.
+    fn into_error(self) -> ListenerError {
+        match self {
+            BatchFailed::Handler(_, e) => e,
+            BatchFailed::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<store::StoreError> for BatchFailed {
     fn from(e: store::StoreError) -> Self {
         BatchFailed::Store(e)
@@ -544,13 +554,13 @@ async fn settle_batch<E, H>(
     let together = with_progress(options, &in_hand, apply_together(handling, items)).await;
     let results: Vec<Result<Outcome, ListenerError>> = match together {
         Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-        Err(BatchFailed::Handler(_, e)) if taken.len() == 1 => vec![Err(e)],
-        Err(BatchFailed::Store(e)) if taken.len() == 1 => vec![Err(e.into())],
+        Err(failed) if taken.len() == 1 => vec![Err(failed.into_error())],
         Err(failed) => {
-            let (at, cause) = match &failed {
-                BatchFailed::Handler(i, e) => (Some(*i), store::report(e)),
-                BatchFailed::Store(e) => (None, store::report(e)),
+            let at = match &failed {
+                BatchFailed::Handler(i, _) => Some(*i),
+                BatchFailed::Store(_) => None,
             };
+            let cause = store::report(&failed.into_error());
             tracing::debug!(service, subject, size = taken.len(), failed_at = ?at, error = %cause,
                 "batch rolled back; applying its events one at a time");
             let mut results = Vec::with_capacity(taken.len());
@@ -569,8 +579,7 @@ async fn settle_batch<E, H>(
                     .await;
                 results.push(match result {
                     Ok(mut outcomes) => Ok(outcomes.remove(0)),
-                    Err(BatchFailed::Handler(_, e)) => Err(e),
-                    Err(BatchFailed::Store(e)) => Err(e.into()),
+                    Err(failed) => Err(failed.into_error()),
                 });
             }
             results

@@ -386,3 +386,46 @@ async fn on_jetstream_batches_apply_together_isolate_failures_and_survive_lost_a
     };
     a_batch_committed_but_never_acknowledged_is_applied_once_in_effect(bus, db).await;
 }
+
+/// `ListenerOptions::batch` bounds a batch: at 1 every event is a
+/// transaction of its own, at 4 a backlog of 12 takes three.
+#[tokio::test]
+async fn a_batch_of_one_is_a_transaction_per_event() {
+    a_backlog_of_12_takes(1, 12).await;
+}
+
+#[tokio::test]
+async fn batches_of_four_take_a_backlog_of_12_in_three_transactions() {
+    a_backlog_of_12_takes(4, 3).await;
+}
+
+async fn a_backlog_of_12_takes(batch: usize, commits: u64) {
+    let (dir, bus, db) = embedded().await;
+    // Polled through a handle of its own: its reads are not the
+    // listener's commits.
+    let reader = Db::open_sqlite(&dir.path().join("svc.db"), MIGRATIONS)
+        .await
+        .unwrap();
+    bus.publish_batch((0..12).map(|n| item(n, "ok")).collect())
+        .await
+        .unwrap();
+    let before = db.stats().commits;
+    let service = service();
+    let (trigger, signal) = shutdown::channel();
+    let options = ListenerOptions { batch, ..options() };
+    let tasks = Listeners::new(bus.clone(), service, options, signal)
+        .applying_in(Outbox::new(db.clone(), service))
+        .on_tx(apply_once)
+        .into_tasks();
+    wait_until(
+        "the backlog is applied",
+        Duration::from_secs(20),
+        || async { applied(&reader).await.len() == 12 },
+    )
+    .await;
+    trigger.fire();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(db.stats().commits - before, commits, "batch {batch}");
+}

@@ -208,42 +208,41 @@ impl SqliteDb {
 /// (one, unless SQLite itself rolls a transaction back, which it does on
 /// some storage errors) and answers each caller after its commit.
 fn run_group(conn: &rusqlite::Connection, group: &mut Vec<Box<dyn Queued>>, commits: &AtomicU64) {
+    // A closure alone needs no savepoint: the transaction is its own.
     let alone = group.len() == 1;
     // Closures whose changes wait for the next COMMIT.
     let mut kept: Vec<Box<dyn Queued>> = Vec::new();
     for mut call in group.drain(..) {
         if conn.is_autocommit() {
-            if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-                let e = StoreError::from(e);
+            if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
                 call.answer(Some(&e));
                 continue;
             }
         }
-        // A closure alone needs no savepoint: the transaction is its own.
-        if alone {
-            if call.run(conn) {
-                kept.push(call);
-            } else {
-                rollback(conn);
-                call.answer(None);
+        if !alone {
+            if let Err(e) = exec(conn, "SAVEPOINT queued") {
+                call.answer(Some(&e));
+                continue;
             }
-            continue;
-        }
-        if let Err(e) = conn.execute_batch("SAVEPOINT queued") {
-            let e = StoreError::from(e);
-            call.answer(Some(&e));
-            continue;
         }
         if call.run(conn) {
-            if let Err(e) = conn.execute_batch("RELEASE queued") {
-                let e = StoreError::from(e);
-                call.answer(Some(&e));
+            match if alone {
+                Ok(())
             } else {
-                kept.push(call);
+                exec(conn, "RELEASE queued")
+            } {
+                Ok(()) => kept.push(call),
+                Err(e) => {
+                    abandon(conn, &mut kept, &e);
+                    call.answer(Some(&e));
+                }
             }
             continue;
         }
-        if conn.is_autocommit() {
+        // The closure's own error: undo its changes only.
+        if alone {
+            rollback(conn);
+        } else if conn.is_autocommit() {
             // SQLite rolled the whole transaction back (it does on some
             // storage errors): the closures before this one lost their
             // changes too, and are told so.
@@ -251,36 +250,42 @@ fn run_group(conn: &rusqlite::Connection, group: &mut Vec<Box<dyn Queued>>, comm
                 StoreErrorKind::Storage,
                 "the database rolled the transaction back",
             );
-            for earlier in kept.drain(..) {
-                earlier.answer(Some(&lost));
-            }
-        } else if let Err(e) = conn.execute_batch("ROLLBACK TO queued; RELEASE queued") {
+            abandon(conn, &mut kept, &lost);
+        } else if let Err(e) =
+            exec(conn, "ROLLBACK TO queued").and_then(|()| exec(conn, "RELEASE queued"))
+        {
             // Cannot isolate this closure's changes: none of the group's stand.
-            let e = StoreError::from(e);
-            rollback(conn);
-            for earlier in kept.drain(..) {
-                earlier.answer(Some(&e));
-            }
+            abandon(conn, &mut kept, &e);
         }
         call.answer(None);
     }
     if conn.is_autocommit() {
         return;
     }
-    match conn.execute_batch("COMMIT") {
+    match exec(conn, "COMMIT") {
         Ok(()) => {
             commits.fetch_add(1, Ordering::Relaxed);
             for call in kept {
                 call.answer(None);
             }
         }
-        Err(e) => {
-            let e = StoreError::from(e);
-            rollback(conn);
-            for call in kept {
-                call.answer(Some(&e));
-            }
-        }
+        Err(e) => abandon(conn, &mut kept, &e),
+    }
+}
+
+/// Runs one statement through the connection's statement cache (the
+/// transaction control statements run for every queued closure).
+fn exec(conn: &rusqlite::Connection, sql: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
+
+/// Rolls the open transaction back and tells every closure kept for it
+/// that its changes are gone.
+fn abandon(conn: &rusqlite::Connection, kept: &mut Vec<Box<dyn Queued>>, why: &StoreError) {
+    rollback(conn);
+    for call in kept.drain(..) {
+        call.answer(Some(why));
     }
 }
 
