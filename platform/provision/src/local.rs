@@ -6,12 +6,45 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// A port the OS says is free now (it may be taken before it is used; the
-/// callers start their servers at once).
+/// A port free now for a server the caller starts at once (and may start
+/// again on the same port after killing it).
+///
+/// Chosen below the kernel's ephemeral range: a port the OS hands out for
+/// `bind(0)` comes from that range, and so do the local ports of outgoing
+/// connections (to PostgreSQL, NATS, HTTP), one of which could take it
+/// before the server binds it — which failed a test run with "Address
+/// already in use". Ports are taken in turn from a start that depends on
+/// the process id (no two calls in one process get the same one), and each
+/// is checked by binding it.
 pub fn free_port() -> std::io::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = reserved_range();
+    let span = u32::from(high - low);
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = low + ((start + n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    // Everything below the ephemeral range is taken: let the OS choose.
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// The ports `free_port` chooses from: from 10 000 up to the start of the
+/// ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`, 32 768 by
+/// default).
+fn reserved_range() -> (u16, u16) {
+    const LOW: u16 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    (LOW, ephemeral_start.max(LOW + 1_000))
 }
 
 /// Where a child's stderr goes.
@@ -121,5 +154,28 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Never a port an outgoing connection could be given meanwhile, and
+    /// never the same one twice in a process (tests start servers in
+    /// parallel).
+    #[test]
+    fn free_ports_lie_below_the_ephemeral_range_and_are_not_handed_out_twice() {
+        let (low, high) = reserved_range();
+        let ports: Vec<u16> = (0..200).map(|_| free_port().unwrap()).collect();
+        assert!(
+            ports.iter().all(|p| (low..high).contains(p)),
+            "{ports:?} not in {low}..{high}"
+        );
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len());
+        // A port is free when handed out.
+        let port = free_port().unwrap();
+        std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     }
 }
