@@ -11,7 +11,7 @@ use std::time::Duration;
 use store::Conn as _;
 
 use bus::listener::{EventContext, ListenerError, ListenerOptions, Outcome};
-use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
+use bus::outbox::{OUTBOX_TABLE_SQL, Outbox, OutboxTx};
 use marketplace_events::OrderId;
 use marketplace_events::{ExpirationComplete, OrderCreated};
 use runtime::service::{Deps, Running};
@@ -42,21 +42,20 @@ pub static MIGRATIONS: &[Migration] = &[
     },
 ];
 
-/// Stores (once) a timer for an order.
-async fn on_order_created(
-    (db, wake): (Db, Arc<Notify>),
+/// Stores (once) a timer for an order (with the others in hand, in one
+/// transaction) and wakes the scheduler once that has committed.
+fn on_order_created(
+    wake: &Arc<Notify>,
+    c: &mut OutboxTx<'_>,
     e: OrderCreated,
-    ctx: EventContext,
+    ctx: &EventContext,
 ) -> Result<Outcome, ListenerError> {
-    let trace = ctx.trace;
-    db.write(move |c| {
-        c.execute(
-            "INSERT INTO timers (order_id, expires_at, traceparent) VALUES ($1, $2, $3) ON CONFLICT (order_id) DO NOTHING",
-            &[&e.id, &e.expires_at, &trace.to_string()],
-        )
-    })
-    .await?;
-    wake.notify_one();
+    c.execute(
+        "INSERT INTO timers (order_id, expires_at, traceparent) VALUES ($1, $2, $3) ON CONFLICT (order_id) DO NOTHING",
+        &[&e.id, &e.expires_at, &ctx.trace.to_string()],
+    )?;
+    let wake = wake.clone();
+    c.after_commit(move || wake.notify_one());
     Ok(Outcome::Done)
 }
 
@@ -214,8 +213,8 @@ pub async fn start(deps: &Deps, listener_options: ListenerOptions) -> Result<Run
     let health = SchedulerHealth::default();
     let mut tasks = base
         .listeners(listener_options)
-        .with_state((base.db.clone(), wake.clone()))
-        .on(on_order_created)
+        .with_state(wake.clone())
+        .on_tx(on_order_created)
         .into_tasks();
     let scheduler = run_scheduler(
         base.db.clone(),

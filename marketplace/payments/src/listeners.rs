@@ -15,11 +15,11 @@ pub(crate) fn spawn(state: &AppState, listeners: Listeners) -> Vec<tokio::task::
     listeners
         .with_state(state.clone())
         .on_tx(on_created)
-        .on(|state, e: OrderCancelled, ctx| {
-            on_finished(state, e.id, e.version, OrderStatus::Cancelled, ctx)
+        .on_tx(|state, c, e: OrderCancelled, _| {
+            on_finished(state, c, e.id, e.version, OrderStatus::Cancelled)
         })
-        .on(|state, e: OrderCompleted, ctx| {
-            on_finished(state, e.id, e.version, OrderStatus::Complete, ctx)
+        .on_tx(|state, c, e: OrderCompleted, _| {
+            on_finished(state, c, e.id, e.version, OrderStatus::Complete)
         })
         .into_tasks()
 }
@@ -47,48 +47,43 @@ fn on_created(
 }
 
 /// The order reached its end: the replica takes it and, in the same
-/// transaction, the order's hold gets its verdict (a durable obligation the
-/// settler keeps if what follows fails). The capture or void is then tried
-/// at once, in a task of its own.
-async fn on_finished(
-    state: AppState,
+/// transaction (with the other verdicts in hand), the order's hold gets its
+/// verdict — a durable obligation the settler keeps if what follows fails.
+/// Once that has committed, the capture or void is tried at once, in a task
+/// of its own: the gateway's latency does not queue the verdicts behind it.
+fn on_finished(
+    state: &AppState,
+    c: &mut OutboxTx<'_>,
     id: OrderId,
     version: i64,
     status: OrderStatus,
-    _: EventContext,
 ) -> Result<Outcome, ListenerError> {
-    let now = state.clock.now();
-    let (outcome, work) = state
-        .db
-        .write(move |c| {
-            let stored: Option<i64> = c
-                .query_opt(
-                    "SELECT version FROM orders WHERE id = $1 FOR UPDATE",
-                    &[&id],
-                )?
-                .map(|r| r.get(0))
-                .transpose()?;
-            if let Some(outcome) = check_version(&format!("order {id}"), stored, version) {
-                return Ok::<_, ListenerError>((outcome, None));
-            }
-            c.execute(
-                "UPDATE orders SET status = $2, version = $3 WHERE id = $1",
-                &[&id, &status.as_str(), &version],
-            )?;
-            let work = saga::apply_verdict(c, id, status == OrderStatus::Complete, now)?;
-            Ok((Outcome::Done, work))
-        })
-        .await?;
+    let stored: Option<i64> = c
+        .query_opt(
+            "SELECT version FROM orders WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )?
+        .map(|r| r.get(0))
+        .transpose()?;
+    if let Some(outcome) = check_version(&format!("order {id}"), stored, version) {
+        return Ok(outcome);
+    }
+    c.execute(
+        "UPDATE orders SET status = $2, version = $3 WHERE id = $1",
+        &[&id, &status.as_str(), &version],
+    )?;
+    let work = saga::apply_verdict(c, id, status == OrderStatus::Complete, state.clock.now())?;
     if let Some((payment, _)) = work {
-        // Settled beside the listener, which moves on to the next verdict:
-        // the gateway's latency does not queue the verdicts behind it. The
-        // verdict is stored, so a failure or a crash here is the settler's
-        // to retry.
-        tokio::spawn(async move {
-            if let Err(e) = saga::settle(&state, payment).await {
-                tracing::warn!(%payment, error = %store::report(&e), "cannot settle the payment now; the settler will retry");
-            }
+        let state = state.clone();
+        c.after_commit(move || {
+            // A failure or a crash from here on is the settler's to retry:
+            // the verdict is stored.
+            tokio::spawn(async move {
+                if let Err(e) = saga::settle(&state, payment).await {
+                    tracing::warn!(%payment, error = %store::report(&e), "cannot settle the payment now; the settler will retry");
+                }
+            });
         });
     }
-    Ok(outcome)
+    Ok(Outcome::Done)
 }

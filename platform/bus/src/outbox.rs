@@ -37,7 +37,11 @@ const BATCH: i64 = 256;
 /// the change it announces, and the relay is woken once that commits.
 pub struct OutboxTx<'a> {
     conn: &'a mut dyn Conn,
+    after_commit: Vec<AfterCommit>,
 }
+
+/// Work that runs once a transaction has committed (and never if it did not).
+type AfterCommit = Box<dyn FnOnce() + Send>;
 
 /// Statements run on the transaction's connection, so code written for
 /// any [`Conn`] takes an `OutboxTx` too.
@@ -73,6 +77,15 @@ impl OutboxTx<'_> {
         now: Timestamp,
     ) -> Result<EventId, StoreError> {
         enqueue(self.conn, event, trace, now)
+    }
+
+    /// Runs `f` on the caller's runtime once this transaction has committed
+    /// — to wake a task or start work the committed rows ask for; dropped
+    /// unrun if the transaction rolls back (also when it is part of a
+    /// listener's batch that is rolled back and applied again one event at
+    /// a time: each attempt registers its own).
+    pub fn after_commit(&mut self, f: impl FnOnce() + Send + 'static) {
+        self.after_commit.push(Box::new(f));
     }
 }
 
@@ -216,12 +229,20 @@ impl Outbox {
         let result = self
             .inner
             .db
-            .write(move |conn| f(&mut OutboxTx { conn }))
+            .write(move |conn| {
+                let mut tx = OutboxTx {
+                    conn,
+                    after_commit: Vec::new(),
+                };
+                f(&mut tx).map(|value| (value, tx.after_commit))
+            })
             .await;
-        if result.is_ok() {
-            self.wake();
+        let (value, after_commit) = result?;
+        self.wake();
+        for f in after_commit {
+            f();
         }
-        result
+        Ok(value)
     }
 
     /// Tells the relay new rows were committed (it also polls, so a missed

@@ -429,3 +429,54 @@ async fn a_backlog_of_12_takes(batch: usize, commits: u64) {
     }
     assert_eq!(db.stats().commits - before, commits, "batch {batch}");
 }
+
+/// Work a handler asks to run after its commit (`OutboxTx::after_commit`)
+/// runs once for every event applied — never for an attempt that was rolled
+/// back: the batch holding a poison event registers work for all of its
+/// events before it fails, and only the retries one at a time that commit
+/// run theirs.
+#[tokio::test]
+async fn work_after_commit_runs_once_per_applied_event_and_never_for_a_rollback() {
+    type Ran = Arc<std::sync::Mutex<Vec<i64>>>;
+    fn apply_then_note(
+        ran: &Ran,
+        c: &mut OutboxTx<'_>,
+        e: Item,
+        ctx: &EventContext,
+    ) -> Result<Outcome, ListenerError> {
+        let (ran, n) = (ran.clone(), e.n);
+        c.after_commit(move || ran.lock().unwrap().push(n));
+        apply(&(), c, e, ctx)
+    }
+    let (_dir, bus, db) = embedded().await;
+    bus.publish_batch(
+        (0..10)
+            .map(|n| item(n, if n == 5 { "poison" } else { "ok" }))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    let ran: Ran = Default::default();
+    let service = service();
+    let (trigger, signal) = shutdown::channel();
+    let tasks = Listeners::new(bus.clone(), service, options(), signal)
+        .applying_in(Outbox::new(db.clone(), service))
+        .with_state(ran.clone())
+        .on_tx(apply_then_note)
+        .into_tasks();
+    let durable = listener::durable_name(service, Item::SUBJECT);
+    wait_until(
+        "the poison item is parked",
+        Duration::from_secs(30),
+        || async { bus.parked(&durable).await.unwrap().len() == 1 },
+    )
+    .await;
+    trigger.fire();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut ran = ran.lock().unwrap().clone();
+    ran.sort();
+    assert_eq!(ran, [0, 1, 2, 3, 4, 6, 7, 8, 9]);
+    assert_eq!(applied(&db).await.len(), 9);
+}
