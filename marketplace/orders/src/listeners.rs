@@ -76,7 +76,7 @@ fn on_user_banned(
         .map(|r| r.get(0))
         .collect::<Result<_, _>>()?;
     for id in &open {
-        let Some(mut order) = Order::find_for_update(c, *id)? else {
+        let Some(mut order) = Order::find_for_status_change(c, *id)? else {
             continue;
         };
         if order.status != OrderStatus::Created {
@@ -148,7 +148,7 @@ fn on_expired(
     e: ExpirationComplete,
     ctx: &EventContext,
 ) -> Result<Outcome, ListenerError> {
-    let Some(mut order) = Order::find_for_update(c, e.order_id)? else {
+    let Some(mut order) = Order::find_for_status_change(c, e.order_id)? else {
         tracing::warn!(order_id = %e.order_id, "expiration for an unknown order");
         return Ok(Outcome::Done);
     };
@@ -173,7 +173,7 @@ fn on_authorized(
     e: PaymentAuthorized,
     ctx: &EventContext,
 ) -> Result<Outcome, ListenerError> {
-    let Some(mut order) = Order::find_for_update(c, e.order_id)? else {
+    let Some(mut order) = Order::find_for_status_change(c, e.order_id)? else {
         // Payments voids a hold that gets no verdict within its bound.
         tracing::warn!(order_id = %e.order_id, "payment for an unknown order");
         return Ok(Outcome::Done);

@@ -134,6 +134,22 @@ impl Order {
             .transpose()
     }
 
+    /// Finds an order and locks its row alone (not its ticket's) until the
+    /// transaction ends: for listeners, which only change the order's
+    /// status. They apply events in batches, locking many orders in one
+    /// transaction; taking each ticket's row as well made them deadlock with
+    /// the ticket replica's batch, which locks tickets in its own order
+    /// (PostgreSQL broke each such cycle only after its 1 s deadlock
+    /// timeout).
+    pub(crate) fn find_for_status_change(
+        c: &mut dyn Conn,
+        id: OrderId,
+    ) -> Result<Option<Order>, StoreError> {
+        c.query_opt(&format!("{SELECT} WHERE o.id = $1 FOR UPDATE OF o"), &[&id])?
+            .map(|r| Order::from_row(&r))
+            .transpose()
+    }
+
     pub(crate) fn find(c: &mut dyn Conn, id: OrderId) -> Result<Option<Order>, StoreError> {
         c.query_opt(&format!("{SELECT} WHERE o.id = $1"), &[&id])?
             .map(|r| Order::from_row(&r))

@@ -709,3 +709,50 @@ async fn a_withdrawn_ticket_cannot_be_ordered_until_it_is_back_on_sale() {
     app.publish(&update(2, TicketStatus::Available)).await;
     until_orderable(&app, &token, id).await;
 }
+
+/// A payment's verdict completes its order while another transaction holds
+/// the order's ticket row — as the ticket replica's listener does while it
+/// applies a batch of ticket updates. The verdict's listener used to lock
+/// the ticket row too, so batches of the two deadlocked (PostgreSQL broke
+/// each cycle only after its 1 s deadlock timeout: a second's stall of
+/// purchases on the engines). PostgreSQL only: SQLite has no row locks.
+#[tokio::test]
+async fn a_payment_completes_its_order_while_its_ticket_row_is_locked() {
+    let app = app().await;
+    let runtime::service::Databases::Postgres { urls, .. } = &app.deps.databases else {
+        store::testing::skipped("row locks: PostgreSQL only (TICKETING_TEST_ON_ENGINES=1)");
+        return;
+    };
+    let (seller, _) = app.user();
+    let (_, buyer) = app.user();
+    let t = ticket(&app, seller, 100).await;
+    let placed: Value = order(&app, &buyer, t).await.json().await.unwrap();
+    let id = OrderId::parse(placed["id"].as_str().unwrap()).unwrap();
+
+    let other = store::Db::open_postgres(&urls["orders"], 1, &[])
+        .await
+        .unwrap();
+    let (locked, is_locked) = tokio::sync::oneshot::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let holder = tokio::spawn(async move {
+        other
+            .write(move |c| {
+                c.query("SELECT id FROM tickets WHERE id = $1 FOR UPDATE", &[&t])?;
+                let _ = locked.send(());
+                let _ = released.recv_timeout(Duration::from_secs(30));
+                Ok::<_, store::StoreError>(())
+            })
+            .await
+    });
+    is_locked.await.unwrap();
+    app.publish(&PaymentAuthorized {
+        id: PaymentId::new(),
+        order_id: id,
+        authorization_id: "pi_locked".into(),
+        amount_cents: Money::from_cents(100),
+    })
+    .await;
+    until_status(&app, &buyer, &id.to_string(), "complete").await;
+    release.send(()).unwrap();
+    holder.await.unwrap().unwrap();
+}

@@ -357,18 +357,10 @@ fn params(params: &[&dyn ToValue]) -> Vec<Param> {
 /// Adapts portable SQL to SQLite: `$N` placeholders become `?N`, which binds
 /// by explicit index (SQLite reads `$N` as a *named* parameter numbered by
 /// first appearance, which breaks when `$2` appears before `$1`), and a
-/// trailing `FOR UPDATE` is dropped (one writer needs no row locks).
+/// trailing `FOR UPDATE` (or `FOR UPDATE OF t, …`) is dropped (one writer
+/// needs no row locks).
 fn rewrite_placeholders(sql: &str) -> std::borrow::Cow<'_, str> {
-    let trimmed = sql.trim_end();
-    let sql = match trimmed.len().checked_sub(" FOR UPDATE".len()) {
-        Some(at)
-            if trimmed.is_char_boundary(at)
-                && trimmed[at..].eq_ignore_ascii_case(" FOR UPDATE") =>
-        {
-            &trimmed[..at]
-        }
-        _ => sql,
-    };
+    let sql = without_row_lock(sql);
     if !sql.contains('$') {
         return std::borrow::Cow::Borrowed(sql);
     }
@@ -438,6 +430,28 @@ impl Conn for SqliteConn<'_> {
     }
 }
 
+/// `sql` without a trailing `FOR UPDATE` or `FOR UPDATE OF <tables>`.
+fn without_row_lock(sql: &str) -> &str {
+    let trimmed = sql.trim_end();
+    // ASCII upper-casing keeps every byte where it was.
+    let upper = trimmed.to_ascii_uppercase();
+    let Some(at) = upper.rfind(" FOR UPDATE") else {
+        return sql;
+    };
+    let rest = upper[at + " FOR UPDATE".len()..].trim_start();
+    let of_tables = rest.strip_prefix("OF ").is_some_and(|tables| {
+        tables.split(',').all(|t| {
+            let t = t.trim();
+            !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+    });
+    if rest.is_empty() || of_tables {
+        &trimmed[..at]
+    } else {
+        sql
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::rewrite_placeholders;
@@ -451,6 +465,20 @@ mod tests {
         assert_eq!(
             rewrite_placeholders("SELECT 'for update'"),
             "SELECT 'for update'"
+        );
+        assert_eq!(
+            rewrite_placeholders(
+                "SELECT 1 FROM o JOIN t ON t.id = o.t WHERE o.id = $1 FOR UPDATE OF o"
+            ),
+            "SELECT 1 FROM o JOIN t ON t.id = o.t WHERE o.id = ?1"
+        );
+        assert_eq!(
+            rewrite_placeholders("SELECT 1 FROM o, t for update of o, t"),
+            "SELECT 1 FROM o, t"
+        );
+        assert_eq!(
+            rewrite_placeholders("SELECT ' FOR UPDATE OF x' || name FROM t"),
+            "SELECT ' FOR UPDATE OF x' || name FROM t"
         );
     }
 
