@@ -38,6 +38,10 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "markdown")]
         format: crate::catalogue::Format,
     },
+    /// Parked messages (events a consumer gave up on): list, show, replay
+    /// to the consumer that parked them, or discard — through the running
+    /// system's admin API, as an admin.
+    Parked(crate::parked::ParkedArgs),
     /// Operator commands on the payments service's data.
     Payments(PaymentsArgs),
     /// Exit 0 if URL answers 2xx within 3 s, else 1 with the reason: a health

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod docs;
 pub mod drill;
+pub mod parked;
 pub mod streams;
 
 use std::sync::Arc;
@@ -34,6 +35,7 @@ pub async fn main(cli: cli::Cli) -> Result<u8, Box<dyn std::error::Error>> {
         Some(cli::Command::Blog(command)) => return blog::main(command).await,
         Some(cli::Command::Probe { url }) => return Ok(probe(&url).await),
         Some(cli::Command::Payments(args)) => return payments_command(args).await,
+        Some(cli::Command::Parked(args)) => return parked::run(args).await,
         Some(cli::Command::Events { format }) => {
             print_report(&catalogue::render(format).trim_end());
             return Ok(0);
@@ -124,7 +126,7 @@ async fn probe(url: &str) -> u8 {
 
 /// A drill's report goes to stdout: it is the command's output.
 #[allow(clippy::print_stdout)]
-fn print_report(report: &impl std::fmt::Display) {
+pub(crate) fn print_report(report: &impl std::fmt::Display) {
     println!("{report}");
 }
 

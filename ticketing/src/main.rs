@@ -21,6 +21,7 @@ fn main() -> std::process::ExitCode {
             Some(
                 ticketing::cli::Command::Streams(_)
                     | ticketing::cli::Command::Probe { .. }
+                    | ticketing::cli::Command::Parked(_)
                     | ticketing::cli::Command::Events { .. }
                     | ticketing::cli::Command::Blog(ticketing::blog::BlogCommand {
                         command: Some(ticketing::blog::BlogSubcommand::Streams(_)),

@@ -102,9 +102,12 @@ fn routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
     users::router().merge(admin::router())
 }
 
-/// The OpenAPI description of the routes.
+/// The OpenAPI description of the routes (the operator's routes over
+/// parked messages, which auth serves for the marketplace, included).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().into_openapi()
+    let mut api = routes().into_openapi();
+    api.merge(runtime::parked::routes().into_openapi());
+    api
 }
 
 /// Opens the database, starts the outbox relay and returns the routes.
@@ -112,16 +115,20 @@ pub async fn start(deps: &Deps, config: Config) -> Result<Running, store::StoreE
     let base = deps
         .open_service(marketplace_events::service_events(SERVICE), MIGRATIONS)
         .await?;
+    let admins: Arc<[String]> = config.admin_emails.into();
+    let parked =
+        runtime::parked::ParkedAdmin::new(deps.bus.clone(), deps.keys.clone(), admins.clone());
     let state = base.state(
         deps,
         Limits {
             limiter: Arc::new(RateLimiter::new(config.attempts_per_window, config.window)),
             trusted_proxies: config.trusted_proxies,
-            admins: config.admin_emails.into(),
+            admins,
         },
     );
     // Warm the dummy hash now so the first unknown-email sign-in is not
     // measurably slower than the rest.
     tokio::task::spawn_blocking(password::warm_up);
-    Ok(base.running(router(state), Vec::new()))
+    let routes = router(state).merge(runtime::parked::router(parked));
+    Ok(base.running(routes, Vec::new()))
 }

@@ -810,3 +810,227 @@ async fn another_process_rejects_ended_sessions_from_the_events_even_one_started
     }
     assert!(late.verify(&admin).is_some());
 }
+
+/// An admin's request to `path` (`body`: a JSON body).
+async fn admin_call(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut req = reqwest::Client::new()
+        .request(method, app.url(path))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    req.send().await.unwrap()
+}
+
+/// The operator's API over parked messages (served by auth for the
+/// marketplace): admins only; lists with filters, shows a message whole,
+/// replays it to the durable that parked it — once — and discards it with
+/// a reason.
+#[tokio::test]
+async fn admins_find_show_replay_and_discard_parked_messages() {
+    let app = admin_app().await;
+    let (_, admin) = session(&app, ADMIN).await;
+    let (_, ann) = session(&app, "ann@example.com").await;
+    let res = reqwest::Client::new()
+        .get(app.url("/api/admin/parked"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let res = admin_call(&app, Method::GET, "/api/admin/parked", &ann, None).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+
+    // A consumer of the test's own gives up on two messages.
+    let durable = "opstest-user-created";
+    let mut sub = app
+        .bus
+        .subscribe(bus::ConsumerConfig::new(durable, "user.created"))
+        .await
+        .unwrap();
+    for id in ["ops-1", "ops-2"] {
+        app.bus
+            .publish(bus::Message {
+                subject: "user.created".into(),
+                id: id.into(),
+                headers: vec![(
+                    "traceparent".into(),
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+                )],
+                payload: br#"{"bad":1}"#.to_vec(),
+            })
+            .await
+            .unwrap();
+    }
+    let mut termed = 0;
+    while termed < 2 {
+        let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("a delivery")
+            .unwrap()
+            .unwrap();
+        if d.message.id.starts_with("ops-") {
+            d.term("handler bug").await.unwrap();
+            termed += 1;
+        } else {
+            d.ack().await.unwrap();
+        }
+    }
+    let list = |query: &'static str| {
+        let (app, admin) = (&app, &admin);
+        async move {
+            let res = admin_call(
+                app,
+                Method::GET,
+                &format!("/api/admin/parked?consumer={durable}{query}"),
+                admin,
+                None,
+            )
+            .await;
+            assert_eq!(res.status(), StatusCode::OK);
+            res.json::<Vec<Value>>().await.unwrap()
+        }
+    };
+    let parked = list("").await;
+    assert_eq!(parked.len(), 2, "{parked:?}");
+    assert_eq!(parked[0]["messageId"], "ops-1");
+    assert_eq!(parked[0]["state"], "parked");
+    assert_eq!(parked[0]["reason"], "terminated: handler bug");
+    assert!(
+        parked[0].get("payload").is_none(),
+        "the list leaves payloads out"
+    );
+    let (first, second) = (
+        parked[0]["id"].as_u64().unwrap(),
+        parked[1]["id"].as_u64().unwrap(),
+    );
+
+    let shown: Value = admin_call(
+        &app,
+        Method::GET,
+        &format!("/api/admin/parked/{first}"),
+        &admin,
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(shown["payload"], json!({"bad": 1}));
+    assert_eq!(shown["traceId"], "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(shown["subject"], "user.created");
+    assert_eq!(shown["consumer"], durable);
+    for missing in ["/api/admin/parked/987654321", "/api/admin/parked/abc"] {
+        let res = admin_call(&app, Method::GET, missing, &admin, None).await;
+        assert_eq!(res.status(), StatusCode::NOT_FOUND, "{missing}");
+    }
+
+    // Replayed to this durable, once.
+    let path = format!("/api/admin/parked/{first}/replay");
+    let res = admin_call(&app, Method::POST, &path, &ann, None).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let res = admin_call(&app, Method::POST, &path, &admin, None).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.json::<Value>().await.unwrap()["state"], "replayed");
+    let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("the replay")
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.message.id, "ops-1");
+    d.ack().await.unwrap();
+    let res = admin_call(&app, Method::POST, &path, &admin, None).await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        errors(res).await[0].1,
+        format!("Parked message {first} was replayed already")
+    );
+
+    // Discarded with a reason, which is required.
+    let path = format!("/api/admin/parked/{second}/discard");
+    let res = admin_call(&app, Method::POST, &path, &admin, Some(json!({}))).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let res = admin_call(
+        &app,
+        Method::POST,
+        &path,
+        &admin,
+        Some(json!({"reason": "refunded by hand"})),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["state"], "discarded");
+    assert!(
+        body["discardReason"]
+            .as_str()
+            .unwrap()
+            .starts_with("refunded by hand")
+    );
+
+    // Nothing waits now; the history is there.
+    assert!(list("").await.is_empty());
+    assert_eq!(list("&state=all").await.len(), 2);
+    assert_eq!(list("&state=discarded").await.len(), 1);
+    assert!(
+        list("&state=all&since=2999-01-01T00:00:00Z")
+            .await
+            .is_empty()
+    );
+    for bad in [
+        format!("consumer={durable}&state=bogus"),
+        format!("consumer={durable}&since=yesterday"),
+        "consumer=a.%3E".to_owned(),
+    ] {
+        let res = admin_call(
+            &app,
+            Method::GET,
+            &format!("/api/admin/parked?{bad}"),
+            &admin,
+            None,
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    for bad in [
+        json!({}),
+        json!({"consumer": "a b"}),
+        json!({"ids": [1], "all": true}),
+    ] {
+        let res = admin_call(
+            &app,
+            Method::POST,
+            "/api/admin/parked/replay",
+            &admin,
+            Some(bad.clone()),
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let res = admin_call(
+        &app,
+        Method::POST,
+        "/api/admin/parked/0/replay",
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let res = admin_call(
+        &app,
+        Method::POST,
+        "/api/admin/parked/replay",
+        &admin,
+        Some(json!({"ids": [first, second, 987654321u64]})),
+    )
+    .await;
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"replayed": [], "skipped": [first, second, 987654321u64]})
+    );
+}

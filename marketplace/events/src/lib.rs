@@ -465,6 +465,8 @@ pub fn service_events(service: &str) -> &'static ServiceEvents {
 /// and the Helm chart's ingress mirrors it (a deploy test holds that).
 pub const API_ROUTES: &[(&str, &str)] = &[
     ("/api/users", "auth"),
+    // The operator's routes (parked messages), served by auth.
+    ("/api/admin", "auth"),
     ("/api/tickets", "tickets"),
     ("/api/orders", "orders"),
     ("/api/payments", "payments"),

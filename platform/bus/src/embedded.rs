@@ -8,13 +8,14 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shared::time::Clock;
+use shared::time::{Clock, Timestamp};
 use store::{Conn, Db, Migration, StoreError};
 use tokio::sync::Notify;
 
 use crate::{
     Acker, Bus, BusError, BusErrorKind, ConsumerConfig, Delivery, DeliverySource, Message,
-    ParkedMessage, PublishAck, Subscription, Watch, WatchSource, Watched, subject,
+    ParkedFilter, ParkedMessage, ParkedState, PublishAck, Resolution, Subscription, Watch,
+    WatchSource, Watched, subject,
 };
 
 static MIGRATIONS: &[Migration] = &[
@@ -60,6 +61,32 @@ static MIGRATIONS: &[Migration] = &[
         version: 2,
         description: "messages by publication time, for watches",
         sql: "CREATE INDEX messages_published_at ON messages (published_at);",
+    },
+    Migration {
+        version: 3,
+        description: "parked-message records an operator can act on; a delivery's last error",
+        sql: "
+        ALTER TABLE pending ADD COLUMN last_error TEXT;
+        CREATE TABLE parked_records (
+            id INTEGER PRIMARY KEY,
+            consumer TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            subject TEXT NOT NULL,
+            msg_id TEXT NOT NULL,
+            deliveries BIGINT NOT NULL,
+            reason TEXT NOT NULL,
+            parked_at BIGINT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'parked',
+            resolved_at BIGINT,
+            resolution TEXT
+        );
+        INSERT INTO parked_records (consumer, seq, subject, msg_id, deliveries, reason, parked_at)
+            SELECT consumer, seq, subject, msg_id, deliveries, reason, parked_at
+            FROM parked ORDER BY parked_at, seq;
+        DROP TABLE parked;
+        ALTER TABLE parked_records RENAME TO parked;
+        CREATE UNIQUE INDEX parked_waiting ON parked (consumer, seq) WHERE state = 'parked';
+    ",
     },
 ];
 
@@ -243,6 +270,27 @@ impl EmbeddedBus {
         })
     }
 
+    /// Replays (`discard` None) or discards a parked-message record.
+    async fn resolve(&self, record: u64, discard: Option<String>) -> Result<Resolution, BusError> {
+        let now = self.inner.clock.now().millis();
+        let id = i64::try_from(record).unwrap_or(i64::MAX);
+        let resolution = self
+            .inner
+            .db
+            .write(move |c| match &discard {
+                None => resolve(c, id, true, "", now),
+                Some(reason) => resolve(c, id, false, reason, now),
+            })
+            .await?;
+        if let Resolution::Done(p) = &resolution {
+            crate::report_resolved(p);
+            if matches!(p.state, ParkedState::Replayed { .. }) {
+                self.inner.wake.notify_waiters();
+            }
+        }
+        Ok(resolution)
+    }
+
     async fn publish_all(&self, msgs: Vec<Message>) -> Result<Vec<PublishAck>, BusError> {
         let now = self.inner.clock.now().millis();
         let consumers = self.inner.consumers.clone();
@@ -342,55 +390,145 @@ fn insert_message(
     })
 }
 
+/// Why a message is parked: `terminated` (the reason it was terminated
+/// with), or else it ran out of deliveries — with its handler's last error
+/// when one was reported.
+fn park_reason(deliveries: i64, terminated: Option<&str>, last_error: Option<&str>) -> String {
+    match (terminated, last_error) {
+        (Some(reason), _) => format!("terminated: {reason}"),
+        (None, Some(e)) => {
+            format!("not acknowledged after {deliveries} deliveries; last error: {e}")
+        }
+        (None, None) => format!("not acknowledged after {deliveries} deliveries"),
+    }
+}
+
 fn park(
     c: &mut dyn Conn,
     consumer: &str,
     seq: i64,
-    reason: &str,
+    terminated: Option<&str>,
     now: i64,
 ) -> Result<Option<ParkedMessage>, StoreError> {
     let Some(row) = c.query_opt(
-        "SELECT p.deliveries, m.subject, m.msg_id FROM pending p JOIN messages m ON m.seq = p.seq
-         WHERE p.consumer = $1 AND p.seq = $2",
+        "SELECT deliveries, last_error FROM pending WHERE consumer = $1 AND seq = $2",
         &[&consumer, &seq],
     )?
     else {
         return Ok(None); // already acked or parked
     };
-    let parked = ParkedMessage {
-        consumer: consumer.to_owned(),
-        seq: seq as u64,
-        subject: row.get(1)?,
-        id: row.get(2)?,
-        deliveries: row.get(0)?,
-        reason: reason.to_owned(),
-    };
+    let deliveries: i64 = row.get(0)?;
+    let reason = park_reason(
+        deliveries,
+        terminated,
+        row.get::<Option<String>>(1)?.as_deref(),
+    );
     c.execute(
         "DELETE FROM pending WHERE consumer = $1 AND seq = $2",
         &[&consumer, &seq],
     )?;
-    c.execute(
+    let inserted = c.query(
         "INSERT INTO parked (consumer, seq, subject, msg_id, deliveries, reason, parked_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-        &[
-            &consumer,
-            &seq,
-            &parked.subject,
-            &parked.id,
-            &parked.deliveries,
-            &reason,
-            &now,
-        ],
+         SELECT $1, seq, subject, msg_id, $3, $4, $5 FROM messages WHERE seq = $2
+         ON CONFLICT DO NOTHING RETURNING id",
+        &[&consumer, &seq, &deliveries, &reason, &now],
     )?;
-    Ok(Some(parked))
+    match inserted.first() {
+        Some(r) => Ok(read_parked(c, Some(r.get(0)?))?.pop()),
+        None => Ok(None),
+    }
+}
+
+/// Parked-message records, oldest first: all of them, or the one `id` names.
+fn read_parked(c: &mut dyn Conn, id: Option<i64>) -> Result<Vec<ParkedMessage>, StoreError> {
+    const SELECT: &str = "SELECT p.id, p.consumer, p.seq, p.subject, p.msg_id, p.deliveries,
+            p.reason, p.parked_at, p.state, p.resolved_at, p.resolution, m.headers, m.payload
+        FROM parked p LEFT JOIN messages m ON m.seq = p.seq";
+    let rows = match id {
+        Some(id) => c.query(&format!("{SELECT} WHERE p.id = $1"), &[&id])?,
+        None => c.query(&format!("{SELECT} ORDER BY p.id"), &[])?,
+    };
+    rows.iter()
+        .map(|r| {
+            let at = || -> Result<Timestamp, StoreError> {
+                Ok(Timestamp::from_millis(
+                    r.get::<Option<i64>>(9)?.unwrap_or_default(),
+                ))
+            };
+            let state = match r.get::<String>(8)?.as_str() {
+                "replayed" => ParkedState::Replayed { at: at()? },
+                "discarded" => ParkedState::Discarded {
+                    at: at()?,
+                    reason: r.get::<Option<String>>(10)?.unwrap_or_default(),
+                },
+                _ => ParkedState::Parked,
+            };
+            Ok(ParkedMessage {
+                record: r.get::<i64>(0)? as u64,
+                consumer: r.get(1)?,
+                seq: r.get::<i64>(2)? as u64,
+                subject: r.get(3)?,
+                id: r.get(4)?,
+                headers: decode_headers(&r.get::<Option<String>>(11)?.unwrap_or_default()),
+                payload: r
+                    .get::<Option<String>>(12)?
+                    .unwrap_or_default()
+                    .into_bytes(),
+                deliveries: r.get::<i64>(5)? as u32,
+                reason: r.get(6)?,
+                parked_at: Timestamp::from_millis(r.get(7)?),
+                state,
+            })
+        })
+        .collect()
+}
+
+/// Marks a waiting record replayed (`replay`, making its message pending
+/// for its consumer again) or discarded.
+fn resolve(
+    c: &mut dyn Conn,
+    id: i64,
+    replay: bool,
+    reason: &str,
+    now: i64,
+) -> Result<Resolution, StoreError> {
+    let Some(record) = read_parked(c, Some(id))?.pop() else {
+        return Ok(Resolution::NotFound);
+    };
+    if record.state != ParkedState::Parked {
+        return Ok(Resolution::Already(record));
+    }
+    let (state, resolution) = if replay {
+        ("replayed", None)
+    } else {
+        ("discarded", Some(reason))
+    };
+    c.execute(
+        "UPDATE parked SET state = $2, resolved_at = $3, resolution = $4 WHERE id = $1",
+        &[&id, &state, &now, &resolution],
+    )?;
+    if replay {
+        c.execute(
+            "INSERT INTO pending (consumer, seq, deliveries, visible_at) VALUES ($1, $2, 0, $3)
+             ON CONFLICT DO NOTHING",
+            &[&record.consumer, &(record.seq as i64), &now],
+        )?;
+    }
+    let record = read_parked(c, Some(id))?
+        .pop()
+        .expect("the record just updated");
+    Ok(Resolution::Done(record))
 }
 
 fn report_parked(p: &ParkedMessage) {
-    tracing::warn!(
-        consumer = %p.consumer, seq = p.seq, subject = %p.subject, msg_id = %p.id,
-        deliveries = p.deliveries, reason = %p.reason, "message parked"
+    crate::report_parked(
+        &p.consumer,
+        p.seq,
+        &p.subject,
+        &p.id,
+        p.deliveries,
+        &p.reason,
     );
-    shared::metrics::inc("bus_parked_total", &[("consumer", &p.consumer)]);
 }
 
 impl Bus for EmbeddedBus {
@@ -524,33 +662,27 @@ impl Bus for EmbeddedBus {
         })
     }
 
-    fn parked(&self, durable: &str) -> crate::BoxFuture<'_, Result<Vec<ParkedMessage>, BusError>> {
-        let durable = durable.to_owned();
+    fn parked_messages(
+        &self,
+        filter: &ParkedFilter,
+    ) -> crate::BoxFuture<'_, Result<Vec<ParkedMessage>, BusError>> {
+        let filter = filter.clone();
         Box::pin(async move {
-            self.inner
-                .db
-                .read(move |c| {
-                    c.query(
-                        "SELECT consumer, seq, subject, msg_id, deliveries, reason FROM parked
-                         WHERE consumer = $1 ORDER BY seq",
-                        &[&durable],
-                    )?
-                    .into_iter()
-                    .map(|r| {
-                        Ok(ParkedMessage {
-                            consumer: r.get(0)?,
-                            seq: r.get::<i64>(1)? as u64,
-                            subject: r.get(2)?,
-                            id: r.get(3)?,
-                            deliveries: r.get(4)?,
-                            reason: r.get(5)?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, StoreError>>()
-                })
-                .await
-                .map_err(BusError::from)
+            let all = self.inner.db.read(|c| read_parked(c, None)).await?;
+            Ok(all.into_iter().filter(|p| filter.matches(p)).collect())
         })
+    }
+
+    fn replay_parked(&self, record: u64) -> crate::BoxFuture<'_, Result<Resolution, BusError>> {
+        Box::pin(async move { self.resolve(record, None).await })
+    }
+
+    fn discard_parked(
+        &self,
+        record: u64,
+        reason: String,
+    ) -> crate::BoxFuture<'_, Result<Resolution, BusError>> {
+        Box::pin(async move { self.resolve(record, Some(reason)).await })
     }
 
     fn check_ready(&self) -> crate::BoxFuture<'_, Result<(), BusError>> {
@@ -682,8 +814,7 @@ impl EmbeddedSource {
                     let seq: i64 = r.get(0)?;
                     let deliveries: i64 = r.get(1)?;
                     if deliveries >= def.max_deliver {
-                        let reason = format!("not acknowledged after {deliveries} deliveries");
-                        if let Some(p) = park(c, &consumer, seq, &reason, now)? {
+                        if let Some(p) = park(c, &consumer, seq, None, now)? {
                             out.parked.push(p);
                         }
                         continue;
@@ -785,6 +916,42 @@ impl EmbeddedAcker {
             .await?;
         Ok(())
     }
+
+    /// Delivers again after `delay`, keeping `error` for the record — or,
+    /// if that was its last delivery, parks it now with `error`.
+    async fn retry_after_error(&self, delay: Duration, error: String) -> Result<(), BusError> {
+        let now = self.inner.clock.now().millis();
+        let at = now + delay.as_millis() as i64;
+        let (consumer, seq) = (self.consumer.clone(), self.seq);
+        let consumers = self.inner.consumers.clone();
+        let parked = self
+            .inner
+            .db
+            .write(move |c| {
+                c.execute(
+                    "UPDATE pending SET visible_at = $3, last_error = $4 WHERE consumer = $1 AND seq = $2",
+                    &[&&*consumer, &seq, &at, &error],
+                )?;
+                let max_deliver = lock(&consumers).get(&*consumer).map(|d| d.max_deliver);
+                let delivered: Option<i64> = c
+                    .query_opt(
+                        "SELECT deliveries FROM pending WHERE consumer = $1 AND seq = $2",
+                        &[&&*consumer, &seq],
+                    )?
+                    .map(|r| r.get(0))
+                    .transpose()?;
+                match (delivered, max_deliver) {
+                    (Some(d), Some(max)) if d >= max => park(c, &consumer, seq, None, now),
+                    _ => Ok(None),
+                }
+            })
+            .await?;
+        match parked {
+            Some(p) => report_parked(&p),
+            None => self.inner.wake.notify_waiters(),
+        }
+        Ok(())
+    }
 }
 
 impl Acker for EmbeddedAcker {
@@ -800,6 +967,10 @@ impl Acker for EmbeddedAcker {
         })
     }
 
+    fn fail(&self, delay: Duration, error: String) -> crate::BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(self.retry_after_error(delay, error))
+    }
+
     fn term(&self, reason: String) -> crate::BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
             let now = self.inner.clock.now().millis();
@@ -807,7 +978,7 @@ impl Acker for EmbeddedAcker {
             let parked = self
                 .inner
                 .db
-                .write(move |c| park(c, &consumer, seq, &format!("terminated: {reason}"), now))
+                .write(move |c| park(c, &consumer, seq, Some(&reason), now))
                 .await?;
             if let Some(p) = parked {
                 report_parked(&p);

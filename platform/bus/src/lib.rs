@@ -80,15 +80,130 @@ impl ConsumerConfig {
     }
 }
 
-/// A message that gave up: terminated, or out of deliveries.
+/// A message that gave up on one durable consumer — terminated, or out of
+/// deliveries — as the bus recorded it: everything needed to understand it
+/// and to deliver it again to that consumer alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParkedMessage {
+    /// The record's id on this bus: what an operator names to show, replay
+    /// or discard it.
+    pub record: u64,
+    /// The durable consumer it gave up on.
     pub consumer: String,
+    /// Its position in its stream.
     pub seq: u64,
     pub subject: String,
+    /// The message's own id.
     pub id: String,
+    pub headers: Vec<(String, String)>,
+    pub payload: Vec<u8>,
     pub deliveries: u32,
+    /// Why: the handler's last error, or the termination's reason, or that
+    /// no delivery was acknowledged in time.
     pub reason: String,
+    pub parked_at: shared::time::Timestamp,
+    pub state: ParkedState,
+}
+
+impl ParkedMessage {
+    /// The trace the message belongs to (from its `traceparent` header).
+    pub fn trace_id(&self) -> Option<&str> {
+        let header = self
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("traceparent"))?;
+        header.1.split('-').nth(1)
+    }
+}
+
+/// Where a parked message stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParkedState {
+    /// Waiting for an operator.
+    Parked,
+    /// Delivered again to its consumer (once; if it fails again, it is
+    /// parked again as a new record).
+    Replayed { at: shared::time::Timestamp },
+    /// Given up on for good, with the operator's reason.
+    Discarded {
+        at: shared::time::Timestamp,
+        reason: String,
+    },
+}
+
+impl ParkedState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ParkedState::Parked => "parked",
+            ParkedState::Replayed { .. } => "replayed",
+            ParkedState::Discarded { .. } => "discarded",
+        }
+    }
+}
+
+/// Which parked messages to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParkedFilter {
+    /// One durable consumer's only.
+    pub consumer: Option<String>,
+    /// Parked at or after this time only.
+    pub since: Option<shared::time::Timestamp>,
+    /// Still waiting for an operator only (not replayed or discarded).
+    pub waiting_only: bool,
+}
+
+impl ParkedFilter {
+    pub fn matches(&self, p: &ParkedMessage) -> bool {
+        self.consumer.as_ref().is_none_or(|c| *c == p.consumer)
+            && self.since.is_none_or(|t| p.parked_at >= t)
+            && (!self.waiting_only || p.state == ParkedState::Parked)
+    }
+}
+
+/// The answer to a replay or a discard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// Done: the record as it is now.
+    Done(ParkedMessage),
+    /// Nothing changed: the record was replayed or discarded before.
+    Already(ParkedMessage),
+    /// No record has this id.
+    NotFound,
+}
+
+/// Logs and counts a message parked (once, by the member that parked it).
+pub(crate) fn report_parked(
+    consumer: &str,
+    seq: u64,
+    subject: &str,
+    id: &str,
+    deliveries: u32,
+    reason: &str,
+) {
+    tracing::warn!(
+        consumer,
+        seq,
+        subject,
+        msg_id = id,
+        deliveries,
+        reason,
+        "message parked"
+    );
+    shared::metrics::inc("bus_parked_total", &[("consumer", consumer)]);
+}
+
+/// Logs and counts an operator's replay or discard of a parked message.
+pub(crate) fn report_resolved(p: &ParkedMessage) {
+    let (metric, reason) = match &p.state {
+        ParkedState::Parked => return,
+        ParkedState::Replayed { .. } => ("bus_parked_replayed_total", ""),
+        ParkedState::Discarded { reason, .. } => ("bus_parked_discarded_total", reason.as_str()),
+    };
+    tracing::info!(
+        record = p.record, consumer = %p.consumer, seq = p.seq, msg_id = %p.id,
+        state = p.state.name(), reason, "parked message resolved"
+    );
+    shared::metrics::inc(metric, &[("consumer", &p.consumer)]);
 }
 
 /// What kind of failure, so callers can choose between retrying and giving up.
@@ -197,8 +312,36 @@ pub trait Bus: Send + Sync + 'static {
         since: shared::time::Timestamp,
     ) -> BoxFuture<'_, Result<Watch, BusError>>;
 
-    /// Messages parked on a durable consumer.
-    fn parked(&self, durable: &str) -> BoxFuture<'_, Result<Vec<ParkedMessage>, BusError>>;
+    /// Messages parked on a durable consumer and still waiting for an
+    /// operator.
+    fn parked(&self, durable: &str) -> BoxFuture<'_, Result<Vec<ParkedMessage>, BusError>> {
+        let filter = ParkedFilter {
+            consumer: Some(durable.to_owned()),
+            since: None,
+            waiting_only: true,
+        };
+        Box::pin(async move { self.parked_messages(&filter).await })
+    }
+
+    /// Parked-message records (also those replayed or discarded), oldest
+    /// first.
+    fn parked_messages(
+        &self,
+        filter: &ParkedFilter,
+    ) -> BoxFuture<'_, Result<Vec<ParkedMessage>, BusError>>;
+
+    /// Delivers a parked message again — with its original id, headers and
+    /// payload, to the durable consumer it gave up on and no other — and
+    /// marks the record replayed. A record replayed or discarded before is
+    /// left as it is.
+    fn replay_parked(&self, record: u64) -> BoxFuture<'_, Result<Resolution, BusError>>;
+
+    /// Gives up on a parked message for good, recording `reason`.
+    fn discard_parked(
+        &self,
+        record: u64,
+        reason: String,
+    ) -> BoxFuture<'_, Result<Resolution, BusError>>;
 
     /// `Ok` when the bus can take publishes and deliver messages.
     fn check_ready(&self) -> BoxFuture<'_, Result<(), BusError>>;
@@ -293,6 +436,9 @@ pub trait DeliverySource: Send {
 pub trait Acker: Send + Sync {
     fn ack(&self) -> BoxFuture<'_, Result<(), BusError>>;
     fn nak(&self, delay: Duration) -> BoxFuture<'_, Result<(), BusError>>;
+    /// A nak after a failure: `error` is what the message is parked with if
+    /// this was its last delivery.
+    fn fail(&self, delay: Duration, error: String) -> BoxFuture<'_, Result<(), BusError>>;
     fn term(&self, reason: String) -> BoxFuture<'_, Result<(), BusError>>;
     fn in_progress(&self) -> BoxFuture<'_, Result<(), BusError>>;
 }
@@ -325,6 +471,12 @@ impl Delivery {
     /// Not now: deliver again after `delay` (counts as a delivery).
     pub async fn nak(self, delay: Duration) -> Result<(), BusError> {
         self.acker.nak(delay).await
+    }
+
+    /// Failed: deliver again after `delay`, or — if this was its last
+    /// delivery — park it with `error` as the reason.
+    pub async fn fail(self, delay: Duration, error: impl Into<String>) -> Result<(), BusError> {
+        self.acker.fail(delay, error.into()).await
     }
 
     /// Never: park it with `reason`.

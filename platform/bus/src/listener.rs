@@ -436,7 +436,10 @@ async fn finish(
                 &[("service", service), ("subject", subject)],
             );
             delivery
-                .nak(backoff(Duration::from_millis(200), delivered))
+                .fail(
+                    backoff(Duration::from_millis(200), delivered),
+                    store::report(&e),
+                )
                 .await
         }
     };

@@ -270,6 +270,9 @@ impl Acker for DroppedAck {
     fn nak(&self, _: Duration) -> bus::BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async { Ok(()) })
     }
+    fn fail(&self, _: Duration, _: String) -> bus::BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async { Ok(()) })
+    }
     fn term(&self, _: String) -> bus::BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async { Ok(()) })
     }
@@ -305,11 +308,23 @@ impl Bus for LosesAcks {
         self.0.watch(filter_subject, since)
     }
 
-    fn parked(
+    fn parked_messages(
         &self,
-        durable: &str,
+        filter: &bus::ParkedFilter,
     ) -> bus::BoxFuture<'_, Result<Vec<bus::ParkedMessage>, BusError>> {
-        self.0.parked(durable)
+        self.0.parked_messages(filter)
+    }
+
+    fn replay_parked(&self, record: u64) -> bus::BoxFuture<'_, Result<bus::Resolution, BusError>> {
+        self.0.replay_parked(record)
+    }
+
+    fn discard_parked(
+        &self,
+        record: u64,
+        reason: String,
+    ) -> bus::BoxFuture<'_, Result<bus::Resolution, BusError>> {
+        self.0.discard_parked(record, reason)
     }
 
     fn check_ready(&self) -> bus::BoxFuture<'_, Result<(), BusError>> {
@@ -373,9 +388,102 @@ async fn on_the_embedded_bus_a_batch_committed_but_never_acknowledged_is_applied
     a_batch_committed_but_never_acknowledged_is_applied_once_in_effect(bus, db).await;
 }
 
-/// Both JetStream cases in one test: they share this file's stream.
+/// A handler bug parks a message with the handler's error; once the bug is
+/// fixed (here: the handler's switch flipped), a replay applies it exactly
+/// once and the record says it was replayed; a second replay changes
+/// nothing.
+async fn a_replayed_message_is_applied_once_by_the_fixed_handler(bus: Arc<dyn Bus>, db: Db) {
+    type Fixed = Arc<std::sync::atomic::AtomicBool>;
+    fn until_fixed(
+        fixed: &Fixed,
+        c: &mut OutboxTx<'_>,
+        e: Item,
+        ctx: &EventContext,
+    ) -> Result<Outcome, ListenerError> {
+        if fixed.load(std::sync::atomic::Ordering::SeqCst) {
+            apply_once(
+                &(),
+                c,
+                Item {
+                    kind: "ok".into(),
+                    ..e
+                },
+                ctx,
+            )
+        } else {
+            apply(&(), c, e, ctx)
+        }
+    }
+    bus.publish_batch(vec![item(1, "poison"), item(2, "ok")])
+        .await
+        .unwrap();
+    let fixed = Fixed::default();
+    let service = service();
+    let (trigger, signal) = shutdown::channel();
+    let tasks = Listeners::new(bus.clone(), service, options(), signal)
+        .applying_in(Outbox::new(db.clone(), service))
+        .with_state(fixed.clone())
+        .on_tx(until_fixed)
+        .into_tasks();
+    let durable = listener::durable_name(service, Item::SUBJECT);
+    wait_until(
+        "the bad item is parked",
+        Duration::from_secs(30),
+        || async { bus.parked(&durable).await.unwrap().len() == 1 },
+    )
+    .await;
+    let parked = bus.parked(&durable).await.unwrap().remove(0);
+    assert_eq!(parked.id, "item-1");
+    assert!(
+        parked.reason.contains("this one never applies"),
+        "the handler's error is recorded: {}",
+        parked.reason
+    );
+    assert_eq!(applied(&db).await, [(2, 1)]);
+
+    fixed.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(matches!(
+        bus.replay_parked(parked.record).await.unwrap(),
+        bus::Resolution::Done(_)
+    ));
+    wait_until("the replay is applied", Duration::from_secs(30), || async {
+        applied(&db).await.len() == 2
+    })
+    .await;
+    assert!(matches!(
+        bus.replay_parked(parked.record).await.unwrap(),
+        bus::Resolution::Already(_)
+    ));
+    let records = bus
+        .parked_messages(&bus::ParkedFilter {
+            consumer: Some(durable.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 1);
+    assert!(matches!(
+        records[0].state,
+        bus::ParkedState::Replayed { .. }
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    trigger.fire();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(applied(&db).await, [(1, 1), (2, 1)]);
+    assert!(bus.parked(&durable).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn on_the_embedded_bus_a_replayed_message_is_applied_once_by_the_fixed_handler() {
+    let (_dir, bus, db) = embedded().await;
+    a_replayed_message_is_applied_once_by_the_fixed_handler(bus, db).await;
+}
+
+/// The JetStream cases in one test: they share this file's stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_jetstream_batches_apply_together_isolate_failures_and_survive_lost_acks() {
+async fn on_jetstream_batches_apply_together_isolate_failures_survive_lost_acks_and_replay_once() {
     let Some((_dir, bus, db, stream)) = jetstream().await else {
         return;
     };
@@ -385,6 +493,11 @@ async fn on_jetstream_batches_apply_together_isolate_failures_and_survive_lost_a
         return;
     };
     a_batch_committed_but_never_acknowledged_is_applied_once_in_effect(bus, db).await;
+    drop(_stream);
+    let Some((_dir, bus, db, _stream)) = jetstream().await else {
+        return;
+    };
+    a_replayed_message_is_applied_once_by_the_fixed_handler(bus, db).await;
 }
 
 /// `ListenerOptions::batch` bounds a batch: at 1 every event is a

@@ -15,6 +15,7 @@ pub mod edge;
 pub mod engines;
 pub mod gateway;
 pub mod pages;
+pub mod parked;
 pub mod role;
 pub mod serve;
 pub mod service;

@@ -28,7 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Acker, Bus, BusError, BusErrorKind, ConsumerConfig, Delivery, DeliverySource, Message,
-    ParkedMessage, PublishAck, Subscription, Watch, WatchSource, Watched,
+    ParkedFilter, ParkedMessage, ParkedState, PublishAck, Resolution, Subscription, Watch,
+    WatchSource, Watched,
 };
 
 /// Subjects under which parked messages are recorded: `parked.<durable>`.
@@ -51,7 +52,12 @@ fn unavailable(e: impl std::fmt::Display) -> BusError {
     BusError::new(BusErrorKind::Unavailable, e.to_string())
 }
 
-/// A parked-message record as stored on the parked stream.
+/// A parked-message record as stored on the parked stream, under
+/// `parked.<durable>`; its id is its sequence there. What operators do with
+/// it is recorded beside it: a replay is the message itself, published
+/// again on `parked.<durable>.replay` (which only that durable's
+/// `<durable>-replay` consumer reads), a discard is a note on
+/// `parked.<durable>.discard`.
 #[derive(Debug, Serialize, Deserialize)]
 struct ParkedRecord {
     consumer: String,
@@ -61,6 +67,108 @@ struct ParkedRecord {
     deliveries: u32,
     reason: String,
     payload: String,
+    /// The message's headers (records from before they were kept have none).
+    #[serde(default)]
+    headers: Vec<(String, String)>,
+}
+
+/// A discard, as recorded on `parked.<durable>.discard`.
+#[derive(Debug, Serialize, Deserialize)]
+struct DiscardRecord {
+    record: u64,
+    reason: String,
+}
+
+/// Headers of a replay besides the original message's own: the record it
+/// replays, and the original's subject, id and stream sequence.
+const REPLAY_RECORD: &str = "Ticketing-Parked-Record";
+const REPLAY_SUBJECT: &str = "Ticketing-Replay-Subject";
+const REPLAY_ID: &str = "Ticketing-Replay-Id";
+const REPLAY_SEQ: &str = "Ticketing-Replay-Seq";
+
+fn replay_subject(durable: &str) -> String {
+    format!("{PARKED_PREFIX}.{durable}.replay")
+}
+
+/// The consumer on the parked stream that delivers `durable`'s replays.
+pub fn replay_durable(durable: &str) -> String {
+    format!("{durable}-replay")
+}
+
+/// A message read back from the parked stream.
+struct Stored {
+    seq: u64,
+    subject: String,
+    headers: Vec<(String, String)>,
+    payload: Vec<u8>,
+    at: shared::time::Timestamp,
+}
+
+fn timestamp_of(t: time::OffsetDateTime) -> shared::time::Timestamp {
+    shared::time::Timestamp::from_millis((t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+/// The records among `stored`, each in the state its replay or discard
+/// (if any) left it.
+fn fold_parked(stored: Vec<Stored>) -> Vec<ParkedMessage> {
+    let mut records = std::collections::BTreeMap::new();
+    let mut resolutions = Vec::new();
+    for s in stored {
+        let tokens: Vec<&str> = s.subject.split('.').collect();
+        match tokens.as_slice() {
+            [_, _] => {
+                let Ok(r) = serde_json::from_slice::<ParkedRecord>(&s.payload) else {
+                    continue;
+                };
+                records.insert(
+                    s.seq,
+                    ParkedMessage {
+                        record: s.seq,
+                        consumer: r.consumer,
+                        seq: r.seq,
+                        subject: r.subject,
+                        id: r.id,
+                        headers: r.headers,
+                        payload: r.payload.into_bytes(),
+                        deliveries: r.deliveries,
+                        reason: r.reason,
+                        parked_at: s.at,
+                        state: ParkedState::Parked,
+                    },
+                );
+            }
+            [_, _, "replay"] => {
+                let record = s
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k == REPLAY_RECORD)
+                    .and_then(|(_, v)| v.parse::<u64>().ok());
+                if let Some(record) = record {
+                    resolutions.push((record, ParkedState::Replayed { at: s.at }));
+                }
+            }
+            [_, _, "discard"] => {
+                if let Ok(d) = serde_json::from_slice::<DiscardRecord>(&s.payload) {
+                    resolutions.push((
+                        d.record,
+                        ParkedState::Discarded {
+                            at: s.at,
+                            reason: d.reason,
+                        },
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    for (record, state) in resolutions {
+        if let Some(p) = records.get_mut(&record)
+            && p.state == ParkedState::Parked
+        {
+            p.state = state;
+        }
+    }
+    records.into_values().collect()
 }
 
 /// The server's advisory that a message used its last delivery without an
@@ -74,25 +182,160 @@ struct MaxDeliveriesAdvisory {
 }
 
 impl JetStreamBus {
-    /// Stores `record` on the parked stream (de-duplicated per consumer and
-    /// sequence, so replicas and both parking paths record it once) and logs
-    /// and counts it the first time.
-    async fn record_parked(&self, record: &ParkedRecord) -> Result<(), BusError> {
+    /// Stores `record` on the parked stream (de-duplicated by `key` —
+    /// consumer and sequence, and the replay's for a replayed message — so
+    /// replicas and both parking paths record it once) and logs and counts
+    /// it the first time.
+    async fn record_parked(&self, record: &ParkedRecord, key: &str) -> Result<(), BusError> {
         let parked = Message {
             subject: format!("{PARKED_PREFIX}.{}", record.consumer),
-            id: format!("parked-{}-{}", record.consumer, record.seq),
+            id: format!("parked-{key}"),
             headers: vec![],
             payload: serde_json::to_vec(record).unwrap_or_default(),
         };
         if !self.publish(parked).await?.duplicate {
-            tracing::warn!(
-                consumer = %record.consumer, seq = record.seq, subject = %record.subject,
-                msg_id = %record.id, deliveries = record.deliveries, reason = %record.reason,
-                "message parked"
+            crate::report_parked(
+                &record.consumer,
+                record.seq,
+                &record.subject,
+                &record.id,
+                record.deliveries,
+                &record.reason,
             );
-            shared::metrics::inc("bus_parked_total", &[("consumer", &record.consumer)]);
         }
         Ok(())
+    }
+
+    /// Every message on the parked stream under `filter`, in order.
+    async fn read_parked(&self, filter: String) -> Result<Vec<Stored>, BusError> {
+        let stream = self.parked_stream().await?;
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: filter,
+                ..Default::default()
+            })
+            .await
+            .map_err(unavailable)?;
+        let mut remaining = consumer.cached_info().num_pending;
+        let mut out = Vec::new();
+        if remaining == 0 {
+            return Ok(out);
+        }
+        let mut messages = consumer.messages().await.map_err(unavailable)?;
+        while remaining > 0 {
+            let next = tokio::time::timeout(Duration::from_secs(5), messages.next()).await;
+            let Ok(Some(Ok(m))) = next else {
+                return Err(BusError::new(
+                    BusErrorKind::Timeout,
+                    "reading parked messages",
+                ));
+            };
+            remaining -= 1;
+            let info = m
+                .info()
+                .map_err(|e| unavailable(format!("parked message: {e}")))?;
+            let (seq, at) = (info.stream_sequence, timestamp_of(info.published));
+            let message = message_of(&m);
+            out.push(Stored {
+                seq,
+                subject: message.subject,
+                headers: message.headers,
+                payload: message.payload,
+                at,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn parked_stream(&self) -> Result<jetstream::stream::Stream, BusError> {
+        self.inner.js.get_stream(PARKED_STREAM).await.map_err(|e| {
+            BusError::new(
+                BusErrorKind::StreamMissing,
+                format!("parked stream {PARKED_STREAM}: {e}"),
+            )
+        })
+    }
+
+    /// Replays (`discard` None) or discards the record `record`.
+    async fn resolve(&self, record: u64, discard: Option<String>) -> Result<Resolution, BusError> {
+        use async_nats::jetstream::stream::RawMessageErrorKind;
+        if record == 0 {
+            return Ok(Resolution::NotFound); // sequences start at 1
+        }
+        let stream = self.parked_stream().await?;
+        let raw = match stream.get_raw_message(record).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {
+                return Ok(Resolution::NotFound);
+            }
+            Err(e) => return Err(unavailable(format!("parked record {record}: {e}"))),
+        };
+        let Some(durable) = raw
+            .subject
+            .strip_prefix(PARKED_PREFIX)
+            .and_then(|s| s.strip_prefix('.'))
+            .filter(|d| !d.contains('.'))
+            .map(str::to_owned)
+        else {
+            return Ok(Resolution::NotFound); // a replay or discard, not a record
+        };
+        let mut stored = vec![Stored {
+            seq: raw.sequence,
+            subject: raw.subject.to_string(),
+            headers: Vec::new(),
+            payload: raw.payload.to_vec(),
+            at: timestamp_of(raw.time),
+        }];
+        stored.extend(
+            self.read_parked(format!("{PARKED_PREFIX}.{durable}.*"))
+                .await?,
+        );
+        let Some(mut p) = fold_parked(stored).into_iter().find(|p| p.record == record) else {
+            return Ok(Resolution::NotFound);
+        };
+        if p.state != ParkedState::Parked {
+            return Ok(Resolution::Already(p));
+        }
+        let now = shared::time::Clock::System.now();
+        let message = match &discard {
+            None => {
+                let mut headers: Vec<(String, String)> = p
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| !k.to_ascii_lowercase().starts_with("nats-"))
+                    .cloned()
+                    .collect();
+                headers.extend([
+                    (REPLAY_RECORD.to_owned(), record.to_string()),
+                    (REPLAY_SUBJECT.to_owned(), p.subject.clone()),
+                    (REPLAY_ID.to_owned(), p.id.clone()),
+                    (REPLAY_SEQ.to_owned(), p.seq.to_string()),
+                ]);
+                Message {
+                    subject: replay_subject(&durable),
+                    id: format!("replay-{record}"),
+                    headers,
+                    payload: p.payload.clone(),
+                }
+            }
+            Some(reason) => Message {
+                subject: format!("{PARKED_PREFIX}.{durable}.discard"),
+                id: format!("discard-{record}"),
+                headers: vec![],
+                payload: serde_json::to_vec(&DiscardRecord {
+                    record,
+                    reason: reason.clone(),
+                })
+                .unwrap_or_default(),
+            },
+        };
+        self.publish(message).await?;
+        p.state = match discard {
+            None => ParkedState::Replayed { at: now },
+            Some(reason) => ParkedState::Discarded { at: now, reason },
+        };
+        crate::report_resolved(&p);
+        Ok(Resolution::Done(p))
     }
 
     /// Parks the message an advisory names, reading it back from its stream.
@@ -112,19 +355,67 @@ impl JetStreamBus {
             .get("Nats-Msg-Id")
             .map(|v| v.to_string())
             .unwrap_or_default();
-        self.record_parked(&ParkedRecord {
-            consumer: a.consumer,
-            seq: a.stream_seq,
-            subject: m.subject.to_string(),
-            id,
-            deliveries: a.deliveries,
-            reason: format!(
-                "not acknowledged within the ack wait on any of its {} deliveries",
-                a.deliveries
-            ),
-            payload: String::from_utf8_lossy(&m.payload).into_owned(),
-        })
+        let headers = m
+            .headers
+            .iter()
+            .flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.to_string())))
+            .collect();
+        let key = format!("{}-{}", a.consumer, a.stream_seq);
+        self.record_parked(
+            &ParkedRecord {
+                consumer: a.consumer,
+                seq: a.stream_seq,
+                subject: m.subject.to_string(),
+                id,
+                deliveries: a.deliveries,
+                reason: format!(
+                    "not acknowledged within the ack wait on any of its {} deliveries",
+                    a.deliveries
+                ),
+                payload: String::from_utf8_lossy(&m.payload).into_owned(),
+                headers,
+            },
+            &key,
+        )
         .await
+    }
+
+    /// The consumer delivering the replays of `config`'s parked messages
+    /// (created if missing), or `None` — logged — without a parked stream.
+    async fn replay_consumer(
+        &self,
+        config: &ConsumerConfig,
+    ) -> Option<async_nats::jetstream::consumer::PullConsumer> {
+        let name = replay_durable(&config.durable);
+        let created = async {
+            self.parked_stream()
+                .await?
+                .get_or_create_consumer(
+                    &name,
+                    pull::Config {
+                        durable_name: Some(name.clone()),
+                        description: Some(format!(
+                            "replays of {}'s parked messages",
+                            config.durable
+                        )),
+                        filter_subject: replay_subject(&config.durable),
+                        deliver_policy: DeliverPolicy::All,
+                        ack_policy: AckPolicy::Explicit,
+                        ack_wait: config.ack_wait,
+                        max_deliver: i64::from(config.max_deliver),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| unavailable(format!("consumer {name}: {e}")))
+        };
+        match created.await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(durable = %config.durable, error = %e, "parked messages of this consumer cannot be replayed");
+                None
+            }
+        }
     }
 
     /// Watches the max-deliveries advisories of one durable and parks what
@@ -323,11 +614,21 @@ impl Bus for JetStreamBus {
             let watcher = self
                 .watch_max_deliveries(&stream_name, &config.durable)
                 .await?;
-            Ok(Subscription::new(Box::new(JsSource {
-                bus: self.clone(),
+            let durable: Arc<str> = Arc::from(config.durable.as_str());
+            let replay = self.replay_consumer(&config).await.map(|consumer| Puller {
                 consumer,
                 messages: None,
-                durable: Arc::from(config.durable.as_str()),
+                name: Arc::from(replay_durable(&config.durable).as_str()),
+            });
+            Ok(Subscription::new(Box::new(JsSource {
+                bus: self.clone(),
+                main: Puller {
+                    consumer,
+                    messages: None,
+                    name: durable.clone(),
+                },
+                replay,
+                durable,
                 max_deliver,
                 watcher,
             })))
@@ -364,50 +665,43 @@ impl Bus for JetStreamBus {
         })
     }
 
-    fn parked(&self, durable: &str) -> crate::BoxFuture<'_, Result<Vec<ParkedMessage>, BusError>> {
-        let subject = format!("{PARKED_PREFIX}.{durable}");
+    fn parked_messages(
+        &self,
+        filter: &ParkedFilter,
+    ) -> crate::BoxFuture<'_, Result<Vec<ParkedMessage>, BusError>> {
+        let filter = filter.clone();
         Box::pin(async move {
-            let stream = self.inner.js.get_stream(PARKED_STREAM).await.map_err(|e| {
-                BusError::new(
-                    BusErrorKind::StreamMissing,
-                    format!("parked stream {PARKED_STREAM}: {e}"),
-                )
-            })?;
-            let consumer = stream
-                .create_consumer(pull::OrderedConfig {
-                    filter_subject: subject,
-                    ..Default::default()
-                })
-                .await
-                .map_err(unavailable)?;
-            let mut remaining = consumer.cached_info().num_pending;
-            let mut out = Vec::new();
-            if remaining == 0 {
-                return Ok(out);
-            }
-            let mut messages = consumer.messages().await.map_err(unavailable)?;
-            while remaining > 0 {
-                let next = tokio::time::timeout(Duration::from_secs(5), messages.next()).await;
-                let Ok(Some(Ok(m))) = next else {
-                    return Err(BusError::new(
-                        BusErrorKind::Timeout,
-                        "reading parked messages",
-                    ));
-                };
-                remaining -= 1;
-                if let Ok(r) = serde_json::from_slice::<ParkedRecord>(&m.payload) {
-                    out.push(ParkedMessage {
-                        consumer: r.consumer,
-                        seq: r.seq,
-                        subject: r.subject,
-                        id: r.id,
-                        deliveries: r.deliveries,
-                        reason: r.reason,
-                    });
+            let stored = match &filter.consumer {
+                // One durable's records and what was done with them.
+                Some(durable) => {
+                    let mut stored = self
+                        .read_parked(format!("{PARKED_PREFIX}.{durable}"))
+                        .await?;
+                    stored.extend(
+                        self.read_parked(format!("{PARKED_PREFIX}.{durable}.*"))
+                            .await?,
+                    );
+                    stored
                 }
-            }
-            Ok(out)
+                None => self.read_parked(format!("{PARKED_PREFIX}.>")).await?,
+            };
+            Ok(fold_parked(stored)
+                .into_iter()
+                .filter(|p| filter.matches(p))
+                .collect())
         })
+    }
+
+    fn replay_parked(&self, record: u64) -> crate::BoxFuture<'_, Result<Resolution, BusError>> {
+        Box::pin(self.resolve(record, None))
+    }
+
+    fn discard_parked(
+        &self,
+        record: u64,
+        reason: String,
+    ) -> crate::BoxFuture<'_, Result<Resolution, BusError>> {
+        Box::pin(self.resolve(record, Some(reason)))
     }
 
     /// JetStream has no way to move a durable's ack floor back, so the
@@ -494,8 +788,9 @@ impl Bus for JetStreamBus {
 /// One member of a durable pull consumer.
 struct JsSource {
     bus: JetStreamBus,
-    consumer: async_nats::jetstream::consumer::PullConsumer,
-    messages: Option<pull::Stream>,
+    main: Puller,
+    /// Replays of this durable's parked messages (see [`ParkedRecord`]).
+    replay: Option<Puller>,
     durable: Arc<str>,
     max_deliver: u32,
     /// Parks what the server gives up on (see `watch_max_deliveries`).
@@ -558,38 +853,72 @@ impl WatchSource for JsWatch {
     }
 }
 
-impl JsSource {
-    fn delivery(&self, msg: jetstream::Message) -> Result<Delivery, BusError> {
-        let info = msg.info().map_err(|e| {
-            BusError::new(BusErrorKind::Other, format!("not a JetStream message: {e}"))
-        })?;
-        let (seq, delivered) = (info.stream_sequence, info.delivered.max(1) as u32);
-        let message = message_of(&msg);
-        let acker = Arc::new(JsAcker {
-            bus: self.bus.clone(),
-            msg,
-            durable: self.durable.clone(),
-            seq,
-            delivered,
-            max_deliver: self.max_deliver,
-            subject: message.subject.clone(),
-            id: message.id.clone(),
-            payload: String::from_utf8_lossy(&message.payload).into_owned(),
-        });
-        Ok(Delivery::new(message, seq, delivered, acker))
-    }
+/// Pulls from one durable consumer.
+struct Puller {
+    consumer: async_nats::jetstream::consumer::PullConsumer,
+    messages: Option<pull::Stream>,
+    name: Arc<str>,
 }
 
-impl DeliverySource for JsSource {
-    fn ready(&mut self) -> Option<Delivery> {
+/// What one pull gave.
+enum Pulled {
+    Message(Box<jetstream::Message>),
+    /// The pull stream ended or broke; pull again (after a pause if broken).
+    Ended {
+        broken: bool,
+    },
+}
+
+impl Puller {
+    /// Starts a pull stream if none is running.
+    async fn ensure(&mut self) -> Result<(), BusError> {
+        if self.messages.is_none() {
+            // Small batches with a short expiry: a member that goes away
+            // strands at most a few messages, for at most the ack wait.
+            let stream = self
+                .consumer
+                .stream()
+                .max_messages_per_batch(64)
+                .expires(Duration::from_secs(5))
+                .heartbeat(Duration::from_secs(2))
+                .messages()
+                .await
+                .map_err(|e| unavailable(format!("cannot pull from {}: {e}", self.name)))?;
+            self.messages = Some(stream);
+        }
+        Ok(())
+    }
+
+    /// The next message of the running pull stream. Cancel-safe (it only
+    /// awaits the stream), so two pullers can race in a `select!`.
+    async fn pull(&mut self) -> Pulled {
+        let Some(stream) = self.messages.as_mut() else {
+            return Pulled::Ended { broken: false };
+        };
+        match stream.next().await {
+            Some(Ok(msg)) => Pulled::Message(Box::new(msg)),
+            Some(Err(e)) => {
+                tracing::debug!(durable = %self.name, error = %e, "pull stream interrupted; pulling again");
+                self.messages = None;
+                Pulled::Ended { broken: true }
+            }
+            None => {
+                self.messages = None;
+                Pulled::Ended { broken: false }
+            }
+        }
+    }
+
+    /// A message of the current pull batch that is there already.
+    fn ready(&mut self) -> Option<jetstream::Message> {
         use futures_util::FutureExt as _;
         let stream = self.messages.as_mut()?;
-        // Polled once: a message of the current pull batch is there already,
-        // anything else (end of batch, heartbeat, error) is `next`'s business.
+        // Polled once: anything but a message (end of batch, heartbeat,
+        // error) is `pull`'s business.
         match stream.next().now_or_never()? {
-            Some(Ok(msg)) => self.delivery(msg).ok(),
+            Some(Ok(msg)) => Some(msg),
             Some(Err(e)) => {
-                tracing::debug!(durable = %self.durable, error = %e, "pull stream interrupted; pulling again");
+                tracing::debug!(durable = %self.name, error = %e, "pull stream interrupted; pulling again");
                 self.messages = None;
                 None
             }
@@ -599,40 +928,118 @@ impl DeliverySource for JsSource {
             }
         }
     }
+}
+
+impl JsSource {
+    fn delivery(&self, msg: jetstream::Message) -> Result<Delivery, BusError> {
+        let info = msg.info().map_err(|e| {
+            BusError::new(BusErrorKind::Other, format!("not a JetStream message: {e}"))
+        })?;
+        let (seq, delivered) = (info.stream_sequence, info.delivered.max(1) as u32);
+        let message = message_of(&msg);
+        let park_key = format!("{}-{seq}", self.durable);
+        Ok(self.settled_by(msg, message, seq, delivered, park_key))
+    }
+
+    /// A replay as the message it replays: its original subject, id,
+    /// headers and stream sequence, settled on the replay consumer (a
+    /// replay that fails again is parked again, as a record of its own).
+    fn replay_delivery(&self, msg: jetstream::Message) -> Result<Delivery, BusError> {
+        let info = msg.info().map_err(|e| {
+            BusError::new(BusErrorKind::Other, format!("not a JetStream message: {e}"))
+        })?;
+        let (replay_seq, delivered) = (info.stream_sequence, info.delivered.max(1) as u32);
+        let wrapped = message_of(&msg);
+        let header = |name: &str| wrapped.header(name).map(str::to_owned);
+        let (Some(subject), Some(id), Some(seq)) = (
+            header(REPLAY_SUBJECT),
+            header(REPLAY_ID),
+            header(REPLAY_SEQ).and_then(|s| s.parse::<u64>().ok()),
+        ) else {
+            return Err(BusError::new(
+                BusErrorKind::Other,
+                format!(
+                    "replay {replay_seq} on {} lacks its original's subject, id or sequence",
+                    self.durable
+                ),
+            ));
+        };
+        let message = Message {
+            subject,
+            id,
+            headers: wrapped
+                .headers
+                .iter()
+                .filter(|(k, _)| {
+                    ![REPLAY_RECORD, REPLAY_SUBJECT, REPLAY_ID, REPLAY_SEQ]
+                        .iter()
+                        .any(|h| k.eq_ignore_ascii_case(h))
+                        && !k.eq_ignore_ascii_case("Nats-Msg-Id")
+                })
+                .cloned()
+                .collect(),
+            payload: wrapped.payload,
+        };
+        let park_key = format!("{}-{seq}-replay-{replay_seq}", self.durable);
+        Ok(self.settled_by(msg, message, seq, delivered, park_key))
+    }
+
+    fn settled_by(
+        &self,
+        msg: jetstream::Message,
+        message: Message,
+        seq: u64,
+        delivered: u32,
+        park_key: String,
+    ) -> Delivery {
+        let acker = Arc::new(JsAcker {
+            bus: self.bus.clone(),
+            msg,
+            durable: self.durable.clone(),
+            seq,
+            delivered,
+            max_deliver: self.max_deliver,
+            subject: message.subject.clone(),
+            id: message.id.clone(),
+            headers: message.headers.clone(),
+            payload: String::from_utf8_lossy(&message.payload).into_owned(),
+            park_key,
+        });
+        Delivery::new(message, seq, delivered, acker)
+    }
+}
+
+impl DeliverySource for JsSource {
+    fn ready(&mut self) -> Option<Delivery> {
+        let msg = self.main.ready()?;
+        self.delivery(msg).ok()
+    }
 
     fn next(&mut self) -> crate::BoxFuture<'_, Option<Result<Delivery, BusError>>> {
         Box::pin(async move {
             loop {
-                if self.messages.is_none() {
-                    // Small batches with a short expiry: a member that goes away
-                    // strands at most a few messages, for at most the ack wait.
-                    let stream = self
-                        .consumer
-                        .stream()
-                        .max_messages_per_batch(64)
-                        .expires(Duration::from_secs(5))
-                        .heartbeat(Duration::from_secs(2))
-                        .messages()
-                        .await;
-                    match stream {
-                        Ok(s) => self.messages = Some(s),
-                        Err(e) => {
-                            return Some(Err(unavailable(format!(
-                                "cannot pull from {}: {e}",
-                                self.durable
-                            ))));
-                        }
-                    }
+                if let Err(e) = self.main.ensure().await {
+                    return Some(Err(e));
                 }
-                let stream = self.messages.as_mut()?;
-                match stream.next().await {
-                    Some(Ok(msg)) => return Some(self.delivery(msg)),
-                    Some(Err(e)) => {
-                        tracing::debug!(durable = %self.durable, error = %e, "pull stream interrupted; pulling again");
-                        self.messages = None;
+                if let Some(replay) = &mut self.replay
+                    && let Err(e) = replay.ensure().await
+                {
+                    return Some(Err(e));
+                }
+                let (pulled, replayed) = match &mut self.replay {
+                    None => (self.main.pull().await, false),
+                    Some(replay) => tokio::select! {
+                        p = self.main.pull() => (p, false),
+                        p = replay.pull() => (p, true),
+                    },
+                };
+                match pulled {
+                    Pulled::Message(msg) if replayed => return Some(self.replay_delivery(*msg)),
+                    Pulled::Message(msg) => return Some(self.delivery(*msg)),
+                    Pulled::Ended { broken: true } => {
                         tokio::time::sleep(Duration::from_millis(250)).await;
                     }
-                    None => self.messages = None,
+                    Pulled::Ended { broken: false } => {}
                 }
             }
         })
@@ -648,22 +1055,29 @@ struct JsAcker {
     max_deliver: u32,
     subject: String,
     id: String,
+    headers: Vec<(String, String)>,
     payload: String,
+    /// What makes its parked record unique (see `record_parked`).
+    park_key: String,
 }
 
 impl JsAcker {
     /// Records the message on the parked stream, then terminates it.
     async fn park(&self, reason: String) -> Result<(), BusError> {
         self.bus
-            .record_parked(&ParkedRecord {
-                consumer: self.durable.to_string(),
-                seq: self.seq,
-                subject: self.subject.clone(),
-                id: self.id.clone(),
-                deliveries: self.delivered,
-                reason,
-                payload: self.payload.clone(),
-            })
+            .record_parked(
+                &ParkedRecord {
+                    consumer: self.durable.to_string(),
+                    seq: self.seq,
+                    subject: self.subject.clone(),
+                    id: self.id.clone(),
+                    deliveries: self.delivered,
+                    reason,
+                    payload: self.payload.clone(),
+                    headers: self.headers.clone(),
+                },
+                &self.park_key,
+            )
             .await?;
         self.msg
             .double_ack_with(AckKind::Term)
@@ -683,6 +1097,23 @@ impl Acker for JsAcker {
                 return self
                     .park(format!(
                         "not acknowledged after {} deliveries",
+                        self.delivered
+                    ))
+                    .await;
+            }
+            self.msg
+                .ack_with(AckKind::Nak(Some(delay)))
+                .await
+                .map_err(unavailable)
+        })
+    }
+
+    fn fail(&self, delay: Duration, error: String) -> crate::BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            if self.delivered >= self.max_deliver {
+                return self
+                    .park(format!(
+                        "not acknowledged after {} deliveries; last error: {error}",
                         self.delivered
                     ))
                     .await;
@@ -759,6 +1190,9 @@ pub mod testing {
         /// Subjects are `{prefix}.…`.
         pub prefix: String,
         url: String,
+        /// Whether the prefix is this run's own (`stream`), so that parked
+        /// stream consumers named after it are the test's to delete.
+        own_prefix: bool,
     }
 
     /// A stream called `name` over `subjects` (a test's own, fixed
@@ -778,7 +1212,9 @@ pub mod testing {
             .unwrap_or(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let prefix = format!("t{}x{nanos}x{n}", std::process::id());
-        create(bus, prefix.to_uppercase(), prefix).await
+        let mut stream = create(bus, prefix.to_uppercase(), prefix).await;
+        stream.own_prefix = true;
+        stream
     }
 
     /// A file-storage stream `name` over `{prefix}.>`, and the shared
@@ -808,12 +1244,14 @@ pub mod testing {
             name,
             prefix,
             url: nats_url(),
+            own_prefix: false,
         }
     }
 
     impl Drop for TestStream {
         fn drop(&mut self) {
             let (url, name) = (self.url.clone(), self.name.clone());
+            let prefix = self.own_prefix.then(|| self.prefix.replace('.', "-"));
             let _ = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -821,10 +1259,26 @@ pub mod testing {
                     .ok()?;
                 rt.block_on(async {
                     let client = async_nats::connect(&url).await.ok()?;
-                    async_nats::jetstream::new(client)
-                        .delete_stream(&name)
-                        .await
-                        .ok()
+                    let js = async_nats::jetstream::new(client);
+                    // The replay consumers its durables made on the shared
+                    // parked stream go with it (their names begin with the
+                    // prefix, as the durables' do).
+                    if let Some(prefix) = prefix
+                        && let Ok(parked) = js.get_stream(PARKED_STREAM).await
+                    {
+                        use futures_util::StreamExt as _;
+                        let mut names = parked.consumer_names();
+                        let mut mine = Vec::new();
+                        while let Some(Ok(n)) = names.next().await {
+                            if n.starts_with(&prefix) {
+                                mine.push(n);
+                            }
+                        }
+                        for n in mine {
+                            let _ = parked.delete_consumer(&n).await;
+                        }
+                    }
+                    js.delete_stream(&name).await.ok()
                 })
             })
             .join();

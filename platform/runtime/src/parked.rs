@@ -1,0 +1,476 @@
+//! The operator's API over parked messages, the same on every bus and for
+//! every product: list them, show one (payload, headers, the last error,
+//! its trace), replay them to the consumer that gave up on them, or discard
+//! them with a reason. Admins only (`ADMIN_EMAILS`); a product mounts it in
+//! one of its services (the marketplace in auth), and the gateway routes
+//! `/api/admin` there.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{FromRef, FromRequestParts, State};
+use axum::http::request::Parts;
+use bus::{Bus, BusError, BusErrorKind, ParkedFilter, ParkedMessage, ParkedState, Resolution};
+use serde::{Deserialize, Serialize};
+use shared::ApiError;
+use shared::auth::{AuthKeys, AuthUser};
+use shared::http::{ApiQuery, Fields, FromFields, IdPath, ValidJson};
+use shared::time::Timestamp;
+
+/// What the routes need: the bus, the session keys and who the admins are.
+#[derive(Clone)]
+pub struct ParkedAdmin {
+    bus: Arc<dyn Bus>,
+    keys: Arc<AuthKeys>,
+    admins: Arc<[String]>,
+}
+
+impl ParkedAdmin {
+    /// `admins`: e-mail addresses (compared without regard to case).
+    pub fn new(bus: Arc<dyn Bus>, keys: Arc<AuthKeys>, admins: Arc<[String]>) -> Self {
+        ParkedAdmin { bus, keys, admins }
+    }
+}
+
+impl FromRef<ParkedAdmin> for Arc<AuthKeys> {
+    fn from_ref(state: &ParkedAdmin) -> Self {
+        state.keys.clone()
+    }
+}
+
+/// The routes, with their OpenAPI description.
+pub fn routes() -> utoipa_axum::router::OpenApiRouter<ParkedAdmin> {
+    utoipa_axum::router::OpenApiRouter::default()
+        .routes(utoipa_axum::routes!(list))
+        .routes(utoipa_axum::routes!(show))
+        .routes(utoipa_axum::routes!(replay_one))
+        .routes(utoipa_axum::routes!(replay_many))
+        .routes(utoipa_axum::routes!(discard))
+}
+
+/// The routes, ready to merge into a service's router.
+pub fn router(state: ParkedAdmin) -> axum::Router {
+    routes().split_for_parts().0.with_state(state)
+}
+
+/// The signed-in user, when an admin: 401 without a session, 403 otherwise.
+struct Admin(AuthUser);
+
+impl FromRequestParts<ParkedAdmin> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ParkedAdmin) -> Result<Self, ApiError> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        if !state
+            .admins
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(&user.email))
+        {
+            return Err(ApiError::Forbidden("Only an admin may do this".into()));
+        }
+        Ok(Admin(user))
+    }
+}
+
+const CONSUMER_RULE: &str =
+    "consumer must be a durable consumer's name: letters, digits, '-' and '_'";
+
+/// Whether `s` can name a durable consumer (what every bus accepts).
+fn is_durable_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 200
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn bus_error(e: BusError) -> ApiError {
+    match e.kind {
+        BusErrorKind::Unavailable | BusErrorKind::Timeout | BusErrorKind::StreamMissing => {
+            ApiError::Unavailable("The event bus cannot be reached; try again".into())
+        }
+        _ => ApiError::internal(e),
+    }
+}
+
+/// A parked message as an operator sees it.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = ParkedMessage)]
+pub struct ParkedBody {
+    /// The record's id: what `show`, `replay` and `discard` take.
+    pub id: u64,
+    /// The durable consumer that gave up on it.
+    pub consumer: String,
+    pub subject: String,
+    /// Its position in its stream.
+    pub seq: u64,
+    /// The message's own id.
+    pub message_id: String,
+    /// Deliveries it had before it was parked.
+    pub deliveries: u32,
+    /// Why: the handler's last error, the reason it was terminated, or that
+    /// no delivery was acknowledged in time.
+    pub reason: String,
+    #[schema(format = DateTime)]
+    pub parked_at: String,
+    /// The trace it belongs to (W3C trace id), if it carried one.
+    pub trace_id: Option<String>,
+    /// `parked` (waiting), `replayed` or `discarded`.
+    pub state: String,
+    /// When it was replayed or discarded.
+    #[schema(format = DateTime)]
+    pub resolved_at: Option<String>,
+    /// The reason it was discarded with.
+    pub discard_reason: Option<String>,
+    /// Its headers as `[name, value]` pairs (`show` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Vec<String>>>)]
+    pub headers: Option<Vec<(String, String)>>,
+    /// Its payload: the JSON it holds, or the text if it is not JSON
+    /// (`show` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<serde_json::Value>,
+}
+
+impl ParkedBody {
+    fn of(p: ParkedMessage, whole: bool) -> Self {
+        let (resolved_at, discard_reason) = match &p.state {
+            ParkedState::Parked => (None, None),
+            ParkedState::Replayed { at } => (Some(at.to_rfc3339()), None),
+            ParkedState::Discarded { at, reason } => (Some(at.to_rfc3339()), Some(reason.clone())),
+        };
+        ParkedBody {
+            id: p.record,
+            trace_id: p.trace_id().map(str::to_owned),
+            state: p.state.name().to_owned(),
+            consumer: p.consumer,
+            subject: p.subject,
+            seq: p.seq,
+            message_id: p.id,
+            deliveries: p.deliveries,
+            reason: p.reason,
+            parked_at: p.parked_at.to_rfc3339(),
+            resolved_at,
+            discard_reason,
+            headers: whole.then_some(p.headers),
+            payload: whole.then(|| {
+                serde_json::from_slice(&p.payload).unwrap_or_else(|_| {
+                    serde_json::Value::String(String::from_utf8_lossy(&p.payload).into_owned())
+                })
+            }),
+        }
+    }
+}
+
+/// Which parked messages to list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ParkedQuery {
+    /// One durable consumer's only (e.g. `orders-payment-authorized`).
+    pub consumer: Option<String>,
+    /// Parked at or after this time (RFC 3339).
+    #[param(format = DateTime)]
+    pub since: Option<String>,
+    /// `parked` (waiting for an operator; the default), `replayed`,
+    /// `discarded`, or `all`.
+    pub state: Option<String>,
+}
+
+/// Parked messages, oldest first (without payloads and headers: `GET
+/// /api/admin/parked/{id}` has them). Admins only.
+#[utoipa::path(get, path = "/api/admin/parked", tag = "admin",
+    params(ParkedQuery),
+    security(("session" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Parked messages, oldest first", body = Vec<ParkedBody>),
+        (status = 400, description = "A malformed consumer, time or state", body = shared::openapi::ErrorBody),
+        (status = 401, description = "No valid session", body = shared::openapi::ErrorBody),
+        (status = 403, description = "Not an admin", body = shared::openapi::ErrorBody),
+        (status = 503, description = "The event bus cannot be reached", body = shared::openapi::ErrorBody),
+    ))]
+async fn list(
+    State(state): State<ParkedAdmin>,
+    _: Admin,
+    ApiQuery(q): ApiQuery<ParkedQuery>,
+) -> Result<Json<Vec<ParkedBody>>, ApiError> {
+    let since = match q.since.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(s) => Some(Timestamp::parse_rfc3339(s).ok_or_else(|| {
+            ApiError::field(
+                "since",
+                "since must be a time in RFC 3339 (2026-12-05T10:00:00Z)",
+            )
+        })?),
+    };
+    let wanted = q.state.as_deref().unwrap_or("parked");
+    if !["parked", "replayed", "discarded", "all"].contains(&wanted) {
+        return Err(ApiError::field(
+            "state",
+            "state must be parked, replayed, discarded or all",
+        ));
+    }
+    let consumer = q.consumer.filter(|c| !c.trim().is_empty());
+    if consumer.as_deref().is_some_and(|c| !is_durable_name(c)) {
+        return Err(ApiError::field("consumer", CONSUMER_RULE));
+    }
+    let filter = ParkedFilter {
+        consumer,
+        since,
+        waiting_only: wanted == "parked",
+    };
+    let found = state
+        .bus
+        .parked_messages(&filter)
+        .await
+        .map_err(bus_error)?;
+    Ok(Json(
+        found
+            .into_iter()
+            .filter(|p| wanted == "all" || p.state.name() == wanted)
+            .map(|p| ParkedBody::of(p, false))
+            .collect(),
+    ))
+}
+
+async fn find(state: &ParkedAdmin, id: u64) -> Result<ParkedMessage, ApiError> {
+    // Records are few and listing is what every bus does well; a lookup by
+    // id goes through it.
+    let all = state
+        .bus
+        .parked_messages(&ParkedFilter::default())
+        .await
+        .map_err(bus_error)?;
+    all.into_iter()
+        .find(|p| p.record == id)
+        .ok_or(ApiError::NotFound)
+}
+
+/// One parked message, whole: payload, headers, the last error, its trace.
+/// Admins only.
+#[utoipa::path(get, path = "/api/admin/parked/{id}", tag = "admin",
+    params(("id" = u64, Path, description = "the record's id")),
+    security(("session" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The parked message", body = ParkedBody),
+        (status = 401, description = "No valid session", body = shared::openapi::ErrorBody),
+        (status = 403, description = "Not an admin", body = shared::openapi::ErrorBody),
+        (status = 404, description = "No such record", body = shared::openapi::ErrorBody),
+        (status = 503, description = "The event bus cannot be reached", body = shared::openapi::ErrorBody),
+    ))]
+async fn show(
+    State(state): State<ParkedAdmin>,
+    _: Admin,
+    IdPath(id): IdPath<u64>,
+) -> Result<Json<ParkedBody>, ApiError> {
+    Ok(Json(ParkedBody::of(find(&state, id).await?, true)))
+}
+
+fn settled(resolution: Resolution) -> Result<ParkedMessage, ApiError> {
+    match resolution {
+        Resolution::Done(p) => Ok(p),
+        Resolution::Already(p) => Err(ApiError::Conflict(format!(
+            "Parked message {} was {} already",
+            p.record,
+            p.state.name()
+        ))),
+        Resolution::NotFound => Err(ApiError::NotFound),
+    }
+}
+
+/// Delivers a parked message again — its original id, headers and payload
+/// — to the consumer that parked it, and no other; marks it replayed. Fix
+/// the cause first: if it fails again it is parked again, as a new record.
+/// Admins only.
+#[utoipa::path(post, path = "/api/admin/parked/{id}/replay", tag = "admin",
+    params(("id" = u64, Path, description = "the record's id")),
+    security(("session" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Replayed", body = ParkedBody),
+        (status = 401, description = "No valid session", body = shared::openapi::ErrorBody),
+        (status = 403, description = "Not an admin", body = shared::openapi::ErrorBody),
+        (status = 404, description = "No such record", body = shared::openapi::ErrorBody),
+        (status = 409, description = "Replayed or discarded already", body = shared::openapi::ErrorBody),
+        (status = 503, description = "The event bus cannot be reached", body = shared::openapi::ErrorBody),
+    ))]
+async fn replay_one(
+    State(state): State<ParkedAdmin>,
+    Admin(admin): Admin,
+    IdPath(id): IdPath<u64>,
+) -> Result<Json<ParkedBody>, ApiError> {
+    let p = settled(state.bus.replay_parked(id).await.map_err(bus_error)?)?;
+    tracing::info!(record = id, consumer = %p.consumer, admin = %admin.email, "parked message replayed");
+    Ok(Json(ParkedBody::of(p, false)))
+}
+
+/// Which parked messages to replay: exactly one of the three.
+#[derive(Debug, utoipa::ToSchema)]
+#[schema(as = ReplayInput)]
+pub struct ReplayInput {
+    /// These records.
+    #[schema(value_type = Option<Vec<u64>>)]
+    ids: Option<Vec<u64>>,
+    /// Every message waiting on this consumer.
+    #[schema(value_type = Option<String>)]
+    consumer: Option<String>,
+    /// Every message waiting on any consumer (`true`).
+    #[schema(value_type = Option<bool>)]
+    all: Option<bool>,
+}
+
+impl FromFields for ReplayInput {
+    fn from_fields(f: &mut Fields<'_>) -> Option<Self> {
+        let ids = match f.value("ids") {
+            None => None,
+            Some(serde_json::Value::Array(items)) => {
+                let ids: Option<Vec<u64>> = items.iter().map(serde_json::Value::as_u64).collect();
+                if ids.is_none() {
+                    f.fail("ids", "ids must be a list of record ids");
+                    return None;
+                }
+                ids
+            }
+            Some(_) => {
+                f.fail("ids", "ids must be a list of record ids");
+                return None;
+            }
+        };
+        let consumer = match f.value("consumer") {
+            None => None,
+            Some(_) => {
+                let c = f.non_empty("consumer", "Consumer")?;
+                if !is_durable_name(c) {
+                    f.fail("consumer", CONSUMER_RULE);
+                    return None;
+                }
+                Some(c.to_owned())
+            }
+        };
+        let all = match f.value("all") {
+            None => None,
+            Some(serde_json::Value::Bool(b)) => Some(*b),
+            Some(_) => {
+                f.fail("all", "all must be true or false");
+                return None;
+            }
+        };
+        let chosen = usize::from(ids.is_some())
+            + usize::from(consumer.is_some())
+            + usize::from(all == Some(true));
+        if chosen != 1 {
+            f.fail(
+                "ids",
+                "Name the messages to replay: ids, consumer, or all: true (one of them)",
+            );
+            return None;
+        }
+        Some(ReplayInput { ids, consumer, all })
+    }
+}
+
+/// What a replay of several messages did.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayOutcome {
+    /// Records replayed now.
+    pub replayed: Vec<u64>,
+    /// Records left alone: replayed or discarded before, or unknown.
+    pub skipped: Vec<u64>,
+}
+
+/// Replays several parked messages at once: the records named, every one
+/// waiting on a consumer (after a fix for its handler is deployed), or all
+/// of them. Admins only.
+#[utoipa::path(post, path = "/api/admin/parked/replay", tag = "admin",
+    request_body = ReplayInput,
+    security(("session" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "What was replayed and what was left alone", body = ReplayOutcome),
+        (status = 400, description = "Not exactly one of ids, consumer and all", body = shared::openapi::ErrorBody),
+        (status = 401, description = "No valid session", body = shared::openapi::ErrorBody),
+        (status = 403, description = "Not an admin", body = shared::openapi::ErrorBody),
+        (status = 503, description = "The event bus cannot be reached", body = shared::openapi::ErrorBody),
+    ))]
+async fn replay_many(
+    State(state): State<ParkedAdmin>,
+    Admin(admin): Admin,
+    ValidJson(input): ValidJson<ReplayInput>,
+) -> Result<Json<ReplayOutcome>, ApiError> {
+    let ids = match input.ids {
+        Some(ids) => ids,
+        // A consumer's, or (`all`) every consumer's.
+        None => state
+            .bus
+            .parked_messages(&ParkedFilter {
+                consumer: input.consumer.filter(|_| input.all != Some(true)),
+                since: None,
+                waiting_only: true,
+            })
+            .await
+            .map_err(bus_error)?
+            .into_iter()
+            .map(|p| p.record)
+            .collect(),
+    };
+    let mut outcome = ReplayOutcome {
+        replayed: Vec::new(),
+        skipped: Vec::new(),
+    };
+    for id in ids {
+        match state.bus.replay_parked(id).await.map_err(bus_error)? {
+            Resolution::Done(_) => outcome.replayed.push(id),
+            Resolution::Already(_) | Resolution::NotFound => outcome.skipped.push(id),
+        }
+    }
+    tracing::info!(replayed = outcome.replayed.len(), skipped = outcome.skipped.len(), admin = %admin.email, "parked messages replayed");
+    Ok(Json(outcome))
+}
+
+/// Why a parked message is given up on.
+#[derive(Debug, utoipa::ToSchema)]
+#[schema(as = DiscardInput)]
+pub struct DiscardInput {
+    /// Recorded with the message (1 to 500 characters).
+    #[schema(value_type = String)]
+    reason: String,
+}
+
+impl FromFields for DiscardInput {
+    fn from_fields(f: &mut Fields<'_>) -> Option<Self> {
+        Some(DiscardInput {
+            reason: f.text("reason", "Reason", 500)?.to_owned(),
+        })
+    }
+}
+
+/// Gives up on a parked message for good, recording the reason (it is kept,
+/// as discarded, and is never delivered again). Admins only.
+#[utoipa::path(post, path = "/api/admin/parked/{id}/discard", tag = "admin",
+    params(("id" = u64, Path, description = "the record's id")),
+    request_body = DiscardInput,
+    security(("session" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Discarded", body = ParkedBody),
+        (status = 400, description = "No reason", body = shared::openapi::ErrorBody),
+        (status = 401, description = "No valid session", body = shared::openapi::ErrorBody),
+        (status = 403, description = "Not an admin", body = shared::openapi::ErrorBody),
+        (status = 404, description = "No such record", body = shared::openapi::ErrorBody),
+        (status = 409, description = "Replayed or discarded already", body = shared::openapi::ErrorBody),
+        (status = 503, description = "The event bus cannot be reached", body = shared::openapi::ErrorBody),
+    ))]
+async fn discard(
+    State(state): State<ParkedAdmin>,
+    Admin(admin): Admin,
+    IdPath(id): IdPath<u64>,
+    ValidJson(input): ValidJson<DiscardInput>,
+) -> Result<Json<ParkedBody>, ApiError> {
+    let p = settled(
+        state
+            .bus
+            .discard_parked(id, format!("{} ({})", input.reason, admin.email))
+            .await
+            .map_err(bus_error)?,
+    )?;
+    tracing::info!(record = id, consumer = %p.consumer, admin = %admin.email, "parked message discarded");
+    Ok(Json(ParkedBody::of(p, false)))
+}
