@@ -214,6 +214,7 @@ impl Settings {
                 window: Duration::from_secs(60),
                 trusted_proxies: trusted_proxies()?,
                 admin_emails: admin_emails()?,
+                ..auth::Config::default()
             },
             http,
             payments: payments::Config {

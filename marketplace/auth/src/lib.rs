@@ -61,6 +61,8 @@ pub struct Config {
     /// The admins, by e-mail (`ADMIN_EMAILS`, stored lower-case): they may
     /// list users and ban or unban them.
     pub admin_emails: Vec<String>,
+    /// How often the parked-message gauges are read from the bus.
+    pub parked_gauges_every: Duration,
 }
 
 impl Default for Config {
@@ -70,6 +72,7 @@ impl Default for Config {
             window: Duration::from_secs(60),
             trusted_proxies: None,
             admin_emails: Vec::new(),
+            parked_gauges_every: Duration::from_secs(15),
         }
     }
 }
@@ -129,6 +132,7 @@ pub async fn start(deps: &Deps, config: Config) -> Result<Running, store::StoreE
     // Warm the dummy hash now so the first unknown-email sign-in is not
     // measurably slower than the rest.
     tokio::task::spawn_blocking(password::warm_up);
+    let gauges = parked.spawn_gauges(config.parked_gauges_every, deps.shutdown.clone());
     let routes = router(state).merge(runtime::parked::router(parked));
-    Ok(base.running(routes, Vec::new()))
+    Ok(base.running(routes, vec![gauges]))
 }

@@ -474,6 +474,7 @@ const ADMIN: &str = "admin@example.com";
 async fn admin_app() -> TestApp {
     app_with(auth::Config {
         admin_emails: vec![ADMIN.into()],
+        parked_gauges_every: Duration::from_millis(50),
         ..auth::Config::default()
     })
     .await
@@ -896,6 +897,20 @@ async fn admins_find_show_replay_and_discard_parked_messages() {
             res.json::<Vec<Value>>().await.unwrap()
         }
     };
+    // The gauges the alerts read see them (`bus_parked_waiting`).
+    let waiting = |n: u64| {
+        let app = &app;
+        async move {
+            testkit::eventually(Duration::from_secs(10), || async {
+                let text = testkit::get_text(&app.client, app.url("/metrics")).await;
+                let line = format!("bus_parked_waiting{{consumer=\"{durable}\"}} {n}");
+                text.lines().any(|l| l == line).then_some(())
+            })
+            .await
+            .unwrap_or_else(|| panic!("bus_parked_waiting never reached {n}"));
+        }
+    };
+    waiting(2).await;
     let parked = list("").await;
     assert_eq!(parked.len(), 2, "{parked:?}");
     assert_eq!(parked[0]["messageId"], "ops-1");
@@ -975,6 +990,7 @@ async fn admins_find_show_replay_and_discard_parked_messages() {
 
     // Nothing waits now; the history is there.
     assert!(list("").await.is_empty());
+    waiting(0).await;
     assert_eq!(list("&state=all").await.len(), 2);
     assert_eq!(list("&state=discarded").await.len(), 1);
     assert!(

@@ -429,6 +429,14 @@ pub async fn a_terminated_message_is_parked_with_its_reason_and_never_redelivere
         "{}",
         parked[0].reason
     );
+    assert_eq!(
+        shared::metrics::get(
+            "bus_parked_total",
+            &[("consumer", &env.durable("c")), ("cause", "terminated")]
+        ),
+        1,
+        "counted by its cause"
+    );
 }
 
 pub async fn a_message_whose_last_delivery_times_out_is_parked(env: Env) {
@@ -453,6 +461,17 @@ pub async fn a_message_whose_last_delivery_times_out_is_parked(env: Env) {
     );
     let parked = wait_for_parked(&env, &config.durable, 1).await;
     assert_eq!((parked[0].id.as_str(), parked[0].deliveries), ("hang", 2));
+    assert_eq!(
+        shared::metrics::get(
+            "bus_parked_total",
+            &[
+                ("consumer", &config.durable),
+                ("cause", "out_of_deliveries")
+            ]
+        ),
+        1,
+        "counted by its cause"
+    );
 }
 
 /// The next item of a watch within [`SOON`].
@@ -625,6 +644,15 @@ pub async fn a_failed_message_is_parked_with_its_last_error_headers_and_payload(
     assert_eq!((p.id.as_str(), p.deliveries), ("poison", 2));
     assert_eq!(p.subject, env.subject("a"));
     assert!(p.reason.contains("boom 2"), "reason: {}", p.reason);
+    assert_eq!(
+        shared::metrics::get(
+            "bus_parked_total",
+            &[("consumer", &config.durable), ("cause", "failed")]
+        ),
+        1,
+        "counted by its cause"
+    );
+
     assert_eq!(p.payload, b"{\"n\":1}");
     assert_eq!(p.trace_id(), Some("0af7651916cd43dd8448eb211c80319c"));
     assert_eq!(p.state, crate::ParkedState::Parked);

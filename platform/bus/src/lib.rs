@@ -189,7 +189,25 @@ pub(crate) fn report_parked(
         reason,
         "message parked"
     );
-    shared::metrics::inc("bus_parked_total", &[("consumer", consumer)]);
+    shared::metrics::inc(
+        "bus_parked_total",
+        &[("consumer", consumer), ("cause", park_cause(reason))],
+    );
+}
+
+/// Why a message was parked, from its reason, as a metric label (the same
+/// on both buses): `terminated` (its handler or decoder refused it),
+/// `failed` (its handler failed on every delivery) or `out_of_deliveries`
+/// (no delivery was acknowledged, without an error: it timed out, or was
+/// never ready).
+fn park_cause(reason: &str) -> &'static str {
+    if reason.starts_with("terminated:") {
+        "terminated"
+    } else if reason.contains("last error:") {
+        "failed"
+    } else {
+        "out_of_deliveries"
+    }
 }
 
 /// Logs and counts an operator's replay or discard of a parked message.

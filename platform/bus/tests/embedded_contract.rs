@@ -9,11 +9,15 @@ use bus::embedded::EmbeddedBus;
 use bus::{Bus, ConsumerConfig, Message};
 
 async fn fresh() -> Option<Env> {
+    // A prefix of each test's own: the bus is fresh, but the process's
+    // metrics, which some cases read by consumer, are shared.
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = tempfile::tempdir().unwrap();
     let bus = EmbeddedBus::open(&dir.path().join("bus.db")).await.unwrap();
     Some(Env {
         bus: Arc::new(bus),
-        prefix: "t".into(),
+        prefix: format!("t{n}"),
         guard: Box::new(dir),
     })
 }

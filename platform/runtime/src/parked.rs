@@ -38,6 +38,72 @@ impl FromRef<ParkedAdmin> for Arc<AuthKeys> {
     }
 }
 
+impl ParkedAdmin {
+    /// Keeps the gauges an operator's alerts read current — messages
+    /// waiting per consumer (`bus_parked_waiting`) and the age of the
+    /// oldest (`bus_parked_oldest_seconds`) — reading the bus every `every`
+    /// until `shutdown`. Every process serving these routes reports them
+    /// (alerts take the `max` over processes).
+    pub fn spawn_gauges(
+        &self,
+        every: std::time::Duration,
+        mut shutdown: shared::shutdown::Shutdown,
+    ) -> tokio::task::JoinHandle<()> {
+        let bus = self.bus.clone();
+        tokio::spawn(async move {
+            let mut reported = std::collections::BTreeSet::new();
+            loop {
+                let waiting = ParkedFilter {
+                    waiting_only: true,
+                    ..Default::default()
+                };
+                match bus.parked_messages(&waiting).await {
+                    Ok(found) => reported = report_waiting(&found, reported),
+                    Err(e) => {
+                        tracing::debug!(error = %store::report(&e), "cannot read parked messages for their gauges");
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = shutdown.wait() => break,
+                }
+            }
+        })
+    }
+}
+
+/// Sets the gauges from the waiting messages `found` (consumers reported
+/// before and now clear go to 0); the consumers reported now.
+fn report_waiting(
+    found: &[ParkedMessage],
+    before: std::collections::BTreeSet<String>,
+) -> std::collections::BTreeSet<String> {
+    let now = shared::time::Clock::System.now().millis();
+    let mut per: std::collections::BTreeMap<&str, (u64, i64)> = Default::default();
+    for p in found {
+        let e = per.entry(&p.consumer).or_insert((0, i64::MAX));
+        e.0 += 1;
+        e.1 = e.1.min(p.parked_at.millis());
+    }
+    for gone in before.iter().filter(|c| !per.contains_key(c.as_str())) {
+        shared::metrics::set("bus_parked_waiting", &[("consumer", gone)], 0.0);
+        shared::metrics::set("bus_parked_oldest_seconds", &[("consumer", gone)], 0.0);
+    }
+    for (consumer, (count, oldest)) in &per {
+        shared::metrics::set(
+            "bus_parked_waiting",
+            &[("consumer", consumer)],
+            *count as f64,
+        );
+        shared::metrics::set(
+            "bus_parked_oldest_seconds",
+            &[("consumer", consumer)],
+            (now - oldest).max(0) as f64 / 1000.0,
+        );
+    }
+    per.keys().map(|c| (*c).to_owned()).collect()
+}
+
 /// The routes, with their OpenAPI description.
 pub fn routes() -> utoipa_axum::router::OpenApiRouter<ParkedAdmin> {
     utoipa_axum::router::OpenApiRouter::default()

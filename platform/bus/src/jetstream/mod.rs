@@ -438,6 +438,11 @@ impl JetStreamBus {
             while let Some(m) = advisories.next().await {
                 match serde_json::from_slice::<MaxDeliveriesAdvisory>(&m.payload) {
                     Ok(a) => {
+                        // Every member sees the advisory: read with `max`.
+                        shared::metrics::inc(
+                            "bus_max_deliveries_advisories_total",
+                            &[("stream", &a.stream), ("consumer", &a.consumer)],
+                        );
                         let seq = a.stream_seq;
                         if let Err(e) = bus.park_from_advisory(a).await {
                             tracing::warn!(seq, error = %store::report(&e), "cannot park a message out of deliveries");
