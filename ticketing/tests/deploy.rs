@@ -521,3 +521,78 @@ fn the_dashboard_charts_only_series_that_exist() {
         assert!(charted.contains(series), "{series} is not charted");
     }
 }
+
+/// Every `"name"` string literal of the workspace's Rust sources under
+/// `dirs`: where the metrics the alerts read must be recorded.
+fn string_literals_in(dirs: &[&str]) -> String {
+    fn walk(dir: &std::path::Path, out: &mut String) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let mut all = String::new();
+    for d in dirs {
+        walk(&root().join(d), &mut all);
+    }
+    all
+}
+
+#[test]
+fn the_alert_rules_ship_in_the_chart_and_read_only_series_the_code_records() {
+    let rules: Value =
+        serde_saphyr::from_str(&read("deploy/helm/ticketing/files/alerts.yaml")).unwrap();
+    let sources = string_literals_in(&["platform", "marketplace"]);
+    let mut alerts = Vec::new();
+    for rule in rules["groups"][0]["rules"].as_array().unwrap() {
+        alerts.push(rule["alert"].as_str().unwrap().to_owned());
+        let expr = rule["expr"].as_str().unwrap();
+        for token in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if !token.contains('_') || token == "histogram_quantile" {
+                continue;
+            }
+            let series = token.strip_suffix("_bucket").unwrap_or(token);
+            assert!(
+                sources.contains(&format!("\"{series}\"")),
+                "{}: no code records {series}",
+                rule["alert"]
+            );
+        }
+        // Each alert has its runbook entry.
+        let anchor = rule["annotations"]["runbook"].as_str().unwrap();
+        let heading = anchor.split('#').nth(1).unwrap();
+        assert!(
+            read("docs/operations.md")
+                .lines()
+                .any(|l| l.starts_with('#')
+                    && l.to_lowercase().replace(['#', ' ', '`'], "") == heading),
+            "docs/operations.md has no heading for {heading}"
+        );
+    }
+    assert_eq!(alerts.len(), 6, "{alerts:?}");
+
+    let Some(helm) = helm() else { return };
+    let key = "secrets.jwtKey=0123456789abcdef-check";
+    let objects = render(&helm, &["--set", key]).unwrap();
+    assert_eq!(count(&objects, "PrometheusRule"), 0, "off by default");
+    let objects = render(
+        &helm,
+        &[
+            "--set",
+            key,
+            "--set",
+            "prometheusRule.enabled=true,prometheusRule.labels.release=prom",
+        ],
+    )
+    .unwrap();
+    let rule = find(&objects, "PrometheusRule", "t-ticketing");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prom");
+    assert_eq!(
+        rule["spec"], rules,
+        "the chart carries the tested file as it is"
+    );
+}

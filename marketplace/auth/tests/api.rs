@@ -417,6 +417,13 @@ async fn health_and_readiness_report_ok_and_metrics_are_prometheus_text() {
         .await
         .unwrap();
     assert!(metrics.contains("http_responses_total"), "{metrics}");
+    // Readiness is a series too, per check (what TicketingNotReady reads).
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ready{check=") && l.ends_with(" 1")),
+        "{metrics}"
+    );
 }
 
 // ---- sessions: sign-out, sign-out everywhere, bans -------------------------

@@ -270,15 +270,7 @@ async fn healthz() -> axum::Json<StatusBody> {
         (status = 503, description = "Not ready; one entry per reason", body = shared::error::ErrorBody),
     ))]
 async fn readyz(axum::extract::State(checks): axum::extract::State<Checks>) -> Response {
-    let mut failures = Vec::new();
-    for (name, check) in checks.iter() {
-        if let Err(reason) = check().await {
-            failures.push(FieldError {
-                message: format!("{name}: {reason}"),
-                field: None,
-            });
-        }
-    }
+    let failures = run_checks(&checks).await;
     if failures.is_empty() {
         axum::Json(StatusBody {
             status: "ready".into(),
@@ -294,8 +286,17 @@ async fn readyz(axum::extract::State(checks): axum::extract::State<Checks>) -> R
 }
 
 /// Prometheus metrics (text exposition format 0.0.4).
-#[utoipa::path(get, path = "/metrics", tag = "operations",
+#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics",
     responses((status = 200, description = "Prometheus text", content_type = "text/plain", body = String)))]
+async fn metrics_and_readiness(
+    axum::extract::State(checks): axum::extract::State<Checks>,
+) -> impl IntoResponse {
+    run_checks(&checks).await;
+    metrics().await
+}
+
+/// The metrics alone (a `METRICS_ADDR` of their own; `ready` is then set
+/// by the readiness probes).
 pub(crate) async fn metrics() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -303,11 +304,34 @@ pub(crate) async fn metrics() -> impl IntoResponse {
     )
 }
 
+/// Runs the readiness checks: what failed, one entry per reason. Each
+/// check's outcome is also the gauge `ready{check}` (1 or 0), set by every
+/// `/readyz` and every scrape of the public `/metrics`, so an alert sees a
+/// process that stays unready.
+async fn run_checks(checks: &Checks) -> Vec<FieldError> {
+    let mut failures = Vec::new();
+    for (name, check) in checks.iter() {
+        let outcome = check().await;
+        shared::metrics::set(
+            "ready",
+            &[("check", name)],
+            if outcome.is_ok() { 1.0 } else { 0.0 },
+        );
+        if let Err(reason) = outcome {
+            failures.push(FieldError {
+                message: format!("{name}: {reason}"),
+                field: None,
+            });
+        }
+    }
+    failures
+}
+
 fn health_routes() -> utoipa_axum::router::OpenApiRouter<Checks> {
     utoipa_axum::router::OpenApiRouter::default()
         .routes(utoipa_axum::routes!(healthz))
         .routes(utoipa_axum::routes!(readyz))
-        .routes(utoipa_axum::routes!(metrics))
+        .routes(utoipa_axum::routes!(metrics_and_readiness))
 }
 
 /// `GET /healthz` (live while serving), `GET /readyz` (200 when every check
