@@ -56,12 +56,11 @@ async fn list(base: &str, state: &str) -> Vec<Value> {
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_operator_finds_reads_replays_and_discards_a_parked_event_from_the_cli() {
+/// The marketplace in one process on its own engines, with `ADMIN` an
+/// admin (signed up); `None` when the engines are optional and missing.
+async fn system() -> Option<(common::Engines, Proc, tempfile::TempDir)> {
     let services = ["auth", "tickets", "orders", "expiration", "payments"];
-    let Some(engines) = engines(&services).await else {
-        return;
-    };
+    let engines = engines(&services).await?;
     let mut env = vec![
         ("NATS_URL", engines.nats.url()),
         ("ADMIN_EMAILS", ADMIN.to_owned()),
@@ -78,8 +77,47 @@ async fn an_operator_finds_reads_replays_and_discards_a_parked_event_from_the_cl
     env.extend(urls.iter().map(|(k, v)| (k.as_str(), v.clone())));
     let dir = tempfile::tempdir().unwrap();
     let proc = Proc::start_with(free_port(), dir.path(), 60, &env).await;
+    Shopper::sign_up(&proc.base, ADMIN).await;
+    Some((engines, proc, dir))
+}
+
+/// Publishes a `ticket.created` no one can read (orders parks it at once).
+async fn publish_unreadable(engines: &common::Engines, id: &str) {
+    let client = async_nats::connect(engines.nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", id);
+    headers.insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    );
+    js.publish_with_headers("ticket.created", headers, "not json".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// The waiting parked messages, once there are `n`.
+async fn until_waiting(base: &str, n: usize) -> Vec<Value> {
+    let mut waiting = Vec::new();
+    for _ in 0..100 {
+        waiting = list(base, "parked").await;
+        if waiting.len() >= n {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(waiting.len(), n, "{waiting:?}");
+    waiting
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_finds_reads_replays_and_discards_a_parked_event_from_the_cli() {
+    let Some((engines, proc, _dir)) = system().await else {
+        return;
+    };
     let base = proc.base.clone();
-    Shopper::sign_up(&base, ADMIN).await;
 
     // Without an admin's session the commands say what they need.
     let out = tokio::task::spawn_blocking({
@@ -103,28 +141,8 @@ async fn an_operator_finds_reads_replays_and_discards_a_parked_event_from_the_cl
     );
 
     // A ticket.created that no one can read: orders parks it at once.
-    let client = async_nats::connect(engines.nats.url()).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", "unreadable-1");
-    headers.insert(
-        "traceparent",
-        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-    );
-    js.publish_with_headers("ticket.created", headers, "not json".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let mut waiting = Vec::new();
-    for _ in 0..100 {
-        waiting = list(&base, "parked").await;
-        if !waiting.is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    publish_unreadable(&engines, "unreadable-1").await;
+    let waiting = until_waiting(&base, 1).await;
     let first = &waiting[0];
     assert_eq!(first["consumer"], "orders-ticket-created");
     assert_eq!(first["messageId"], "unreadable-1");
@@ -147,15 +165,7 @@ async fn an_operator_finds_reads_replays_and_discards_a_parked_event_from_the_cl
     // again as a new record, and the first one says it was replayed.
     let out = stdout(&parked(&base, &["replay", &id]).await);
     assert!(out.starts_with(&format!("replayed 1: [{id}]")), "{out}");
-    let mut again = Vec::new();
-    for _ in 0..100 {
-        again = list(&base, "parked").await;
-        if !again.is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(again.len(), 1, "{again:?}");
+    let again = until_waiting(&base, 1).await;
     assert_ne!(again[0]["id"], first["id"]);
     assert_eq!(again[0]["messageId"], "unreadable-1");
     let replayed = list(&base, "replayed").await;
@@ -183,5 +193,98 @@ async fn an_operator_finds_reads_replays_and_discards_a_parked_event_from_the_cl
     let out = parked(&base, &["discard", &second, "--reason", "again"]).await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("discarded already"));
+    proc.stop();
+}
+
+/// The same from the admin's pages in the web client: the list, one
+/// message whole, Replay and Discard (forms with the CSRF token); not for
+/// anyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_replays_and_discards_parked_events_from_the_web_pages() {
+    let Some((engines, proc, _dir)) = system().await else {
+        return;
+    };
+    let base = proc.base.clone();
+    let admin = Shopper::new(&base);
+    let res = admin
+        .client
+        .post(format!("{base}/api/users/signin"))
+        .json(&serde_json::json!({"email": ADMIN, "password": "password123"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success());
+    let ann = Shopper::sign_up(&base, "ann@example.com").await;
+    let res = ann
+        .client
+        .get(format!("{base}/admin/parked"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::FORBIDDEN);
+
+    let home = admin.page("/").await;
+    assert!(
+        home.contains("href=\"/admin/parked\""),
+        "admins see the link"
+    );
+    assert!(
+        admin
+            .page("/admin/parked")
+            .await
+            .contains("No parked messages waiting")
+    );
+    publish_unreadable(&engines, "unreadable-page").await;
+    let id = until_waiting(&base, 1).await[0]["id"].as_u64().unwrap();
+
+    let list = admin.page("/admin/parked").await;
+    assert!(list.contains("orders-ticket-created"), "{list}");
+    assert!(list.contains(&format!("Replay {id}")), "{list}");
+    let one = admin.page(&format!("/admin/parked/{id}")).await;
+    assert!(
+        one.contains("not json") && one.contains("4bf92f3577b34da6a3ce929d0e0e4736"),
+        "{one}"
+    );
+    assert!(one.contains("terminated:"), "{one}");
+
+    // Without the form's token the action is refused.
+    let res = admin
+        .client
+        .post(format!("{base}/admin/parked/{id}/replay"))
+        .form(&[("_csrf", "forged")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::FORBIDDEN);
+    let token = common::form_token(&one);
+    let res = admin
+        .client
+        .post(format!("{base}/admin/parked/{id}/replay"))
+        .form(&[("_csrf", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    let after = res.text().await.unwrap();
+    assert!(after.contains("Replayed: delivered again"), "{after}");
+    // Still unreadable: parked again, as a new record, which is discarded.
+    let again = until_waiting(&base, 1).await[0]["id"].as_u64().unwrap();
+    assert_ne!(again, id);
+    let page = admin.page("/admin/parked").await;
+    let token = common::form_token(&page);
+    let res = admin
+        .client
+        .post(format!("{base}/admin/parked/{again}/discard"))
+        .form(&[("_csrf", token.as_str()), ("reason", "test data")])
+        .send()
+        .await
+        .unwrap();
+    let after = res.text().await.unwrap();
+    assert!(after.contains("Discarded."), "{after}");
+    assert!(after.contains("No parked messages waiting"), "{after}");
+    let all = admin.page("/admin/parked?state=all").await;
+    assert!(
+        all.contains("replayed") && all.contains("discarded"),
+        "{all}"
+    );
     proc.stop();
 }

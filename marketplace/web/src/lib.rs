@@ -55,6 +55,10 @@ pub fn router(config: WebConfig) -> Router {
         .route("/admin/users", get(pages::admin_users))
         .route("/admin/users/{id}/ban", post(pages::ban))
         .route("/admin/users/{id}/unban", post(pages::unban))
+        .route("/admin/parked", get(pages::admin_parked))
+        .route("/admin/parked/{id}", get(pages::admin_parked_one))
+        .route("/admin/parked/{id}/replay", post(pages::replay_parked))
+        .route("/admin/parked/{id}/discard", post(pages::discard_parked))
         .route(
             "/tickets/new",
             get(pages::new_ticket_form).post(pages::new_ticket),
