@@ -37,6 +37,8 @@ pub enum Command {
     Events {
         #[arg(long, value_enum, default_value = "markdown")]
         format: crate::catalogue::Format,
+        #[command(subcommand)]
+        command: Option<EventsCommand>,
     },
     /// Parked messages (events a consumer gave up on): list, show, replay
     /// to the consumer that parked them, or discard — through the running
@@ -50,6 +52,19 @@ pub enum Command {
         /// e.g. http://127.0.0.1:3000/readyz
         #[arg(default_value = "http://127.0.0.1:3000/readyz")]
         url: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Compare the code's events with the committed contract and fail on
+    /// a change that breaks consumers (a field removed or renamed, a type
+    /// changed, a new required field, an enum value removed, an event
+    /// removed); compatible changes ask for the contract to be regenerated.
+    Check {
+        /// The committed contract (`ticketing events --format json`).
+        #[arg(long, default_value = "docs/events.json")]
+        contract: PathBuf,
     },
 }
 

@@ -5,6 +5,7 @@ pub mod blog;
 pub mod catalogue;
 pub mod cli;
 pub mod cluster;
+pub mod compat;
 pub mod config;
 pub mod docs;
 pub mod drill;
@@ -36,7 +37,24 @@ pub async fn main(cli: cli::Cli) -> Result<u8, Box<dyn std::error::Error>> {
         Some(cli::Command::Probe { url }) => return Ok(probe(&url).await),
         Some(cli::Command::Payments(args)) => return payments_command(args).await,
         Some(cli::Command::Parked(args)) => return parked::run(args).await,
-        Some(cli::Command::Events { format }) => {
+        Some(cli::Command::Events {
+            command: Some(cli::EventsCommand::Check { contract }),
+            ..
+        }) => {
+            let committed = std::fs::read_to_string(&contract)
+                .map_err(|e| format!("{}: {e}", contract.display()))?;
+            let committed: serde_json::Value = serde_json::from_str(&committed)
+                .map_err(|e| format!("{}: {e}", contract.display()))?;
+            let current: serde_json::Value =
+                serde_json::from_str(&catalogue::render(catalogue::Format::Json))?;
+            let report = compat::check(&committed, &current);
+            print_report(&report);
+            return Ok(u8::from(!report.passed()));
+        }
+        Some(cli::Command::Events {
+            format,
+            command: None,
+        }) => {
             print_report(&catalogue::render(format).trim_end());
             return Ok(0);
         }

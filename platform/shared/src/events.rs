@@ -39,6 +39,9 @@ pub fn schema_of<E: Event>() -> serde_json::Value {
             "$id".into(),
             format!("urn:ticketing:event:{}", E::SUBJECT).into(),
         );
+        // The version the `Ticketing-Schema` header carries: what
+        // `ticketing events check` holds against the committed contract.
+        o.insert("x-schema-version".into(), E::SCHEMA_VERSION.into());
     }
     schema
 }
