@@ -5,7 +5,9 @@
 //! consumer already running, or one reading events still in the stream: a
 //! field removed or renamed, a type or format changed, a new required
 //! field (or an optional one made required), an enum value removed, an
-//! event removed, a version that went down.
+//! event removed, a version that went down — unless the event's schema
+//! version was bumped and its type reads the committed version through
+//! upcasters (`Event::READS_FROM`, `Event::upcast`).
 //!
 //! Hand-written: JSON Schema diff tools exist in other ecosystems, but none
 //! among Rust's well-kept crates, and the rules here are the few that
@@ -84,11 +86,26 @@ pub fn check(committed: &Value, current: &Value) -> Report {
             continue;
         };
         let (v_old, v_new) = (version(old_schema), version(new_schema));
-        if v_new != v_old {
+        if v_new < v_old {
             report.breaking.push(format!(
-                "{subject}: schema version {v_old} → {v_new}: consumers cannot read \
-                 another version yet (upcasting is not built)"
+                "{subject}: schema version went down from {v_old} to {v_new}"
             ));
+            continue;
+        }
+        if v_new > v_old {
+            // A new version may change anything, provided the consumers
+            // read the committed one through their upcasters.
+            let reads_from = new_schema["x-reads-from"].as_u64().unwrap_or(v_new);
+            if reads_from <= v_old {
+                report.additive.push(format!(
+                    "{subject}: schema version {v_old} → {v_new}; version {v_old} is read through the upcasters"
+                ));
+            } else {
+                report.breaking.push(format!(
+                    "{subject}: schema version {v_old} → {v_new} without an upcaster from version {v_old} \
+                     (the event type's READS_FROM is {reads_from}): consumers could not read the events already published"
+                ));
+            }
             continue;
         }
         let mut changes = Changes::default();
@@ -415,6 +432,25 @@ mod tests {
             ["t.gone: the event is gone (consumers still read it)"]
         );
         let b = breaking(|s| s["x-schema-version"] = json!(2));
-        assert!(b[0].contains("schema version 1 → 2"), "{b:?}");
+        assert!(
+            b[0].contains("schema version 1 → 2 without an upcaster from version 1"),
+            "{b:?}"
+        );
+        let b = breaking(|s| s["x-schema-version"] = json!(0));
+        assert_eq!(b, ["t.changed: schema version went down from 1 to 0"]);
+    }
+
+    #[test]
+    fn a_bumped_version_whose_type_reads_the_old_one_may_change_anything() {
+        let report = run(|s| {
+            s["x-schema-version"] = json!(2);
+            s["x-reads-from"] = json!(1);
+            s["properties"].as_object_mut().unwrap().remove("price");
+        });
+        assert!(report.breaking.is_empty(), "{report:?}");
+        assert_eq!(
+            report.additive,
+            ["t.changed: schema version 1 → 2; version 1 is read through the upcasters"]
+        );
     }
 }

@@ -337,7 +337,11 @@ async fn run_member<E: Event, H: Handling<E>>(member: Member, handling: H) {
 /// Decodes a delivery's payload; an undecodable one is parked at once
 /// (decoding will never succeed) and `None` returned.
 async fn decode<E: Event>(service: &'static str, delivery: Delivery) -> Option<(Delivery, E)> {
-    match serde_json::from_slice::<E>(&delivery.message.payload) {
+    let version = delivery
+        .message
+        .header(shared::events::SCHEMA_VERSION_HEADER)
+        .and_then(|v| v.parse().ok());
+    match shared::events::decode::<E>(version, &delivery.message.payload) {
         Ok(e) => Some((delivery, e)),
         Err(e) => {
             let reason = format!("undecodable {} payload: {e}", E::SUBJECT);

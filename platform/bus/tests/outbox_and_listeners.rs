@@ -520,3 +520,78 @@ async fn the_consumers_span_carries_the_producers_trace_id() {
     assert_eq!(batched["span_id"], handled_in_tx.span_id_hex());
     assert_eq!(batched["parent_span_id"], create["span_id"]);
 }
+
+/// Version 2 of an event whose version 1 called the field `name`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct ProfileChanged {
+    display_name: String,
+}
+
+impl Event for ProfileChanged {
+    const SUBJECT: &'static str = "profile.changed";
+    const SCHEMA_VERSION: u32 = 2;
+    const READS_FROM: u32 = 1;
+
+    fn upcast(from: u32, mut payload: serde_json::Value) -> Option<serde_json::Value> {
+        (from == 1).then_some(())?;
+        let o = payload.as_object_mut()?;
+        let name = o.remove("name")?;
+        o.insert("displayName".into(), name);
+        Some(payload)
+    }
+}
+
+/// A listener reads every version its event type reads: a recorded
+/// version-1 payload arrives upcast, the current one as it is, and one of
+/// a version it does not know is parked saying so.
+#[tokio::test]
+async fn a_listener_reads_an_older_schema_version_through_the_upcaster() {
+    let f = fixture().await;
+    let (trigger, signal) = shutdown::channel();
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let tasks = Listeners::new(f.bus.clone(), "svc", ListenerOptions::default(), signal)
+        .with_state(seen.clone())
+        .on(
+            |seen: Arc<Mutex<Vec<String>>>, e: ProfileChanged, _: EventContext| async move {
+                seen.lock().unwrap().push(e.display_name);
+                Ok::<_, ListenerError>(Outcome::Done)
+            },
+        )
+        .into_tasks();
+    for (id, version, payload) in [
+        ("v1", "1", &br#"{"name":"Ann"}"#[..]),
+        ("v2", "2", &br#"{"displayName":"Bob"}"#[..]),
+        ("v3", "3", &br#"{"displayName":"Cy"}"#[..]),
+    ] {
+        f.bus
+            .publish(Message {
+                subject: ProfileChanged::SUBJECT.into(),
+                id: id.into(),
+                headers: vec![(shared::events::SCHEMA_VERSION_HEADER.into(), version.into())],
+                payload: payload.to_vec(),
+            })
+            .await
+            .unwrap();
+    }
+    let durable = listener::durable_name("svc", ProfileChanged::SUBJECT);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while (seen.lock().unwrap().len() < 2 || f.bus.parked(&durable).await.unwrap().is_empty())
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(*seen.lock().unwrap(), ["Ann", "Bob"]);
+    let parked = f.bus.parked(&durable).await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].id, "v3");
+    assert!(
+        parked[0].reason.contains("schema version 3 is newer"),
+        "{}",
+        parked[0].reason
+    );
+    trigger.fire();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}

@@ -12,8 +12,44 @@ pub trait Event:
 {
     /// The subject it is published on, e.g. `ticket.created`.
     const SUBJECT: &'static str;
-    /// Bumped when the payload changes incompatibly.
+    /// Bumped when the payload changes incompatibly (and then
+    /// [`Event::upcast`] reads the previous versions still in the streams).
     const SCHEMA_VERSION: u32 = 1;
+    /// The oldest schema version this type reads, through [`Event::upcast`]
+    /// (`ticketing events check` lets a version be bumped only from a
+    /// version at or after it).
+    const READS_FROM: u32 = Self::SCHEMA_VERSION;
+
+    /// A payload of schema version `from` (at least [`Event::READS_FROM`],
+    /// below [`Event::SCHEMA_VERSION`]) rewritten as version `from + 1`'s;
+    /// `None` when this type cannot read that version.
+    fn upcast(from: u32, payload: serde_json::Value) -> Option<serde_json::Value> {
+        let _ = (from, payload);
+        None
+    }
+}
+
+/// Reads a payload of schema `version` (the `Ticketing-Schema` header; none:
+/// the current one) as `E`, upcasting an older version step by step.
+pub fn decode<E: Event>(version: Option<u32>, payload: &[u8]) -> Result<E, String> {
+    let version = version.unwrap_or(E::SCHEMA_VERSION);
+    if version == E::SCHEMA_VERSION {
+        return serde_json::from_slice(payload).map_err(|e| e.to_string());
+    }
+    if version > E::SCHEMA_VERSION {
+        return Err(format!(
+            "schema version {version} is newer than this consumer reads ({})",
+            E::SCHEMA_VERSION
+        ));
+    }
+    let mut value: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+    for from in version..E::SCHEMA_VERSION {
+        value = E::upcast(from, value)
+            .ok_or_else(|| format!("no upcaster from schema version {from}"))?;
+    }
+    serde_json::from_value(value)
+        .map_err(|e| format!("after upcasting from version {version}: {e}"))
 }
 
 /// Header naming the event type (its subject) on every message.
@@ -42,6 +78,9 @@ pub fn schema_of<E: Event>() -> serde_json::Value {
         // The version the `Ticketing-Schema` header carries: what
         // `ticketing events check` holds against the committed contract.
         o.insert("x-schema-version".into(), E::SCHEMA_VERSION.into());
+        if E::READS_FROM < E::SCHEMA_VERSION {
+            o.insert("x-reads-from".into(), E::READS_FROM.into());
+        }
     }
     schema
 }
@@ -52,4 +91,76 @@ pub struct ServiceEvents {
     pub service: &'static str,
     pub publishes: &'static [&'static str],
     pub consumes: &'static [&'static str],
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    /// Version 2 of an event whose version 1 had `price` (whole dollars);
+    /// version 2 has `priceCents` and a `currency`.
+    #[derive(Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+    #[serde(rename_all = "camelCase")]
+    struct Priced {
+        price_cents: i64,
+        currency: String,
+    }
+
+    impl Event for Priced {
+        const SUBJECT: &'static str = "test.priced";
+        const SCHEMA_VERSION: u32 = 2;
+        const READS_FROM: u32 = 1;
+
+        fn upcast(from: u32, mut payload: serde_json::Value) -> Option<serde_json::Value> {
+            match from {
+                1 => {
+                    let o = payload.as_object_mut()?;
+                    let dollars = o.remove("price")?.as_i64()?;
+                    o.insert("priceCents".into(), (dollars * 100).into());
+                    o.insert("currency".into(), "usd".into());
+                    Some(payload)
+                }
+                _ => None,
+            }
+        }
+    }
+
+    /// A payload as version 1 published it (recorded, not generated).
+    const RECORDED_V1: &[u8] = br#"{"price":12}"#;
+
+    #[test]
+    fn an_older_version_is_read_through_the_upcaster() {
+        assert_eq!(
+            decode::<Priced>(Some(1), RECORDED_V1).unwrap(),
+            Priced {
+                price_cents: 1200,
+                currency: "usd".into()
+            }
+        );
+        let current = br#"{"priceCents":5,"currency":"eur"}"#;
+        assert_eq!(decode::<Priced>(Some(2), current).unwrap().price_cents, 5);
+        assert_eq!(decode::<Priced>(None, current).unwrap().currency, "eur");
+    }
+
+    #[test]
+    fn a_version_without_an_upcaster_or_from_the_future_is_refused_with_the_reason() {
+        assert_eq!(
+            decode::<Priced>(Some(0), b"{}").unwrap_err(),
+            "no upcaster from schema version 0"
+        );
+        assert!(
+            decode::<Priced>(Some(3), b"{}")
+                .unwrap_err()
+                .contains("schema version 3 is newer than this consumer reads (2)")
+        );
+    }
+
+    #[test]
+    fn the_schema_says_its_version_and_the_oldest_it_reads() {
+        let schema = schema_of::<Priced>();
+        assert_eq!(schema["x-schema-version"], 2);
+        assert_eq!(schema["x-reads-from"], 1);
+    }
 }
