@@ -1091,43 +1091,35 @@ impl JsAcker {
     }
 }
 
+impl JsAcker {
+    /// Delivers again after `delay` — or, on its last delivery, parks it
+    /// (with the handler's `error`, when it failed).
+    async fn retry_or_park(&self, delay: Duration, error: Option<String>) -> Result<(), BusError> {
+        if self.delivered >= self.max_deliver {
+            let mut reason = format!("not acknowledged after {} deliveries", self.delivered);
+            if let Some(e) = error {
+                reason.push_str(&format!("; last error: {e}"));
+            }
+            return self.park(reason).await;
+        }
+        self.msg
+            .ack_with(AckKind::Nak(Some(delay)))
+            .await
+            .map_err(unavailable)
+    }
+}
+
 impl Acker for JsAcker {
     fn ack(&self) -> crate::BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async move { self.msg.double_ack().await.map_err(unavailable) })
     }
 
     fn nak(&self, delay: Duration) -> crate::BoxFuture<'_, Result<(), BusError>> {
-        Box::pin(async move {
-            if self.delivered >= self.max_deliver {
-                return self
-                    .park(format!(
-                        "not acknowledged after {} deliveries",
-                        self.delivered
-                    ))
-                    .await;
-            }
-            self.msg
-                .ack_with(AckKind::Nak(Some(delay)))
-                .await
-                .map_err(unavailable)
-        })
+        Box::pin(self.retry_or_park(delay, None))
     }
 
     fn fail(&self, delay: Duration, error: String) -> crate::BoxFuture<'_, Result<(), BusError>> {
-        Box::pin(async move {
-            if self.delivered >= self.max_deliver {
-                return self
-                    .park(format!(
-                        "not acknowledged after {} deliveries; last error: {error}",
-                        self.delivered
-                    ))
-                    .await;
-            }
-            self.msg
-                .ack_with(AckKind::Nak(Some(delay)))
-                .await
-                .map_err(unavailable)
-        })
+        Box::pin(self.retry_or_park(delay, Some(error)))
     }
 
     fn term(&self, reason: String) -> crate::BoxFuture<'_, Result<(), BusError>> {
