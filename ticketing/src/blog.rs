@@ -41,6 +41,14 @@ pub enum BlogSubcommand {
     /// apply makes it so.
     #[command(subcommand)]
     Streams(crate::streams::Streams),
+    /// Print the blog's event catalogue, or check it against the committed
+    /// contract (docs/blog-events.json).
+    Events {
+        #[arg(long, value_enum, default_value = "markdown")]
+        format: crate::catalogue::Format,
+        #[command(subcommand)]
+        command: Option<crate::cli::EventsCommand>,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -82,7 +90,9 @@ impl BlogCommand {
         let run = match &self.command {
             None => &self.run,
             Some(BlogSubcommand::Run(run)) => run,
-            Some(BlogSubcommand::Streams(_)) => return "blog".to_owned(),
+            Some(BlogSubcommand::Streams(_) | BlogSubcommand::Events { .. }) => {
+                return "blog".to_owned();
+            }
         };
         runtime::role::process_name(&run.services, "blog", "blog-")
     }
@@ -163,6 +173,9 @@ pub async fn main(command: BlogCommand) -> Result<u8, Box<dyn std::error::Error>
     let args = match command.command {
         Some(BlogSubcommand::Streams(streams)) => {
             return Ok(crate::streams::run(streams, blog_events::streams).await);
+        }
+        Some(BlogSubcommand::Events { format, command }) => {
+            return crate::events(&crate::catalogue::BLOG, format, command);
         }
         Some(BlogSubcommand::Run(args)) => args,
         None => command.run,

@@ -22,6 +22,51 @@ pub enum Format {
     Dot,
 }
 
+/// A product on the platform, as far as its events go: the marketplace or
+/// the blog. Each has its own catalogue, docs and committed contract.
+#[derive(Debug, Clone, Copy)]
+pub struct Product {
+    /// What comes before `events` on the command line (`""`, `"blog "`).
+    pub command: &'static str,
+    /// The generated document and the committed contract.
+    pub markdown_file: &'static str,
+    pub contract_file: &'static str,
+    /// The stream spec the stream of each subject comes from.
+    pub streams_file: &'static str,
+    pub schemas: fn() -> Vec<(&'static str, Value)>,
+    pub catalogue: &'static [shared::events::ServiceEvents],
+    pub streams: fn() -> provision::Spec,
+    /// The document's title and what it says of payloads in general.
+    pub title: &'static str,
+    pub conventions: &'static str,
+}
+
+/// The marketplace's events.
+pub const MARKETPLACE: Product = Product {
+    command: "",
+    markdown_file: "docs/events.md",
+    contract_file: "docs/events.json",
+    streams_file: "deploy/streams.yaml",
+    schemas: marketplace_events::schemas,
+    catalogue: marketplace_events::CATALOGUE,
+    streams: marketplace_events::streams,
+    title: "Event catalogue",
+    conventions: " Money is in integer cents.",
+};
+
+/// The blog's events.
+pub const BLOG: Product = Product {
+    command: "blog ",
+    markdown_file: "docs/blog-events.md",
+    contract_file: "docs/blog-events.json",
+    streams_file: "deploy/blog-streams.yaml",
+    schemas: blog_events::schemas,
+    catalogue: blog_events::CATALOGUE,
+    streams: blog_events::streams,
+    title: "The blog's event catalogue",
+    conventions: "",
+};
+
 /// One event in the catalogue.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -33,17 +78,19 @@ pub struct Entry {
     pub schema: Value,
 }
 
-/// Every event, in the order the event types are declared.
-pub fn entries() -> Vec<Entry> {
-    let spec = marketplace_events::streams();
-    marketplace_events::schemas()
+/// Every event of `product`, in the order the event types are declared.
+pub fn entries(product: &Product) -> Vec<Entry> {
+    let spec = (product.streams)();
+    (product.schemas)()
         .into_iter()
         .map(|(subject, schema)| {
-            let publisher = marketplace_events::CATALOGUE
+            let publisher = product
+                .catalogue
                 .iter()
                 .find(|s| s.publishes.contains(&subject))
                 .map_or("(none)", |s| s.service);
-            let consumers = marketplace_events::CATALOGUE
+            let consumers = product
+                .catalogue
                 .iter()
                 .filter(|s| s.consumes.contains(&subject))
                 .map(|s| (s.service, durable_name(s.service, subject)))
@@ -59,15 +106,16 @@ pub fn entries() -> Vec<Entry> {
         .collect()
 }
 
-pub fn render(format: Format) -> String {
-    let entries = entries();
+pub fn render(product: &Product, format: Format) -> String {
+    let entries = entries(product);
+    let services: Vec<&str> = product.catalogue.iter().map(|s| s.service).collect();
     match format {
-        Format::Markdown => markdown(&entries),
+        Format::Markdown => markdown(product, &services, &entries),
         Format::Json => {
             serde_json::to_string_pretty(&json_doc(&entries)).unwrap_or_default() + "\n"
         }
-        Format::Mermaid => mermaid(&entries),
-        Format::Dot => dot(&entries),
+        Format::Mermaid => mermaid(&services, &entries),
+        Format::Dot => dot(&services, &entries),
     }
 }
 
@@ -90,18 +138,10 @@ fn json_doc(entries: &[Entry]) -> Value {
     )
 }
 
-/// Services in a stable order: publishers and consumers as the catalogue
-/// lists them.
-fn services() -> Vec<&'static str> {
-    marketplace_events::CATALOGUE
-        .iter()
-        .map(|s| s.service)
-        .collect()
-}
-
-fn mermaid(entries: &[Entry]) -> String {
+/// `services`: in a stable order, as the product's catalogue lists them.
+fn mermaid(services: &[&str], entries: &[Entry]) -> String {
     let mut out = String::from("flowchart LR\n");
-    for s in services() {
+    for s in services {
         let _ = writeln!(out, "    {s}([{s}])");
     }
     for e in entries {
@@ -121,10 +161,10 @@ fn mermaid(entries: &[Entry]) -> String {
     out
 }
 
-fn dot(entries: &[Entry]) -> String {
+fn dot(services: &[&str], entries: &[Entry]) -> String {
     let mut out =
         String::from("digraph events {\n    rankdir=LR;\n    node [shape=box, style=rounded];\n");
-    for s in services() {
+    for s in services {
         let _ = writeln!(out, "    \"{s}\";");
     }
     for e in entries {
@@ -183,21 +223,27 @@ fn type_of(schema: &Value, defs: &Value) -> String {
     }
 }
 
-fn markdown(entries: &[Entry]) -> String {
+fn markdown(product: &Product, services: &[&str], entries: &[Entry]) -> String {
     let mut out = String::new();
-    out.push_str(
-        "# Event catalogue\n\n\
-         Generated from the code by `ticketing events --format markdown` (the event \
+    let _ = write!(
+        out,
+        "# {title}\n\n\
+         Generated from the code by `ticketing {cmd}events --format markdown` (the event \
          types, the services' catalogue entries, the listeners' durable names and \
-         `deploy/streams.yaml`); a test fails when this file differs from what the \
+         `{streams}`); a test fails when this file differs from what the \
          code generates. Do not edit it by hand: run\n\n\
-         ```sh\ncargo run -q -- events --format markdown > docs/events.md\n```\n\n\
+         ```sh\ncargo run -q -- {cmd}events --format markdown > {md}\n```\n\n\
          Every message carries the headers `Nats-Msg-Id` (the event id; the stream \
          drops duplicates), `traceparent` (W3C trace context), `Ticketing-Event` \
-         (the subject) and `Ticketing-Schema` (the schema version). Money is in \
-         integer cents.\n\n## Flow map\n\n```mermaid\n",
+         (the subject) and `Ticketing-Schema` (the schema version).{conventions}\n\n\
+         ## Flow map\n\n```mermaid\n",
+        title = product.title,
+        conventions = product.conventions,
+        cmd = product.command,
+        streams = product.streams_file,
+        md = product.markdown_file,
     );
-    out.push_str(&mermaid(entries));
+    out.push_str(&mermaid(services, entries));
     out.push_str("```\n\n## Events\n\n| subject | publisher | consumers (durable) | stream |\n|---|---|---|---|\n");
     for e in entries {
         let consumers = if e.consumers.is_empty() {
@@ -270,7 +316,7 @@ mod tests {
 
     #[test]
     fn every_event_has_a_publisher_a_stream_and_a_schema() {
-        let entries = entries();
+        let entries = entries(&MARKETPLACE);
         assert_eq!(entries.len(), marketplace_events::ALL_SUBJECTS.len());
         for e in &entries {
             assert_ne!(e.publisher, "(none)", "{}", e.subject);
@@ -288,22 +334,45 @@ mod tests {
 
     #[test]
     fn the_flow_maps_draw_every_edge() {
-        let m = render(Format::Mermaid);
+        let m = render(&MARKETPLACE, Format::Mermaid);
         assert!(m.contains("orders -- order.created --> tickets"), "{m}");
         assert!(
             m.contains("payments -- payment.authorized --> orders"),
             "{m}"
         );
         assert!(m.contains("auth -. user.created .->"), "{m}");
-        let d = render(Format::Dot);
+        let d = render(&MARKETPLACE, Format::Dot);
         assert!(
             d.contains("\"tickets\" -> \"orders\" [label=\"ticket.created\""),
             "{d}"
         );
-        let j: Value = serde_json::from_str(&render(Format::Json)).unwrap();
+        let j: Value = serde_json::from_str(&render(&MARKETPLACE, Format::Json)).unwrap();
         assert_eq!(
             j.as_array().unwrap().len(),
             marketplace_events::ALL_SUBJECTS.len()
         );
+    }
+
+    #[test]
+    fn the_blog_has_a_catalogue_of_its_own() {
+        let entries = entries(&BLOG);
+        assert_eq!(entries.len(), blog_events::ALL_SUBJECTS.len());
+        for e in &entries {
+            assert_ne!(e.publisher, "(none)", "{}", e.subject);
+            assert!(e.stream.is_some(), "{}", e.subject);
+            assert_eq!(e.schema["x-schema-version"], 1, "{}", e.subject);
+        }
+        let m = render(&BLOG, Format::Mermaid);
+        assert!(
+            m.contains("comments -- comment.created --> moderation"),
+            "{m}"
+        );
+        assert!(!m.contains("orders"), "{m}");
+        let md = render(&BLOG, Format::Markdown);
+        assert!(
+            md.contains("ticketing blog events --format markdown"),
+            "{md}"
+        );
+        assert!(md.contains("`deploy/blog-streams.yaml`"), "{md}");
     }
 }

@@ -62,9 +62,10 @@ pub enum EventsCommand {
     /// changed, a new required field, an enum value removed, an event
     /// removed); compatible changes ask for the contract to be regenerated.
     Check {
-        /// The committed contract (`ticketing events --format json`).
-        #[arg(long, default_value = "docs/events.json")]
-        contract: PathBuf,
+        /// The committed contract (`ticketing [blog] events --format json`);
+        /// by default docs/events.json (docs/blog-events.json for the blog).
+        #[arg(long)]
+        contract: Option<PathBuf>,
     },
 }
 

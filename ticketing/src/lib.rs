@@ -25,6 +25,33 @@ use shared::time::Clock;
 
 pub use config::Settings;
 
+/// `ticketing [blog] events`: print `product`'s catalogue, or check the code
+/// against its committed contract (exit 1 on a breaking change).
+pub fn events(
+    product: &catalogue::Product,
+    format: catalogue::Format,
+    command: Option<cli::EventsCommand>,
+) -> Result<u8, Box<dyn std::error::Error>> {
+    match command {
+        Some(cli::EventsCommand::Check { contract }) => {
+            let contract = contract.unwrap_or_else(|| product.contract_file.into());
+            let committed = std::fs::read_to_string(&contract)
+                .map_err(|e| format!("{}: {e}", contract.display()))?;
+            let committed: serde_json::Value = serde_json::from_str(&committed)
+                .map_err(|e| format!("{}: {e}", contract.display()))?;
+            let current: serde_json::Value =
+                serde_json::from_str(&catalogue::render(product, catalogue::Format::Json))?;
+            let report = compat::check(&committed, &current);
+            print_report(&report);
+            Ok(u8::from(!report.passed()))
+        }
+        None => {
+            print_report(&catalogue::render(product, format).trim_end());
+            Ok(0)
+        }
+    }
+}
+
 /// Entry point after argument parsing; returns the exit code.
 pub async fn main(cli: cli::Cli) -> Result<u8, Box<dyn std::error::Error>> {
     let args = match cli.command {
@@ -37,26 +64,8 @@ pub async fn main(cli: cli::Cli) -> Result<u8, Box<dyn std::error::Error>> {
         Some(cli::Command::Probe { url }) => return Ok(probe(&url).await),
         Some(cli::Command::Payments(args)) => return payments_command(args).await,
         Some(cli::Command::Parked(args)) => return parked::run(args).await,
-        Some(cli::Command::Events {
-            command: Some(cli::EventsCommand::Check { contract }),
-            ..
-        }) => {
-            let committed = std::fs::read_to_string(&contract)
-                .map_err(|e| format!("{}: {e}", contract.display()))?;
-            let committed: serde_json::Value = serde_json::from_str(&committed)
-                .map_err(|e| format!("{}: {e}", contract.display()))?;
-            let current: serde_json::Value =
-                serde_json::from_str(&catalogue::render(catalogue::Format::Json))?;
-            let report = compat::check(&committed, &current);
-            print_report(&report);
-            return Ok(u8::from(!report.passed()));
-        }
-        Some(cli::Command::Events {
-            format,
-            command: None,
-        }) => {
-            print_report(&catalogue::render(format).trim_end());
-            return Ok(0);
+        Some(cli::Command::Events { format, command }) => {
+            return events(&catalogue::MARKETPLACE, format, command);
         }
         Some(cli::Command::Drill(cli::Drill::Concurrency(args))) => {
             let exe = std::env::current_exe()?;
