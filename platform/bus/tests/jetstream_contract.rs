@@ -173,3 +173,55 @@ where
     }
     None
 }
+
+/// The server's advisories about our consumers become counters per stream
+/// and consumer: max-deliveries and terminate (both sent by 2.9 and the
+/// current release).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_advisories_are_counted_per_stream_and_consumer() {
+    let Some(client) = testing::connect().await else {
+        return;
+    };
+    let version = client.server_info().version;
+    let bus = JetStreamBus::from_client(client);
+    let stream = testing::stream(&bus).await;
+    let subject = format!("{}.a", stream.prefix);
+    let mut config = ConsumerConfig::new(format!("{}-adv", stream.name), subject.clone());
+    config.ack_wait = Duration::from_secs(1);
+    config.max_deliver = 1;
+    let labels = [
+        ("stream", stream.name.as_str()),
+        ("consumer", config.durable.as_str()),
+    ];
+    let mut sub = bus.subscribe(config.clone()).await.unwrap();
+    bus.publish(msg(&subject, "refused")).await.unwrap();
+    bus.publish(msg(&subject, "hangs")).await.unwrap();
+    for _ in 0..2 {
+        let d = next_within(&mut sub, Duration::from_secs(5))
+            .await
+            .expect("delivered");
+        if d.message.id == "refused" {
+            d.term("refused by the test").await.unwrap();
+        } else {
+            drop(d); // never acknowledged: its one delivery runs out
+        }
+    }
+    let counted = |metric: &'static str| {
+        let labels = labels;
+        async move {
+            for _ in 0..100 {
+                if shared::metrics::get(metric, &labels) > 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            shared::metrics::get(metric, &labels)
+        }
+    };
+    assert_eq!(counted("bus_max_deliveries_advisories_total").await, 1);
+    assert_eq!(
+        counted("bus_terminated_advisories_total").await,
+        1,
+        "nats-server {version}: terminate advisories counted"
+    );
+}

@@ -181,6 +181,14 @@ struct MaxDeliveriesAdvisory {
     deliveries: u32,
 }
 
+/// The server's advisory that a consumer's message was terminated (an
+/// `AckTerm`), from nats-server 2.10.
+#[derive(Debug, Deserialize)]
+struct TerminatedAdvisory {
+    stream: String,
+    consumer: String,
+}
+
 impl JetStreamBus {
     /// Stores `record` on the parked stream (de-duplicated by `key` —
     /// consumer and sequence, and the replay's for a replayed message — so
@@ -418,27 +426,44 @@ impl JetStreamBus {
         }
     }
 
-    /// Watches the max-deliveries advisories of one durable and parks what
-    /// they name. Every member watches (the record is de-duplicated); an
-    /// advisory sent while no member runs is not seen.
-    async fn watch_max_deliveries(
+    /// Watches the advisories the server sends about one durable: it parks
+    /// what a max-deliveries advisory names, and counts those and the
+    /// terminate advisories (nats-server 2.10 and later send them; our own
+    /// terms are parked before they are sent, anyone else's are counted).
+    /// Every member watches (the record is de-duplicated); an advisory sent
+    /// while no member runs is not seen.
+    async fn watch_advisories(
         &self,
         stream: &str,
         durable: &str,
     ) -> Result<tokio::task::JoinHandle<()>, BusError> {
-        let subject = format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{durable}");
-        let mut advisories = self
-            .inner
-            .client
-            .subscribe(subject)
-            .await
-            .map_err(unavailable)?;
+        let subscribe = |kind: &str| {
+            self.inner.client.subscribe(format!(
+                "$JS.EVENT.ADVISORY.CONSUMER.{kind}.{stream}.{durable}"
+            ))
+        };
+        let max_deliveries = subscribe("MAX_DELIVERIES").await.map_err(unavailable)?;
+        let terminated = subscribe("MSG_TERMINATED").await.map_err(unavailable)?;
         let bus = self.clone();
+        let mut advisories = futures_util::stream::select(
+            max_deliveries.map(|m| (true, m)),
+            terminated.map(|m| (false, m)),
+        );
         Ok(tokio::spawn(async move {
-            while let Some(m) = advisories.next().await {
+            while let Some((max_deliveries, m)) = advisories.next().await {
+                if !max_deliveries {
+                    match serde_json::from_slice::<TerminatedAdvisory>(&m.payload) {
+                        // Every member sees the advisory: read with `max`.
+                        Ok(a) => shared::metrics::inc(
+                            "bus_terminated_advisories_total",
+                            &[("stream", &a.stream), ("consumer", &a.consumer)],
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "unreadable terminate advisory"),
+                    }
+                    continue;
+                }
                 match serde_json::from_slice::<MaxDeliveriesAdvisory>(&m.payload) {
                     Ok(a) => {
-                        // Every member sees the advisory: read with `max`.
                         shared::metrics::inc(
                             "bus_max_deliveries_advisories_total",
                             &[("stream", &a.stream), ("consumer", &a.consumer)],
@@ -616,9 +641,7 @@ impl Bus for JetStreamBus {
                 n if n > 0 => u32::try_from(n).unwrap_or(u32::MAX),
                 _ => u32::MAX,
             };
-            let watcher = self
-                .watch_max_deliveries(&stream_name, &config.durable)
-                .await?;
+            let watcher = self.watch_advisories(&stream_name, &config.durable).await?;
             let durable: Arc<str> = Arc::from(config.durable.as_str());
             let replay = self.replay_consumer(&config).await.map(|consumer| Puller {
                 consumer,
@@ -798,7 +821,7 @@ struct JsSource {
     replay: Option<Puller>,
     durable: Arc<str>,
     max_deliver: u32,
-    /// Parks what the server gives up on (see `watch_max_deliveries`).
+    /// Parks what the server gives up on (see `watch_advisories`).
     watcher: tokio::task::JoinHandle<()>,
 }
 
