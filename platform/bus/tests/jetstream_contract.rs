@@ -207,7 +207,6 @@ async fn the_servers_advisories_are_counted_per_stream_and_consumer() {
         }
     }
     let counted = |metric: &'static str| {
-        let labels = labels;
         async move {
             for _ in 0..100 {
                 if shared::metrics::get(metric, &labels) > 0 {
