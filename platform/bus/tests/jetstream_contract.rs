@@ -206,16 +206,14 @@ async fn the_servers_advisories_are_counted_per_stream_and_consumer() {
             drop(d); // never acknowledged: its one delivery runs out
         }
     }
-    let counted = |metric: &'static str| {
-        async move {
-            for _ in 0..100 {
-                if shared::metrics::get(metric, &labels) > 0 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+    let counted = |metric: &'static str| async move {
+        for _ in 0..100 {
+            if shared::metrics::get(metric, &labels) > 0 {
+                break;
             }
-            shared::metrics::get(metric, &labels)
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        shared::metrics::get(metric, &labels)
     };
     assert_eq!(counted("bus_max_deliveries_advisories_total").await, 1);
     assert_eq!(
