@@ -132,7 +132,7 @@ async fn a_fresh_server_gets_everything_and_a_second_apply_changes_nothing() {
     assert_eq!(plan.code, 2, "{plan:?}");
     assert!(plan.stdout.contains("+ stream TICKETS"), "{plan:?}");
     assert!(
-        plan.stdout.contains("Plan: 21 to create, 0 to update"),
+        plan.stdout.contains("Plan: 36 to create, 0 to update"),
         "{plan:?}"
     );
 
@@ -178,8 +178,69 @@ async fn a_fresh_server_gets_everything_and_a_second_apply_changes_nothing() {
     assert_eq!(plan.code, 0, "{plan:?}");
     assert!(
         plan.stdout
-            .contains("0 to create, 0 to update, 0 to recreate, 0 to delete, 21 unchanged")
+            .contains("0 to create, 0 to update, 0 to recreate, 0 to delete, 36 unchanged")
     );
+}
+
+/// Every durable consumer's replay consumer on PARKED (what the bus makes
+/// when a service subscribes) is part of the spec: apply creates it with the
+/// bus's settings, and one a service made first is managed, not listed as
+/// unmanaged — apply takes it over in place.
+#[tokio::test]
+async fn replay_consumers_of_parked_messages_are_provisioned_with_their_durables() {
+    let Some(s) = server() else { return };
+    let apply = s.streams(&["apply"]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    assert!(
+        apply
+            .stdout
+            .contains("created consumer PARKED > orders-ticket-created-replay"),
+        "{apply:?}"
+    );
+    let js = s.js().await;
+    let parked = js.get_stream("PARKED").await.unwrap();
+    let mut replay = parked
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
+            "orders-ticket-created-replay",
+        )
+        .await
+        .unwrap();
+    let info = replay.info().await.unwrap();
+    assert_eq!(
+        info.config.filter_subject,
+        "parked.orders-ticket-created.replay"
+    );
+    assert_eq!(info.config.ack_wait, Duration::from_secs(5));
+    assert_eq!(info.config.max_deliver, 20);
+
+    // As if the orders service had subscribed before anyone provisioned.
+    parked
+        .delete_consumer("orders-ticket-created-replay")
+        .await
+        .unwrap();
+    let bus =
+        bus::jetstream::JetStreamBus::from_client(async_nats::connect(s.url()).await.unwrap());
+    let mut config = bus::ConsumerConfig::new("orders-ticket-created", "ticket.created");
+    config.ack_wait = Duration::from_secs(5);
+    config.max_deliver = 20;
+    drop(bus::Bus::subscribe(&bus, config).await.unwrap());
+    parked
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
+            "orders-ticket-created-replay",
+        )
+        .await
+        .expect("the bus made the replay consumer");
+    let plan = s.streams(&["plan"]);
+    assert!(!plan.stdout.contains("Not managed"), "{plan:?}");
+    assert!(
+        plan.stdout
+            .contains("~ consumer PARKED > orders-ticket-created-replay"),
+        "{plan:?}"
+    );
+    let apply = s.streams(&["apply"]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    let plan = s.streams(&["plan"]);
+    assert_eq!(plan.code, 0, "{plan:?}");
 }
 
 #[tokio::test]
@@ -209,7 +270,13 @@ async fn a_mutable_change_is_made_in_place_and_keeps_the_data() {
         "{plan:?}"
     );
     assert!(plan.stdout.contains("ack_wait: 5s → 10s"), "{plan:?}");
-    assert!(plan.stdout.contains("0 to create, 2 to update"), "{plan:?}");
+    // The consumer's replay consumer follows its ack wait.
+    assert!(
+        plan.stdout
+            .contains("~ consumer PARKED > orders-ticket-created-replay"),
+        "{plan:?}"
+    );
+    assert!(plan.stdout.contains("0 to create, 3 to update"), "{plan:?}");
 
     let apply = s.streams(&["apply", "-f", &spec]);
     assert_eq!(apply.code, 0, "{apply:?}");

@@ -206,6 +206,7 @@ impl Spec {
             let at = format!("{source}: consumers[{i}] ({})", c.name);
             consumers.push(consumer_spec(c).map_err(|e| SpecError(format!("{at}: {e}")))?);
         }
+        add_replay_consumers(&streams, &mut consumers);
         let spec = Spec {
             source: source.to_owned(),
             streams,
@@ -490,6 +491,42 @@ fn limit_duration(q: &Quantity) -> Result<Duration, String> {
         Quantity::Text(t) if t == "unlimited" => Ok(Duration::ZERO),
         q => duration(q),
     }
+}
+
+/// With a parked stream in the spec, every durable consumer gets the
+/// consumer on it that delivers its replayed messages (`<durable>-replay`,
+/// filtering `parked.<durable>.replay`), owned by the same service with the
+/// same ack wait and delivery limit — what the bus creates when a service
+/// subscribes, so provisioning declares it and a plan does not list it as
+/// unmanaged. A spec may declare one itself; then that one stands.
+fn add_replay_consumers(streams: &[StreamSpec], consumers: &mut Vec<ConsumerSpec>) {
+    use bus::jetstream::{PARKED_STREAM, replay_durable, replay_subject};
+    if !streams.iter().any(|s| s.name == PARKED_STREAM) {
+        return;
+    }
+    let replays: Vec<ConsumerSpec> = consumers
+        .iter()
+        .filter(|c| c.stream != PARKED_STREAM)
+        .map(|c| ConsumerSpec {
+            stream: PARKED_STREAM.to_owned(),
+            name: replay_durable(&c.name),
+            owner: c.owner.clone(),
+            description: bus::jetstream::replay_description(&c.name),
+            filter_subject: replay_subject(&c.name),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: c.ack_wait,
+            max_deliver: c.max_deliver,
+            backoff: Vec::new(),
+            max_ack_pending: c.max_ack_pending,
+        })
+        .filter(|r| {
+            !consumers
+                .iter()
+                .any(|c| c.stream == r.stream && c.name == r.name)
+        })
+        .collect();
+    consumers.extend(replays);
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -86,13 +86,19 @@ const REPLAY_SUBJECT: &str = "Ticketing-Replay-Subject";
 const REPLAY_ID: &str = "Ticketing-Replay-Id";
 const REPLAY_SEQ: &str = "Ticketing-Replay-Seq";
 
-fn replay_subject(durable: &str) -> String {
+/// The subject `durable`'s replays are published on.
+pub fn replay_subject(durable: &str) -> String {
     format!("{PARKED_PREFIX}.{durable}.replay")
 }
 
 /// The consumer on the parked stream that delivers `durable`'s replays.
 pub fn replay_durable(durable: &str) -> String {
     format!("{durable}-replay")
+}
+
+/// The description of [`replay_durable`]'s consumer.
+pub fn replay_description(durable: &str) -> String {
+    format!("replays of {durable}'s parked messages")
 }
 
 /// A message read back from the parked stream.
@@ -402,10 +408,7 @@ impl JetStreamBus {
                     &name,
                     pull::Config {
                         durable_name: Some(name.clone()),
-                        description: Some(format!(
-                            "replays of {}'s parked messages",
-                            config.durable
-                        )),
+                        description: Some(replay_description(&config.durable)),
                         filter_subject: replay_subject(&config.durable),
                         deliver_policy: DeliverPolicy::All,
                         ack_policy: AckPolicy::Explicit,
