@@ -769,6 +769,39 @@ pub async fn a_replay_that_fails_again_is_parked_again_as_a_record_of_its_own(en
     d.ack().await.unwrap();
 }
 
+pub async fn a_replay_whose_last_delivery_times_out_is_parked_again(env: Env) {
+    let mut config = env.config("c", "a");
+    config.ack_wait = Duration::from_secs(1);
+    config.max_deliver = 1;
+    let mut sub = env.bus.subscribe(config.clone()).await.unwrap();
+    env.bus
+        .publish(msg(env.subject("a"), "m1", "x"))
+        .await
+        .unwrap();
+    let d = next_within(&mut sub, SOON).await.expect("delivery");
+    d.term("first").await.unwrap();
+    let first = wait_for_parked(&env, &config.durable, 1).await.remove(0);
+    env.bus.replay_parked(first.record).await.unwrap();
+    let d = next_within(&mut sub, SOON).await.expect("the replay");
+    assert_eq!(d.message.id, "m1");
+    drop(d); // its handler hangs: the replay's one delivery runs out
+    assert!(
+        next_within(&mut sub, Duration::from_millis(1500))
+            .await
+            .is_none(),
+        "the replay was delivered more than max_deliver times"
+    );
+    let again = wait_for_parked(&env, &config.durable, 1).await.remove(0);
+    assert_ne!(again.record, first.record);
+    assert_eq!((again.id.as_str(), again.seq), ("m1", first.seq));
+    assert_eq!(again.subject, first.subject);
+    assert!(
+        again.reason.contains("not acknowledged"),
+        "reason: {}",
+        again.reason
+    );
+}
+
 pub async fn a_discarded_message_keeps_its_reason_and_is_never_replayed(env: Env) {
     let mut sub = env.bus.subscribe(env.config("c", "a")).await.unwrap();
     env.bus
@@ -843,6 +876,7 @@ macro_rules! bus_contract_tests {
             a_failed_message_is_parked_with_its_last_error_headers_and_payload,
             a_replay_goes_to_the_durable_that_parked_it_once_and_marks_the_record,
             a_replay_that_fails_again_is_parked_again_as_a_record_of_its_own,
+            a_replay_whose_last_delivery_times_out_is_parked_again,
             a_discarded_message_keeps_its_reason_and_is_never_replayed,
         );
     };

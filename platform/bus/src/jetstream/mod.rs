@@ -352,8 +352,14 @@ impl JetStreamBus {
         Ok(Resolution::Done(p))
     }
 
-    /// Parks the message an advisory names, reading it back from its stream.
-    async fn park_from_advisory(&self, a: MaxDeliveriesAdvisory) -> Result<(), BusError> {
+    /// Parks the message an advisory names, reading it back from its
+    /// stream: one of `durable`'s messages, or a replay of one (an advisory
+    /// of its replay consumer), parked again as a record of its own.
+    async fn park_from_advisory(
+        &self,
+        a: MaxDeliveriesAdvisory,
+        durable: &str,
+    ) -> Result<(), BusError> {
         let stream = self
             .inner
             .js
@@ -364,30 +370,49 @@ impl JetStreamBus {
             .get_raw_message(a.stream_seq)
             .await
             .map_err(unavailable)?;
-        let id = m
-            .headers
-            .get("Nats-Msg-Id")
-            .map(|v| v.to_string())
-            .unwrap_or_default();
-        let headers = m
-            .headers
-            .iter()
-            .flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.to_string())))
-            .collect();
-        let key = format!("{}-{}", a.consumer, a.stream_seq);
+        let stored = Message {
+            subject: m.subject.to_string(),
+            id: m
+                .headers
+                .get("Nats-Msg-Id")
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+            headers: m
+                .headers
+                .iter()
+                .flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.to_string())))
+                .collect(),
+            payload: m.payload.to_vec(),
+        };
+        let (message, seq, key) = if a.consumer == replay_durable(durable) {
+            let (original, seq) = unwrap_replay(stored).ok_or_else(|| {
+                BusError::new(
+                    BusErrorKind::Other,
+                    format!(
+                        "replay {} on {durable} lacks its original's subject, id or sequence",
+                        a.stream_seq
+                    ),
+                )
+            })?;
+            let key = format!("{durable}-{seq}-replay-{}", a.stream_seq);
+            (original, seq, key)
+        } else {
+            let key = format!("{durable}-{}", a.stream_seq);
+            (stored, a.stream_seq, key)
+        };
         self.record_parked(
             &ParkedRecord {
-                consumer: a.consumer,
-                seq: a.stream_seq,
-                subject: m.subject.to_string(),
-                id,
+                consumer: durable.to_owned(),
+                seq,
+                subject: message.subject,
+                id: message.id,
                 deliveries: a.deliveries,
                 reason: format!(
                     "not acknowledged within the ack wait on any of its {} deliveries",
                     a.deliveries
                 ),
-                payload: String::from_utf8_lossy(&m.payload).into_owned(),
-                headers,
+                payload: String::from_utf8_lossy(&message.payload).into_owned(),
+                headers: message.headers,
             },
             &key,
         )
@@ -440,16 +465,26 @@ impl JetStreamBus {
         stream: &str,
         durable: &str,
     ) -> Result<tokio::task::JoinHandle<()>, BusError> {
-        let subscribe = |kind: &str| {
+        let subscribe = |kind: &str, stream: &str, consumer: String| {
             self.inner.client.subscribe(format!(
-                "$JS.EVENT.ADVISORY.CONSUMER.{kind}.{stream}.{durable}"
+                "$JS.EVENT.ADVISORY.CONSUMER.{kind}.{stream}.{consumer}"
             ))
         };
-        let max_deliveries = subscribe("MAX_DELIVERIES").await.map_err(unavailable)?;
-        let terminated = subscribe("MSG_TERMINATED").await.map_err(unavailable)?;
+        let max_deliveries = subscribe("MAX_DELIVERIES", stream, durable.to_owned())
+            .await
+            .map_err(unavailable)?;
+        let terminated = subscribe("MSG_TERMINATED", stream, durable.to_owned())
+            .await
+            .map_err(unavailable)?;
+        // A replay that runs out of deliveries is parked again.
+        let replay_max_deliveries =
+            subscribe("MAX_DELIVERIES", PARKED_STREAM, replay_durable(durable))
+                .await
+                .map_err(unavailable)?;
         let bus = self.clone();
+        let durable = durable.to_owned();
         let mut advisories = futures_util::stream::select(
-            max_deliveries.map(|m| (true, m)),
+            futures_util::stream::select(max_deliveries, replay_max_deliveries).map(|m| (true, m)),
             terminated.map(|m| (false, m)),
         );
         Ok(tokio::spawn(async move {
@@ -472,7 +507,7 @@ impl JetStreamBus {
                             &[("stream", &a.stream), ("consumer", &a.consumer)],
                         );
                         let seq = a.stream_seq;
-                        if let Err(e) = bus.park_from_advisory(a).await {
+                        if let Err(e) = bus.park_from_advisory(a, &durable).await {
                             tracing::warn!(seq, error = %store::report(&e), "cannot park a message out of deliveries");
                         }
                     }
@@ -835,6 +870,36 @@ impl Drop for JsSource {
 }
 
 /// A JetStream message as the bus's [`Message`] (its id from `Nats-Msg-Id`).
+/// The message a replay carries (its original subject, id and headers) and
+/// the original's stream sequence; `None` if a header is missing.
+fn unwrap_replay(wrapped: Message) -> Option<(Message, u64)> {
+    let header = |name: &str| wrapped.header(name).map(str::to_owned);
+    let (Some(subject), Some(id), Some(seq)) = (
+        header(REPLAY_SUBJECT),
+        header(REPLAY_ID),
+        header(REPLAY_SEQ).and_then(|s| s.parse::<u64>().ok()),
+    ) else {
+        return None;
+    };
+    let message = Message {
+        subject,
+        id,
+        headers: wrapped
+            .headers
+            .iter()
+            .filter(|(k, _)| {
+                ![REPLAY_RECORD, REPLAY_SUBJECT, REPLAY_ID, REPLAY_SEQ]
+                    .iter()
+                    .any(|h| k.eq_ignore_ascii_case(h))
+                    && !k.eq_ignore_ascii_case("Nats-Msg-Id")
+            })
+            .cloned()
+            .collect(),
+        payload: wrapped.payload,
+    };
+    Some((message, seq))
+}
+
 fn message_of(msg: &async_nats::Message) -> Message {
     let mut headers = Vec::new();
     let mut id = String::new();
@@ -980,13 +1045,7 @@ impl JsSource {
             BusError::new(BusErrorKind::Other, format!("not a JetStream message: {e}"))
         })?;
         let (replay_seq, delivered) = (info.stream_sequence, info.delivered.max(1) as u32);
-        let wrapped = message_of(&msg);
-        let header = |name: &str| wrapped.header(name).map(str::to_owned);
-        let (Some(subject), Some(id), Some(seq)) = (
-            header(REPLAY_SUBJECT),
-            header(REPLAY_ID),
-            header(REPLAY_SEQ).and_then(|s| s.parse::<u64>().ok()),
-        ) else {
+        let Some((message, seq)) = unwrap_replay(message_of(&msg)) else {
             return Err(BusError::new(
                 BusErrorKind::Other,
                 format!(
@@ -994,22 +1053,6 @@ impl JsSource {
                     self.durable
                 ),
             ));
-        };
-        let message = Message {
-            subject,
-            id,
-            headers: wrapped
-                .headers
-                .iter()
-                .filter(|(k, _)| {
-                    ![REPLAY_RECORD, REPLAY_SUBJECT, REPLAY_ID, REPLAY_SEQ]
-                        .iter()
-                        .any(|h| k.eq_ignore_ascii_case(h))
-                        && !k.eq_ignore_ascii_case("Nats-Msg-Id")
-                })
-                .cloned()
-                .collect(),
-            payload: wrapped.payload,
         };
         let park_key = format!("{}-{seq}-replay-{replay_seq}", self.durable);
         Ok(self.settled_by(msg, message, seq, delivered, park_key))
