@@ -82,6 +82,11 @@ pub struct BlogArgs {
         default_value = blog_moderation::DEFAULT_BANNED_WORDS
     )]
     pub banned_words: String,
+    /// The operator's bearer token for the parked-message admin API
+    /// (`/api/admin/parked`, and `ticketing parked --url … --token …`).
+    /// The blog has no accounts: without a token that API is not served.
+    #[arg(long, env = "BLOG_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 impl BlogCommand {
@@ -111,6 +116,8 @@ pub struct BlogSettings {
     pub bus: BusChoice,
     pub databases: Databases,
     pub http: runtime::HttpLimits,
+    /// The parked-message admin API's token; none: not served.
+    pub admin_token: Option<String>,
 }
 
 /// The blog's services as `--services` names them (it has no gateway).
@@ -164,6 +171,16 @@ impl BlogSettings {
             // `/metrics` on the public port only when one process serves
             // the whole blog.
             http: runtime::HttpLimits::from_env(all_in_one)?,
+            admin_token: match args.admin_token.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(t) if t.len() < 16 => {
+                    return Err(SettingsError::Invalid(
+                        "BLOG_ADMIN_TOKEN: use at least 16 characters (e.g. `openssl rand -hex 32`)"
+                            .into(),
+                    ));
+                }
+                Some(t) => Some(t.to_owned()),
+            },
         })
     }
 }
@@ -233,6 +250,18 @@ pub async fn run(
     };
     tracing::info!(databases = ?settings.databases, "starting the blog's services");
     let running: Vec<Running> = blog::start(&deps, &settings.config).await?;
+    // Parked messages: their gauges always (the alerts read them), their
+    // admin API with an operator's token.
+    let parked = runtime::parked::ParkedAdmin::for_operator_token(
+        deps.bus.clone(),
+        deps.keys.clone(),
+        settings.admin_token.as_deref().unwrap_or_default(),
+    );
+    let gauges = parked.spawn_gauges(Duration::from_secs(15), deps.shutdown.clone());
+    let admin = settings
+        .admin_token
+        .is_some()
+        .then(|| runtime::parked::router(parked));
     let (with_page, upstreams) = (settings.page, settings.upstreams.clone());
     serve_running(
         running,
@@ -244,6 +273,10 @@ pub async fn run(
         Fallback::Json,
         settings.http,
         move |api| {
+            let api = match admin {
+                Some(admin) => api.merge(admin),
+                None => api,
+            };
             if !with_page {
                 return api;
             }
@@ -260,7 +293,9 @@ pub async fn run(
             api.merge(page(client))
         },
     )
-    .await
+    .await?;
+    gauges.abort();
+    Ok(())
 }
 
 #[cfg(test)]

@@ -205,3 +205,120 @@ async fn the_blog_runs_as_separate_processes_on_jetstream_and_postgres() {
         .await;
     assert_eq!(rows, [["3"]]);
 }
+
+/// The blog has no accounts: its parked messages are an operator's, through
+/// `/api/admin/parked` with `BLOG_ADMIN_TOKEN` (401 without it or with
+/// another), from any blog process, and through `ticketing parked --token`.
+#[tokio::test]
+async fn an_operator_lists_replays_and_discards_the_blogs_parked_messages_with_its_token() {
+    const TOKEN: &str = "operator-token-0123456789";
+    let services = ["comments", "query"];
+    let Some(engines) = common::engines_without_streams(&services).await else {
+        return;
+    };
+    engines.apply_streams(&["blog"]).await;
+    let mut cluster = engines
+        .cluster(&[("BLOG_ADMIN_TOKEN", TOKEN.to_owned())])
+        .with_command(&["blog", "run"]);
+    let comments = engines.spawn(&mut cluster, "comments", "comments");
+    engines.spawn(&mut cluster, "query", "query");
+    cluster.all_ready(WAIT).await.unwrap();
+    let admin = format!("{}/api/admin/parked", cluster.url(comments));
+
+    // A post.created nobody can read: comments and query each park it.
+    let js = async_nats::jetstream::new(async_nats::connect(engines.nats.url()).await.unwrap());
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "unreadable-post");
+    js.publish_with_headers("post.created", headers, "not json".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let http = reqwest::Client::new();
+    assert_eq!(
+        http.get(&admin).send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        http.get(&admin)
+            .bearer_auth("another-token-0123456789")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let waiting = || async {
+        let res = http.get(&admin).bearer_auth(TOKEN).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let body: Value = res.json().await.unwrap();
+        body.as_array().unwrap().clone()
+    };
+    let parked = until("both consumers parked it", || async {
+        let list = waiting().await;
+        (list.len() == 2).then_some(list)
+    })
+    .await;
+    let mut consumers: Vec<&str> = parked
+        .iter()
+        .map(|p| p["consumer"].as_str().unwrap())
+        .collect();
+    consumers.sort_unstable();
+    assert_eq!(consumers, ["comments-post-created", "query-post-created"]);
+
+    // From the command line, with the token: discard one, replay the other
+    // (it fails again: parked again as a new record).
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ticketing"))
+            .args(["parked", "--url", &cluster.url(comments), "--token", TOKEN])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let record = |consumer: &str| {
+        parked.iter().find(|p| p["consumer"] == consumer).unwrap()["id"]
+            .as_u64()
+            .unwrap()
+            .to_string()
+    };
+    let listed = cli(&["list", "--consumer", "query-post-created"]);
+    assert!(listed.contains("query-post-created"), "{listed}");
+    cli(&[
+        "discard",
+        &record("query-post-created"),
+        "--reason",
+        "test data",
+    ]);
+    cli(&["replay", &record("comments-post-created")]);
+    let again = until("the replay parked again", || async {
+        let list = waiting().await;
+        (list.len() == 1
+            && list[0]["id"].as_u64().unwrap().to_string() != record("comments-post-created"))
+        .then_some(list)
+    })
+    .await;
+    assert_eq!(again[0]["consumer"], "comments-post-created");
+    let all: Vec<Value> =
+        serde_json::from_str(&cli(&["list", "--state", "all", "--json"])).unwrap();
+    let discarded = all
+        .iter()
+        .find(|p| p["state"] == "discarded")
+        .expect("the discarded record stays");
+    assert!(
+        discarded["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("test data")
+            || discarded.to_string().contains("test data (operator)"),
+        "{discarded}"
+    );
+}
