@@ -284,13 +284,17 @@ pub async fn connect(
     name: &str,
     wait: Duration,
 ) -> Result<async_nats::Client, ProvisionError> {
+    let servers =
+        bus::jetstream::server_list(url).map_err(|e| ProvisionError::Refused(e.to_string()))?;
     let deadline = tokio::time::Instant::now() + wait;
     let mut pause = Duration::from_millis(250);
     loop {
         let attempt = async {
             let client = tokio::time::timeout(
                 Duration::from_secs(5),
-                async_nats::ConnectOptions::new().name(name).connect(url),
+                async_nats::ConnectOptions::new()
+                    .name(name)
+                    .connect(servers.clone()),
             )
             .await
             .map_err(|_| "no answer in 5s".to_owned())?

@@ -157,6 +157,202 @@ impl Drop for NatsServer {
     }
 }
 
+/// A cluster of nats-servers with JetStream on this machine, joined by
+/// cluster routes, each with a store of its own under the caller's
+/// directory and fixed ports, so a node can be killed (`kill -9`) and
+/// started again with its data. Stream replicas live on its nodes.
+pub struct NatsCluster {
+    nodes: Vec<Node>,
+}
+
+struct Node {
+    /// The server's name (`n1`, `n2`, …): what JetStream reports as a
+    /// stream's leader or replica.
+    name: String,
+    binary: String,
+    port: u16,
+    cluster_port: u16,
+    store_dir: PathBuf,
+    routes: Vec<String>,
+    logs: Logs,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn start(&mut self) -> std::io::Result<()> {
+        self.kill();
+        let child = Command::new(&self.binary)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-n", &self.name, "-js", "-sd"])
+            .arg(&self.store_dir)
+            .args(["--cluster_name", "ticketing"])
+            .args([
+                "--cluster",
+                &format!("nats://127.0.0.1:{}", self.cluster_port),
+            ])
+            .args(["--routes", &self.routes.join(",")])
+            .stdout(Stdio::null())
+            .stderr(match self.logs {
+                Logs::Inherit => Stdio::null(),
+                Logs::Dir(_) => self.logs.stderr(&format!("nats-{}", self.name))?,
+            })
+            .spawn()
+            .map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot start {}: {e}", self.binary))
+            })?;
+        self.child = Some(child);
+        Ok(())
+    }
+}
+
+/// Index of a node in its [`NatsCluster`].
+pub type NodeId = usize;
+
+impl NatsCluster {
+    /// Starts `size` nodes of `binary` (three for a cluster that survives
+    /// the loss of one), storing under `dir/<name>`.
+    pub fn start(
+        binary: &str,
+        dir: &Path,
+        size: usize,
+        logs: Logs,
+    ) -> std::io::Result<NatsCluster> {
+        let ports = (0..size)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let mut nodes: Vec<Node> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &(port, cluster_port))| Node {
+                name: format!("n{}", i + 1),
+                binary: binary.to_owned(),
+                port,
+                cluster_port,
+                store_dir: dir.join(format!("n{}", i + 1)),
+                routes: ports
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, (_, c))| format!("nats://127.0.0.1:{c}"))
+                    .collect(),
+                logs: logs.clone(),
+                child: None,
+            })
+            .collect();
+        for node in &mut nodes {
+            node.start()?;
+        }
+        Ok(NatsCluster { nodes })
+    }
+
+    pub fn size(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Every node's client URL, comma-separated: what `NATS_URL` takes.
+    pub fn url(&self) -> String {
+        (0..self.nodes.len())
+            .map(|i| self.node_url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn node_url(&self, node: NodeId) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[node].port)
+    }
+
+    /// The node's server name (`n1`…).
+    pub fn name(&self, node: NodeId) -> &str {
+        &self.nodes[node].name
+    }
+
+    /// The node called `name`, if it is one of these.
+    pub fn node_named(&self, name: &str) -> Option<NodeId> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// Kills a node with SIGKILL (no clean shutdown).
+    pub fn kill(&mut self, node: NodeId) {
+        self.nodes[node].kill();
+    }
+
+    /// Starts a node again (killing it first if it runs), same ports and
+    /// store.
+    pub fn restart(&mut self, node: NodeId) -> std::io::Result<()> {
+        self.nodes[node].start()
+    }
+
+    pub fn is_running(&self, node: NodeId) -> bool {
+        self.nodes[node].child.is_some()
+    }
+
+    /// Waits until JetStream answers on every running node — the cluster
+    /// has elected its meta leader — or `timeout` passes.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for node in (0..self.nodes.len()).filter(|n| self.is_running(*n)) {
+            let url = self.node_url(node);
+            loop {
+                // The raw account request: the client's typed one does not
+                // read every server version's answer.
+                let answered = async {
+                    let client = async_nats::connect(&url).await.ok()?;
+                    let reply = client.request("$JS.API.INFO", "".into()).await.ok()?;
+                    let info: serde_json::Value = serde_json::from_slice(&reply.payload).ok()?;
+                    info.get("error").is_none().then_some(())
+                };
+                if tokio::time::timeout(Duration::from_secs(2), answered)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+                {
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return Err(format!(
+                        "JetStream on {} ({url}) did not answer within {timeout:?}",
+                        self.nodes[node].name
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The node leading `stream` now, asking any running node.
+    pub async fn stream_leader(&self, stream: &str) -> Option<NodeId> {
+        for node in (0..self.nodes.len()).filter(|n| self.is_running(*n)) {
+            let asked = async {
+                let client = async_nats::connect(self.node_url(node)).await.ok()?;
+                let js = async_nats::jetstream::new(client);
+                let mut s = js.get_stream(stream).await.ok()?;
+                s.info().await.ok()?.cluster.as_ref()?.leader.clone()
+            };
+            if let Ok(Some(leader)) = tokio::time::timeout(Duration::from_secs(2), asked).await {
+                return self.node_named(&leader);
+            }
+        }
+        None
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,6 +86,32 @@ const REPLAY_SUBJECT: &str = "Ticketing-Replay-Subject";
 const REPLAY_ID: &str = "Ticketing-Replay-Id";
 const REPLAY_SEQ: &str = "Ticketing-Replay-Seq";
 
+/// The servers of a `NATS_URL`: one URL or several separated by commas
+/// (`nats://a:4222,nats://b:4222`; the scheme may be left out). The client
+/// takes only one URL per string, so the list is split here.
+pub fn server_list(url: &str) -> Result<Vec<async_nats::ServerAddr>, BusError> {
+    let servers = url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>().map_err(|e| {
+                BusError::new(
+                    BusErrorKind::Config,
+                    format!("NATS_URL: {u:?} is not a server address: {e}"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if servers.is_empty() {
+        return Err(BusError::new(
+            BusErrorKind::Config,
+            "NATS_URL: no server given",
+        ));
+    }
+    Ok(servers)
+}
+
 /// The subject `durable`'s replays are published on.
 pub fn replay_subject(durable: &str) -> String {
     format!("{PARKED_PREFIX}.{durable}.replay")
@@ -517,16 +543,20 @@ impl JetStreamBus {
         }))
     }
 
-    /// Connects to `url` as `name` (service plus host or pod name). Returns at
-    /// once: the client keeps (re)connecting in the background, so a service
-    /// starts and reports not-ready while NATS is down.
+    /// Connects to `url` — one server, or a cluster's servers separated by
+    /// commas — as `name` (service plus host or pod name). Returns at once:
+    /// the client keeps (re)connecting in the background, to any server of
+    /// the list or that the cluster announces, so a service starts and
+    /// reports not-ready while NATS is down and moves to another node when
+    /// its own fails.
     pub async fn connect(url: &str, name: &str) -> Result<JetStreamBus, BusError> {
+        let servers = server_list(url)?;
         let client = async_nats::ConnectOptions::new()
             .name(name)
             .retry_on_initial_connect()
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(5))
-            .connect(url)
+            .connect(servers)
             .await
             .map_err(unavailable)?;
         Ok(JetStreamBus::from_client(client))
@@ -869,7 +899,6 @@ impl Drop for JsSource {
     }
 }
 
-/// A JetStream message as the bus's [`Message`] (its id from `Nats-Msg-Id`).
 /// The message a replay carries (its original subject, id and headers) and
 /// the original's stream sequence; `None` if a header is missing.
 fn unwrap_replay(wrapped: Message) -> Option<(Message, u64)> {
@@ -900,6 +929,7 @@ fn unwrap_replay(wrapped: Message) -> Option<(Message, u64)> {
     Some((message, seq))
 }
 
+/// A JetStream message as the bus's [`Message`] (its id from `Nats-Msg-Id`).
 fn message_of(msg: &async_nats::Message) -> Message {
     let mut headers = Vec::new();
     let mut id = String::new();
@@ -1348,6 +1378,25 @@ pub mod testing {
                 })
             })
             .join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nats_url_takes_one_server_or_a_comma_separated_list() {
+        assert_eq!(server_list("nats://127.0.0.1:4222").unwrap().len(), 1);
+        let three = server_list("nats://a:4222, nats://b:4222,c:4222,").unwrap();
+        let ports: Vec<u16> = three.iter().map(|s| s.port()).collect();
+        assert_eq!(ports, [4222, 4222, 4222]);
+        assert_eq!(three[2].host(), "c");
+        for bad in ["", " , ", "nats://a:4222,http://b:80"] {
+            let e = server_list(bad).unwrap_err();
+            assert_eq!(e.kind, BusErrorKind::Config, "{bad:?}: {e}");
+            assert!(e.to_string().contains("NATS_URL"), "{e}");
         }
     }
 }

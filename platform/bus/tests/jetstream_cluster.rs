@@ -1,0 +1,145 @@
+//! The bus on a three-node NATS cluster of the test's own: a stream with
+//! three replicas keeps taking publishes and delivering to its durable
+//! consumer when its leader is killed, and a client whose node dies moves
+//! to another from the server list (`NATS_URL` with commas). Nothing
+//! published is lost; each message is delivered until acknowledged.
+//! `TICKETING_TEST_NATS_SERVER` picks the nats-server binary.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use bus::contract::next_within;
+use bus::jetstream::JetStreamBus;
+use bus::{Bus, ConsumerConfig, Message, Subscription};
+use provision::local::{Logs, NatsCluster};
+
+fn msg(id: &str) -> Message {
+    Message {
+        subject: "cluster.a".into(),
+        id: id.into(),
+        headers: vec![],
+        payload: b"{}".to_vec(),
+    }
+}
+
+/// Three nodes, or `None` (after saying why) when nats-server cannot run
+/// and engines are optional.
+fn cluster(dir: &std::path::Path) -> Option<NatsCluster> {
+    let binary =
+        std::env::var("TICKETING_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+    match NatsCluster::start(&binary, dir, 3, Logs::Inherit) {
+        Ok(c) => Some(c),
+        Err(e) if store::testing::engines_required() => panic!("{e}"),
+        Err(e) => {
+            store::testing::skipped(&format!("{e}; set TICKETING_TEST_NATS_SERVER"));
+            None
+        }
+    }
+}
+
+/// Publishes `id`, retrying while the cluster elects a leader or the
+/// client reconnects; returns how long it took.
+async fn publish(bus: &JetStreamBus, id: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        match bus.publish(msg(id)).await {
+            Ok(_) => return start.elapsed(),
+            Err(e) => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "{id} not published in 30 s: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Receives and acknowledges until every id in `want` has been `seen`
+/// (duplicates allowed: at least once).
+async fn receive_all(sub: &mut Subscription, want: &BTreeSet<String>, seen: &mut BTreeSet<String>) {
+    while *seen != *want {
+        let d = next_within(sub, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| {
+                let missing: Vec<_> = want.difference(seen).collect();
+                panic!("never delivered: {missing:?}")
+            });
+        seen.insert(d.message.id.clone());
+        // An ack sent while the consumer's leader moves may be lost: the
+        // message then comes again and is acknowledged again.
+        let _ = d.ack().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_stream_survives_its_leader_and_a_clients_node_being_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nodes) = cluster(dir.path()) else {
+        return;
+    };
+    nodes.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let bus = JetStreamBus::connect(&nodes.url(), "cluster-test")
+        .await
+        .unwrap();
+    let js = bus.context().clone();
+    let start = Instant::now();
+    loop {
+        let created = js
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: "CLUSTER".into(),
+                subjects: vec!["cluster.>".into()],
+                num_replicas: 3,
+                ..Default::default()
+            })
+            .await;
+        match created {
+            Ok(_) => break,
+            Err(e) if start.elapsed() > Duration::from_secs(30) => panic!("{e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let mut config = ConsumerConfig::new("cluster-c", "cluster.a");
+    config.ack_wait = Duration::from_secs(2);
+    let mut sub = bus.subscribe(config).await.unwrap();
+    let (mut want, mut seen) = (BTreeSet::new(), BTreeSet::new());
+    for i in 0..20 {
+        publish(&bus, &format!("before-{i}")).await;
+        want.insert(format!("before-{i}"));
+    }
+    receive_all(&mut sub, &want, &mut seen).await;
+
+    // The stream's leader dies: another is elected, publishing resumes.
+    let leader = nodes.stream_leader("CLUSTER").await.expect("a leader");
+    nodes.kill(leader);
+    let mut stall = Duration::ZERO;
+    for i in 0..20 {
+        stall = stall.max(publish(&bus, &format!("leaderless-{i}")).await);
+        want.insert(format!("leaderless-{i}"));
+    }
+    let new_leader = nodes.stream_leader("CLUSTER").await.expect("a new leader");
+    assert_ne!(new_leader, leader);
+    receive_all(&mut sub, &want, &mut seen).await;
+    nodes.restart(leader).unwrap();
+    nodes.wait_ready(Duration::from_secs(30)).await.unwrap();
+
+    // The node the client is connected to dies: it moves to another.
+    let on = bus.client().server_info().server_name;
+    let node = nodes.node_named(&on).expect("connected to one of ours");
+    nodes.kill(node);
+    for i in 0..20 {
+        stall = stall.max(publish(&bus, &format!("moved-{i}")).await);
+        want.insert(format!("moved-{i}"));
+    }
+    assert_ne!(
+        bus.client().server_info().server_name,
+        on,
+        "reconnected elsewhere"
+    );
+    receive_all(&mut sub, &want, &mut seen).await;
+    eprintln!("longest publish stall over both faults: {stall:?}");
+
+    // Everything published is stored once (the stream de-duplicates ids).
+    let mut stream = js.get_stream("CLUSTER").await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 60);
+}
