@@ -9,6 +9,7 @@ pub mod compat;
 pub mod config;
 pub mod docs;
 pub mod drill;
+pub mod drill_cluster;
 pub mod parked;
 pub mod streams;
 
@@ -70,6 +71,16 @@ pub async fn main(cli: cli::Cli) -> Result<u8, Box<dyn std::error::Error>> {
         Some(cli::Command::Drill(cli::Drill::Concurrency(args))) => {
             let exe = std::env::current_exe()?;
             let report = drill::concurrency(&exe, args).await?;
+            print_report(&report);
+            return if report.passed() {
+                Ok(0)
+            } else {
+                Err("the drill failed".into())
+            };
+        }
+        Some(cli::Command::Drill(cli::Drill::Cluster(args))) => {
+            let exe = std::env::current_exe()?;
+            let report = drill_cluster::cluster(&exe, args).await?;
             print_report(&report);
             return if report.passed() {
                 Ok(0)

@@ -1,11 +1,15 @@
-//! `ticketing drill concurrency` end to end: the command starts its own
+//! The drills end to end. `ticketing drill concurrency` starts its own
 //! nats-server and replicas of tickets and orders on PostgreSQL, and must
-//! report every copy converged and one winner per ticket.
+//! report every copy converged and one winner per ticket; `ticketing drill
+//! cluster` starts a three-node NATS cluster and the services, kills and
+//! restarts nodes under a purchase load, and must find every invariant
+//! holding after each fault.
 
 use std::process::Command;
 
-#[test]
-fn the_concurrency_drill_passes_on_two_replicas_of_tickets_and_orders() {
+/// The nats-server binary and the PostgreSQL URL the drills use, or `None`
+/// (after saying why) when one is missing and engines are optional.
+fn engines() -> Option<(String, String)> {
     let nats_server =
         std::env::var("TICKETING_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
     if Command::new(&nats_server)
@@ -16,7 +20,8 @@ fn the_concurrency_drill_passes_on_two_replicas_of_tickets_and_orders() {
         if store::testing::engines_required() {
             panic!("{nats_server} is required (TICKETING_REQUIRE_ENGINES=1) but cannot run");
         }
-        return store::testing::skipped(&format!("{nats_server} cannot run"));
+        store::testing::skipped(&format!("{nats_server} cannot run"));
+        return None;
     }
     let database_url = store::testing::postgres_url();
     let reachable = std::net::TcpStream::connect(
@@ -31,8 +36,17 @@ fn the_concurrency_drill_passes_on_two_replicas_of_tickets_and_orders() {
         if store::testing::engines_required() {
             panic!("PostgreSQL at {database_url} is required but unreachable");
         }
-        return store::testing::skipped(&format!("PostgreSQL at {database_url} is unreachable"));
+        store::testing::skipped(&format!("PostgreSQL at {database_url} is unreachable"));
+        return None;
     }
+    Some((nats_server, database_url))
+}
+
+#[test]
+fn the_concurrency_drill_passes_on_two_replicas_of_tickets_and_orders() {
+    let Some((nats_server, database_url)) = engines() else {
+        return;
+    };
     let out = Command::new(env!("CARGO_BIN_EXE_ticketing"))
         .args(["drill", "concurrency", "--clients", "40", "--timeout", "30"])
         .args([
@@ -57,6 +71,57 @@ fn the_concurrency_drill_passes_on_two_replicas_of_tickets_and_orders() {
         "40 won, 40 refused with 409, 0 tickets with two winners; at most 1 active order(s)",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    assert!(stdout.trim_end().ends_with("PASS"), "{stdout}");
+}
+
+#[test]
+fn the_cluster_drill_loses_nothing_when_nats_nodes_die_under_load() {
+    let Some((nats_server, database_url)) = engines() else {
+        return;
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_ticketing"))
+        .args(["drill", "cluster", "--rate", "5", "--phase", "8"])
+        .args([
+            "--nats-server",
+            &nats_server,
+            "--database-url",
+            &database_url,
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("ticketing runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "drill failed:\n{stdout}\n{stderr}");
+    for line in [
+        "kill -9 ORDERS leader + an orders replica",
+        "kill -9 an ORDERS follower",
+        "rolling restart of the three nodes",
+        "orders not terminal: ok",
+        "tickets sold twice: ok",
+        "copies not converged: ok",
+        "outbox rows left: ok",
+        "parked messages: 0",
+        "processes that died: ok",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    // Every phase placed purchases and none failed after retrying.
+    let phases: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("kill") || l.starts_with("rolling"))
+        .collect();
+    assert_eq!(phases.len(), 3, "{stdout}");
+    for line in phases {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let numbers: Vec<&str> = cols
+            .iter()
+            .copied()
+            .filter(|c| c.parse::<u64>().is_ok())
+            .collect();
+        assert!(numbers[0].parse::<u64>().unwrap() > 0, "{line}");
+        assert_eq!(numbers[1], "0", "failed purchases in: {line}");
     }
     assert!(stdout.trim_end().ends_with("PASS"), "{stdout}");
 }

@@ -1,0 +1,700 @@
+//! `ticketing drill cluster`: the marketplace on a three-node NATS cluster
+//! (streams with three replicas) and PostgreSQL, under a steady purchase
+//! load, while NATS nodes fail: the ORDERS stream's leader killed with
+//! SIGKILL (and an orders replica with it), a follower killed, every node
+//! restarted in turn. Each fault is healed within its phase; then the drill
+//! checks what the crash suite checks — every order terminal (paid ones
+//! complete, the rest cancelled by expiry), no ticket sold twice, every
+//! copy converged, outboxes empty, nothing parked, every process alive and
+//! ready without a restart — and reports per fault the longest HTTP write
+//! (retries included), the answers 503 (retried), and how long until every
+//! service was ready again.
+//!
+//! Services: tickets and orders two replicas each, expiration, payments
+//! (the offline test gateway), each a process of its own; the load spreads
+//! over the replicas as a Kubernetes Service would. Sessions are minted
+//! with the drill's own JWT key, so auth is not needed.
+//!
+//! Not yet: network partitions (each node in a network namespace) — the
+//! faults here are process deaths.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use shared::auth::{AuthKeys, AuthUser};
+use shared::ids::UserId;
+use shared::time::Clock;
+use store::scratch::ScratchSchema;
+
+use crate::cluster::{Cluster, Logs, ProcId};
+use provision::local::NatsCluster;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterArgs {
+    /// PostgreSQL server for the services' databases (fresh schemas,
+    /// dropped afterwards).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// The nats-server binary; the drill starts three of its own.
+    #[arg(long, default_value = "nats-server")]
+    pub nats_server: String,
+    /// Purchases started per second during each phase.
+    #[arg(long, default_value_t = 10)]
+    pub rate: u32,
+    /// Seconds of load per fault: the fault comes a quarter in and is
+    /// healed halfway.
+    #[arg(long, default_value_t = 20)]
+    pub phase: u64,
+    /// Seconds an unpaid order holds its ticket (every fourth purchase is
+    /// left unpaid, to expire); a payment that comes later is refused.
+    #[arg(long, default_value_t = 15)]
+    pub expiration: u64,
+    /// Keep the schemas and the processes' logs afterwards.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// What one fault cost, as the load saw it.
+#[derive(Debug, Default, Clone)]
+pub struct Phase {
+    pub fault: String,
+    pub purchases: usize,
+    /// Purchases whose requests failed even after retrying for 30 s.
+    pub failed: Vec<String>,
+    pub requests: usize,
+    /// Answers 503 (and connection errors), each retried.
+    pub unavailable: usize,
+    /// Payments refused because the order had expired first (its event
+    /// reached payments after the hold ran out): correct, and counted.
+    pub expired_first: usize,
+    pub longest_write: Duration,
+    /// From the heal until every service answered `/readyz` 200.
+    pub ready_after: Duration,
+}
+
+/// What the drill saw.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub nats_version: String,
+    pub phases: Vec<Phase>,
+    pub orders: usize,
+    pub not_terminal: Vec<String>,
+    pub sold_twice: Vec<String>,
+    pub unconverged: Vec<String>,
+    pub outbox_rows: Vec<String>,
+    pub parked: u64,
+    pub died: Vec<String>,
+    pub logs: Option<PathBuf>,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.phases.iter().all(|p| p.failed.is_empty())
+            && self.not_terminal.is_empty()
+            && self.sold_twice.is_empty()
+            && self.unconverged.is_empty()
+            && self.outbox_rows.is_empty()
+            && self.parked == 0
+            && self.died.is_empty()
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "cluster drill: three nats-server {} nodes, streams with 3 replicas; tickets ×2, orders ×2, expiration, payments",
+            self.nats_version
+        )?;
+        writeln!(
+            f,
+            "{:<44} {:>9} {:>7} {:>9} {:>14} {:>12} {:>14}",
+            "fault",
+            "purchases",
+            "failed",
+            "503/retry",
+            "longest write",
+            "ready after",
+            "expired first"
+        )?;
+        for p in &self.phases {
+            writeln!(
+                f,
+                "{:<44} {:>9} {:>7} {:>9} {:>11.0} ms {:>9.0} ms {:>14}",
+                p.fault,
+                p.purchases,
+                p.failed.len(),
+                p.unavailable,
+                p.longest_write.as_secs_f64() * 1000.0,
+                p.ready_after.as_secs_f64() * 1000.0,
+                p.expired_first
+            )?;
+            for e in p.failed.iter().take(3) {
+                writeln!(f, "    failed: {e}")?;
+            }
+        }
+        let list = |f: &mut fmt::Formatter<'_>, what: &str, items: &[String]| {
+            if items.is_empty() {
+                writeln!(f, "{what}: ok")
+            } else {
+                writeln!(
+                    f,
+                    "{what}: {} — {}",
+                    items.len(),
+                    items[..items.len().min(5)].join("; ")
+                )
+            }
+        };
+        writeln!(f, "orders placed: {}", self.orders)?;
+        list(f, "orders not terminal", &self.not_terminal)?;
+        list(f, "tickets sold twice", &self.sold_twice)?;
+        list(f, "copies not converged", &self.unconverged)?;
+        list(f, "outbox rows left", &self.outbox_rows)?;
+        writeln!(f, "parked messages: {}", self.parked)?;
+        list(f, "processes that died", &self.died)?;
+        if let Some(logs) = &self.logs {
+            writeln!(f, "logs: {}", logs.display())?;
+        }
+        write!(f, "{}", if self.passed() { "PASS" } else { "FAIL" })
+    }
+}
+
+/// Runs the drill with `exe` (this binary) as the services' program.
+pub async fn cluster(exe: &Path, args: ClusterArgs) -> Result<Report, String> {
+    let database_url = args.database_url.clone().ok_or(
+        "the drill needs PostgreSQL: pass --database-url or set DATABASE_URL \
+         (e.g. postgres://postgres@127.0.0.1:5432/postgres)",
+    )?;
+    let work = std::env::temp_dir().join(format!(
+        "ticketing-cluster-drill-{}-{}",
+        std::process::id(),
+        Clock::System.now().millis()
+    ));
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let result = run(exe, &args, &database_url, &work).await;
+    let failed = !result.as_ref().is_ok_and(Report::passed);
+    if args.keep || failed {
+        match result {
+            Ok(mut r) => {
+                r.logs = Some(work);
+                Ok(r)
+            }
+            Err(e) => Err(format!("{e} (logs in {})", work.display())),
+        }
+    } else {
+        let _ = std::fs::remove_dir_all(&work);
+        result
+    }
+}
+
+const SERVICES: [&str; 4] = ["tickets", "orders", "expiration", "payments"];
+
+/// The load's view of the system: where each service's replicas answer.
+struct Target {
+    http: reqwest::Client,
+    tickets: Vec<String>,
+    orders: Vec<String>,
+    payments: String,
+    seller: String,
+    keys: Arc<AuthKeys>,
+}
+
+/// One request's outcome after retries, and what it cost.
+struct Sent {
+    status: u16,
+    body: Value,
+    elapsed: Duration,
+    unavailable: usize,
+}
+
+impl Target {
+    /// Sends until an answer that is not 503 / 502 / a connection error (or
+    /// one of `retry_on`), for at most 30 s.
+    async fn send(&self, token: &str, url: &str, body: &Value, retry_on: &[u16]) -> Sent {
+        let started = Instant::now();
+        let mut unavailable = 0;
+        loop {
+            let res = self
+                .http
+                .post(url)
+                .bearer_auth(token)
+                .json(body)
+                .send()
+                .await;
+            let (status, body) = match res {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    (status, r.json::<Value>().await.unwrap_or(Value::Null))
+                }
+                Err(_) => (0, Value::Null),
+            };
+            let retry = matches!(status, 0 | 502 | 503) || retry_on.contains(&status);
+            if matches!(status, 0 | 502 | 503) {
+                unavailable += 1;
+            }
+            if !retry || started.elapsed() > Duration::from_secs(30) {
+                return Sent {
+                    status,
+                    body,
+                    elapsed: started.elapsed(),
+                    unavailable,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// One purchase: a ticket listed, ordered, and paid unless `unpaid`.
+    async fn purchase(&self, n: usize, unpaid: bool, stats: &Mutex<Phase>) -> Result<(), String> {
+        let buyer = self
+            .keys
+            .issue(
+                &AuthUser {
+                    id: UserId::new(),
+                    email: format!("buyer-{n}@drill.invalid"),
+                },
+                Clock::System.now(),
+            )
+            .map_err(|e| format!("cannot sign a session: {e:?}"))?;
+        let record = |s: &Sent| {
+            let mut p = stats.lock().unwrap_or_else(|e| e.into_inner());
+            p.requests += 1;
+            p.unavailable += s.unavailable;
+            p.longest_write = p.longest_write.max(s.elapsed);
+        };
+        let tickets = &self.tickets[n % self.tickets.len()];
+        let listed = self
+            .send(
+                &self.seller,
+                &format!("{tickets}/api/tickets"),
+                &json!({"title": format!("Drill {n}"), "price": 20}),
+                &[],
+            )
+            .await;
+        record(&listed);
+        if listed.status != 201 {
+            return Err(format!("listing {n}: {} {}", listed.status, listed.body));
+        }
+        let ticket = listed.body["id"].as_str().unwrap_or_default().to_owned();
+        // 404 until orders has learned of the ticket.
+        let orders = &self.orders[(n + 1) % self.orders.len()];
+        let ordered = self
+            .send(
+                &buyer,
+                &format!("{orders}/api/orders"),
+                &json!({"ticketId": ticket}),
+                &[404],
+            )
+            .await;
+        record(&ordered);
+        match ordered.status {
+            201 => {}
+            // A retry after a lost answer: the first attempt reserved it.
+            409 if ordered.unavailable > 0 => return Ok(()),
+            s => return Err(format!("ordering {ticket}: {s} {}", ordered.body)),
+        }
+        if unpaid {
+            return Ok(());
+        }
+        let order = ordered.body["id"].as_str().unwrap_or_default().to_owned();
+        // 404 until payments has learned of the order.
+        let paid = self
+            .send(
+                &buyer,
+                &format!("{}/api/payments", self.payments),
+                &json!({"orderId": order, "token": "tok_visa"}),
+                &[404],
+            )
+            .await;
+        record(&paid);
+        let message = paid.body["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default();
+        match paid.status {
+            201 | 202 => Ok(()),
+            409 if message.starts_with("A payment for this order") => Ok(()),
+            409 if message.starts_with("Order was cancelled") => {
+                stats
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .expired_first += 1;
+                Ok(())
+            }
+            s => Err(format!("paying {order}: {s} {}", paid.body)),
+        }
+    }
+}
+
+async fn run(
+    exe: &Path,
+    args: &ClusterArgs,
+    database_url: &str,
+    work: &Path,
+) -> Result<Report, String> {
+    let mut report = Report::default();
+    let mut schemas = HashMap::new();
+    for s in SERVICES {
+        let mut schema = ScratchSchema::create(database_url, &format!("cluster_drill_{s}"))
+            .await
+            .map_err(|e| format!("PostgreSQL at {database_url}: {e}"))?;
+        if args.keep {
+            schema.keep();
+        }
+        schemas.insert(s, schema);
+    }
+
+    let mut nats = NatsCluster::start(
+        &args.nats_server,
+        &work.join("nats"),
+        3,
+        Logs::Dir(work.to_owned()),
+    )
+    .map_err(|e| format!("{e} (install nats-server, or pass --nats-server PATH)"))?;
+    nats.wait_ready(Duration::from_secs(30)).await?;
+    let client = provision::connect(&nats.url(), "cluster-drill", Duration::from_secs(30))
+        .await
+        .map_err(|e| e.to_string())?;
+    report.nats_version = client.server_info().version;
+    provision::apply(
+        &client,
+        &marketplace_events::streams(),
+        &provision::Options {
+            replicas: Some(3),
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+
+    let jwt_key = format!("drill-{}", uuid::Uuid::new_v4().simple());
+    let mut procs = Cluster::new(
+        exe,
+        &[
+            ("NATS_URL", nats.url()),
+            ("JWT_KEY", jwt_key.clone()),
+            ("COOKIE_SECURE", "false".into()),
+            ("RUST_LOG", "warn".into()),
+            ("DATABASE_POOL_SIZE", "4".into()),
+            ("ORDER_EXPIRATION_SECONDS", args.expiration.to_string()),
+            ("MAX_ACTIVE_ORDERS_PER_USER", "1000000".into()),
+        ],
+        Logs::Dir(work.to_owned()),
+    );
+    let mut ids: HashMap<&str, Vec<ProcId>> = HashMap::new();
+    for (service, replicas) in [
+        ("tickets", 2),
+        ("orders", 2),
+        ("expiration", 1),
+        ("payments", 1),
+    ] {
+        for i in 1..=replicas {
+            let id = procs
+                .spawn(
+                    &format!("{service}-{i}"),
+                    service,
+                    &[("DATABASE_URL", schemas[service].url.clone())],
+                )
+                .map_err(|e| format!("cannot start {service}: {e}"))?;
+            ids.entry(service).or_default().push(id);
+        }
+    }
+    procs.all_ready(Duration::from_secs(60)).await?;
+
+    let keys = AuthKeys::new(jwt_key.as_bytes(), Duration::from_secs(3600), false);
+    let seller = keys
+        .issue(
+            &AuthUser {
+                id: UserId::new(),
+                email: "seller@drill.invalid".into(),
+            },
+            Clock::System.now(),
+        )
+        .map_err(|e| format!("cannot sign a session: {e:?}"))?;
+    let target = Arc::new(Target {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| e.to_string())?,
+        tickets: ids["tickets"].iter().map(|id| procs.url(*id)).collect(),
+        orders: ids["orders"].iter().map(|id| procs.url(*id)).collect(),
+        payments: procs.url(ids["payments"][0]),
+        seller,
+        keys,
+    });
+
+    let phase = Duration::from_secs(args.phase.max(4));
+    let mut started = 0usize;
+    for fault in [
+        Fault::LeaderAndOrdersReplica,
+        Fault::Follower,
+        Fault::RollingRestart,
+    ] {
+        let stats = Arc::new(Mutex::new(Phase {
+            fault: fault.to_string(),
+            ..Phase::default()
+        }));
+        // The load: `rate` purchases a second for the whole phase.
+        let load = {
+            let (target, stats, rate) = (target.clone(), stats.clone(), args.rate.max(1));
+            let first = started;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+                let mut flows = Vec::new();
+                let end = Instant::now() + phase;
+                let mut n = first;
+                while Instant::now() < end {
+                    tick.tick().await;
+                    let (target, stats) = (target.clone(), stats.clone());
+                    let unpaid = n % 4 == 3;
+                    flows.push(tokio::spawn(async move {
+                        target.purchase(n, unpaid, &stats).await
+                    }));
+                    n += 1;
+                }
+                let mut failed = Vec::new();
+                for f in flows {
+                    match f.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => failed.push(e),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (n - first, failed)
+            })
+        };
+        tokio::time::sleep(phase / 4).await;
+        let healed = fault.inject(&mut nats, &mut procs, &ids, phase / 4).await?;
+        let heal_time = Instant::now();
+        nats.wait_ready(Duration::from_secs(60)).await?;
+        procs
+            .all_ready(Duration::from_secs(60))
+            .await
+            .map_err(|e| format!("after {fault}: {e}"))?;
+        let ready_after = heal_time.elapsed();
+        let (purchases, failed) = load.await.map_err(|e| e.to_string())?;
+        started += purchases;
+        let mut p = stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        p.purchases = purchases;
+        p.failed = failed;
+        p.ready_after = ready_after;
+        let _ = healed;
+        report.phases.push(p);
+    }
+
+    check(&mut report, &schemas, &nats, args.expiration).await?;
+    for (service, replicas) in &ids {
+        for (i, id) in replicas.iter().enumerate() {
+            if !procs.ready(*id, Duration::from_secs(5)).await {
+                report.died.push(format!("{service}-{}", i + 1));
+            }
+        }
+    }
+    drop(procs);
+    drop(nats);
+    Ok(report)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    LeaderAndOrdersReplica,
+    Follower,
+    RollingRestart,
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Fault::LeaderAndOrdersReplica => "kill -9 ORDERS leader + an orders replica",
+            Fault::Follower => "kill -9 an ORDERS follower",
+            Fault::RollingRestart => "rolling restart of the three nodes",
+        })
+    }
+}
+
+impl Fault {
+    /// Injects the fault and heals it after `hold` (for a rolling restart:
+    /// each node down for `hold / 3`, the next once the cluster answers).
+    async fn inject(
+        self,
+        nats: &mut NatsCluster,
+        procs: &mut Cluster,
+        ids: &HashMap<&str, Vec<ProcId>>,
+        hold: Duration,
+    ) -> Result<(), String> {
+        let leader = nats
+            .stream_leader("ORDERS")
+            .await
+            .ok_or("the ORDERS stream has no leader")?;
+        match self {
+            Fault::LeaderAndOrdersReplica => {
+                let replica = ids["orders"][0];
+                nats.kill(leader);
+                procs.kill(replica);
+                tokio::time::sleep(hold).await;
+                nats.restart(leader).map_err(|e| e.to_string())?;
+                procs.start(replica).map_err(|e| e.to_string())?;
+            }
+            Fault::Follower => {
+                let follower = (leader + 1) % nats.size();
+                nats.kill(follower);
+                tokio::time::sleep(hold).await;
+                nats.restart(follower).map_err(|e| e.to_string())?;
+            }
+            Fault::RollingRestart => {
+                for node in 0..nats.size() {
+                    nats.kill(node);
+                    tokio::time::sleep(hold / 3).await;
+                    nats.restart(node).map_err(|e| e.to_string())?;
+                    nats.wait_ready(Duration::from_secs(60)).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The invariants, once the system has settled (unpaid orders expire).
+async fn check(
+    report: &mut Report,
+    schemas: &HashMap<&str, ScratchSchema>,
+    nats: &NatsCluster,
+    expiration: u64,
+) -> Result<(), String> {
+    let dbs: HashMap<&str, store::Db> = schemas
+        .iter()
+        .map(|(s, schema)| {
+            Ok((
+                *s,
+                store::Db::postgres_lazy(&schema.url, 2).map_err(|e| e.to_string())?,
+            ))
+        })
+        .collect::<Result<_, String>>()?;
+    let rows = |service: &'static str, sql: &'static str| {
+        let db = dbs[service].clone();
+        async move {
+            db.read(move |c| {
+                c.query(sql, &[])?
+                    .iter()
+                    .map(|r| Ok(vec![r.get::<String>(0)?, r.get::<String>(1)?]))
+                    .collect::<Result<Vec<_>, store::StoreError>>()
+            })
+            .await
+            .map_err(|e| format!("{service}: {e}"))
+        }
+    };
+    // Settling: every order terminal, every outbox empty, every copy
+    // converged — or the deadline, and what is left is reported.
+    let deadline = Instant::now() + Duration::from_secs(60 + expiration);
+    loop {
+        let orders = rows("orders", "SELECT id, status FROM orders").await?;
+        report.orders = orders.len();
+        report.not_terminal = orders
+            .iter()
+            .filter(|o| o[1] != "complete" && o[1] != "cancelled")
+            .map(|o| format!("{} {}", o[0], o[1]))
+            .collect();
+        report.sold_twice = rows(
+            "orders",
+            "SELECT ticket_id, COUNT(*)::text FROM orders WHERE status = 'complete' \
+             GROUP BY ticket_id HAVING COUNT(*) > 1",
+        )
+        .await?
+        .into_iter()
+        .map(|r| format!("{} sold {} times", r[0], r[1]))
+        .collect();
+        // Tickets: sold exactly when an order for it completed; orders'
+        // copies at the tickets' versions; payments' copies at the orders'.
+        let tickets: HashMap<String, String> = rows(
+            "tickets",
+            "SELECT id, status || '/' || version FROM tickets",
+        )
+        .await?
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].clone()))
+        .collect();
+        let copies: HashMap<String, String> =
+            rows("orders", "SELECT id, version::text FROM tickets")
+                .await?
+                .into_iter()
+                .map(|r| (r[0].clone(), r[1].clone()))
+                .collect();
+        let complete: std::collections::HashSet<String> = rows(
+            "orders",
+            "SELECT ticket_id, id FROM orders WHERE status = 'complete'",
+        )
+        .await?
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+        let order_versions: HashMap<String, String> =
+            rows("orders", "SELECT id, status || '/' || version FROM orders")
+                .await?
+                .into_iter()
+                .map(|r| (r[0].clone(), r[1].clone()))
+                .collect();
+        let payment_copies: HashMap<String, String> = rows(
+            "payments",
+            "SELECT id, status || '/' || version FROM orders",
+        )
+        .await?
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].clone()))
+        .collect();
+        let mut unconverged = Vec::new();
+        for (id, state) in &tickets {
+            let (status, version) = state.split_once('/').unwrap_or_default();
+            if (status == "sold") != complete.contains(id) || status == "reserved" {
+                unconverged.push(format!(
+                    "ticket {id} {status} (completed order: {})",
+                    complete.contains(id)
+                ));
+            }
+            if copies.get(id).map(String::as_str) != Some(version) {
+                unconverged.push(format!(
+                    "orders' copy of ticket {id}: {:?}, tickets: {version}",
+                    copies.get(id)
+                ));
+            }
+        }
+        for (id, state) in &order_versions {
+            if payment_copies.get(id) != Some(state) {
+                unconverged.push(format!(
+                    "payments' copy of order {id}: {:?}, orders: {state}",
+                    payment_copies.get(id)
+                ));
+            }
+        }
+        report.unconverged = unconverged;
+        report.outbox_rows = Vec::new();
+        for s in SERVICES {
+            let left = rows(s, "SELECT 'outbox', COUNT(*)::text FROM outbox").await?;
+            if left[0][1] != "0" {
+                report.outbox_rows.push(format!("{s}: {}", left[0][1]));
+            }
+        }
+        let settled = report.not_terminal.is_empty()
+            && report.unconverged.is_empty()
+            && report.outbox_rows.is_empty();
+        if settled || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let js = async_nats::jetstream::new(
+        provision::connect(&nats.url(), "cluster-drill", Duration::from_secs(30))
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    let mut parked = js.get_stream("PARKED").await.map_err(|e| e.to_string())?;
+    report.parked = parked
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .messages;
+    Ok(())
+}
