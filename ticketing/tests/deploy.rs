@@ -596,3 +596,23 @@ fn the_alert_rules_ship_in_the_chart_and_read_only_series_the_code_records() {
         "the chart carries the tested file as it is"
     );
 }
+
+/// `values-nats-cluster.yaml`: every service and the provisioning job get
+/// the three servers, and the streams three replicas.
+#[test]
+fn the_nats_cluster_values_give_every_process_the_server_list_and_streams_three_replicas() {
+    let Some(helm) = helm() else { return };
+    let values = root().join("deploy/helm/ticketing/values-nats-cluster.yaml");
+    let objects = render(&helm, &[KEY, "-f", values.to_str().unwrap()]).unwrap();
+    let list = "nats://nats-0.nats-headless:4222,nats://nats-1.nats-headless:4222,nats://nats-2.nats-headless:4222";
+    for service in ["auth", "tickets", "orders", "expiration", "payments"] {
+        assert_eq!(env_of(&objects, service)["NATS_URL"], list, "{service}");
+    }
+    let job = find(&objects, "Job", "t-ticketing-streams");
+    let c = &job["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(env(c)["NATS_URL"], list);
+    assert_eq!(
+        args(c),
+        ["streams", "apply", "--wait", "120s", "--replicas", "3"]
+    );
+}
