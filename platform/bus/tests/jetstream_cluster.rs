@@ -143,3 +143,122 @@ async fn a_replicated_stream_survives_its_leader_and_a_clients_node_being_killed
     let mut stream = js.get_stream("CLUSTER").await.unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, 60);
 }
+
+/// Three nodes in network namespaces, or `None` (after saying why) when
+/// namespaces cannot be made here and engines are optional.
+fn partitionable(dir: &std::path::Path) -> Option<NatsCluster> {
+    let binary =
+        std::env::var("TICKETING_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+    match NatsCluster::start_partitionable(&binary, dir, 3, Logs::Inherit) {
+        Ok(c) => Some(c),
+        Err(e) if store::testing::engines_required() => {
+            panic!("network namespaces are required (TICKETING_REQUIRE_ENGINES=1): {e}")
+        }
+        Err(e) => {
+            store::testing::skipped(&format!("partitions need root and iproute2: {e}"));
+            None
+        }
+    }
+}
+
+/// The stream's leader is cut off from the other nodes and from the
+/// client (network namespaces, its link down) for a while, then joined
+/// again: the other two elect a leader and keep taking publishes; the
+/// client moves off the cut-off node; after the heal the old leader
+/// rejoins as a follower, and every message is stored once and delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_is_replaced_and_rejoins_without_losing_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nodes) = partitionable(dir.path()) else {
+        return;
+    };
+    nodes.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let bus = JetStreamBus::connect(&nodes.url(), "partition-test")
+        .await
+        .unwrap();
+    let js = bus.context().clone();
+    let start = Instant::now();
+    loop {
+        let created = js
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: "CLUSTER".into(),
+                subjects: vec!["cluster.>".into()],
+                num_replicas: 3,
+                ..Default::default()
+            })
+            .await;
+        match created {
+            Ok(_) => break,
+            Err(e) if start.elapsed() > Duration::from_secs(30) => panic!("{e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let mut config = ConsumerConfig::new("cluster-c", "cluster.a");
+    config.ack_wait = Duration::from_secs(2);
+    let mut sub = bus.subscribe(config).await.unwrap();
+    let (mut want, mut seen) = (BTreeSet::new(), BTreeSet::new());
+    for i in 0..10 {
+        publish(&bus, &format!("before-{i}")).await;
+        want.insert(format!("before-{i}"));
+    }
+    receive_all(&mut sub, &want, &mut seen).await;
+
+    let leader = nodes.stream_leader("CLUSTER").await.expect("a leader");
+    nodes.partition(leader).unwrap();
+    let mut stall = Duration::ZERO;
+    for i in 0..10 {
+        stall = stall.max(publish(&bus, &format!("cut-off-{i}")).await);
+        want.insert(format!("cut-off-{i}"));
+    }
+    let new_leader = nodes.stream_leader("CLUSTER").await.expect("a new leader");
+    assert_ne!(new_leader, leader, "the majority elected another leader");
+    receive_all(&mut sub, &want, &mut seen).await;
+
+    nodes.heal(leader).unwrap();
+    for i in 0..10 {
+        stall = stall.max(publish(&bus, &format!("healed-{i}")).await);
+        want.insert(format!("healed-{i}"));
+    }
+    receive_all(&mut sub, &want, &mut seen).await;
+    eprintln!("longest publish stall across the partition: {stall:?}");
+
+    // The node the client is connected to is cut off: the client notices
+    // (no answer to its pings) and moves to another node.
+    let on = bus.client().server_info().server_name;
+    let node = nodes.node_named(&on).expect("connected to one of ours");
+    nodes.partition(node).unwrap();
+    let mut moved = Duration::ZERO;
+    for i in 0..10 {
+        moved = moved.max(publish(&bus, &format!("client-cut-off-{i}")).await);
+        want.insert(format!("client-cut-off-{i}"));
+    }
+    assert_ne!(
+        bus.client().server_info().server_name,
+        on,
+        "moved to another node"
+    );
+    receive_all(&mut sub, &want, &mut seen).await;
+    nodes.heal(node).unwrap();
+    eprintln!("longest publish stall with the client's node cut off: {moved:?}");
+    // The old leader rejoined as a follower that has caught up.
+    let old = nodes.name(leader).to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut stream = js.get_stream("CLUSTER").await.unwrap();
+        let info = stream.info().await.unwrap();
+        let cluster = info.cluster.clone().unwrap();
+        let rejoined = cluster
+            .replicas
+            .iter()
+            .any(|r| r.name == old && r.current && !r.offline && r.lag.unwrap_or(0) == 0);
+        if info.state.messages == 40 && rejoined && cluster.leader.as_deref() != Some(&old) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stored {}; {old} not a current follower: {cluster:?}",
+            info.state.messages
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

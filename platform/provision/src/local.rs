@@ -163,12 +163,19 @@ impl Drop for NatsServer {
 /// started again with its data. Stream replicas live on its nodes.
 pub struct NatsCluster {
     nodes: Vec<Node>,
+    /// The namespaces and links of [`NatsCluster::start_partitionable`];
+    /// removed after the nodes stop.
+    network: Option<Network>,
 }
 
 struct Node {
     /// The server's name (`n1`, `n2`, …): what JetStream reports as a
     /// stream's leader or replica.
     name: String,
+    /// The address it listens on: 127.0.0.1, or its namespace's own.
+    host: String,
+    /// The network namespace it runs in, when the cluster has a network.
+    netns: Option<String>,
     binary: String,
     port: u16,
     cluster_port: u16,
@@ -188,14 +195,22 @@ impl Node {
 
     fn start(&mut self) -> std::io::Result<()> {
         self.kill();
-        let child = Command::new(&self.binary)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, &self.binary]);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
+        let child = command
+            .args(["-a", &self.host, "-p", &self.port.to_string()])
             .args(["-n", &self.name, "-js", "-sd"])
             .arg(&self.store_dir)
             .args(["--cluster_name", "ticketing"])
             .args([
                 "--cluster",
-                &format!("nats://127.0.0.1:{}", self.cluster_port),
+                &format!("nats://{}:{}", self.host, self.cluster_port),
             ])
             .args(["--routes", &self.routes.join(",")])
             .stdout(Stdio::null())
@@ -224,14 +239,46 @@ impl NatsCluster {
         size: usize,
         logs: Logs,
     ) -> std::io::Result<NatsCluster> {
-        let ports = (0..size)
-            .map(|_| Ok((free_port()?, free_port()?)))
-            .collect::<std::io::Result<Vec<_>>>()?;
-        let mut nodes: Vec<Node> = ports
+        let hosts = vec!["127.0.0.1".to_owned(); size];
+        let mut ports = Vec::new();
+        for _ in 0..size {
+            ports.push((free_port()?, free_port()?));
+        }
+        Self::start_on(binary, dir, hosts, ports, None, logs)
+    }
+
+    /// Like [`NatsCluster::start`], each node in a network namespace of its
+    /// own joined to the others and to this machine by a bridge, so one
+    /// can be cut off ([`NatsCluster::partition`]) and joined again.
+    /// Needs root (or `CAP_NET_ADMIN`) and iproute2's `ip`.
+    pub fn start_partitionable(
+        binary: &str,
+        dir: &Path,
+        size: usize,
+        logs: Logs,
+    ) -> std::io::Result<NatsCluster> {
+        let network = Network::create(size)?;
+        let hosts = (0..size).map(|i| network.host(i)).collect();
+        // Each node has its own address: the same ports everywhere.
+        let ports = vec![(4222, 6222); size];
+        Self::start_on(binary, dir, hosts, ports, Some(network), logs)
+    }
+
+    fn start_on(
+        binary: &str,
+        dir: &Path,
+        hosts: Vec<String>,
+        ports: Vec<(u16, u16)>,
+        network: Option<Network>,
+        logs: Logs,
+    ) -> std::io::Result<NatsCluster> {
+        let nodes: Vec<Node> = ports
             .iter()
             .enumerate()
             .map(|(i, &(port, cluster_port))| Node {
                 name: format!("n{}", i + 1),
+                host: hosts[i].clone(),
+                netns: network.as_ref().map(|n| n.netns(i)),
                 binary: binary.to_owned(),
                 port,
                 cluster_port,
@@ -240,16 +287,37 @@ impl NatsCluster {
                     .iter()
                     .enumerate()
                     .filter(|(j, _)| *j != i)
-                    .map(|(_, (_, c))| format!("nats://127.0.0.1:{c}"))
+                    .map(|(j, (_, c))| format!("nats://{}:{c}", hosts[j]))
                     .collect(),
                 logs: logs.clone(),
                 child: None,
             })
             .collect();
-        for node in &mut nodes {
+        // Owned by the cluster first: a node that fails to start stops the
+        // ones already started, and the network goes with them.
+        let mut cluster = NatsCluster { nodes, network };
+        for node in &mut cluster.nodes {
             node.start()?;
         }
-        Ok(NatsCluster { nodes })
+        Ok(cluster)
+    }
+
+    /// Cuts `node` off from the other nodes and from this machine (its
+    /// link to the bridge goes down): nothing reaches it, it reaches
+    /// nothing, and it keeps running. Only for a partitionable cluster.
+    pub fn partition(&mut self, node: NodeId) -> std::io::Result<()> {
+        self.network()?.link(node, false)
+    }
+
+    /// Joins a partitioned node again.
+    pub fn heal(&mut self, node: NodeId) -> std::io::Result<()> {
+        self.network()?.link(node, true)
+    }
+
+    fn network(&self) -> std::io::Result<&Network> {
+        self.network
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("this cluster was not started partitionable"))
     }
 
     pub fn size(&self) -> usize {
@@ -265,7 +333,7 @@ impl NatsCluster {
     }
 
     pub fn node_url(&self, node: NodeId) -> String {
-        format!("nats://127.0.0.1:{}", self.nodes[node].port)
+        format!("nats://{}:{}", self.nodes[node].host, self.nodes[node].port)
     }
 
     /// The node's server name (`n1`…).
@@ -350,7 +418,124 @@ impl Drop for NatsCluster {
         for node in &mut self.nodes {
             node.kill();
         }
+        // The namespaces go after the processes in them (Network's drop).
+        self.network.take();
     }
+}
+
+/// A bridge on this machine and, per node, a network namespace joined to it
+/// by a veth pair, on a /24 of its own (10.213.k.0/24: the machine .1, node
+/// i .10+i). Removed when dropped.
+struct Network {
+    /// Short and unique: interface names have at most 15 characters.
+    prefix: String,
+    subnet: u8,
+    size: usize,
+}
+
+impl Network {
+    fn create(size: usize) -> std::io::Result<Network> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let id = (std::process::id().wrapping_mul(31).wrapping_add(n)) % 9_973;
+        // A subnet no interface of this machine has yet.
+        let used = ip_output(&["-4", "-o", "addr", "show"])?;
+        let subnet = (0..250u32)
+            .map(|k| ((id + k) % 250 + 1) as u8)
+            .find(|k| !used.contains(&format!("10.213.{k}.")))
+            .ok_or_else(|| std::io::Error::other("no free 10.213.x.0/24 subnet"))?;
+        let net = Network {
+            prefix: format!("tk{id}{}", n % 10),
+            subnet,
+            size: 0,
+        };
+        let mut net = net;
+        let bridge = net.bridge();
+        ip(&["link", "add", &bridge, "type", "bridge"])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("10.213.{subnet}.1/24"),
+            "dev",
+            &bridge,
+        ])?;
+        ip(&["link", "set", &bridge, "up"])?;
+        for i in 0..size {
+            let (ns, outside, inside) = (net.netns(i), net.veth(i), format!("{}-i{i}", net.prefix));
+            ip(&["netns", "add", &ns])?;
+            net.size = i + 1;
+            ip(&[
+                "link", "add", &outside, "type", "veth", "peer", "name", &inside,
+            ])?;
+            ip(&["link", "set", &inside, "netns", &ns])?;
+            ip(&["link", "set", &outside, "master", &bridge])?;
+            ip(&["link", "set", &outside, "up"])?;
+            let addr = format!("{}/24", net.host(i));
+            ip(&["-n", &ns, "addr", "add", &addr, "dev", &inside])?;
+            ip(&["-n", &ns, "link", "set", &inside, "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(net)
+    }
+
+    fn bridge(&self) -> String {
+        format!("{}-br", self.prefix)
+    }
+
+    fn veth(&self, node: usize) -> String {
+        format!("{}-v{node}", self.prefix)
+    }
+
+    fn netns(&self, node: usize) -> String {
+        format!("{}-n{node}", self.prefix)
+    }
+
+    fn host(&self, node: usize) -> String {
+        format!("10.213.{}.{}", self.subnet, 10 + node)
+    }
+
+    fn link(&self, node: usize, up: bool) -> std::io::Result<()> {
+        ip(&[
+            "link",
+            "set",
+            &self.veth(node),
+            if up { "up" } else { "down" },
+        ])
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        for i in 0..self.size {
+            // Deleting the namespace deletes its end of the pair, and so
+            // the pair.
+            let _ = ip(&["netns", "del", &self.netns(i)]);
+            let _ = ip(&["link", "del", &self.veth(i)]);
+        }
+        let _ = ip(&["link", "del", &self.bridge()]);
+    }
+}
+
+/// Runs `ip <args>`; an error says which command failed and why.
+fn ip(args: &[&str]) -> std::io::Result<()> {
+    ip_output(args).map(drop)
+}
+
+fn ip_output(args: &[&str]) -> std::io::Result<String> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot run ip (iproute2): {e}")))?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[cfg(test)]
