@@ -17,8 +17,10 @@
 //! over the replicas as a Kubernetes Service would. Sessions are minted
 //! with the drill's own JWT key, so auth is not needed.
 //!
-//! Not yet: network partitions (each node in a network namespace) — the
-//! faults here are process deaths.
+//! The partition: each node runs in a network namespace of its own, joined
+//! to the others and to this machine by a bridge; cutting the leader's link
+//! isolates it from both while it keeps running (`--no-partitions` where
+//! namespaces cannot be made).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -55,6 +57,10 @@ pub struct ClusterArgs {
     /// left unpaid, to expire); a payment that comes later is refused.
     #[arg(long, default_value_t = 15)]
     pub expiration: u64,
+    /// Leave out the network partition (it needs root, or CAP_NET_ADMIN,
+    /// and iproute2: each node runs in a network namespace of its own).
+    #[arg(long)]
+    pub no_partitions: bool,
     /// Keep the schemas and the processes' logs afterwards.
     #[arg(long)]
     pub keep: bool,
@@ -349,13 +355,23 @@ async fn run(
         schemas.insert(s, schema);
     }
 
-    let mut nats = NatsCluster::start(
+    let start = if args.no_partitions {
+        NatsCluster::start
+    } else {
+        NatsCluster::start_partitionable
+    };
+    let mut nats = start(
         &args.nats_server,
         &work.join("nats"),
         3,
         Logs::Dir(work.to_owned()),
     )
-    .map_err(|e| format!("{e} (install nats-server, or pass --nats-server PATH)"))?;
+    .map_err(|e| {
+        format!(
+            "{e} (install nats-server, or pass --nats-server PATH; partitions need root and \
+             iproute2, or pass --no-partitions)"
+        )
+    })?;
     nats.wait_ready(Duration::from_secs(30)).await?;
     let client = provision::connect(&nats.url(), "cluster-drill", Duration::from_secs(30))
         .await
@@ -430,11 +446,12 @@ async fn run(
 
     let phase = Duration::from_secs(args.phase.max(4));
     let mut started = 0usize;
-    for fault in [
-        Fault::LeaderAndOrdersReplica,
-        Fault::Follower,
-        Fault::RollingRestart,
-    ] {
+    let mut faults = vec![Fault::LeaderAndOrdersReplica, Fault::Follower];
+    if !args.no_partitions {
+        faults.push(Fault::PartitionLeader);
+    }
+    faults.push(Fault::RollingRestart);
+    for fault in faults {
         let stats = Arc::new(Mutex::new(Phase {
             fault: fault.to_string(),
             ..Phase::default()
@@ -503,6 +520,7 @@ async fn run(
 enum Fault {
     LeaderAndOrdersReplica,
     Follower,
+    PartitionLeader,
     RollingRestart,
 }
 
@@ -511,6 +529,7 @@ impl fmt::Display for Fault {
         f.write_str(match self {
             Fault::LeaderAndOrdersReplica => "kill -9 ORDERS leader + an orders replica",
             Fault::Follower => "kill -9 an ORDERS follower",
+            Fault::PartitionLeader => "ORDERS leader cut off from all, then healed",
             Fault::RollingRestart => "rolling restart of the three nodes",
         })
     }
@@ -544,6 +563,11 @@ impl Fault {
                 nats.kill(follower);
                 tokio::time::sleep(hold).await;
                 nats.restart(follower).map_err(|e| e.to_string())?;
+            }
+            Fault::PartitionLeader => {
+                nats.partition(leader).map_err(|e| e.to_string())?;
+                tokio::time::sleep(hold).await;
+                nats.heal(leader).map_err(|e| e.to_string())?;
             }
             Fault::RollingRestart => {
                 for node in 0..nats.size() {
