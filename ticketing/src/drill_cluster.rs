@@ -14,7 +14,9 @@
 //!
 //! Services: tickets and orders two replicas each, expiration, payments
 //! (the offline test gateway), each a process of its own; the load spreads
-//! over the replicas as a Kubernetes Service would. Sessions are minted
+//! over the replicas as a Kubernetes Service would. With each fault one
+//! service process is killed too (SIGKILL) and started again at the heal:
+//! orders-1, tickets-1, orders-2, expiration. Sessions are minted
 //! with the drill's own JWT key, so auth is not needed.
 //!
 //! The partition: each node runs in a network namespace of its own, joined
@@ -446,7 +448,7 @@ async fn run(
 
     let phase = Duration::from_secs(args.phase.max(4));
     let mut started = 0usize;
-    let mut faults = vec![Fault::LeaderAndOrdersReplica, Fault::Follower];
+    let mut faults = vec![Fault::Leader, Fault::Follower];
     if !args.no_partitions {
         faults.push(Fault::PartitionLeader);
     }
@@ -518,7 +520,7 @@ async fn run(
 
 #[derive(Debug, Clone, Copy)]
 enum Fault {
-    LeaderAndOrdersReplica,
+    Leader,
     Follower,
     PartitionLeader,
     RollingRestart,
@@ -527,10 +529,10 @@ enum Fault {
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Fault::LeaderAndOrdersReplica => "kill -9 ORDERS leader + an orders replica",
-            Fault::Follower => "kill -9 an ORDERS follower",
-            Fault::PartitionLeader => "ORDERS leader cut off from all, then healed",
-            Fault::RollingRestart => "rolling restart of the three nodes",
+            Fault::Leader => "kill -9 ORDERS leader + orders-1",
+            Fault::Follower => "kill -9 an ORDERS follower + tickets-1",
+            Fault::PartitionLeader => "ORDERS leader cut off + orders-2 killed",
+            Fault::RollingRestart => "rolling restart of 3 nodes + expiration",
         })
     }
 }
@@ -549,14 +551,21 @@ impl Fault {
             .stream_leader("ORDERS")
             .await
             .ok_or("the ORDERS stream has no leader")?;
+        // A service replica dies with each fault and comes back with the
+        // heal: which one, per fault.
+        let (service, replica) = match self {
+            Fault::Leader => ("orders", 0),
+            Fault::Follower => ("tickets", 0),
+            Fault::PartitionLeader => ("orders", 1),
+            Fault::RollingRestart => ("expiration", 0),
+        };
+        let replica = ids[service][replica];
+        procs.kill(replica);
         match self {
-            Fault::LeaderAndOrdersReplica => {
-                let replica = ids["orders"][0];
+            Fault::Leader => {
                 nats.kill(leader);
-                procs.kill(replica);
                 tokio::time::sleep(hold).await;
                 nats.restart(leader).map_err(|e| e.to_string())?;
-                procs.start(replica).map_err(|e| e.to_string())?;
             }
             Fault::Follower => {
                 let follower = (leader + 1) % nats.size();
@@ -578,6 +587,7 @@ impl Fault {
                 }
             }
         }
+        procs.start(replica).map_err(|e| e.to_string())?;
         Ok(())
     }
 }

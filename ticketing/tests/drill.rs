@@ -118,9 +118,9 @@ fn the_cluster_drill_loses_nothing_when_nats_nodes_die_under_load() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "drill failed:\n{stdout}\n{stderr}");
     for line in [
-        "kill -9 ORDERS leader + an orders replica",
-        "kill -9 an ORDERS follower",
-        "rolling restart of the three nodes",
+        "kill -9 ORDERS leader + orders-1",
+        "kill -9 an ORDERS follower + tickets-1",
+        "rolling restart of 3 nodes + expiration",
         "orders not terminal: ok",
         "tickets sold twice: ok",
         "copies or payments not settled: ok",
@@ -139,7 +139,7 @@ fn the_cluster_drill_loses_nothing_when_nats_nodes_die_under_load() {
         .collect();
     assert_eq!(phases.len(), if namespaces { 4 } else { 3 }, "{stdout}");
     assert_eq!(
-        stdout.contains("ORDERS leader cut off from all, then healed"),
+        stdout.contains("ORDERS leader cut off + orders-2 killed"),
         namespaces,
         "{stdout}"
     );
@@ -150,6 +150,9 @@ fn the_cluster_drill_loses_nothing_when_nats_nodes_die_under_load() {
             .copied()
             .filter(|c| c.parse::<u64>().is_ok())
             .collect();
+        // The last six: purchases, failed, 503s, longest request, ready
+        // after, expired first (a fault's name may hold a number too).
+        let numbers = &numbers[numbers.len() - 6..];
         assert!(numbers[0].parse::<u64>().unwrap() > 0, "{line}");
         assert_eq!(numbers[1], "0", "failed purchases in: {line}");
     }
