@@ -155,22 +155,58 @@ impl fmt::Display for Report {
 
 /// Runs the drill with `exe` (this binary) as the services' program.
 pub async fn concurrency(exe: &Path, args: ConcurrencyArgs) -> Result<Report, String> {
-    let database_url = args.database_url.clone().ok_or(
+    let database_url = required_database(&args.database_url)?;
+    in_work_dir("ticketing-drill", args.keep, |work| async move {
+        run(exe, &args, &database_url, &work).await
+    })
+    .await
+}
+
+/// What a drill's report must say for [`in_work_dir`].
+pub(crate) trait DrillReport {
+    fn passed(&self) -> bool;
+    fn set_logs(&mut self, dir: PathBuf);
+}
+
+impl DrillReport for Report {
+    fn passed(&self) -> bool {
+        Report::passed(self)
+    }
+    fn set_logs(&mut self, dir: PathBuf) {
+        self.logs = Some(dir);
+    }
+}
+
+/// The PostgreSQL URL every drill needs, or the error that says so.
+pub(crate) fn required_database(url: &Option<String>) -> Result<String, String> {
+    url.clone().ok_or_else(|| {
         "the drill needs PostgreSQL: pass --database-url or set DATABASE_URL \
-         (e.g. postgres://postgres@127.0.0.1:5432/postgres)",
-    )?;
+         (e.g. postgres://postgres@127.0.0.1:5432/postgres)"
+            .to_owned()
+    })
+}
+
+/// Runs `drill` with a fresh work directory for its logs and stores, kept
+/// (and named in the report or the error) when `keep` is set or the drill
+/// failed, removed otherwise.
+pub(crate) async fn in_work_dir<R, F, Fut>(name: &str, keep: bool, drill: F) -> Result<R, String>
+where
+    R: DrillReport,
+    F: FnOnce(PathBuf) -> Fut,
+    Fut: std::future::Future<Output = Result<R, String>>,
+{
     let work = std::env::temp_dir().join(format!(
-        "ticketing-drill-{}-{}",
+        "{name}-{}-{}",
         std::process::id(),
         Clock::System.now().millis()
     ));
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
-    let result = run(exe, &args, &database_url, &work).await;
-    let failed = !result.as_ref().is_ok_and(Report::passed);
-    if args.keep || failed {
+    let result = drill(work.clone()).await;
+    let failed = !result.as_ref().is_ok_and(R::passed);
+    if keep || failed {
         match result {
             Ok(mut r) => {
-                r.logs = Some(work);
+                r.set_logs(work);
                 Ok(r)
             }
             Err(e) => Err(format!("{e} (logs in {})", work.display())),

@@ -175,29 +175,19 @@ impl fmt::Display for Report {
 
 /// Runs the drill with `exe` (this binary) as the services' program.
 pub async fn cluster(exe: &Path, args: ClusterArgs) -> Result<Report, String> {
-    let database_url = args.database_url.clone().ok_or(
-        "the drill needs PostgreSQL: pass --database-url or set DATABASE_URL \
-         (e.g. postgres://postgres@127.0.0.1:5432/postgres)",
-    )?;
-    let work = std::env::temp_dir().join(format!(
-        "ticketing-cluster-drill-{}-{}",
-        std::process::id(),
-        Clock::System.now().millis()
-    ));
-    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
-    let result = run(exe, &args, &database_url, &work).await;
-    let failed = !result.as_ref().is_ok_and(Report::passed);
-    if args.keep || failed {
-        match result {
-            Ok(mut r) => {
-                r.logs = Some(work);
-                Ok(r)
-            }
-            Err(e) => Err(format!("{e} (logs in {})", work.display())),
-        }
-    } else {
-        let _ = std::fs::remove_dir_all(&work);
-        result
+    let database_url = crate::drill::required_database(&args.database_url)?;
+    crate::drill::in_work_dir("ticketing-cluster-drill", args.keep, |work| async move {
+        run(exe, &args, &database_url, &work).await
+    })
+    .await
+}
+
+impl crate::drill::DrillReport for Report {
+    fn passed(&self) -> bool {
+        Report::passed(self)
+    }
+    fn set_logs(&mut self, dir: PathBuf) {
+        self.logs = Some(dir);
     }
 }
 

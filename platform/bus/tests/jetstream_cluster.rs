@@ -72,16 +72,15 @@ async fn receive_all(sub: &mut Subscription, want: &BTreeSet<String>, seen: &mut
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replicated_stream_survives_its_leader_and_a_clients_node_being_killed() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(mut nodes) = cluster(dir.path()) else {
-        return;
-    };
+/// Once every node answers: a client on the server list, an R3 stream
+/// `CLUSTER` (created as soon as the cluster accepts it) and a durable
+/// consumer of `cluster.a` on it.
+async fn replicated_stream(
+    nodes: &NatsCluster,
+    name: &str,
+) -> (JetStreamBus, async_nats::jetstream::Context, Subscription) {
     nodes.wait_ready(Duration::from_secs(30)).await.unwrap();
-    let bus = JetStreamBus::connect(&nodes.url(), "cluster-test")
-        .await
-        .unwrap();
+    let bus = JetStreamBus::connect(&nodes.url(), name).await.unwrap();
     let js = bus.context().clone();
     let start = Instant::now();
     loop {
@@ -101,7 +100,17 @@ async fn a_replicated_stream_survives_its_leader_and_a_clients_node_being_killed
     }
     let mut config = ConsumerConfig::new("cluster-c", "cluster.a");
     config.ack_wait = Duration::from_secs(2);
-    let mut sub = bus.subscribe(config).await.unwrap();
+    let sub = bus.subscribe(config).await.unwrap();
+    (bus, js, sub)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_stream_survives_its_leader_and_a_clients_node_being_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nodes) = cluster(dir.path()) else {
+        return;
+    };
+    let (bus, js, mut sub) = replicated_stream(&nodes, "cluster-test").await;
     let (mut want, mut seen) = (BTreeSet::new(), BTreeSet::new());
     for i in 0..20 {
         publish(&bus, &format!("before-{i}")).await;
@@ -172,30 +181,7 @@ async fn a_partitioned_leader_is_replaced_and_rejoins_without_losing_a_message()
     let Some(mut nodes) = partitionable(dir.path()) else {
         return;
     };
-    nodes.wait_ready(Duration::from_secs(30)).await.unwrap();
-    let bus = JetStreamBus::connect(&nodes.url(), "partition-test")
-        .await
-        .unwrap();
-    let js = bus.context().clone();
-    let start = Instant::now();
-    loop {
-        let created = js
-            .create_stream(async_nats::jetstream::stream::Config {
-                name: "CLUSTER".into(),
-                subjects: vec!["cluster.>".into()],
-                num_replicas: 3,
-                ..Default::default()
-            })
-            .await;
-        match created {
-            Ok(_) => break,
-            Err(e) if start.elapsed() > Duration::from_secs(30) => panic!("{e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-    let mut config = ConsumerConfig::new("cluster-c", "cluster.a");
-    config.ack_wait = Duration::from_secs(2);
-    let mut sub = bus.subscribe(config).await.unwrap();
+    let (bus, js, mut sub) = replicated_stream(&nodes, "partition-test").await;
     let (mut want, mut seen) = (BTreeSet::new(), BTreeSet::new());
     for i in 0..10 {
         publish(&bus, &format!("before-{i}")).await;
