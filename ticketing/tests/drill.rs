@@ -42,25 +42,32 @@ fn engines() -> Option<(String, String)> {
     Some((nats_server, database_url))
 }
 
+/// Runs `ticketing drill <args…>` on the engines; its report, once it
+/// exited 0.
+fn drill(args: &[&str], nats_server: &str, database_url: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_ticketing"))
+        .arg("drill")
+        .args(args)
+        .args(["--nats-server", nats_server, "--database-url", database_url])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("ticketing runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "drill failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
 #[test]
 fn the_concurrency_drill_passes_on_two_replicas_of_tickets_and_orders() {
     let Some((nats_server, database_url)) = engines() else {
         return;
     };
-    let out = Command::new(env!("CARGO_BIN_EXE_ticketing"))
-        .args(["drill", "concurrency", "--clients", "40", "--timeout", "30"])
-        .args([
-            "--nats-server",
-            &nats_server,
-            "--database-url",
-            &database_url,
-        ])
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("ticketing runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "drill failed:\n{stdout}\n{stderr}");
+    let stdout = drill(
+        &["concurrency", "--clients", "40", "--timeout", "30"],
+        &nats_server,
+        &database_url,
+    );
     for line in [
         "40 clients, 2 tickets replicas, 2 orders replicas",
         "120 requests",
@@ -98,25 +105,11 @@ fn the_cluster_drill_loses_nothing_when_nats_nodes_die_under_load() {
             "the cluster drill's partition: network namespaces need root and iproute2",
         );
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_ticketing"))
-        .args(["drill", "cluster", "--rate", "5", "--phase", "8"])
-        .args(if namespaces {
-            &[][..]
-        } else {
-            &["--no-partitions"][..]
-        })
-        .args([
-            "--nats-server",
-            &nats_server,
-            "--database-url",
-            &database_url,
-        ])
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("ticketing runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "drill failed:\n{stdout}\n{stderr}");
+    let mut args = vec!["cluster", "--rate", "5", "--phase", "8"];
+    if !namespaces {
+        args.push("--no-partitions");
+    }
+    let stdout = drill(&args, &nats_server, &database_url);
     for line in [
         "kill -9 ORDERS leader + orders-1",
         "kill -9 an ORDERS follower + tickets-1",
