@@ -100,17 +100,15 @@ impl NatsServer {
 
     /// Kills the server with SIGKILL (no clean shutdown).
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill(&mut self.child);
     }
 
     /// Starts the server again (killing it first if it runs), same port and
     /// store, so streams and consumers survive.
     pub fn restart(&mut self) -> std::io::Result<()> {
         self.kill();
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        command
             .args([
                 "-a",
                 "127.0.0.1",
@@ -119,18 +117,8 @@ impl NatsServer {
                 "-js",
                 "-sd",
             ])
-            .arg(&self.store_dir)
-            .stdout(Stdio::null())
-            .stderr(match self.logs {
-                // The server's start-up banner would drown a test's output.
-                Logs::Inherit => Stdio::null(),
-                Logs::Dir(_) => self.logs.stderr("nats-server")?,
-            })
-            .spawn()
-            .map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot start {}: {e}", self.binary))
-            })?;
-        self.child = Some(child);
+            .arg(&self.store_dir);
+        self.child = Some(spawn(command, &self.binary, &self.logs, "nats-server")?);
         Ok(())
     }
 
@@ -149,6 +137,28 @@ impl NatsServer {
             }
         }
     }
+}
+
+/// SIGKILL and reap `child`, if it runs.
+fn kill(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// Starts a nats-server `command` (of `binary`), its stderr to the log
+/// `name`; with inherited logs it is silenced: the server's start-up banner
+/// would drown a test's output.
+fn spawn(mut command: Command, binary: &str, logs: &Logs, name: &str) -> std::io::Result<Child> {
+    command
+        .stdout(Stdio::null())
+        .stderr(match logs {
+            Logs::Inherit => Stdio::null(),
+            Logs::Dir(_) => logs.stderr(name)?,
+        })
+        .spawn()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot start {binary}: {e}")))
 }
 
 impl Drop for NatsServer {
@@ -187,10 +197,7 @@ struct Node {
 
 impl Node {
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill(&mut self.child);
     }
 
     fn start(&mut self) -> std::io::Result<()> {
@@ -203,7 +210,7 @@ impl Node {
             }
             None => Command::new(&self.binary),
         };
-        let child = command
+        command
             .args(["-a", &self.host, "-p", &self.port.to_string()])
             .args(["-n", &self.name, "-js", "-sd"])
             .arg(&self.store_dir)
@@ -212,16 +219,13 @@ impl Node {
                 "--cluster",
                 &format!("nats://{}:{}", self.host, self.cluster_port),
             ])
-            .args(["--routes", &self.routes.join(",")])
-            .stdout(Stdio::null())
-            .stderr(match self.logs {
-                Logs::Inherit => Stdio::null(),
-                Logs::Dir(_) => self.logs.stderr(&format!("nats-{}", self.name))?,
-            })
-            .spawn()
-            .map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot start {}: {e}", self.binary))
-            })?;
+            .args(["--routes", &self.routes.join(",")]);
+        let child = spawn(
+            command,
+            &self.binary,
+            &self.logs,
+            &format!("nats-{}", self.name),
+        )?;
         self.child = Some(child);
         Ok(())
     }
