@@ -118,6 +118,9 @@ pub struct BlogSettings {
     pub http: runtime::HttpLimits,
     /// The parked-message admin API's token; none: not served.
     pub admin_token: Option<String>,
+    /// How often the parked-message gauges are read
+    /// (`BLOG_PARKED_GAUGES_SECONDS`, 15 by default).
+    pub parked_gauges_every: Duration,
 }
 
 /// The blog's services as `--services` names them (it has no gateway).
@@ -171,6 +174,11 @@ impl BlogSettings {
             // `/metrics` on the public port only when one process serves
             // the whole blog.
             http: runtime::HttpLimits::from_env(all_in_one)?,
+            parked_gauges_every: Duration::from_secs(
+                env_var::<u64>("BLOG_PARKED_GAUGES_SECONDS")?
+                    .unwrap_or(15)
+                    .max(1),
+            ),
             admin_token: match args.admin_token.as_deref().map(str::trim) {
                 None | Some("") => None,
                 Some(t) if t.len() < 16 => {
@@ -252,16 +260,18 @@ pub async fn run(
     let running: Vec<Running> = blog::start(&deps, &settings.config).await?;
     // Parked messages: their gauges always (the alerts read them), their
     // admin API with an operator's token.
-    let parked = runtime::parked::ParkedAdmin::for_operator_token(
+    let gauges = runtime::parked::spawn_gauges(
         deps.bus.clone(),
-        deps.keys.clone(),
-        settings.admin_token.as_deref().unwrap_or_default(),
+        settings.parked_gauges_every,
+        deps.shutdown.clone(),
     );
-    let gauges = parked.spawn_gauges(Duration::from_secs(15), deps.shutdown.clone());
-    let admin = settings
-        .admin_token
-        .is_some()
-        .then(|| runtime::parked::router(parked));
+    let admin = settings.admin_token.as_deref().map(|token| {
+        runtime::parked::router(runtime::parked::ParkedAdmin::for_operator_token(
+            deps.bus.clone(),
+            deps.keys.clone(),
+            token,
+        ))
+    });
     let (with_page, upstreams) = (settings.page, settings.upstreams.clone());
     serve_running(
         running,

@@ -218,7 +218,10 @@ async fn an_operator_lists_replays_and_discards_the_blogs_parked_messages_with_i
     };
     engines.apply_streams(&["blog"]).await;
     let mut cluster = engines
-        .cluster(&[("BLOG_ADMIN_TOKEN", TOKEN.to_owned())])
+        .cluster(&[
+            ("BLOG_ADMIN_TOKEN", TOKEN.to_owned()),
+            ("BLOG_PARKED_GAUGES_SECONDS", "1".to_owned()),
+        ])
         .with_command(&["blog", "run"]);
     let comments = engines.spawn(&mut cluster, "comments", "comments");
     engines.spawn(&mut cluster, "query", "query");
@@ -266,6 +269,15 @@ async fn an_operator_lists_replays_and_discards_the_blogs_parked_messages_with_i
         .collect();
     consumers.sort_unstable();
     assert_eq!(consumers, ["comments-post-created", "query-post-created"]);
+    // The gauges the alerts read, from the blog's own processes.
+    let metrics = cluster.metrics_url(comments);
+    until("the parked gauge", || async {
+        let text = http.get(&metrics).send().await.ok()?.text().await.ok()?;
+        text.lines()
+            .any(|l| l == "bus_parked_waiting{consumer=\"comments-post-created\"} 1")
+            .then_some(())
+    })
+    .await;
 
     // From the command line, with the token: discard one, replay the other
     // (it fails again: parked again as a new record).

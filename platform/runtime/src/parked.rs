@@ -67,37 +67,46 @@ impl FromRef<ParkedAdmin> for Arc<AuthKeys> {
 }
 
 impl ParkedAdmin {
-    /// Keeps the gauges an operator's alerts read current — messages
-    /// waiting per consumer (`bus_parked_waiting`) and the age of the
-    /// oldest (`bus_parked_oldest_seconds`) — reading the bus every `every`
-    /// until `shutdown`. Every process serving these routes reports them
-    /// (alerts take the `max` over processes).
+    /// Keeps the parked-message gauges current from this bus (see
+    /// [`spawn_gauges`]).
     pub fn spawn_gauges(
         &self,
         every: std::time::Duration,
-        mut shutdown: shared::shutdown::Shutdown,
+        shutdown: shared::shutdown::Shutdown,
     ) -> tokio::task::JoinHandle<()> {
-        let bus = self.bus.clone();
-        tokio::spawn(async move {
-            let mut reported = std::collections::BTreeSet::new();
-            loop {
-                let waiting = ParkedFilter {
-                    waiting_only: true,
-                    ..Default::default()
-                };
-                match bus.parked_messages(&waiting).await {
-                    Ok(found) => reported = report_waiting(&found, reported),
-                    Err(e) => {
-                        tracing::debug!(error = %store::report(&e), "cannot read parked messages for their gauges");
-                    }
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = shutdown.wait() => break,
+        spawn_gauges(self.bus.clone(), every, shutdown)
+    }
+}
+
+/// Keeps the gauges an operator's alerts read current — messages waiting
+/// per consumer (`bus_parked_waiting`) and the age of the oldest
+/// (`bus_parked_oldest_seconds`) — reading `bus` every `every` until
+/// `shutdown`. Every process serving the parked routes reports them (alerts
+/// take the `max` over processes); a product without those routes may too.
+pub fn spawn_gauges(
+    bus: Arc<dyn Bus>,
+    every: std::time::Duration,
+    mut shutdown: shared::shutdown::Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut reported = std::collections::BTreeSet::new();
+        loop {
+            let waiting = ParkedFilter {
+                waiting_only: true,
+                ..Default::default()
+            };
+            match bus.parked_messages(&waiting).await {
+                Ok(found) => reported = report_waiting(&found, reported),
+                Err(e) => {
+                    tracing::debug!(error = %store::report(&e), "cannot read parked messages for their gauges");
                 }
             }
-        })
-    }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.wait() => break,
+            }
+        }
+    })
 }
 
 /// Sets the gauges from the waiting messages `found` (consumers reported
