@@ -449,12 +449,11 @@ impl Network {
             .map(|k| ((id + k) % 250 + 1) as u8)
             .find(|k| !used.contains(&format!("10.213.{k}.")))
             .ok_or_else(|| std::io::Error::other("no free 10.213.x.0/24 subnet"))?;
-        let net = Network {
+        let mut net = Network {
             prefix: format!("tk{id}{}", n % 10),
             subnet,
             size: 0,
         };
-        let mut net = net;
         let bridge = net.bridge();
         ip(&["link", "add", &bridge, "type", "bridge"])?;
         ip(&[
