@@ -31,13 +31,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use shared::auth::{AuthKeys, AuthUser};
-use shared::ids::UserId;
-use shared::time::Clock;
 use store::scratch::ScratchSchema;
 
 use crate::cluster::{Cluster, Logs, ProcId};
 use provision::local::NatsCluster;
+
+mod ledger;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClusterArgs {
@@ -82,6 +81,9 @@ pub struct Phase {
     /// reached payments after the hold ran out): correct, and counted.
     pub expired_first: usize,
     pub longest_request: Duration,
+    /// The longest an event waited in an outbox to be published (sampled
+    /// every 100 ms): the stall of publish acks as the services saw it.
+    pub longest_publish_wait: Duration,
     /// From the heal until every service answered `/readyz` 200.
     pub ready_after: Duration,
 }
@@ -96,6 +98,12 @@ pub struct Report {
     pub sold_twice: Vec<String>,
     pub unconverged: Vec<String>,
     pub outbox_rows: Vec<String>,
+    /// Events read back from the streams, by id.
+    pub events: usize,
+    /// Where the stored events disagree with their owners (see `ledger`).
+    pub ledger: Vec<String>,
+    /// Durable consumers not delivered or not acknowledging everything.
+    pub consumers_behind: Vec<String>,
     pub parked: u64,
     pub died: Vec<String>,
     pub logs: Option<PathBuf>,
@@ -108,6 +116,8 @@ impl Report {
             && self.sold_twice.is_empty()
             && self.unconverged.is_empty()
             && self.outbox_rows.is_empty()
+            && self.ledger.is_empty()
+            && self.consumers_behind.is_empty()
             && self.parked == 0
             && self.died.is_empty()
     }
@@ -122,24 +132,26 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "{:<44} {:>9} {:>7} {:>9} {:>14} {:>12} {:>14}",
+            "{:<44} {:>9} {:>7} {:>9} {:>14} {:>13} {:>12} {:>14}",
             "fault",
             "purchases",
             "failed",
             "503/retry",
             "longest request",
+            "publish wait",
             "ready after",
             "expired first"
         )?;
         for p in &self.phases {
             writeln!(
                 f,
-                "{:<44} {:>9} {:>7} {:>9} {:>11.0} ms {:>9.0} ms {:>14}",
+                "{:<44} {:>9} {:>7} {:>9} {:>11.0} ms {:>10.0} ms {:>9.0} ms {:>14}",
                 p.fault,
                 p.purchases,
                 p.failed.len(),
                 p.unavailable,
                 p.longest_request.as_secs_f64() * 1000.0,
+                p.longest_publish_wait.as_secs_f64() * 1000.0,
                 p.ready_after.as_secs_f64() * 1000.0,
                 p.expired_first
             )?;
@@ -164,6 +176,12 @@ impl fmt::Display for Report {
         list(f, "tickets sold twice", &self.sold_twice)?;
         list(f, "copies or payments not settled", &self.unconverged)?;
         list(f, "outbox rows left", &self.outbox_rows)?;
+        list(
+            f,
+            &format!("events by id ({} read back from the streams)", self.events),
+            &self.ledger,
+        )?;
+        list(f, "consumers behind", &self.consumers_behind)?;
         writeln!(f, "parked messages: {}", self.parked)?;
         list(f, "processes that died", &self.died)?;
         if let Some(logs) = &self.logs {
@@ -191,16 +209,18 @@ impl crate::drill::DrillReport for Report {
     }
 }
 
-const SERVICES: [&str; 4] = ["tickets", "orders", "expiration", "payments"];
+const SERVICES: [&str; 5] = ["auth", "tickets", "orders", "expiration", "payments"];
 
-/// The load's view of the system: where each service's replicas answer.
+/// Buyers signed up before the load; purchases take them in turn.
+const BUYERS: usize = 16;
+
+/// The load's view of the system: the gateway, and the sessions of a
+/// seller and of the buyers (signed up through it).
 struct Target {
     http: reqwest::Client,
-    tickets: Vec<String>,
-    orders: Vec<String>,
-    payments: String,
+    gateway: String,
     seller: String,
-    keys: Arc<AuthKeys>,
+    buyers: Vec<String>,
 }
 
 /// One request's outcome after retries, and what it cost.
@@ -250,27 +270,18 @@ impl Target {
 
     /// One purchase: a ticket listed, ordered, and paid unless `unpaid`.
     async fn purchase(&self, n: usize, unpaid: bool, stats: &Mutex<Phase>) -> Result<(), String> {
-        let buyer = self
-            .keys
-            .issue(
-                &AuthUser {
-                    id: UserId::new(),
-                    email: format!("buyer-{n}@drill.invalid"),
-                },
-                Clock::System.now(),
-            )
-            .map_err(|e| format!("cannot sign a session: {e:?}"))?;
+        let buyer = &self.buyers[n % self.buyers.len()];
+        let gateway = &self.gateway;
         let record = |s: &Sent| {
             let mut p = stats.lock().unwrap_or_else(|e| e.into_inner());
             p.requests += 1;
             p.unavailable += s.unavailable;
             p.longest_request = p.longest_request.max(s.elapsed);
         };
-        let tickets = &self.tickets[n % self.tickets.len()];
         let listed = self
             .send(
                 &self.seller,
-                &format!("{tickets}/api/tickets"),
+                &format!("{gateway}/api/tickets"),
                 &json!({"title": format!("Drill {n}"), "price": 20}),
                 &[],
             )
@@ -281,11 +292,10 @@ impl Target {
         }
         let ticket = listed.body["id"].as_str().unwrap_or_default().to_owned();
         // 404 until orders has learned of the ticket.
-        let orders = &self.orders[(n + 1) % self.orders.len()];
         let ordered = self
             .send(
-                &buyer,
-                &format!("{orders}/api/orders"),
+                buyer,
+                &format!("{gateway}/api/orders"),
                 &json!({"ticketId": ticket}),
                 &[404],
             )
@@ -304,8 +314,8 @@ impl Target {
         // 404 until payments has learned of the order.
         let paid = self
             .send(
-                &buyer,
-                &format!("{}/api/payments", self.payments),
+                buyer,
+                &format!("{gateway}/api/payments"),
                 &json!({"orderId": order, "token": "tok_visa"}),
                 &[404],
             )
@@ -326,6 +336,55 @@ impl Target {
             }
             s => Err(format!("paying {order}: {s} {}", paid.body)),
         }
+    }
+}
+
+/// Samples the services' outboxes every 100 ms until `stop`: the age of
+/// the oldest event not yet published, at its longest.
+async fn publish_waits(
+    outboxes: Vec<store::Db>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Duration {
+    let mut longest = 0i64;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    while !*stop.borrow() {
+        tick.tick().await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        for db in &outboxes {
+            let oldest = db
+                .read(|c| c.query("SELECT COALESCE(MIN(created_at), 0) FROM outbox", &[])?[0].get::<i64>(0))
+                .await;
+            if let Ok(oldest) = oldest.map_err(|_: store::StoreError| ()) {
+                if oldest > 0 {
+                    longest = longest.max(now - oldest);
+                }
+            }
+        }
+    }
+    Duration::from_millis(u64::try_from(longest).unwrap_or(0))
+}
+
+/// Signs a user up through the gateway; their session token.
+async fn sign_up(http: &reqwest::Client, gateway: &str, email: &str) -> Result<String, String> {
+    let res = http
+        .post(format!("{gateway}/api/users/signup"))
+        .json(&json!({"email": email, "password": "drill-password-1"}))
+        .send()
+        .await
+        .map_err(|e| format!("signing up {email}: {e}"))?;
+    let status = res.status();
+    let cookie = res
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|c| c.strip_prefix("session="))
+        .map(|c| c.split(';').next().unwrap_or_default().to_owned());
+    match cookie {
+        Some(token) if status.is_success() => Ok(token),
+        _ => Err(format!("signing up {email}: {status}")),
     }
 }
 
@@ -391,11 +450,13 @@ async fn run(
             ("DATABASE_POOL_SIZE", "4".into()),
             ("ORDER_EXPIRATION_SECONDS", args.expiration.to_string()),
             ("MAX_ACTIVE_ORDERS_PER_USER", "1000000".into()),
+            ("AUTH_RATE_LIMIT_PER_MINUTE", "1000000".into()),
         ],
         Logs::Dir(work.to_owned()),
     );
     let mut ids: HashMap<&str, Vec<ProcId>> = HashMap::new();
     for (service, replicas) in [
+        ("auth", 1),
         ("tickets", 2),
         ("orders", 2),
         ("expiration", 1),
@@ -412,42 +473,61 @@ async fn run(
             ids.entry(service).or_default().push(id);
         }
     }
+    // The gateway, in front of every replica (each service's URLs listed,
+    // taken in turn; a replica that refuses connections is skipped).
+    let urls = |service: &str| {
+        ids[service]
+            .iter()
+            .map(|id| procs.url(*id))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let upstreams = [
+        ("AUTH_URL", urls("auth")),
+        ("TICKETS_URL", urls("tickets")),
+        ("ORDERS_URL", urls("orders")),
+        ("PAYMENTS_URL", urls("payments")),
+    ];
+    let gateway = procs
+        .spawn("gateway", "gateway", &upstreams)
+        .map_err(|e| format!("cannot start the gateway: {e}"))?;
     procs.all_ready(Duration::from_secs(60)).await?;
 
-    let keys = AuthKeys::new(jwt_key.as_bytes(), Duration::from_secs(3600), false);
-    let seller = keys
-        .issue(
-            &AuthUser {
-                id: UserId::new(),
-                email: "seller@drill.invalid".into(),
-            },
-            Clock::System.now(),
-        )
-        .map_err(|e| format!("cannot sign a session: {e:?}"))?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let gateway = procs.url(gateway);
+    let seller = sign_up(&http, &gateway, "seller@drill.invalid").await?;
+    let mut buyers = Vec::new();
+    for i in 0..BUYERS {
+        buyers.push(sign_up(&http, &gateway, &format!("buyer-{i}@drill.invalid")).await?);
+    }
     let target = Arc::new(Target {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| e.to_string())?,
-        tickets: ids["tickets"].iter().map(|id| procs.url(*id)).collect(),
-        orders: ids["orders"].iter().map(|id| procs.url(*id)).collect(),
-        payments: procs.url(ids["payments"][0]),
+        http,
+        gateway,
         seller,
-        keys,
+        buyers,
     });
 
     let phase = Duration::from_secs(args.phase.max(4));
     let mut started = 0usize;
     let mut faults = vec![Fault::Leader, Fault::Follower];
     if !args.no_partitions {
-        faults.push(Fault::PartitionLeader);
+        faults.extend([Fault::PartitionLeader, Fault::PartitionFollower]);
     }
     faults.push(Fault::RollingRestart);
+    let outboxes = SERVICES
+        .iter()
+        .map(|s| store::Db::postgres_lazy(&schemas[s].url, 1).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
     for fault in faults {
         let stats = Arc::new(Mutex::new(Phase {
             fault: fault.to_string(),
             ..Phase::default()
         }));
+        let (stop_sampling, sampling) = tokio::sync::watch::channel(false);
+        let sampler = tokio::spawn(publish_waits(outboxes.clone(), sampling));
         // The load: `rate` purchases a second for the whole phase.
         let load = {
             let (target, stats, rate) = (target.clone(), stats.clone(), args.rate.max(1));
@@ -488,7 +568,10 @@ async fn run(
         let ready_after = heal_time.elapsed();
         let (purchases, failed) = load.await.map_err(|e| e.to_string())?;
         started += purchases;
+        let _ = stop_sampling.send(true);
+        let longest_publish_wait = sampler.await.map_err(|e| e.to_string())?;
         let mut p = stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        p.longest_publish_wait = longest_publish_wait;
         p.purchases = purchases;
         p.failed = failed;
         p.ready_after = ready_after;
@@ -513,6 +596,7 @@ enum Fault {
     Leader,
     Follower,
     PartitionLeader,
+    PartitionFollower,
     RollingRestart,
 }
 
@@ -522,6 +606,7 @@ impl fmt::Display for Fault {
             Fault::Leader => "kill -9 ORDERS leader + orders-1",
             Fault::Follower => "kill -9 an ORDERS follower + tickets-1",
             Fault::PartitionLeader => "ORDERS leader cut off + orders-2 killed",
+            Fault::PartitionFollower => "ORDERS follower cut off + payments killed",
             Fault::RollingRestart => "rolling restart of 3 nodes + expiration",
         })
     }
@@ -547,6 +632,7 @@ impl Fault {
             Fault::Leader => ("orders", 0),
             Fault::Follower => ("tickets", 0),
             Fault::PartitionLeader => ("orders", 1),
+            Fault::PartitionFollower => ("payments", 0),
             Fault::RollingRestart => ("expiration", 0),
         };
         let replica = ids[service][replica];
@@ -567,6 +653,12 @@ impl Fault {
                 nats.partition(leader).map_err(|e| e.to_string())?;
                 tokio::time::sleep(hold).await;
                 nats.heal(leader).map_err(|e| e.to_string())?;
+            }
+            Fault::PartitionFollower => {
+                let follower = (leader + 1) % nats.size();
+                nats.partition(follower).map_err(|e| e.to_string())?;
+                tokio::time::sleep(hold).await;
+                nats.heal(follower).map_err(|e| e.to_string())?;
             }
             Fault::RollingRestart => {
                 for node in 0..nats.size() {
@@ -614,6 +706,7 @@ async fn check(
     // Settling: every order terminal, every outbox empty, every copy
     // converged — or the deadline, and what is left is reported.
     let deadline = Instant::now() + Duration::from_secs(60 + expiration);
+    let mut owners;
     loop {
         let orders = rows("orders", "SELECT id, status FROM orders").await?;
         report.orders = orders.len();
@@ -723,9 +816,28 @@ async fn check(
                 report.outbox_rows.push(format!("{s}: {}", left[0][1]));
             }
         }
+        // Every order's timer has fired (each order gets one).
+        let timers = rows("expiration", "SELECT 'timers', COUNT(*)::text FROM timers").await?;
         let settled = report.not_terminal.is_empty()
             && report.unconverged.is_empty()
-            && report.outbox_rows.is_empty();
+            && report.outbox_rows.is_empty()
+            && timers[0][1] == "0";
+        owners = ledger::Owners {
+            tickets: tickets
+                .iter()
+                .map(|(id, state)| {
+                    let version = state.rsplit_once('/').map_or("", |(_, v)| v);
+                    (id.clone(), version.parse().unwrap_or(-1))
+                })
+                .collect(),
+            orders: order_versions
+                .iter()
+                .map(|(id, state)| {
+                    let (status, version) = state.rsplit_once('/').unwrap_or_default();
+                    (id.clone(), (version.parse().unwrap_or(-1), status.to_owned()))
+                })
+                .collect(),
+        };
         if settled || Instant::now() > deadline {
             break;
         }
@@ -736,6 +848,16 @@ async fn check(
             .await
             .map_err(|e| e.to_string())?,
     );
+    // Every event, by id, against what the owners say was published; every
+    // durable's position.
+    let spec = marketplace_events::streams();
+    let mut stored = Vec::new();
+    for stream in spec.streams.iter().filter(|s| s.name != "PARKED" && s.name != "USERS") {
+        stored.extend(ledger::read_stream(&js, &stream.name).await?);
+    }
+    report.events = stored.len();
+    report.ledger = ledger::audit(&stored, &owners);
+    report.consumers_behind = ledger::behind(&js, &spec).await?;
     let mut parked = js.get_stream("PARKED").await.map_err(|e| e.to_string())?;
     report.parked = parked
         .info()

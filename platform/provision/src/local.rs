@@ -231,6 +231,26 @@ impl Node {
     }
 }
 
+/// Where `binary` is: itself if it names a path, else the first match on
+/// `PATH`; NotFound if it is nowhere.
+fn executable(binary: &str) -> std::io::Result<PathBuf> {
+    let found = if binary.contains('/') {
+        Some(PathBuf::from(binary)).filter(|p| p.is_file())
+    } else {
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(binary))
+                .find(|p| p.is_file())
+        })
+    };
+    found.ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{binary}: no such executable"),
+        )
+    })
+}
+
 /// Index of a node in its [`NatsCluster`].
 pub type NodeId = usize;
 
@@ -261,11 +281,15 @@ impl NatsCluster {
         size: usize,
         logs: Logs,
     ) -> std::io::Result<NatsCluster> {
+        // `ip netns exec` would start, then fail to find the binary: the
+        // caller would only see nodes that never answer.
+        let binary = executable(binary)?;
+        let binary = binary.to_string_lossy();
         let network = Network::create(size)?;
         let hosts = (0..size).map(|i| network.host(i)).collect();
         // Each node has its own address: the same ports everywhere.
         let ports = vec![(4222, 6222); size];
-        Self::start_on(binary, dir, hosts, ports, Some(network), logs)
+        Self::start_on(&binary, dir, hosts, ports, Some(network), logs)
     }
 
     fn start_on(
@@ -544,6 +568,20 @@ fn ip_output(args: &[&str]) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A missing nats-server used to surface as nodes that never answered
+    /// (after a 30 s wait): `ip netns exec` started, then failed to exec.
+    #[test]
+    fn a_partitionable_cluster_of_a_missing_binary_fails_at_once_naming_it() {
+        let dir = std::env::temp_dir().join("never-made");
+        let err = NatsCluster::start_partitionable("/nonexistent/nats-server", &dir, 3, Logs::Inherit)
+            .err()
+            .expect("no cluster of a missing binary");
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+        assert!(err.to_string().contains("/nonexistent/nats-server"), "{err}");
+        assert!(executable("sh").is_ok());
+        assert!(executable("no-such-program-anywhere").is_err());
+    }
 
     /// Never a port an outgoing connection could be given meanwhile, and
     /// never the same one twice in a process (tests start servers in

@@ -6,6 +6,7 @@
 //! where each service is.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::body::Body;
@@ -17,39 +18,79 @@ use shared::http::{BODY_LIMIT, PeerAddr};
 
 use crate::client::Api;
 
+/// One service's replicas: the base URLs it answers at, taken in turn (the
+/// round-robin a Kubernetes Service does), so a gateway on one machine can
+/// spread the load over several processes of a service.
+#[derive(Debug)]
+pub struct Replicas {
+    bases: Vec<String>,
+    next: AtomicUsize,
+}
+
+impl Replicas {
+    /// `urls` is one base URL, or several separated by commas.
+    fn parse(urls: &str) -> Replicas {
+        let bases = urls
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/').to_owned())
+            .filter(|u| !u.is_empty())
+            .collect::<Vec<_>>();
+        Replicas {
+            // An empty setting keeps one empty base: requests to it fail as
+            // unavailable, as they did before replicas.
+            bases: if bases.is_empty() { vec![String::new()] } else { bases },
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The replicas in the order this request tries them: starting at the
+    /// next in turn, then the others.
+    pub fn rotation(&self) -> impl Iterator<Item = &str> {
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.bases.len();
+        (0..n).map(move |i| self.bases[(first + i) % n].as_str())
+    }
+
+    /// The next replica in turn.
+    pub fn pick(&self) -> &str {
+        self.rotation().next().unwrap_or_default()
+    }
+}
+
 /// Where each route prefix goes: the product's prefix → service table with
-/// a base URL for each service, and where everything else goes (the pages),
-/// if anywhere.
+/// the base URLs of each service's replicas, and where everything else goes
+/// (the pages), if anywhere.
 #[derive(Debug, Clone)]
 pub struct Upstreams {
-    routes: Vec<(&'static str, &'static str, String)>,
-    rest: Option<(&'static str, String)>,
+    routes: Vec<(&'static str, &'static str, Arc<Replicas>)>,
+    rest: Option<(&'static str, Arc<Replicas>)>,
 }
 
 impl Upstreams {
     /// `table` is the product's `(prefix, service)` list; `base` gives each
-    /// service's base URL (an error stops at the first service without one).
+    /// service's base URL, or its replicas' separated by commas (an error
+    /// stops at the first service without one).
     pub fn new<E>(
         table: &'static [(&'static str, &'static str)],
         mut base: impl FnMut(&'static str) -> Result<String, E>,
     ) -> Result<Upstreams, E> {
         let mut routes = Vec::with_capacity(table.len());
         for (prefix, service) in table {
-            let url = base(service)?;
-            routes.push((*prefix, *service, url.trim_end_matches('/').to_owned()));
+            let urls = base(service)?;
+            routes.push((*prefix, *service, Arc::new(Replicas::parse(&urls))));
         }
         Ok(Upstreams { routes, rest: None })
     }
 
     /// Everything outside the table goes to `name` at `base` (the pages).
     pub fn with_rest(mut self, name: &'static str, base: String) -> Upstreams {
-        self.rest = Some((name, base.trim_end_matches('/').to_owned()));
+        self.rest = Some((name, Arc::new(Replicas::parse(&base))));
         self
     }
 
-    /// The service that serves `path` (a query string aside), and its base
-    /// URL.
-    pub fn upstream_for(&self, path: &str) -> Option<(&'static str, &str)> {
+    /// The service that serves `path` (a query string aside), and its
+    /// replicas.
+    pub fn replicas_for(&self, path: &str) -> Option<(&'static str, &Replicas)> {
         let path = path.split_once('?').map_or(path, |(path, _)| path);
         let under = |prefix: &str| {
             path.strip_prefix(prefix)
@@ -58,20 +99,27 @@ impl Upstreams {
         self.routes
             .iter()
             .find(|(prefix, _, _)| under(prefix))
-            .map(|(_, service, base)| (*service, base.as_str()))
+            .map(|(_, service, replicas)| (*service, replicas.as_ref()))
             .or_else(|| {
                 self.rest
                     .as_ref()
-                    .map(|(name, base)| (*name, base.as_str()))
+                    .map(|(name, replicas)| (*name, replicas.as_ref()))
             })
     }
 
+    /// The service that serves `path` (a query string aside), and the base
+    /// URL of its next replica in turn.
+    pub fn upstream_for(&self, path: &str) -> Option<(&'static str, &str)> {
+        self.replicas_for(path)
+            .map(|(service, replicas)| (service, replicas.pick()))
+    }
+
     /// Every upstream by name, the rest last.
-    fn named(&self) -> Vec<(&'static str, String)> {
+    fn named(&self) -> Vec<(&'static str, Arc<Replicas>)> {
         let mut out: Vec<_> = self
             .routes
             .iter()
-            .map(|(_, service, base)| (*service, base.clone()))
+            .map(|(_, service, replicas)| (*service, replicas.clone()))
             .collect();
         out.extend(self.rest.clone());
         out
@@ -109,30 +157,27 @@ fn hop_by_hop(name: &HeaderName) -> bool {
 
 async fn proxy(State(gw): State<Arc<Gateway>>, peer: PeerAddr, req: Request) -> Response {
     let path = req.uri().path().to_owned();
-    let Some((service, base)) = gw.upstreams.upstream_for(&path) else {
+    let Some((service, replicas)) = gw.upstreams.replicas_for(&path) else {
         return ApiError::NotFound.into_response();
     };
-    let target = format!(
-        "{}{}",
-        base.trim_end_matches('/'),
-        req.uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-    );
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
     let (parts, body) = req.into_parts();
     let body = match shared::http::read_body(body, BODY_LIMIT).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let mut upstream = gw.client.request(parts.method.clone(), &target).body(body);
+    let mut headers = reqwest::header::HeaderMap::new();
     for (name, value) in parts.headers.iter().filter(|(n, _)| !hop_by_hop(n)) {
-        upstream = upstream.header(name, value);
+        headers.append(name, value.clone());
     }
     // The host the client addressed, for the services' same-origin check.
     if let Some(host) = parts.headers.get(axum::http::header::HOST) {
         if !parts.headers.contains_key("x-forwarded-host") {
-            upstream = upstream.header("x-forwarded-host", host);
+            headers.insert("x-forwarded-host", host.clone());
         }
     }
     if let Some(ip) = peer.0.map(|p| p.ip().to_string()) {
@@ -144,26 +189,50 @@ async fn proxy(State(gw): State<Arc<Gateway>>, peer: PeerAddr, req: Request) -> 
             Some(prior) => format!("{prior}, {ip}"),
             None => ip,
         };
-        upstream = upstream.header("x-forwarded-for", forwarded);
+        if let Ok(value) = forwarded.parse() {
+            headers.insert("x-forwarded-for", value);
+        }
     }
-    match upstream.send().await {
-        Ok(res) => {
-            let mut out = Response::builder().status(res.status());
-            for (name, value) in res.headers().iter().filter(|(n, _)| !hop_by_hop(n)) {
-                out = out.header(name, value);
+    // A replica that refuses the connection never saw the request, so the
+    // next one is tried; any other failure may have reached the service and
+    // is answered 503 rather than sent twice.
+    let mut last_error = None;
+    for base in replicas.rotation() {
+        let sent = gw
+            .client
+            .request(parts.method.clone(), format!("{base}{path_and_query}"))
+            .headers(headers.clone())
+            .body(body.clone())
+            .send()
+            .await;
+        match sent {
+            Ok(res) => {
+                let mut out = Response::builder().status(res.status());
+                for (name, value) in res.headers().iter().filter(|(n, _)| !hop_by_hop(n)) {
+                    out = out.header(name, value);
+                }
+                let bytes = res.bytes().await.unwrap_or_default();
+                return out
+                    .body(Body::from(bytes))
+                    .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response());
             }
-            let bytes = res.bytes().await.unwrap_or_default();
-            out.body(Body::from(bytes))
-                .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
-        }
-        Err(e) => {
-            tracing::warn!(service, error = %e, "upstream unavailable");
-            ApiError::Unavailable(format!(
-                "The {service} service is unavailable, try again shortly"
-            ))
-            .into_response()
+            Err(e) if e.is_connect() => {
+                tracing::warn!(service, replica = base, error = %e, "replica refused the connection, trying the next");
+                last_error = Some(e);
+            }
+            Err(e) => {
+                last_error = Some(e);
+                break;
+            }
         }
     }
+    if let Some(e) = last_error {
+        tracing::warn!(service, error = %e, "upstream unavailable");
+    }
+    ApiError::Unavailable(format!(
+        "The {service} service is unavailable, try again shortly"
+    ))
+    .into_response()
 }
 
 /// The gateway's router, health routes included (`/readyz` checks that every
@@ -182,19 +251,21 @@ pub fn router(upstreams: Upstreams) -> Router {
     let named = upstreams.named();
     let checks: Vec<(String, shared::http::ReadyCheck)> = named
         .into_iter()
-        .map(|(name, base)| {
+        .map(|(name, replicas)| {
             let client = client.clone();
+            // Ready while any replica of the service answers its `/healthz`.
             let check: shared::http::ReadyCheck = Arc::new(move || {
-                let (client, url) = (
-                    client.clone(),
-                    format!("{}/healthz", base.trim_end_matches('/')),
-                );
+                let (client, replicas) = (client.clone(), replicas.clone());
                 Box::pin(async move {
-                    match client.get(&url).send().await {
-                        Ok(r) if r.status().is_success() => Ok(()),
-                        Ok(r) => Err(format!("answered {}", r.status())),
-                        Err(e) => Err(format!("unreachable: {e}")),
+                    let mut errors = Vec::new();
+                    for base in &replicas.bases {
+                        match client.get(format!("{base}/healthz")).send().await {
+                            Ok(r) if r.status().is_success() => return Ok(()),
+                            Ok(r) => errors.push(format!("{base} answered {}", r.status())),
+                            Err(e) => errors.push(format!("{base} unreachable: {e}")),
+                        }
                     }
+                    Err(errors.join("; "))
                 })
             });
             (format!("upstream {name}"), check)
@@ -230,6 +301,24 @@ mod tests {
         assert_eq!(u.upstream_for("/"), None);
         let u = u.with_rest("web", "http://web".into());
         assert_eq!(u.upstream_for("/orders"), Some(("web", "http://web")));
+    }
+
+    #[test]
+    fn replicas_separated_by_commas_are_taken_in_turn() {
+        let u = Upstreams::new(TABLE, |s| {
+            Ok::<_, ()>(format!("http://{s}-1/, http://{s}-2,,"))
+        })
+        .unwrap();
+        let picks: Vec<_> = (0..3)
+            .map(|_| u.upstream_for("/api/tickets").unwrap().1.to_owned())
+            .collect();
+        assert_eq!(picks, ["http://tickets-1", "http://tickets-2", "http://tickets-1"]);
+        // A request tries the next in turn first, then the others.
+        let (_, replicas) = u.replicas_for("/api/users").unwrap();
+        let order: Vec<_> = replicas.rotation().collect();
+        assert_eq!(order, ["http://auth-1", "http://auth-2"]);
+        let order: Vec<_> = replicas.rotation().collect();
+        assert_eq!(order, ["http://auth-2", "http://auth-1"]);
     }
 
     #[test]
