@@ -118,6 +118,8 @@ fn the_cluster_drill_loses_nothing_when_nats_nodes_die_under_load() {
         "tickets sold twice: ok",
         "copies or payments not settled: ok",
         "outbox rows left: ok",
+        "read back from the streams): ok",
+        "consumers behind: ok",
         "parked messages: 0",
         "processes that died: ok",
     ] {
@@ -126,16 +128,15 @@ fn the_cluster_drill_loses_nothing_when_nats_nodes_die_under_load() {
     // Every phase placed purchases and none failed after retrying.
     let phases: Vec<&str> = stdout
         .lines()
-        .filter(|l| {
-            l.starts_with("kill") || l.starts_with("rolling") || l.starts_with("ORDERS leader cut")
-        })
+        .filter(|l| l.starts_with("kill") || l.starts_with("rolling") || l.starts_with("ORDERS "))
         .collect();
-    assert_eq!(phases.len(), if namespaces { 4 } else { 3 }, "{stdout}");
-    assert_eq!(
-        stdout.contains("ORDERS leader cut off + orders-2 killed"),
-        namespaces,
-        "{stdout}"
-    );
+    assert_eq!(phases.len(), if namespaces { 5 } else { 3 }, "{stdout}");
+    for partition in [
+        "ORDERS leader cut off + orders-2 killed",
+        "ORDERS follower cut off + payments killed",
+    ] {
+        assert_eq!(stdout.contains(partition), namespaces, "{stdout}");
+    }
     for line in phases {
         let cols: Vec<&str> = line.split_whitespace().collect();
         let numbers: Vec<&str> = cols
@@ -143,9 +144,10 @@ fn the_cluster_drill_loses_nothing_when_nats_nodes_die_under_load() {
             .copied()
             .filter(|c| c.parse::<u64>().is_ok())
             .collect();
-        // The last six: purchases, failed, 503s, longest request, ready
-        // after, expired first (a fault's name may hold a number too).
-        let numbers = &numbers[numbers.len() - 6..];
+        // The last seven: purchases, failed, 503s, longest request,
+        // publish wait, ready after, expired first (a fault's name may hold
+        // a number too).
+        let numbers = &numbers[numbers.len() - 7..];
         assert!(numbers[0].parse::<u64>().unwrap() > 0, "{line}");
         assert_eq!(numbers[1], "0", "failed purchases in: {line}");
     }

@@ -171,6 +171,9 @@ fn delete_rows(c: &mut dyn Conn, ids: &[String]) -> Result<(), StoreError> {
 /// publishes a new row at once.
 const MIN_ROUND_INTERVAL: Duration = Duration::from_millis(2);
 
+/// The longest the relay waits between attempts while publishing fails.
+const MAX_RELAY_BACKOFF: Duration = Duration::from_secs(1);
+
 enum Relayed {
     Published(usize),
     /// Another replica's relay holds the outbox.
@@ -445,7 +448,11 @@ impl Outbox {
                             _ = tokio::time::sleep(backoff) => {}
                             _ = shutdown.wait() => {}
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        // At most a second between attempts while the bus is
+                        // away (a stream electing a leader answers "no
+                        // responders" at once): with a 5 s cap the relay
+                        // slept through most of a 6 s election's end.
+                        backoff = (backoff * 2).min(MAX_RELAY_BACKOFF);
                     }
                 }
             }

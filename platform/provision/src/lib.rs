@@ -153,29 +153,77 @@ struct Api<'a> {
     client: &'a async_nats::Client,
 }
 
+/// How long a request is repeated while the JetStream API answers 503
+/// ("JetStream system temporarily unavailable"): what a cluster that has
+/// just started, or just lost a node, says until its meta leader is
+/// elected. `streams apply` right after the cluster starts (a Helm hook, the
+/// cluster drill) failed on it.
+const SETTLING: Duration = Duration::from_secs(30);
+
+/// Whether an API error reply is the cluster settling (worth repeating).
+fn settling(err: &Value) -> bool {
+    err.get("code").and_then(Value::as_u64) == Some(503)
+}
+
+/// Runs `attempt` until it is not settling or [`SETTLING`] has passed.
+async fn through_settling<F, Fut>(mut attempt: F) -> Result<Value, ProvisionError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Value, (ProvisionError, bool)>>,
+{
+    let deadline = tokio::time::Instant::now() + SETTLING;
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err((e, true)) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(error = %e, "JetStream is settling, repeating the request");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
 impl Api<'_> {
     async fn call(&self, subject: &str, body: Value) -> Result<Value, ProvisionError> {
+        through_settling(|| self.call_once(subject, &body)).await
+    }
+
+    async fn call_once(
+        &self,
+        subject: &str,
+        body: &Value,
+    ) -> Result<Value, (ProvisionError, bool)> {
+        let fixed = |e: ProvisionError| (e, false);
         let payload = if body.is_null() {
             bytes::Bytes::new()
         } else {
-            serde_json::to_vec(&body).unwrap_or_default().into()
+            serde_json::to_vec(body).unwrap_or_default().into()
         };
         let reply = tokio::time::timeout(
             Duration::from_secs(10),
             self.client.request(format!("$JS.API.{subject}"), payload),
         )
         .await
-        .map_err(|_| ProvisionError::Unavailable(format!("$JS.API.{subject}: no reply in 10s")))?
+        .map_err(|_| {
+            fixed(ProvisionError::Unavailable(format!(
+                "$JS.API.{subject}: no reply in 10s"
+            )))
+        })?
         .map_err(|e| {
             let why = if e.kind() == async_nats::RequestErrorKind::NoResponders {
                 "no responder: is JetStream enabled on this server (nats-server -js)?".to_owned()
             } else {
                 e.to_string()
             };
-            ProvisionError::Unavailable(format!("$JS.API.{subject}: {why}"))
+            fixed(ProvisionError::Unavailable(format!(
+                "$JS.API.{subject}: {why}"
+            )))
         })?;
         let value: Value = serde_json::from_slice(&reply.payload).map_err(|e| {
-            ProvisionError::Api(format!("$JS.API.{subject}: unreadable reply: {e}"))
+            fixed(ProvisionError::Api(format!(
+                "$JS.API.{subject}: unreadable reply: {e}"
+            )))
         })?;
         if let Some(err) = value.get("error") {
             let description = err
@@ -183,9 +231,12 @@ impl Api<'_> {
                 .and_then(Value::as_str)
                 .unwrap_or("unknown error");
             let code = err.get("code").and_then(Value::as_u64).unwrap_or(0);
-            return Err(ProvisionError::Api(format!(
-                "the server refused {subject} ({code}): {description}"
-            )));
+            return Err((
+                ProvisionError::Api(format!(
+                    "the server refused {subject} ({code}): {description}"
+                )),
+                settling(err),
+            ));
         }
         Ok(value)
     }
@@ -1239,6 +1290,46 @@ pub fn check_catalogue(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A freshly started cluster answers 503 until its meta leader is
+    /// elected: the request is repeated, other refusals are not, and the
+    /// repeating stops after [`SETTLING`].
+    #[tokio::test(start_paused = true)]
+    async fn requests_are_repeated_while_the_cluster_settles_and_only_then() {
+        let unavailable = json!({"code": 503, "err_code": 10008, "description": "JetStream system temporarily unavailable"});
+        assert!(settling(&unavailable));
+        assert!(!settling(&json!({"code": 404, "err_code": 10059})));
+
+        let refusal =
+            |transient| Err::<Value, _>((ProvisionError::Api("refused".into()), transient));
+        let mut tries = 0;
+        let got = through_settling(|| {
+            tries += 1;
+            let answer = if tries < 4 {
+                refusal(true)
+            } else {
+                Ok(json!({"ok": tries}))
+            };
+            async move { answer }
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, json!({"ok": 4}));
+
+        let mut tries = 0;
+        let err = through_settling(|| {
+            tries += 1;
+            async move { refusal(false) }
+        })
+        .await;
+        assert!(matches!(err, Err(ProvisionError::Api(_))));
+        assert_eq!(tries, 1, "a plain refusal is not repeated");
+
+        let started = tokio::time::Instant::now();
+        let err = through_settling(|| async { refusal(true) }).await;
+        assert!(err.is_err());
+        assert!(started.elapsed() >= SETTLING, "repeated until the bound");
+    }
 
     /// A small product of two services for the tests: `shelves` publishes
     /// `book.added`, which `loans` consumes.

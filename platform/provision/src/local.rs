@@ -574,11 +574,15 @@ mod tests {
     #[test]
     fn a_partitionable_cluster_of_a_missing_binary_fails_at_once_naming_it() {
         let dir = std::env::temp_dir().join("never-made");
-        let err = NatsCluster::start_partitionable("/nonexistent/nats-server", &dir, 3, Logs::Inherit)
-            .err()
-            .expect("no cluster of a missing binary");
+        let err =
+            NatsCluster::start_partitionable("/nonexistent/nats-server", &dir, 3, Logs::Inherit)
+                .err()
+                .expect("no cluster of a missing binary");
         assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
-        assert!(err.to_string().contains("/nonexistent/nats-server"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/nats-server"),
+            "{err}"
+        );
         assert!(executable("sh").is_ok());
         assert!(executable("no-such-program-anywhere").is_err());
     }

@@ -38,7 +38,11 @@ impl Replicas {
         Replicas {
             // An empty setting keeps one empty base: requests to it fail as
             // unavailable, as they did before replicas.
-            bases: if bases.is_empty() { vec![String::new()] } else { bases },
+            bases: if bases.is_empty() {
+                vec![String::new()]
+            } else {
+                bases
+            },
             next: AtomicUsize::new(0),
         }
     }
@@ -312,7 +316,10 @@ mod tests {
         let picks: Vec<_> = (0..3)
             .map(|_| u.upstream_for("/api/tickets").unwrap().1.to_owned())
             .collect();
-        assert_eq!(picks, ["http://tickets-1", "http://tickets-2", "http://tickets-1"]);
+        assert_eq!(
+            picks,
+            ["http://tickets-1", "http://tickets-2", "http://tickets-1"]
+        );
         // A request tries the next in turn first, then the others.
         let (_, replicas) = u.replicas_for("/api/users").unwrap();
         let order: Vec<_> = replicas.rotation().collect();

@@ -122,7 +122,9 @@ pub fn audit(stored: &[Stored], owners: &Owners) -> Vec<String> {
     let mut strays: Vec<_> = versions.into_keys().collect();
     strays.sort();
     for (family, id) in strays {
-        problems.push(format!("events for {family} {id}, which its owner does not have"));
+        problems.push(format!(
+            "events for {family} {id}, which its owner does not have"
+        ));
     }
 
     for (order, (_, status)) in &owners.orders {
@@ -158,7 +160,11 @@ pub fn audit(stored: &[Stored], owners: &Owners) -> Vec<String> {
 
 /// The static name of a family (the map keys borrow nothing from events).
 fn family_name(family: &str) -> &'static str {
-    if family == "ticket" { "ticket" } else { "order" }
+    if family == "ticket" {
+        "ticket"
+    } else {
+        "order"
+    }
 }
 
 fn subject_name(subject: &str) -> &'static str {
@@ -174,11 +180,30 @@ fn subject_name(subject: &str) -> &'static str {
     .unwrap_or("other")
 }
 
+/// `attempt` until it succeeds or 30 s have passed: a cluster that has
+/// just lost or regained a node answers "temporarily unavailable" while its
+/// meta leader settles.
+pub(super) async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
 /// Every event on `stream`, in order (an ordered consumer from the start).
-pub async fn read_stream(
-    js: &jetstream::Context,
-    stream: &str,
-) -> Result<Vec<Stored>, String> {
+pub async fn read_stream(js: &jetstream::Context, stream: &str) -> Result<Vec<Stored>, String> {
+    retrying(|| read_stream_once(js, stream)).await
+}
+
+async fn read_stream_once(js: &jetstream::Context, stream: &str) -> Result<Vec<Stored>, String> {
     let fail = |e: &dyn std::fmt::Display| format!("reading {stream}: {e}");
     let s = js.get_stream(stream).await.map_err(|e| fail(&e))?;
     let consumer = s
@@ -225,8 +250,11 @@ pub async fn behind(
     let mut out = Vec::new();
     for c in &spec.consumers {
         let fail = |e: &dyn std::fmt::Display| format!("consumer {}: {e}", c.name);
-        let stream = js.get_stream(&c.stream).await.map_err(|e| fail(&e))?;
-        let info = stream.consumer_info(&c.name).await.map_err(|e| fail(&e))?;
+        let info = retrying(|| async {
+            let stream = js.get_stream(&c.stream).await.map_err(|e| fail(&e))?;
+            stream.consumer_info(&c.name).await.map_err(|e| fail(&e))
+        })
+        .await?;
         if info.num_pending > 0 || info.num_ack_pending > 0 {
             out.push(format!(
                 "{}: {} not delivered, {} not acknowledged",
@@ -283,7 +311,10 @@ mod tests {
         let (mut events, owners) = one_sale();
         events.retain(|e| e.id != "e3");
         let problems = audit(&events, &owners);
-        assert_eq!(problems, ["ticket t at version 2: no event for versions [1]"]);
+        assert_eq!(
+            problems,
+            ["ticket t at version 2: no event for versions [1]"]
+        );
     }
 
     #[test]
@@ -297,9 +328,20 @@ mod tests {
         renamed.seq = 4;
         events.push(renamed);
         let problems = audit(&events, &owners);
-        assert!(problems.iter().any(|p| p.starts_with("event e5 (order.completed) stored twice")), "{problems:?}");
-        assert!(problems.contains(&"ticket t: versions [0] published more than once".to_owned()), "{problems:?}");
-        assert!(problems.contains(&"order o: versions [1] published more than once".to_owned()), "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("event e5 (order.completed) stored twice")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.contains(&"ticket t: versions [0] published more than once".to_owned()),
+            "{problems:?}"
+        );
+        assert!(
+            problems.contains(&"order o: versions [1] published more than once".to_owned()),
+            "{problems:?}"
+        );
     }
 
     #[test]
@@ -322,8 +364,18 @@ mod tests {
     #[test]
     fn events_beyond_or_outside_the_owners_are_caught() {
         let (mut events, owners) = one_sale();
-        events.push(event(7, "ticket.updated", "x1", json!({"id": "t", "version": 3})));
-        events.push(event(8, "ticket.created", "x2", json!({"id": "u", "version": 0})));
+        events.push(event(
+            7,
+            "ticket.updated",
+            "x1",
+            json!({"id": "t", "version": 3}),
+        ));
+        events.push(event(
+            8,
+            "ticket.created",
+            "x2",
+            json!({"id": "u", "version": 0}),
+        ));
         let problems = audit(&events, &owners);
         assert_eq!(
             problems,

@@ -92,6 +92,14 @@ const REPLAY_SEQ: &str = "Ticketing-Replay-Seq";
 /// it for minutes; with 2 s it moves to another node within about 6 s.
 const PING_INTERVAL: Duration = Duration::from_secs(2);
 
+/// How long a publish (and any JetStream API request) waits for its answer
+/// before it is retried. A publish sent into a partition — to a leader
+/// that was cut off, or over a connection to a node that was — is never
+/// answered; with the client's default of 5 s each such attempt cost 5 s,
+/// and a publish across a partition took two of them (10.2 s). Retrying is
+/// safe: the stream drops a second copy of an event id.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The servers of a `NATS_URL`: one URL or several separated by commas
 /// (`nats://a:4222,nats://b:4222`; the scheme may be left out). The client
 /// takes only one URL per string, so the list is split here.
@@ -570,7 +578,8 @@ impl JetStreamBus {
     }
 
     pub fn from_client(client: async_nats::Client) -> JetStreamBus {
-        let js = jetstream::new(client.clone());
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(REQUEST_TIMEOUT);
         JetStreamBus {
             inner: Arc::new(Inner { client, js }),
         }
@@ -626,7 +635,11 @@ fn publish_error(subject: &str, e: jetstream::context::PublishError) -> BusError
     match e.kind() {
         PublishErrorKind::StreamNotFound => BusError::new(
             BusErrorKind::StreamMissing,
-            format!("no stream holds subject {subject}"),
+            // The server's "no responders": no stream takes the subject,
+            // or its stream is electing a leader (a node was lost).
+            format!(
+                "no stream answered for subject {subject} (none holds it, or it has no leader yet)"
+            ),
         ),
         PublishErrorKind::TimedOut => BusError::new(BusErrorKind::Timeout, e.to_string()),
         _ => unavailable(e),
