@@ -66,6 +66,11 @@ pub struct ClusterArgs {
     /// and iproute2: each node runs in a network namespace of its own).
     #[arg(long)]
     pub no_partitions: bool,
+    /// Only these faults, in this order (comma-separated): leader,
+    /// follower, partition-leader, partition-follower, rolling. Default:
+    /// all (the partitions unless `--no-partitions`).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub faults: Vec<Fault>,
     /// Keep the schemas and the processes' logs afterwards.
     #[arg(long)]
     pub keep: bool,
@@ -526,11 +531,23 @@ async fn run(
 
     let phase = Duration::from_secs(args.phase.max(4));
     let mut started = 0usize;
-    let mut faults = vec![Fault::Leader, Fault::Follower];
-    if !args.no_partitions {
-        faults.extend([Fault::PartitionLeader, Fault::PartitionFollower]);
+    let faults = if args.faults.is_empty() {
+        let mut all = vec![Fault::Leader, Fault::Follower];
+        if !args.no_partitions {
+            all.extend([Fault::PartitionLeader, Fault::PartitionFollower]);
+        }
+        all.push(Fault::RollingRestart);
+        all
+    } else {
+        args.faults.clone()
+    };
+    if args.no_partitions
+        && faults
+            .iter()
+            .any(|f| matches!(f, Fault::PartitionLeader | Fault::PartitionFollower))
+    {
+        return Err("the partitions need network namespaces: leave out --no-partitions".into());
     }
-    faults.push(Fault::RollingRestart);
     let outboxes = SERVICES
         .iter()
         .map(|s| store::Db::postgres_lazy(&schemas[s].url, 1).map_err(|e| e.to_string()))
@@ -605,12 +622,13 @@ async fn run(
     Ok(report)
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Fault {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
     Leader,
     Follower,
     PartitionLeader,
     PartitionFollower,
+    #[value(name = "rolling")]
     RollingRestart,
 }
 
@@ -869,15 +887,19 @@ async fn check(
     // durable's position.
     let spec = marketplace_events::streams();
     let mut stored = Vec::new();
+    let mut holes = Vec::new();
     for stream in spec
         .streams
         .iter()
         .filter(|s| s.name != "PARKED" && s.name != "USERS")
     {
-        stored.extend(ledger::read_stream(&js, &stream.name).await?);
+        let (events, problems) = ledger::read_stream(&js, &stream.name).await?;
+        stored.extend(events);
+        holes.extend(problems);
     }
     report.events = stored.len();
     report.ledger = ledger::audit(&stored, &owners);
+    report.ledger.extend(holes);
     report.consumers_behind = ledger::behind(&js, &spec).await?;
     report.parked = ledger::retrying(|| async {
         let mut parked = js.get_stream("PARKED").await.map_err(|e| e.to_string())?;

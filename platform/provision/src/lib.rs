@@ -160,9 +160,13 @@ struct Api<'a> {
 /// cluster drill) failed on it.
 const SETTLING: Duration = Duration::from_secs(30);
 
-/// Whether an API error reply is the cluster settling (worth repeating).
+/// Whether an API error reply is the cluster settling (worth repeating):
+/// 503, or "no suitable peers for placement" (10005) while the nodes are
+/// still finding each other — also what a stream with more replicas than
+/// nodes gets, which then fails after [`SETTLING`].
 fn settling(err: &Value) -> bool {
     err.get("code").and_then(Value::as_u64) == Some(503)
+        || err.get("err_code").and_then(Value::as_u64) == Some(10005)
 }
 
 /// Runs `attempt` until it is not settling or [`SETTLING`] has passed.
@@ -1298,6 +1302,9 @@ mod tests {
     async fn requests_are_repeated_while_the_cluster_settles_and_only_then() {
         let unavailable = json!({"code": 503, "err_code": 10008, "description": "JetStream system temporarily unavailable"});
         assert!(settling(&unavailable));
+        assert!(settling(
+            &json!({"code": 400, "err_code": 10005, "description": "no suitable peers for placement"})
+        ));
         assert!(!settling(&json!({"code": 404, "err_code": 10059})));
 
         let refusal =

@@ -198,9 +198,53 @@ where
     }
 }
 
-/// Every event on `stream`, in order (an ordered consumer from the start).
-pub async fn read_stream(js: &jetstream::Context, stream: &str) -> Result<Vec<Stored>, String> {
-    retrying(|| read_stream_once(js, stream)).await
+/// Every event on `stream`, in order (an ordered consumer from the start),
+/// and what is wrong with the stream's sequence: numbers it skipped (a
+/// message deleted, or lost by the servers), or a count that differs from
+/// what it says it holds.
+pub async fn read_stream(
+    js: &jetstream::Context,
+    stream: &str,
+) -> Result<(Vec<Stored>, Vec<String>), String> {
+    let events = retrying(|| read_stream_once(js, stream)).await?;
+    let state = retrying(|| async {
+        let mut s = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+        Ok(s.info().await.map_err(|e| e.to_string())?.state.clone())
+    })
+    .await?;
+    let problems = sequence_problems(stream, &events, &state);
+    Ok((events, problems))
+}
+
+/// What is wrong with `events` as the whole content of a stream in `state`:
+/// sequence numbers skipped, or a count other than the stream reports.
+fn sequence_problems(
+    stream: &str,
+    events: &[Stored],
+    state: &jetstream::stream::State,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut expected = state.first_sequence;
+    for e in events {
+        if e.seq != expected {
+            problems.push(format!(
+                "stream {stream}: sequences {expected}..{} missing",
+                e.seq
+            ));
+        }
+        expected = e.seq + 1;
+    }
+    if events.len() as u64 != state.messages || state.deleted_count.unwrap_or(0) > 0 {
+        problems.push(format!(
+            "stream {stream}: {} messages read, it holds {} (first {}, last {}, deleted {:?})",
+            events.len(),
+            state.messages,
+            state.first_sequence,
+            state.last_sequence,
+            state.deleted_count
+        ));
+    }
+    problems
 }
 
 async fn read_stream_once(js: &jetstream::Context, stream: &str) -> Result<Vec<Stored>, String> {
@@ -278,6 +322,33 @@ mod tests {
             id: id.into(),
             payload,
         }
+    }
+
+    fn state(first: u64, last: u64, messages: u64, deleted: u64) -> jetstream::stream::State {
+        serde_json::from_value(json!({
+            "messages": messages, "bytes": 0, "first_seq": first, "last_seq": last,
+            "first_ts": "2026-12-06T00:00:00Z", "last_ts": "2026-12-06T00:00:00Z",
+            "consumer_count": 0, "num_deleted": deleted,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_stream_missing_a_sequence_or_a_message_is_reported() {
+        let read = |seqs: &[u64]| -> Vec<Stored> {
+            seqs.iter()
+                .map(|&n| event(n, "order.created", &format!("e{n}"), json!({})))
+                .collect()
+        };
+        assert!(sequence_problems("ORDERS", &read(&[1, 2, 3]), &state(1, 3, 3, 0)).is_empty());
+        let gap = sequence_problems("ORDERS", &read(&[1, 3]), &state(1, 3, 2, 1));
+        assert!(gap[0].contains("sequences 2..3 missing"), "{gap:?}");
+        assert_eq!(gap.len(), 2, "a deleted message is also counted: {gap:?}");
+        let short = sequence_problems("ORDERS", &read(&[1, 2]), &state(1, 3, 3, 0));
+        assert!(
+            short[0].contains("2 messages read, it holds 3"),
+            "{short:?}"
+        );
     }
 
     /// A ticket listed, reserved and sold by an order that was paid: every
