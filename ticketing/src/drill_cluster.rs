@@ -62,7 +62,7 @@ pub struct ClusterArgs {
     /// left unpaid, to expire); a payment that comes later is refused.
     #[arg(long, default_value_t = 15)]
     pub expiration: u64,
-    /// Leave out the network partition (it needs root, or CAP_NET_ADMIN,
+    /// Leave out the network partitions (they need root, or CAP_NET_ADMIN,
     /// and iproute2: each node runs in a network namespace of its own).
     #[arg(long)]
     pub no_partitions: bool,

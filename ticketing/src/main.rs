@@ -23,6 +23,7 @@ fn main() -> std::process::ExitCode {
                     | ticketing::cli::Command::Probe { .. }
                     | ticketing::cli::Command::Parked(_)
                     | ticketing::cli::Command::Events { .. }
+                    | ticketing::cli::Command::Drill(_)
                     | ticketing::cli::Command::Blog(ticketing::blog::BlogCommand {
                         command: Some(ticketing::blog::BlogSubcommand::Streams(_)),
                         ..
