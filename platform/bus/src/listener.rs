@@ -96,6 +96,13 @@ pub fn durable_name(service: &str, subject: &str) -> String {
     format!("{service}-{}", subject.replace('.', "-"))
 }
 
+/// The longest a listener waits between attempts to join its consumer.
+/// Short, as the outbox relay's: a node lost or a stream electing a leader
+/// answers at once, and with a 10 s cap a service restarted during a NATS
+/// cluster's recovery stayed unready ~20 s after the cluster was back (the
+/// cluster drill's "ready after").
+const MAX_JOIN_RETRY: Duration = Duration::from_secs(1);
+
 /// Delay before the next delivery: doubling from `base`, capped at 30 s.
 fn backoff(base: Duration, delivered: u32) -> Duration {
     let factor = 1u32 << delivered.saturating_sub(1).min(10);
@@ -300,7 +307,7 @@ async fn run_member<E: Event, H: Handling<E>>(member: Member, handling: H) {
                     _ = tokio::time::sleep(retry) => {}
                     _ = shutdown.wait() => return,
                 }
-                retry = (retry * 2).min(Duration::from_secs(10));
+                retry = (retry * 2).min(MAX_JOIN_RETRY);
             }
         }
     };

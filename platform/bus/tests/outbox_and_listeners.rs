@@ -595,3 +595,161 @@ async fn a_listener_reads_an_older_schema_version_through_the_upcaster() {
         t.await.unwrap();
     }
 }
+
+/// A bus that can go away: while `away` is set it refuses to publish and to
+/// let a consumer be joined, as a NATS cluster does while it elects a
+/// leader or every node a client knows is down.
+struct Away {
+    inner: Arc<dyn Bus>,
+    away: std::sync::atomic::AtomicBool,
+}
+
+impl Away {
+    fn check(&self) -> Result<(), bus::BusError> {
+        if self.away.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(bus::BusError::new(
+                bus::BusErrorKind::Unavailable,
+                "no responders",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn set(&self, away: bool) {
+        self.away.store(away, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Bus for Away {
+    fn publish(&self, msg: Message) -> bus::BoxFuture<'_, Result<bus::PublishAck, bus::BusError>> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.publish(msg).await
+        })
+    }
+
+    fn subscribe(
+        &self,
+        config: ConsumerConfig,
+    ) -> bus::BoxFuture<'_, Result<bus::Subscription, bus::BusError>> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.subscribe(config).await
+        })
+    }
+
+    fn rewind(&self, config: &ConsumerConfig) -> bus::BoxFuture<'_, Result<(), bus::BusError>> {
+        self.inner.rewind(config)
+    }
+
+    fn watch(
+        &self,
+        filter_subject: &str,
+        since: shared::time::Timestamp,
+    ) -> bus::BoxFuture<'_, Result<bus::Watch, bus::BusError>> {
+        self.inner.watch(filter_subject, since)
+    }
+
+    fn parked_messages(
+        &self,
+        filter: &bus::ParkedFilter,
+    ) -> bus::BoxFuture<'_, Result<Vec<bus::ParkedMessage>, bus::BusError>> {
+        self.inner.parked_messages(filter)
+    }
+
+    fn replay_parked(
+        &self,
+        record: u64,
+    ) -> bus::BoxFuture<'_, Result<bus::Resolution, bus::BusError>> {
+        self.inner.replay_parked(record)
+    }
+
+    fn discard_parked(
+        &self,
+        record: u64,
+        reason: String,
+    ) -> bus::BoxFuture<'_, Result<bus::Resolution, bus::BusError>> {
+        self.inner.discard_parked(record, reason)
+    }
+
+    fn check_ready(&self) -> bus::BoxFuture<'_, Result<(), bus::BusError>> {
+        self.inner.check_ready()
+    }
+}
+
+/// How long after `since` `done` first held (polled every 10 ms of
+/// virtual time, for at most a minute).
+async fn until(since: tokio::time::Instant, done: impl Fn() -> bool) -> Duration {
+    while !done() {
+        assert!(since.elapsed() < Duration::from_secs(60), "never happened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    since.elapsed()
+}
+
+/// A bus away for a minute (a NATS cluster recovering) must not leave a
+/// service unready, or its events unpublished, long after it is back: the
+/// listeners retry joining, and the relay publishing, at least once a
+/// second however long it was away.
+#[tokio::test]
+async fn listeners_join_and_the_relay_publishes_within_a_second_of_the_bus_coming_back() {
+    let f = fixture().await;
+    let away = Arc::new(Away {
+        inner: f.bus.clone(),
+        away: true.into(),
+    });
+    let bus: Arc<dyn Bus> = away.clone();
+    let (trigger, signal) = shutdown::channel();
+    let health = listener::ListenerHealth::default();
+    let handled = Arc::new(Mutex::new(Vec::<String>::new()));
+    let tasks = Listeners::new(
+        bus.clone(),
+        "svc",
+        ListenerOptions::default(),
+        signal.clone(),
+    )
+    .reporting_to(health.clone())
+    .with_state(handled.clone())
+    .on(
+        |handled: Arc<Mutex<Vec<String>>>, e: UserCreated, _| async move {
+            handled.lock().unwrap().push(e.email);
+            Ok::<_, ListenerError>(Outcome::Done)
+        },
+    )
+    .into_tasks();
+    let relay = f.outbox.spawn_relay(bus, signal);
+    enqueue(&f, user("waiting@b.co")).await;
+    f.outbox.wake();
+    let start = tokio::time::Instant::now();
+    until(start, || health.check().is_err()).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(health.check().is_err(), "joined a bus that is away");
+    assert_eq!(f.outbox.pending().await.unwrap(), 1);
+
+    away.set(false);
+    let back = tokio::time::Instant::now();
+    let joined = until(back, || health.check().is_ok()).await;
+    let published = {
+        while f.outbox.pending().await.unwrap() > 0 {
+            assert!(back.elapsed() < Duration::from_secs(60), "never published");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        back.elapsed()
+    };
+    assert!(
+        joined <= Duration::from_millis(1100),
+        "joined {joined:?} after the bus came back"
+    );
+    assert!(
+        published <= Duration::from_millis(1100),
+        "published {published:?} after the bus came back"
+    );
+    until(back, || !handled.lock().unwrap().is_empty()).await;
+    assert_eq!(*handled.lock().unwrap(), ["waiting@b.co"]);
+    trigger.fire();
+    relay.await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
