@@ -95,6 +95,10 @@ pub struct Phase {
     pub longest_publish_wait: Duration,
     /// From the heal until every service answered `/readyz` 200.
     pub ready_after: Duration,
+    /// The streams the failed node led when the fault came (none for a
+    /// rolling restart): each had to elect a new leader, which is where a
+    /// follower's loss can cost as much as the leader's.
+    pub led: Vec<String>,
 }
 
 /// What the drill saw.
@@ -164,6 +168,9 @@ impl fmt::Display for Report {
                 p.ready_after.as_secs_f64() * 1000.0,
                 p.expired_first
             )?;
+            if !p.led.is_empty() {
+                writeln!(f, "    the node led {}", p.led.join(", "))?;
+            }
             for e in p.failed.iter().take(3) {
                 writeln!(f, "    failed: {e}")?;
             }
@@ -589,7 +596,7 @@ async fn run(
             })
         };
         tokio::time::sleep(phase / 4).await;
-        fault.inject(&mut nats, &mut procs, &ids, phase / 4).await?;
+        let led = fault.inject(&mut nats, &mut procs, &ids, phase / 4).await?;
         let heal_time = Instant::now();
         nats.wait_ready(Duration::from_secs(60)).await?;
         procs
@@ -606,6 +613,7 @@ async fn run(
         p.purchases = purchases;
         p.failed = failed;
         p.ready_after = ready_after;
+        p.led = led;
         report.phases.push(p);
     }
 
@@ -646,18 +654,33 @@ impl fmt::Display for Fault {
 
 impl Fault {
     /// Injects the fault and heals it after `hold` (for a rolling restart:
-    /// each node down for `hold / 3`, the next once the cluster answers).
+    /// each node down for `hold / 3`, the next once the cluster answers);
+    /// the streams the failed node led.
     async fn inject(
         self,
         nats: &mut NatsCluster,
         procs: &mut Cluster,
         ids: &HashMap<&str, Vec<ProcId>>,
         hold: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<Vec<String>, String> {
         let leader = nats
             .stream_leader("ORDERS")
             .await
             .ok_or("the ORDERS stream has no leader")?;
+        let follower = (leader + 1) % nats.size();
+        let failed = match self {
+            Fault::Leader | Fault::PartitionLeader => Some(leader),
+            Fault::Follower | Fault::PartitionFollower => Some(follower),
+            Fault::RollingRestart => None,
+        };
+        let mut led = Vec::new();
+        if let Some(node) = failed {
+            for stream in &marketplace_events::streams().streams {
+                if nats.stream_leader(&stream.name).await == Some(node) {
+                    led.push(stream.name.clone());
+                }
+            }
+        }
         // A service replica dies with each fault and comes back with the
         // heal: which one, per fault.
         let (service, replica) = match self {
@@ -676,7 +699,6 @@ impl Fault {
                 nats.restart(leader).map_err(|e| e.to_string())?;
             }
             Fault::Follower => {
-                let follower = (leader + 1) % nats.size();
                 nats.kill(follower);
                 tokio::time::sleep(hold).await;
                 nats.restart(follower).map_err(|e| e.to_string())?;
@@ -687,7 +709,6 @@ impl Fault {
                 nats.heal(leader).map_err(|e| e.to_string())?;
             }
             Fault::PartitionFollower => {
-                let follower = (leader + 1) % nats.size();
                 nats.partition(follower).map_err(|e| e.to_string())?;
                 tokio::time::sleep(hold).await;
                 nats.heal(follower).map_err(|e| e.to_string())?;
@@ -702,7 +723,7 @@ impl Fault {
             }
         }
         procs.start(replica).map_err(|e| e.to_string())?;
-        Ok(())
+        Ok(led)
     }
 }
 

@@ -137,6 +137,17 @@ fn the_cluster_drill_loses_nothing_when_nats_nodes_die_under_load() {
         .filter(|l| l.starts_with("kill") || l.starts_with("rolling") || l.starts_with("ORDERS "))
         .collect();
     assert_eq!(phases.len(), if namespaces { 5 } else { 3 }, "{stdout}");
+    // The streams the failed node led are named under its row: the ORDERS
+    // leader's include ORDERS.
+    let led = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("kill -9 ORDERS leader"))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        led.trim_start().starts_with("the node led") && led.contains("ORDERS"),
+        "{stdout}"
+    );
     for partition in [
         "ORDERS leader cut off + orders-2 killed",
         "ORDERS follower cut off + payments killed",
