@@ -129,34 +129,56 @@ impl Cluster {
     /// Waits until `/readyz` answers 200; false after `timeout`, or at once
     /// if the process has exited.
     pub async fn ready(&mut self, id: ProcId, timeout: Duration) -> bool {
+        self.wait_ready(id, timeout).await.is_ok()
+    }
+
+    /// Waits until `/readyz` answers 200: `None` if it did at once, else
+    /// why it last said it was not ready. `Err` after `timeout`, or at once
+    /// if the process has exited.
+    async fn wait_ready(&mut self, id: ProcId, timeout: Duration) -> Result<Option<String>, ()> {
         let client = reqwest::Client::new();
         let url = format!("{}/readyz", self.url(id));
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut why = None;
         while tokio::time::Instant::now() < deadline {
             let exited = match self.procs[id].child.as_mut() {
                 Some(c) => !matches!(c.try_wait(), Ok(None)),
                 None => true,
             };
             if exited {
-                return false;
+                return Err(());
             }
-            let status = client.get(&url).send().await.map(|r| r.status());
-            if status.is_ok_and(|s| s.is_success()) {
-                return true;
+            match client.get(&url).send().await {
+                Ok(r) if r.status().is_success() => return Ok(why),
+                Ok(r) => why = Some(r.text().await.unwrap_or_default()),
+                Err(e) => why = Some(format!("no answer: {e}")),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        false
+        Err(())
     }
 
     /// Waits for every process to be ready; the first that is not, by name.
     pub async fn all_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        self.all_ready_last(timeout).await.map(|_| ())
+    }
+
+    /// Waits for every process to be ready: the last one that had to be
+    /// waited for, by name, with what its `/readyz` last said; `Err` names
+    /// the first that never became ready.
+    pub async fn all_ready_last(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<(String, String)>, String> {
+        let mut last = None;
         for id in 0..self.procs.len() {
-            if !self.ready(id, timeout).await {
-                return Err(format!("{} never became ready", self.procs[id].name));
+            match self.wait_ready(id, timeout).await {
+                Ok(Some(why)) => last = Some((self.procs[id].name.clone(), why)),
+                Ok(None) => {}
+                Err(()) => return Err(format!("{} never became ready", self.procs[id].name)),
             }
         }
-        Ok(())
+        Ok(last)
     }
 }
 

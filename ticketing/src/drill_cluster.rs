@@ -99,6 +99,9 @@ pub struct Phase {
     /// rolling restart): each had to elect a new leader, which is where a
     /// follower's loss can cost as much as the leader's.
     pub led: Vec<String>,
+    /// The process that was the last to be ready after the heal, and what
+    /// its `/readyz` said before.
+    pub ready_last: Option<(String, String)>,
 }
 
 /// What the drill saw.
@@ -170,6 +173,10 @@ impl fmt::Display for Report {
             )?;
             if !p.led.is_empty() {
                 writeln!(f, "    the node led {}", p.led.join(", "))?;
+            }
+            if let Some((process, why)) = &p.ready_last {
+                let why: String = why.chars().take(240).collect();
+                writeln!(f, "    ready last: {process}, which had said {why}")?;
             }
             for e in p.failed.iter().take(3) {
                 writeln!(f, "    failed: {e}")?;
@@ -599,8 +606,8 @@ async fn run(
         let led = fault.inject(&mut nats, &mut procs, &ids, phase / 4).await?;
         let heal_time = Instant::now();
         nats.wait_ready(Duration::from_secs(60)).await?;
-        procs
-            .all_ready(Duration::from_secs(60))
+        let ready_last = procs
+            .all_ready_last(Duration::from_secs(60))
             .await
             .map_err(|e| format!("after {fault}: {e}"))?;
         let ready_after = heal_time.elapsed();
@@ -614,6 +621,7 @@ async fn run(
         p.failed = failed;
         p.ready_after = ready_after;
         p.led = led;
+        p.ready_last = ready_last;
         report.phases.push(p);
     }
 

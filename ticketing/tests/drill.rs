@@ -148,6 +148,8 @@ fn the_cluster_drill_loses_nothing_when_nats_nodes_die_under_load() {
         led.trim_start().starts_with("the node led") && led.contains("ORDERS"),
         "{stdout}"
     );
+    // The process last ready after a heal is named, with what kept it.
+    assert!(stdout.contains("    ready last: "), "{stdout}");
     for partition in [
         "ORDERS leader cut off + orders-2 killed",
         "ORDERS follower cut off + payments killed",
