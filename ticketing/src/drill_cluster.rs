@@ -12,8 +12,9 @@
 //! fault it reports the longest request as a buyer saw it (retries
 //! included: a 503 while no replica of a service can take it, a 404 while
 //! the event a step depends on is on its way), the answers 503 (retried),
-//! the longest an event waited in an outbox to be published, and how long
-//! until every service was ready again.
+//! the longest an event waited in an outbox to be published, how long
+//! until every service was ready again, which streams the failed node led
+//! (each had to elect a leader) and which process was ready last, and why.
 //!
 //! Processes: auth, tickets ×2, orders ×2, expiration, payments (the
 //! offline test gateway) and the gateway in front of them, which takes each

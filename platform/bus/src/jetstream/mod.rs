@@ -603,12 +603,7 @@ impl JetStreamBus {
             .js
             .stream_by_subject(subject.to_owned())
             .await
-            .map_err(|e| {
-                BusError::new(
-                    BusErrorKind::StreamMissing,
-                    format!("no stream for {subject}: {e} (has `ticketing streams apply` run?)"),
-                )
-            })?;
+            .map_err(|e| lookup_error(&[subject], &e))?;
         let stream = self.inner.js.get_stream(&name).await.map_err(unavailable)?;
         Ok((name, stream))
     }
@@ -627,6 +622,26 @@ impl JetStreamBus {
             .send_publish(msg.subject.clone(), publish)
             .await
             .map_err(|e| publish_error(&msg.subject, e))
+    }
+}
+
+use jetstream::context::{GetStreamByNameError, GetStreamByNameErrorKind};
+
+/// Why no stream could be found for `subjects`: none holds them (streams
+/// not provisioned), or the question went unanswered — a cluster electing
+/// its meta leader, which is no reason to suggest provisioning.
+fn lookup_error(subjects: &[&str], e: &GetStreamByNameError) -> BusError {
+    let subjects = subjects.join(", ");
+    if e.kind() == GetStreamByNameErrorKind::NotFound {
+        BusError::new(
+            BusErrorKind::StreamMissing,
+            format!("no stream holds {subjects} (has `ticketing streams apply` run?)"),
+        )
+    } else {
+        BusError::new(
+            BusErrorKind::Unavailable,
+            format!("cannot ask which stream holds {subjects}: {e}"),
+        )
     }
 }
 
@@ -867,24 +882,23 @@ impl Bus for JetStreamBus {
         subjects: &'static [&'static str],
     ) -> crate::BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
-            let mut missing = Vec::new();
+            let (mut missing, mut unanswered) = (Vec::new(), None);
             for subject in subjects {
-                if let Err(e) = self.inner.js.stream_by_subject(*subject).await {
-                    tracing::debug!(subject, error = %e, "no stream for a published subject");
-                    missing.push(*subject);
+                match self.inner.js.stream_by_subject(*subject).await {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == GetStreamByNameErrorKind::NotFound => {
+                        missing.push(*subject)
+                    }
+                    Err(e) => unanswered = Some(lookup_error(&[subject], &e)),
                 }
             }
-            if missing.is_empty() {
-                Ok(())
-            } else {
-                Err(BusError::new(
-                    BusErrorKind::StreamMissing,
-                    format!(
-                        "no stream holds {} (has `ticketing streams apply` run?)",
-                        missing.join(", ")
-                    ),
-                ))
+            if !missing.is_empty() {
+                return Err(lookup_error(
+                    &missing,
+                    &GetStreamByNameError::new(GetStreamByNameErrorKind::NotFound),
+                ));
             }
+            unanswered.map_or(Ok(()), Err)
         })
     }
 
@@ -1405,6 +1419,33 @@ pub mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Readiness said "has `ticketing streams apply` run?" while a cluster
+    /// only elected its meta leader: a question unanswered is not a stream
+    /// missing.
+    #[test]
+    fn a_stream_lookup_unanswered_is_unavailable_not_missing() {
+        let missing = lookup_error(
+            &["a.b", "c.d"],
+            &GetStreamByNameError::new(GetStreamByNameErrorKind::NotFound),
+        );
+        assert_eq!(missing.kind, BusErrorKind::StreamMissing);
+        assert!(
+            missing.message.contains("no stream holds a.b, c.d"),
+            "{missing}"
+        );
+        assert!(missing.message.contains("streams apply"), "{missing}");
+
+        let unanswered = lookup_error(
+            &["a.b"],
+            &GetStreamByNameError::new(GetStreamByNameErrorKind::Request),
+        );
+        assert_eq!(unanswered.kind, BusErrorKind::Unavailable);
+        assert!(
+            !unanswered.message.contains("streams apply"),
+            "{unanswered}"
+        );
+    }
 
     #[test]
     fn nats_url_takes_one_server_or_a_comma_separated_list() {
