@@ -2,9 +2,11 @@
 //!
 //! Consumes `order.created` and stores a timer for its `expiresAt` in its own
 //! database; a scheduler sleeps until the earliest timer is due (woken early
-//! when a sooner one arrives — no polling), then deletes the due timers and
-//! writes `expiration.complete` to the outbox in the same transaction, so each
-//! timer fires once. Timers that came due while the process was down fire
+//! when a sooner one arrives — no polling), then marks the due timers fired
+//! and writes `expiration.complete` to the outbox in the same transaction, so
+//! each timer fires once. A fired timer is kept for [`FIRED_KEPT`], so that
+//! an `order.created` delivered again (its first acknowledgement lost) does
+//! not set it again. Timers that came due while the process was down fire
 //! right after start.
 
 use std::time::Duration;
@@ -40,7 +42,21 @@ pub static MIGRATIONS: &[Migration] = &[
         description: "outbox",
         sql: OUTBOX_TABLE_SQL,
     },
+    Migration {
+        version: 3,
+        description: "fired timers kept",
+        sql: "ALTER TABLE timers ADD COLUMN fired_at BIGINT;
+              DROP INDEX timers_due;
+              CREATE INDEX timers_due ON timers (expires_at) WHERE fired_at IS NULL;
+              CREATE INDEX timers_fired ON timers (fired_at) WHERE fired_at IS NOT NULL;",
+    },
 ];
+
+/// How long a fired timer is remembered: longer than any redelivery of its
+/// `order.created` can come (a consumer parks a message after its
+/// deliveries run out, within minutes; a week covers a consumer down for
+/// days).
+pub const FIRED_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Stores (once) a timer for an order (with the others in hand, in one
 /// transaction) and wakes the scheduler once that has committed.
@@ -59,17 +75,21 @@ fn on_order_created(
     Ok(Outcome::Done)
 }
 
-/// Fires every timer due at `now`; returns how many fired. `DELETE …
+/// Fires every timer due at `now`; returns how many fired. `UPDATE …
 /// RETURNING` hands each due timer to exactly one caller, also when several
 /// replicas race on PostgreSQL, and the event is written in the same
-/// transaction: a timer fires once.
+/// transaction: a timer fires once. Timers fired more than [`FIRED_KEPT`]
+/// ago are forgotten.
 pub async fn fire_due(outbox: &Outbox, now: Timestamp) -> Result<usize, StoreError> {
     outbox
         .write(move |c| {
             let due = c.query(
-                "DELETE FROM timers WHERE expires_at <= $1 RETURNING order_id, traceparent, expires_at",
+                "UPDATE timers SET fired_at = $1 WHERE fired_at IS NULL AND expires_at <= $1 \
+                 RETURNING order_id, traceparent, expires_at",
                 &[&now],
             )?;
+            let forget = Timestamp::from_millis(now.millis() - FIRED_KEPT.as_millis() as i64);
+            c.execute("DELETE FROM timers WHERE fired_at < $1", &[&forget])?;
             for row in &due {
                 let order_id: OrderId = row.get(0)?;
                 let trace = TraceContext::parse(&row.get::<String>(1)?)
@@ -99,10 +119,16 @@ const COUNT_EVERY: Duration = Duration::from_secs(1);
 pub async fn next_due(db: &Db, count: bool) -> Result<Option<Timestamp>, StoreError> {
     let (next, pending) = db
         .read(move |c| {
-            let next = c.query("SELECT MIN(expires_at) FROM timers", &[])?[0]
+            let next = c.query(
+                "SELECT MIN(expires_at) FROM timers WHERE fired_at IS NULL",
+                &[],
+            )?[0]
                 .get::<Option<Timestamp>>(0)?;
             let pending = if count {
-                Some(c.query("SELECT COUNT(*) FROM timers", &[])?[0].get::<i64>(0)?)
+                Some(
+                    c.query("SELECT COUNT(*) FROM timers WHERE fired_at IS NULL", &[])?[0]
+                        .get::<i64>(0)?,
+                )
             } else {
                 None
             };

@@ -120,6 +120,27 @@ async fn a_duplicate_order_event_fires_once() {
     );
 }
 
+/// An `order.created` handled again after its timer fired — the ack of
+/// its first delivery lost, as when a NATS node is cut off — must not set
+/// the timer again: the cluster drill saw an order's timer fire twice.
+#[tokio::test]
+async fn an_order_event_delivered_again_after_its_timer_fired_does_not_fire_it_again() {
+    testkit::virtual_time();
+    let app = start(None).await;
+    let mut fired = app.watch::<ExpirationComplete>().await;
+    let o = order(in_ms(&app, 200));
+    app.publish(&o).await;
+    assert_eq!(fired.next().await.order_id, o.id);
+    app.publish(&o).await;
+    assert!(
+        fired
+            .next_within(Duration::from_millis(2000))
+            .await
+            .is_none(),
+        "fired again"
+    );
+}
+
 #[tokio::test]
 async fn a_timer_that_came_due_while_stopped_fires_right_after_start() {
     testkit::virtual_time();
@@ -142,7 +163,7 @@ async fn a_timer_that_came_due_while_stopped_fires_right_after_start() {
     );
 }
 
-/// When firing fails (here a trigger refuses the delete, as a full disk
+/// When firing fails (here a trigger refuses the update, as a full disk
 /// would), the scheduler backs off instead of spinning, counts each failure,
 /// reports not-ready, and fires the timer once writing works again. (The
 /// injected failure is SQLite's trigger syntax: embedded engines only.)
@@ -158,7 +179,7 @@ async fn a_scheduler_that_cannot_write_backs_off_reports_not_ready_and_recovers(
         .unwrap();
     side.write(|c| {
         c.execute(
-            "CREATE TRIGGER refuse_firing BEFORE DELETE ON timers
+            "CREATE TRIGGER refuse_firing BEFORE UPDATE ON timers
              BEGIN SELECT RAISE(ABORT, 'injected: cannot write'); END",
             &[],
         )
