@@ -2,11 +2,11 @@
 //!
 //! Consumes `order.created` and stores a timer for its `expiresAt` in its own
 //! database; a scheduler sleeps until the earliest timer is due (woken early
-//! when a sooner one arrives — no polling), then marks the due timers fired
-//! and writes `expiration.complete` to the outbox in the same transaction, so
-//! each timer fires once. A fired timer is kept for [`FIRED_KEPT`], so that
-//! an `order.created` delivered again (its first acknowledgement lost) does
-//! not set it again. Timers that came due while the process was down fire
+//! when a sooner one arrives — no polling), then deletes the due timers and
+//! writes `expiration.complete` to the outbox in the same transaction, so
+//! each timer fires once. A fired timer's order is remembered for
+//! [`FIRED_KEPT`], so that an `order.created` delivered again (its first
+//! acknowledgement lost) does not set it again. Timers that came due while the process was down fire
 //! right after start.
 
 use std::time::Duration;
@@ -44,28 +44,37 @@ pub static MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 3,
-        description: "fired timers kept",
-        sql: "ALTER TABLE timers ADD COLUMN fired_at BIGINT;
-              DROP INDEX timers_due;
-              CREATE INDEX timers_due ON timers (expires_at) WHERE fired_at IS NULL;
-              CREATE INDEX timers_fired ON timers (fired_at) WHERE fired_at IS NOT NULL;",
+        description: "fired timers remembered",
+        // A table of their own: `timers` stays the pending ones alone, so
+        // finding the next and counting them cost what they did.
+        sql: "CREATE TABLE fired_timers (
+                  order_id TEXT PRIMARY KEY,
+                  fired_at BIGINT NOT NULL
+              );
+              CREATE INDEX fired_timers_at ON fired_timers (fired_at);",
     },
 ];
 
-/// How long a fired timer is remembered: longer than any redelivery of its
-/// `order.created` can come (a consumer parks a message after its
-/// deliveries run out, within minutes; a week covers a consumer down for
-/// days).
+/// How long a fired timer's order is remembered: longer than any
+/// redelivery of its `order.created` can come (a consumer parks a message
+/// after its deliveries run out, within minutes; a week covers a consumer
+/// down for days).
 pub const FIRED_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Stores (once) a timer for an order (with the others in hand, in one
-/// transaction) and wakes the scheduler once that has committed.
+/// transaction) and wakes the scheduler once that has committed. An order
+/// whose timer has fired already gets none.
 fn on_order_created(
     wake: &Arc<Notify>,
     c: &mut OutboxTx<'_>,
     e: OrderCreated,
     ctx: &EventContext,
 ) -> Result<Outcome, ListenerError> {
+    if c.query_opt("SELECT 1 FROM fired_timers WHERE order_id = $1", &[&e.id])?
+        .is_some()
+    {
+        return Ok(Outcome::Done);
+    }
     c.execute(
         "INSERT INTO timers (order_id, expires_at, traceparent) VALUES ($1, $2, $3) ON CONFLICT (order_id) DO NOTHING",
         &[&e.id, &e.expires_at, &ctx.trace.to_string()],
@@ -75,21 +84,22 @@ fn on_order_created(
     Ok(Outcome::Done)
 }
 
-/// Fires every timer due at `now`; returns how many fired. `UPDATE …
+/// Fires every timer due at `now`; returns how many fired. `DELETE …
 /// RETURNING` hands each due timer to exactly one caller, also when several
 /// replicas race on PostgreSQL, and the event is written in the same
-/// transaction: a timer fires once. Timers fired more than [`FIRED_KEPT`]
-/// ago are forgotten.
+/// transaction: a timer fires once. Its order is remembered as fired, and
+/// orders fired more than [`FIRED_KEPT`] ago are forgotten.
 pub async fn fire_due(outbox: &Outbox, now: Timestamp) -> Result<usize, StoreError> {
     outbox
         .write(move |c| {
             let due = c.query(
-                "UPDATE timers SET fired_at = $1 WHERE fired_at IS NULL AND expires_at <= $1 \
-                 RETURNING order_id, traceparent, expires_at",
+                "DELETE FROM timers WHERE expires_at <= $1 RETURNING order_id, traceparent, expires_at",
                 &[&now],
             )?;
-            let forget = Timestamp::from_millis(now.millis() - FIRED_KEPT.as_millis() as i64);
-            c.execute("DELETE FROM timers WHERE fired_at < $1", &[&forget])?;
+            if !due.is_empty() {
+                let forget = Timestamp::from_millis(now.millis() - FIRED_KEPT.as_millis() as i64);
+                c.execute("DELETE FROM fired_timers WHERE fired_at < $1", &[&forget])?;
+            }
             for row in &due {
                 let order_id: OrderId = row.get(0)?;
                 let trace = TraceContext::parse(&row.get::<String>(1)?)
@@ -101,6 +111,10 @@ pub async fn fire_due(outbox: &Outbox, now: Timestamp) -> Result<usize, StoreErr
                     &[],
                     (now.millis() - expires_at.millis()).max(0) as f64 / 1000.0,
                 );
+                c.execute(
+                    "INSERT INTO fired_timers (order_id, fired_at) VALUES ($1, $2) ON CONFLICT (order_id) DO NOTHING",
+                    &[&order_id, &now],
+                )?;
                 c.enqueue(&ExpirationComplete { order_id }, &trace, now)?;
                 tracing::info!(%order_id, "order timer fired");
             }
@@ -119,16 +133,10 @@ const COUNT_EVERY: Duration = Duration::from_secs(1);
 pub async fn next_due(db: &Db, count: bool) -> Result<Option<Timestamp>, StoreError> {
     let (next, pending) = db
         .read(move |c| {
-            let next = c.query(
-                "SELECT MIN(expires_at) FROM timers WHERE fired_at IS NULL",
-                &[],
-            )?[0]
+            let next = c.query("SELECT MIN(expires_at) FROM timers", &[])?[0]
                 .get::<Option<Timestamp>>(0)?;
             let pending = if count {
-                Some(
-                    c.query("SELECT COUNT(*) FROM timers WHERE fired_at IS NULL", &[])?[0]
-                        .get::<i64>(0)?,
-                )
+                Some(c.query("SELECT COUNT(*) FROM timers", &[])?[0].get::<i64>(0)?)
             } else {
                 None
             };

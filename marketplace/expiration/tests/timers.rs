@@ -163,7 +163,7 @@ async fn a_timer_that_came_due_while_stopped_fires_right_after_start() {
     );
 }
 
-/// When firing fails (here a trigger refuses the update, as a full disk
+/// When firing fails (here a trigger refuses the delete, as a full disk
 /// would), the scheduler backs off instead of spinning, counts each failure,
 /// reports not-ready, and fires the timer once writing works again. (The
 /// injected failure is SQLite's trigger syntax: embedded engines only.)
@@ -179,7 +179,7 @@ async fn a_scheduler_that_cannot_write_backs_off_reports_not_ready_and_recovers(
         .unwrap();
     side.write(|c| {
         c.execute(
-            "CREATE TRIGGER refuse_firing BEFORE UPDATE ON timers
+            "CREATE TRIGGER refuse_firing BEFORE DELETE ON timers
              BEGIN SELECT RAISE(ABORT, 'injected: cannot write'); END",
             &[],
         )
