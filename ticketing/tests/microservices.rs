@@ -176,7 +176,7 @@ async fn services_without_their_streams_serve_report_why_and_recover_once_provis
             "tickets" => &[
                 "no stream holds ticket.created, ticket.updated",
                 "listener tickets-order-created cannot join its consumer",
-                "no stream for order.created",
+                "no stream holds order.created",
             ],
             "orders" => &["listener orders-ticket-created cannot join its consumer"],
             "expiration" => &["listener expiration-order-created cannot join its consumer"],
