@@ -930,6 +930,9 @@ async fn check(
     report.events = stored.len();
     report.ledger = ledger::audit(&stored, &owners);
     report.ledger.extend(holes);
+    if let Some(lost) = ledger::lost_by_servers(&report.ledger, report.unconverged.is_empty()) {
+        report.ledger.insert(0, lost);
+    }
     report.consumers_behind = ledger::behind(&js, &spec).await?;
     report.parked = ledger::retrying(|| async {
         let mut parked = js.get_stream("PARKED").await.map_err(|e| e.to_string())?;

@@ -198,6 +198,23 @@ where
     }
 }
 
+/// When events are missing from the streams although every service's copy
+/// is at its owner's version — the consumers applied them, so they had
+/// been published and acknowledged — the servers lost them afterwards:
+/// said first, so a failed run reads as what it is.
+pub fn lost_by_servers(problems: &[String], copies_converged: bool) -> Option<String> {
+    let missing = problems
+        .iter()
+        .filter(|p| p.contains("no event for versions") || p.contains("missing"))
+        .count();
+    (copies_converged && missing > 0).then(|| {
+        format!(
+            "{missing} event(s) applied by the services are missing from the streams: \
+             the NATS servers lost them after acknowledging them"
+        )
+    })
+}
+
 /// Every event on `stream`, in order (an ordered consumer from the start),
 /// and what is wrong with the stream's sequence: numbers it skipped (a
 /// message deleted, or lost by the servers), or a count that differs from
@@ -331,6 +348,27 @@ mod tests {
             "consumer_count": 0, "num_deleted": deleted,
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn events_missing_while_every_copy_converged_are_blamed_on_the_servers() {
+        let problems = vec![
+            "ticket t at version 2: no event for versions [0]".to_string(),
+            "stream TICKETS: sequences 4..6 missing".to_string(),
+            "order o: its timer fired 2 times (expiration.complete)".to_string(),
+        ];
+        let said = lost_by_servers(&problems, true).unwrap();
+        assert!(said.starts_with("2 event(s)"), "{said}");
+        assert_eq!(
+            lost_by_servers(&problems, false),
+            None,
+            "a copy behind: not proven"
+        );
+        assert_eq!(
+            lost_by_servers(&problems[2..], true),
+            None,
+            "nothing missing"
+        );
     }
 
     #[test]
