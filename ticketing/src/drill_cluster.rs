@@ -701,28 +701,18 @@ impl Fault {
         };
         let replica = ids[service][replica];
         procs.kill(replica);
-        match self {
-            Fault::Leader => {
-                nats.kill(leader);
+        match (self, failed) {
+            (Fault::Leader | Fault::Follower, Some(node)) => {
+                nats.kill(node);
                 tokio::time::sleep(hold).await;
-                nats.restart(leader).map_err(|e| e.to_string())?;
+                nats.restart(node).map_err(|e| e.to_string())?;
             }
-            Fault::Follower => {
-                nats.kill(follower);
+            (Fault::PartitionLeader | Fault::PartitionFollower, Some(node)) => {
+                nats.partition(node).map_err(|e| e.to_string())?;
                 tokio::time::sleep(hold).await;
-                nats.restart(follower).map_err(|e| e.to_string())?;
+                nats.heal(node).map_err(|e| e.to_string())?;
             }
-            Fault::PartitionLeader => {
-                nats.partition(leader).map_err(|e| e.to_string())?;
-                tokio::time::sleep(hold).await;
-                nats.heal(leader).map_err(|e| e.to_string())?;
-            }
-            Fault::PartitionFollower => {
-                nats.partition(follower).map_err(|e| e.to_string())?;
-                tokio::time::sleep(hold).await;
-                nats.heal(follower).map_err(|e| e.to_string())?;
-            }
-            Fault::RollingRestart => {
+            _ => {
                 for node in 0..nats.size() {
                     nats.kill(node);
                     tokio::time::sleep(hold / 3).await;

@@ -6,8 +6,8 @@
 //! writes `expiration.complete` to the outbox in the same transaction, so
 //! each timer fires once. A fired timer's order is remembered for
 //! [`FIRED_KEPT`], so that an `order.created` delivered again (its first
-//! acknowledgement lost) does not set it again. Timers that came due while the process was down fire
-//! right after start.
+//! acknowledgement lost) does not set it again. Timers that came due while
+//! the process was down fire right after start.
 
 use std::time::Duration;
 use store::Conn as _;

@@ -603,7 +603,7 @@ impl JetStreamBus {
             .js
             .stream_by_subject(subject.to_owned())
             .await
-            .map_err(|e| lookup_error(&[subject], &e))?;
+            .map_err(|e| lookup_error(subject, &e))?;
         let stream = self.inner.js.get_stream(&name).await.map_err(unavailable)?;
         Ok((name, stream))
     }
@@ -627,20 +627,27 @@ impl JetStreamBus {
 
 use jetstream::context::{GetStreamByNameError, GetStreamByNameErrorKind};
 
-/// Why no stream could be found for `subjects`: none holds them (streams
-/// not provisioned), or the question went unanswered — a cluster electing
-/// its meta leader, which is no reason to suggest provisioning.
-fn lookup_error(subjects: &[&str], e: &GetStreamByNameError) -> BusError {
-    let subjects = subjects.join(", ");
+/// No stream holds `subjects`: the streams were not provisioned.
+fn streams_missing(subjects: &[&str]) -> BusError {
+    BusError::new(
+        BusErrorKind::StreamMissing,
+        format!(
+            "no stream holds {} (has `ticketing streams apply` run?)",
+            subjects.join(", ")
+        ),
+    )
+}
+
+/// Why no stream could be found for `subject`: none holds it, or the
+/// question went unanswered — a cluster electing its meta leader, which is
+/// no reason to suggest provisioning.
+fn lookup_error(subject: &str, e: &GetStreamByNameError) -> BusError {
     if e.kind() == GetStreamByNameErrorKind::NotFound {
-        BusError::new(
-            BusErrorKind::StreamMissing,
-            format!("no stream holds {subjects} (has `ticketing streams apply` run?)"),
-        )
+        streams_missing(&[subject])
     } else {
         BusError::new(
             BusErrorKind::Unavailable,
-            format!("cannot ask which stream holds {subjects}: {e}"),
+            format!("cannot ask which stream holds {subject}: {e}"),
         )
     }
 }
@@ -889,14 +896,11 @@ impl Bus for JetStreamBus {
                     Err(e) if e.kind() == GetStreamByNameErrorKind::NotFound => {
                         missing.push(*subject)
                     }
-                    Err(e) => unanswered = Some(lookup_error(&[subject], &e)),
+                    Err(e) => unanswered = Some(lookup_error(subject, &e)),
                 }
             }
             if !missing.is_empty() {
-                return Err(lookup_error(
-                    &missing,
-                    &GetStreamByNameError::new(GetStreamByNameErrorKind::NotFound),
-                ));
+                return Err(streams_missing(&missing));
             }
             unanswered.map_or(Ok(()), Err)
         })
@@ -1426,18 +1430,20 @@ mod tests {
     #[test]
     fn a_stream_lookup_unanswered_is_unavailable_not_missing() {
         let missing = lookup_error(
-            &["a.b", "c.d"],
+            "a.b",
             &GetStreamByNameError::new(GetStreamByNameErrorKind::NotFound),
         );
         assert_eq!(missing.kind, BusErrorKind::StreamMissing);
-        assert!(
-            missing.message.contains("no stream holds a.b, c.d"),
-            "{missing}"
-        );
+        assert!(missing.message.contains("no stream holds a.b"), "{missing}");
         assert!(missing.message.contains("streams apply"), "{missing}");
+        let several = streams_missing(&["a.b", "c.d"]);
+        assert!(
+            several.message.contains("no stream holds a.b, c.d"),
+            "{several}"
+        );
 
         let unanswered = lookup_error(
-            &["a.b"],
+            "a.b",
             &GetStreamByNameError::new(GetStreamByNameErrorKind::Request),
         );
         assert_eq!(unanswered.kind, BusErrorKind::Unavailable);
