@@ -217,11 +217,36 @@ impl fmt::Display for Report {
 
 /// Runs the drill with `exe` (this binary) as the services' program.
 pub async fn cluster(exe: &Path, args: ClusterArgs) -> Result<Report, String> {
+    faults(&args)?;
     let database_url = crate::drill::required_database(&args.database_url)?;
     crate::drill::in_work_dir("ticketing-cluster-drill", args.keep, |work| async move {
         run(exe, &args, &database_url, &work).await
     })
     .await
+}
+
+/// The faults to run, in order: `--faults`, or all of them (the
+/// partitions unless `--no-partitions`); refused before anything starts
+/// when a partition is asked for without namespaces.
+fn faults(args: &ClusterArgs) -> Result<Vec<Fault>, String> {
+    let faults = if args.faults.is_empty() {
+        let mut all = vec![Fault::Leader, Fault::Follower];
+        if !args.no_partitions {
+            all.extend([Fault::PartitionLeader, Fault::PartitionFollower]);
+        }
+        all.push(Fault::RollingRestart);
+        all
+    } else {
+        args.faults.clone()
+    };
+    if args.no_partitions
+        && faults
+            .iter()
+            .any(|f| matches!(f, Fault::PartitionLeader | Fault::PartitionFollower))
+    {
+        return Err("the partitions need network namespaces: leave out --no-partitions".into());
+    }
+    Ok(faults)
 }
 
 impl crate::drill::DrillReport for Report {
@@ -546,23 +571,7 @@ async fn run(
 
     let phase = Duration::from_secs(args.phase.max(4));
     let mut started = 0usize;
-    let faults = if args.faults.is_empty() {
-        let mut all = vec![Fault::Leader, Fault::Follower];
-        if !args.no_partitions {
-            all.extend([Fault::PartitionLeader, Fault::PartitionFollower]);
-        }
-        all.push(Fault::RollingRestart);
-        all
-    } else {
-        args.faults.clone()
-    };
-    if args.no_partitions
-        && faults
-            .iter()
-            .any(|f| matches!(f, Fault::PartitionLeader | Fault::PartitionFollower))
-    {
-        return Err("the partitions need network namespaces: leave out --no-partitions".into());
-    }
+    let faults = faults(args)?;
     let outboxes = SERVICES
         .iter()
         .map(|s| store::Db::postgres_lazy(&schemas[s].url, 1).map_err(|e| e.to_string()))
@@ -935,4 +944,50 @@ async fn check(
     })
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// `ClusterArgs` as the command line gives them.
+    #[derive(clap::Parser)]
+    struct Line {
+        #[command(flatten)]
+        args: ClusterArgs,
+    }
+
+    fn args(line: &[&str]) -> ClusterArgs {
+        Line::try_parse_from(std::iter::once("drill").chain(line.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    #[test]
+    fn faults_are_all_by_default_or_those_listed_in_order() {
+        use Fault::*;
+        let all = [
+            Leader,
+            Follower,
+            PartitionLeader,
+            PartitionFollower,
+            RollingRestart,
+        ];
+        assert_eq!(faults(&args(&[])).unwrap(), all);
+        assert_eq!(
+            faults(&args(&["--no-partitions"])).unwrap(),
+            [Leader, Follower, RollingRestart]
+        );
+        assert_eq!(
+            faults(&args(&["--faults", "rolling,leader,rolling"])).unwrap(),
+            [RollingRestart, Leader, RollingRestart]
+        );
+        let refused = faults(&args(&[
+            "--no-partitions",
+            "--faults",
+            "partition-follower",
+        ]));
+        assert!(refused.unwrap_err().contains("network namespaces"));
+    }
 }
