@@ -6,7 +6,7 @@
 #   cargo build --release -p ticketing -p loadgen
 #   bench/microservices.sh [browse|purchase|contention|expiry|revoke] [loadgen flags…]
 # (revoke probes each service process directly; the admin is loadgen's
-# default, admin@loadgen.invalid.)
+# default, admin@loadgen.invalid, signed up and granted the role here.)
 # (ORDER_EXPIRATION_SECONDS in the environment reaches the services; BIN
 # names another directory holding `ticketing` and `loadgen`, e.g. an older
 # build to compare with.)
@@ -29,7 +29,6 @@ nats_port=$(free_port)
 pids+=($!)
 export NATS_URL=nats://127.0.0.1:$nats_port JWT_KEY=bench-microservices-key-0123456789
 export AUTH_RATE_LIMIT_PER_MINUTE=1000000 COOKIE_SECURE=false RUST_LOG=warn
-export ADMIN_EMAILS=admin@loadgen.invalid
 "$BIN/ticketing" streams apply --wait 30s >/dev/null
 
 declare -A url
@@ -52,6 +51,10 @@ wait_ready "http://127.0.0.1:$gw_port"
 scenario=purchase
 if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then scenario=$1; shift; fi
 if [ "$scenario" = revoke ]; then
+  curl -fs -o /dev/null -H 'content-type: application/json' \
+    -d '{"email":"admin@loadgen.invalid","password":"password123"}' \
+    "http://127.0.0.1:$gw_port/api/users/signup"
+  DATABASE_URL="$PGURL/ticketing_bench_auth" "$BIN/ticketing" users grant-admin admin@loadgen.invalid >/dev/null
   "$BIN/loadgen" revoke --url "http://127.0.0.1:$gw_port" \
     --services "auth=${url[auth]},tickets=${url[tickets]},orders=${url[orders]},payments=${url[payments]}" "$@"
   exit

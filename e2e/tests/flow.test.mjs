@@ -24,7 +24,7 @@ mkdirSync(artifacts, { recursive: true });
 // How long an order holds its ticket here: long enough to pay by script,
 // short enough to watch one expire.
 const HOLD_SECONDS = 12;
-// The admin of this server (ADMIN_EMAILS).
+// The admin of this server (granted with `ticketing users grant-admin`).
 const ADMIN = "admin@example.com";
 
 let server;
@@ -34,7 +34,6 @@ const consoleErrors = [];
 before(async () => {
   server = await startServer({
     ORDER_EXPIRATION_SECONDS: String(HOLD_SECONDS),
-    ADMIN_EMAILS: ADMIN,
   });
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -297,6 +296,8 @@ async function signedOutOnReload(page) {
 test("an admin bans a user signed in elsewhere: their next page shows them signed out", async () => {
   const admin = await person();
   await signUp(admin, ADMIN);
+  server.grantAdmin(ADMIN);
+  await admin.reload();
   const victim = await person();
   await signUp(victim, "banned@example.com");
   await admin.getByRole("link", { name: "Users" }).click();
@@ -332,6 +333,32 @@ test("signing out everywhere ends the sessions of every browser of the user", as
   await laptop.getByRole("button", { name: "Sign out everywhere" }).click();
   await laptop.getByRole("link", { name: "Sign in" }).waitFor();
   assert.ok(await signedOutOnReload(phone), "the other browser is signed out too");
+  await laptop.context().close();
+  await phone.context().close();
+});
+
+test("changing the password signs the user out of every other browser", async () => {
+  const laptop = await person();
+  await signUp(laptop, "new-password@example.com");
+  const phone = await person({ width: 390, height: 800 });
+  await signIn(phone, "new-password@example.com");
+  await phone.getByText("Signed in as new-password@example.com").waitFor();
+  await laptop.getByRole("link", { name: "Account" }).click();
+  await assertLabelled(laptop);
+  // A wrong current password is said next to its field; nothing changes.
+  await laptop.getByLabel("Current password").fill("not the password");
+  await laptop.getByLabel("New password").fill("another horse battery");
+  await laptop.getByRole("button", { name: "Change password" }).click();
+  await laptop.getByText("Current password is incorrect").waitFor();
+  await laptop.getByLabel("Current password").fill("correct horse battery");
+  await laptop.getByLabel("New password").fill("another horse battery");
+  await laptop.getByRole("button", { name: "Change password" }).click();
+  await laptop.getByText("Your password is changed").waitFor();
+  await shot(laptop, "account");
+  // This browser stays signed in; the other one is signed out.
+  await laptop.reload();
+  await laptop.getByText("Signed in as new-password@example.com").waitFor();
+  assert.ok(await signedOutOnReload(phone), "the other browser is signed out");
   await laptop.context().close();
   await phone.context().close();
 });

@@ -1,6 +1,6 @@
 // Starts the all-in-one `ticketing` binary on a free port with a fresh data
 // directory, and stops it.
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -47,6 +47,13 @@ export async function startServer(env = {}, command = ["run"]) {
   }
   return {
     base,
+    // Makes the account with this e-mail an admin, as an operator does.
+    grantAdmin(email) {
+      execFileSync(binary(), ["users", "grant-admin", email, "--data-dir", dataDir], {
+        env: { ...process.env, RUST_LOG: "warn", ...env },
+        stdio: ["ignore", "ignore", "inherit"],
+      });
+    },
     async stop() {
       child.kill("SIGTERM");
       await new Promise((r) => (child.exitCode !== null ? r() : child.once("exit", r)));

@@ -46,6 +46,9 @@ pub enum Command {
     Parked(crate::parked::ParkedArgs),
     /// Operator commands on the payments service's data.
     Payments(PaymentsArgs),
+    /// Operator commands on accounts (the auth service's data): grant or
+    /// revoke the admin role.
+    Users(UsersArgs),
     /// Exit 0 if URL answers 2xx within 3 s, else 1 with the reason: a health
     /// check for images without a shell or curl (docker-compose).
     Probe {
@@ -92,7 +95,7 @@ pub struct PaymentsArgs {
     pub command: PaymentsCommand,
 }
 
-/// Which payments database a command works on.
+/// Which service database an operator command works on.
 #[derive(Debug, clap::Args)]
 pub struct PaymentsData {
     /// Where the embedded databases live.
@@ -109,6 +112,36 @@ pub enum PaymentsCommand {
     Refund {
         /// The payment's id (from `GET /api/payments/:id` or the logs).
         id: String,
+        #[command(flatten)]
+        data: PaymentsData,
+    },
+}
+
+/// `ticketing users …`: run against the auth database the service uses
+/// (the same `TICKETING_DATA_DIR` or `DATABASE_URL`/`AUTH_DATABASE_URL`);
+/// the events they record are published by the running auth service's
+/// outbox relay.
+#[derive(Debug, clap::Args)]
+pub struct UsersArgs {
+    #[command(subcommand)]
+    pub command: UsersCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Make the account with this e-mail address an admin (it may list,
+    /// ban and unban users and act on parked messages); records
+    /// `user.admin-granted`.
+    GrantAdmin {
+        /// The account's e-mail address (it must have signed up).
+        email: String,
+        #[command(flatten)]
+        data: PaymentsData,
+    },
+    /// Take the admin role away from the account with this e-mail address;
+    /// records `user.admin-revoked`.
+    RevokeAdmin {
+        email: String,
         #[command(flatten)]
         data: PaymentsData,
     },

@@ -186,6 +186,7 @@ impl Settings {
             ));
         }
         let gateway = payment_gateway()?;
+        refuse_admin_emails()?;
         // `/metrics` on the public port only when one process serves the
         // whole marketplace.
         let http = runtime::HttpLimits::from_env(
@@ -213,7 +214,6 @@ impl Settings {
                 attempts_per_window: env_var::<u32>("AUTH_RATE_LIMIT_PER_MINUTE")?.unwrap_or(20),
                 window: Duration::from_secs(60),
                 trusted_proxies: trusted_proxies()?,
-                admin_emails: admin_emails()?,
                 ..auth::Config::default()
             },
             http,
@@ -255,25 +255,19 @@ pub fn payment_gateway() -> Result<Arc<dyn payments::PaymentGateway>, SettingsEr
     })
 }
 
-/// `ADMIN_EMAILS`: the admins' e-mail addresses, comma-separated (none by
-/// default). An admin is whoever signs up or in with one of them.
-fn admin_emails() -> Result<Vec<String>, ConfigError> {
-    let Some(raw) = env_var::<String>("ADMIN_EMAILS")? else {
-        return Ok(Vec::new());
-    };
-    raw.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            shared::email::Email::parse(s)
-                .map(|e| e.to_string())
-                .map_err(|reason| ConfigError {
-                    name: "ADMIN_EMAILS".into(),
-                    value: s.into(),
-                    reason: reason.into(),
-                })
-        })
-        .collect()
+/// `ADMIN_EMAILS` is no longer read: whoever signed up first with one of
+/// its addresses became an admin, and addresses were not verified. Refusing
+/// to start when it is set tells the operator at once, rather than leaving
+/// the admins without their role unnoticed.
+fn refuse_admin_emails() -> Result<(), SettingsError> {
+    match env_var::<String>("ADMIN_EMAILS")? {
+        Some(v) if !v.trim().is_empty() => Err(SettingsError::Invalid(
+            "ADMIN_EMAILS is no longer read: unset it and grant admin with \
+             `ticketing users grant-admin EMAIL` (docs/operations.md, \"Admins\")"
+                .into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Which proxies' `X-Forwarded-For` entries auth believes:

@@ -64,6 +64,7 @@ pub async fn main(cli: cli::Cli) -> Result<u8, Box<dyn std::error::Error>> {
         Some(cli::Command::Blog(command)) => return blog::main(command).await,
         Some(cli::Command::Probe { url }) => return Ok(probe(&url).await),
         Some(cli::Command::Payments(args)) => return payments_command(args).await,
+        Some(cli::Command::Users(args)) => return users_command(args).await,
         Some(cli::Command::Parked(args)) => return parked::run(args).await,
         Some(cli::Command::Events { format, command }) => {
             return events(&catalogue::MARKETPLACE, format, command);
@@ -108,6 +109,23 @@ async fn payments_command(args: cli::PaymentsArgs) -> Result<u8, Box<dyn std::er
             print_report(&format!("payment {id} refunded: {refund}"));
         }
     }
+    Ok(0)
+}
+
+/// `ticketing users …`, on the auth database the service uses.
+async fn users_command(args: cli::UsersArgs) -> Result<u8, Box<dyn std::error::Error>> {
+    let (email, data, admin) = match args.command {
+        cli::UsersCommand::GrantAdmin { email, data } => (email, data, true),
+        cli::UsersCommand::RevokeAdmin { email, data } => (email, data, false),
+    };
+    let email = shared::email::Email::parse(&email)
+        .map_err(|reason| format!("{email:?} is not an e-mail address: {reason}"))?;
+    let (_, databases) =
+        runtime::engines::engines(&data.engines.urls(), "ticketing", &["auth"], &data.data_dir)?;
+    let (_, outbox) = auth::roles::open_store(&databases).await?;
+    let change = auth::roles::set_admin(&outbox, &email, admin, Clock::System.now()).await?;
+    let role = if admin { "an admin" } else { "not an admin" };
+    print_report(&format!("{email} is {role}: {change}"));
     Ok(0)
 }
 

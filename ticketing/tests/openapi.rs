@@ -40,7 +40,7 @@ fn the_spec_is_openapi_3_1_with_the_shared_error_shape_and_both_sessions() {
     assert_eq!(schemes["bearer"]["scheme"], "bearer");
     assert!(spec["components"]["schemas"]["ErrorBody"].is_object());
     let ops = operations(&spec);
-    assert_eq!(ops.len(), 30, "{ops:?}");
+    assert_eq!(ops.len(), 31, "{ops:?}");
     // Every operation lists the statuses any request may get, each error
     // in the shared shape.
     for (method, path) in &ops {

@@ -61,9 +61,11 @@ async fn list(base: &str, state: &str) -> Vec<Value> {
 async fn system() -> Option<(common::Engines, Proc, tempfile::TempDir)> {
     let services = ["auth", "tickets", "orders", "expiration", "payments"];
     let engines = engines(&services).await?;
+    // DATABASE_URL turns PostgreSQL on; each service then takes its own
+    // `<SERVICE>_DATABASE_URL`.
     let mut env = vec![
         ("NATS_URL", engines.nats.url()),
-        ("ADMIN_EMAILS", ADMIN.to_owned()),
+        ("DATABASE_URL", engines.schemas["auth"].url.clone()),
     ];
     let urls: Vec<(String, String)> = services
         .iter()
@@ -78,6 +80,7 @@ async fn system() -> Option<(common::Engines, Proc, tempfile::TempDir)> {
     let dir = tempfile::tempdir().unwrap();
     let proc = Proc::start_with(free_port(), dir.path(), 60, &env).await;
     Shopper::sign_up(&proc.base, ADMIN).await;
+    engines.grant_admin(ADMIN);
     Some((engines, proc, dir))
 }
 

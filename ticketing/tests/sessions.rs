@@ -124,12 +124,12 @@ fn accepted(statuses: &[StatusCode]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_in_one_ended_sessions_are_rejected_by_every_service_and_stay_so_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let env = [("ADMIN_EMAILS", ADMIN.to_owned())];
     let port = common::free_port();
-    let proc = Proc::start_with(port, dir.path(), 60, &env).await;
+    let proc = Proc::start_with(port, dir.path(), 60, &[]).await;
     let base = proc.base.clone();
     let at = |_: &str| Some(base.clone());
     let (_, admin) = account(&base, ADMIN).await;
+    common::grant_admin(dir.path(), ADMIN);
     let (banned_id, banned) = account(&base, "banned@example.com").await;
     let (_, leaver) = account(&base, "leaver@example.com").await;
     let (_, stayer) = account(&base, "stayer@example.com").await;
@@ -149,7 +149,7 @@ async fn all_in_one_ended_sessions_are_rejected_by_every_service_and_stay_so_aft
 
     // Restarted: the deny list is rebuilt from the bus before it is ready.
     proc.stop();
-    let proc = Proc::start_with(port, dir.path(), 60, &env).await;
+    let proc = Proc::start_with(port, dir.path(), 60, &[]).await;
     for token in [&banned, &leaver] {
         let after = [
             statuses(at, token, false).await,
@@ -175,15 +175,14 @@ async fn one_process_per_service_rejects_ended_sessions_even_a_process_that_was_
         mut cluster,
         services: ids,
         gateway: gw,
-    } = engines
-        .web_stack(&[("ADMIN_EMAILS", ADMIN.to_owned())])
-        .await;
+    } = engines.web_stack(&[]).await;
     let urls: Vec<String> = ids.iter().map(|id| cluster.url(*id)).collect();
     let url_of = |service: &str| {
         let i = names.iter().position(|n| *n == service).unwrap();
         Some(urls[i].clone())
     };
     let (_, admin) = account(&gw, ADMIN).await;
+    engines.grant_admin(ADMIN);
     let (banned_id, banned) = account(&gw, "banned@example.com").await;
     let (_, leaver) = account(&gw, "leaver@example.com").await;
     let (_, stayer) = account(&gw, "stayer@example.com").await;
@@ -224,13 +223,7 @@ async fn one_process_per_service_rejects_ended_sessions_even_a_process_that_was_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ban_withdraws_the_sellers_tickets_and_frees_what_the_buyer_held() {
     let dir = tempfile::tempdir().unwrap();
-    let proc = Proc::start_with(
-        common::free_port(),
-        dir.path(),
-        600,
-        &[("ADMIN_EMAILS", ADMIN.to_owned())],
-    )
-    .await;
+    let proc = Proc::start_with(common::free_port(), dir.path(), 600, &[]).await;
     let base = proc.base.clone();
     let http = reqwest::Client::new();
     let send = |method: reqwest::Method, path: &str, token: &str, body: Option<Value>| {
@@ -243,6 +236,7 @@ async fn a_ban_withdraws_the_sellers_tickets_and_frees_what_the_buyer_held() {
         async move { req.send().await.unwrap() }
     };
     let (_, admin) = account(&base, ADMIN).await;
+    common::grant_admin(dir.path(), ADMIN);
     let (seller_id, seller) = account(&base, "seller@example.com").await;
     let (_, other_seller) = account(&base, "other@example.com").await;
     let (buyer_id, buyer) = account(&base, "buyer@example.com").await;
@@ -337,5 +331,58 @@ async fn a_ban_withdraws_the_sellers_tickets_and_frees_what_the_buyer_held() {
     let mut both = vec![banned_sellers, held];
     both.sort();
     assert_eq!(now_listed, both);
+    proc.stop();
+}
+
+/// Restarted with a shorter `JWT_TTL_SECONDS`, the process rebuilds its
+/// deny list over the new lifetime only: a token issued for the old,
+/// longer one — signed out, or its user banned, longer ago than the new
+/// lifetime — must not come back to life. Tokens issued for longer than
+/// the current setting do not verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shortening_the_token_lifetime_does_not_bring_ended_sessions_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let hour = [("JWT_TTL_SECONDS", "3600".to_owned())];
+    let proc = Proc::start_with(port, dir.path(), 60, &hour).await;
+    let base = proc.base.clone();
+    let at = |_: &str| Some(base.clone());
+    let (_, admin) = account(&base, ADMIN).await;
+    common::grant_admin(dir.path(), ADMIN);
+    let (banned_id, banned) = account(&base, "banned@example.com").await;
+    let (_, leaver) = account(&base, "leaver@example.com").await;
+    assert_eq!(
+        post(format!("{base}/api/users/{banned_id}/ban"), &admin).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        post(format!("{base}/api/users/signout"), &leaver).await,
+        StatusCode::NO_CONTENT
+    );
+    proc.stop();
+    // The new lifetime (1 s, plus the expiry's 5 s leeway) ends before now:
+    // the ban and the sign-out are older than it. Real time: the process
+    // reads the system clock.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let proc = Proc::start_with(port, dir.path(), 60, &[("JWT_TTL_SECONDS", "1".to_owned())]).await;
+    for token in [&banned, &leaver, &admin] {
+        let after = [
+            statuses(at, token, false).await,
+            statuses(at, token, true).await,
+        ]
+        .concat();
+        assert!(
+            after.iter().all(|s| *s == StatusCode::UNAUTHORIZED),
+            "{after:?}"
+        );
+        let sell = reqwest::Client::new()
+            .post(format!("{base}/api/tickets"))
+            .bearer_auth(token)
+            .json(&json!({"title": "Zombie", "price": 5}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sell.status(), StatusCode::UNAUTHORIZED);
+    }
     proc.stop();
 }

@@ -1,5 +1,5 @@
-//! Admin routes: list users, ban and unban them. Admins are named by e-mail
-//! in the settings (`ADMIN_EMAILS`); a ban revokes every session the user
+//! Admin routes: list users, ban and unban them. Admins are the users an
+//! operator granted the role ([`crate::roles`]); a ban revokes every session the user
 //! began (`user.banned`, which every process's deny list applies) and keeps
 //! them from signing in until it is lifted (`user.unbanned`).
 
@@ -32,7 +32,7 @@ impl FromRequestParts<AppState> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let user = AuthUser::from_request_parts(parts, state).await?;
-        if !state.config.is_admin(&user.email) {
+        if !crate::roles::is_admin(&state.db, user.id).await? {
             return Err(ApiError::Forbidden("Only an admin may do this".into()));
         }
         Ok(Admin(user))
@@ -59,7 +59,7 @@ pub struct AdminUserBody {
     created_at: Timestamp,
 }
 
-const SELECT: &str = "SELECT id, email, version, banned_at, created_at FROM users";
+const SELECT: &str = "SELECT id, email, version, banned_at, created_at, admin_since FROM users";
 
 struct UserRow {
     id: UserId,
@@ -67,6 +67,7 @@ struct UserRow {
     version: i64,
     banned_at: Option<Timestamp>,
     created_at: Timestamp,
+    admin: bool,
 }
 
 impl UserRow {
@@ -77,19 +78,21 @@ impl UserRow {
             version: r.get(2)?,
             banned_at: r.get(3)?,
             created_at: r.get(4)?,
+            admin: r.get::<Option<i64>>(5)?.is_some(),
         })
     }
 
-    fn find(c: &mut dyn Conn, id: UserId) -> Result<Option<Self>, StoreError> {
-        c.query_opt(&format!("{SELECT} WHERE id = $1"), &[&id])?
+    /// The user `id`, its row locked until the transaction ends.
+    fn find_for_update(c: &mut dyn Conn, id: UserId) -> Result<Option<Self>, StoreError> {
+        c.query_opt(&format!("{SELECT} WHERE id = $1 FOR UPDATE"), &[&id])?
             .as_ref()
             .map(Self::from_row)
             .transpose()
     }
 
-    fn body(self, state: &AppState) -> AdminUserBody {
+    fn body(self) -> AdminUserBody {
         AdminUserBody {
-            admin: state.config.is_admin(&self.email),
+            admin: self.admin,
             id: self.id,
             email: self.email,
             version: self.version,
@@ -187,7 +190,7 @@ async fn list(
                 .collect::<Result<Vec<_>, _>>()
         })
         .await?;
-    Ok(Json(rows.into_iter().map(|u| u.body(&state)).collect()))
+    Ok(Json(rows.into_iter().map(UserRow::body).collect()))
 }
 
 /// What a ban or an unban found.
@@ -222,31 +225,33 @@ async fn ban(
         return Err(ApiError::Conflict("You cannot ban yourself".into()));
     }
     let now = state.clock.now();
-    let until = state.keys.verifiable_until(now);
-    let limits = state.config.clone();
+    let keys = state.keys.clone();
     let change = state
         .outbox
         .write(move |c| {
-            let Some(mut user) = UserRow::find(c, id)? else {
+            let Some(mut user) = UserRow::find_for_update(c, id)? else {
                 return Ok::<_, StoreError>((Change::Unknown, None));
             };
-            if limits.is_admin(&user.email) {
+            if user.admin {
                 return Ok((Change::Admin, None));
             }
             if user.banned_at.is_some() {
                 return Ok((Change::Done(user), None));
             }
+            // Up to the latest session's start at least: a sign-in that
+            // began its session just before this ban is ended by it.
+            let banned_at = crate::users::cut_off(c, id, now)?.unwrap_or(now);
             user.version += 1;
-            user.banned_at = Some(now);
+            user.banned_at = Some(banned_at);
             c.execute(
                 "UPDATE users SET banned_at = $2, version = $3 WHERE id = $1",
-                &[&id, &now, &user.version],
+                &[&id, &banned_at, &user.version],
             )?;
             let event = UserBanned {
                 id,
                 version: user.version,
-                banned_at: now,
-                until,
+                banned_at,
+                until: keys.verifiable_until(banned_at),
             };
             c.enqueue(&event, &trace, now)?;
             Ok((Change::Done(user), Some(event)))
@@ -257,7 +262,7 @@ async fn ban(
         state.keys.revocations.apply(event.revocation(), now);
         tracing::info!(user_id = %id, admin_id = %admin.id, version = event.version, "user banned");
     }
-    Ok(Json(user.body(&state)))
+    Ok(Json(user.body()))
 }
 
 /// Lifts a user's ban: they may sign in again; sessions from before the ban
@@ -282,7 +287,7 @@ async fn unban(
     let change = state
         .outbox
         .write(move |c| {
-            let Some(mut user) = UserRow::find(c, id)? else {
+            let Some(mut user) = UserRow::find_for_update(c, id)? else {
                 return Ok::<_, StoreError>((Change::Unknown, false));
             };
             if user.banned_at.is_none() {
@@ -309,7 +314,7 @@ async fn unban(
     if change.1 {
         tracing::info!(user_id = %id, admin_id = %admin.id, version = user.version, "user unbanned");
     }
-    Ok(Json(user.body(&state)))
+    Ok(Json(user.body()))
 }
 
 fn settled(change: Change) -> Result<UserRow, ApiError> {

@@ -1,13 +1,15 @@
 //! The auth service: accounts and sessions.
 //!
 //! Owns the `users` table; publishes `user.created`, `user.banned`,
-//! `user.unbanned` and `user.signed-out`; consumes nothing. Every other
+//! `user.unbanned`, `user.admin-granted`, `user.admin-revoked` and
+//! `user.signed-out`; consumes nothing. Every other
 //! service verifies the session token it issues locally, with the shared key,
 //! and learns of ended sessions from the events ([`sessions::follow`]).
 
 mod admin;
 mod password;
 mod rate_limit;
+pub mod roles;
 pub mod sessions;
 mod users;
 
@@ -46,6 +48,16 @@ pub static MIGRATIONS: &[Migration] = &[
         sql: "ALTER TABLE users ADD COLUMN version BIGINT NOT NULL DEFAULT 0;
               ALTER TABLE users ADD COLUMN banned_at BIGINT;",
     },
+    Migration {
+        version: 4,
+        description: "admins by grant, and when the latest session began",
+        // `admin_since`: set by `ticketing users grant-admin` alone.
+        // `last_session_at`: the start of the user's latest session; an end
+        // of every session (a ban, a sign-out everywhere, a password change)
+        // reaches at least that far, so a sign-in that raced it is ended too.
+        sql: "ALTER TABLE users ADD COLUMN admin_since BIGINT;
+              ALTER TABLE users ADD COLUMN last_session_at BIGINT NOT NULL DEFAULT 0;",
+    },
 ];
 
 /// Settings of the auth service.
@@ -58,9 +70,6 @@ pub struct Config {
     /// whose `X-Forwarded-For` entries tell who the client is. `None`: the
     /// TCP peer is the client.
     pub trusted_proxies: Option<TrustedProxies>,
-    /// The admins, by e-mail (`ADMIN_EMAILS`, stored lower-case): they may
-    /// list users and ban or unban them.
-    pub admin_emails: Vec<String>,
     /// How often the parked-message gauges are read from the bus.
     pub parked_gauges_every: Duration,
 }
@@ -71,26 +80,17 @@ impl Default for Config {
             attempts_per_window: 20,
             window: Duration::from_secs(60),
             trusted_proxies: None,
-            admin_emails: Vec::new(),
             parked_gauges_every: Duration::from_secs(15),
         }
     }
 }
 
-/// What the handlers share: the sign-in allowance, how to tell clients
-/// apart, and who the admins are.
+/// What the handlers share: the sign-in allowance and how to tell clients
+/// apart.
 #[derive(Clone)]
 pub struct Limits {
     limiter: Arc<RateLimiter>,
     trusted_proxies: Option<TrustedProxies>,
-    admins: Arc<[String]>,
-}
-
-impl Limits {
-    /// Whether the account with this e-mail is an admin.
-    pub(crate) fn is_admin(&self, email: &str) -> bool {
-        self.admins.iter().any(|a| a.eq_ignore_ascii_case(email))
-    }
 }
 
 /// What the handlers share.
@@ -118,15 +118,16 @@ pub async fn start(deps: &Deps, config: Config) -> Result<Running, store::StoreE
     let base = deps
         .open_service(marketplace_events::service_events(SERVICE), MIGRATIONS)
         .await?;
-    let admins: Arc<[String]> = config.admin_emails.into();
-    let parked =
-        runtime::parked::ParkedAdmin::new(deps.bus.clone(), deps.keys.clone(), admins.clone());
+    let parked = runtime::parked::ParkedAdmin::new(
+        deps.bus.clone(),
+        deps.keys.clone(),
+        roles::admin_check(base.db.clone()),
+    );
     let state = base.state(
         deps,
         Limits {
             limiter: Arc::new(RateLimiter::new(config.attempts_per_window, config.window)),
             trusted_proxies: config.trusted_proxies,
-            admins,
         },
     );
     // Warm the dummy hash now so the first unknown-email sign-in is not

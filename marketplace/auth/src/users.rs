@@ -12,6 +12,7 @@ use shared::auth::{AuthUser, MaybeAuthUser, Session};
 use shared::email::Email;
 use shared::http::{Fields, FromFields, PeerAddr, ValidJson};
 use shared::ids::UserId;
+use shared::time::Timestamp;
 use shared::trace::TraceContext;
 use store::Conn as _;
 use store::StoreError;
@@ -26,6 +27,7 @@ pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
         .routes(utoipa_axum::routes!(sign_out))
         .routes(utoipa_axum::routes!(sign_out_everywhere))
         .routes(utoipa_axum::routes!(current_user))
+        .routes(utoipa_axum::routes!(change_password))
 }
 
 /// A user as the API returns it.
@@ -41,10 +43,10 @@ pub struct UserBody {
 }
 
 impl UserBody {
-    fn of(state: &AppState, u: AuthUser) -> Self {
+    fn of(u: AuthUser, admin: bool) -> Self {
         UserBody {
             id: u.id,
-            admin: state.config.is_admin(&u.email),
+            admin,
             email: u.email,
         }
     }
@@ -64,18 +66,55 @@ pub struct SignUpInput {
 impl FromFields for SignUpInput {
     fn from_fields(f: &mut Fields<'_>) -> Option<Self> {
         let email = email_field(f);
-        let password = f.string("password", "Password").filter(|p| {
-            let ok = (8..=128).contains(&p.chars().count());
-            if !ok {
-                f.fail("password", "Password must be between 8 and 128 characters");
-            }
-            ok
-        });
+        let password = new_password(f, "password", "Password");
         Some(SignUpInput {
             email: email?,
-            password: password?.to_owned(),
+            password: password?,
         })
     }
+}
+
+/// A new password, and the current one to prove it is the owner asking.
+#[derive(utoipa::ToSchema)]
+#[schema(as = PasswordChange)]
+pub struct PasswordChangeInput {
+    #[schema(rename = "currentPassword", min_length = 1)]
+    current_password: String,
+    /// The same rules as at sign-up.
+    #[schema(rename = "newPassword", min_length = 8, max_length = 128)]
+    new_password: String,
+}
+
+impl FromFields for PasswordChangeInput {
+    fn from_fields(f: &mut Fields<'_>) -> Option<Self> {
+        let current = f.string("currentPassword", "Current password").filter(|p| {
+            if p.is_empty() {
+                f.fail("currentPassword", "Current password is required");
+            }
+            !p.is_empty()
+        });
+        let new = new_password(f, "newPassword", "New password");
+        Some(PasswordChangeInput {
+            current_password: current?.to_owned(),
+            new_password: new?,
+        })
+    }
+}
+
+/// A password field under sign-up's rules (8 to 128 characters).
+fn new_password(f: &mut Fields<'_>, field: &str, label: &str) -> Option<String> {
+    f.string(field, label)
+        .filter(|p| {
+            let ok = (8..=128).contains(&p.chars().count());
+            if !ok {
+                f.fail(
+                    field,
+                    format!("{label} must be between 8 and 128 characters"),
+                );
+            }
+            ok
+        })
+        .map(str::to_owned)
 }
 
 /// Sign-in credentials.
@@ -153,12 +192,20 @@ fn client_key(state: &AppState, headers: &HeaderMap, peer: PeerAddr) -> String {
     .to_string()
 }
 
-fn signed_in(state: &AppState, status: StatusCode, user: AuthUser) -> Result<Response, ApiError> {
-    let token = state.keys.issue(&user, state.clock.now())?;
+/// Answers with a new session of `user`, begun at `begun` (the moment its
+/// row's `last_session_at` was set to), in the `session` cookie.
+fn signed_in(
+    state: &AppState,
+    status: StatusCode,
+    user: AuthUser,
+    begun: Timestamp,
+    admin: bool,
+) -> Result<Response, ApiError> {
+    let token = state.keys.issue(&user, begun)?;
     Ok((
         status,
         [(header::SET_COOKIE, state.keys.session_cookie(&token))],
-        Json(UserBody::of(state, user)),
+        Json(UserBody::of(user, admin)),
     )
         .into_response())
 }
@@ -199,7 +246,8 @@ async fn sign_up(
         .outbox
         .write(move |c| {
             c.execute(
-                "INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4)",
+                "INSERT INTO users (id, email, password_hash, created_at, last_session_at) \
+                 VALUES ($1, $2, $3, $4, $4)",
                 &[&row.id, &row.email, &hash, &now],
             )?;
             c.enqueue(
@@ -221,7 +269,8 @@ async fn sign_up(
         Err(e) => return Err(e.into()),
     }
     tracing::info!(user_id = %user.id, "user signed up");
-    signed_in(&state, StatusCode::CREATED, user)
+    // Signing up never makes an admin: an operator grants the role.
+    signed_in(&state, StatusCode::CREATED, user, now, false)
 }
 
 /// Signs in (sets the `session` cookie).
@@ -262,24 +311,100 @@ async fn sign_in(
         None => (None, password::dummy_hash().to_owned(), false),
     };
     // Verify even for an unknown e-mail so both failures cost the same.
-    let matches = password::verify_off_runtime(password, hash)
+    let matches = password::verify_off_runtime(password, hash.clone())
         .await
         .map_err(ApiError::internal)?;
-    match id {
+    let banned_error = || ApiError::Forbidden("This account is banned; it cannot sign in".into());
+    let id = match id {
         // Only someone who knows the password learns of the ban.
-        Some(_) if matches && banned => Err(ApiError::Forbidden(
-            "This account is banned; it cannot sign in".into(),
-        )),
-        Some(id) if matches => signed_in(
+        Some(_) if matches && banned => return Err(banned_error()),
+        Some(id) if matches => id,
+        _ => return Err(ApiError::InvalidCredentials("Invalid credentials".into())),
+    };
+    match begin_session(&state, id, hash).await? {
+        Begun::Yes { at, admin } => signed_in(
             &state,
             StatusCode::OK,
             AuthUser {
                 id,
                 email: email.to_string(),
             },
+            at,
+            admin,
         ),
-        _ => Err(ApiError::InvalidCredentials("Invalid credentials".into())),
+        Begun::Banned => Err(banned_error()),
+        Begun::PasswordChanged => Err(ApiError::InvalidCredentials("Invalid credentials".into())),
     }
+}
+
+/// Whether a sign-in whose password checked out may begin its session.
+enum Begun {
+    Yes {
+        at: Timestamp,
+        admin: bool,
+    },
+    /// Banned while the password was being checked.
+    Banned,
+    /// The password changed while it was being checked.
+    PasswordChanged,
+}
+
+/// Begins a session of `id` in one write on the user's row, which a ban,
+/// a sign-out everywhere and a password change also write: whichever
+/// commits first, the other sees it. A ban that lands while the password is
+/// checked refuses the sign-in here; one that lands after reaches at least
+/// this session's start (`last_session_at`), so the session ends with it.
+/// `hash` is the hash the password was checked against: a password changed
+/// meanwhile refuses the sign-in.
+async fn begin_session(state: &AppState, id: UserId, hash: String) -> Result<Begun, ApiError> {
+    let at = state.clock.now();
+    let begun = state
+        .db
+        .write(move |c| {
+            let changed = c.execute(
+                "UPDATE users SET last_session_at = \
+                     CASE WHEN last_session_at > $2 THEN last_session_at ELSE $2 END \
+                 WHERE id = $1 AND banned_at IS NULL AND password_hash = $3",
+                &[&id, &at, &hash],
+            )?;
+            let row = c.query_opt(
+                "SELECT banned_at, admin_since FROM users WHERE id = $1",
+                &[&id],
+            )?;
+            let Some(row) = row else {
+                return Ok::<_, StoreError>(Begun::PasswordChanged);
+            };
+            Ok(if changed == 1 {
+                Begun::Yes {
+                    at,
+                    admin: row.get::<Option<i64>>(1)?.is_some(),
+                }
+            } else if row.get::<Option<i64>>(0)?.is_some() {
+                Begun::Banned
+            } else {
+                Begun::PasswordChanged
+            })
+        })
+        .await?;
+    Ok(begun)
+}
+
+/// The moment an end of every session of `id` reaches, read in the
+/// caller's transaction after locking the user's row: now, or the start of
+/// the user's latest session if that is later (a clock behind another
+/// replica's), so no session begun before the end survives it.
+pub(crate) fn cut_off(
+    c: &mut dyn store::Conn,
+    id: UserId,
+    now: Timestamp,
+) -> Result<Option<Timestamp>, StoreError> {
+    Ok(c.query_opt(
+        "SELECT last_session_at FROM users WHERE id = $1 FOR UPDATE",
+        &[&id],
+    )?
+    .map(|r| r.get::<Timestamp>(0))
+    .transpose()?
+    .map(|last| last.max(now)))
 }
 
 /// Records a revocation with its `user.signed-out` event, and applies it to
@@ -333,7 +458,9 @@ async fn sign_out(
                 user_id: s.user.id,
                 session_id: Some(s.id),
                 before: None,
-                until: state.keys.verifiable_until(s.issued),
+                // The token's own expiry: it may have been issued under a
+                // longer lifetime than this process's.
+                until: state.keys.verifiable_until_expiry(s.expires),
             },
         )
         .await?;
@@ -355,28 +482,143 @@ async fn sign_out_everywhere(
     trace: TraceContext,
     session: Session,
 ) -> Result<Response, ApiError> {
-    let now = state.clock.now();
-    revoke(
-        &state,
-        &trace,
-        UserSignedOut {
-            user_id: session.user.id,
-            session_id: None,
-            before: Some(now),
-            until: state.keys.verifiable_until(now),
-        },
-    )
-    .await?;
+    end_every_session(&state, &trace, session.user.id, None).await?;
     tracing::info!(user_id = %session.user.id, "signed out everywhere");
     Ok(signed_out(&state))
+}
+
+/// Ends every session of `id` begun until now (publishes `user.signed-out`
+/// with `before`) in one transaction on the user's row, and applies it to
+/// this process's deny list at once. With `password` (the hash the current
+/// password was checked against, and the new one) it also sets the new
+/// password — unless it changed meanwhile: then nothing happens and the
+/// answer is `None` — and begins the caller's next session just after the
+/// cut-off. Returns the cut-off.
+pub(crate) async fn end_every_session(
+    state: &AppState,
+    trace: &TraceContext,
+    id: UserId,
+    password: Option<(String, String)>,
+) -> Result<Option<Timestamp>, ApiError> {
+    let now = state.clock.now();
+    let trace = *trace;
+    let keys = state.keys.clone();
+    let event = state
+        .outbox
+        .write(move |c| {
+            let Some(before) = cut_off(c, id, now)? else {
+                return Ok::<_, StoreError>(Err(ApiError::Unauthorized));
+            };
+            if let Some((checked, new)) = &password {
+                let next_session = Timestamp::from_millis(before.millis() + 1);
+                let changed = c.execute(
+                    "UPDATE users SET password_hash = $3, last_session_at = $4 \
+                     WHERE id = $1 AND password_hash = $2",
+                    &[&id, checked, new, &next_session],
+                )?;
+                if changed == 0 {
+                    return Ok(Ok(None));
+                }
+            }
+            let event = UserSignedOut {
+                user_id: id,
+                session_id: None,
+                before: Some(before),
+                until: keys.verifiable_until(before),
+            };
+            c.enqueue(&event, &trace, now)?;
+            Ok(Ok(Some(event)))
+        })
+        .await??;
+    let Some(event) = event else {
+        return Ok(None);
+    };
+    if let Some(r) = event.revocation() {
+        state.keys.revocations.apply(r, now);
+    }
+    Ok(event.before)
+}
+
+/// Changes the caller's password: the current one must be given, the new
+/// one follows sign-up's rules. Every session of the caller begun until now
+/// ends (`user.signed-out` with `before`, as signing out everywhere), this
+/// one included; the answer carries a new session in the cookie, so the
+/// caller stays signed in (an API client reads its new token there).
+/// Attempts count against the sign-in allowance.
+#[utoipa::path(post, path = "/api/users/password", tag = "users",
+    request_body = PasswordChangeInput,
+    security(("session" = []), ("bearer" = [])),
+    responses(
+        (status = 204, description = "Changed; every other session is ended and the cookie holds a new one",
+            headers(("set-cookie" = String, description = "session=<jwt>; HttpOnly; SameSite=Lax; Path=/"))),
+        (status = 400, description = "A missing current password, or a new one outside the rules", body = shared::openapi::ErrorBody),
+        (status = 401, description = "No valid session", body = shared::openapi::ErrorBody),
+        (status = 403, description = "The current password is wrong", body = shared::openapi::ErrorBody),
+        (status = 409, description = "The password changed meanwhile", body = shared::openapi::ErrorBody),
+        (status = 429, description = "Too many attempts from this client", body = shared::openapi::ErrorBody),
+    ))]
+async fn change_password(
+    State(state): State<AppState>,
+    _: Attempt,
+    trace: TraceContext,
+    session: Session,
+    ValidJson(input): ValidJson<PasswordChangeInput>,
+) -> Result<Response, ApiError> {
+    let id = session.user.id;
+    let stored = state
+        .db
+        .read(move |c| {
+            c.query_opt("SELECT password_hash FROM users WHERE id = $1", &[&id])?
+                .map(|r| r.get::<String>(0))
+                .transpose()
+        })
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    let matches = password::verify_off_runtime(input.current_password, stored.clone())
+        .await
+        .map_err(ApiError::internal)?;
+    if !matches {
+        return Err(ApiError::Forbidden("Current password is incorrect".into()));
+    }
+    let hash = password::hash_off_runtime(input.new_password)
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let before = match end_every_session(&state, &trace, id, Some((stored, hash))).await? {
+        Some(before) => before,
+        None => {
+            return Err(ApiError::Conflict(
+                "The password was changed meanwhile; sign in again".into(),
+            ));
+        }
+    };
+    // The caller's new session begins just after the cut-off (the row's
+    // `last_session_at` says so already), so it is not among those ended.
+    let begun = Timestamp::from_millis(before.millis() + 1);
+    let user = session.user;
+    tracing::info!(user_id = %user.id, "password changed; every session ended");
+    let token = state.keys.issue(&user, begun)?;
+    Ok((
+        StatusCode::NO_CONTENT,
+        [(header::SET_COOKIE, state.keys.session_cookie(&token))],
+    )
+        .into_response())
 }
 
 /// Who the session belongs to (`null` without a valid session: none, an
 /// expired or ended one, or a banned user's).
 #[utoipa::path(get, path = "/api/users/currentuser", tag = "users",
     responses((status = 200, description = "The signed-in user, or null", body = CurrentUserBody)))]
-async fn current_user(State(state): State<AppState>, user: MaybeAuthUser) -> Json<CurrentUserBody> {
-    Json(CurrentUserBody {
-        current_user: user.0.map(|u| UserBody::of(&state, u)),
-    })
+async fn current_user(
+    State(state): State<AppState>,
+    user: MaybeAuthUser,
+) -> Result<Json<CurrentUserBody>, ApiError> {
+    let current_user = match user.0 {
+        Some(u) => {
+            let admin = crate::roles::is_admin(&state.db, u.id).await?;
+            Some(UserBody::of(u, admin))
+        }
+        None => None,
+    };
+    Ok(Json(CurrentUserBody { current_user }))
 }

@@ -446,6 +446,23 @@ async fn session(app: &TestApp, email: &str) -> (String, String) {
     (body["id"].as_str().unwrap().to_owned(), token)
 }
 
+/// Grants (`admin`) or revokes the admin role of `email` as the operator's
+/// command does.
+async fn set_admin(app: &TestApp, email: &str, admin: bool) -> auth::roles::RoleChange {
+    let (_, outbox) = auth::roles::open_store(&app.deps.databases).await.unwrap();
+    let email = shared::email::Email::parse(email).unwrap();
+    auth::roles::set_admin(&outbox, &email, admin, app.deps.clock.now())
+        .await
+        .unwrap()
+}
+
+/// A session of `email`, signed up and then made an admin by the operator.
+async fn admin_session(app: &TestApp, email: &str) -> (String, String) {
+    let session = session(app, email).await;
+    set_admin(app, email, true).await;
+    session
+}
+
 /// Auth's current user for `token`, from a client without the cookie jar
 /// (only the bearer token speaks).
 async fn current_with(app: &TestApp, token: &str) -> Value {
@@ -480,7 +497,6 @@ const ADMIN: &str = "admin@example.com";
 
 async fn admin_app() -> TestApp {
     app_with(auth::Config {
-        admin_emails: vec![ADMIN.into()],
         parked_gauges_every: Duration::from_millis(50),
         ..auth::Config::default()
     })
@@ -554,13 +570,9 @@ async fn signing_out_everywhere_ends_every_session_of_the_caller_and_no_one_else
 
 #[tokio::test]
 async fn only_admins_ban_and_never_themselves_another_admin_or_someone_unknown() {
-    let app = app_with(auth::Config {
-        admin_emails: vec![ADMIN.into(), "second@example.com".into()],
-        ..auth::Config::default()
-    })
-    .await;
-    let (admin_id, admin) = session(&app, ADMIN).await;
-    let (second_id, _) = session(&app, "second@example.com").await;
+    let app = app().await;
+    let (admin_id, admin) = admin_session(&app, ADMIN).await;
+    let (second_id, _) = admin_session(&app, "second@example.com").await;
     let (ann_id, ann) = session(&app, "ann@example.com").await;
     let ban = |token: &str, id: &str| {
         let (url, token) = (app.url(&format!("/api/users/{id}/ban")), token.to_owned());
@@ -615,7 +627,7 @@ async fn a_ban_ends_the_users_sessions_and_sign_ins_until_lifted_and_old_session
     let app = admin_app().await;
     let mut banned = app.watch::<marketplace_events::UserBanned>().await;
     let mut unbanned = app.watch::<marketplace_events::UserUnbanned>().await;
-    let (_, admin) = session(&app, ADMIN).await;
+    let (_, admin) = admin_session(&app, ADMIN).await;
     let (ann_id, ann) = session(&app, "ann@example.com").await;
     let (_, bob) = session(&app, "bob@example.com").await;
 
@@ -686,7 +698,7 @@ async fn a_ban_ends_the_users_sessions_and_sign_ins_until_lifted_and_old_session
 #[tokio::test]
 async fn admins_list_users_newest_first_a_page_at_a_time_and_search_by_email() {
     let app = admin_app().await;
-    let (_, admin) = session(&app, ADMIN).await;
+    let (_, admin) = admin_session(&app, ADMIN).await;
     for name in ["ann", "anna", "bob", "a_b"] {
         session(&app, &format!("{name}@example.com")).await;
     }
@@ -742,7 +754,7 @@ async fn admins_list_users_newest_first_a_page_at_a_time_and_search_by_email() {
 #[tokio::test]
 async fn another_process_rejects_ended_sessions_from_the_events_even_one_started_later() {
     let app = admin_app().await;
-    let (_, admin) = session(&app, ADMIN).await;
+    let (_, admin) = admin_session(&app, ADMIN).await;
     let (ann_id, ann) = session(&app, "ann@example.com").await;
     let (_, bob) = session(&app, "bob@example.com").await;
     let (_, carl) = session(&app, "carl@example.com").await;
@@ -843,7 +855,7 @@ async fn admin_call(
 #[tokio::test]
 async fn admins_find_show_replay_and_discard_parked_messages() {
     let app = admin_app().await;
-    let (_, admin) = session(&app, ADMIN).await;
+    let (_, admin) = admin_session(&app, ADMIN).await;
     let (_, ann) = session(&app, "ann@example.com").await;
     let res = reqwest::Client::new()
         .get(app.url("/api/admin/parked"))
@@ -1055,5 +1067,225 @@ async fn admins_find_show_replay_and_discard_parked_messages() {
     assert_eq!(
         res.json::<Value>().await.unwrap(),
         json!({"replayed": [], "skipped": [first, second, 987654321u64]})
+    );
+}
+
+/// A sign-in reads the ban, checks the password (slow on purpose), then
+/// begins its session: a ban that lands between must either refuse it or
+/// end its session — and the session stays ended after the unban.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ins_racing_a_ban_are_refused_or_ended_by_it_and_stay_ended_after_the_unban() {
+    let app = app_with(auth::Config {
+        attempts_per_window: 1_000,
+        ..auth::Config::default()
+    })
+    .await;
+    let (_, admin) = admin_session(&app, ADMIN).await;
+    let (ann_id, _) = session(&app, "ann@example.com").await;
+    let finished = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut sign_ins = tokio::task::JoinSet::new();
+    for _ in 0..60 {
+        let (url, finished) = (app.url("/api/users/signin"), finished.clone());
+        sign_ins.spawn(async move {
+            let res = reqwest::Client::new()
+                .post(url)
+                .json(&json!({"email": "ann@example.com", "password": "password123"}))
+                .send()
+                .await
+                .unwrap();
+            finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let token = res.status().is_success().then(|| token_of(&res));
+            (res.status(), token)
+        });
+    }
+    // Every sign-in has read the account by now; most are still checking
+    // the password (two at a time) when the ban lands.
+    while finished.load(std::sync::atomic::Ordering::SeqCst) < 5 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let res = post_with(&app, &format!("/api/users/{ann_id}/ban"), &admin).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut tokens = Vec::new();
+    while let Some(outcome) = sign_ins.join_next().await {
+        match outcome.unwrap() {
+            (StatusCode::OK, Some(token)) => tokens.push(token),
+            (StatusCode::FORBIDDEN, _) => {}
+            (other, _) => panic!("a sign-in answered {other}"),
+        }
+    }
+    assert!(tokens.len() >= 5, "{} sessions began", tokens.len());
+    let survivors = |tokens: Vec<String>| {
+        let app = &app;
+        async move {
+            let mut alive = 0;
+            for t in &tokens {
+                if who(app, t).await.is_some() {
+                    alive += 1;
+                }
+            }
+            alive
+        }
+    };
+    assert_eq!(survivors(tokens.clone()).await, 0, "of {}", tokens.len());
+    let lifted = reqwest::Client::new()
+        .delete(app.url(&format!("/api/users/{ann_id}/ban")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lifted.status(), StatusCode::OK);
+    assert_eq!(survivors(tokens.clone()).await, 0, "after the unban");
+}
+
+#[tokio::test]
+async fn signing_up_never_makes_an_admin_the_operator_grants_and_revokes_the_role() {
+    let app = app().await;
+    let mut granted = app.watch::<marketplace_events::UserAdminGranted>().await;
+    let mut revoked = app.watch::<marketplace_events::UserAdminRevoked>().await;
+    let (id, token) = session(&app, ADMIN).await;
+    let list = || async {
+        reqwest::Client::new()
+            .get(app.url("/api/users"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(
+        current_with(&app, &token).await["currentUser"]["admin"],
+        false
+    );
+    assert_eq!(list().await, StatusCode::FORBIDDEN);
+
+    let change = set_admin(&app, ADMIN, true).await;
+    assert_eq!(
+        change,
+        auth::roles::RoleChange::Changed {
+            id: shared::ids::UserId::parse(&id).unwrap(),
+            version: 1
+        }
+    );
+    let event = granted.next().await;
+    assert_eq!((event.id.to_string(), event.version), (id.clone(), 1));
+    // At once, on the session the user already has.
+    assert_eq!(
+        current_with(&app, &token).await["currentUser"]["admin"],
+        true
+    );
+    assert_eq!(list().await, StatusCode::OK);
+    // Granting again changes nothing.
+    assert!(matches!(
+        set_admin(&app, ADMIN, true).await,
+        auth::roles::RoleChange::Unchanged { .. }
+    ));
+    assert!(
+        granted
+            .next_within(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+
+    set_admin(&app, ADMIN, false).await;
+    assert_eq!(revoked.next().await.version, 2);
+    assert_eq!(
+        current_with(&app, &token).await["currentUser"]["admin"],
+        false
+    );
+    assert_eq!(list().await, StatusCode::FORBIDDEN);
+
+    // Nobody to grant: the command says so.
+    let (_, outbox) = auth::roles::open_store(&app.deps.databases).await.unwrap();
+    let nobody = shared::email::Email::parse("nobody@example.com").unwrap();
+    let err = auth::roles::set_admin(&outbox, &nobody, true, app.deps.clock.now())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "no account has the e-mail address nobody@example.com"
+    );
+}
+
+async fn change_password(app: &TestApp, token: &str, body: Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(app.url("/api/users/password"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn changing_the_password_ends_every_session_and_gives_the_caller_a_new_one() {
+    let app = app().await;
+    let mut signed_out = app.watch::<marketplace_events::UserSignedOut>().await;
+    let (_, first) = session(&app, "ann@example.com").await;
+    let (_, second) = session(&app, "ann@example.com").await;
+    let (_, bobs) = session(&app, "bob@example.com").await;
+
+    let wrong = change_password(
+        &app,
+        &first,
+        json!({"currentPassword": "not-the-password", "newPassword": "new-password-1"}),
+    )
+    .await;
+    assert_eq!(wrong.status(), StatusCode::FORBIDDEN);
+    assert_eq!(errors(wrong).await[0].1, "Current password is incorrect");
+    let invalid = change_password(
+        &app,
+        &first,
+        json!({"currentPassword": "", "newPassword": "short"}),
+    )
+    .await;
+    assert_eq!(invalid.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        errors(invalid).await,
+        vec![
+            (
+                Some("currentPassword".into()),
+                "Current password is required".into()
+            ),
+            (
+                Some("newPassword".into()),
+                "New password must be between 8 and 128 characters".into()
+            ),
+        ]
+    );
+    let anonymous = reqwest::Client::new()
+        .post(app.url("/api/users/password"))
+        .json(&json!({"currentPassword": "password123", "newPassword": "new-password-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(who(&app, &first).await.as_deref(), Some("ann@example.com"));
+
+    let changed = change_password(
+        &app,
+        &first,
+        json!({"currentPassword": "password123", "newPassword": "new-password-1"}),
+    )
+    .await;
+    assert_eq!(changed.status(), StatusCode::NO_CONTENT);
+    let fresh = token_of(&changed);
+    assert_eq!(who(&app, &first).await, None);
+    assert_eq!(who(&app, &second).await, None);
+    assert_eq!(who(&app, &fresh).await.as_deref(), Some("ann@example.com"));
+    assert_eq!(who(&app, &bobs).await.as_deref(), Some("bob@example.com"));
+    let event = signed_out.next().await;
+    assert!(event.before.is_some() && event.session_id.is_none());
+
+    assert_eq!(
+        signin(&app, "ann@example.com", "password123")
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        signin(&app, "ann@example.com", "new-password-1")
+            .await
+            .status(),
+        StatusCode::OK
     );
 }

@@ -159,6 +159,26 @@ pub struct UserUnbanned {
 }
 shared::event!(UserUnbanned, "user.unbanned");
 
+/// `user.admin-granted`: auth, when an operator makes a user an admin
+/// (`ticketing users grant-admin`). Signing up never does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserAdminGranted {
+    pub id: UserId,
+    pub version: i64,
+}
+shared::event!(UserAdminGranted, "user.admin-granted");
+
+/// `user.admin-revoked`: auth, when an operator takes a user's admin role
+/// away (`ticketing users revoke-admin`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserAdminRevoked {
+    pub id: UserId,
+    pub version: i64,
+}
+shared::event!(UserAdminRevoked, "user.admin-revoked");
+
 /// `user.signed-out`: auth, when a user ends one session (`sessionId`) or
 /// every session they began up to `before` (sign out everywhere). Exactly
 /// one of the two is set.
@@ -343,6 +363,8 @@ pub const ALL_SUBJECTS: &[&str] = &[
     UserCreated::SUBJECT,
     UserBanned::SUBJECT,
     UserUnbanned::SUBJECT,
+    UserAdminGranted::SUBJECT,
+    UserAdminRevoked::SUBJECT,
     UserSignedOut::SUBJECT,
     TicketCreated::SUBJECT,
     TicketUpdated::SUBJECT,
@@ -362,6 +384,8 @@ pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
         (UserCreated::SUBJECT, schema_of::<UserCreated>()),
         (UserBanned::SUBJECT, schema_of::<UserBanned>()),
         (UserUnbanned::SUBJECT, schema_of::<UserUnbanned>()),
+        (UserAdminGranted::SUBJECT, schema_of::<UserAdminGranted>()),
+        (UserAdminRevoked::SUBJECT, schema_of::<UserAdminRevoked>()),
         (UserSignedOut::SUBJECT, schema_of::<UserSignedOut>()),
         (TicketCreated::SUBJECT, schema_of::<TicketCreated>()),
         (TicketUpdated::SUBJECT, schema_of::<TicketUpdated>()),
@@ -391,6 +415,8 @@ pub const CATALOGUE: &[ServiceEvents] = &[
             UserCreated::SUBJECT,
             UserBanned::SUBJECT,
             UserUnbanned::SUBJECT,
+            UserAdminGranted::SUBJECT,
+            UserAdminRevoked::SUBJECT,
             UserSignedOut::SUBJECT,
         ],
         consumes: &[],

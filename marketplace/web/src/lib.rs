@@ -52,6 +52,8 @@ pub fn router(config: WebConfig) -> Router {
         .route("/auth/signin", get(pages::signin_form).post(pages::signin))
         .route("/auth/signout", post(pages::signout))
         .route("/auth/signout-all", post(pages::signout_everywhere))
+        .route("/account", get(pages::account))
+        .route("/account/password", post(pages::change_password))
         .route("/admin/users", get(pages::admin_users))
         .route("/admin/users/{id}/ban", post(pages::ban))
         .route("/admin/users/{id}/unban", post(pages::unban))

@@ -566,6 +566,85 @@ pub(crate) async fn signout_everywhere(
     sign_out_via(web, ctx, form, "/api/users/signout-all").await
 }
 
+// ------------------------------------------------------------------ account
+
+#[derive(Template)]
+#[template(path = "account.html")]
+struct AccountPage {
+    layout: Layout,
+    /// The password was just changed.
+    changed: bool,
+    errors: FormErrors,
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct AccountQuery {
+    changed: Option<String>,
+}
+
+/// The signed-in user's account: the password change form.
+pub(crate) async fn account(
+    State(web): State<Shared>,
+    ctx: Ctx,
+    Query(q): Query<AccountQuery>,
+) -> PageResult {
+    let (layout, _) = ctx.signed_in_layout(&web, "Account", "/account").await?;
+    page(
+        StatusCode::OK,
+        &AccountPage {
+            layout,
+            changed: q.changed.is_some(),
+            errors: FormErrors::default(),
+        },
+    )
+}
+
+/// Changes the password: every session of the user ends, and the browser
+/// gets the new one the API answered with.
+pub(crate) async fn change_password(
+    State(web): State<Shared>,
+    ctx: Ctx,
+    Form(form): Form<HashMap<String, String>>,
+) -> PageResult {
+    ctx.check_csrf(&form)?;
+    let reply = ctx
+        .call(
+            &web,
+            Method::POST,
+            "/api/users/password",
+            Some(json!({
+                "currentPassword": value(&form, "currentPassword"),
+                "newPassword": value(&form, "newPassword"),
+            })),
+        )
+        .await?;
+    if reply.ok() {
+        return see_other("/account?changed=1", &reply.cookies);
+    }
+    if reply.status == StatusCode::UNAUTHORIZED {
+        return Err(PageError::SignIn("/account".into()));
+    }
+    let (layout, _) = ctx.signed_in_layout(&web, "Account", "/account").await?;
+    let mut errors = FormErrors::from_api(reply.errors(), &["currentPassword", "newPassword"]);
+    if reply.status == StatusCode::FORBIDDEN {
+        // "Current password is incorrect": next to the field it is about.
+        errors.fields.extend(
+            errors
+                .top
+                .drain(..)
+                .map(|m| ("currentPassword".to_owned(), m)),
+        );
+    }
+    page(
+        reply.status,
+        &AccountPage {
+            layout,
+            changed: false,
+            errors,
+        },
+    )
+}
+
 // -------------------------------------------------------------------- admin
 
 #[derive(Template)]

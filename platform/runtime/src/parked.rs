@@ -1,7 +1,7 @@
 //! The operator's API over parked messages, the same on every bus and for
 //! every product: list them, show one (payload, headers, the last error,
 //! its trace), replay them to the consumer that gave up on them, or discard
-//! them with a reason. Admins only (`ADMIN_EMAILS`); a product mounts it in
+//! them with a reason. Admins only (the product says who is one); a product mounts it in
 //! one of its services (the marketplace in auth), and the gateway routes
 //! `/api/admin` there.
 
@@ -24,18 +24,26 @@ use shared::time::Timestamp;
 pub struct ParkedAdmin {
     bus: Arc<dyn Bus>,
     keys: Arc<AuthKeys>,
-    admins: Arc<[String]>,
+    admins: Option<AdminCheck>,
     /// SHA-256 of the operator's bearer token, when that is the way in.
     token: Option<[u8; 32]>,
 }
 
+/// Whether a signed-in user is an admin: the product's answer (the
+/// marketplace's auth service reads it from its users).
+pub type AdminCheck = Arc<
+    dyn Fn(shared::ids::UserId) -> shared::http::BoxFuture<'static, Result<bool, ApiError>>
+        + Send
+        + Sync,
+>;
+
 impl ParkedAdmin {
-    /// `admins`: e-mail addresses (compared without regard to case).
-    pub fn new(bus: Arc<dyn Bus>, keys: Arc<AuthKeys>, admins: Arc<[String]>) -> Self {
+    /// Open to the signed-in users `is_admin` says are admins.
+    pub fn new(bus: Arc<dyn Bus>, keys: Arc<AuthKeys>, is_admin: AdminCheck) -> Self {
         ParkedAdmin {
             bus,
             keys,
-            admins,
+            admins: Some(is_admin),
             token: None,
         }
     }
@@ -47,7 +55,7 @@ impl ParkedAdmin {
         ParkedAdmin {
             bus,
             keys,
-            admins: Arc::from([]),
+            admins: None,
             token: Some(digest(token)),
         }
     }
@@ -177,11 +185,11 @@ impl FromRequestParts<ParkedAdmin> for Admin {
             };
         }
         let user = AuthUser::from_request_parts(parts, state).await?;
-        if !state
-            .admins
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(&user.email))
-        {
+        let admin = match &state.admins {
+            Some(is_admin) => is_admin(user.id).await?,
+            None => false,
+        };
+        if !admin {
             return Err(ApiError::Forbidden("Only an admin may do this".into()));
         }
         Ok(Admin(user.email))

@@ -90,6 +90,13 @@ impl AuthKeys {
         Timestamp::from_millis(begun.millis() + self.longest_life().as_millis() as i64)
     }
 
+    /// The last moment a token that expires at `expires` can verify.
+    pub fn verifiable_until_expiry(&self, expires: Timestamp) -> Timestamp {
+        Timestamp::from_millis(
+            expires.millis() + Duration::from_secs(LEEWAY_SECS).as_millis() as i64,
+        )
+    }
+
     /// Signs a token for a new session of `user`, valid from `now` for the TTL.
     pub fn issue(&self, user: &AuthUser, now: Timestamp) -> Result<String, ApiError> {
         let iat = now.millis().div_euclid(1000);
@@ -105,11 +112,20 @@ impl AuthKeys {
             .map_err(ApiError::internal)
     }
 
-    /// The session a token names, if its signature and expiry check out and
-    /// it has not been revoked.
+    /// The session a token names, if its signature and expiry check out, it
+    /// was issued for no longer than this process's lifetime, and it has
+    /// not been revoked.
+    ///
+    /// The lifetime check keeps the deny list whole: it holds the
+    /// revocations of one lifetime (the current setting's), so a token
+    /// issued for longer under an earlier setting — its session perhaps
+    /// ended longer ago than that — must not verify.
     pub fn verify_session(&self, token: &str) -> Option<Session> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok()?;
         let c = data.claims;
+        if c.exp.saturating_sub(c.iat) > self.ttl.as_secs() as i64 {
+            return None;
+        }
         let session = Session {
             user: AuthUser {
                 id: UserId::parse(&c.sub)?,
@@ -428,6 +444,19 @@ mod tests {
             .issue(&u, Timestamp::from_millis(now.millis() - 7_200_000))
             .unwrap();
         assert!(keys.verify(&old).is_none());
+    }
+
+    #[test]
+    fn a_token_issued_for_longer_than_the_current_lifetime_does_not_verify() {
+        let long = AuthKeys::new(b"secret", Duration::from_secs(24 * 3600), true);
+        let short = AuthKeys::new(b"secret", Duration::from_secs(3600), true);
+        let u = user();
+        let now = Clock::System.now();
+        let token = long.issue(&u, now).unwrap();
+        assert_eq!(long.verify(&token), Some(u.clone()));
+        assert_eq!(short.verify(&token), None);
+        // A shorter lifetime than the setting's is fine.
+        assert_eq!(long.verify(&short.issue(&u, now).unwrap()), Some(u));
     }
 
     #[test]

@@ -153,6 +153,15 @@ impl Engines {
         }
     }
 
+    /// Makes `email` an admin with `ticketing users grant-admin`, on auth's
+    /// database here.
+    pub fn grant_admin(&self, email: &str) {
+        users_command(
+            &["grant-admin", email],
+            &[("DATABASE_URL", self.schemas["auth"].url.clone())],
+        );
+    }
+
     /// Rows of `sql` in `service`'s database, each column as text.
     pub async fn query(&self, service: &'static str, sql: &'static str) -> Vec<Vec<String>> {
         let db = store::Db::postgres_lazy(&self.schemas[service].url, 1).unwrap();
@@ -382,6 +391,35 @@ impl Shopper {
 pub fn form_token(html: &str) -> String {
     let at = html.find(r#"name="_csrf" value=""#).expect("a form token") + 20;
     html[at..at + html[at..].find('"').unwrap()].to_owned()
+}
+
+/// Runs `ticketing users <args…>` with `env`; panics unless it succeeds.
+pub fn users_command(args: &[&str], env: &[(&str, String)]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_ticketing"))
+        .arg("users")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("NATS_URL")
+        .env_remove("DATABASE_URL")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ticketing users {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Makes `email` an admin with `ticketing users grant-admin`, on the
+/// all-in-one data directory `data_dir`.
+pub fn grant_admin(data_dir: &Path, email: &str) {
+    users_command(
+        &["grant-admin", email],
+        &[("TICKETING_DATA_DIR", data_dir.display().to_string())],
+    );
 }
 
 /// A running `ticketing` process.

@@ -94,8 +94,9 @@ enum Scenario {
         poll: Duration,
     },
     /// Bans and sign-outs, one at a time: from the answer until every
-    /// service rejects the token (start the target with ADMIN_EMAILS naming
-    /// --admin and AUTH_RATE_LIMIT_PER_MINUTE=1000000).
+    /// service rejects the token (start the target with
+    /// AUTH_RATE_LIMIT_PER_MINUTE=1000000, sign --admin up and grant it the
+    /// role with `ticketing users grant-admin`).
     Revoke {
         /// Auth's base URL (the all-in-one process, or a gateway).
         #[arg(long, default_value = "http://127.0.0.1:3000")]
@@ -107,7 +108,7 @@ enum Scenario {
         /// Bans measured, and as many sign-outs.
         #[arg(long, default_value_t = 200)]
         users: usize,
-        /// The admin's e-mail (signed up if new).
+        /// The admin's e-mail (signed up if new; it must be granted the role).
         #[arg(long, default_value = "admin@loadgen.invalid")]
         admin: String,
         /// How often each service is asked.

@@ -103,7 +103,7 @@ pub async fn run(
             .await;
         if !ban.is(200) {
             return Err(format!(
-                "ban answered {:?}: is {admin_email} in the target's ADMIN_EMAILS?",
+                "ban answered {:?}: is {admin_email} an admin (`ticketing users grant-admin {admin_email}`)?",
                 ban.status
             ));
         }

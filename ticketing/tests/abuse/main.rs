@@ -2,7 +2,9 @@
 //! slow and idle connections under a low file limit, SIGTERM with a stuck
 //! connection, SIGTERM under write load. Each ends by itself.
 
+#[path = "../common/mod.rs"]
 mod common;
+mod edge;
 
 use std::io::Write as _;
 use std::time::{Duration, Instant};
