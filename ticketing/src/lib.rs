@@ -349,7 +349,7 @@ fn pages_fallback() -> Fallback {
     }
     Fallback::Pages {
         api: api_path,
-        not_found: || Box::pin(web::not_found()),
+        page: |status| Box::pin(web::status_page(status)),
     }
 }
 

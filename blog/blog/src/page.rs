@@ -8,18 +8,18 @@
 //! page waits briefly until the read model shows it, so the reader sees
 //! what they just wrote.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use askama::Template;
 use axum::Router;
-use axum::extract::{Form, Path, Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use runtime::client::Api;
 use runtime::client::{Caller, Reply};
+use runtime::pages::FormFields;
 use serde::Deserialize;
 
 const CSS: &str = include_str!("../assets/blog.css");
@@ -229,7 +229,7 @@ async fn wait_visible(api: &Api, caller: &Caller, id: &str) {
 async fn new_post(
     State(api): State<Api>,
     headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
+    FormFields(form): FormFields,
 ) -> Response {
     let caller = caller(&headers);
     let title = form.get("title").cloned().unwrap_or_default();
@@ -275,7 +275,7 @@ async fn new_comment(
     State(api): State<Api>,
     headers: HeaderMap,
     Path(post_id): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
+    FormFields(form): FormFields,
 ) -> Response {
     let caller = caller(&headers);
     let content = form.get("content").cloned().unwrap_or_default();

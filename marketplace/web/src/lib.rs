@@ -83,11 +83,20 @@ pub fn router(config: WebConfig) -> Router {
 
 /// The HTML 404 page, for paths outside the API that match no page.
 pub async fn not_found() -> Response {
-    with_security_headers(pages::error_page(
-        StatusCode::NOT_FOUND,
-        "Page not found",
-        "There is nothing at this address.",
-    ))
+    status_page(StatusCode::NOT_FOUND).await
+}
+
+/// The HTML page for a request no page takes: 404 for a path that matches
+/// none, 405 for a method a page does not answer.
+pub async fn status_page(status: StatusCode) -> Response {
+    let (heading, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "Not allowed here",
+            "This page does not answer that kind of request.",
+        ),
+        _ => ("Page not found", "There is nothing at this address."),
+    };
+    with_security_headers(pages::error_page(status, heading, message))
 }
 
 /// Ready when the API answers.

@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 
 use askama::Template;
-use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -68,6 +67,8 @@ pub(crate) enum PageError {
     Forbidden(&'static str),
     SignIn(String),
     BadCsrf,
+    /// A form that could not be read: its status and what to tell.
+    BadForm(StatusCode, &'static str),
 }
 
 impl From<Unavailable> for PageError {
@@ -118,6 +119,9 @@ impl IntoResponse for PageError {
                 "This form has expired",
                 "Go back, reload the page and send the form again.",
             ),
+            PageError::BadForm(status, why) => {
+                error_page(status, "This form could not be read", why)
+            }
         }
     }
 }
@@ -133,6 +137,21 @@ fn render(t: &impl Template) -> Html<String> {
 
 fn page(status: StatusCode, t: &impl Template) -> PageResult {
     Ok((status, render(t)).into_response())
+}
+
+/// A submitted form's fields ([`runtime::pages::FormFields`]); what cannot
+/// be read is answered with the error page in the site's layout.
+pub(crate) struct PageForm(pub HashMap<String, String>);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for PageForm {
+    type Rejection = PageError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, PageError> {
+        runtime::pages::FormFields::from_request(req, state)
+            .await
+            .map(|f| PageForm(f.0))
+            .map_err(|r| PageError::BadForm(r.status, r.message))
+    }
 }
 
 /// The id in a page's path, canonical (a UUID, lower-case and hyphenated);
@@ -523,7 +542,7 @@ pub(crate) async fn signup(
     State(web): State<Shared>,
     ctx: Ctx,
     Query(q): Query<Next>,
-    Form(form): Form<HashMap<String, String>>,
+    PageForm(form): PageForm,
 ) -> PageResult {
     auth_submit(web, ctx, true, q.next, form).await
 }
@@ -532,7 +551,7 @@ pub(crate) async fn signin(
     State(web): State<Shared>,
     ctx: Ctx,
     Query(q): Query<Next>,
-    Form(form): Form<HashMap<String, String>>,
+    PageForm(form): PageForm,
 ) -> PageResult {
     auth_submit(web, ctx, false, q.next, form).await
 }
@@ -552,7 +571,7 @@ async fn sign_out_via(
 pub(crate) async fn signout(
     State(web): State<Shared>,
     ctx: Ctx,
-    Form(form): Form<HashMap<String, String>>,
+    PageForm(form): PageForm,
 ) -> PageResult {
     sign_out_via(web, ctx, form, "/api/users/signout").await
 }
@@ -561,7 +580,7 @@ pub(crate) async fn signout(
 pub(crate) async fn signout_everywhere(
     State(web): State<Shared>,
     ctx: Ctx,
-    Form(form): Form<HashMap<String, String>>,
+    PageForm(form): PageForm,
 ) -> PageResult {
     sign_out_via(web, ctx, form, "/api/users/signout-all").await
 }
@@ -604,7 +623,7 @@ pub(crate) async fn account(
 pub(crate) async fn change_password(
     State(web): State<Shared>,
     ctx: Ctx,
-    Form(form): Form<HashMap<String, String>>,
+    PageForm(form): PageForm,
 ) -> PageResult {
     ctx.check_csrf(&form)?;
     let reply = ctx
@@ -747,7 +766,7 @@ pub(crate) async fn ban(
     State(web): State<Shared>,
     ctx: Ctx,
     id: PageId,
-    Form(form): Form<HashMap<String, String>>,
+    PageForm(form): PageForm,
 ) -> PageResult {
     set_ban(web, ctx, id, form, Method::POST).await
 }
@@ -756,7 +775,7 @@ pub(crate) async fn unban(
     State(web): State<Shared>,
     ctx: Ctx,
     id: PageId,
-    Form(form): Form<HashMap<String, String>>,
+    PageForm(form): PageForm,
 ) -> PageResult {
     set_ban(web, ctx, id, form, Method::DELETE).await
 }
@@ -937,7 +956,7 @@ pub(crate) async fn replay_parked(
     State(web): State<Shared>,
     ctx: Ctx,
     RecordId(id): RecordId,
-    Form(form): Form<HashMap<String, String>>,
+    PageForm(form): PageForm,
 ) -> PageResult {
     resolve_parked(web, ctx, id, form, true).await
 }
@@ -946,7 +965,7 @@ pub(crate) async fn discard_parked(
     State(web): State<Shared>,
     ctx: Ctx,
     RecordId(id): RecordId,
-    Form(form): Form<HashMap<String, String>>,
+    PageForm(form): PageForm,
 ) -> PageResult {
     resolve_parked(web, ctx, id, form, false).await
 }
@@ -995,7 +1014,7 @@ pub(crate) async fn new_ticket_form(State(web): State<Shared>, ctx: Ctx) -> Page
 pub(crate) async fn new_ticket(
     State(web): State<Shared>,
     ctx: Ctx,
-    Form(form): Form<HashMap<String, String>>,
+    PageForm(form): PageForm,
 ) -> PageResult {
     ctx.check_csrf(&form)?;
     let (title, price) = (value(&form, "title"), value(&form, "price"));
@@ -1085,7 +1104,7 @@ pub(crate) async fn purchase(
     State(web): State<Shared>,
     ctx: Ctx,
     PageId(id): PageId,
-    Form(form): Form<HashMap<String, String>>,
+    PageForm(form): PageForm,
 ) -> PageResult {
     ctx.check_csrf(&form)?;
     let reply = ctx
@@ -1155,7 +1174,7 @@ pub(crate) async fn edit_ticket(
     State(web): State<Shared>,
     ctx: Ctx,
     PageId(id): PageId,
-    Form(form): Form<HashMap<String, String>>,
+    PageForm(form): PageForm,
 ) -> PageResult {
     ctx.check_csrf(&form)?;
     let (title, price) = (value(&form, "title"), value(&form, "price"));
@@ -1338,7 +1357,7 @@ pub(crate) async fn pay(
     State(web): State<Shared>,
     ctx: Ctx,
     PageId(id): PageId,
-    Form(form): Form<HashMap<String, String>>,
+    PageForm(form): PageForm,
 ) -> PageResult {
     ctx.check_csrf(&form)?;
     let token = value(&form, "token").trim().to_owned();
@@ -1379,7 +1398,7 @@ pub(crate) async fn cancel(
     State(web): State<Shared>,
     ctx: Ctx,
     PageId(id): PageId,
-    Form(form): Form<HashMap<String, String>>,
+    PageForm(form): PageForm,
 ) -> PageResult {
     ctx.check_csrf(&form)?;
     let reply = ctx

@@ -2,8 +2,9 @@
 //! mode and for pages as well as the API — a request id and trace span per
 //! request, request metrics, panic catching, the body limit, and answers
 //! for paths and methods no route takes (the shared JSON error shape for
-//! the API, the product's HTML page for pages). [`crate::serve`] applies
-//! it; nothing else attaches middleware of its own.
+//! the API, the product's HTML page for pages), and the security headers on
+//! every answer, whatever refused it. [`crate::serve`] applies it; nothing
+//! else attaches middleware of its own.
 //!
 //! Also the health routes every process serves: `/healthz`, `/readyz`,
 //! `/metrics`.
@@ -24,10 +25,11 @@ pub enum Fallback {
     /// The shared JSON error shape (404, 405), on every path: an API alone.
     Json,
     /// The product's HTML page for paths outside its API, and the JSON shape
-    /// under it (`api` says which paths are the API's).
+    /// under it (`api` says which paths are the API's); `page` renders the
+    /// product's page for a status (404, 405).
     Pages {
         api: fn(&str) -> bool,
-        not_found: fn() -> BoxFuture<'static, Response>,
+        page: fn(StatusCode) -> BoxFuture<'static, Response>,
     },
     /// The router has a fallback of its own (the gateway's proxy).
     Own,
@@ -41,19 +43,19 @@ pub fn edge(router: Router, fallback: Fallback) -> Router {
         Fallback::Json => router
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed),
-        Fallback::Pages { api, not_found } => router
+        Fallback::Pages { api, page } => router
             .fallback(move |req: Request| async move {
                 if api(req.uri().path()) {
                     ApiError::NotFound.into_response()
                 } else {
-                    not_found().await
+                    page(StatusCode::NOT_FOUND).await
                 }
             })
             .method_not_allowed_fallback(move |req: Request| async move {
                 if api(req.uri().path()) {
                     ApiError::MethodNotAllowed.into_response()
                 } else {
-                    StatusCode::METHOD_NOT_ALLOWED.into_response()
+                    page(StatusCode::METHOD_NOT_ALLOWED).await
                 }
             }),
         Fallback::Own => router,
@@ -66,6 +68,11 @@ pub fn edge(router: Router, fallback: Fallback) -> Router {
             panic_response,
         ))
         .layer(axum::middleware::from_fn(request_span))
+        .layer(axum::middleware::map_response(security_headers))
+}
+
+async fn security_headers(res: Response) -> Response {
+    crate::pages::with_missing_security_headers(res)
 }
 
 async fn not_found() -> ApiError {
@@ -88,11 +95,12 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .into_response()
 }
 
-/// Refuses a state-changing request that a browser sent from another site
-/// with the session cookie (cross-site request forgery): `Sec-Fetch-Site:
-/// cross-site`, or — from a browser too old to send that — an `Origin`
-/// whose host is not this one. API clients that send a bearer token, and
-/// requests without the session cookie, are not affected.
+/// Refuses a state-changing request that a browser sent from anywhere but
+/// this site with the session cookie (cross-site request forgery): an
+/// `Origin` whose host is not this one — a sibling subdomain included — or,
+/// without an `Origin`, `Sec-Fetch-Site` saying `cross-site` or
+/// `same-site`. API clients that send a bearer token, and requests without
+/// the session cookie, are not affected.
 async fn refuse_cross_site(req: Request, next: Next) -> Response {
     if is_cross_site_with_session(&req) {
         return ApiError::Forbidden("Cross-site requests with a session cookie are refused".into())
@@ -111,11 +119,13 @@ fn is_cross_site_with_session(req: &Request) -> bool {
         return false;
     }
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(site) = text("sec-fetch-site") {
-        return site.eq_ignore_ascii_case("cross-site");
-    }
+    // `same-site` is another origin of the same site: a sibling subdomain,
+    // whose pages must not act with this site's cookie either.
+    let other_site = text("sec-fetch-site").is_some_and(|site| {
+        site.eq_ignore_ascii_case("cross-site") || site.eq_ignore_ascii_case("same-site")
+    });
     let Some(origin) = text("origin") else {
-        return false;
+        return other_site;
     };
     // Behind the gateway, the host the browser addressed is X-Forwarded-Host.
     let host = text("x-forwarded-host").or_else(|| text("host"));
@@ -123,7 +133,7 @@ fn is_cross_site_with_session(req: &Request) -> bool {
         .split_once("://")
         .map_or(origin, |(_, rest)| rest)
         .trim_end_matches('/');
-    host.is_none_or(|h| !origin_host.eq_ignore_ascii_case(h))
+    other_site || host.is_none_or(|h| !origin_host.eq_ignore_ascii_case(h))
 }
 
 async fn count_requests(req: Request, next: Next) -> Response {
@@ -407,6 +417,28 @@ mod cross_site_tests {
                     SESSION,
                     ("authorization", "Basic eA=="),
                     ("sec-fetch-site", "cross-site"),
+                ],
+            ),
+            // A sibling subdomain: same site, another origin.
+            req(
+                "POST",
+                &[
+                    SESSION,
+                    ("sec-fetch-site", "same-site"),
+                    ("origin", "https://evil.shop.example"),
+                    ("host", "shop.example"),
+                ],
+            ),
+            req("POST", &[SESSION, ("sec-fetch-site", "same-site")]),
+            // A browser's own word that the request is same-origin does not
+            // outweigh an Origin naming another host.
+            req(
+                "POST",
+                &[
+                    SESSION,
+                    ("sec-fetch-site", "same-origin"),
+                    ("origin", "https://evil.example"),
+                    ("host", "shop.example"),
                 ],
             ),
         ];

@@ -4,8 +4,9 @@
 //! of engines ([`engines`]), the HTTP [`edge`] every process's router gets
 //! once, listening with one shutdown signal ([`serve`]), the reverse proxy
 //! of the microservices mode ([`gateway`]), logging and trace export
-//! ([`telemetry`]), and what server-rendered pages share (the API
-//! [`client`], the [`pages`]' security headers).
+//! ([`telemetry`]), the API [`client`] of server-rendered pages, the
+//! security headers every answer carries ([`pages`]), and hyper's own
+//! refusals rewritten in the shared shape ([`refusals`]).
 //!
 //! It knows no product: the marketplace and the blog start their services
 //! through it the same way.
@@ -16,6 +17,7 @@ pub mod engines;
 pub mod gateway;
 pub mod pages;
 pub mod parked;
+pub mod refusals;
 pub mod role;
 pub mod serve;
 pub mod service;

@@ -1,33 +1,114 @@
-//! What every server-rendered page of every product answers with: the
-//! security headers.
+//! The security headers every answer carries — pages, the API, and the
+//! refusals of every layer: a CSP without inline scripts or styles,
+//! `nosniff`, `Referrer-Policy`, frame denial and (unless set)
+//! `Cache-Control: no-store`. And how pages read a submitted form.
 
-use axum::http::{HeaderValue, header};
-use axum::response::Response;
+use std::collections::HashMap;
+
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// Adds the pages' security headers to `res`: a CSP without inline scripts
-/// or styles, `nosniff`, `Referrer-Policy`, frame denial and (unless set)
-/// `Cache-Control: no-store`.
+/// The security headers, by name and value.
+pub const SECURITY_HEADERS: [(&str, &str); 5] = [
+    ("content-security-policy", CSP),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "same-origin"),
+    ("x-frame-options", "DENY"),
+    // Answers depend on the session: never cache them (assets say
+    // otherwise for themselves).
+    ("cache-control", "no-store"),
+];
+
+/// Adds the security headers to a page: the CSP, `nosniff`, the referrer
+/// policy and frame denial replace what was there; `Cache-Control` is
+/// added unless set.
 pub fn with_security_headers(mut res: Response) -> Response {
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("same-origin"),
-    );
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    if !h.contains_key(header::CACHE_CONTROL) {
-        // Pages depend on the session: never cache them.
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for (name, value) in SECURITY_HEADERS {
+        let name = HeaderName::from_static(name);
+        if name != header::CACHE_CONTROL || !h.contains_key(&name) {
+            h.insert(name, HeaderValue::from_static(value));
+        }
     }
     res
+}
+
+/// Adds each security header `res` does not have already (a route with a
+/// policy of its own — the API docs' page — keeps it).
+pub fn with_missing_security_headers(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    for (name, value) in SECURITY_HEADERS {
+        let name = HeaderName::from_static(name);
+        if !h.contains_key(&name) {
+            h.insert(name, HeaderValue::from_static(value));
+        }
+    }
+    res
+}
+
+/// A submitted web form's fields, read with the body limit and the server's
+/// body timeout. What cannot be read is refused with a status and a
+/// sentence for a page ([`FormRefused`]: 415 not a form, 413 too large, 408
+/// too slow, 400 malformed) instead of the framework's plain-text
+/// rejections.
+pub struct FormFields(pub HashMap<String, String>);
+
+/// Why a form could not be read. As a response: a plain HTML page with the
+/// status (a product with a layout of its own renders it in that).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FormRefused {
+    pub status: StatusCode,
+    pub message: &'static str,
+}
+
+impl IntoResponse for FormRefused {
+    fn into_response(self) -> Response {
+        let html = format!(
+            "<!doctype html>\n<html lang=\"en\"><meta charset=\"utf-8\"><title>This form could not be read</title>\
+             <h1>This form could not be read</h1><p>{}</p></html>",
+            self.message
+        );
+        with_security_headers((self.status, axum::response::Html(html)).into_response())
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for FormFields {
+    type Rejection = FormRefused;
+
+    async fn from_request(req: axum::extract::Request, _: &S) -> Result<Self, FormRefused> {
+        let refused = |status, message| FormRefused { status, message };
+        let is_form = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|m| {
+                m.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            });
+        if !is_form {
+            return Err(refused(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "The form was not sent as a web form.",
+            ));
+        }
+        let bytes = shared::http::read_body(req.into_body(), shared::http::BODY_LIMIT)
+            .await
+            .map_err(|e| match e {
+                shared::ApiError::RequestTimeout => refused(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "The form did not arrive in time. Send it again.",
+                ),
+                _ => refused(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "The form is too large (64 KiB at most).",
+                ),
+            })?;
+        serde_urlencoded::from_bytes(&bytes)
+            .map(FormFields)
+            .map_err(|_| refused(StatusCode::BAD_REQUEST, "The form is malformed."))
+    }
 }

@@ -247,7 +247,9 @@ fn connection(
         let router = router.clone();
         async move {
             if head_size(&req) > max_head_bytes {
-                return Ok(shared::ApiError::HeadersTooLarge.into_response());
+                return Ok(crate::pages::with_missing_security_headers(
+                    shared::ApiError::HeadersTooLarge.into_response(),
+                ));
             }
             let mut req =
                 req.map(|body| axum::body::Body::new(DeadlineBody::new(body, body_timeout)));
@@ -263,7 +265,10 @@ fn connection(
         // that for heads far over the limit, and answer the rest in the
         // shared shape above.
         .max_buf_size((limits.max_head_bytes * 2).max(8192))
-        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .serve_connection(
+            hyper_util::rt::TokioIo::new(crate::refusals::Shaped::new(stream)),
+            service,
+        )
 }
 
 /// The size of a request's line and headers as the client sent them.

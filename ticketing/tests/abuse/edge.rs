@@ -64,3 +64,214 @@ async fn made_up_methods_and_paths_add_no_metric_series() {
     );
     assert!(after.contains(r#"method="OTHER""#), "{after}");
 }
+
+/// An answer read off a raw connection.
+struct Raw {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Raw {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The security headers every answer carries.
+    fn assert_protected(&self, what: &str) {
+        for (name, want) in [
+            ("x-content-type-options", Some("nosniff")),
+            ("x-frame-options", Some("DENY")),
+            ("referrer-policy", Some("same-origin")),
+            ("content-security-policy", None),
+        ] {
+            let got = self.header(name);
+            assert!(got.is_some(), "{what}: no {name} in {:?}", self.headers);
+            if let Some(want) = want {
+                assert_eq!(got, Some(want), "{what}: {name}");
+            }
+        }
+    }
+
+    fn assert_json_error(&self, what: &str, status: u16) {
+        assert_eq!(self.status, status, "{what}: {}", self.body);
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "{what}"
+        );
+        let body: serde_json::Value = serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("{what}: {e}: {:?}", self.body));
+        assert!(body["errors"][0]["message"].is_string(), "{what}: {body}");
+        self.assert_protected(what);
+    }
+
+    fn assert_page(&self, what: &str, status: u16) {
+        assert_eq!(self.status, status, "{what}: {}", self.body);
+        assert!(
+            self.header("content-type")
+                .is_some_and(|t| t.starts_with("text/html")),
+            "{what}: {:?}",
+            self.headers
+        );
+        assert!(
+            self.body.contains("<!doctype html>"),
+            "{what}: {}",
+            self.body
+        );
+        self.assert_protected(what);
+    }
+}
+
+/// Sends `request` as it is and reads the first answer.
+fn raw(port: u16, request: &[u8]) -> Raw {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+        // One answer is enough: stop once its body is in.
+        if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[..end]).to_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if len.is_some_and(|n| out.len() >= end + 4 + n) {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no answer to {:?}", String::from_utf8_lossy(request)));
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .collect();
+    Raw {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_layers_refusals_come_in_the_shared_shape_with_the_security_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = crate::common::Proc::start_with(
+        crate::common::free_port(),
+        dir.path(),
+        900,
+        &[("HTTP_BODY_TIMEOUT_SECONDS", "1".into())],
+    )
+    .await;
+    let port = p.port;
+    let run = |request: Vec<u8>| tokio::task::spawn_blocking(move || raw(port, &request));
+    // Refused by the HTTP parser, before any route.
+    let many_headers: String = (0..120).map(|i| format!("X-H{i}: 1\r\n")).collect();
+    for (what, request, status) in [
+        (
+            "a duplicate Content-Length",
+            "POST /api/tickets HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nabcdef".to_owned(),
+            400,
+        ),
+        (
+            "Transfer-Encoding: xchunked",
+            "POST /api/tickets HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n".to_owned(),
+            400,
+        ),
+        (
+            "120 headers",
+            format!("GET /api/tickets HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n"),
+            431,
+        ),
+        (
+            "a method that is not a token",
+            "G(T / HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+            400,
+        ),
+    ] {
+        run(request.into_bytes())
+            .await
+            .unwrap()
+            .assert_json_error(what, status);
+    }
+    // Refused by the edge and the API.
+    for (what, request, status) in [
+        (
+            "PUT on an API route",
+            "PUT /api/tickets HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+            405,
+        ),
+        (
+            "no API route",
+            "GET /api/nothing HTTP/1.1\r\nHost: x\r\n\r\n",
+            404,
+        ),
+        (
+            "JSON of the wrong type",
+            "POST /api/users/signin HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi",
+            415,
+        ),
+    ] {
+        run(request.as_bytes().to_vec())
+            .await
+            .unwrap()
+            .assert_json_error(what, status);
+    }
+    // Pages answer in the page layout.
+    let big = "a".repeat(70 * 1024);
+    for (what, request, status) in [
+        (
+            "PUT on a page",
+            "PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".to_owned(),
+            405,
+        ),
+        (
+            "a form that is not a form",
+            "POST /auth/signin HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi".to_owned(),
+            415,
+        ),
+        (
+            "a form too large",
+            format!(
+                "POST /auth/signin HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\nemail={big}",
+                big.len() + 6
+            ),
+            413,
+        ),
+        (
+            // Ten bytes promised, none sent: the body timeout (1 s) ends it.
+            "a form too slow",
+            "POST /auth/signin HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 10\r\n\r\n".to_owned(),
+            408,
+        ),
+    ] {
+        run(request.into_bytes())
+            .await
+            .unwrap()
+            .assert_page(what, status);
+    }
+    // And what is served carries them too.
+    run(b"GET /api/tickets HTTP/1.1\r\nHost: x\r\n\r\n".to_vec())
+        .await
+        .unwrap()
+        .assert_protected("GET /api/tickets");
+}

@@ -2,6 +2,7 @@
 //! slow and idle connections under a low file limit, SIGTERM with a stuck
 //! connection, SIGTERM under write load. Each ends by itself.
 
+mod accounts;
 #[path = "../common/mod.rs"]
 mod common;
 mod edge;
@@ -388,6 +389,19 @@ async fn cookie_requests_from_another_site_are_refused_bearer_clients_are_not() 
             res.text().await.unwrap(),
             r#"{"errors":[{"message":"Cross-site requests with a session cookie are refused"}]}"#
         );
+    }
+    // A page on a sibling subdomain: the same site to the browser, another
+    // origin. Its POSTs without a body need no preflight.
+    for path in ["/api/users/signout-all", "/api/users/signout"] {
+        let res = seller
+            .client
+            .post(format!("{}{path}", p.base))
+            .header("sec-fetch-site", "same-site")
+            .header("origin", "https://evil.127.0.0.1.nip.io")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{path}");
     }
     // Still signed in: the forged sign-out did nothing.
     let me = seller.get("/api/users/currentuser").await;
