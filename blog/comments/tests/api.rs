@@ -118,12 +118,16 @@ async fn bad_content_is_refused() {
             "Content must be at most 2000 characters",
         ),
         (
-            json!({"content": "\u{2060}\n\u{200B}"}),
+            json!({"content": "\u{2800}\n\u{3164}"}),
             "Content is required",
         ),
         (
+            json!({"content": "hidden\u{2060}joiner"}),
+            "Content must not contain control, invisible formatting or text-direction characters",
+        ),
+        (
             json!({"content": "hi\u{1b}[2J"}),
-            "Content must not contain control or text-direction characters",
+            "Content must not contain control, invisible formatting or text-direction characters",
         ),
     ] {
         let res = app

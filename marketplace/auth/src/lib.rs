@@ -7,6 +7,7 @@
 //! and learns of ended sessions from the events ([`sessions::follow`]).
 
 mod admin;
+pub mod emails;
 mod password;
 mod rate_limit;
 pub mod roles;
@@ -57,6 +58,13 @@ pub static MIGRATIONS: &[Migration] = &[
         // reaches at least that far, so a sign-in that raced it is ended too.
         sql: "ALTER TABLE users ADD COLUMN admin_since BIGINT;
               ALTER TABLE users ADD COLUMN last_session_at BIGINT NOT NULL DEFAULT 0;",
+    },
+    Migration {
+        version: 5,
+        description: "e-mails normalised once (NFKC, IDNA)",
+        // A row here: the addresses stored before normalisation have been
+        // rewritten ([`emails::normalise_stored`]).
+        sql: "CREATE TABLE emails_normalised (at BIGINT NOT NULL);",
     },
 ];
 
@@ -134,6 +142,11 @@ pub async fn start(deps: &Deps, config: Config) -> Result<Running, store::StoreE
     // measurably slower than the rest.
     tokio::task::spawn_blocking(password::warm_up);
     let gauges = parked.spawn_gauges(config.parked_gauges_every, deps.shutdown.clone());
+    let normalise = tokio::spawn(emails::normalise_when_ready(
+        base.db.clone(),
+        deps.clock.clone(),
+        deps.shutdown.clone(),
+    ));
     let routes = router(state).merge(runtime::parked::router(parked));
-    Ok(base.running(routes, vec![gauges]))
+    Ok(base.running(routes, vec![gauges, normalise]))
 }

@@ -63,11 +63,13 @@ impl From<&Ticket> for TicketBody {
 #[derive(utoipa::ToSchema)]
 pub struct TicketInput {
     /// 1 to 120 characters after trimming, something visible among them; no
-    /// control or text-direction characters (`shared::text`).
+    /// control, text-direction or other format characters (`shared::text`;
+    /// the pattern is `shared::text::one_line_pattern()`, which a test
+    /// keeps it equal to).
     #[schema(
         min_length = 1,
         max_length = 120,
-        pattern = r"^[^\x00-\x1F\x7F-\x9F\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]*[^\s\x00-\x1F\x7F-\x9F\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069\u00AD\u034F\u115F\u1160\u17B4\u17B5\u180B-\u180F\u200B-\u200D\u2060-\u2065\u206A-\u206F\u3164\uFE00-\uFE0F\uFEFF\uFFA0][^\x00-\x1F\x7F-\x9F\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]*$"
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\u00AD\\u0600-\\u0605\\u061C\\u06DD\\u070F\\u0890\\u0891\\u08E2\\u180E\\u200B\\u200E\\u200F\\u2028-\\u202E\\u2060-\\u2064\\u2066-\\u206F\\uFEFF\\uFFF9-\\uFFFB\u{110BD}\u{110CD}\u{13430}-\u{1343F}\u{1BCA0}-\u{1BCA3}\u{1D173}-\u{1D17A}\u{E0001}\u{E0020}-\u{E007F}]*[^\\u0000-\\u001F\\u007F-\\u009F\\u00AD\\u0600-\\u0605\\u061C\\u06DD\\u070F\\u0890\\u0891\\u08E2\\u180E\\u200B\\u200E\\u200F\\u2028-\\u202E\\u2060-\\u2064\\u2066-\\u206F\\uFEFF\\uFFF9-\\uFFFB\u{110BD}\u{110CD}\u{13430}-\u{1343F}\u{1BCA0}-\u{1BCA3}\u{1D173}-\u{1D17A}\u{E0001}\u{E0020}-\u{E007F}\\u0020\\u00A0\\u034F\\u115F\\u1160\\u1680\\u17B4\\u17B5\\u180B-\\u180D\\u180F\\u2000-\\u200A\\u200C\\u200D\\u202F\\u205F\\u2065\\u2800\\u3000\\u3164\\uFE00-\\uFE0F\\uFFA0\u{E0000}\u{E0002}-\u{E001F}\u{E0080}-\u{E0FFF}][^\\u0000-\\u001F\\u007F-\\u009F\\u00AD\\u0600-\\u0605\\u061C\\u06DD\\u070F\\u0890\\u0891\\u08E2\\u180E\\u200B\\u200E\\u200F\\u2028-\\u202E\\u2060-\\u2064\\u2066-\\u206F\\uFEFF\\uFFF9-\\uFFFB\u{110BD}\u{110CD}\u{13430}-\u{1343F}\u{1BCA0}-\u{1BCA3}\u{1D173}-\u{1D17A}\u{E0001}\u{E0020}-\u{E007F}]*$"
     )]
     title: String,
     /// Dollars: more than 0, at most 1 000 000, at most two decimals.
@@ -347,4 +349,19 @@ async fn update(
         })
         .await?;
     Ok(Json(TicketBody::from(&ticket)))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_title_pattern_in_the_api_description_is_the_text_rule() {
+        let spec = serde_json::to_value(crate::openapi()).unwrap();
+        let pattern =
+            &spec["components"]["schemas"]["TicketInput"]["properties"]["title"]["pattern"];
+        assert_eq!(
+            pattern.as_str(),
+            Some(shared::text::one_line_pattern().as_str()),
+            "paste shared::text::one_line_pattern() into TicketInput's title"
+        );
+    }
 }

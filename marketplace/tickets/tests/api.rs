@@ -196,6 +196,33 @@ async fn creating_needs_a_session_and_valid_fields() {
             vec!["title"],
         ),
         (json!({"title": "\u{3164}", "price": 10}), vec!["title"]),
+        // Invisible: a braille blank alone, and format characters or
+        // separators inside a title.
+        (json!({"title": "\u{2800}", "price": 10}), vec!["title"]),
+        (
+            json!({"title": "Con\u{200B}cert", "price": 10}),
+            vec!["title"],
+        ),
+        (
+            json!({"title": "Con\u{2060}cert", "price": 10}),
+            vec!["title"],
+        ),
+        (
+            json!({"title": "\u{FEFF}Concert", "price": 10}),
+            vec!["title"],
+        ),
+        (
+            json!({"title": "Concert\u{FFF9}", "price": 10}),
+            vec!["title"],
+        ),
+        (
+            json!({"title": "Concert\u{E0041}", "price": 10}),
+            vec!["title"],
+        ),
+        (
+            json!({"title": "Con\u{2028}cert", "price": 10}),
+            vec!["title"],
+        ),
     ] {
         let res = app
             .send(

@@ -162,7 +162,7 @@ impl<'a> Fields<'a> {
             Err(crate::text::Unfit::Hidden) => {
                 self.fail(
                     field,
-                    format!("{label} must not contain control or text-direction characters"),
+                    format!("{label} must not contain control, invisible formatting or text-direction characters"),
                 );
                 return None;
             }
