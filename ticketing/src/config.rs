@@ -235,6 +235,19 @@ impl Settings {
                         .unwrap_or(60)
                         .max(1),
                 ),
+                // A few declines, never more than ten, before card testing
+                // is refused.
+                max_declines_per_buyer: env_var::<u32>("PAYMENT_MAX_DECLINES")?
+                    .unwrap_or(5)
+                    .clamp(1, 10),
+                max_declines_per_order: env_var::<u32>("PAYMENT_MAX_DECLINES_PER_ORDER")?
+                    .unwrap_or(3)
+                    .clamp(1, 10),
+                decline_window: Duration::from_secs(
+                    env_var::<u64>("PAYMENT_DECLINE_WINDOW_SECONDS")?
+                        .unwrap_or(3600)
+                        .max(1),
+                ),
             },
         })
     }

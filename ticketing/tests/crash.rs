@@ -123,8 +123,8 @@ async fn payments_or_orders_killed_between_the_sagas_steps_settle_every_hold_onc
                 "POST",
                 std::slice::from_ref(&payments),
                 "/api/payments",
-                Some(json!({"orderId": order, "token": "tok_chargeDeclined"})),
-                StatusCode::PAYMENT_REQUIRED,
+                Some(json!({"orderId": order, "token": "tok_probe_unknown"})),
+                StatusCode::BAD_REQUEST,
             )
             .await;
         let paying = {

@@ -573,7 +573,7 @@ fn the_alert_rules_ship_in_the_chart_and_read_only_series_the_code_records() {
             "docs/operations.md has no heading for {heading}"
         );
     }
-    assert_eq!(alerts.len(), 6, "{alerts:?}");
+    assert_eq!(alerts.len(), 7, "{alerts:?}");
 
     let Some(helm) = helm() else { return };
     let key = "secrets.jwtKey=0123456789abcdef-check";

@@ -81,6 +81,16 @@ pub static MIGRATIONS: &[Migration] = &[
               CREATE INDEX payments_due ON payments (next_try_at)
                   WHERE next_try_at IS NOT NULL;",
     },
+    // Card testing: declines by the card's issuer (not unreadable tokens)
+    // are counted per order and per buyer over a window.
+    Migration {
+        version: 4,
+        description: "declines counted",
+        sql: "ALTER TABLE payments ADD COLUMN card_declined BIGINT NOT NULL DEFAULT 0;
+              CREATE INDEX payments_card_declines ON payments (order_id, created_at)
+                  WHERE card_declined = 1;
+              CREATE INDEX orders_by_user ON orders (user_id);",
+    },
 ];
 
 /// Settings of the payments service.
@@ -100,6 +110,15 @@ pub struct Config {
     /// outage mid-request) before the settler asks the gateway again with
     /// the same idempotency key. Longer than the gateway client's timeout.
     pub authorize_recovery: Duration,
+    /// Card testing: past this many declined cards within `decline_window`,
+    /// a buyer's payments are refused with 429 (`PAYMENT_MAX_DECLINES`,
+    /// default 5, at most 10).
+    pub max_declines_per_buyer: u32,
+    /// The same for one order (`PAYMENT_MAX_DECLINES_PER_ORDER`, default 3).
+    pub max_declines_per_order: u32,
+    /// The window declines are counted over (`PAYMENT_DECLINE_WINDOW_SECONDS`,
+    /// default one hour).
+    pub decline_window: Duration,
 }
 
 impl Default for Config {
@@ -110,6 +129,9 @@ impl Default for Config {
             verdict_wait: Duration::from_secs(5),
             verdict_timeout: Duration::from_secs(3600),
             authorize_recovery: Duration::from_secs(60),
+            max_declines_per_buyer: 5,
+            max_declines_per_order: 3,
+            decline_window: Duration::from_secs(3600),
         }
     }
 }

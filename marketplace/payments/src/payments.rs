@@ -123,6 +123,51 @@ fn conflict_for(p: &Payment) -> ApiError {
     )
 }
 
+/// Card testing: 429 once the order, or its buyer, has had as many cards
+/// declined within the window as the settings allow; `Retry-After` is when
+/// the oldest of them leaves the window.
+fn check_declines(
+    c: &mut dyn store::Conn,
+    settings: &crate::Config,
+    order: OrderId,
+    user: shared::ids::UserId,
+    now: shared::time::Timestamp,
+) -> Result<(), ApiError> {
+    let window_ms = settings.decline_window.as_millis() as i64;
+    let since = shared::time::Timestamp::from_millis(now.millis() - window_ms);
+    let counted = |row: Option<store::Row>| -> Result<(i64, Option<i64>), StoreError> {
+        match row {
+            Some(r) => Ok((r.get(0)?, r.get(1)?)),
+            None => Ok((0, None)),
+        }
+    };
+    let per_order = counted(c.query_opt(
+        "SELECT COUNT(*), MIN(created_at) FROM payments
+         WHERE order_id = $1 AND card_declined = 1 AND created_at > $2",
+        &[&order, &since],
+    )?)?;
+    let per_buyer = counted(c.query_opt(
+        "SELECT COUNT(*), MIN(p.created_at) FROM payments p JOIN orders o ON o.id = p.order_id
+         WHERE o.user_id = $1 AND p.card_declined = 1 AND p.created_at > $2",
+        &[&user, &since],
+    )?)?;
+    for ((count, oldest), max) in [
+        (per_order, settings.max_declines_per_order),
+        (per_buyer, settings.max_declines_per_buyer),
+    ] {
+        if count >= i64::from(max) {
+            let free_at = oldest.unwrap_or(now.millis()) + window_ms;
+            let retry_after_secs = ((free_at - now.millis()).max(0) as u64)
+                .div_ceil(1000)
+                .max(1);
+            shared::metrics::inc("payments_decline_limited_total", &[]);
+            tracing::warn!(%order, user_id = %user, count, "too many declined cards: payment refused");
+            return Err(ApiError::TooManyRequests { retry_after_secs });
+        }
+    }
+    Ok(())
+}
+
 /// The replica's order, if it is the caller's, and its live payment.
 fn load(
     c: &mut dyn store::Conn,
@@ -161,6 +206,8 @@ fn load(
         (status = 402, description = "The card was declined; the order can still be paid", body = shared::openapi::ErrorBody),
         (status = 404, description = "No such order of the caller's", body = shared::openapi::ErrorBody),
         (status = 409, description = "The order is cancelled (nothing was charged), already paid, or a payment for it is in progress", body = shared::openapi::ErrorBody),
+        (status = 429, description = "Too many cards declined for this order or this buyer lately (card testing); `Retry-After` says when to try again", body = shared::openapi::ErrorBody,
+            headers(("retry-after" = u64, description = "Seconds until a payment is taken again"))),
     ))]
 async fn pay(
     State(state): State<AppState>,
@@ -177,10 +224,12 @@ async fn pay(
     let recovery = now.plus_secs(state.config.settings.authorize_recovery.as_secs());
     let id = PaymentId::new();
     let card = token.clone();
+    let settings = state.config.settings.clone();
     let payment = state
         .db
         .write(move |c| {
             let (status, price, live) = load(c, order_id, user.id)?.ok_or(ApiError::NotFound)?;
+            check_declines(c, &settings, order_id, user.id, now)?;
             if let Some(p) = live {
                 return Err(conflict_for(&p));
             }
@@ -222,6 +271,7 @@ async fn pay(
     };
     match (status, answer) {
         (Status::Declined, Err(GatewayError::Declined(m))) => {
+            shared::metrics::inc("payments_declined_total", &[]);
             return Err(ApiError::PaymentDeclined(m));
         }
         (Status::Declined, Err(GatewayError::Invalid(m))) => {

@@ -243,10 +243,13 @@ pub(crate) async fn record_authorization(
             let authorization = match answer {
                 Ok(a) => a,
                 Err(e) => {
+                    // The issuer's refusal counts against card testing; a
+                    // token the gateway cannot read does not.
+                    let by_card = i64::from(matches!(e, GatewayError::Declined(_)));
                     c.execute(
                         "UPDATE payments SET status = 'declined', card_token = NULL, next_try_at = NULL,
-                             last_error = $2 WHERE id = $1",
-                        &[&id, &e.to_string()],
+                             last_error = $2, card_declined = $3 WHERE id = $1",
+                        &[&id, &e.to_string(), &by_card],
                     )?;
                     return Ok(Some(Status::Declined));
                 }

@@ -59,16 +59,19 @@ async fn order(app: &TestApp, buyer: UserId, token: &str, cents: i64) -> OrderId
         },
     })
     .await;
-    // A declined card says 402 only once the order is known (404 before),
-    // and leaves the order payable.
+    // A token the gateway cannot read is a 400 only once the order is
+    // known (404 before); it leaves the order payable and counts for
+    // nothing against card testing.
     eventually(Duration::from_secs(5), || async {
-        (pay(app, token, id, "tok_chargeDeclined").await.status() == StatusCode::PAYMENT_REQUIRED)
-            .then_some(())
+        (pay(app, token, id, PROBE).await.status() == StatusCode::BAD_REQUEST).then_some(())
     })
     .await
     .expect("order replicated");
     id
 }
+
+/// A card token no gateway knows.
+const PROBE: &str = "tok_probe_unknown";
 
 async fn pay(app: &TestApp, token: &str, order: OrderId, card: &str) -> reqwest::Response {
     app.send(
@@ -791,4 +794,69 @@ async fn the_offline_gateway_emulates_the_same_holds() {
             .await,
         Err(GatewayError::Invalid(_))
     ));
+}
+
+/// Card testing: a few declined cards on one order, or by one buyer, within
+/// the window, then every payment of theirs is a 429 with `Retry-After`
+/// until the oldest decline leaves the window. Cards the gateway cannot
+/// read count for nothing; other buyers are not affected.
+#[tokio::test]
+async fn declined_cards_past_the_limit_per_order_and_per_buyer_are_refused_with_retry_after() {
+    let virtual_time = testkit::virtual_time();
+    let app = app_with(Config {
+        max_declines_per_order: 2,
+        max_declines_per_buyer: 3,
+        decline_window: Duration::from_secs(600),
+        ..Config::default()
+    })
+    .await;
+    let declined_before = shared::metrics::get("payments_declined_total", &[]);
+    let limited_before = shared::metrics::get("payments_decline_limited_total", &[]);
+    let (buyer, token) = app.user();
+    let first = order(&app, buyer, &token, 1000).await;
+    // Unreadable tokens (the probe above, and these) are not declines.
+    for _ in 0..3 {
+        assert_eq!(
+            pay(&app, &token, first, PROBE).await.status(),
+            StatusCode::BAD_REQUEST
+        );
+    }
+    for _ in 0..2 {
+        let res = pay(&app, &token, first, "tok_chargeDeclined").await;
+        assert_eq!(res.status(), StatusCode::PAYMENT_REQUIRED);
+    }
+    // The order has had its two: a good card is refused too.
+    let refused = pay(&app, &token, first, "tok_visa").await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=600).contains(&retry_after), "{retry_after}");
+    assert_eq!(message(refused).await, "Too many attempts, try again later");
+
+    // Another order of the buyer's: one more decline, then the buyer's
+    // three are used up.
+    let second = order(&app, buyer, &token, 1000).await;
+    let res = pay(&app, &token, second, "tok_chargeDeclined").await;
+    assert_eq!(res.status(), StatusCode::PAYMENT_REQUIRED);
+    let res = pay(&app, &token, second, "tok_visa").await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    // Someone else pays as usual.
+    let (other, other_token) = app.user();
+    let theirs = order(&app, other, &other_token, 1000).await;
+    let res = pay_with_verdict(&app, &other_token, theirs, "tok_visa", true).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+
+    assert!(shared::metrics::get("payments_declined_total", &[]) >= declined_before + 3);
+    assert!(shared::metrics::get("payments_decline_limited_total", &[]) >= limited_before + 2);
+
+    if virtual_time {
+        // Once the declines are older than the window, the buyer pays.
+        tokio::time::advance(Duration::from_secs(601)).await;
+        let res = pay_with_verdict(&app, &token, first, "tok_visa", true).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+    }
 }
