@@ -282,15 +282,19 @@ struct Sent {
 
 impl Target {
     /// Sends until an answer that is not 503 / 502 / a connection error (or
-    /// one of `retry_on`), for at most 30 s.
+    /// one of `retry_on`), for at most 30 s; every try under one
+    /// `Idempotency-Key`, so a retry after a lost answer gets that answer
+    /// where the API keeps it (orders, payments).
     async fn send(&self, token: &str, url: &str, body: &Value, retry_on: &[u16]) -> Sent {
         let started = Instant::now();
         let mut unavailable = 0;
+        let key = uuid::Uuid::new_v4().simple().to_string();
         loop {
             let res = self
                 .http
                 .post(url)
                 .bearer_auth(token)
+                .header("idempotency-key", &key)
                 .json(body)
                 .send()
                 .await;
@@ -376,10 +380,12 @@ impl Target {
         match paid.status {
             201 | 202 => Ok(()),
             // A retry after a lost answer (the payments process killed
-            // after it took the first attempt): the first one counts.
+            // after it took the first attempt): the first one counts. (The
+            // idempotency key answers such a retry from the first payment;
+            // this covers a first attempt that left no key behind.)
             409 if paid.unavailable > 0
                 && (message.starts_with("A payment for this order")
-                    || message == "Order is already paid") =>
+                    || message.starts_with("Order is already paid")) =>
             {
                 Ok(())
             }

@@ -67,6 +67,11 @@ pub static MIGRATIONS: &[Migration] = &[
                   banned_at BIGINT
               );",
     },
+    Migration {
+        version: 5,
+        description: "idempotency keys",
+        sql: shared::idempotency::TABLE_SQL,
+    },
 ];
 
 /// Settings of the orders service.

@@ -3,6 +3,8 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse as _, Response};
+use bus::outbox::OutboxTx;
 use marketplace_events::{
     OrderCancelled, OrderCreated, OrderStatus, OrderTicket, TicketRef, TicketStatus,
 };
@@ -11,6 +13,7 @@ use serde::Serialize;
 use shared::ApiError;
 use shared::auth::AuthUser;
 use shared::http::{ApiQuery, Fields, FromFields, IdPath, PageQuery, ValidJson};
+use shared::idempotency::{Claim, IdempotencyKey};
 use shared::ids::UserId;
 use shared::money::{Dollars, Money};
 use shared::time::Timestamp;
@@ -203,81 +206,153 @@ fn find_mine(c: &mut dyn Conn, id: OrderId, user: UserId, lock: bool) -> Result<
         (status = 403, description = "The caller's own ticket", body = shared::openapi::ErrorBody),
         (status = 404, description = "No such ticket", body = shared::openapi::ErrorBody),
         (status = 409, description = "The ticket is reserved or sold, or the caller holds as many unpaid orders as allowed", body = shared::openapi::ErrorBody),
-    ))]
+        (status = 422, description = "The Idempotency-Key was used with another request", body = shared::openapi::ErrorBody),
+    ),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: a request with the key of an earlier one (same body, within 24 h) gets that one's answer")))]
 async fn create(
     State(state): State<AppState>,
     user: AuthUser,
     trace: TraceContext,
+    IdempotencyKey(key): IdempotencyKey,
     ValidJson(input): ValidJson<OrderInput>,
-) -> Result<(StatusCode, Json<OrderBody>), ApiError> {
-    let ticket_id = TicketId::parse(&input.ticket_id).ok_or(ApiError::NotFound)?;
+) -> Result<Response, ApiError> {
     let now = state.clock.now();
     let expires_at = now.plus_secs(state.config.order_expiration.as_secs());
     let cap = state.config.max_active_orders_per_user;
-    let result = state
+    let hash = shared::idempotency::request_hash(&[&input.ticket_id]);
+    let answer = state
         .outbox
         .write(move |c| {
             // The buyer's row, written and so locked until this
             // transaction ends: one buyer's orders are placed one at a
             // time, so the count below holds also for concurrent requests
-            // (on PostgreSQL; SQLite runs one write at a time anyway).
+            // (on PostgreSQL; SQLite runs one write at a time anyway) —
+            // and so do retries under one idempotency key.
             c.execute(
                 "INSERT INTO buyers (user_id) VALUES ($1)
                  ON CONFLICT (user_id) DO UPDATE SET user_id = excluded.user_id",
                 &[&user.id],
             )?;
-            let active: i64 = c
-                .query("SELECT COUNT(*) FROM orders WHERE user_id = $1 AND status = 'created'", &[&user.id])?[0]
-                .get(0)?;
-            if active >= cap {
-                return Err(ApiError::Conflict(format!(
-                    "You already have {cap} unpaid orders; pay for or cancel one first"
-                )));
-            }
-            // A session the deny list had not yet ended still orders nothing.
-            if c.query_opt("SELECT 1 FROM users WHERE id = $1 AND banned_at IS NOT NULL", &[&user.id])?.is_some() {
-                return Err(ApiError::Forbidden("This account is banned".into()));
-            }
-            let ticket = c
-                .query_opt("SELECT user_id, price_cents, status FROM tickets WHERE id = $1", &[&ticket_id])?
-                .ok_or(ApiError::NotFound)?;
-            let (seller, price, status): (UserId, Money, TicketStatus) = (ticket.get(0)?, ticket.get(1)?, ticket.get(2)?);
-            if status == TicketStatus::Withdrawn {
-                return Err(ApiError::Conflict("Ticket is not for sale".into()));
-            }
-            if seller == user.id {
-                return Err(ApiError::Forbidden("You cannot buy your own ticket".into()));
-            }
-            if let Some(active) =
-                c.query_opt("SELECT status FROM orders WHERE ticket_id = $1 AND status IN ('created', 'complete')", &[&ticket_id])?
-            {
-                return Err(ApiError::Conflict(if active.get::<String>(0)? == "complete" {
-                    "Ticket is already sold".into()
-                } else {
-                    "Ticket is already reserved".into()
-                }));
-            }
-            let id = OrderId::new();
-            // The partial unique index is the judge between concurrent buyers.
-            c.execute(
-                "INSERT INTO orders (id, user_id, ticket_id, status, expires_at, version, created_at)
-                 VALUES ($1, $2, $3, 'created', $4, 0, $5)",
-                &[&id, &user.id, &ticket_id, &expires_at, &now],
-            )
-            .map_err(|e| if e.is_unique_violation() { ApiError::Conflict("Ticket is already reserved".into()) } else { e.into() })?;
-            let event = OrderCreated {
-                id,
-                version: 0,
-                status: OrderStatus::Created,
-                user_id: user.id,
-                expires_at,
-                ticket: OrderTicket { id: ticket_id, price_cents: price },
+            let placed = |c: &mut OutboxTx<'_>| {
+                place(c, &user, &input.ticket_id, cap, now, expires_at, &trace)
             };
-            c.enqueue(&event, &trace, now)?;
-            Ok(Order::find(c, id)?.expect("inserted above"))
+            let Some(key) = key else {
+                return placed(c).map(Answer::Placed);
+            };
+            // The claim and the order commit together: a refusal rolls the
+            // claim back too, so only an order is an answer to give again
+            // (a refused request's retry is asked afresh: what refused it —
+            // a ticket not yet known, one reserved — may have changed).
+            if let Claim::Answered { status, body } =
+                shared::idempotency::claim(c, user.id, &key, &hash, now)?
+            {
+                return Ok(Answer::Replay(status, body));
+            }
+            let order = placed(c)?;
+            let body =
+                serde_json::to_string(&OrderBody::from(&order)).map_err(ApiError::internal)?;
+            shared::idempotency::answer(c, user.id, &key, 201, &body)?;
+            Ok(Answer::Placed(order))
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(OrderBody::from(&result))))
+    match answer {
+        Answer::Placed(order) => {
+            Ok((StatusCode::CREATED, Json(OrderBody::from(&order))).into_response())
+        }
+        Answer::Replay(status, body) => Ok(shared::idempotency::replay(status, body)),
+    }
+}
+
+/// What an order request comes to.
+enum Answer {
+    Placed(Order),
+    /// The answer an earlier request with the same key got.
+    Replay(u16, String),
+}
+
+/// Places the order in the caller's transaction.
+fn place(
+    c: &mut OutboxTx<'_>,
+    user: &AuthUser,
+    ticket_id: &str,
+    cap: i64,
+    now: Timestamp,
+    expires_at: Timestamp,
+    trace: &TraceContext,
+) -> Result<Order, ApiError> {
+    let ticket_id = TicketId::parse(ticket_id).ok_or(ApiError::NotFound)?;
+    let active: i64 = c.query(
+        "SELECT COUNT(*) FROM orders WHERE user_id = $1 AND status = 'created'",
+        &[&user.id],
+    )?[0]
+        .get(0)?;
+    if active >= cap {
+        return Err(ApiError::Conflict(format!(
+            "You already have {cap} unpaid orders; pay for or cancel one first"
+        )));
+    }
+    // A session the deny list had not yet ended still orders nothing.
+    if c.query_opt(
+        "SELECT 1 FROM users WHERE id = $1 AND banned_at IS NOT NULL",
+        &[&user.id],
+    )?
+    .is_some()
+    {
+        return Err(ApiError::Forbidden("This account is banned".into()));
+    }
+    let ticket = c
+        .query_opt(
+            "SELECT user_id, price_cents, status FROM tickets WHERE id = $1",
+            &[&ticket_id],
+        )?
+        .ok_or(ApiError::NotFound)?;
+    let (seller, price, status): (UserId, Money, TicketStatus) =
+        (ticket.get(0)?, ticket.get(1)?, ticket.get(2)?);
+    if status == TicketStatus::Withdrawn {
+        return Err(ApiError::Conflict("Ticket is not for sale".into()));
+    }
+    if seller == user.id {
+        return Err(ApiError::Forbidden("You cannot buy your own ticket".into()));
+    }
+    if let Some(active) = c.query_opt(
+        "SELECT status FROM orders WHERE ticket_id = $1 AND status IN ('created', 'complete')",
+        &[&ticket_id],
+    )? {
+        return Err(ApiError::Conflict(
+            if active.get::<String>(0)? == "complete" {
+                "Ticket is already sold".into()
+            } else {
+                "Ticket is already reserved".into()
+            },
+        ));
+    }
+    let id = OrderId::new();
+    // The partial unique index is the judge between concurrent buyers.
+    c.execute(
+        "INSERT INTO orders (id, user_id, ticket_id, status, expires_at, version, created_at)
+         VALUES ($1, $2, $3, 'created', $4, 0, $5)",
+        &[&id, &user.id, &ticket_id, &expires_at, &now],
+    )
+    .map_err(|e| {
+        if e.is_unique_violation() {
+            ApiError::Conflict("Ticket is already reserved".into())
+        } else {
+            e.into()
+        }
+    })?;
+    let event = OrderCreated {
+        id,
+        version: 0,
+        status: OrderStatus::Created,
+        user_id: user.id,
+        expires_at,
+        ticket: OrderTicket {
+            id: ticket_id,
+            price_cents: price,
+        },
+    };
+    c.enqueue(&event, trace, now)?;
+    Ok(Order::find(c, id)?.expect("inserted above"))
 }
 
 /// The caller's orders, newest first, a page at a time (`limit`, and

@@ -756,3 +756,87 @@ async fn a_payment_completes_its_order_while_its_ticket_row_is_locked() {
     release.send(()).unwrap();
     holder.await.unwrap().unwrap();
 }
+
+async fn order_keyed(app: &TestApp, token: &str, ticket: TicketId, key: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(app.url("/api/orders"))
+        .bearer_auth(token)
+        .header("idempotency-key", key)
+        .json(&json!({"ticketId": ticket.to_string()}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A retry under the same `Idempotency-Key` gets the first answer — the
+/// same order, not a 409 for the buyer's own hold; the key with another
+/// ticket is a 422; one order is placed. A refusal keeps nothing: its
+/// retry is asked afresh.
+#[tokio::test]
+async fn a_retry_under_the_same_idempotency_key_gets_the_first_answer() {
+    let app = app().await;
+    let mut created = app.watch::<OrderCreated>().await;
+    let (seller, _) = app.user();
+    let (_, token) = app.user();
+    let show = ticket(&app, seller, 1000).await;
+    let other = ticket(&app, seller, 1000).await;
+
+    let first = order_keyed(&app, &token, show, "k-1").await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+    let retry = order_keyed(&app, &token, show, "k-1").await;
+    assert_eq!(retry.status(), StatusCode::CREATED);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    let retry: Value = retry.json().await.unwrap();
+    assert_eq!(retry, first);
+    assert_eq!(
+        created.next().await.id.to_string(),
+        first["id"].as_str().unwrap()
+    );
+    assert!(
+        created
+            .next_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "ordered once"
+    );
+    // Without the key the same request is a new one.
+    let unkeyed = order(&app, &token, show).await;
+    assert_eq!(unkeyed.status(), StatusCode::CONFLICT);
+
+    let reused = order_keyed(&app, &token, other, "k-1").await;
+    assert_eq!(reused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        message(reused).await,
+        "This Idempotency-Key was used with another request; use a new key"
+    );
+
+    // A refusal keeps nothing: a ticket orders had not heard of, then
+    // the same key once it has.
+    let later = TicketId::new();
+    let res = order_keyed(&app, &token, later, "k-2").await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    app.publish(&TicketCreated {
+        id: later,
+        version: 0,
+        title: "Later".into(),
+        price_cents: Money::from_cents(500),
+        user_id: seller,
+    })
+    .await;
+    let placed = eventually(Duration::from_secs(5), || async {
+        (order_keyed(&app, &token, later, "k-2").await.status() == StatusCode::CREATED)
+            .then_some(())
+    })
+    .await;
+    assert!(placed.is_some(), "the retry was asked afresh");
+    // Keys are the caller's: another buyer's "k-1" is theirs.
+    let (_, second_buyer) = app.user();
+    let res = order_keyed(&app, &second_buyer, other, "k-1").await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    // A key that is not 1–255 visible ASCII characters is refused.
+    for bad in ["", "with space", &"k".repeat(256)] {
+        let res = order_keyed(&app, &token, other, bad).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{bad:?}");
+    }
+}

@@ -91,6 +91,11 @@ pub static MIGRATIONS: &[Migration] = &[
                   WHERE card_declined = 1;
               CREATE INDEX orders_by_user ON orders (user_id);",
     },
+    Migration {
+        version: 5,
+        description: "idempotency keys",
+        sql: shared::idempotency::TABLE_SQL,
+    },
 ];
 
 /// Settings of the payments service.

@@ -4,11 +4,13 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse as _, Response};
 use marketplace_events::{OrderId, OrderStatus, PaymentId};
 use serde::Serialize;
 use shared::ApiError;
 use shared::auth::AuthUser;
 use shared::http::{Fields, FromFields, IdPath, ValidJson};
+use shared::idempotency::{Claim, IdempotencyKey};
 use shared::money::{Dollars, Money};
 use shared::trace::TraceContext;
 use store::StoreError;
@@ -112,15 +114,17 @@ impl FromFields for PaymentInput {
 /// The 409 of an order that was cancelled before the payment's verdict.
 pub const NOTHING_CHARGED: &str = "Order was cancelled; nothing was charged";
 
+/// The 409 for an order that has a live payment: it names the payment, so
+/// a client whose first answer was lost can read it.
 fn conflict_for(p: &Payment) -> ApiError {
-    ApiError::Conflict(
-        match PublicStatus::of(p) {
-            PublicStatus::Pending => "A payment for this order is already being processed",
-            PublicStatus::Voided => NOTHING_CHARGED,
-            _ => "Order is already paid",
-        }
-        .into(),
-    )
+    ApiError::Conflict(match PublicStatus::of(p) {
+        PublicStatus::Pending => format!(
+            "A payment for this order is already being processed (payment {})",
+            p.id
+        ),
+        PublicStatus::Voided => NOTHING_CHARGED.into(),
+        _ => format!("Order is already paid (payment {})", p.id),
+    })
 }
 
 /// Card testing: 429 once the order, or its buyer, has had as many cards
@@ -206,30 +210,53 @@ fn load(
         (status = 402, description = "The card was declined; the order can still be paid", body = shared::openapi::ErrorBody),
         (status = 404, description = "No such order of the caller's", body = shared::openapi::ErrorBody),
         (status = 409, description = "The order is cancelled (nothing was charged), already paid, or a payment for it is in progress", body = shared::openapi::ErrorBody),
+        (status = 422, description = "The Idempotency-Key was used with another request", body = shared::openapi::ErrorBody),
         (status = 429, description = "Too many cards declined for this order or this buyer lately (card testing); `Retry-After` says when to try again", body = shared::openapi::ErrorBody,
             headers(("retry-after" = u64, description = "Seconds until a payment is taken again"))),
-    ))]
+    ),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: a request with the key of an earlier one (same body, within 24 h) answers from the payment that one recorded, and never holds the card again")))]
 async fn pay(
     State(state): State<AppState>,
     user: AuthUser,
     trace: TraceContext,
+    IdempotencyKey(key): IdempotencyKey,
     ValidJson(PaymentInput { order_id, token }): ValidJson<PaymentInput>,
-) -> Result<(StatusCode, Json<PaymentBody>), ApiError> {
+) -> Result<Response, ApiError> {
     let order_id = OrderId::parse(&order_id).ok_or(ApiError::NotFound)?;
+    let hash = shared::idempotency::request_hash(&[&order_id.to_string(), &token]);
 
     // Record the attempt first: the unique index on the order's live
     // payment lets one of any number of concurrent requests through, and a
-    // crash from here on leaves a row the settler finishes.
+    // crash from here on leaves a row the settler finishes. An idempotency
+    // key is claimed in the same transaction and names the payment, so a
+    // retry finds it even if this request dies.
     let now = state.clock.now();
     let recovery = now.plus_secs(state.config.settings.authorize_recovery.as_secs());
     let id = PaymentId::new();
     let card = token.clone();
     let settings = state.config.settings.clone();
-    let payment = state
+    let started = state
         .db
         .write(move |c| {
+            if let Some(key) = &key {
+                match shared::idempotency::claim(c, user.id, key, &hash, now)? {
+                    Claim::New => {}
+                    Claim::Answered { status, body } => return Ok(Started::Replay(status, body)),
+                    Claim::Resource(earlier) => {
+                        let earlier = PaymentId::parse(&earlier)
+                            .ok_or_else(|| ApiError::internal(format!("idempotency key names {earlier}")))?;
+                        return Ok(Started::Retry(earlier));
+                    }
+                    // The key and its payment commit together; this cannot
+                    // be seen, but say so if it is.
+                    Claim::InFlight => {
+                        return Err(ApiError::Conflict(
+                            "A request with this Idempotency-Key is being processed".into(),
+                        ));
+                    }
+                }
+            }
             let (status, price, live) = load(c, order_id, user.id)?.ok_or(ApiError::NotFound)?;
-            check_declines(c, &settings, order_id, user.id, now)?;
             if let Some(p) = live {
                 return Err(conflict_for(&p));
             }
@@ -240,6 +267,7 @@ async fn pay(
                 OrderStatus::Complete => return Err(ApiError::Conflict("Order is already paid".into())),
                 OrderStatus::Created => {}
             }
+            check_declines(c, &settings, order_id, user.id, now)?;
             c.execute(
                 "INSERT INTO payments (id, order_id, authorization_id, amount_cents, created_at, status, card_token, next_try_at)
                  VALUES ($1, $2, '', $3, $4, 'authorizing', $5, $6)",
@@ -252,9 +280,22 @@ async fn pay(
                     e.into()
                 }
             })?;
-            Payment::find(c, id)?.ok_or_else(|| ApiError::internal(format!("payment {id} not inserted")))
+            if let Some(key) = &key {
+                shared::idempotency::remember_resource(c, user.id, key, &id.to_string())?;
+            }
+            Payment::find(c, id)?
+                .map(Started::New)
+                .ok_or_else(|| ApiError::internal(format!("payment {id} not inserted")))
         })
         .await?;
+    let payment = match started {
+        Started::New(p) => p,
+        Started::Replay(status, body) => return Ok(shared::idempotency::replay(status, body)),
+        Started::Retry(earlier) => {
+            tracing::info!(%order_id, payment_id = %earlier, "payment retried under its idempotency key");
+            return answer_from(&state, earlier).await;
+        }
+    };
 
     let answer = saga::authorize(&state, &payment, token).await;
     let status = match &answer {
@@ -269,32 +310,94 @@ async fn pay(
             .await?
             .unwrap_or(Status::Authorizing),
     };
-    match (status, answer) {
-        (Status::Declined, Err(GatewayError::Declined(m))) => {
-            shared::metrics::inc("payments_declined_total", &[]);
-            return Err(ApiError::PaymentDeclined(m));
-        }
-        (Status::Declined, Err(GatewayError::Invalid(m))) => {
-            return Err(ApiError::field("token", m));
-        }
-        _ => {}
+    if let (Status::Declined, Err(e)) = (status, &answer) {
+        return Err(declined(e));
     }
     let status = if status == Status::Authorized {
         saga::wait_for_verdict(&state, id, state.config.settings.verdict_wait).await
     } else {
         status
     };
+    tracing::info!(%order_id, payment_id = %id, status = status.as_str(), "payment answered");
+    respond(&state, id, status).await
+}
+
+/// How the first transaction of a payment request ended.
+enum Started {
+    /// A payment was recorded; the card is to be held.
+    New(Payment),
+    /// A retry under an idempotency key whose request was answered.
+    Replay(u16, String),
+    /// A retry under an idempotency key whose request recorded this payment.
+    Retry(PaymentId),
+}
+
+/// The answer to a declined card: 402 for the issuer's refusal, 400 on
+/// `token` for a token the gateway cannot read.
+fn declined(e: &GatewayError) -> ApiError {
+    match e {
+        GatewayError::Invalid(m) => ApiError::field("token", m.clone()),
+        GatewayError::Declined(m) => {
+            shared::metrics::inc("payments_declined_total", &[]);
+            ApiError::PaymentDeclined(m.clone())
+        }
+        other => ApiError::PaymentDeclined(other.to_string()),
+    }
+}
+
+/// The answer for payment `id` at `status`: 201 once its order completed,
+/// 409 when it was cancelled (nothing charged), else 202.
+async fn respond(state: &AppState, id: PaymentId, status: Status) -> Result<Response, ApiError> {
     let payment = state
         .db
         .read(move |c| Payment::find(c, id))
         .await?
         .ok_or_else(|| ApiError::internal(format!("payment {id} vanished")))?;
-    tracing::info!(%order_id, payment_id = %id, status = status.as_str(), "payment answered");
     match status.verdict() {
-        Some(true) => Ok((StatusCode::CREATED, Json(PaymentBody::from(&payment)))),
+        Some(true) => Ok((StatusCode::CREATED, Json(PaymentBody::from(&payment))).into_response()),
         Some(false) => Err(ApiError::Conflict(NOTHING_CHARGED.into())),
-        None => Ok((StatusCode::ACCEPTED, Json(PaymentBody::from(&payment)))),
+        None => Ok((StatusCode::ACCEPTED, Json(PaymentBody::from(&payment))).into_response()),
     }
+}
+
+/// The answer to a retry of a request that recorded payment `id` (its
+/// first answer may have been lost with the process that gave it): the
+/// payment as it stands, after waiting for its order's verdict as long as
+/// the first request would have.
+async fn answer_from(state: &AppState, id: PaymentId) -> Result<Response, ApiError> {
+    let read = move |c: &mut dyn store::Conn| -> Result<Option<(Status, Option<String>, i64)>, StoreError> {
+        c.query_opt(
+            "SELECT status, last_error, card_declined FROM payments WHERE id = $1",
+            &[&id],
+        )?
+        .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .transpose()
+    };
+    let (status, last_error, by_card) = state
+        .db
+        .read(read)
+        .await?
+        .ok_or_else(|| ApiError::internal(format!("payment {id} vanished")))?;
+    if status == Status::Declined {
+        let message = last_error.unwrap_or_default();
+        // The stored error reads as the gateway error's text.
+        return Err(if by_card == 1 {
+            ApiError::PaymentDeclined(message.trim_start_matches("declined: ").to_owned())
+        } else {
+            ApiError::field(
+                "token",
+                message.trim_start_matches("invalid request: ").to_owned(),
+            )
+        });
+    }
+    // Not settled yet (a hold awaiting its verdict, or being captured or
+    // voided): wait as the first request would have.
+    let status = if matches!(status, Status::Captured | Status::Voided) {
+        status
+    } else {
+        saga::wait_for_verdict(state, id, state.config.settings.verdict_wait).await
+    };
+    respond(state, id, status).await
 }
 
 /// One of the caller's payments, as it stands now.

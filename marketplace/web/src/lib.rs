@@ -276,6 +276,7 @@ impl FromRequestParts<Shared> for Ctx {
                     .get("traceparent")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned),
+                idempotency_key: None,
             },
             csrf,
         })

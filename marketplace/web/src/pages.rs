@@ -23,6 +23,9 @@ pub(crate) struct Layout {
     pub user: Option<User>,
     pub csrf: String,
     pub assets: String,
+    /// A fresh idempotency key for the page's write forms (`_key`): the
+    /// browser sending a form twice pays or orders once.
+    pub form_key: String,
 }
 
 /// Errors to show on a form: at the top, and next to fields.
@@ -234,6 +237,30 @@ impl Ctx {
         web.config.api.call(method, path, &self.caller, body).await
     }
 
+    /// A write under the idempotency key its form carried (`_key`; a fresh
+    /// one for a form without it), so the form sent twice acts once.
+    async fn call_once(
+        &self,
+        web: &Shared,
+        form: &HashMap<String, String>,
+        path: &str,
+        body: Value,
+    ) -> Result<Reply, Unavailable> {
+        let key = form
+            .get("_key")
+            .filter(|k| (1..=64).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_alphanumeric()))
+            .cloned()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let caller = crate::api::Caller {
+            idempotency_key: Some(key),
+            ..self.caller.clone()
+        };
+        web.config
+            .api
+            .call(Method::POST, path, &caller, Some(body))
+            .await
+    }
+
     async fn current_user(&self, web: &Shared) -> Result<Option<User>, Unavailable> {
         if self.caller.session.is_none() {
             return Ok(None);
@@ -255,6 +282,7 @@ impl Ctx {
             user: self.current_user(web).await?,
             csrf: self.csrf.clone(),
             assets: crate::asset_version(),
+            form_key: uuid::Uuid::new_v4().simple().to_string(),
         })
     }
 
@@ -1108,12 +1136,7 @@ pub(crate) async fn purchase(
 ) -> PageResult {
     ctx.check_csrf(&form)?;
     let reply = ctx
-        .call(
-            &web,
-            Method::POST,
-            "/api/orders",
-            Some(json!({ "ticketId": id })),
-        )
+        .call_once(&web, &form, "/api/orders", json!({ "ticketId": id }))
         .await?;
     if reply.status == StatusCode::UNAUTHORIZED {
         return Err(PageError::SignIn(format!("/tickets/{id}")));
@@ -1362,11 +1385,11 @@ pub(crate) async fn pay(
     ctx.check_csrf(&form)?;
     let token = value(&form, "token").trim().to_owned();
     let reply = ctx
-        .call(
+        .call_once(
             &web,
-            Method::POST,
+            &form,
             "/api/payments",
-            Some(json!({ "orderId": id, "token": token })),
+            json!({ "orderId": id, "token": token }),
         )
         .await?;
     match reply.status {

@@ -96,6 +96,9 @@ pub struct Caller {
     /// The page request's W3C `traceparent`, passed on so the API calls it
     /// makes are part of its trace.
     pub traceparent: Option<String>,
+    /// The `Idempotency-Key` of a write (a form carries one, so sending it
+    /// twice acts once).
+    pub idempotency_key: Option<String>,
 }
 
 impl Caller {
@@ -153,6 +156,9 @@ impl Api {
                 if let Some(t) = &caller.traceparent {
                     req = req.header(TRACEPARENT, t);
                 }
+                if let Some(k) = &caller.idempotency_key {
+                    req = req.header(shared::idempotency::HEADER, k);
+                }
                 if let Some(b) = body {
                     req = req.json(&b);
                 }
@@ -187,6 +193,9 @@ impl Api {
                 }
                 if let Some(t) = &caller.traceparent {
                     req = req.header(TRACEPARENT, t);
+                }
+                if let Some(k) = &caller.idempotency_key {
+                    req = req.header(shared::idempotency::HEADER, k);
                 }
                 let body = match body {
                     Some(b) => {

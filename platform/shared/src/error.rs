@@ -54,6 +54,10 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("conflict: {0}")]
     Conflict(String),
+    /// 422: well-formed, but unusable as sent (an idempotency key reused
+    /// with another request).
+    #[error("unprocessable: {0}")]
+    Unprocessable(String),
     /// 402: the payment gateway declined the card.
     #[error("payment declined: {0}")]
     PaymentDeclined(String),
@@ -94,6 +98,7 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PaymentDeclined(_) => StatusCode::PAYMENT_REQUIRED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -118,6 +123,7 @@ impl ApiError {
             | ApiError::InvalidCredentials(m)
             | ApiError::Forbidden(m)
             | ApiError::Conflict(m)
+            | ApiError::Unprocessable(m)
             | ApiError::PaymentDeclined(m)
             | ApiError::Unavailable(m) => plain(m),
             ApiError::Unauthorized => plain("Not authorized"),
@@ -130,6 +136,14 @@ impl ApiError {
             ApiError::TooManyRequests { .. } => plain("Too many attempts, try again later"),
             ApiError::Internal(_) => plain("Something went wrong"),
         }
+    }
+}
+
+impl ApiError {
+    /// The body this error answers with, as JSON text (for an answer kept
+    /// to be given again).
+    pub fn body_json(&self) -> String {
+        serde_json::to_string(&error_body(&self.entries())).unwrap_or_default()
     }
 }
 

@@ -6,6 +6,7 @@ mod accounts;
 #[path = "../common/mod.rs"]
 mod common;
 mod edge;
+mod retries;
 
 use std::io::Write as _;
 use std::time::{Duration, Instant};
