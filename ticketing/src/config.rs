@@ -47,6 +47,9 @@ pub struct Settings {
     pub databases: runtime::service::Databases,
     pub jwt_key: Vec<u8>,
     pub jwt_ttl: Duration,
+    /// How long the deny list of ended sessions may go without being known
+    /// current before the process reports not ready (`None`: never).
+    pub revocation_max_staleness: Option<Duration>,
     pub secure_cookies: bool,
     pub order_expiration: Duration,
     pub max_active_orders_per_user: i64,
@@ -203,6 +206,14 @@ impl Settings {
             databases,
             jwt_key,
             jwt_ttl: Duration::from_secs(env_var::<u64>("JWT_TTL_SECONDS")?.unwrap_or(3600)),
+            // 0 turns the bound off: serve on a stale list rather than not
+            // at all.
+            revocation_max_staleness: match env_var::<u64>("REVOCATION_MAX_STALENESS_SECONDS")?
+                .unwrap_or(10)
+            {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
             secure_cookies: env_var::<bool>("COOKIE_SECURE")?.unwrap_or(true),
             order_expiration: Duration::from_secs(expiration_secs),
             max_active_orders_per_user: env_var::<u32>("MAX_ACTIVE_ORDERS_PER_USER")?

@@ -267,6 +267,7 @@ async fn run_services(
         deps.bus.clone(),
         deps.keys.clone(),
         deps.clock.clone(),
+        settings.revocation_max_staleness,
         deps.shutdown.clone(),
     );
     running.push(Running {

@@ -386,3 +386,74 @@ async fn shortening_the_token_lifetime_does_not_bring_ended_sessions_back() {
     }
     proc.stop();
 }
+
+/// While NATS is away, a ban reaches auth alone; once NATS is back, every
+/// other process must learn of it at once (it took 24 s before), and
+/// meanwhile a process whose deny list has gone unconfirmed for longer
+/// than `REVOCATION_MAX_STALENESS_SECONDS` says so in `/readyz`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_bus_returns_ended_sessions_reach_every_process_at_once_and_staleness_shows() {
+    let names = ["auth", "orders"];
+    let Some(mut engines) = common::engines(&names).await else {
+        return;
+    };
+    let mut cluster = engines.cluster(&[("REVOCATION_MAX_STALENESS_SECONDS", "1".to_owned())]);
+    let auth = engines.spawn(&mut cluster, "auth", "auth");
+    let orders = engines.spawn(&mut cluster, "orders", "orders");
+    cluster.all_ready(Duration::from_secs(30)).await.unwrap();
+    let (auth_url, orders_url) = (cluster.url(auth), cluster.url(orders));
+    let (_, admin) = account(&auth_url, ADMIN).await;
+    engines.grant_admin(ADMIN);
+    let (victim_id, victim) = account(&auth_url, "victim@example.com").await;
+    let orders_status = |token: String| {
+        let url = format!("{orders_url}/api/orders");
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(orders_status(victim.clone()).await, StatusCode::OK);
+    let readyz = |url: String| async move {
+        let res = reqwest::get(format!("{url}/readyz")).await.unwrap();
+        (res.status(), res.text().await.unwrap())
+    };
+
+    engines.nats.kill();
+    let stale = eventually(Duration::from_secs(15), || async {
+        let (status, body) = readyz(orders_url.clone()).await;
+        (status == StatusCode::SERVICE_UNAVAILABLE
+            && body.contains("sessions: the deny list of ended sessions is"))
+        .then_some(body)
+    })
+    .await;
+    assert!(stale.is_some(), "orders never said its deny list is stale");
+    // The ban reaches auth's database and its own list; the event waits in
+    // auth's outbox.
+    assert_eq!(
+        post(format!("{auth_url}/api/users/{victim_id}/ban"), &admin).await,
+        StatusCode::OK
+    );
+
+    engines.nats.restart().unwrap();
+    let back = std::time::Instant::now();
+    let rejected = eventually(Duration::from_secs(10), || async {
+        (orders_status(victim.clone()).await == StatusCode::UNAUTHORIZED).then_some(())
+    })
+    .await;
+    assert!(
+        rejected.is_some(),
+        "orders still accepted the banned token {:?} after the bus came back",
+        back.elapsed()
+    );
+    // A figure for docs/operations.md, not a bound (run with --nocapture).
+    eprintln!(
+        "orders rejected the token {:?} after the bus came back",
+        back.elapsed()
+    );
+    assert!(cluster.ready(orders, Duration::from_secs(30)).await);
+}

@@ -765,6 +765,7 @@ async fn another_process_rejects_ended_sessions_from_the_events_even_one_started
             bus,
             keys.clone(),
             shared::time::Clock::System,
+            None,
             shared::shutdown::Shutdown::never(),
         );
         (keys, follower)

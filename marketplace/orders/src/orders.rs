@@ -208,7 +208,7 @@ fn find_mine(c: &mut dyn Conn, id: OrderId, user: UserId, lock: bool) -> Result<
         (status = 409, description = "The ticket is reserved or sold, or the caller holds as many unpaid orders as allowed", body = shared::openapi::ErrorBody),
         (status = 422, description = "The Idempotency-Key was used with another request", body = shared::openapi::ErrorBody),
     ),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: a request with the key of an earlier one (same body, within 24 h) gets that one's answer")))]
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Makes a retry safe: a request with the key of an earlier one (same body, within 24 h) gets that one's answer")))]
 async fn create(
     State(state): State<AppState>,
     user: AuthUser,

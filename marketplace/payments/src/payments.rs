@@ -214,7 +214,7 @@ fn load(
         (status = 429, description = "Too many cards declined for this order or this buyer lately (card testing); `Retry-After` says when to try again", body = shared::openapi::ErrorBody,
             headers(("retry-after" = u64, description = "Seconds until a payment is taken again"))),
     ),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: a request with the key of an earlier one (same body, within 24 h) answers from the payment that one recorded, and never holds the card again")))]
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Makes a retry safe: a request with the key of an earlier one (same body, within 24 h) answers from the payment that one recorded, and never holds the card again")))]
 async fn pay(
     State(state): State<AppState>,
     user: AuthUser,

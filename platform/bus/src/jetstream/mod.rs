@@ -235,6 +235,18 @@ struct TerminatedAdvisory {
     consumer: String,
 }
 
+/// The wait before the `attempts`-th reconnection: at once, then doubling
+/// from 2 ms to at most 250 ms.
+fn reconnect_delay(attempts: usize) -> Duration {
+    let exp = u32::try_from(attempts.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(16);
+    Duration::from_millis(2_u64.pow(exp)).min(MAX_RECONNECT_DELAY) * u32::from(attempts > 1)
+}
+
+/// The longest wait between reconnection attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_millis(250);
+
 impl JetStreamBus {
     /// Stores `record` on the parked stream (de-duplicated by `key` —
     /// consumer and sequence, and the replay's for a replayed message — so
@@ -570,6 +582,11 @@ impl JetStreamBus {
             .ping_interval(PING_INTERVAL)
             .retry_on_initial_connect()
             .max_reconnects(None)
+            // async-nats waits up to 4 s between attempts by default: after
+            // an outage of a few seconds, a process stayed away that long
+            // after the server came back (its deny list among what
+            // waited). A refused connection costs nothing to retry.
+            .reconnect_delay_callback(reconnect_delay)
             .connection_timeout(Duration::from_secs(5))
             .connect(servers)
             .await
@@ -1465,5 +1482,20 @@ mod tests {
             assert_eq!(e.kind, BusErrorKind::Config, "{bad:?}: {e}");
             assert!(e.to_string().contains("NATS_URL"), "{e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod reconnect_tests {
+    use super::*;
+
+    #[test]
+    fn reconnections_are_tried_at_once_then_at_most_every_quarter_second() {
+        assert_eq!(reconnect_delay(0), Duration::ZERO);
+        assert_eq!(reconnect_delay(1), Duration::ZERO);
+        assert_eq!(reconnect_delay(2), Duration::from_millis(2));
+        assert_eq!(reconnect_delay(5), Duration::from_millis(16));
+        assert_eq!(reconnect_delay(9), MAX_RECONNECT_DELAY);
+        assert_eq!(reconnect_delay(usize::MAX), MAX_RECONNECT_DELAY);
     }
 }
