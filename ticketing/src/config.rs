@@ -296,16 +296,22 @@ fn refuse_admin_emails() -> Result<(), SettingsError> {
 
 /// Which proxies' `X-Forwarded-For` entries auth believes:
 /// `TRUST_FORWARDED_FOR=true` turns it on, `TRUSTED_PROXIES` (networks or
-/// addresses, comma-separated) names them — by default loopback and the
-/// private networks, where an ingress, the gateway and the web pods live.
+/// addresses, comma-separated) names them — and only them: trusting every
+/// private network by default let any client on one write the address it
+/// liked. Without `TRUSTED_PROXIES` no proxy is trusted (and the log says
+/// so).
 fn trusted_proxies() -> Result<Option<TrustedProxies>, ConfigError> {
     if !env_var::<bool>("TRUST_FORWARDED_FOR")?.unwrap_or(false) {
         return Ok(None);
     }
-    Ok(Some(
-        env_var::<TrustedProxies>("TRUSTED_PROXIES")?
-            .unwrap_or_else(TrustedProxies::private_networks),
-    ))
+    let proxies =
+        env_var::<TrustedProxies>("TRUSTED_PROXIES")?.unwrap_or_else(TrustedProxies::none);
+    if proxies.is_empty() {
+        tracing::warn!(
+            "TRUST_FORWARDED_FOR is set but TRUSTED_PROXIES names no proxy: X-Forwarded-For is not believed"
+        );
+    }
+    Ok(Some(proxies))
 }
 
 #[cfg(test)]

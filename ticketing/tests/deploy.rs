@@ -206,8 +206,26 @@ fn the_chart_deploys_each_service_with_probes_secrets_and_its_own_database() {
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     let auth = env_of(&objects, "auth");
     assert_eq!(
-        auth["TRUST_FORWARDED_FOR"], "true",
-        "sign-ins arrive through web and ingress"
+        auth["TRUST_FORWARDED_FOR"], "false",
+        "no proxy is trusted until the operator names them"
+    );
+    assert!(!auth.contains_key("TRUSTED_PROXIES"));
+    let trusting = render(
+        &helm,
+        &[
+            KEY,
+            "--set",
+            "trustForwardedFor=true,trustedProxies=10.244.0.0/16",
+        ],
+    )
+    .unwrap();
+    let auth = env_of(&trusting, "auth");
+    assert_eq!(auth["TRUST_FORWARDED_FOR"], "true");
+    assert_eq!(auth["TRUSTED_PROXIES"], "10.244.0.0/16");
+    let missing = render(&helm, &[KEY, "--set", "trustForwardedFor=true"]).unwrap_err();
+    assert!(
+        missing.contains("trustForwardedFor needs trustedProxies"),
+        "{missing}"
     );
     assert_eq!(
         find(&objects, "Deployment", "t-ticketing-orders")["spec"]["replicas"],
@@ -417,6 +435,25 @@ fn compose_runs_the_provisioning_job_before_the_services() {
             "{service}"
         );
     }
+    // Auth believes X-Forwarded-For from the gateway and the web client
+    // alone: their fixed addresses, nothing wider.
+    let proxies: Vec<&str> = services["auth"]["environment"]["TRUSTED_PROXIES"]
+        .as_str()
+        .unwrap()
+        .split(',')
+        .collect();
+    let mut fixed: Vec<&str> = ["gateway", "web"]
+        .iter()
+        .map(|s| {
+            services[*s]["networks"]["default"]["ipv4_address"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    fixed.sort();
+    let mut sorted = proxies.clone();
+    sorted.sort();
+    assert_eq!(sorted, fixed);
     let web = &services["web"]["environment"];
     assert_eq!(web["TICKETING_SERVICES"], "web");
     assert_eq!(web["AUTH_URL"], "http://auth:3000");

@@ -17,18 +17,14 @@ use ipnet::IpNet;
 pub struct TrustedProxies(Vec<IpNet>);
 
 impl TrustedProxies {
-    /// Loopback and the private networks (RFC 1918, RFC 4193): where a
-    /// deployment's own ingress, gateway and web pods live.
-    pub fn private_networks() -> TrustedProxies {
-        let nets = [
-            "127.0.0.0/8",
-            "10.0.0.0/8",
-            "172.16.0.0/12",
-            "192.168.0.0/16",
-            "::1/128",
-            "fc00::/7",
-        ];
-        TrustedProxies(nets.iter().map(|n| n.parse().expect("a network")).collect())
+    /// No proxy at all: every request is keyed on its peer.
+    pub fn none() -> TrustedProxies {
+        TrustedProxies(Vec::new())
+    }
+
+    /// Whether no proxy is trusted.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// Comma-separated networks (`10.0.0.0/8`) or addresses (`10.1.2.3`).
@@ -120,7 +116,7 @@ mod tests {
 
     #[test]
     fn the_client_is_the_first_untrusted_address_from_the_right() {
-        let t = TrustedProxies::private_networks();
+        let t = TrustedProxies::parse("10.0.0.0/8").unwrap();
         let gateway = ip("10.0.0.5");
         // What the client wrote comes first; the gateway appended the peer.
         for spoofed in ["198.51.100.1", "198.51.100.2, 10.0.0.9", "garbage"] {
@@ -145,7 +141,7 @@ mod tests {
 
     #[test]
     fn an_untrusted_peer_is_the_client_whatever_it_claims() {
-        let t = TrustedProxies::private_networks();
+        let t = TrustedProxies::parse("10.0.0.0/8").unwrap();
         assert_eq!(
             t.client(ip("203.0.113.7"), ["10.0.0.1, 198.51.100.1"]),
             ip("203.0.113.7")
@@ -154,7 +150,7 @@ mod tests {
 
     #[test]
     fn a_chain_of_only_proxies_or_with_garbage_stops_at_the_last_address_known() {
-        let t = TrustedProxies::private_networks();
+        let t = TrustedProxies::parse("10.0.0.0/8").unwrap();
         assert_eq!(t.client(ip("10.0.0.5"), ["10.0.0.7"]), ip("10.0.0.7"));
         assert_eq!(t.client(ip("10.0.0.5"), ["nope, 10.0.0.7"]), ip("10.0.0.7"));
         assert_eq!(t.client(ip("10.0.0.5"), std::iter::empty()), ip("10.0.0.5"));
@@ -162,6 +158,18 @@ mod tests {
             t.client(ip("::ffff:10.0.0.5"), ["[2001:db8::1]:80"]),
             ip("2001:db8::1")
         );
+    }
+
+    #[test]
+    fn trusting_no_proxy_keys_every_request_on_its_peer() {
+        let t = TrustedProxies::none();
+        assert!(t.is_empty());
+        // A client on a private network claiming to be someone else.
+        assert_eq!(
+            t.client(ip("192.168.1.20"), ["203.0.113.7"]),
+            ip("192.168.1.20")
+        );
+        assert_eq!(t.client(ip("127.0.0.1"), ["203.0.113.7"]), ip("127.0.0.1"));
     }
 
     #[test]
