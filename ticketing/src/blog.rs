@@ -173,7 +173,7 @@ impl BlogSettings {
             databases,
             // `/metrics` on the public port only when one process serves
             // the whole blog.
-            http: runtime::HttpLimits::from_env(all_in_one)?,
+            http: runtime::HttpLimits::from_env(all_in_one, all_in_one || role == Role::Gateway)?,
             parked_gauges_every: Duration::from_secs(
                 env_var::<u64>("BLOG_PARKED_GAUGES_SECONDS")?
                     .unwrap_or(15)

@@ -192,9 +192,8 @@ impl Settings {
         refuse_admin_emails()?;
         // `/metrics` on the public port only when one process serves the
         // whole marketplace.
-        let http = runtime::HttpLimits::from_env(
-            role.runs_all(marketplace_events::SERVICES.iter().copied()),
-        )?;
+        let all_in_one = role.runs_all(marketplace_events::SERVICES.iter().copied());
+        let http = runtime::HttpLimits::from_env(all_in_one, all_in_one || role == Role::Gateway)?;
         Ok(Settings {
             host: args.host.clone(),
             port: args.port,

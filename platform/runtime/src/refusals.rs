@@ -70,6 +70,17 @@ fn shaped(status: u16, date: &[u8]) -> Vec<u8> {
         505 => "Only HTTP/1.1 and HTTP/1.0 are served",
         _ => "The request is malformed",
     };
+    let date = std::str::from_utf8(date)
+        .ok()
+        .and_then(|d| d.split_once(": "))
+        .map(|(_, v)| v);
+    let extra: Vec<(&str, &str)> = date.into_iter().map(|d| ("date", d)).collect();
+    answer(status, message, &extra)
+}
+
+/// A whole HTTP/1.1 answer that closes the connection: `status`, the shared
+/// JSON error body with `message`, the security headers and `extra`.
+pub fn answer(status: u16, message: &str, extra: &[(&str, &str)]) -> Vec<u8> {
     let body = serde_json::to_vec(&shared::error::error_body(&[shared::error::FieldError {
         message: message.into(),
         field: None,
@@ -83,17 +94,13 @@ fn shaped(status: u16, date: &[u8]) -> Vec<u8> {
         "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
         body.len()
     );
-    for (name, value) in crate::pages::SECURITY_HEADERS {
+    for (name, value) in crate::pages::SECURITY_HEADERS.iter().chain(extra) {
         head.push_str(name);
         head.push_str(": ");
         head.push_str(value);
         head.push_str("\r\n");
     }
     let mut out = head.into_bytes();
-    if !date.is_empty() {
-        out.extend_from_slice(date);
-        out.extend_from_slice(b"\r\n");
-    }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&body);
     out

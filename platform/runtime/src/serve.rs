@@ -50,6 +50,10 @@ pub struct HttpLimits {
     pub shutdown_deadline: Duration,
     /// Where `/metrics` is served.
     pub metrics: MetricsAt,
+    /// The most connections one client address may hold open at once;
+    /// past it a new one is answered 429 and closed. `None`: no cap (a
+    /// service behind a gateway, whose connections all come from it).
+    pub max_connections_per_client: Option<usize>,
 }
 
 /// Where a process serves `/metrics`.
@@ -65,6 +69,11 @@ pub enum MetricsAt {
     Off,
 }
 
+/// Connections one address may hold open on a process that faces clients:
+/// far above what a browser opens (six or so per site), or a NAT of a
+/// hundred browsers, far below what starves everyone else.
+pub const DEFAULT_CONNECTIONS_PER_CLIENT: usize = 256;
+
 impl Default for HttpLimits {
     fn default() -> Self {
         HttpLimits {
@@ -73,6 +82,7 @@ impl Default for HttpLimits {
             max_head_bytes: 32 * 1024,
             shutdown_deadline: Duration::from_secs(20),
             metrics: MetricsAt::Public,
+            max_connections_per_client: Some(DEFAULT_CONNECTIONS_PER_CLIENT),
         }
     }
 }
@@ -80,11 +90,17 @@ impl Default for HttpLimits {
 impl HttpLimits {
     /// The defaults, overridden by `HTTP_HEADER_TIMEOUT_SECONDS`,
     /// `HTTP_BODY_TIMEOUT_SECONDS`, `HTTP_MAX_HEADER_BYTES`,
-    /// `SHUTDOWN_DEADLINE_SECONDS` and `METRICS_ADDR`. Without
-    /// `METRICS_ADDR`, `/metrics` is on the public port only when
-    /// `all_in_one` (one process serving everything); a process of a split
-    /// deployment serves it only on the address it is given.
-    pub fn from_env(all_in_one: bool) -> Result<HttpLimits, shared::config::ConfigError> {
+    /// `SHUTDOWN_DEADLINE_SECONDS`, `METRICS_ADDR` and
+    /// `HTTP_MAX_CONNECTIONS_PER_CLIENT`. Without `METRICS_ADDR`,
+    /// `/metrics` is on the public port only when `all_in_one` (one process
+    /// serving everything); a process of a split deployment serves it only
+    /// on the address it is given. Connections per client are capped by
+    /// default only where clients connect (`faces_clients`: the all-in-one
+    /// process, the gateway); `0` lifts the cap.
+    pub fn from_env(
+        all_in_one: bool,
+        faces_clients: bool,
+    ) -> Result<HttpLimits, shared::config::ConfigError> {
         use shared::config::env_var;
         let d = HttpLimits::default();
         let secs = |name: &str, default: Duration| {
@@ -101,6 +117,12 @@ impl HttpLimits {
                 Some(addr) => MetricsAt::Address(addr),
                 None if all_in_one => MetricsAt::Public,
                 None => MetricsAt::Off,
+            },
+            max_connections_per_client: match env_var::<usize>("HTTP_MAX_CONNECTIONS_PER_CLIENT")? {
+                Some(0) => None,
+                Some(n) => Some(n),
+                None if faces_clients => d.max_connections_per_client,
+                None => None,
             },
         })
     }
@@ -193,6 +215,7 @@ async fn accept_and_drain(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut connections = tokio::task::JoinSet::new();
     let mut backoff = AcceptBackoff::default();
+    let per_client = PerClient::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -203,12 +226,23 @@ async fn accept_and_drain(
         match accepted {
             Ok((stream, peer)) => {
                 backoff.reset();
+                let held = match limits.max_connections_per_client {
+                    Some(max) => match per_client.hold(peer.ip(), max) {
+                        Some(held) => Some(held),
+                        None => {
+                            connections.spawn(refuse_connection(stream));
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
                 let conn = connection(stream, peer, router.clone(), &limits);
                 let conn = graceful.watch(conn);
                 connections.spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, %peer, "connection ended with an error");
                     }
+                    drop(held);
                 });
             }
             Err(e) => backoff.wait(e, &mut shutdown).await,
@@ -230,6 +264,71 @@ async fn accept_and_drain(
     }
     connections.shutdown().await;
     Ok(())
+}
+
+/// The connections each client address holds open.
+#[derive(Clone, Default)]
+struct PerClient(
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+);
+
+/// One open connection of a client's, counted until dropped.
+struct Held {
+    counts: PerClient,
+    ip: std::net::IpAddr,
+}
+
+impl PerClient {
+    fn counts(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, usize>> {
+        // A poisoned lock only means a panic between two integer updates.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a new connection of `ip`'s, unless it holds `max` already.
+    fn hold(&self, ip: std::net::IpAddr, max: usize) -> Option<Held> {
+        let ip = ip.to_canonical();
+        let mut counts = self.counts();
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Held {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut counts = self.counts.counts();
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Answers a connection over its client's cap with 429 in the shared
+/// shape, and closes it.
+async fn refuse_connection(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt as _;
+    shared::metrics::inc("http_connections_refused_total", &[]);
+    let answer = crate::refusals::answer(
+        429,
+        "Too many open connections from your address; close some and try again",
+        &[("retry-after", "1")],
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(&answer).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 /// One HTTP/1.1 connection: the header timeout on hyper's timer, the head

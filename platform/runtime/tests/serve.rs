@@ -18,6 +18,7 @@ fn limits() -> HttpLimits {
         max_head_bytes: 16 * 1024,
         shutdown_deadline: Duration::from_millis(500),
         metrics: MetricsAt::Public,
+        max_connections_per_client: None,
     }
 }
 

@@ -275,3 +275,60 @@ async fn every_layers_refusals_come_in_the_shared_shape_with_the_security_header
         .unwrap()
         .assert_protected("GET /api/tickets");
 }
+
+/// One address holding many idle connections starves no one: past
+/// `HTTP_MAX_CONNECTIONS_PER_CLIENT` its next connection is answered 429 in
+/// the shared shape and closed, while another address is served; closing
+/// some lets it in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_more_than_its_share_of_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = crate::common::Proc::start_with(
+        crate::common::free_port(),
+        dir.path(),
+        900,
+        &[("HTTP_MAX_CONNECTIONS_PER_CLIENT", "20".into())],
+    )
+    .await;
+    let port = p.port;
+    // Twenty idle connections from 127.0.0.1, nothing sent on them.
+    let idle: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    // Let the server accept them all before the next one.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let refused = tokio::task::spawn_blocking(move || {
+        raw(port, b"GET /api/tickets HTTP/1.1\r\nHost: x\r\n\r\n")
+    })
+    .await
+    .unwrap();
+    refused.assert_json_error("the 21st connection", 429);
+    assert!(
+        refused
+            .body
+            .contains("Too many open connections from your address"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    // Another address (loopback has them all) is served meanwhile.
+    let other = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap()
+        .get(format!("http://127.0.0.1:{port}/api/tickets"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), reqwest::StatusCode::OK);
+    drop(idle);
+    let again = testkit::eventually(std::time::Duration::from_secs(10), || async {
+        reqwest::get(format!("http://127.0.0.1:{port}/api/tickets"))
+            .await
+            .ok()
+            .filter(|r| r.status() == reqwest::StatusCode::OK)
+            .map(|_| ())
+    })
+    .await;
+    assert!(again.is_some(), "the address was not let in again");
+}
