@@ -40,15 +40,15 @@ pub fn router(api: Api) -> Router {
 }
 
 /// Ready when the query service answers through `api`.
-pub async fn check_ready(api: &Api) -> Result<(), String> {
+pub async fn check_ready(api: &Api) -> Result<(), runtime::NotReady> {
     let reply = api
         .call(Method::GET, "/posts", &Caller::default(), None)
         .await
-        .map_err(|e| format!("page: the API is unreachable: {}", e.0))?;
+        .map_err(|e| runtime::NotReady::with_detail("page: the API is unreachable", e.0))?;
     if reply.ok() {
         Ok(())
     } else {
-        Err(format!("page: the query service answered {}", reply.status))
+        Err(format!("page: the query service answered {}", reply.status).into())
     }
 }
 

@@ -185,7 +185,7 @@ pub fn follow(
     });
     let ready: ReadyCheck = Arc::new(move || {
         let outcome = if !fresh.rebuilt.load(Ordering::Acquire) {
-            Err("the deny list of ended sessions is still being rebuilt".to_owned())
+            Err("the deny list of ended sessions is still being rebuilt".into())
         } else {
             let stale_ms = check_clock.now().millis() - fresh.fresh_at.load(Ordering::Acquire);
             match max_staleness {
@@ -195,7 +195,8 @@ pub fn follow(
                     Err(format!(
                         "the deny list of ended sessions is {} s stale (the bus is away or catching up)",
                         stale_ms / 1000
-                    ))
+                    )
+                    .into())
                 }
                 _ => Ok(()),
             }

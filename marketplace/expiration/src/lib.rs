@@ -152,14 +152,14 @@ pub async fn next_due(db: &Db, count: bool) -> Result<Option<Timestamp>, StoreEr
 /// Why the scheduler cannot fire timers, while it cannot (the service is
 /// not ready meanwhile).
 #[derive(Clone, Default)]
-struct SchedulerHealth(Arc<std::sync::Mutex<Option<String>>>);
+struct SchedulerHealth(Arc<std::sync::Mutex<Option<shared::http::NotReady>>>);
 
 impl SchedulerHealth {
-    fn set(&self, problem: Option<String>) {
+    fn set(&self, problem: Option<shared::http::NotReady>) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = problem;
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), shared::http::NotReady> {
         match &*self.0.lock().unwrap_or_else(|e| e.into_inner()) {
             None => Ok(()),
             Some(problem) => Err(problem.clone()),
@@ -206,7 +206,10 @@ async fn run_scheduler(
                 failing = Some(wait);
                 shared::metrics::inc("expiration_fire_failures_total", &[]);
                 tracing::warn!(error = %store::report(&e), retry_in_ms = wait.as_millis() as u64, "cannot fire timers");
-                health.set(Some(format!("cannot fire timers: {}", store::report(&e))));
+                health.set(Some(shared::http::NotReady::with_detail(
+                    "cannot fire timers",
+                    store::report(&e),
+                )));
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => continue,
                     _ = shutdown.wait() => break,

@@ -100,7 +100,7 @@ pub async fn status_page(status: StatusCode) -> Response {
 }
 
 /// Ready when the API answers.
-pub async fn check_ready(api: &Api) -> Result<(), String> {
+pub async fn check_ready(api: &Api) -> Result<(), runtime::NotReady> {
     let reply = api
         .call(
             axum::http::Method::GET,
@@ -109,11 +109,11 @@ pub async fn check_ready(api: &Api) -> Result<(), String> {
             None,
         )
         .await
-        .map_err(|e| format!("web: the API is unreachable: {}", e.0))?;
+        .map_err(|e| runtime::NotReady::with_detail("web: the API is unreachable", e.0))?;
     if reply.ok() {
         Ok(())
     } else {
-        Err(format!("web: the API answered {}", reply.status))
+        Err(format!("web: the API answered {}", reply.status).into())
     }
 }
 

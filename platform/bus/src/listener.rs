@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shared::events::Event;
+use shared::http::NotReady;
 use shared::shutdown::Shutdown;
 use shared::trace::{TRACEPARENT, TraceContext};
 
@@ -215,10 +216,13 @@ fn spawn_members<E: Event>(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     member.health.set(
         &durable_name(member.service, E::SUBJECT),
-        Some(format!(
-            "listener {} has not joined its consumer yet",
-            durable_name(member.service, E::SUBJECT)
-        )),
+        Some(
+            format!(
+                "listener {} has not joined its consumer yet",
+                durable_name(member.service, E::SUBJECT)
+            )
+            .into(),
+        ),
     );
     let mut tasks: Vec<_> = (0..member.options.concurrency.max(1))
         .map(|_| tokio::spawn(run_member::<E, _>(member.clone(), handling.clone())))
@@ -295,13 +299,16 @@ async fn run_member<E: Event, H: Handling<E>>(member: Member, handling: H) {
             }
             Err(e) => {
                 tracing::warn!(service, subject = E::SUBJECT, error = %store::report(&e), "cannot join consumer yet");
+                let reason = format!("listener {} cannot join its consumer", config.durable);
                 health.set(
                     &config.durable,
-                    Some(format!(
-                        "listener {} cannot join its consumer: {}",
-                        config.durable,
-                        store::report(&e)
-                    )),
+                    Some(match e.kind {
+                        // "no stream holds …": the operator's to fix, said as it is.
+                        crate::BusErrorKind::StreamMissing => {
+                            format!("{reason}: {}", e.message).into()
+                        }
+                        _ => NotReady::with_detail(reason, store::report(&e)),
+                    }),
                 );
                 tokio::select! {
                     _ = tokio::time::sleep(retry) => {}
@@ -651,11 +658,11 @@ pub fn check_version(what: &str, stored: Option<i64>, incoming: i64) -> Option<O
 /// part of the service's readiness (a missing stream shows up here).
 #[derive(Clone, Default)]
 pub struct ListenerHealth(
-    Arc<std::sync::Mutex<std::collections::BTreeMap<String, Option<String>>>>,
+    Arc<std::sync::Mutex<std::collections::BTreeMap<String, Option<NotReady>>>>,
 );
 
 impl ListenerHealth {
-    fn set(&self, durable: &str, problem: Option<String>) {
+    fn set(&self, durable: &str, problem: Option<NotReady>) {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -663,14 +670,24 @@ impl ListenerHealth {
     }
 
     /// `Err` naming every listener that has not joined its consumer, and why.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), NotReady> {
         let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let problems: Vec<&str> = map.values().flatten().map(String::as_str).collect();
+        let problems: Vec<&NotReady> = map.values().flatten().collect();
         if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("; "))
+            return Ok(());
         }
+        let join = |part: fn(&NotReady) -> Option<String>| {
+            problems
+                .iter()
+                .filter_map(|p| part(p))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let detail = join(|p| p.detail.as_ref().map(|d| format!("{}: {d}", p.reason)));
+        Err(NotReady {
+            reason: join(|p| Some(p.reason.clone())),
+            detail: (!detail.is_empty()).then_some(detail),
+        })
     }
 }
 

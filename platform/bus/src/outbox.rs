@@ -282,14 +282,17 @@ impl Outbox {
     }
 
     /// `Err` with the reason while the relay cannot reach the bus.
-    pub fn health(&self) -> Result<(), String> {
+    pub fn health(&self) -> Result<(), shared::http::NotReady> {
         match &*self
             .inner
             .last_error
             .lock()
             .unwrap_or_else(|e| e.into_inner())
         {
-            Some(e) => Err(format!("outbox relay cannot publish: {e}")),
+            Some(e) => Err(shared::http::NotReady::with_detail(
+                "outbox relay cannot publish",
+                e.to_string(),
+            )),
             None => Ok(()),
         }
     }

@@ -293,14 +293,43 @@ async fn healthz() -> axum::Json<StatusBody> {
 }
 
 /// Readiness: 200 only when the database, the bus, the streams and the
-/// consumers are usable; 503 names what is not.
+/// consumers are usable; 503 names what is not, in the service's own words
+/// (the engines' error text goes to the log and to the metrics port's
+/// `/readyz`, never to anyone who asks).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = StatusBody),
         (status = 503, description = "Not ready; one entry per reason", body = shared::error::ErrorBody),
     ))]
 async fn readyz(axum::extract::State(checks): axum::extract::State<Checks>) -> Response {
-    let failures = run_checks(&checks).await;
+    readiness(&checks, false).await
+}
+
+/// `/readyz` as the operators' metrics port serves it: each reason with the
+/// error behind it.
+pub(crate) async fn readyz_detailed() -> Response {
+    let checks = registered()
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    match checks {
+        Some(checks) => readiness(&checks, true).await,
+        None => axum::Json(StatusBody {
+            status: "ready".into(),
+        })
+        .into_response(),
+    }
+}
+
+/// The checks of this process's health routes, for the metrics port.
+fn registered() -> &'static std::sync::RwLock<Option<Checks>> {
+    static CHECKS: std::sync::OnceLock<std::sync::RwLock<Option<Checks>>> =
+        std::sync::OnceLock::new();
+    CHECKS.get_or_init(Default::default)
+}
+
+async fn readiness(checks: &Checks, detailed: bool) -> Response {
+    let failures = run_checks(checks, detailed).await;
     if failures.is_empty() {
         axum::Json(StatusBody {
             status: "ready".into(),
@@ -321,7 +350,7 @@ async fn readyz(axum::extract::State(checks): axum::extract::State<Checks>) -> R
 async fn metrics_and_readiness(
     axum::extract::State(checks): axum::extract::State<Checks>,
 ) -> impl IntoResponse {
-    run_checks(&checks).await;
+    run_checks(&checks, false).await;
     metrics().await
 }
 
@@ -338,7 +367,7 @@ pub(crate) async fn metrics() -> impl IntoResponse {
 /// check's outcome is also the gauge `ready{check}` (1 or 0), set by every
 /// `/readyz` and every scrape of the public `/metrics`, so an alert sees a
 /// process that stays unready.
-async fn run_checks(checks: &Checks) -> Vec<FieldError> {
+async fn run_checks(checks: &Checks, detailed: bool) -> Vec<FieldError> {
     let mut failures = Vec::new();
     for (name, check) in checks.iter() {
         let outcome = check().await;
@@ -347,14 +376,45 @@ async fn run_checks(checks: &Checks) -> Vec<FieldError> {
             &[("check", name)],
             if outcome.is_ok() { 1.0 } else { 0.0 },
         );
-        if let Err(reason) = outcome {
+        log_cause(name, outcome.as_ref().err());
+        if let Err(not_ready) = outcome {
             failures.push(FieldError {
-                message: format!("{name}: {reason}"),
+                message: if detailed {
+                    format!("{name}: {not_ready}")
+                } else {
+                    format!("{name}: {}", not_ready.reason)
+                },
                 field: None,
             });
         }
     }
     failures
+}
+
+/// Logs the error behind a failing check when it changes (not at every
+/// probe), and when the check passes again.
+fn log_cause(name: &str, failure: Option<&shared::http::NotReady>) {
+    static LOGGED: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, String>>,
+    > = std::sync::OnceLock::new();
+    let mut logged = LOGGED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    match failure {
+        Some(f) => {
+            let cause = f.to_string();
+            if logged.get(name) != Some(&cause) {
+                tracing::warn!(check = name, cause = %cause, "not ready");
+                logged.insert(name.to_owned(), cause);
+            }
+        }
+        None => {
+            if logged.remove(name).is_some() {
+                tracing::info!(check = name, "ready again");
+            }
+        }
+    }
 }
 
 fn health_routes() -> utoipa_axum::router::OpenApiRouter<Checks> {
@@ -367,10 +427,9 @@ fn health_routes() -> utoipa_axum::router::OpenApiRouter<Checks> {
 /// `GET /healthz` (live while serving), `GET /readyz` (200 when every check
 /// passes, else 503 with the reasons), `GET /metrics` (Prometheus text).
 pub fn health_router(checks: Vec<(String, ReadyCheck)>) -> Router {
-    health_routes()
-        .split_for_parts()
-        .0
-        .with_state(Arc::new(checks))
+    let checks = Arc::new(checks);
+    *registered().write().unwrap_or_else(|e| e.into_inner()) = Some(checks.clone());
+    health_routes().split_for_parts().0.with_state(checks)
 }
 
 /// The OpenAPI description of the health routes.

@@ -269,7 +269,11 @@ pub fn router(upstreams: Upstreams) -> Router {
                             Err(e) => errors.push(format!("{base} unreachable: {e}")),
                         }
                     }
-                    Err(errors.join("; "))
+                    // Which upstream is away is the operator's business.
+                    Err(shared::http::NotReady::with_detail(
+                        "no replica answers",
+                        errors.join("; "),
+                    ))
                 })
             });
             (format!("upstream {name}"), check)

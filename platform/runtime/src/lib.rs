@@ -27,3 +27,4 @@ pub use edge::Fallback;
 pub use role::Role;
 pub use serve::{HttpLimits, MetricsAt, Stopping, listen, serve, serve_running, serve_with};
 pub use service::{Databases, Deps, Running, ServiceBase};
+pub use shared::http::NotReady;

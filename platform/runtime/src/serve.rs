@@ -171,7 +171,11 @@ async fn metrics_elsewhere(
         )
     })?;
     tracing::info!("metrics on http://{}/metrics", listener.local_addr()?);
-    let metrics = axum::Router::new().route("/metrics", axum::routing::get(crate::edge::metrics));
+    // The operators' port: the metrics, and readiness with the error behind
+    // each reason (the public `/readyz` gives the reasons alone).
+    let metrics = axum::Router::new()
+        .route("/metrics", axum::routing::get(crate::edge::metrics))
+        .route("/readyz", axum::routing::get(crate::edge::readyz_detailed));
     let inner = HttpLimits {
         metrics: MetricsAt::Public,
         ..limits.clone()

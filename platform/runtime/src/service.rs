@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use shared::auth::AuthKeys;
-use shared::http::ReadyCheck;
+use shared::http::{NotReady, ReadyCheck};
 use shared::shutdown::Shutdown;
 use shared::time::Clock;
 use store::{Db, Migration};
@@ -190,7 +190,16 @@ impl ServiceBase {
                         Box::pin(async move {
                             bus.check_subjects(publishes)
                                 .await
-                                .map_err(|e| store::report(&e))
+                                .map_err(|e| match e.kind {
+                                    // "no stream holds …": the operator's to fix, said as it is.
+                                    bus::BusErrorKind::StreamMissing => {
+                                        NotReady::from(e.message.clone())
+                                    }
+                                    _ => NotReady::with_detail(
+                                        "the bus cannot say which streams hold its subjects",
+                                        store::report(&e),
+                                    ),
+                                })
                         })
                     }),
                 ));
@@ -229,14 +238,26 @@ pub fn standard_checks(
             format!("{service} database"),
             Arc::new(move || {
                 let db = db.clone();
-                Box::pin(async move { db.ping().await.map_err(|e| store::report(&e)) })
+                Box::pin(async move {
+                    db.ping().await.map_err(|e| {
+                        let reason = match e.kind() {
+                            store::StoreErrorKind::Storage => "the database cannot write",
+                            _ => "the database is unavailable",
+                        };
+                        NotReady::with_detail(reason, store::report(&e))
+                    })
+                })
             }),
         ),
         (
             format!("{service} bus"),
             Arc::new(move || {
                 let bus = bus.clone();
-                Box::pin(async move { bus.check_ready().await.map_err(|e| store::report(&e)) })
+                Box::pin(async move {
+                    bus.check_ready().await.map_err(|e| {
+                        NotReady::with_detail("the bus is unavailable", store::report(&e))
+                    })
+                })
             }),
         ),
     ];

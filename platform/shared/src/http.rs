@@ -306,8 +306,52 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 /// A boxed future, for checks stored behind `dyn`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// One readiness check: `Err` says what is not ready, in words.
-pub type ReadyCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+/// One readiness check: `Err` says what is not ready.
+pub type ReadyCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), NotReady>> + Send + Sync>;
+
+/// Why a readiness check fails: `reason` in the service's own words, fit
+/// for anyone who asks `/readyz`; `detail`, the underlying error (a
+/// database's or a broker's own message), for the log and the operators'
+/// metrics port only — it can tell an outsider about the internals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotReady {
+    pub reason: String,
+    pub detail: Option<String>,
+}
+
+impl NotReady {
+    /// A reason with the error behind it.
+    pub fn with_detail(reason: impl Into<String>, detail: impl Into<String>) -> NotReady {
+        NotReady {
+            reason: reason.into(),
+            detail: Some(detail.into()),
+        }
+    }
+}
+
+impl From<String> for NotReady {
+    fn from(reason: String) -> Self {
+        NotReady {
+            reason,
+            detail: None,
+        }
+    }
+}
+
+impl From<&str> for NotReady {
+    fn from(reason: &str) -> Self {
+        reason.to_owned().into()
+    }
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.detail {
+            Some(d) => write!(f, "{}: {d}", self.reason),
+            None => f.write_str(&self.reason),
+        }
+    }
+}
 
 /// The TCP peer's address, when the server recorded it (it is absent in
 /// in-process router tests).
