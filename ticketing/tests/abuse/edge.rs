@@ -283,34 +283,66 @@ async fn every_layers_refusals_come_in_the_shared_shape_with_the_security_header
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_cannot_hold_more_than_its_share_of_connections() {
     let dir = tempfile::tempdir().unwrap();
-    let p = crate::common::Proc::start_with(
+    let mut p = crate::common::Proc::start_with(
         crate::common::free_port(),
         dir.path(),
         900,
-        &[("HTTP_MAX_CONNECTIONS_PER_CLIENT", "20".into())],
+        &[
+            ("HTTP_MAX_CONNECTIONS_PER_CLIENT", "20".into()),
+            // Idle connections are closed after 2 s without a request.
+            ("HTTP_HEADER_TIMEOUT_SECONDS", "2".into()),
+        ],
     )
     .await;
     let port = p.port;
-    // Twenty idle connections from 127.0.0.1, nothing sent on them.
-    let idle: Vec<std::net::TcpStream> = (0..20)
+    // Twenty-five idle connections from 127.0.0.1, nothing sent on them:
+    // the server takes them in order, holds twenty (closing them without a
+    // word once the header timeout passes) and answers the last five 429
+    // and closes them.
+    let idle: Vec<std::net::TcpStream> = (0..25)
         .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
         .collect();
-    // Let the server accept them all before the next one.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let refused = tokio::task::spawn_blocking(move || {
-        raw(port, b"GET /api/tickets HTTP/1.1\r\nHost: x\r\n\r\n")
+    let (idle, answers) = tokio::task::spawn_blocking(move || {
+        use std::io::Read as _;
+        let answers: Vec<String> = idle
+            .iter()
+            .map(|mut s| {
+                s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                    .unwrap();
+                let mut got = Vec::new();
+                let _ = s.read_to_end(&mut got);
+                String::from_utf8_lossy(&got).into_owned()
+            })
+            .collect();
+        (idle, answers)
     })
     .await
     .unwrap();
-    refused.assert_json_error("the 21st connection", 429);
-    assert!(
-        refused
-            .body
-            .contains("Too many open connections from your address"),
-        "{}",
-        refused.body
+    let refused: Vec<usize> = (0..answers.len())
+        .filter(|i| !answers[*i].is_empty())
+        .collect();
+    assert_eq!(
+        refused,
+        [20, 21, 22, 23, 24],
+        "the process exited: {:?}",
+        p.child.try_wait()
     );
-    assert_eq!(refused.header("retry-after"), Some("1"));
+    let refusal = &answers[20];
+    assert!(
+        refusal.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
+        "{refusal}"
+    );
+    assert!(refusal.contains("\r\nretry-after: 1\r\n"), "{refusal}");
+    assert!(
+        refusal.contains("\r\nx-content-type-options: nosniff\r\n"),
+        "{refusal}"
+    );
+    assert!(
+        refusal.ends_with(
+            r#"{"errors":[{"message":"Too many open connections from your address; close some and try again"}]}"#
+        ),
+        "{refusal}"
+    );
     // Another address (loopback has them all) is served meanwhile.
     let other = reqwest::Client::builder()
         .local_address(std::net::IpAddr::from([127, 0, 0, 2]))

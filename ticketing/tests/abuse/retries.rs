@@ -5,6 +5,12 @@ use reqwest::StatusCode;
 
 use crate::common::{Proc, Shopper};
 
+/// The `name=value` part of the first cookie an answer sets.
+fn set_cookie(res: &reqwest::Response) -> String {
+    let header = res.headers()["set-cookie"].to_str().unwrap();
+    header.split(';').next().unwrap().to_owned()
+}
+
 /// The value of the hidden field `name` in a page's form.
 fn hidden(html: &str, name: &str) -> String {
     let marker = format!(r#"name="{name}" value=""#);
@@ -26,20 +32,15 @@ async fn a_purchase_or_payment_form_sent_twice_orders_and_pays_once() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let session = buyer
-        .client
-        .post(format!("{}/api/users/signin", p.base))
-        .json(&serde_json::json!({"email": "buyer@example.com", "password": "password123"}))
-        .send()
-        .await
-        .unwrap()
-        .headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let session = set_cookie(
+        &buyer
+            .client
+            .post(format!("{}/api/users/signin", p.base))
+            .json(&serde_json::json!({"email": "buyer@example.com", "password": "password123"}))
+            .send()
+            .await
+            .unwrap(),
+    );
     let page = |path: String| {
         let (http, cookie) = (no_redirects.clone(), session.clone());
         async move {
@@ -51,13 +52,7 @@ async fn a_purchase_or_payment_form_sent_twice_orders_and_pays_once() {
         }
     };
     let res = page(format!("{}/tickets/{ticket}", p.base)).await;
-    let csrf_cookie = res.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let csrf_cookie = set_cookie(&res);
     let html = res.text().await.unwrap();
     let (csrf, key) = (hidden(&html, "_csrf"), hidden(&html, "_key"));
     let cookies = format!("{session}; {csrf_cookie}");
@@ -89,6 +84,20 @@ async fn a_purchase_or_payment_form_sent_twice_orders_and_pays_once() {
         .text()
         .await
         .unwrap();
+    // Payments learns of the order from its event: until then a payment is
+    // a 404 (a token the gateway cannot read is a 400 once it knows).
+    let order_id = order_path.trim_start_matches("/orders/").to_owned();
+    let known = testkit::eventually(std::time::Duration::from_secs(15), || async {
+        let res = buyer
+            .post(
+                "/api/payments",
+                serde_json::json!({"orderId": order_id, "token": "tok_probe_unknown"}),
+            )
+            .await;
+        (res.status() == StatusCode::BAD_REQUEST).then_some(())
+    })
+    .await;
+    assert!(known.is_some(), "payments never learned of the order");
     let pay = format!("{}{order_path}/pay", p.base);
     let form = vec![
         ("_csrf", hidden(&html, "_csrf")),
