@@ -299,9 +299,15 @@ async fn one_address_cannot_hold_more_than_its_share_of_connections() {
     // the server takes them in order, holds twenty (closing them without a
     // word once the header timeout passes) and answers the last five 429
     // and closes them.
-    let idle: Vec<std::net::TcpStream> = (0..25)
-        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
-        .collect();
+    // From 127.0.0.3: no other connection of the test's (the readiness
+    // probe's, say, still closing) counts against it.
+    let mut idle = Vec::new();
+    for _ in 0..25 {
+        idle.push(from(HOG, port).await.into_std().unwrap());
+    }
+    for s in &idle {
+        s.set_nonblocking(false).unwrap();
+    }
     let (idle, answers) = tokio::task::spawn_blocking(move || {
         use std::io::Read as _;
         let answers: Vec<String> = idle
@@ -355,7 +361,12 @@ async fn one_address_cannot_hold_more_than_its_share_of_connections() {
     assert_eq!(other.status(), reqwest::StatusCode::OK);
     drop(idle);
     let again = testkit::eventually(std::time::Duration::from_secs(10), || async {
-        reqwest::get(format!("http://127.0.0.1:{port}/api/tickets"))
+        reqwest::Client::builder()
+            .local_address(HOG)
+            .build()
+            .unwrap()
+            .get(format!("http://127.0.0.1:{port}/api/tickets"))
+            .send()
             .await
             .ok()
             .filter(|r| r.status() == reqwest::StatusCode::OK)
@@ -363,4 +374,17 @@ async fn one_address_cannot_hold_more_than_its_share_of_connections() {
     })
     .await;
     assert!(again.is_some(), "the address was not let in again");
+}
+
+/// The address the connection hog uses.
+const HOG: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3));
+
+/// A connection to `port` on 127.0.0.1 from `local`.
+async fn from(local: std::net::IpAddr, port: u16) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::new(local, 0)).unwrap();
+    socket
+        .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .unwrap()
 }
