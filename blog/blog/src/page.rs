@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use askama::Template;
 use axum::Router;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use runtime::client::Api;
@@ -28,14 +27,14 @@ const CSS: &str = include_str!("../assets/blog.css");
 const READ_YOUR_WRITE: Duration = Duration::from_secs(2);
 
 /// The page's routes (`/`, its forms and its stylesheet), calling the API
-/// through `api`. Every response carries the pages' security headers.
+/// through `api`. (The HTTP edge gives every response the security
+/// headers.)
 pub fn router(api: Api) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/new-post", post(new_post))
         .route("/posts/{id}/new-comment", post(new_comment))
         .route("/assets/blog.css", get(css))
-        .layer(axum::middleware::from_fn(secure))
         .with_state(api)
 }
 
@@ -50,10 +49,6 @@ pub async fn check_ready(api: &Api) -> Result<(), runtime::NotReady> {
     } else {
         Err(format!("page: the query service answered {}", reply.status).into())
     }
-}
-
-async fn secure(req: Request, next: Next) -> Response {
-    runtime::pages::with_security_headers(next.run(req).await)
 }
 
 async fn css() -> Response {

@@ -59,7 +59,8 @@ pub struct AdminUserBody {
     created_at: Timestamp,
 }
 
-const SELECT: &str = "SELECT id, email, version, banned_at, created_at, admin_since FROM users";
+const SELECT: &str =
+    "SELECT id, email, version, banned_at, created_at, admin_since, last_session_at FROM users";
 
 struct UserRow {
     id: UserId,
@@ -68,6 +69,8 @@ struct UserRow {
     banned_at: Option<Timestamp>,
     created_at: Timestamp,
     admin: bool,
+    /// When the user's latest session began.
+    last_session_at: Timestamp,
 }
 
 impl UserRow {
@@ -79,6 +82,7 @@ impl UserRow {
             banned_at: r.get(3)?,
             created_at: r.get(4)?,
             admin: r.get::<Option<i64>>(5)?.is_some(),
+            last_session_at: r.get(6)?,
         })
     }
 
@@ -238,9 +242,10 @@ async fn ban(
             if user.banned_at.is_some() {
                 return Ok((Change::Done(user), None));
             }
-            // Up to the latest session's start at least: a sign-in that
-            // began its session just before this ban is ended by it.
-            let banned_at = crate::users::cut_off(c, id, now)?.unwrap_or(now);
+            // Up to the latest session's start at least (the row is locked,
+            // so no sign-in begins one meanwhile): a sign-in that began its
+            // session just before this ban is ended by it.
+            let banned_at = user.last_session_at.max(now);
             user.version += 1;
             user.banned_at = Some(banned_at);
             c.execute(

@@ -393,7 +393,7 @@ async fn begin_session(state: &AppState, id: UserId, hash: String) -> Result<Beg
 /// caller's transaction after locking the user's row: now, or the start of
 /// the user's latest session if that is later (a clock behind another
 /// replica's), so no session begun before the end survives it.
-pub(crate) fn cut_off(
+fn cut_off(
     c: &mut dyn store::Conn,
     id: UserId,
     now: Timestamp,

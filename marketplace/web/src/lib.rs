@@ -96,7 +96,7 @@ pub async fn status_page(status: StatusCode) -> Response {
         ),
         _ => ("Page not found", "There is nothing at this address."),
     };
-    with_security_headers(pages::error_page(status, heading, message))
+    pages::error_page(status, heading, message)
 }
 
 /// Ready when the API answers.
@@ -162,8 +162,6 @@ async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Respon
 
 // --------------------------------------------------- headers, cookies, CSRF
 
-pub use runtime::pages::with_security_headers;
-
 /// A cookie's value from the request's `Cookie` headers.
 pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
@@ -206,8 +204,8 @@ fn valid_token(t: &str) -> bool {
     t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Gives every browser a CSRF token (a cookie its forms echo), and every
-/// response the security headers.
+/// Gives every browser a CSRF token (a cookie its forms echo). (The HTTP
+/// edge gives every response the security headers.)
 async fn protect(State(web): State<Shared>, mut req: Request, next: Next) -> Response {
     let existing = cookie(req.headers(), "csrf").filter(|t| valid_token(t));
     let fresh = existing.is_none();
@@ -228,7 +226,7 @@ async fn protect(State(web): State<Shared>, mut req: Request, next: Next) -> Res
             res.headers_mut().append(header::SET_COOKIE, v);
         }
     }
-    with_security_headers(res)
+    res
 }
 
 /// Whether two strings are equal, in time independent of where they differ.

@@ -72,7 +72,7 @@ pub fn edge(router: Router, fallback: Fallback) -> Router {
 }
 
 async fn security_headers(res: Response) -> Response {
-    crate::pages::with_missing_security_headers(res)
+    crate::pages::with_security_headers(res)
 }
 
 async fn not_found() -> ApiError {

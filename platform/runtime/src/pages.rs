@@ -22,23 +22,10 @@ pub const SECURITY_HEADERS: [(&str, &str); 5] = [
     ("cache-control", "no-store"),
 ];
 
-/// Adds the security headers to a page: the CSP, `nosniff`, the referrer
-/// policy and frame denial replace what was there; `Cache-Control` is
-/// added unless set.
-pub fn with_security_headers(mut res: Response) -> Response {
-    let h = res.headers_mut();
-    for (name, value) in SECURITY_HEADERS {
-        let name = HeaderName::from_static(name);
-        if name != header::CACHE_CONTROL || !h.contains_key(&name) {
-            h.insert(name, HeaderValue::from_static(value));
-        }
-    }
-    res
-}
-
 /// Adds each security header `res` does not have already (a route with a
-/// policy of its own — the API docs' page — keeps it).
-pub fn with_missing_security_headers(mut res: Response) -> Response {
+/// policy of its own — the API docs' page, long-cached assets — keeps it).
+/// The HTTP edge does it for every answer; nothing else needs to.
+pub fn with_security_headers(mut res: Response) -> Response {
     let h = res.headers_mut();
     for (name, value) in SECURITY_HEADERS {
         let name = HeaderName::from_static(name);
@@ -71,7 +58,7 @@ impl IntoResponse for FormRefused {
              <h1>This form could not be read</h1><p>{}</p></html>",
             self.message
         );
-        with_security_headers((self.status, axum::response::Html(html)).into_response())
+        (self.status, axum::response::Html(html)).into_response()
     }
 }
 

@@ -350,7 +350,7 @@ fn connection(
         let router = router.clone();
         async move {
             if head_size(&req) > max_head_bytes {
-                return Ok(crate::pages::with_missing_security_headers(
+                return Ok(crate::pages::with_security_headers(
                     shared::ApiError::HeadersTooLarge.into_response(),
                 ));
             }
