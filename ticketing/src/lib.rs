@@ -140,17 +140,12 @@ async fn payments_store(
         &["payments"],
         &data.data_dir,
     )?;
-    let db = match databases {
-        runtime::service::Databases::Sqlite(dir) => {
-            store::Db::open_sqlite(&dir.join("payments.db"), payments::MIGRATIONS).await?
-        }
-        runtime::service::Databases::Postgres { urls, .. } => {
-            store::Db::open_postgres(&urls["payments"], 2, payments::MIGRATIONS).await?
-        }
-    };
-    let outbox = bus::outbox::Outbox::new(db.clone(), payments::SERVICE)
-        .declaring(marketplace_events::service_events(payments::SERVICE).publishes);
-    Ok((db, outbox))
+    Ok(databases
+        .operator_store(
+            marketplace_events::service_events(payments::SERVICE),
+            payments::MIGRATIONS,
+        )
+        .await?)
 }
 
 /// `ticketing probe`: 0 when `url` answers 2xx, else 1 (and why, on stderr).

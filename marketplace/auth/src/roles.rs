@@ -115,25 +115,10 @@ pub async fn set_admin(
 pub async fn open_store(
     databases: &runtime::service::Databases,
 ) -> Result<(Db, Outbox), StoreError> {
-    let db = match databases {
-        runtime::service::Databases::Sqlite(dir) => {
-            Db::open_sqlite(
-                &dir.join(format!("{}.db", crate::SERVICE)),
-                crate::MIGRATIONS,
-            )
-            .await?
-        }
-        runtime::service::Databases::Postgres { urls, .. } => {
-            let url = urls.get(crate::SERVICE).ok_or_else(|| {
-                StoreError::new(
-                    store::StoreErrorKind::Other,
-                    format!("no database URL for {}", crate::SERVICE),
-                )
-            })?;
-            Db::open_postgres(url, 2, crate::MIGRATIONS).await?
-        }
-    };
-    let outbox = Outbox::new(db.clone(), crate::SERVICE)
-        .declaring(marketplace_events::service_events(crate::SERVICE).publishes);
-    Ok((db, outbox))
+    databases
+        .operator_store(
+            marketplace_events::service_events(crate::SERVICE),
+            crate::MIGRATIONS,
+        )
+        .await
 }

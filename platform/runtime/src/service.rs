@@ -46,6 +46,42 @@ pub enum Databases {
     },
 }
 
+impl Databases {
+    fn url<'a>(
+        urls: &'a std::collections::BTreeMap<String, String>,
+        service: &str,
+    ) -> Result<&'a str, store::StoreError> {
+        urls.get(service).map(String::as_str).ok_or_else(|| {
+            store::StoreError::new(
+                store::StoreErrorKind::Other,
+                format!("no database URL for {service}"),
+            )
+        })
+    }
+
+    /// A service's database and outbox for an operator's one-shot command
+    /// (`ticketing payments refund`, `ticketing users grant-admin`): opened
+    /// with its migrations applied, two connections at most. What the
+    /// command writes to the outbox, the running service's relay publishes.
+    pub async fn operator_store(
+        &self,
+        events: &'static shared::events::ServiceEvents,
+        migrations: &'static [Migration],
+    ) -> Result<(Db, Outbox), store::StoreError> {
+        let service = events.service;
+        let db = match self {
+            Databases::Sqlite(dir) => {
+                Db::open_sqlite(&dir.join(format!("{service}.db")), migrations).await?
+            }
+            Databases::Postgres { urls, .. } => {
+                Db::open_postgres(Databases::url(urls, service)?, 2, migrations).await?
+            }
+        };
+        let outbox = Outbox::new(db.clone(), service).declaring(events.publishes);
+        Ok((db, outbox))
+    }
+}
+
 /// Everything a service needs from its surroundings.
 #[derive(Clone)]
 pub struct Deps {
@@ -72,15 +108,11 @@ impl Deps {
             Databases::Postgres {
                 urls,
                 max_connections,
-            } => {
-                let url = urls.get(service).ok_or_else(|| {
-                    store::StoreError::new(
-                        store::StoreErrorKind::Other,
-                        format!("no database URL for {service}"),
-                    )
-                })?;
-                Db::open_postgres_in_background(url, *max_connections, migrations)
-            }
+            } => Db::open_postgres_in_background(
+                Databases::url(urls, service)?,
+                *max_connections,
+                migrations,
+            ),
         }
     }
 
