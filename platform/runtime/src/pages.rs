@@ -39,7 +39,7 @@ pub fn with_security_headers(mut res: Response) -> Response {
 /// A submitted web form's fields, read with the body limit and the server's
 /// body timeout. What cannot be read is refused with a status and a
 /// sentence for a page ([`FormRefused`]: 415 not a form, 413 too large, 408
-/// too slow, 400 malformed) instead of the framework's plain-text
+/// too slow) instead of the framework's plain-text
 /// rejections.
 pub struct FormFields(pub HashMap<String, String>);
 
@@ -94,8 +94,70 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for FormFields {
                     "The form is too large (64 KiB at most).",
                 ),
             })?;
+        // Fields of text read from any bytes (bad escapes as U+FFFD), so
+        // this refusal is there only should the shape ever be stricter.
         serde_urlencoded::from_bytes(&bytes)
             .map(FormFields)
             .map_err(|_| refused(StatusCode::BAD_REQUEST, "The form is malformed."))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::extract::FromRequest as _;
+
+    async fn read(content_type: &str, body: Vec<u8>) -> Result<FormFields, FormRefused> {
+        let req = axum::http::Request::builder()
+            .method("POST")
+            .header(header::CONTENT_TYPE, content_type)
+            .body(axum::body::Body::from(body))
+            .unwrap();
+        FormFields::from_request(req, &()).await
+    }
+
+    #[tokio::test]
+    async fn a_form_is_read_and_what_is_not_one_is_refused_with_its_status() {
+        let form = read(
+            "application/x-www-form-urlencoded; charset=utf-8",
+            b"title=A+show&price=5".to_vec(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(form.0["title"], "A show");
+        assert_eq!(form.0["price"], "5");
+        let status = |r: Result<FormFields, FormRefused>| r.err().map(|e| e.status);
+        assert_eq!(
+            status(read("text/plain", b"a=b".to_vec()).await),
+            Some(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+        );
+        assert_eq!(
+            status(
+                read(
+                    "application/x-www-form-urlencoded",
+                    vec![b'a'; shared::http::BODY_LIMIT + 1]
+                )
+                .await
+            ),
+            Some(StatusCode::PAYLOAD_TOO_LARGE)
+        );
+        // Text fields read from anything (bad escapes read as U+FFFD).
+        let lossy = read("application/x-www-form-urlencoded", b"a=%FF".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(lossy.0["a"], "\u{FFFD}");
+        // As a page: the status, HTML, and the message.
+        let page = FormRefused {
+            status: StatusCode::BAD_REQUEST,
+            message: "The form is malformed.",
+        }
+        .into_response();
+        assert_eq!(page.status(), StatusCode::BAD_REQUEST);
+        assert!(
+            page.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
     }
 }

@@ -199,6 +199,53 @@ pub fn replay(status: u16, body: String) -> axum::response::Response {
 mod tests {
     use super::*;
 
+    static MIGRATIONS: &[store::Migration] = &[store::Migration {
+        version: 1,
+        description: "keys",
+        sql: TABLE_SQL,
+    }];
+
+    #[tokio::test]
+    async fn a_key_answers_its_retries_for_a_day_then_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = store::Db::open_sqlite(&dir.path().join("keys.db"), MIGRATIONS)
+            .await
+            .unwrap();
+        let (user, other) = (UserId::new(), UserId::new());
+        let at = |ms: i64| Timestamp::from_millis(1_000_000_000 + ms);
+        let claim_at = |who: UserId, hash: &'static str, ms: i64| {
+            let db = db.clone();
+            async move {
+                db.write(move |c| claim(c, who, "k", hash, at(ms)))
+                    .await
+                    .map_err(|e: ApiError| e.to_string())
+            }
+        };
+        assert_eq!(claim_at(user, "h", 0).await, Ok(Claim::New));
+        assert_eq!(claim_at(user, "h", 1).await, Ok(Claim::InFlight));
+        db.write(move |c| answer(c, user, "k", 201, "{}"))
+            .await
+            .unwrap();
+        let answered = Claim::Answered {
+            status: 201,
+            body: "{}".into(),
+        };
+        assert_eq!(claim_at(user, "h", 2).await, Ok(answered.clone()));
+        assert_eq!(claim_at(user, "h", KEPT_FOR_MS).await, Ok(answered));
+        // Another request under the key: 422.
+        assert_eq!(
+            claim_at(user, "other", 3).await,
+            Err(mismatch().to_string())
+        );
+        // Another user's key of the same name is theirs.
+        assert_eq!(claim_at(other, "other", 3).await, Ok(Claim::New));
+        // A day later the key is forgotten: a new request.
+        assert_eq!(
+            claim_at(user, "other", KEPT_FOR_MS + 1).await,
+            Ok(Claim::New)
+        );
+    }
+
     #[test]
     fn a_request_hash_tells_its_parameters_apart() {
         assert_eq!(request_hash(&["a", "b"]), request_hash(&["a", "b"]));
