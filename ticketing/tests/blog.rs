@@ -129,6 +129,10 @@ async fn the_blog_runs_all_in_one_with_one_command_and_keeps_its_data() {
     blog.comment(&post, "Nice").await;
     let model = blog.until_statuses(&post, &["rejected", "approved"]).await;
 
+    // The page carries the security headers (the HTTP edge adds them).
+    let res = blog.http.get(cluster.url(id)).send().await.unwrap();
+    assert_eq!(res.headers()["x-content-type-options"], "nosniff");
+    assert!(res.headers().contains_key("content-security-policy"));
     let page = testkit::get_text(&blog.http, cluster.url(id)).await;
     assert!(page.contains("<h2>One command</h2>"), "{page}");
     assert!(page.contains("Removed by moderation"));
