@@ -593,3 +593,212 @@ async fn work_after_commit_runs_once_per_applied_event_and_never_for_a_rollback(
     assert_eq!(ran, [0, 1, 2, 3, 4, 6, 7, 8, 9]);
     assert_eq!(applied(&db).await.len(), 9);
 }
+
+/// An event at schema version 2 that reads version 1 through its upcaster
+/// (version 1 had `n` under another name).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+struct Renamed {
+    n: i64,
+    kind: String,
+}
+
+impl Event for Renamed {
+    const SUBJECT: &'static str = "listenerbatch.renamed";
+    const SCHEMA_VERSION: u32 = 2;
+    const READS_FROM: u32 = 1;
+
+    fn upcast(from: u32, mut payload: serde_json::Value) -> Option<serde_json::Value> {
+        match from {
+            1 => {
+                let o = payload.as_object_mut()?;
+                let n = o.remove("number")?;
+                o.insert("n".into(), n);
+                Some(payload)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A message as a version-1 producer published it.
+fn renamed_v1(n: i64, kind: &str) -> Message {
+    Message {
+        subject: Renamed::SUBJECT.into(),
+        id: format!("renamed-{n}"),
+        headers: vec![(shared::events::SCHEMA_VERSION_HEADER.into(), "1".into())],
+        payload: serde_json::to_vec(&serde_json::json!({ "number": n, "kind": kind })).unwrap(),
+    }
+}
+
+/// When a batch fails, its other events are applied again one at a time:
+/// read the same way as the first time, through the upcaster, so an older
+/// version's event is applied on that first delivery rather than failing
+/// to decode and waiting for its redelivery.
+#[tokio::test]
+async fn a_failing_batch_reads_its_older_events_through_the_upcaster_on_the_way_back() {
+    fn apply_renamed(
+        _: &(),
+        c: &mut OutboxTx<'_>,
+        e: Renamed,
+        ctx: &EventContext,
+    ) -> Result<Outcome, ListenerError> {
+        if e.kind == "poison" {
+            return Err(ListenerError::dependency(
+                "applying a poison item",
+                std::io::Error::other("this one never applies"),
+            ));
+        }
+        // `times` records the delivery that applied it.
+        c.execute(
+            "INSERT INTO applied (n, times) VALUES ($1, $2)",
+            &[&e.n, &i64::from(ctx.delivered)],
+        )?;
+        Ok(Outcome::Done)
+    }
+    let (_dir, bus, db) = embedded().await;
+    bus.publish_batch(
+        (0..6)
+            .map(|n| renamed_v1(n, if n == 3 { "poison" } else { "ok" }))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    let service = service();
+    let (trigger, signal) = shutdown::channel();
+    let tasks = Listeners::new(bus.clone(), service, options(), signal)
+        .applying_in(Outbox::new(db.clone(), service))
+        .on_tx(apply_renamed)
+        .into_tasks();
+    wait_until(
+        "the other five are applied",
+        Duration::from_secs(20),
+        || async { applied(&db).await.len() == 5 },
+    )
+    .await;
+    assert_eq!(
+        applied(&db).await,
+        [(0, 1), (1, 1), (2, 1), (4, 1), (5, 1)],
+        "each applied on its first delivery"
+    );
+    trigger.fire();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// A bus whose first subscription ends (as a closed connection ends one)
+/// after `first` deliveries; later subscriptions are `inner`'s own.
+struct EndsFirstSubscription {
+    inner: Arc<dyn Bus>,
+    first: usize,
+    subscribed: std::sync::atomic::AtomicUsize,
+}
+
+struct Ending(bus::Subscription, usize);
+
+impl bus::DeliverySource for Ending {
+    fn next(&mut self) -> bus::BoxFuture<'_, Option<Result<bus::Delivery, BusError>>> {
+        Box::pin(async move {
+            if self.1 == 0 {
+                return None;
+            }
+            self.1 -= 1;
+            self.0.next().await
+        })
+    }
+
+    fn ready(&mut self) -> Option<bus::Delivery> {
+        None
+    }
+}
+
+impl Bus for EndsFirstSubscription {
+    fn publish(&self, msg: Message) -> bus::BoxFuture<'_, Result<bus::PublishAck, BusError>> {
+        self.inner.publish(msg)
+    }
+
+    fn subscribe(
+        &self,
+        config: bus::ConsumerConfig,
+    ) -> bus::BoxFuture<'_, Result<bus::Subscription, BusError>> {
+        Box::pin(async move {
+            let sub = self.inner.subscribe(config).await?;
+            let nth = self
+                .subscribed
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(if nth == 0 {
+                bus::Subscription::new(Box::new(Ending(sub, self.first)))
+            } else {
+                sub
+            })
+        })
+    }
+
+    fn rewind(&self, config: &bus::ConsumerConfig) -> bus::BoxFuture<'_, Result<(), BusError>> {
+        self.inner.rewind(config)
+    }
+
+    fn watch(
+        &self,
+        filter_subject: &str,
+        since: shared::time::Timestamp,
+    ) -> bus::BoxFuture<'_, Result<bus::Watch, BusError>> {
+        self.inner.watch(filter_subject, since)
+    }
+
+    fn parked_messages(
+        &self,
+        filter: &bus::ParkedFilter,
+    ) -> bus::BoxFuture<'_, Result<Vec<bus::ParkedMessage>, BusError>> {
+        self.inner.parked_messages(filter)
+    }
+
+    fn replay_parked(&self, record: u64) -> bus::BoxFuture<'_, Result<bus::Resolution, BusError>> {
+        self.inner.replay_parked(record)
+    }
+
+    fn discard_parked(
+        &self,
+        record: u64,
+        reason: String,
+    ) -> bus::BoxFuture<'_, Result<bus::Resolution, BusError>> {
+        self.inner.discard_parked(record, reason)
+    }
+
+    fn check_ready(&self) -> bus::BoxFuture<'_, Result<(), BusError>> {
+        self.inner.check_ready()
+    }
+}
+
+/// A listener whose subscription ends while the process runs joins its
+/// consumer again and goes on: it stops only on the shutdown signal.
+#[tokio::test]
+async fn a_listener_whose_subscription_ends_joins_again() {
+    let (_dir, bus, db) = embedded().await;
+    let ending: Arc<EndsFirstSubscription> = Arc::new(EndsFirstSubscription {
+        inner: bus.clone(),
+        first: 2,
+        subscribed: Default::default(),
+    });
+    let service = service();
+    let (trigger, signal) = shutdown::channel();
+    let tasks = Listeners::new(ending.clone(), service, options(), signal)
+        .applying_in(Outbox::new(db.clone(), service))
+        .on_tx(apply_once)
+        .into_tasks();
+    bus.publish_batch((0..10).map(|n| item(n, "ok")).collect())
+        .await
+        .unwrap();
+    wait_until("all ten are applied", Duration::from_secs(60), || async {
+        applied(&db).await.len() == 10
+    })
+    .await;
+    assert!(
+        ending.subscribed.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "joined again"
+    );
+    trigger.fire();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}

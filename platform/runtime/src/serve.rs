@@ -522,6 +522,14 @@ pub struct Stopping {
 /// the HTTP edge until `stop.http` fires; then stops accepting, lets
 /// requests in flight finish (up to `limits.shutdown_deadline`), and only
 /// then stops the services' tasks and flushes their outbox relays.
+///
+/// The services' tasks are supervised while the server runs: one that dies
+/// (a panic) takes the process to not ready at once, is logged with its
+/// cause, and stops the process as a signal would; this then returns an
+/// error, so the process ends non-zero and its supervisor (systemd,
+/// Kubernetes, Compose) starts it again. Nothing keeps serving with a
+/// listener or a relay gone. A task that returns of its own accord (a
+/// one-off catch-up) is done, not dead.
 pub async fn serve_running(
     mut running: Vec<Running>,
     listener: tokio::net::TcpListener,
@@ -530,28 +538,124 @@ pub async fn serve_running(
     limits: HttpLimits,
     wrap: impl FnOnce(axum::Router) -> axum::Router,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    use futures_util::StreamExt as _;
     let local = listener.local_addr()?;
-    let tasks: Vec<_> = running
+    let mut tasks: futures_util::stream::FuturesUnordered<_> = running
         .iter_mut()
-        .flat_map(|r| std::mem::take(&mut r.tasks))
+        .flat_map(|r| {
+            let name = r.name;
+            std::mem::take(&mut r.tasks)
+                .into_iter()
+                .map(move |t| async move { (name, t.await) })
+        })
         .collect();
     let names: Vec<_> = running.iter().map(|r| r.name).collect();
+    let death = Death::default();
+    running.push(Running {
+        name: "supervisor",
+        router: axum::Router::new(),
+        ready_checks: vec![("tasks".into(), death.ready_check())],
+        tasks: Vec::new(),
+    });
     let router = wrap(crate::service::compose(&mut running));
     tracing::info!(services = ?names, "listening on http://{local}");
-    serve_with(listener, router, fallback, stop.http, limits).await?;
-    tracing::info!("http server stopped; finishing handlers and flushing outboxes");
-    stop.services.fire();
-    let drain = async {
-        for t in tasks {
-            let _ = t.await;
+    // The server stops on the signal, or when a task dies.
+    let (stop_now, http) = shutdown::channel();
+    let mut signal = stop.http;
+    let forward = {
+        let stop_now = stop_now.clone();
+        tokio::spawn(async move {
+            signal.wait().await;
+            stop_now.fire();
+        })
+    };
+    let server = serve_with(listener, router, fallback, http, limits);
+    tokio::pin!(server);
+    let served = loop {
+        tokio::select! {
+            served = &mut server => break served,
+            Some((service, ended)) = tasks.next(), if !death.happened() => {
+                match ended {
+                    Ok(()) => tracing::debug!(service, "a task finished its work"),
+                    Err(e) => {
+                        let cause = if e.is_panic() { "panicked" } else { "was cancelled" };
+                        tracing::error!(service, "a task of {service} {cause}; the process is not ready and stops");
+                        death.record(format!("a task of {service} {cause}"));
+                        stop_now.fire();
+                    }
+                }
+            }
         }
     };
+    forward.abort();
+    served?;
+    tracing::info!("http server stopped; finishing handlers and flushing outboxes");
+    stop.services.fire();
+    let drain = async { while tasks.next().await.is_some() {} };
     if tokio::time::timeout(Duration::from_secs(15), drain)
         .await
         .is_err()
     {
         tracing::warn!("some tasks did not stop within 15 s");
     }
+    if let Some(why) = death.cause() {
+        return Err(format!("{why}: stopped so that a supervisor starts the process again").into());
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Whether (and how) one of the services' tasks died; read by the
+/// readiness check `tasks`.
+#[derive(Clone, Default)]
+struct Death(std::sync::Arc<std::sync::OnceLock<String>>);
+
+impl Death {
+    fn record(&self, cause: String) {
+        let _ = self.0.set(cause);
+    }
+
+    fn happened(&self) -> bool {
+        self.0.get().is_some()
+    }
+
+    fn cause(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+
+    fn ready_check(&self) -> shared::http::ReadyCheck {
+        let death = self.clone();
+        std::sync::Arc::new(move || {
+            let cause = death.cause().map(str::to_owned);
+            Box::pin(async move {
+                match cause {
+                    None => Ok(()),
+                    Some(why) => Err(shared::http::NotReady::with_detail(
+                        "a task of this process died",
+                        why,
+                    )),
+                }
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Death;
+
+    #[tokio::test]
+    async fn a_death_makes_the_tasks_check_fail() {
+        let death = Death::default();
+        let check = death.ready_check();
+        assert_eq!(check().await, Ok(()));
+        death.record("a task of notes panicked".into());
+        death.record("a second death is not the cause".into());
+        let not_ready = check().await.unwrap_err();
+        assert_eq!(not_ready.reason, "a task of this process died");
+        assert_eq!(
+            not_ready.detail.as_deref(),
+            Some("a task of notes panicked")
+        );
+    }
 }

@@ -104,3 +104,83 @@ async fn an_event_written_by_a_request_in_flight_at_shutdown_is_published() {
         "the event was left behind"
     );
 }
+
+/// A service task that dies while the server runs (a listener's panic)
+/// stops the server without a signal (letting the request in flight
+/// finish), stops the other tasks, and ends with an error naming it: the
+/// process exits non-zero for its supervisor to restart, rather than
+/// serving half alive. (That it is not ready in between is
+/// `serve::tests::a_death_makes_the_tasks_check_fail`.)
+#[tokio::test]
+async fn a_task_that_dies_stops_the_process_with_an_error() {
+    let (stop_services, mut services_shutdown) = shutdown::channel();
+    let (kill, killed) = tokio::sync::oneshot::channel::<()>();
+    let doomed = tokio::spawn(async move {
+        let _ = killed.await;
+        panic!("a listener lost its way");
+    });
+    let (healthy_stopped_tx, healthy_stopped) = tokio::sync::oneshot::channel();
+    let healthy = tokio::spawn(async move {
+        services_shutdown.wait().await;
+        let _ = healthy_stopped_tx.send(());
+    });
+    let one_off = tokio::spawn(async {});
+    let running = runtime::service::Running {
+        name: "notes",
+        router: axum::Router::new().route(
+            "/slow",
+            axum::routing::get(|| async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                "slow"
+            }),
+        ),
+        ready_checks: Vec::new(),
+        tasks: vec![doomed, healthy, one_off],
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (_signal, http_shutdown) = shutdown::channel();
+    let served = runtime::serve_running(
+        vec![running],
+        listener,
+        Stopping {
+            http: http_shutdown,
+            services: stop_services,
+        },
+        Fallback::Json,
+        HttpLimits::default(),
+        |r| r,
+    );
+    let client = async move {
+        let client = reqwest::Client::new();
+        let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+        assert_eq!(
+            ready.status(),
+            200,
+            "ready while every task runs (a one-off task that finished is fine)"
+        );
+        let slow = tokio::spawn(async move {
+            client
+                .get(format!("{base}/slow"))
+                .send()
+                .await
+                .map(|r| r.status())
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        kill.send(()).unwrap();
+        slow.await.unwrap()
+    };
+    let (served, slow) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(served, client)
+    })
+    .await
+    .expect("the process stops by itself");
+    let error = served
+        .expect_err("a dead task ends the process with an error")
+        .to_string();
+    assert!(error.contains("a task of notes panicked"), "{error}");
+    assert_eq!(slow.unwrap(), 200, "the request in flight finished");
+    healthy_stopped
+        .await
+        .expect("the other tasks were told to stop");
+}

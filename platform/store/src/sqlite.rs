@@ -30,7 +30,9 @@ const MAX_GROUP: usize = 64;
 /// Whether callers wait for the database thread from a blocking task (see
 /// `testing::hold_paused_clock`): Tokio does not auto-advance a paused
 /// clock while a blocking task runs, so a test on virtual time cannot see
-/// its timers fire while a query is still in flight.
+/// its timers fire while a query is still in flight. Only in builds with
+/// the `testing` feature (test builds): a release binary has no such switch.
+#[cfg(feature = "testing")]
 pub(crate) static HOLD_PAUSED_CLOCK: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
@@ -186,6 +188,7 @@ impl SqliteDb {
                 false,
             );
         }
+        #[cfg(feature = "testing")]
         let done = if HOLD_PAUSED_CLOCK.load(std::sync::atomic::Ordering::Relaxed) {
             tokio::task::spawn_blocking(move || done_rx.blocking_recv())
                 .await
@@ -193,6 +196,8 @@ impl SqliteDb {
         } else {
             done_rx.await
         };
+        #[cfg(not(feature = "testing"))]
+        let done = done_rx.await;
         match done {
             Ok(done) => done,
             // The database thread itself went away mid-transaction.

@@ -198,15 +198,72 @@ async fn run_member<E: Event, H: Handling<E>>(member: Member, handling: H) {
             _ = shutdown.wait() => return,
         }
     }
+    // A subscription that ends while the process runs (the bus closed it)
+    // is joined again: a listener stops only on the shutdown signal.
+    while !shutdown.is_fired() {
+        let Some(mut sub) = join(&bus, &config, &health, service, E::SUBJECT, &mut shutdown).await
+        else {
+            break;
+        };
+        tracing::debug!(service, durable = %config.durable, "listener started");
+        loop {
+            let next = tokio::select! {
+                next = sub.next() => next,
+                _ = shutdown.wait() => break,
+            };
+            match next {
+                None => {
+                    if !shutdown.is_fired() {
+                        tracing::warn!(service, durable = %config.durable, "the subscription ended; joining the consumer again");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                            _ = shutdown.wait() => {}
+                        }
+                    }
+                    break;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(service, subject = E::SUBJECT, error = %store::report(&e), "cannot fetch events");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.wait() => break,
+                    }
+                }
+                Some(Ok(first)) => {
+                    let mut deliveries = vec![first];
+                    while deliveries.len() < batch {
+                        match sub.ready() {
+                            Some(d) => deliveries.push(d),
+                            None => break,
+                        }
+                    }
+                    handling.settle(service, &options, deliveries).await;
+                }
+            }
+        }
+    }
+    tracing::debug!(service, durable = %config.durable, "listener stopped");
+}
+
+/// Joins the listener's durable consumer, retrying with back-off (and
+/// saying why in readiness) until it can; `None` on the shutdown signal.
+async fn join(
+    bus: &Arc<dyn Bus>,
+    config: &ConsumerConfig,
+    health: &ListenerHealth,
+    service: &'static str,
+    subject: &'static str,
+    shutdown: &mut Shutdown,
+) -> Option<crate::Subscription> {
     let mut retry = Duration::from_millis(200);
-    let mut sub = loop {
+    loop {
         match bus.subscribe(config.clone()).await {
             Ok(sub) => {
                 health.set(&config.durable, None);
-                break sub;
+                return Some(sub);
             }
             Err(e) => {
-                tracing::warn!(service, subject = E::SUBJECT, error = %store::report(&e), "cannot join consumer yet");
+                tracing::warn!(service, subject, error = %store::report(&e), "cannot join consumer yet");
                 let reason = format!("listener {} cannot join its consumer", config.durable);
                 health.set(
                     &config.durable,
@@ -220,50 +277,18 @@ async fn run_member<E: Event, H: Handling<E>>(member: Member, handling: H) {
                 );
                 tokio::select! {
                     _ = tokio::time::sleep(retry) => {}
-                    _ = shutdown.wait() => return,
+                    _ = shutdown.wait() => return None,
                 }
                 retry = (retry * 2).min(MAX_JOIN_RETRY);
             }
         }
-    };
-    tracing::debug!(service, durable = %config.durable, "listener started");
-    loop {
-        let next = tokio::select! {
-            next = sub.next() => next,
-            _ = shutdown.wait() => break,
-        };
-        match next {
-            None => break,
-            Some(Err(e)) => {
-                tracing::warn!(service, subject = E::SUBJECT, error = %store::report(&e), "cannot fetch events");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = shutdown.wait() => break,
-                }
-            }
-            Some(Ok(first)) => {
-                let mut deliveries = vec![first];
-                while deliveries.len() < batch {
-                    match sub.ready() {
-                        Some(d) => deliveries.push(d),
-                        None => break,
-                    }
-                }
-                handling.settle(service, &options, deliveries).await;
-            }
-        }
     }
-    tracing::debug!(service, durable = %config.durable, "listener stopped");
 }
 
 /// Decodes a delivery's payload; an undecodable one is parked at once
 /// (decoding will never succeed) and `None` returned.
 async fn decode<E: Event>(service: &'static str, delivery: Delivery) -> Option<(Delivery, E)> {
-    let version = delivery
-        .message
-        .header(shared::events::SCHEMA_VERSION_HEADER)
-        .and_then(|v| v.parse().ok());
-    match shared::events::decode::<E>(version, &delivery.message.payload) {
+    match read_event::<E>(&delivery) {
         Ok(e) => Some((delivery, e)),
         Err(e) => {
             let reason = format!("undecodable {} payload: {e}", E::SUBJECT);
@@ -273,6 +298,17 @@ async fn decode<E: Event>(service: &'static str, delivery: Delivery) -> Option<(
             None
         }
     }
+}
+
+/// A delivery's event, read at the schema version its header names
+/// (upcast to the current one where it is older): the one way every path
+/// of a listener reads an event.
+fn read_event<E: Event>(delivery: &Delivery) -> Result<E, String> {
+    let version = delivery
+        .message
+        .header(shared::events::SCHEMA_VERSION_HEADER)
+        .and_then(|v| v.parse().ok());
+    shared::events::decode::<E>(version, &delivery.message.payload)
 }
 
 /// The consumer's span for one delivery — in the producer's trace (a child
@@ -494,11 +530,15 @@ async fn settle_batch<E, H>(
                 "batch rolled back; applying its events one at a time");
             let mut results = Vec::with_capacity(taken.len());
             for (delivery, span, ctx) in &taken {
-                // It decoded a moment ago, so it decodes again.
-                let event = match serde_json::from_slice::<E>(&delivery.message.payload) {
+                // It decoded a moment ago (upcasters included), so it
+                // decodes again the same way.
+                let event = match read_event::<E>(delivery) {
                     Ok(event) => event,
                     Err(e) => {
-                        results.push(Err(ListenerError::dependency("decoding the event", e)));
+                        results.push(Err(ListenerError::dependency(
+                            "decoding the event",
+                            std::io::Error::other(e),
+                        )));
                         continue;
                     }
                 };
