@@ -197,7 +197,7 @@ impl BlogSettings {
 pub async fn main(command: BlogCommand) -> Result<u8, Box<dyn std::error::Error>> {
     let args = match command.command {
         Some(BlogSubcommand::Streams(streams)) => {
-            return Ok(crate::streams::run(streams, blog_events::streams).await);
+            return Ok(crate::streams::run(streams, blog_events::STREAMS).await);
         }
         Some(BlogSubcommand::Events { format, command }) => {
             return crate::events(&crate::catalogue::BLOG, format, command);

@@ -31,11 +31,10 @@ pub struct Product {
     /// The generated document and the committed contract.
     pub markdown_file: &'static str,
     pub contract_file: &'static str,
-    /// The stream spec the stream of each subject comes from.
-    pub streams_file: &'static str,
     pub schemas: fn() -> Vec<(&'static str, Value)>,
     pub catalogue: &'static [shared::events::ServiceEvents],
-    pub streams: fn() -> provision::Spec,
+    /// The stream spec the stream of each subject comes from.
+    pub streams: shared::events::StreamsFile,
     /// The document's title and what it says of payloads in general.
     pub title: &'static str,
     pub conventions: &'static str,
@@ -46,10 +45,9 @@ pub const MARKETPLACE: Product = Product {
     command: "",
     markdown_file: "docs/events.md",
     contract_file: "docs/events.json",
-    streams_file: "deploy/streams.yaml",
     schemas: marketplace_events::schemas,
     catalogue: marketplace_events::CATALOGUE,
-    streams: marketplace_events::streams,
+    streams: marketplace_events::STREAMS,
     title: "Event catalogue",
     conventions: " Money is in integer cents.",
 };
@@ -59,10 +57,9 @@ pub const BLOG: Product = Product {
     command: "blog ",
     markdown_file: "docs/blog-events.md",
     contract_file: "docs/blog-events.json",
-    streams_file: "deploy/blog-streams.yaml",
     schemas: blog_events::schemas,
     catalogue: blog_events::CATALOGUE,
-    streams: blog_events::streams,
+    streams: blog_events::STREAMS,
     title: "The blog's event catalogue",
     conventions: "",
 };
@@ -80,7 +77,7 @@ pub struct Entry {
 
 /// Every event of `product`, in the order the event types are declared.
 pub fn entries(product: &Product) -> Vec<Entry> {
-    let spec = (product.streams)();
+    let spec = provision::Spec::built_in(&product.streams);
     (product.schemas)()
         .into_iter()
         .map(|(subject, schema)| {
@@ -240,7 +237,7 @@ fn markdown(product: &Product, services: &[&str], entries: &[Entry]) -> String {
         title = product.title,
         conventions = product.conventions,
         cmd = product.command,
-        streams = product.streams_file,
+        streams = product.streams.path,
         md = product.markdown_file,
     );
     out.push_str(&mermaid(services, entries));

@@ -258,9 +258,12 @@ async fn run(
             (url, js)
         }
     };
-    provision::ensure(&js.client(), &marketplace_events::streams())
-        .await
-        .map_err(|e| e.to_string())?;
+    provision::ensure(
+        &js.client(),
+        &provision::Spec::built_in(&marketplace_events::STREAMS),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
 
     let jwt_key = format!("drill-{}", uuid::Uuid::new_v4().simple());
     let mut cluster = Cluster::new(

@@ -286,7 +286,7 @@ async fn run(
     report.nats_version = client.server_info().version;
     provision::apply(
         &client,
-        &marketplace_events::streams(),
+        &provision::Spec::built_in(&marketplace_events::STREAMS),
         &provision::Options {
             replicas: Some(3),
             ..Default::default()

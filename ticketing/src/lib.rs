@@ -59,7 +59,7 @@ pub async fn main(cli: cli::Cli) -> Result<u8, Box<dyn std::error::Error>> {
         Some(cli::Command::Run(args)) => args,
         None => cli.run,
         Some(cli::Command::Streams(command)) => {
-            return Ok(streams::run(command, marketplace_events::streams).await);
+            return Ok(streams::run(command, marketplace_events::STREAMS).await);
         }
         Some(cli::Command::Blog(command)) => return blog::main(command).await,
         Some(cli::Command::Probe { url }) => return Ok(probe(&url).await),

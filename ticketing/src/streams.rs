@@ -56,7 +56,7 @@ fn out(text: &str) {
 
 /// Runs the command with `builtin` as the spec when no file is given;
 /// returns its exit code.
-pub async fn run(command: Streams, builtin: fn() -> Spec) -> u8 {
+pub async fn run(command: Streams, builtin: shared::events::StreamsFile) -> u8 {
     let (args, apply) = match command {
         Streams::Plan(a) => (a, false),
         Streams::Apply(a) => (a, true),
@@ -73,11 +73,11 @@ pub async fn run(command: Streams, builtin: fn() -> Spec) -> u8 {
 async fn execute(
     args: &StreamsArgs,
     apply: bool,
-    builtin: fn() -> Spec,
+    builtin: shared::events::StreamsFile,
 ) -> Result<u8, provision::ProvisionError> {
     let spec = match &args.file {
         Some(path) => Spec::load(path)?,
-        None => builtin(),
+        None => Spec::built_in(&builtin),
     };
     let options = Options {
         allow_recreate: args.allow_recreate,

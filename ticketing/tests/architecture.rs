@@ -13,7 +13,12 @@
 //!   tools only for its tests; never on another product;
 //! - a service depends on no other service, and nothing but an assembly (or
 //!   the binary, or a tool) depends on a service;
-//! - nothing depends on the binary.
+//! - nothing depends on the binary;
+//! - no service compiles the stream provisioning (`provision`: the
+//!   JetStream API client and the nats-server harness are the operator's
+//!   and the tests', not a service's), however indirectly;
+//! - a product's crates do not reach another product's, however
+//!   indirectly — also not through a tool their tests use.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -204,7 +209,71 @@ fn violations(crates: &[Crate]) -> Vec<String> {
             }
         }
     }
+    for c in crates {
+        let reached = reached_from(c, &by_name);
+        if c.role == Some(Role::Service) {
+            for tool in OPERATOR_ONLY {
+                if let Some(path) = reached.normal.get(*tool) {
+                    out.push(format!(
+                        "{}: a service compiles {tool} ({path}); it is for operators and tests",
+                        c.name
+                    ));
+                }
+            }
+        }
+        if let Layer::Product(mine) = &c.layer {
+            for (other, path) in &reached.any {
+                if let Some(Layer::Product(theirs)) = by_name.get(other.as_str()).map(|d| &d.layer)
+                    && theirs != mine
+                {
+                    out.push(format!(
+                        "{}: the {mine} reaches a crate of the {theirs} ({path})",
+                        c.name
+                    ));
+                }
+            }
+        }
+    }
     out
+}
+
+/// Platform crates no service may compile, even indirectly.
+const OPERATOR_ONLY: &[&str] = &["provision"];
+
+/// What a crate compiles: through its normal dependencies (`normal`), and
+/// through any of its own (tests included) then theirs (`any`); each with
+/// the path that reaches it (`a → b → c`).
+struct Reached {
+    normal: BTreeMap<String, String>,
+    any: BTreeMap<String, String>,
+}
+
+fn reached_from(c: &Crate, by_name: &BTreeMap<&str, &Crate>) -> Reached {
+    let walk = |first: Vec<&(String, Kind)>| {
+        let mut seen: BTreeMap<String, String> = BTreeMap::new();
+        let mut queue: Vec<(String, String)> = first
+            .into_iter()
+            .map(|(d, _)| (d.clone(), format!("{} → {d}", c.name)))
+            .collect();
+        while let Some((name, path)) = queue.pop() {
+            if name == c.name || seen.contains_key(&name) {
+                continue;
+            }
+            if let Some(dep) = by_name.get(name.as_str()) {
+                for (next, kind) in &dep.deps {
+                    if *kind != Kind::Dev {
+                        queue.push((next.clone(), format!("{path} → {next}")));
+                    }
+                }
+            }
+            seen.insert(name, path);
+        }
+        seen
+    };
+    Reached {
+        normal: walk(c.deps.iter().filter(|(_, k)| *k != Kind::Dev).collect()),
+        any: walk(c.deps.iter().collect()),
+    }
 }
 
 #[test]
@@ -395,4 +464,61 @@ fn a_product_crate_without_a_role_is_reported() {
     let market = Layer::Product("marketplace".into());
     let p = planted(vec![krate("reviews", market, None, &[])]);
     assert_reported(p, "reviews (marketplace) declares no");
+}
+
+#[test]
+fn a_service_compiling_the_provisioning_through_its_contract_is_reported() {
+    let market = || Layer::Product("marketplace".into());
+    let p = planted(vec![
+        krate("provision", Layer::Platform, None, &[("bus", Kind::Normal)]),
+        krate(
+            "events2",
+            market(),
+            Some(Role::Contract),
+            &[("provision", Kind::Normal)],
+        ),
+        krate(
+            "payments",
+            market(),
+            Some(Role::Service),
+            &[("events2", Kind::Normal)],
+        ),
+    ]);
+    assert_reported(
+        p,
+        "payments: a service compiles provision (payments → events2 → provision)",
+    );
+}
+
+#[test]
+fn a_service_using_the_provisioning_in_its_tests_only_is_not_reported() {
+    let market = Layer::Product("marketplace".into());
+    let p = planted(vec![
+        krate("provision", Layer::Platform, None, &[("bus", Kind::Normal)]),
+        krate(
+            "payments",
+            market,
+            Some(Role::Service),
+            &[("provision", Kind::Dev)],
+        ),
+    ]);
+    assert_eq!(p, Vec::<String>::new());
+}
+
+#[test]
+fn a_blog_crate_reaching_the_marketplace_through_a_test_tool_is_reported() {
+    let blog = Layer::Product("blog".into());
+    let p = planted(vec![
+        krate("testkit2", Layer::Tool, None, &[("events", Kind::Normal)]),
+        krate(
+            "query",
+            blog,
+            Some(Role::Service),
+            &[("testkit2", Kind::Dev)],
+        ),
+    ]);
+    assert_reported(
+        p,
+        "query: the blog reaches a crate of the marketplace (query → testkit2 → events)",
+    );
 }

@@ -8,12 +8,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use testkit::{Product, TestApp, eventually};
-
-const BLOG: Product = Product {
-    services: blog_events::SERVICES,
-    streams: blog_events::streams,
-};
+use testkit::{TestApp, eventually};
 
 fn config(services: &[&'static str]) -> blog::Config {
     blog::Config {
@@ -25,7 +20,7 @@ fn config(services: &[&'static str]) -> blog::Config {
 }
 
 async fn spawn(services: &'static [&'static str]) -> TestApp {
-    TestApp::spawn_for(BLOG, move |deps| async move {
+    TestApp::spawn_for(blog_events::PRODUCT, move |deps| async move {
         blog::start(&deps, &config(services)).await
     })
     .await

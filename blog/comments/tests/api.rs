@@ -8,15 +8,10 @@ use blog_events::{
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use testkit::{Product, TestApp, eventually};
-
-const BLOG: Product = Product {
-    services: blog_events::SERVICES,
-    streams: blog_events::streams,
-};
+use testkit::{TestApp, eventually};
 
 async fn app() -> TestApp {
-    TestApp::spawn_for(BLOG, |deps| async move {
+    TestApp::spawn_for(blog_events::PRODUCT, |deps| async move {
         Ok::<_, store::StoreError>(vec![blog_comments::start(&deps, Default::default()).await?])
     })
     .await

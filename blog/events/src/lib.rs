@@ -171,17 +171,21 @@ pub fn service_events(service: &str) -> &'static ServiceEvents {
         .unwrap_or_else(|| panic!("{service} is not in blog_events::CATALOGUE"))
 }
 
-/// `deploy/blog-streams.yaml` as it was built.
-pub const STREAMS_YAML: &str = include_str!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../deploy/blog-streams.yaml"
-));
+/// The blog's streams and durable consumers: `deploy/blog-streams.yaml`
+/// as it was built (`provision::Spec::built_in` reads it).
+pub const STREAMS: shared::events::StreamsFile = shared::events::StreamsFile {
+    path: "deploy/blog-streams.yaml",
+    yaml: include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/blog-streams.yaml"
+    )),
+};
 
-/// The blog's streams and durable consumers: [`STREAMS_YAML`], parsed.
-pub fn streams() -> provision::Spec {
-    provision::Spec::parse(STREAMS_YAML, "deploy/blog-streams.yaml (built in)")
-        .unwrap_or_else(|e| panic!("the built-in blog streams spec is malformed: {e}"))
-}
+/// The blog, as tools and tests see it: its services and streams.
+pub const PRODUCT: shared::events::Product = shared::events::Product {
+    services: SERVICES,
+    streams: STREAMS,
+};
 
 #[cfg(test)]
 mod tests {
@@ -190,7 +194,9 @@ mod tests {
 
     #[test]
     fn the_streams_spec_declares_what_the_services_publish_and_consume() {
-        if let Err(problems) = provision::check_catalogue(&streams(), CATALOGUE) {
+        if let Err(problems) =
+            provision::check_catalogue(&provision::Spec::built_in(&STREAMS), CATALOGUE)
+        {
             panic!("{}", problems.join("\n"));
         }
     }

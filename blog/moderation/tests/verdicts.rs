@@ -5,18 +5,13 @@ use std::time::Duration;
 
 use blog_events::{CommentCreated, CommentId, CommentModerated, CommentStatus, PostId, Verdict};
 use blog_moderation::{Config, Rules};
-use testkit::{Product, TestApp};
-
-const BLOG: Product = Product {
-    services: blog_events::SERVICES,
-    streams: blog_events::streams,
-};
+use testkit::TestApp;
 
 async fn app(banned: &str) -> TestApp {
     let config = Config {
         rules: Arc::new(Rules::parse(banned).unwrap()),
     };
-    TestApp::spawn_for(BLOG, |deps| async move {
+    TestApp::spawn_for(blog_events::PRODUCT, |deps| async move {
         Ok::<_, store::StoreError>(vec![
             blog_moderation::start(&deps, config, Default::default()).await?,
         ])

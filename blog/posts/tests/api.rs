@@ -3,15 +3,10 @@
 use blog_events::PostCreated;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use testkit::{Product, TestApp};
-
-const BLOG: Product = Product {
-    services: blog_events::SERVICES,
-    streams: blog_events::streams,
-};
+use testkit::TestApp;
 
 async fn app() -> TestApp {
-    TestApp::spawn_for(BLOG, |deps| async move {
+    TestApp::spawn_for(blog_events::PRODUCT, |deps| async move {
         Ok::<_, store::StoreError>(vec![blog_posts::start(&deps).await?])
     })
     .await

@@ -7,12 +7,7 @@ use std::time::Duration;
 use blog_events::{CommentCreated, CommentId, CommentStatus, CommentUpdated, PostCreated, PostId};
 use reqwest::Method;
 use serde_json::{Value, json};
-use testkit::{Product, TestApp, eventually};
-
-const BLOG: Product = Product {
-    services: blog_events::SERVICES,
-    streams: blog_events::streams,
-};
+use testkit::{TestApp, eventually};
 
 async fn start(
     deps: runtime::service::Deps,
@@ -60,7 +55,7 @@ fn updated(c: &CommentCreated, status: CommentStatus) -> CommentUpdated {
 
 #[tokio::test]
 async fn every_post_comes_with_its_comments_and_their_statuses() {
-    let app = TestApp::spawn_for(BLOG, start).await;
+    let app = TestApp::spawn_for(blog_events::PRODUCT, start).await;
     let (p1, p2) = (PostId::new(), PostId::new());
     app.publish(&PostCreated {
         id: p1,
@@ -96,7 +91,7 @@ async fn every_post_comes_with_its_comments_and_their_statuses() {
 
 #[tokio::test]
 async fn duplicates_and_events_out_of_order_do_not_corrupt_the_read_model() {
-    let app = TestApp::spawn_for(BLOG, start).await;
+    let app = TestApp::spawn_for(blog_events::PRODUCT, start).await;
     let post = PostId::new();
     let c = created(CommentId::new(), post, "late creation");
     let d = created(CommentId::new(), post, "twice over");
@@ -162,7 +157,10 @@ async fn publish_history(app: &TestApp, posts: usize, per_post: usize) -> Value 
 #[tokio::test]
 async fn a_query_service_started_late_or_wiped_rebuilds_from_history_then_keeps_up() {
     // 300 events before the query service has ever run.
-    let app = TestApp::spawn_for(BLOG, |_| async { Ok::<_, store::StoreError>(vec![]) }).await;
+    let app = TestApp::spawn_for(blog_events::PRODUCT, |_| async {
+        Ok::<_, store::StoreError>(vec![])
+    })
+    .await;
     let expected = publish_history(&app, 60, 3).await;
     let stopped = app.shutdown().await;
 

@@ -503,20 +503,21 @@ pub fn api_services() -> impl Iterator<Item = &'static str> {
     API_ROUTES.iter().map(|(_, service)| *service)
 }
 
-/// `deploy/streams.yaml` as it was built.
-pub const STREAMS_YAML: &str = include_str!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../deploy/streams.yaml"
-));
+/// The marketplace's streams and durable consumers: `deploy/streams.yaml`
+/// as it was built (`provision::Spec::built_in` reads it).
+pub const STREAMS: shared::events::StreamsFile = shared::events::StreamsFile {
+    path: "deploy/streams.yaml",
+    yaml: include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/streams.yaml"
+    )),
+};
 
-/// How the built-in spec is named in messages.
-pub const STREAMS_NAME: &str = "deploy/streams.yaml (built in)";
-
-/// The marketplace's streams and durable consumers: [`STREAMS_YAML`], parsed.
-pub fn streams() -> provision::Spec {
-    provision::Spec::parse(STREAMS_YAML, STREAMS_NAME)
-        .unwrap_or_else(|e| panic!("the built-in streams spec is malformed: {e}"))
-}
+/// The marketplace, as tools and tests see it: its services and streams.
+pub const PRODUCT: shared::events::Product = shared::events::Product {
+    services: SERVICES,
+    streams: STREAMS,
+};
 
 #[cfg(test)]
 mod tests {
@@ -610,14 +611,16 @@ mod tests {
 
     #[test]
     fn the_builtin_spec_is_valid() {
-        let spec = streams();
+        let spec = provision::Spec::built_in(&STREAMS);
         assert!(spec.stream("TICKETS").is_some());
         assert!(!spec.consumers.is_empty());
     }
 
     #[test]
     fn the_builtin_spec_declares_what_the_services_publish_and_consume() {
-        if let Err(problems) = provision::check_catalogue(&streams(), CATALOGUE) {
+        if let Err(problems) =
+            provision::check_catalogue(&provision::Spec::built_in(&STREAMS), CATALOGUE)
+        {
             panic!("{}", problems.join("\n"));
         }
     }

@@ -22,7 +22,7 @@ async fn start(dir: Option<testkit::Stopped>) -> TestApp {
             .map(|r| vec![r])
     };
     match dir {
-        None => TestApp::spawn(start).await,
+        None => TestApp::spawn_for(marketplace_events::PRODUCT, start).await,
         Some(dir) => TestApp::spawn_in(dir, start).await,
     }
 }

@@ -25,7 +25,7 @@ async fn app() -> TestApp {
 }
 
 async fn app_with(config: orders::Config) -> TestApp {
-    TestApp::spawn(|deps| async move {
+    TestApp::spawn_for(marketplace_events::PRODUCT, |deps| async move {
         orders::start(&deps, config, ListenerOptions::default())
             .await
             .map(|r| vec![r])

@@ -17,7 +17,7 @@ use shared::time::Timestamp;
 use testkit::{TestApp, eventually};
 
 async fn app() -> TestApp {
-    TestApp::spawn(|deps| async move {
+    TestApp::spawn_for(marketplace_events::PRODUCT, |deps| async move {
         tickets::start(&deps, ListenerOptions::default())
             .await
             .map(|r| vec![r])

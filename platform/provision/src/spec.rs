@@ -184,6 +184,14 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// A product's built-in spec (its contract crate's
+    /// [`shared::events::StreamsFile`]), parsed; it was checked when the
+    /// binary was built and tested, so a malformed one is a bug and panics.
+    pub fn built_in(file: &shared::events::StreamsFile) -> Spec {
+        Spec::parse(file.yaml, &format!("{} (built in)", file.path))
+            .unwrap_or_else(|e| panic!("the built-in streams spec is malformed: {e}"))
+    }
+
     /// Reads and checks the spec in `path`.
     pub fn load(path: &std::path::Path) -> Result<Spec, SpecError> {
         let name = path.display().to_string();

@@ -93,6 +93,25 @@ pub struct ServiceEvents {
     pub consumes: &'static [&'static str],
 }
 
+/// A product's stream spec as its contract crate carries it: the YAML
+/// built into the binary and the file it comes from. Reading it is the
+/// provisioning's (`provision::Spec::built_in`), so a service, which only
+/// needs its contract's events, does not compile the provisioning.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamsFile {
+    /// The file in the repository (`deploy/streams.yaml`).
+    pub path: &'static str,
+    pub yaml: &'static str,
+}
+
+/// What tools and tests know of a product: its services (a database each)
+/// and its streams.
+#[derive(Debug, Clone, Copy)]
+pub struct Product {
+    pub services: &'static [&'static str],
+    pub streams: StreamsFile,
+}
+
 #[cfg(test)]
 mod tests {
     use serde::{Deserialize, Serialize};

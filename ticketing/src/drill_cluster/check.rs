@@ -182,7 +182,7 @@ pub(super) async fn check(
     );
     // Every event, by id, against what the owners say was published; every
     // durable's position.
-    let spec = marketplace_events::streams();
+    let spec = provision::Spec::built_in(&marketplace_events::STREAMS);
     let mut stored = Vec::new();
     let mut holes = Vec::new();
     for stream in spec

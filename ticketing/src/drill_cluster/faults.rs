@@ -71,7 +71,7 @@ impl Fault {
         };
         let mut led = Vec::new();
         if let Some(node) = failed {
-            for stream in &marketplace_events::streams().streams {
+            for stream in &provision::Spec::built_in(&marketplace_events::STREAMS).streams {
                 if nats.stream_leader(&stream.name).await == Some(node) {
                     led.push(stream.name.clone());
                 }

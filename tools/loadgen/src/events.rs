@@ -179,9 +179,12 @@ pub async fn run(args: &Args) -> Result<(Vec<Comparison>, Vec<Figure>), String> 
     );
     let limit = raw_store_rate(args).await;
     let bus = JetStreamBus::from_client(client.clone());
-    provision::ensure(bus.client(), &marketplace_events::streams())
-        .await
-        .map_err(|e| e.to_string())?;
+    provision::ensure(
+        bus.client(),
+        &provision::Spec::built_in(&marketplace_events::STREAMS),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let full = postgres_full_path(args, &bus, true).await;
     let no_tx = postgres_full_path(args, &bus, false).await;
     comparisons.push(Comparison::new(

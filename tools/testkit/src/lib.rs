@@ -51,18 +51,9 @@ pub struct Engines {
 }
 
 /// What a product's services need on the engines: their names (a
-/// PostgreSQL schema each) and their streams.
-#[derive(Clone, Copy)]
-pub struct Product {
-    pub services: &'static [&'static str],
-    pub streams: fn() -> provision::Spec,
-}
-
-/// The ticket marketplace: its five services and `deploy/streams.yaml`.
-pub const MARKETPLACE: Product = Product {
-    services: marketplace_events::SERVICES,
-    streams: marketplace_events::streams,
-};
+/// PostgreSQL schema each) and their streams (the contract crate's
+/// `PRODUCT`).
+pub use shared::events::Product;
 
 /// A stopped app's state, to start it again (a restart).
 pub struct Stopped {
@@ -116,7 +107,7 @@ impl Engines {
         let nats = NatsServer::start(&binary, &dir.join("nats"), Logs::Inherit)
             .expect("TICKETING_TEST_ON_ENGINES=1 needs nats-server");
         let js = nats.jetstream().await.expect("nats-server up");
-        provision::ensure(&js.client(), &(product.streams)())
+        provision::ensure(&js.client(), &provision::Spec::built_in(&product.streams))
             .await
             .expect("streams");
         Engines {
@@ -169,17 +160,6 @@ impl Stopped {
 }
 
 impl TestApp {
-    /// Starts the marketplace services `start` returns, in a fresh data
-    /// directory.
-    pub async fn spawn<F, Fut, E>(start: F) -> TestApp
-    where
-        F: FnOnce(Deps) -> Fut,
-        Fut: Future<Output = Result<Vec<Running>, E>>,
-        E: std::fmt::Debug,
-    {
-        Self::spawn_for(MARKETPLACE, start).await
-    }
-
     /// Starts services of `product` that `start` returns, in a fresh data
     /// directory.
     pub async fn spawn_for<F, Fut, E>(product: Product, start: F) -> TestApp

@@ -16,7 +16,10 @@ async fn app() -> TestApp {
 }
 
 async fn app_with(config: auth::Config) -> TestApp {
-    TestApp::spawn(|deps| async move { auth::start(&deps, config).await.map(|r| vec![r]) }).await
+    TestApp::spawn_for(marketplace_events::PRODUCT, |deps| async move {
+        auth::start(&deps, config).await.map(|r| vec![r])
+    })
+    .await
 }
 
 async fn signup(app: &TestApp, email: &str, password: &str) -> reqwest::Response {

@@ -26,7 +26,7 @@ mod abuse;
 mod gateways;
 
 async fn app_with(config: Config) -> TestApp {
-    TestApp::spawn(|deps| async move {
+    TestApp::spawn_for(marketplace_events::PRODUCT, |deps| async move {
         payments::start(&deps, config, ListenerOptions::default())
             .await
             .map(|r| vec![r])
