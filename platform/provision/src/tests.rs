@@ -1,0 +1,172 @@
+//! The provisioning's unit tests: settling, versions, ownership, the
+//! catalogue check and the comparison of what the server kept.
+
+use super::*;
+
+/// A freshly started cluster answers 503 until its meta leader is
+/// elected: the request is repeated, other refusals are not, and the
+/// repeating stops after [`SETTLING`].
+#[tokio::test(start_paused = true)]
+async fn requests_are_repeated_while_the_cluster_settles_and_only_then() {
+    let unavailable = json!({"code": 503, "err_code": 10008, "description": "JetStream system temporarily unavailable"});
+    assert!(settling(&unavailable));
+    assert!(settling(
+        &json!({"code": 400, "err_code": 10005, "description": "no suitable peers for placement"})
+    ));
+    assert!(!settling(&json!({"code": 404, "err_code": 10059})));
+
+    let refusal = |transient| Err::<Value, _>((ProvisionError::Api("refused".into()), transient));
+    let mut tries = 0;
+    let got = through_settling(|| {
+        tries += 1;
+        let answer = if tries < 4 {
+            refusal(true)
+        } else {
+            Ok(json!({"ok": tries}))
+        };
+        async move { answer }
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, json!({"ok": 4}));
+
+    let mut tries = 0;
+    let err = through_settling(|| {
+        tries += 1;
+        async move { refusal(false) }
+    })
+    .await;
+    assert!(matches!(err, Err(ProvisionError::Api(_))));
+    assert_eq!(tries, 1, "a plain refusal is not repeated");
+
+    let started = tokio::time::Instant::now();
+    let err = through_settling(|| async { refusal(true) }).await;
+    assert!(err.is_err());
+    assert!(started.elapsed() >= SETTLING, "repeated until the bound");
+}
+
+/// A small product of two services for the tests: `shelves` publishes
+/// `book.added`, which `loans` consumes.
+const FIXTURE: &str = r#"
+streams:
+  - { name: BOOKS, owner: shelves, subjects: ["book.>"], duplicate_window: 2m }
+  - { name: PARKED, owner: platform, subjects: ["parked.>"], max_age: 90d, duplicate_window: 2m }
+consumers:
+  - { stream: BOOKS, name: loans-book-added, owner: loans, filter_subject: book.added, ack_wait: 5s, max_deliver: 20 }
+"#;
+
+const CATALOGUE: &[shared::events::ServiceEvents] = &[
+    shared::events::ServiceEvents {
+        service: "shelves",
+        publishes: &["book.added"],
+        consumes: &[],
+    },
+    shared::events::ServiceEvents {
+        service: "loans",
+        publishes: &[],
+        consumes: &["book.added"],
+    },
+];
+
+fn fixture() -> Spec {
+    Spec::parse(FIXTURE, "fixture.yaml").unwrap()
+}
+
+#[test]
+fn versions_compare_by_number() {
+    assert!(Version::parse("2.9.10") < Version::parse("2.10.0"));
+    assert!(Version::parse("2.15.1").at_least_2_10());
+    assert!(!Version::parse("2.9.25").at_least_2_10());
+    assert_eq!(Version::parse("2.11.0-beta.2"), Version(2, 11, 0));
+}
+
+#[test]
+fn ownership_is_read_back_from_the_description_or_metadata() {
+    let mut c = Map::new();
+    c.insert(
+        "description".into(),
+        json!(marked_description("Ticket events", "tickets")),
+    );
+    assert_eq!(recorded_owner(&c).as_deref(), Some("tickets"));
+    c.insert("description".into(), json!("made by hand"));
+    assert_eq!(recorded_owner(&c), None);
+    c.insert("metadata".into(), metadata("orders"));
+    assert_eq!(recorded_owner(&c).as_deref(), Some("orders"));
+}
+
+#[test]
+fn a_spec_that_declares_what_the_services_publish_and_consume_agrees() {
+    if let Err(problems) = check_catalogue(&fixture(), CATALOGUE) {
+        panic!("{}", problems.join("\n"));
+    }
+}
+
+#[test]
+fn a_spec_missing_a_consumer_or_declaring_a_stray_one_disagrees() {
+    let mut spec = fixture();
+    let removed = spec.consumers[0].clone();
+    let mut stray = spec.consumers[0].clone();
+    stray.name = "nobody-runs-this".into();
+    spec.consumers.push(stray);
+    spec.consumers.remove(0);
+    let problems = check_catalogue(&spec, CATALOGUE).unwrap_err();
+    assert!(
+        problems.iter().any(|p| p.contains(&removed.name)),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("nobody-runs-this")),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn a_field_the_server_did_not_keep_is_an_error() {
+    let facts = ServerFacts {
+        version_text: "2.15.1".into(),
+        version: Version(2, 15, 1),
+        clustered: false,
+    };
+    let spec = fixture();
+    let mut s = spec.streams[0].clone();
+    s.compression = spec::Compression::S2;
+    let sent = desired_stream(&s, &facts, &Options::default());
+    let mut kept = sent.clone();
+    kept.remove("compression");
+    kept.insert("max_age".into(), json!(5));
+    let e = verify_kept(
+        Kind::Stream,
+        "stream USERS",
+        &sent,
+        &json!({ "config": kept }),
+        &facts,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("did not keep what was set on stream USERS"),
+        "{e}"
+    );
+    assert!(e.contains("compression is (not set) (sent \"s2\")"), "{e}");
+    assert!(e.contains("max_age"), "{e}");
+    let reply = json!({ "config": sent.clone() });
+    assert!(verify_kept(Kind::Stream, "stream USERS", &sent, &reply, &facts).is_ok());
+}
+
+#[test]
+fn absent_server_fields_count_as_their_defaults() {
+    assert!(same("backoff", &json!([]), None));
+    assert!(same("description", &json!(""), None));
+    assert!(!same("description", &json!("x"), None));
+    assert!(same(
+        "subjects",
+        &json!(["a", "b"]),
+        Some(&json!(["b", "a"]))
+    ));
+    assert!(same(
+        "metadata",
+        &json!({"k": "v"}),
+        Some(&json!({"k": "v", "_nats.ver": "2.15.1"}))
+    ));
+    assert!(!same("metadata", &json!({"k": "v"}), None));
+}
