@@ -23,6 +23,14 @@ pub struct Env {
 }
 
 impl Env {
+    /// Publishes `body` on `{prefix}.{s}` with message id `id`.
+    async fn publish(&self, s: &str, id: &str, body: &str) -> crate::PublishAck {
+        self.bus
+            .publish(msg(self.subject(s), id, body))
+            .await
+            .unwrap()
+    }
+
     fn subject(&self, s: &str) -> String {
         format!("{}.{s}", self.prefix)
     }
@@ -67,11 +75,7 @@ const QUIET: Duration = Duration::from_millis(700);
 
 pub async fn a_published_message_is_delivered_with_its_subject_id_headers_and_payload(env: Env) {
     let mut sub = env.bus.subscribe(env.config("c", "a")).await.unwrap();
-    let ack = env
-        .bus
-        .publish(msg(env.subject("a"), "m1", r#"{"n":1}"#))
-        .await
-        .unwrap();
+    let ack = env.publish("a", "m1", r#"{"n":1}"#).await;
     assert!(!ack.duplicate);
     let d = next_within(&mut sub, SOON)
         .await
@@ -92,16 +96,8 @@ pub async fn a_published_message_is_delivered_with_its_subject_id_headers_and_pa
 }
 
 pub async fn a_message_id_seen_before_is_not_stored_twice(env: Env) {
-    let first = env
-        .bus
-        .publish(msg(env.subject("a"), "same", "1"))
-        .await
-        .unwrap();
-    let second = env
-        .bus
-        .publish(msg(env.subject("a"), "same", "1"))
-        .await
-        .unwrap();
+    let first = env.publish("a", "same", "1").await;
+    let second = env.publish("a", "same", "1").await;
     assert!(!first.duplicate);
     assert!(second.duplicate);
     assert_eq!(first.seq, second.seq);
@@ -120,10 +116,7 @@ pub async fn a_message_id_seen_before_is_not_stored_twice(env: Env) {
 
 pub async fn a_new_durable_replays_the_stream_from_the_first_message_in_order(env: Env) {
     for i in 0..5 {
-        env.bus
-            .publish(msg(env.subject("a"), &format!("m{i}"), &i.to_string()))
-            .await
-            .unwrap();
+        env.publish("a", &format!("m{i}"), &i.to_string()).await;
     }
     let mut sub = env.bus.subscribe(env.config("late", "a")).await.unwrap();
     for i in 0..5 {
@@ -144,15 +137,9 @@ pub async fn a_rewound_durable_replays_the_stream_from_the_first_message(env: En
     let config = env.config("rebuild", "a");
     let mut sub = env.bus.subscribe(config.clone()).await.unwrap();
     for i in 0..3 {
-        env.bus
-            .publish(msg(env.subject("a"), &format!("m{i}"), "x"))
-            .await
-            .unwrap();
+        env.publish("a", &format!("m{i}"), "x").await;
     }
-    env.bus
-        .publish(msg(env.subject("b"), "other", "x"))
-        .await
-        .unwrap();
+    env.publish("b", "other", "x").await;
     for _ in 0..3 {
         next_within(&mut sub, SOON)
             .await
@@ -163,10 +150,7 @@ pub async fn a_rewound_durable_replays_the_stream_from_the_first_message(env: En
     }
     drop(sub);
     env.bus.rewind(&config).await.expect("rewind");
-    env.bus
-        .publish(msg(env.subject("a"), "m3", "x"))
-        .await
-        .unwrap();
+    env.publish("a", "m3", "x").await;
     let mut again = env.bus.subscribe(config).await.unwrap();
     for i in 0..4 {
         let d = next_within(&mut again, SOON)
@@ -189,10 +173,7 @@ pub async fn a_durable_resumes_where_it_left_off(env: Env) {
     config.ack_wait = Duration::from_secs(2);
     let mut sub = env.bus.subscribe(config.clone()).await.unwrap();
     for i in 0..3 {
-        env.bus
-            .publish(msg(env.subject("a"), &format!("m{i}"), "x"))
-            .await
-            .unwrap();
+        env.publish("a", &format!("m{i}"), "x").await;
     }
     for _ in 0..3 {
         next_within(&mut sub, SOON)
@@ -203,10 +184,7 @@ pub async fn a_durable_resumes_where_it_left_off(env: Env) {
             .unwrap();
     }
     drop(sub);
-    env.bus
-        .publish(msg(env.subject("a"), "m3", "x"))
-        .await
-        .unwrap();
+    env.publish("a", "m3", "x").await;
     let mut again = env.bus.subscribe(config).await.unwrap();
     let d = next_within(&mut again, SOON)
         .await
@@ -222,14 +200,8 @@ pub async fn a_durable_resumes_where_it_left_off(env: Env) {
 pub async fn consumers_see_only_subjects_their_filter_matches(env: Env) {
     let mut only_a = env.bus.subscribe(env.config("a", "a")).await.unwrap();
     let mut all = env.bus.subscribe(env.config("all", ">")).await.unwrap();
-    env.bus
-        .publish(msg(env.subject("b"), "b1", "x"))
-        .await
-        .unwrap();
-    env.bus
-        .publish(msg(env.subject("a"), "a1", "x"))
-        .await
-        .unwrap();
+    env.publish("b", "b1", "x").await;
+    env.publish("a", "a1", "x").await;
     let d = next_within(&mut only_a, SOON).await.expect("a1");
     assert_eq!(d.message.id, "a1");
     d.ack().await.unwrap();
@@ -246,10 +218,7 @@ pub async fn consumers_see_only_subjects_their_filter_matches(env: Env) {
 pub async fn every_durable_gets_every_message(env: Env) {
     let mut one = env.bus.subscribe(env.config("one", "a")).await.unwrap();
     let mut two = env.bus.subscribe(env.config("two", "a")).await.unwrap();
-    env.bus
-        .publish(msg(env.subject("a"), "m", "x"))
-        .await
-        .unwrap();
+    env.publish("a", "m", "x").await;
     next_within(&mut one, SOON)
         .await
         .expect("one gets it")
@@ -285,10 +254,7 @@ pub async fn members_of_one_durable_share_the_messages_without_duplicates(env: E
         }));
     }
     for i in 0..N {
-        env.bus
-            .publish(msg(env.subject("a"), &format!("m{i}"), "x"))
-            .await
-            .unwrap();
+        env.publish("a", &format!("m{i}"), "x").await;
     }
     for t in tasks {
         t.await.unwrap();
@@ -301,10 +267,7 @@ pub async fn members_of_one_durable_share_the_messages_without_duplicates(env: E
 
 pub async fn a_nak_redelivers_after_the_delay(env: Env) {
     let mut sub = env.bus.subscribe(env.config("c", "a")).await.unwrap();
-    env.bus
-        .publish(msg(env.subject("a"), "m", "x"))
-        .await
-        .unwrap();
+    env.publish("a", "m", "x").await;
     let d = next_within(&mut sub, SOON).await.expect("first delivery");
     let start = tokio::time::Instant::now();
     d.nak(Duration::from_millis(500)).await.unwrap();
@@ -323,10 +286,7 @@ pub async fn an_unacknowledged_message_is_redelivered_after_the_ack_wait(env: En
     let mut config = env.config("c", "a");
     config.ack_wait = Duration::from_secs(1);
     let mut sub = env.bus.subscribe(config).await.unwrap();
-    env.bus
-        .publish(msg(env.subject("a"), "m", "x"))
-        .await
-        .unwrap();
+    env.publish("a", "m", "x").await;
     let first = next_within(&mut sub, SOON).await.expect("first delivery");
     let start = tokio::time::Instant::now();
     drop(first); // neither acked nor nak'ed: as if the handler crashed
@@ -346,10 +306,7 @@ pub async fn progress_acks_keep_a_slow_message_from_being_redelivered(env: Env) 
     config.ack_wait = Duration::from_secs(1);
     let mut worker = env.bus.subscribe(config.clone()).await.unwrap();
     let mut other = env.bus.subscribe(config).await.unwrap();
-    env.bus
-        .publish(msg(env.subject("a"), "slow", "x"))
-        .await
-        .unwrap();
+    env.publish("a", "slow", "x").await;
     let d = match next_within(&mut worker, SOON).await {
         Some(d) => d,
         None => {
@@ -383,19 +340,13 @@ pub async fn a_message_out_of_deliveries_is_parked_and_does_not_block_the_rest(e
     let mut config = env.config("c", "a");
     config.max_deliver = 2;
     let mut sub = env.bus.subscribe(config.clone()).await.unwrap();
-    env.bus
-        .publish(msg(env.subject("a"), "poison", "x"))
-        .await
-        .unwrap();
+    env.publish("a", "poison", "x").await;
     for attempt in 1..=2 {
         let d = next_within(&mut sub, SOON).await.expect("delivery");
         assert_eq!((d.message.id.as_str(), d.delivered), ("poison", attempt));
         d.nak(Duration::from_millis(50)).await.unwrap();
     }
-    env.bus
-        .publish(msg(env.subject("a"), "fine", "x"))
-        .await
-        .unwrap();
+    env.publish("a", "fine", "x").await;
     let d = next_within(&mut sub, SOON)
         .await
         .expect("the next message flows");
@@ -412,10 +363,7 @@ pub async fn a_message_out_of_deliveries_is_parked_and_does_not_block_the_rest(e
 
 pub async fn a_terminated_message_is_parked_with_its_reason_and_never_redelivered(env: Env) {
     let mut sub = env.bus.subscribe(env.config("c", "a")).await.unwrap();
-    env.bus
-        .publish(msg(env.subject("a"), "bad", "not json"))
-        .await
-        .unwrap();
+    env.publish("a", "bad", "not json").await;
     let d = next_within(&mut sub, SOON).await.expect("delivery");
     d.term("undecodable").await.unwrap();
     assert!(
@@ -444,10 +392,7 @@ pub async fn a_message_whose_last_delivery_times_out_is_parked(env: Env) {
     config.ack_wait = Duration::from_secs(1);
     config.max_deliver = 2;
     let mut sub = env.bus.subscribe(config.clone()).await.unwrap();
-    env.bus
-        .publish(msg(env.subject("a"), "hang", "x"))
-        .await
-        .unwrap();
+    env.publish("a", "hang", "x").await;
     for attempt in 1..=2 {
         let d = next_within(&mut sub, SOON).await.expect("delivery");
         assert_eq!((d.message.id.as_str(), d.delivered), ("hang", attempt));
@@ -495,19 +440,13 @@ fn watched_id(item: crate::Watched) -> String {
 pub async fn a_watch_replays_from_its_start_time_marks_when_caught_up_then_follows(env: Env) {
     use crate::Watched;
     let clock = shared::time::Clock::System;
-    env.bus
-        .publish(msg(env.subject("w"), "before", "{}"))
-        .await
-        .unwrap();
+    env.publish("w", "before", "{}").await;
     // Publication times come from the broker's clock (the same machine's).
     tokio::time::sleep(Duration::from_millis(400)).await;
     let since = clock.now();
     tokio::time::sleep(Duration::from_millis(100)).await;
     for (s, id) in [("w", "h1"), ("other", "x"), ("w", "h2")] {
-        env.bus
-            .publish(msg(env.subject(s), id, "{}"))
-            .await
-            .unwrap();
+        env.publish(s, id, "{}").await;
     }
     let mut first = env.bus.watch(&env.subject("w"), since).await.unwrap();
     let mut second = env.bus.watch(&env.subject("w"), since).await.unwrap();
@@ -518,10 +457,7 @@ pub async fn a_watch_replays_from_its_start_time_marks_when_caught_up_then_follo
             .collect();
         assert_eq!(seen, ["h1", "h2", "caught up"]);
     }
-    env.bus
-        .publish(msg(env.subject("w"), "live", r#"{"n":1}"#))
-        .await
-        .unwrap();
+    env.publish("w", "live", r#"{"n":1}"#).await;
     // Every watcher gets it (not one member of a group).
     for w in [&mut first, &mut second] {
         match watched(w).await {
@@ -551,10 +487,7 @@ pub async fn a_watch_replays_from_its_start_time_marks_when_caught_up_then_follo
 /// once.
 pub async fn deliveries_in_hand_are_taken_at_once_in_order(env: Env) {
     for i in 0..20 {
-        env.bus
-            .publish(msg(env.subject("a"), &format!("m{i:02}"), "x"))
-            .await
-            .unwrap();
+        env.publish("a", &format!("m{i:02}"), "x").await;
     }
     let mut sub = env.bus.subscribe(env.config("c", "a")).await.unwrap();
     let mut ids = Vec::new();
@@ -589,10 +522,7 @@ pub async fn a_batch_abandoned_half_acknowledged_redelivers_exactly_the_rest(env
     let mut config = env.config("c", "a");
     config.ack_wait = Duration::from_secs(1);
     for i in 0..6 {
-        env.bus
-            .publish(msg(env.subject("a"), &format!("m{i}"), "x"))
-            .await
-            .unwrap();
+        env.publish("a", &format!("m{i}"), "x").await;
     }
     let mut sub = env.bus.subscribe(config.clone()).await.unwrap();
     let mut held = Vec::new();
@@ -629,10 +559,7 @@ pub async fn a_failed_message_is_parked_with_its_last_error_headers_and_payload(
     let mut config = env.config("c", "a");
     config.max_deliver = 2;
     let mut sub = env.bus.subscribe(config.clone()).await.unwrap();
-    env.bus
-        .publish(msg(env.subject("a"), "poison", "{\"n\":1}"))
-        .await
-        .unwrap();
+    env.publish("a", "poison", "{\"n\":1}").await;
     for attempt in 1..=2 {
         let d = next_within(&mut sub, SOON).await.expect("delivery");
         d.fail(Duration::from_millis(50), format!("boom {attempt}"))
@@ -743,10 +670,7 @@ pub async fn a_replay_goes_to_the_durable_that_parked_it_once_and_marks_the_reco
 
 pub async fn a_replay_that_fails_again_is_parked_again_as_a_record_of_its_own(env: Env) {
     let mut sub = env.bus.subscribe(env.config("c", "a")).await.unwrap();
-    env.bus
-        .publish(msg(env.subject("a"), "m1", "x"))
-        .await
-        .unwrap();
+    env.publish("a", "m1", "x").await;
     let d = next_within(&mut sub, SOON).await.expect("delivery");
     d.term("first").await.unwrap();
     let durable = env.durable("c");
@@ -774,10 +698,7 @@ pub async fn a_replay_whose_last_delivery_times_out_is_parked_again(env: Env) {
     config.ack_wait = Duration::from_secs(1);
     config.max_deliver = 1;
     let mut sub = env.bus.subscribe(config.clone()).await.unwrap();
-    env.bus
-        .publish(msg(env.subject("a"), "m1", "x"))
-        .await
-        .unwrap();
+    env.publish("a", "m1", "x").await;
     let d = next_within(&mut sub, SOON).await.expect("delivery");
     d.term("first").await.unwrap();
     let first = wait_for_parked(&env, &config.durable, 1).await.remove(0);
@@ -804,10 +725,7 @@ pub async fn a_replay_whose_last_delivery_times_out_is_parked_again(env: Env) {
 
 pub async fn a_discarded_message_keeps_its_reason_and_is_never_replayed(env: Env) {
     let mut sub = env.bus.subscribe(env.config("c", "a")).await.unwrap();
-    env.bus
-        .publish(msg(env.subject("a"), "m1", "x"))
-        .await
-        .unwrap();
+    env.publish("a", "m1", "x").await;
     let d = next_within(&mut sub, SOON).await.expect("delivery");
     d.term("bad").await.unwrap();
     let durable = env.durable("c");
