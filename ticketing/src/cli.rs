@@ -159,8 +159,9 @@ pub struct RunArgs {
     #[arg(long, env = "TICKETING_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
     /// Comma-separated services to run: auth, tickets, orders, expiration,
-    /// payments, gateway (a reverse proxy to AUTH_URL, TICKETS_URL, …), or
-    /// all (every service behind an in-process gateway).
+    /// payments, web (the pages), gateway (alone: a reverse proxy to
+    /// AUTH_URL, TICKETS_URL, …), or all (every service and the pages, their
+    /// routes in one router).
     #[arg(
         long,
         env = "TICKETING_SERVICES",

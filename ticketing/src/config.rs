@@ -22,15 +22,56 @@ pub const CATALOGUE: Catalogue = Catalogue {
     gateway: true,
 };
 
-/// How the web client reaches the API.
+/// Where the web client finds the API.
+#[derive(Debug, Clone)]
+pub enum ApiAt {
+    /// The API services run in this process: called in process.
+    InProcess,
+    /// Elsewhere, over HTTP.
+    Upstreams(Upstreams),
+}
+
+/// The web client's settings.
 #[derive(Debug, Clone)]
 pub struct WebSettings {
-    /// `None`: the API services run in this process and are called in
-    /// process; otherwise over HTTP.
-    pub upstreams: Option<Upstreams>,
+    pub api: ApiAt,
     /// Show the offline gateway's test card tokens on the payment form.
     pub test_card_tokens: bool,
 }
+
+/// What this process runs, with what each part of it needs: a gateway
+/// without its upstreams, or pages alone without the API's address, cannot
+/// be written down.
+#[derive(Debug, Clone)]
+pub enum Process {
+    /// Services of the marketplace (at least one, in its order), and the
+    /// web client beside them when `pages` is set.
+    Services {
+        services: Vec<&'static str>,
+        pages: Option<WebSettings>,
+    },
+    /// The web client alone, calling the API over HTTP.
+    Pages {
+        upstreams: Upstreams,
+        test_card_tokens: bool,
+    },
+    /// The reverse proxy alone, in front of the services.
+    Gateway(Upstreams),
+}
+
+impl Process {
+    /// The services this process runs (none for the pages or the gateway).
+    pub fn services(&self) -> &[&'static str] {
+        match self {
+            Process::Services { services, .. } => services,
+            Process::Pages { .. } | Process::Gateway(_) => &[],
+        }
+    }
+}
+
+/// A signing key: never printed (`Debug` shows it redacted), read only
+/// where it signs.
+pub type Key = secrecy::SecretBox<[u8]>;
 
 /// Everything `run` needs, validated.
 pub struct Settings {
@@ -38,27 +79,43 @@ pub struct Settings {
     pub port: u16,
     pub data_dir: PathBuf,
     /// What this process runs.
-    pub role: Role,
-    /// Set when this process is the stand-alone gateway.
-    pub gateway: Option<Upstreams>,
-    /// Set when this process serves the web client.
-    pub web: Option<WebSettings>,
+    pub process: Process,
     pub bus: BusChoice,
     pub databases: runtime::service::Databases,
-    pub jwt_key: Vec<u8>,
-    pub jwt_ttl: Duration,
-    /// How long the deny list of ended sessions may go without being known
-    /// current before the process reports not ready (`None`: never).
-    pub revocation_max_staleness: Option<Duration>,
-    pub secure_cookies: bool,
-    pub order_expiration: Duration,
-    pub max_active_orders_per_user: i64,
+    pub sessions: SessionSettings,
+    pub orders: orders::Config,
     /// The most events a listener applies in one transaction.
     pub listener_batch: usize,
     pub auth: auth::Config,
     pub payments: payments::Config,
     /// Timeouts, the head limit and the shutdown deadline of the HTTP server.
     pub http: runtime::HttpLimits,
+}
+
+/// How sessions are signed, how long they last and how their end is known.
+pub struct SessionSettings {
+    /// Signs the session tokens (`JWT_KEY`, or one generated and kept in
+    /// the data directory).
+    pub jwt_key: Key,
+    pub jwt_ttl: Duration,
+    /// How long the deny list of ended sessions may go without being known
+    /// current before the process reports not ready (`None`: never).
+    pub revocation_max_staleness: Option<Duration>,
+    pub secure_cookies: bool,
+}
+
+impl SessionSettings {
+    /// The key the web client's forms are signed with (their CSRF tokens):
+    /// derived from the JWT key for that one purpose (HMAC-SHA-256 of a
+    /// label), so a form token and a session token never share a key.
+    pub fn form_key(&self) -> Key {
+        use hmac::{KeyInit as _, Mac as _};
+        use secrecy::ExposeSecret as _;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.jwt_key.expose_secret())
+            .expect("HMAC takes a key of any length");
+        mac.update(b"ticketing web form key v1");
+        Key::from(mac.finalize().into_bytes().to_vec().into_boxed_slice())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,44 +186,58 @@ impl Settings {
     pub fn load(args: &RunArgs) -> Result<Settings, SettingsError> {
         let role = Role::parse(&args.services, &CATALOGUE).map_err(SettingsError::Invalid)?;
         let data_dir = args.data_dir.clone();
-        let gateway_upstreams = if role == Role::Gateway {
-            let upstreams = Upstreams::new(API_ROUTES, |service| {
-                let var = url_variable(service);
-                env_var::<String>(&var)?.ok_or_else(|| {
-                    SettingsError::Invalid(format!("{var} must be set for --services gateway"))
-                })
-            })?;
-            Some(match env_var::<String>("WEB_URL")? {
-                Some(web) => upstreams.with_rest("web", web),
-                None => upstreams,
+        let test_card_tokens = || -> Result<bool, SettingsError> {
+            Ok(match env_var::<bool>("WEB_TEST_CARD_TOKENS")? {
+                Some(show) => show,
+                None => env_var::<String>("STRIPE_SECRET_KEY")?.is_none(),
             })
-        } else {
-            None
         };
-        let web = if role.pages() {
-            let upstreams = if role.runs_all(marketplace_events::api_services()) {
-                None
-            } else {
+        // The web client without the API services in its process calls
+        // them over HTTP.
+        let api_upstreams =
+            || -> Result<Upstreams, SettingsError> {
                 let api = env_var::<String>("API_URL")?;
-                Some(Upstreams::new(API_ROUTES, |service| {
+                Upstreams::new(API_ROUTES, |service| {
                     let var = url_variable(service);
                     env_var::<String>(&var)?.or_else(|| api.clone()).ok_or_else(|| {
-                        SettingsError::Invalid(format!(
-                            "the web client without the API services in its process needs API_URL \
-                             (one origin for the whole API) or {var}"
-                        ))
-                    })
-                })?)
+                    SettingsError::Invalid(format!(
+                        "the web client without the API services in its process needs API_URL \
+                         (one origin for the whole API) or {var}"
+                    ))
+                })
+                })
             };
-            Some(WebSettings {
-                upstreams,
-                test_card_tokens: match env_var::<bool>("WEB_TEST_CARD_TOKENS")? {
-                    Some(show) => show,
-                    None => env_var::<String>("STRIPE_SECRET_KEY")?.is_none(),
+        let process = match &role {
+            Role::Gateway => {
+                let upstreams = Upstreams::new(API_ROUTES, |service| {
+                    let var = url_variable(service);
+                    env_var::<String>(&var)?.ok_or_else(|| {
+                        SettingsError::Invalid(format!("{var} must be set for --services gateway"))
+                    })
+                })?;
+                Process::Gateway(match env_var::<String>("WEB_URL")? {
+                    Some(web) => upstreams.with_rest("web", web),
+                    None => upstreams,
+                })
+            }
+            Role::Pages => Process::Pages {
+                upstreams: api_upstreams()?,
+                test_card_tokens: test_card_tokens()?,
+            },
+            Role::Services { services, pages } => Process::Services {
+                services: services.clone(),
+                pages: match pages {
+                    false => None,
+                    true => Some(WebSettings {
+                        api: if role.runs_all(marketplace_events::api_services()) {
+                            ApiAt::InProcess
+                        } else {
+                            ApiAt::Upstreams(api_upstreams()?)
+                        },
+                        test_card_tokens: test_card_tokens()?,
+                    }),
                 },
-            })
-        } else {
-            None
+            },
         };
         let (bus, databases) = engines(
             &args.engines.urls(),
@@ -174,7 +245,7 @@ impl Settings {
             role.services(),
             &data_dir,
         )?;
-        let jwt_key = jwt_key(&data_dir)?;
+        let jwt_key = Key::from(jwt_key(&data_dir)?.into_boxed_slice());
         let expiration_secs = env_var::<u64>("ORDER_EXPIRATION_SECONDS")?.unwrap_or(900);
         if expiration_secs == 0 {
             return Err(SettingsError::Invalid(
@@ -198,27 +269,29 @@ impl Settings {
             host: args.host.clone(),
             port: args.port,
             data_dir,
-            role,
-            gateway: gateway_upstreams,
-            web,
+            process,
             bus,
             databases,
-            jwt_key,
-            jwt_ttl: Duration::from_secs(env_var::<u64>("JWT_TTL_SECONDS")?.unwrap_or(3600)),
-            // 0 turns the bound off: serve on a stale list rather than not
-            // at all.
-            revocation_max_staleness: match env_var::<u64>("REVOCATION_MAX_STALENESS_SECONDS")?
-                .unwrap_or(10)
-            {
-                0 => None,
-                secs => Some(Duration::from_secs(secs)),
+            sessions: SessionSettings {
+                jwt_key,
+                jwt_ttl: Duration::from_secs(env_var::<u64>("JWT_TTL_SECONDS")?.unwrap_or(3600)),
+                // 0 turns the bound off: serve on a stale list rather than
+                // not at all.
+                revocation_max_staleness: match env_var::<u64>("REVOCATION_MAX_STALENESS_SECONDS")?
+                    .unwrap_or(10)
+                {
+                    0 => None,
+                    secs => Some(Duration::from_secs(secs)),
+                },
+                secure_cookies: env_var::<bool>("COOKIE_SECURE")?.unwrap_or(true),
             },
-            secure_cookies: env_var::<bool>("COOKIE_SECURE")?.unwrap_or(true),
-            order_expiration: Duration::from_secs(expiration_secs),
-            max_active_orders_per_user: env_var::<u32>("MAX_ACTIVE_ORDERS_PER_USER")?
-                .unwrap_or(10)
-                .max(1)
-                .into(),
+            orders: orders::Config {
+                order_expiration: Duration::from_secs(expiration_secs),
+                max_active_orders_per_user: env_var::<u32>("MAX_ACTIVE_ORDERS_PER_USER")?
+                    .unwrap_or(10)
+                    .max(1)
+                    .into(),
+            },
             listener_batch,
             auth: auth::Config {
                 attempts_per_window: env_var::<u32>("AUTH_RATE_LIMIT_PER_MINUTE")?.unwrap_or(20),
@@ -327,5 +400,34 @@ mod tests {
             Role::parse(&["gateway".to_owned()], &CATALOGUE).unwrap(),
             Role::Gateway
         );
+    }
+
+    fn sessions(key: &str) -> SessionSettings {
+        SessionSettings {
+            jwt_key: Key::from(key.as_bytes().to_vec().into_boxed_slice()),
+            jwt_ttl: Duration::from_secs(60),
+            revocation_max_staleness: None,
+            secure_cookies: true,
+        }
+    }
+
+    #[test]
+    fn the_form_key_is_derived_from_the_jwt_key_and_is_not_it() {
+        use secrecy::ExposeSecret as _;
+        let a = sessions("a-key-of-sixteen-chars-or-more");
+        let b = sessions("another-key-of-sixteen-chars");
+        let form = a.form_key();
+        assert_ne!(form.expose_secret(), a.jwt_key.expose_secret());
+        assert_eq!(form.expose_secret(), a.form_key().expose_secret());
+        assert_ne!(form.expose_secret(), b.form_key().expose_secret());
+        assert_eq!(form.expose_secret().len(), 32);
+    }
+
+    #[test]
+    fn keys_never_print() {
+        let a = sessions("a-key-of-sixteen-chars-or-more");
+        let printed = format!("{:?} {:?}", a.jwt_key, a.form_key());
+        assert!(!printed.contains("sixteen"), "{printed}");
+        assert!(printed.contains("REDACTED"), "{printed}");
     }
 }

@@ -19,12 +19,13 @@ use std::time::Duration;
 use bus::listener::ListenerOptions;
 use runtime::engines::open_bus;
 use runtime::service::{Deps, Running};
-use runtime::{Fallback, Role, Stopping, serve_running};
+use runtime::{Fallback, Stopping, serve_running};
 use shared::auth::AuthKeys;
 use shared::shutdown::Shutdown;
 use shared::time::Clock;
 
 pub use config::Settings;
+use config::{ApiAt, Process};
 
 /// `ticketing [blog] events`: print `product`'s catalogue, or check the code
 /// against its committed contract (exit 1 on a breaking change).
@@ -181,35 +182,28 @@ pub(crate) fn print_report(report: &impl std::fmt::Display) {
     println!("{report}");
 }
 
-/// Starts the configured services (or the gateway) and serves them on
-/// `listener` until `shutdown` fires; then stops accepting, finishes
-/// in-flight requests and handlers, and flushes the outbox relays.
+/// Starts what this process runs (services, the web client, or the
+/// gateway) and serves it on `listener` until `shutdown` fires; then stops
+/// accepting, finishes in-flight requests and handlers, and flushes the
+/// outbox relays.
 pub async fn run(
     settings: Settings,
     listener: tokio::net::TcpListener,
     shutdown: Shutdown,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let local = listener.local_addr()?;
-    match &settings.role {
-        Role::Gateway => {
-            let upstreams = settings
-                .gateway
-                .clone()
-                .ok_or("the gateway needs its upstreams")?;
+    let form_key = settings.sessions.form_key();
+    match settings.process {
+        Process::Gateway(upstreams) => {
             tracing::info!(?upstreams, "ticketing gateway listening on http://{local}");
             let router = runtime::gateway::router(upstreams);
             runtime::serve_with(listener, router, Fallback::Own, shutdown, settings.http).await?;
         }
-        Role::Pages => {
+        Process::Pages {
+            upstreams,
+            test_card_tokens,
+        } => {
             // The web client alone: no database, no bus.
-            let web_settings = settings
-                .web
-                .clone()
-                .ok_or("the web client needs its settings")?;
-            let upstreams = web_settings
-                .upstreams
-                .clone()
-                .ok_or("the web client alone needs API_URL or AUTH_URL, TICKETS_URL, …")?;
             tracing::info!(
                 ?upstreams,
                 "ticketing web client listening on http://{local}"
@@ -222,16 +216,21 @@ pub async fn run(
                     Box::pin(async move { web::check_ready(&api).await })
                 })
             };
-            let router = pages(api, &web_settings, &PageSettings::of(&settings))
-                .merge(runtime::edge::health_router(vec![(
-                    "web api".into(),
-                    ready,
-                )]))
-                .merge(docs::router());
+            let router = pages(
+                api,
+                test_card_tokens,
+                settings.sessions.secure_cookies,
+                form_key,
+            )
+            .merge(runtime::edge::health_router(vec![(
+                "web api".into(),
+                ready,
+            )]))
+            .merge(docs::router());
             runtime::serve_with(listener, router, pages_fallback(), shutdown, settings.http)
                 .await?;
         }
-        Role::Services { .. } => return run_services(settings, listener, shutdown).await,
+        Process::Services { .. } => return run_services(settings, listener, shutdown).await,
     }
     tracing::info!("stopped");
     Ok(())
@@ -244,25 +243,38 @@ async fn run_services(
     listener: tokio::net::TcpListener,
     shutdown: Shutdown,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    use secrecy::ExposeSecret as _;
+    let Process::Services {
+        services,
+        pages: web,
+    } = &settings.process
+    else {
+        return Err("run_services runs services".into());
+    };
     let bus = open_bus(&settings.bus, &settings.data_dir).await?;
     // The services stop only after the HTTP server has drained.
     let (stop_services, services_shutdown) = shared::shutdown::channel();
+    let sessions = &settings.sessions;
     let deps = Deps {
         databases: settings.databases.clone(),
         bus,
-        keys: AuthKeys::new(&settings.jwt_key, settings.jwt_ttl, settings.secure_cookies),
+        keys: AuthKeys::new(
+            sessions.jwt_key.expose_secret(),
+            sessions.jwt_ttl,
+            sessions.secure_cookies,
+        ),
         clock: Clock::System,
         shutdown: services_shutdown,
     };
     tracing::info!(databases = ?settings.databases, "starting services");
-    let mut running = start_services(&settings, &deps).await?;
+    let mut running = start_services(&settings, services, &deps).await?;
     // Every process with services keeps its own deny list of ended
     // sessions, fed by auth's events (the services in it share it).
     let follower = auth::sessions::follow(
         deps.bus.clone(),
         deps.keys.clone(),
         deps.clock.clone(),
-        settings.revocation_max_staleness,
+        sessions.revocation_max_staleness,
         deps.shutdown.clone(),
     );
     running.push(Running {
@@ -271,7 +283,8 @@ async fn run_services(
         ready_checks: vec![("sessions".into(), follower.ready)],
         tasks: vec![follower.task],
     });
-    if settings.role.runs_all(marketplace_events::api_services()) || settings.web.is_some() {
+    let api_here = marketplace_events::api_services().all(|s| services.contains(&s));
+    if api_here || web.is_some() {
         running.push(Running {
             name: "docs",
             router: docs::router(),
@@ -279,8 +292,9 @@ async fn run_services(
             tasks: Vec::new(),
         });
     }
-    let web = settings.web.clone();
-    let page_settings = PageSettings::of(&settings);
+    let web = web.clone();
+    let secure_cookies = sessions.secure_cookies;
+    let form_key = sessions.form_key();
     let fallback = match web {
         Some(_) => pages_fallback(),
         None => Fallback::Json,
@@ -293,17 +307,24 @@ async fn run_services(
             services: stop_services,
         },
         fallback,
-        settings.http,
-        move |api| match &web {
+        settings.http.clone(),
+        move |api| match web {
             // The pages beside the API in one router: the web client calls
             // this process's API in process (through the same edge a
             // request from outside passes), or the API elsewhere.
-            Some(web_settings) => {
-                let client = match &web_settings.upstreams {
-                    None => web::Api::in_process(runtime::edge::edge(api.clone(), Fallback::Json)),
-                    Some(u) => u.clone().client(),
+            Some(web) => {
+                let client = match web.api {
+                    ApiAt::InProcess => {
+                        web::Api::in_process(runtime::edge::edge(api.clone(), Fallback::Json))
+                    }
+                    ApiAt::Upstreams(u) => u.client(),
                 };
-                api.merge(pages(client, web_settings, &page_settings))
+                api.merge(pages(
+                    client,
+                    web.test_card_tokens,
+                    secure_cookies,
+                    form_key,
+                ))
             }
             None => api,
         },
@@ -312,27 +333,18 @@ async fn run_services(
 }
 
 /// The web client's pages, calling the API through `api`.
-/// What the pages take from the process's settings.
-struct PageSettings {
+fn pages(
+    api: web::Api,
+    test_card_tokens: bool,
     secure_cookies: bool,
-    form_key: Arc<[u8]>,
-}
-
-impl PageSettings {
-    fn of(settings: &Settings) -> PageSettings {
-        PageSettings {
-            secure_cookies: settings.secure_cookies,
-            form_key: settings.jwt_key.clone().into(),
-        }
-    }
-}
-
-fn pages(api: web::Api, web: &config::WebSettings, settings: &PageSettings) -> axum::Router {
+    form_key: config::Key,
+) -> axum::Router {
+    use secrecy::ExposeSecret as _;
     web::router(web::WebConfig {
         api,
-        test_card_tokens: web.test_card_tokens,
-        secure_cookies: settings.secure_cookies,
-        form_key: settings.form_key.clone(),
+        test_card_tokens,
+        secure_cookies,
+        form_key: form_key.expose_secret().into(),
     })
 }
 
@@ -349,8 +361,39 @@ fn pages_fallback() -> Fallback {
     }
 }
 
+/// How one of the marketplace's services starts, given the process's
+/// settings, its dependencies and the listeners' options.
+type Start = for<'a> fn(
+    &'a Settings,
+    &'a Deps,
+    ListenerOptions,
+) -> futures_util::future::BoxFuture<'a, Result<Running, store::StoreError>>;
+
+/// Every service of the marketplace with how it starts, in the order a
+/// process starts them (`marketplace_events::SERVICES`'s; a test holds the
+/// two equal).
+const SERVICES: &[(&str, Start)] = &[
+    ("auth", |s, deps, _| {
+        Box::pin(auth::start(deps, s.auth.clone()))
+    }),
+    ("tickets", |_, deps, options| {
+        Box::pin(tickets::start(deps, options))
+    }),
+    ("orders", |s, deps, options| {
+        Box::pin(orders::start(deps, s.orders.clone(), options))
+    }),
+    ("expiration", |_, deps, options| {
+        Box::pin(expiration::start(deps, options))
+    }),
+    ("payments", |s, deps, options| {
+        Box::pin(payments::start(deps, s.payments.clone(), options))
+    }),
+];
+
+/// Starts `names` (some of [`SERVICES`]), in the marketplace's order.
 async fn start_services(
     settings: &Settings,
+    names: &[&'static str],
     deps: &Deps,
 ) -> Result<Vec<Running>, store::StoreError> {
     let options = ListenerOptions {
@@ -358,25 +401,17 @@ async fn start_services(
         ..ListenerOptions::default()
     };
     let mut running = Vec::new();
-    for name in settings.role.services() {
-        running.push(match *name {
-            "auth" => auth::start(deps, settings.auth.clone()).await?,
-            "tickets" => tickets::start(deps, options.clone()).await?,
-            "orders" => {
-                orders::start(
-                    deps,
-                    orders::Config {
-                        order_expiration: settings.order_expiration,
-                        max_active_orders_per_user: settings.max_active_orders_per_user,
-                    },
-                    options.clone(),
-                )
-                .await?
-            }
-            "expiration" => expiration::start(deps, options.clone()).await?,
-            "payments" => payments::start(deps, settings.payments.clone(), options.clone()).await?,
-            other => unreachable!("service {other} passed validation"),
-        });
+    for (_, start) in SERVICES.iter().filter(|(name, _)| names.contains(name)) {
+        running.push(start(settings, deps, options.clone()).await?);
     }
     Ok(running)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_service_of_the_marketplace_has_its_start_in_its_order() {
+        let names: Vec<&str> = super::SERVICES.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, marketplace_events::SERVICES);
+    }
 }

@@ -36,6 +36,8 @@ fn main() -> std::process::ExitCode {
     let code = match runtime.block_on(ticketing::main(cli)) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
+            // The error with every cause under it, each said once.
+            let e = store::report(e.as_ref());
             tracing::error!("{e}");
             eprintln!("error: {e}");
             std::process::ExitCode::FAILURE

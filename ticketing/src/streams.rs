@@ -64,7 +64,7 @@ pub async fn run(command: Streams, builtin: shared::events::StreamsFile) -> u8 {
     match execute(&args, apply, builtin).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", store::report(&e));
             1
         }
     }

@@ -19,7 +19,7 @@ pub struct ChargeRequest {
     pub description: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     /// The card was declined (HTTP 402 to the client).
     #[error("declined: {0}")]
@@ -27,9 +27,35 @@ pub enum GatewayError {
     /// The request was refused as invalid (bad token): the client's fault.
     #[error("invalid request: {0}")]
     Invalid(String),
-    /// The gateway could not be reached or failed; retry later.
-    #[error("gateway unavailable: {0}")]
-    Unavailable(String),
+    /// The gateway could not be reached or failed; retry later. `cause`:
+    /// the HTTP client's or the decoder's error, when one is underneath.
+    #[error("gateway unavailable: {message}")]
+    Unavailable {
+        message: String,
+        #[source]
+        cause: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl GatewayError {
+    /// Unavailable, for the reason `message`.
+    pub fn unavailable(message: impl Into<String>) -> GatewayError {
+        GatewayError::Unavailable {
+            message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// Unavailable while `doing`, because of `cause`.
+    pub fn unavailable_because(
+        doing: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> GatewayError {
+        GatewayError::Unavailable {
+            message: doing.into(),
+            cause: Some(Box::new(cause)),
+        }
+    }
 }
 
 /// What became of a hold on a card when it was settled.
@@ -191,15 +217,16 @@ impl StripeGateway {
             .form(form)
             .send()
             .await
-            .map_err(|e| GatewayError::Unavailable(e.to_string()))?;
+            .map_err(|e| {
+                GatewayError::unavailable_because(format!("cannot reach Stripe ({path})"), e)
+            })?;
         let status = res.status();
-        let body = res
-            .bytes()
-            .await
-            .map_err(|e| GatewayError::Unavailable(e.to_string()))?;
+        let body = res.bytes().await.map_err(|e| {
+            GatewayError::unavailable_because(format!("cannot read Stripe's answer ({path})"), e)
+        })?;
         if status.is_success() {
             return serde_json::from_slice::<StripeObject>(&body).map_err(|e| {
-                GatewayError::Unavailable(format!("unexpected Stripe response: {e}"))
+                GatewayError::unavailable_because(format!("unexpected Stripe response ({path})"), e)
             });
         }
         let detail = serde_json::from_slice::<StripeErrorBody>(&body)
@@ -215,7 +242,7 @@ impl StripeGateway {
             400 | 404 if card_error => GatewayError::Declined(message),
             400 | 404 => GatewayError::Invalid(message),
             // 401 (bad key), 409 (idempotent request in flight), 429, 5xx.
-            _ => GatewayError::Unavailable(message),
+            _ => GatewayError::unavailable(message),
         })
     }
 }
@@ -283,7 +310,7 @@ impl PaymentGateway for StripeGateway {
             if intent.status.as_deref() == Some(done) {
                 Ok(())
             } else {
-                Err(GatewayError::Unavailable(format!(
+                Err(GatewayError::unavailable(format!(
                     "Stripe left the payment intent {} as {:?} after {action}",
                     intent.id, intent.status
                 )))

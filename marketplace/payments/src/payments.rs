@@ -302,8 +302,8 @@ async fn pay(
         // The outcome is unknown (the gateway may hold the card): the
         // settler asks again with the same key once the recovery bound has
         // passed, and the saga goes on from its answer.
-        Err(GatewayError::Unavailable(m)) => {
-            tracing::warn!(error = %m, payment_id = %id, "payment gateway unavailable; the settler will retry");
+        Err(e @ GatewayError::Unavailable { .. }) => {
+            tracing::warn!(error = %store::report(e), payment_id = %id, "payment gateway unavailable; the settler will retry");
             Status::Authorizing
         }
         _ => saga::record_authorization(&state, id, &answer, trace)

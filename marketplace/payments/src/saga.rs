@@ -230,7 +230,16 @@ pub(crate) async fn record_authorization(
 ) -> Result<Option<Status>, StoreError> {
     let now = state.clock.now();
     let verdict_due = now.plus_secs(state.config.settings.verdict_timeout.as_secs());
-    let answer = answer.clone();
+    // What the transaction needs of the answer: the hold, or whether the
+    // issuer refused (it counts against card testing; a token the gateway
+    // cannot read does not) and why.
+    let answer = match answer {
+        Ok(a) => Ok(a.clone()),
+        Err(e) => Err((
+            i64::from(matches!(e, GatewayError::Declined(_))),
+            store::report(e),
+        )),
+    };
     let status = state
         .outbox
         .write(move |c| {
@@ -242,14 +251,11 @@ pub(crate) async fn record_authorization(
             }
             let authorization = match answer {
                 Ok(a) => a,
-                Err(e) => {
-                    // The issuer's refusal counts against card testing; a
-                    // token the gateway cannot read does not.
-                    let by_card = i64::from(matches!(e, GatewayError::Declined(_)));
+                Err((by_card, error)) => {
                     c.execute(
                         "UPDATE payments SET status = 'declined', card_token = NULL, next_try_at = NULL,
                              last_error = $2, card_declined = $3 WHERE id = $1",
-                        &[&id, &e.to_string(), &by_card],
+                        &[&id, &error, &by_card],
                     )?;
                     return Ok(Some(Status::Declined));
                 }
@@ -344,8 +350,8 @@ pub(crate) async fn advance(state: &AppState, id: PaymentId) -> Result<(), Store
                 return Ok(());
             };
             let answer = authorize(state, &p, token).await;
-            if let Err(GatewayError::Unavailable(e)) = &answer {
-                return retry_later(state, &p, e).await;
+            if let Err(e @ GatewayError::Unavailable { .. }) = &answer {
+                return retry_later(state, &p, &store::report(e)).await;
             }
             record_authorization(state, id, &answer, TraceContext::new_root()).await?;
             Ok(())
@@ -583,9 +589,9 @@ pub enum RefundError {
     NotFound(PaymentId),
     #[error("payment {0} was not captured (it is {1}): nothing to refund")]
     NotCaptured(PaymentId, &'static str),
-    #[error("cannot read or record the refund: {0}")]
+    #[error("cannot read or record the refund")]
     Store(#[from] StoreError),
-    #[error("the payment gateway refused or failed the refund: {0}")]
+    #[error("the payment gateway refused or failed the refund")]
     Gateway(#[from] GatewayError),
 }
 

@@ -66,24 +66,27 @@ impl Api<'_> {
         )
         .await
         .map_err(|_| {
-            fixed(ProvisionError::Unavailable(format!(
+            fixed(ProvisionError::unavailable(format!(
                 "$JS.API.{subject}: no reply in 10s"
             )))
         })?
         .map_err(|e| {
-            let why = if e.kind() == async_nats::RequestErrorKind::NoResponders {
-                "no responder: is JetStream enabled on this server (nats-server -js)?".to_owned()
+            fixed(if e.kind() == async_nats::RequestErrorKind::NoResponders {
+                ProvisionError::unavailable(format!(
+                    "$JS.API.{subject}: no responder: is JetStream enabled on this server (nats-server -js)?"
+                ))
             } else {
-                e.to_string()
-            };
-            fixed(ProvisionError::Unavailable(format!(
-                "$JS.API.{subject}: {why}"
-            )))
+                ProvisionError::Unavailable {
+                    what: format!("$JS.API.{subject}"),
+                    cause: Some(Box::new(e)),
+                }
+            })
         })?;
         let value: Value = serde_json::from_slice(&reply.payload).map_err(|e| {
-            fixed(ProvisionError::Api(format!(
-                "$JS.API.{subject}: unreadable reply: {e}"
-            )))
+            fixed(ProvisionError::Api {
+                what: format!("$JS.API.{subject}: unreadable reply"),
+                cause: Some(Box::new(e)),
+            })
         })?;
         if let Some(err) = value.get("error") {
             let description = err
@@ -92,7 +95,7 @@ impl Api<'_> {
                 .unwrap_or("unknown error");
             let code = err.get("code").and_then(Value::as_u64).unwrap_or(0);
             return Err((
-                ProvisionError::Api(format!(
+                ProvisionError::api(format!(
                     "the server refused {subject} ({code}): {description}"
                 )),
                 settling(err),
@@ -222,7 +225,7 @@ pub async fn connect(
         };
         let now = tokio::time::Instant::now();
         if now >= deadline {
-            return Err(ProvisionError::Unavailable(format!(
+            return Err(ProvisionError::unavailable(format!(
                 "NATS at {url} is not ready after {}: {why}",
                 format_duration(wait)
             )));

@@ -70,13 +70,22 @@ pub struct Options {
 /// A failure to plan or apply.
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
-    #[error("{0}")]
+    #[error(transparent)]
     Spec(#[from] SpecError),
-    #[error("{0}")]
-    Unavailable(String),
-    /// The server refused a request.
-    #[error("{0}")]
-    Api(String),
+    /// The server could not be asked: what was asked, and why not.
+    #[error("{what}")]
+    Unavailable {
+        what: String,
+        #[source]
+        cause: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The server refused a request, or answered what cannot be read.
+    #[error("{what}")]
+    Api {
+        what: String,
+        #[source]
+        cause: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// The plan holds changes that need a flag, or the spec asks for what
     /// this server cannot do; nothing was changed.
     #[error("{0}")]
@@ -84,6 +93,16 @@ pub enum ProvisionError {
     /// The server did not keep what was sent.
     #[error("{0}")]
     Drift(String),
+}
+
+impl ProvisionError {
+    fn unavailable(what: String) -> ProvisionError {
+        ProvisionError::Unavailable { what, cause: None }
+    }
+
+    fn api(what: String) -> ProvisionError {
+        ProvisionError::Api { what, cause: None }
+    }
 }
 
 /// A server version, `2.9.10`.

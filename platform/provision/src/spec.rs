@@ -8,10 +8,34 @@ use serde::Deserialize;
 
 use bus::subject;
 
-/// A spec that cannot be used, with where and why.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct SpecError(pub String);
+/// A spec that cannot be used: where and why, and the error underneath
+/// (the file system's, the YAML parser's) as its source.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SpecError {
+    message: String,
+    #[source]
+    cause: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl SpecError {
+    fn new(message: String) -> SpecError {
+        SpecError {
+            message,
+            cause: None,
+        }
+    }
+
+    fn caused_by(
+        message: String,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> SpecError {
+        SpecError {
+            message,
+            cause: Some(Box::new(cause)),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -196,23 +220,23 @@ impl Spec {
     pub fn load(path: &std::path::Path) -> Result<Spec, SpecError> {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path)
-            .map_err(|e| SpecError(format!("{name}: cannot read it: {e}")))?;
+            .map_err(|e| SpecError::caused_by(format!("{name}: cannot read it"), e))?;
         Spec::parse(&text, &name)
     }
 
     /// Parses and checks `text`, naming it `source` in errors.
     pub fn parse(text: &str, source: &str) -> Result<Spec, SpecError> {
         let file: FileSpec = serde_saphyr::from_str(text)
-            .map_err(|e| SpecError(format!("{source}: not a valid spec: {e}")))?;
+            .map_err(|e| SpecError::caused_by(format!("{source}: not a valid spec"), e))?;
         let mut streams = Vec::new();
         for (i, s) in file.streams.into_iter().enumerate() {
             let at = format!("{source}: streams[{i}] ({})", s.name);
-            streams.push(stream_spec(s).map_err(|e| SpecError(format!("{at}: {e}")))?);
+            streams.push(stream_spec(s).map_err(|e| SpecError::new(format!("{at}: {e}")))?);
         }
         let mut consumers = Vec::new();
         for (i, c) in file.consumers.into_iter().enumerate() {
             let at = format!("{source}: consumers[{i}] ({})", c.name);
-            consumers.push(consumer_spec(c).map_err(|e| SpecError(format!("{at}: {e}")))?);
+            consumers.push(consumer_spec(c).map_err(|e| SpecError::new(format!("{at}: {e}")))?);
         }
         add_replay_consumers(&streams, &mut consumers);
         let spec = Spec {
@@ -246,12 +270,12 @@ impl Spec {
     fn check_references(&self) -> Result<(), SpecError> {
         let src = &self.source;
         if self.streams.is_empty() {
-            return Err(SpecError(format!("{src}: declares no streams")));
+            return Err(SpecError::new(format!("{src}: declares no streams")));
         }
         for (i, a) in self.streams.iter().enumerate() {
             for b in &self.streams[i + 1..] {
                 if a.name == b.name {
-                    return Err(SpecError(format!(
+                    return Err(SpecError::new(format!(
                         "{src}: stream {} is declared twice",
                         a.name
                     )));
@@ -259,7 +283,7 @@ impl Spec {
                 for sa in &a.subjects {
                     for sb in &b.subjects {
                         if subjects_overlap(sa, sb) {
-                            return Err(SpecError(format!(
+                            return Err(SpecError::new(format!(
                                 "{src}: streams {} and {} overlap ({sa} and {sb}); JetStream \
                                  stores a subject in one stream only",
                                 a.name, b.name
@@ -272,7 +296,7 @@ impl Spec {
         for (i, c) in self.consumers.iter().enumerate() {
             let at = format!("{src}: consumers[{i}] ({})", c.name);
             let Some(stream) = self.stream(&c.stream) else {
-                return Err(SpecError(format!(
+                return Err(SpecError::new(format!(
                     "{at}: stream {} is not declared in streams",
                     c.stream
                 )));
@@ -282,7 +306,7 @@ impl Spec {
                 .iter()
                 .any(|s| subject_within(&c.filter_subject, s))
             {
-                return Err(SpecError(format!(
+                return Err(SpecError::new(format!(
                     "{at}: filter_subject {} is not among stream {}'s subjects ({})",
                     c.filter_subject,
                     c.stream,
@@ -293,7 +317,7 @@ impl Spec {
                 .iter()
                 .any(|o| o.stream == c.stream && o.name == c.name)
             {
-                return Err(SpecError(format!(
+                return Err(SpecError::new(format!(
                     "{at}: declared twice on stream {}",
                     c.stream
                 )));
@@ -634,8 +658,13 @@ fn parse_size(text: &str) -> Result<i64, String> {
 mod tests {
     use super::*;
 
+    /// The error with its causes, as a log line says it.
     fn err(yaml: &str) -> String {
-        Spec::parse(yaml, "x.yaml").unwrap_err().0
+        let e = Spec::parse(yaml, "x.yaml").unwrap_err();
+        match std::error::Error::source(&e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ async fn requests_are_repeated_while_the_cluster_settles_and_only_then() {
     ));
     assert!(!settling(&json!({"code": 404, "err_code": 10059})));
 
-    let refusal = |transient| Err::<Value, _>((ProvisionError::Api("refused".into()), transient));
+    let refusal = |transient| Err::<Value, _>((ProvisionError::api("refused".into()), transient));
     let mut tries = 0;
     let got = through_settling(|| {
         tries += 1;
@@ -36,7 +36,7 @@ async fn requests_are_repeated_while_the_cluster_settles_and_only_then() {
         async move { refusal(false) }
     })
     .await;
-    assert!(matches!(err, Err(ProvisionError::Api(_))));
+    assert!(matches!(err, Err(ProvisionError::Api { .. })));
     assert_eq!(tries, 1, "a plain refusal is not repeated");
 
     let started = tokio::time::Instant::now();
@@ -169,4 +169,24 @@ fn absent_server_fields_count_as_their_defaults() {
         Some(&json!({"k": "v", "_nats.ver": "2.15.1"}))
     ));
     assert!(!same("metadata", &json!({"k": "v"}), None));
+}
+
+/// The error chain as a log line prints it: each cause once.
+fn chain(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut out = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push(s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[test]
+fn a_spec_that_does_not_parse_keeps_the_parsers_error_as_its_cause_said_once() {
+    let e = ProvisionError::from(Spec::parse("streams: [", "x.yaml").unwrap_err());
+    let said = chain(&e);
+    assert_eq!(said[0], "x.yaml: not a valid spec", "{said:?}");
+    assert_eq!(said.len(), 2, "the parser's error, once: {said:?}");
+    assert!(!said[1].contains("x.yaml: not a valid spec"), "{said:?}");
 }

@@ -128,3 +128,40 @@ async fn the_offline_gateway_emulates_the_same_holds() {
         Err(GatewayError::Invalid(_))
     ));
 }
+
+/// A gateway that cannot be reached says what it was doing and keeps the
+/// HTTP client's error as its cause; a refund that fails on it says each
+/// once in the chain an operator reads.
+#[tokio::test]
+async fn an_unreachable_gateway_keeps_the_http_error_as_its_cause_said_once() {
+    use payments::PaymentGateway as _;
+    use payments::gateway::{GatewayError, Settled};
+    // Nothing listens on a port just released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gateway = StripeGateway::new(format!("http://127.0.0.1:{port}"), "sk_test_123").unwrap();
+    let e = gateway
+        .settle("pi_x".into(), Settled::Captured, "k".into())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, GatewayError::Unavailable { .. }), "{e:?}");
+    let cause = std::error::Error::source(&e).expect("the HTTP client's error is kept");
+    assert!(cause.to_string().contains("request"), "{cause}");
+    let refund = payments::saga::RefundError::from(e);
+    let report = store::report(&refund);
+    assert!(
+        report.starts_with(
+            "the payment gateway refused or failed the refund: gateway unavailable: \
+             cannot reach Stripe (/v1/payment_intents/pi_x/capture): "
+        ),
+        "{report}"
+    );
+    assert_eq!(
+        report.matches("cannot reach Stripe").count(),
+        1,
+        "each cause once: {report}"
+    );
+}
