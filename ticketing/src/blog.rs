@@ -123,6 +123,13 @@ pub struct BlogSettings {
     pub parked_gauges_every: Duration,
 }
 
+/// How the blog's processes name their databases (`blog_<service>`) and
+/// NATS connections (`blog-<services>-<host>`).
+const NAMING: runtime::engines::Naming = runtime::engines::Naming {
+    database: "blog",
+    connection: "blog-",
+};
+
 /// The blog's services as `--services` names them (it has no gateway).
 pub const CATALOGUE: Catalogue = Catalogue {
     variable: "BLOG_SERVICES",
@@ -156,7 +163,7 @@ impl BlogSettings {
         } else {
             None
         };
-        let (bus, databases) = engines(&args.engines.urls(), "blog", &services, &args.data_dir)?;
+        let (bus, databases) = engines(&args.engines.urls(), &NAMING, &services, &args.data_dir)?;
         Ok(BlogSettings {
             host: args.host.clone(),
             port: args.port,

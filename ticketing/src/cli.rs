@@ -77,12 +77,12 @@ pub enum Drill {
     /// Parallel clients sell and edit tickets on replicas of the tickets and
     /// orders services (NATS JetStream + PostgreSQL); checks that every copy
     /// converges, each event is handled once, and one order wins per ticket.
-    Concurrency(crate::drill::ConcurrencyArgs),
+    Concurrency(drill::concurrency::ConcurrencyArgs),
     /// The marketplace on a three-node NATS cluster (streams with three
     /// replicas) and PostgreSQL under a steady purchase load, while NATS
     /// nodes are killed and restarted; checks that nothing is lost, applied
     /// twice or sold twice, and reports what each fault cost.
-    Cluster(crate::drill_cluster::ClusterArgs),
+    Cluster(drill::cluster_drill::ClusterArgs),
 }
 
 /// `ticketing payments …`: run against the payments database the service

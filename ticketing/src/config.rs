@@ -15,6 +15,13 @@ use shared::config::{ConfigError, env_var};
 
 use crate::cli::RunArgs;
 
+/// How the marketplace's processes name their databases
+/// (`ticketing_<service>`) and NATS connections (`<services>-<host>`).
+pub const NAMING: runtime::engines::Naming = runtime::engines::Naming {
+    database: "ticketing",
+    connection: "",
+};
+
 /// The marketplace's services as `--services` names them.
 pub const CATALOGUE: Catalogue = Catalogue {
     variable: "TICKETING_SERVICES",
@@ -239,12 +246,7 @@ impl Settings {
                 },
             },
         };
-        let (bus, databases) = engines(
-            &args.engines.urls(),
-            "ticketing",
-            role.services(),
-            &data_dir,
-        )?;
+        let (bus, databases) = engines(&args.engines.urls(), &NAMING, role.services(), &data_dir)?;
         let jwt_key = Key::from(jwt_key(&data_dir)?.into_boxed_slice());
         let expiration_secs = env_var::<u64>("ORDER_EXPIRATION_SECONDS")?.unwrap_or(900);
         if expiration_secs == 0 {

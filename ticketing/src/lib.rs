@@ -4,12 +4,9 @@
 pub mod blog;
 pub mod catalogue;
 pub mod cli;
-pub mod cluster;
 pub mod compat;
 pub mod config;
 pub mod docs;
-pub mod drill;
-pub mod drill_cluster;
 pub mod parked;
 pub mod streams;
 
@@ -72,7 +69,7 @@ pub async fn main(cli: cli::Cli) -> Result<u8, Box<dyn std::error::Error>> {
         }
         Some(cli::Command::Drill(cli::Drill::Concurrency(args))) => {
             let exe = std::env::current_exe()?;
-            let report = drill::concurrency(&exe, args).await?;
+            let report = drill::concurrency::concurrency(&exe, args).await?;
             print_report(&report);
             return if report.passed() {
                 Ok(0)
@@ -82,7 +79,7 @@ pub async fn main(cli: cli::Cli) -> Result<u8, Box<dyn std::error::Error>> {
         }
         Some(cli::Command::Drill(cli::Drill::Cluster(args))) => {
             let exe = std::env::current_exe()?;
-            let report = drill_cluster::cluster(&exe, args).await?;
+            let report = drill::cluster_drill::cluster(&exe, args).await?;
             print_report(&report);
             return if report.passed() {
                 Ok(0)
@@ -121,8 +118,12 @@ async fn users_command(args: cli::UsersArgs) -> Result<u8, Box<dyn std::error::E
     };
     let email = shared::email::Email::parse(&email)
         .map_err(|reason| format!("{email:?} is not an e-mail address: {reason}"))?;
-    let (_, databases) =
-        runtime::engines::engines(&data.engines.urls(), "ticketing", &["auth"], &data.data_dir)?;
+    let (_, databases) = runtime::engines::engines(
+        &data.engines.urls(),
+        &config::NAMING,
+        &["auth"],
+        &data.data_dir,
+    )?;
     let (_, outbox) = auth::roles::open_store(&databases).await?;
     let change = auth::roles::set_admin(&outbox, &email, admin, Clock::System.now()).await?;
     let role = if admin { "an admin" } else { "not an admin" };
@@ -137,7 +138,7 @@ async fn payments_store(
 ) -> Result<(store::Db, bus::outbox::Outbox), Box<dyn std::error::Error>> {
     let (_, databases) = runtime::engines::engines(
         &data.engines.urls(),
-        "ticketing",
+        &config::NAMING,
         &["payments"],
         &data.data_dir,
     )?;

@@ -30,6 +30,7 @@ fn main() -> std::process::ExitCode {
                     })
             )
         ),
+        env!("CARGO_CRATE_NAME"),
         &cli.service_name(),
         runtime.handle(),
     );

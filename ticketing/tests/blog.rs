@@ -6,9 +6,9 @@ mod common;
 
 use std::time::Duration;
 
+use drill::cluster::{Cluster, Logs};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use ticketing::cluster::{Cluster, Logs};
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -417,4 +417,13 @@ async fn pages_and_the_api_pass_one_http_edge() {
         metrics.contains("route=\"unmatched\",status=\"404\""),
         "what no route took is counted:\n{metrics}"
     );
+    // The landing page read the tickets through the API in process: that
+    // call is part of the page's request, counted once as the page; the
+    // one request from outside to /api/tickets is the only one there.
+    assert!(
+        metrics.contains(
+            "http_requests_total{method=\"GET\",route=\"/api/tickets\",status=\"200\"} 1\n"
+        ),
+        "a page's in-process API call is not counted again:\n{metrics}"
+    );
 }

@@ -6,9 +6,9 @@
 use std::process::Output;
 use std::time::Duration;
 
+use drill::cluster::{Logs, NatsServer};
 use futures_util::StreamExt;
 use provision::Version;
-use ticketing::cluster::{Logs, NatsServer};
 
 const BUILTIN: &str = include_str!("../../deploy/streams.yaml");
 

@@ -15,8 +15,20 @@ shared::id_type!(/** A blog post. */ PostId);
 shared::id_type!(/** A comment on a post. */ CommentId);
 
 /// Where a comment stands with moderation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum CommentStatus {
     /// Written, not yet moderated.
     Pending,
@@ -25,21 +37,13 @@ pub enum CommentStatus {
 }
 
 impl CommentStatus {
+    /// Its name, as the API and the database spell it.
     pub fn as_str(self) -> &'static str {
-        match self {
-            CommentStatus::Pending => "pending",
-            CommentStatus::Approved => "approved",
-            CommentStatus::Rejected => "rejected",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "pending" => Some(CommentStatus::Pending),
-            "approved" => Some(CommentStatus::Approved),
-            "rejected" => Some(CommentStatus::Rejected),
-            _ => None,
-        }
+        s.parse().ok()
     }
 }
 

@@ -29,8 +29,11 @@ shared::id_type!(/** A recorded payment. */ PaymentId);
     Deserialize,
     schemars::JsonSchema,
     utoipa::ToSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
 )]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum TicketStatus {
     Available,
     Reserved,
@@ -41,23 +44,13 @@ pub enum TicketStatus {
 }
 
 impl TicketStatus {
+    /// Its name, as the API and the database spell it.
     pub fn as_str(self) -> &'static str {
-        match self {
-            TicketStatus::Available => "available",
-            TicketStatus::Reserved => "reserved",
-            TicketStatus::Sold => "sold",
-            TicketStatus::Withdrawn => "withdrawn",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "available" => Some(TicketStatus::Available),
-            "reserved" => Some(TicketStatus::Reserved),
-            "sold" => Some(TicketStatus::Sold),
-            "withdrawn" => Some(TicketStatus::Withdrawn),
-            _ => None,
-        }
+        s.parse().ok()
     }
 }
 
@@ -71,8 +64,11 @@ impl TicketStatus {
     Deserialize,
     schemars::JsonSchema,
     utoipa::ToSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
 )]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum OrderStatus {
     Created,
     Cancelled,
@@ -80,21 +76,13 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
+    /// Its name, as the API and the database spell it.
     pub fn as_str(self) -> &'static str {
-        match self {
-            OrderStatus::Created => "created",
-            OrderStatus::Cancelled => "cancelled",
-            OrderStatus::Complete => "complete",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "created" => Some(OrderStatus::Created),
-            "cancelled" => Some(OrderStatus::Cancelled),
-            "complete" => Some(OrderStatus::Complete),
-            _ => None,
-        }
+        s.parse().ok()
     }
 }
 

@@ -39,7 +39,8 @@ use crate::gateway::{ChargeRequest, GatewayError, Settled};
 const FIRST_ATTEMPT_GRACE_SECS: u64 = 10;
 
 /// Where a payment stands, as stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "lowercase")]
 pub enum Status {
     /// The hold was asked for; the gateway's answer is not recorded yet.
     Authorizing,
@@ -56,30 +57,13 @@ pub enum Status {
 }
 
 impl Status {
-    const ALL: [Status; 7] = [
-        Status::Authorizing,
-        Status::Authorized,
-        Status::Capturing,
-        Status::Captured,
-        Status::Voiding,
-        Status::Voided,
-        Status::Declined,
-    ];
-
+    /// Its name, as the database spells it.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Authorizing => "authorizing",
-            Status::Authorized => "authorized",
-            Status::Capturing => "capturing",
-            Status::Captured => "captured",
-            Status::Voiding => "voiding",
-            Status::Voided => "voided",
-            Status::Declined => "declined",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Option<Status> {
-        Status::ALL.into_iter().find(|st| st.as_str() == s)
+        s.parse().ok()
     }
 
     /// The order's verdict is known: capture (`Some(true)`) or void.
@@ -656,9 +640,19 @@ mod tests {
 
     #[test]
     fn statuses_round_trip_and_only_settling_ones_carry_a_verdict() {
-        for s in Status::ALL {
-            assert_eq!(Status::parse(s.as_str()), Some(s));
+        let names = [
+            "authorizing",
+            "authorized",
+            "capturing",
+            "captured",
+            "voiding",
+            "voided",
+            "declined",
+        ];
+        for name in names {
+            assert_eq!(Status::parse(name).map(Status::as_str), Some(name));
         }
+        assert_eq!(Status::parse("Captured"), None, "names are lowercase");
         assert_eq!(Status::Authorized.verdict(), None);
         assert_eq!(Status::Capturing.verdict(), Some(true));
         assert_eq!(Status::Voided.verdict(), Some(false));

@@ -213,7 +213,9 @@ async fn a_batch_committed_but_never_acknowledged_is_applied_once_in_effect(
         .unwrap();
     // The first run commits and "crashes" before acking: its bus drops acks.
     let (trigger, signal) = shutdown::channel();
-    let lossy: Arc<dyn Bus> = Arc::new(LosesAcks(bus.clone()));
+    let lossy: Arc<dyn Bus> = Arc::new(Rewired::new(bus.clone(), |sub, _| {
+        bus::Subscription::new(Box::new(AcksLost(sub)))
+    }));
     let tasks = Listeners::new(lossy, service, options(), signal)
         .applying_in(Outbox::new(db.clone(), service))
         .on_tx(apply_once)
@@ -257,10 +259,84 @@ async fn a_batch_committed_but_never_acknowledged_is_applied_once_in_effect(
     }
 }
 
-/// A bus whose deliveries' acks go nowhere (everything else is `inner`'s):
-/// a process that dies right after its transaction committed.
-struct LosesAcks(Arc<dyn Bus>);
+/// A bus that is `inner` except for its subscriptions, which `wrap` (told
+/// how many came before) turns into others: a process whose acks are lost,
+/// a connection that ends one.
+struct Rewired {
+    inner: Arc<dyn Bus>,
+    wrap: fn(bus::Subscription, usize) -> bus::Subscription,
+    subscribed: std::sync::atomic::AtomicUsize,
+}
 
+impl Rewired {
+    fn new(
+        inner: Arc<dyn Bus>,
+        wrap: fn(bus::Subscription, usize) -> bus::Subscription,
+    ) -> Rewired {
+        Rewired {
+            inner,
+            wrap,
+            subscribed: Default::default(),
+        }
+    }
+}
+
+impl Bus for Rewired {
+    fn publish(&self, msg: Message) -> bus::BoxFuture<'_, Result<bus::PublishAck, BusError>> {
+        self.inner.publish(msg)
+    }
+
+    fn subscribe(
+        &self,
+        config: bus::ConsumerConfig,
+    ) -> bus::BoxFuture<'_, Result<bus::Subscription, BusError>> {
+        Box::pin(async move {
+            let sub = self.inner.subscribe(config).await?;
+            let nth = self
+                .subscribed
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok((self.wrap)(sub, nth))
+        })
+    }
+
+    fn rewind(&self, config: &bus::ConsumerConfig) -> bus::BoxFuture<'_, Result<(), BusError>> {
+        self.inner.rewind(config)
+    }
+
+    fn watch(
+        &self,
+        filter_subject: &str,
+        since: shared::time::Timestamp,
+    ) -> bus::BoxFuture<'_, Result<bus::Watch, BusError>> {
+        self.inner.watch(filter_subject, since)
+    }
+
+    fn parked_messages(
+        &self,
+        filter: &bus::ParkedFilter,
+    ) -> bus::BoxFuture<'_, Result<Vec<bus::ParkedMessage>, BusError>> {
+        self.inner.parked_messages(filter)
+    }
+
+    fn replay_parked(&self, record: u64) -> bus::BoxFuture<'_, Result<bus::Resolution, BusError>> {
+        self.inner.replay_parked(record)
+    }
+
+    fn discard_parked(
+        &self,
+        record: u64,
+        reason: String,
+    ) -> bus::BoxFuture<'_, Result<bus::Resolution, BusError>> {
+        self.inner.discard_parked(record, reason)
+    }
+
+    fn check_ready(&self) -> bus::BoxFuture<'_, Result<(), BusError>> {
+        self.inner.check_ready()
+    }
+}
+
+/// Deliveries whose acks go nowhere: a process that dies right after its
+/// transaction committed.
 struct DroppedAck;
 
 impl Acker for DroppedAck {
@@ -278,57 +354,6 @@ impl Acker for DroppedAck {
     }
     fn in_progress(&self) -> bus::BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async { Ok(()) })
-    }
-}
-
-impl Bus for LosesAcks {
-    fn publish(&self, msg: Message) -> bus::BoxFuture<'_, Result<bus::PublishAck, BusError>> {
-        self.0.publish(msg)
-    }
-
-    fn subscribe(
-        &self,
-        config: bus::ConsumerConfig,
-    ) -> bus::BoxFuture<'_, Result<bus::Subscription, BusError>> {
-        Box::pin(async move {
-            let inner = self.0.subscribe(config).await?;
-            Ok(bus::Subscription::new(Box::new(AcksLost(inner))))
-        })
-    }
-
-    fn rewind(&self, config: &bus::ConsumerConfig) -> bus::BoxFuture<'_, Result<(), BusError>> {
-        self.0.rewind(config)
-    }
-
-    fn watch(
-        &self,
-        filter_subject: &str,
-        since: shared::time::Timestamp,
-    ) -> bus::BoxFuture<'_, Result<bus::Watch, BusError>> {
-        self.0.watch(filter_subject, since)
-    }
-
-    fn parked_messages(
-        &self,
-        filter: &bus::ParkedFilter,
-    ) -> bus::BoxFuture<'_, Result<Vec<bus::ParkedMessage>, BusError>> {
-        self.0.parked_messages(filter)
-    }
-
-    fn replay_parked(&self, record: u64) -> bus::BoxFuture<'_, Result<bus::Resolution, BusError>> {
-        self.0.replay_parked(record)
-    }
-
-    fn discard_parked(
-        &self,
-        record: u64,
-        reason: String,
-    ) -> bus::BoxFuture<'_, Result<bus::Resolution, BusError>> {
-        self.0.discard_parked(record, reason)
-    }
-
-    fn check_ready(&self) -> bus::BoxFuture<'_, Result<(), BusError>> {
-        self.0.check_ready()
     }
 }
 
@@ -686,14 +711,6 @@ async fn a_failing_batch_reads_its_older_events_through_the_upcaster_on_the_way_
     }
 }
 
-/// A bus whose first subscription ends (as a closed connection ends one)
-/// after `first` deliveries; later subscriptions are `inner`'s own.
-struct EndsFirstSubscription {
-    inner: Arc<dyn Bus>,
-    first: usize,
-    subscribed: std::sync::atomic::AtomicUsize,
-}
-
 struct Ending(bus::Subscription, usize);
 
 impl bus::DeliverySource for Ending {
@@ -712,74 +729,17 @@ impl bus::DeliverySource for Ending {
     }
 }
 
-impl Bus for EndsFirstSubscription {
-    fn publish(&self, msg: Message) -> bus::BoxFuture<'_, Result<bus::PublishAck, BusError>> {
-        self.inner.publish(msg)
-    }
-
-    fn subscribe(
-        &self,
-        config: bus::ConsumerConfig,
-    ) -> bus::BoxFuture<'_, Result<bus::Subscription, BusError>> {
-        Box::pin(async move {
-            let sub = self.inner.subscribe(config).await?;
-            let nth = self
-                .subscribed
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Ok(if nth == 0 {
-                bus::Subscription::new(Box::new(Ending(sub, self.first)))
-            } else {
-                sub
-            })
-        })
-    }
-
-    fn rewind(&self, config: &bus::ConsumerConfig) -> bus::BoxFuture<'_, Result<(), BusError>> {
-        self.inner.rewind(config)
-    }
-
-    fn watch(
-        &self,
-        filter_subject: &str,
-        since: shared::time::Timestamp,
-    ) -> bus::BoxFuture<'_, Result<bus::Watch, BusError>> {
-        self.inner.watch(filter_subject, since)
-    }
-
-    fn parked_messages(
-        &self,
-        filter: &bus::ParkedFilter,
-    ) -> bus::BoxFuture<'_, Result<Vec<bus::ParkedMessage>, BusError>> {
-        self.inner.parked_messages(filter)
-    }
-
-    fn replay_parked(&self, record: u64) -> bus::BoxFuture<'_, Result<bus::Resolution, BusError>> {
-        self.inner.replay_parked(record)
-    }
-
-    fn discard_parked(
-        &self,
-        record: u64,
-        reason: String,
-    ) -> bus::BoxFuture<'_, Result<bus::Resolution, BusError>> {
-        self.inner.discard_parked(record, reason)
-    }
-
-    fn check_ready(&self) -> bus::BoxFuture<'_, Result<(), BusError>> {
-        self.inner.check_ready()
-    }
-}
-
 /// A listener whose subscription ends while the process runs joins its
 /// consumer again and goes on: it stops only on the shutdown signal.
 #[tokio::test]
 async fn a_listener_whose_subscription_ends_joins_again() {
     let (_dir, bus, db) = embedded().await;
-    let ending: Arc<EndsFirstSubscription> = Arc::new(EndsFirstSubscription {
-        inner: bus.clone(),
-        first: 2,
-        subscribed: Default::default(),
-    });
+    // The first subscription ends (as a closed connection ends one) after
+    // two deliveries; later ones are the bus's own.
+    let ending = Arc::new(Rewired::new(bus.clone(), |sub, nth| match nth {
+        0 => bus::Subscription::new(Box::new(Ending(sub, 2))),
+        _ => sub,
+    }));
     let service = service();
     let (trigger, signal) = shutdown::channel();
     let tasks = Listeners::new(ending.clone(), service, options(), signal)

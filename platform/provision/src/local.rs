@@ -214,7 +214,7 @@ impl Node {
             .args(["-a", &self.host, "-p", &self.port.to_string()])
             .args(["-n", &self.name, "-js", "-sd"])
             .arg(&self.store_dir)
-            .args(["--cluster_name", "ticketing"])
+            .args(["--cluster_name", "local"])
             .args([
                 "--cluster",
                 &format!("nats://{}:{}", self.host, self.cluster_port),

@@ -141,97 +141,94 @@ impl Api {
         caller: &Caller,
         body: Option<Value>,
     ) -> Result<Reply, Unavailable> {
-        match &self.transport {
+        // What the request carries, the same on either transport.
+        let mut headers = Vec::with_capacity(5);
+        if let Some(s) = &caller.session {
+            headers.push((header::AUTHORIZATION, format!("Bearer {s}")));
+        }
+        if let Some(t) = &caller.traceparent {
+            headers.push((header::HeaderName::from_static(TRACEPARENT), t.clone()));
+        }
+        if let Some(k) = &caller.idempotency_key {
+            headers.push((
+                header::HeaderName::from_static(shared::idempotency::HEADER),
+                k.clone(),
+            ));
+        }
+        let body = body.map(|b| {
+            headers.push((header::CONTENT_TYPE, "application/json".to_owned()));
+            serde_json::to_vec(&b).unwrap_or_default()
+        });
+        let (status, response_headers, bytes) = match &self.transport {
             Transport::Http { client, resolve } => {
                 let base = resolve(&method, path)
                     .ok_or_else(|| Unavailable(format!("no service serves {path}")))?;
                 let url = format!("{base}{path}");
-                let mut req = client.request(method, &url);
-                if let Some(s) = &caller.session {
-                    req = req.bearer_auth(s);
-                }
+                // Over a socket the service sees this process as the peer:
+                // the browser's address goes on in `X-Forwarded-For`.
                 if let Some(chain) = caller.forward_chain() {
-                    req = req.header("x-forwarded-for", chain);
+                    headers.push((header::HeaderName::from_static("x-forwarded-for"), chain));
                 }
-                if let Some(t) = &caller.traceparent {
-                    req = req.header(TRACEPARENT, t);
+                let mut req = client.request(method, &url);
+                for (name, value) in headers {
+                    req = req.header(name, value);
                 }
-                if let Some(k) = &caller.idempotency_key {
-                    req = req.header(shared::idempotency::HEADER, k);
-                }
-                if let Some(b) = body {
-                    req = req.json(&b);
+                if let Some(body) = body {
+                    req = req.body(body);
                 }
                 let res = req
                     .send()
                     .await
                     .map_err(|e| Unavailable(format!("{url}: {e}")))?;
-                let status = res.status();
-                let cookies = res
-                    .headers()
-                    .get_all(header::SET_COOKIE)
-                    .iter()
-                    .cloned()
-                    .collect();
+                let (status, response_headers) = (res.status(), res.headers().clone());
                 let bytes = res
                     .bytes()
                     .await
                     .map_err(|e| Unavailable(format!("{url}: {e}")))?;
-                Ok(Reply {
-                    status,
-                    body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-                    cookies,
-                })
+                (status, response_headers, bytes)
             }
             Transport::InProcess(router) => {
-                let mut req = axum::http::Request::builder().method(method).uri(path);
-                if let Some(s) = &caller.session {
-                    req = req.header(header::AUTHORIZATION, format!("Bearer {s}"));
-                }
+                // In process the browser is the peer, as on the page's own
+                // request: what proxies in front said goes on as it came.
                 if let Some(chain) = &caller.forwarded_for {
-                    req = req.header("x-forwarded-for", chain);
+                    headers.push((
+                        header::HeaderName::from_static("x-forwarded-for"),
+                        chain.clone(),
+                    ));
                 }
-                if let Some(t) = &caller.traceparent {
-                    req = req.header(TRACEPARENT, t);
+                let mut req = axum::http::Request::builder().method(method).uri(path);
+                for (name, value) in headers {
+                    req = req.header(name, value);
                 }
-                if let Some(k) = &caller.idempotency_key {
-                    req = req.header(shared::idempotency::HEADER, k);
-                }
-                let body = match body {
-                    Some(b) => {
-                        req = req.header(header::CONTENT_TYPE, "application/json");
-                        Body::from(serde_json::to_vec(&b).unwrap_or_default())
-                    }
-                    None => Body::empty(),
-                };
                 let mut req = req
-                    .body(body)
+                    .body(body.map_or_else(Body::empty, Body::from))
                     .map_err(|e| Unavailable(format!("{path}: {e}")))?;
                 if let Some(addr) = caller.addr {
                     req.extensions_mut().insert(ConnectInfo(addr));
                 }
+                // Counted once, as the page request that made it.
+                req.extensions_mut().insert(crate::edge::InProcessCall);
                 let res = router
                     .clone()
                     .oneshot(req)
                     .await
                     .map_err(|e| Unavailable(format!("{path}: {e}")))?;
-                let status = res.status();
-                let cookies = res
-                    .headers()
-                    .get_all(header::SET_COOKIE)
-                    .iter()
-                    .cloned()
-                    .collect();
-                let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+                let (parts, body) = res.into_parts();
+                let bytes = axum::body::to_bytes(body, 1 << 20)
                     .await
                     .map_err(|e| Unavailable(format!("{path}: {e}")))?;
-                Ok(Reply {
-                    status,
-                    body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-                    cookies,
-                })
+                (parts.status, parts.headers, bytes)
             }
-        }
+        };
+        Ok(Reply {
+            status,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            cookies: response_headers
+                .get_all(header::SET_COOKIE)
+                .iter()
+                .cloned()
+                .collect(),
+        })
     }
 }
 

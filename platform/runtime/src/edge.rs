@@ -136,7 +136,16 @@ fn is_cross_site_with_session(req: &Request) -> bool {
     other_site || host.is_none_or(|h| !origin_host.eq_ignore_ascii_case(h))
 }
 
+/// Marks a request the pages' in-process client sends through the edge:
+/// the page request that made it is counted, this one is not (a page
+/// would otherwise count twice in `http_requests_total`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InProcessCall;
+
 async fn count_requests(req: Request, next: Next) -> Response {
+    if req.extensions().get::<InProcessCall>().is_some() {
+        return next.run(req).await;
+    }
     // The route template (`/api/tickets/{id}`), not the path, so the series
     // stay few; "unmatched" for what no route took.
     let route = req

@@ -39,9 +39,20 @@ pub enum BusChoice {
     Nats { url: String, name: String },
 }
 
+/// How a product's processes name what they open on the engines.
+#[derive(Debug, Clone, Copy)]
+pub struct Naming {
+    /// A service's database, when one server holds several:
+    /// `<database>_<service>`.
+    pub database: &'static str,
+    /// Before a process's NATS connection name, `<services>-<host>` (empty
+    /// for none).
+    pub connection: &'static str,
+}
+
 /// The URL of `service`'s own database: `<SERVICE>_DATABASE_URL`, else
 /// `base` itself when it is the only service here, else `base` with the
-/// database name `<product>_<service>` (`ticketing_orders`, `blog_query`).
+/// database name `<product>_<service>` (`shop_orders`).
 fn database_url(
     base: &str,
     product: &str,
@@ -81,17 +92,15 @@ fn database_url(
 /// given, else SQLite files in `data_dir`.
 pub fn engines(
     args: &EngineUrls,
-    product: &str,
+    naming: &Naming,
     services: &[&str],
     data_dir: &Path,
 ) -> Result<(BusChoice, Databases), EngineError> {
+    let product = naming.database;
     let bus = match &args.nats_url {
         Some(url) => BusChoice::Nats {
             url: url.clone(),
-            name: match product {
-                "ticketing" => connection_name(services),
-                other => format!("{other}-{}", connection_name(services)),
-            },
+            name: format!("{}{}", naming.connection, connection_name(services)),
         },
         None => BusChoice::Embedded,
     };
@@ -147,17 +156,17 @@ mod tests {
     fn each_service_gets_its_own_database_derived_from_database_url() {
         use super::database_url;
         assert_eq!(
-            database_url("postgres://u@h:5432/app", "ticketing", "orders", true).unwrap(),
+            database_url("postgres://u@h:5432/app", "shop", "orders", true).unwrap(),
             "postgres://u@h:5432/app"
         );
         assert_eq!(
-            database_url("postgres://u@h:5432/app", "ticketing", "orders", false).unwrap(),
-            "postgres://u@h:5432/ticketing_orders"
+            database_url("postgres://u@h:5432/app", "shop", "orders", false).unwrap(),
+            "postgres://u@h:5432/shop_orders"
         );
         assert_eq!(
-            database_url("postgres://u@h/app?sslmode=disable", "blog", "auth", false).unwrap(),
-            "postgres://u@h/blog_auth?sslmode=disable"
+            database_url("postgres://u@h/app?sslmode=disable", "notes", "auth", false).unwrap(),
+            "postgres://u@h/notes_auth?sslmode=disable"
         );
-        assert!(database_url("postgres://u@h", "ticketing", "auth", false).is_err());
+        assert!(database_url("postgres://u@h", "shop", "auth", false).is_err());
     }
 }

@@ -1,7 +1,8 @@
 //! Logging and trace export.
 //!
 //! Logs: structured `tracing` output to stderr, filtered by `RUST_LOG`
-//! (default `info` for services; `ticketing=info,warn` for one-shot commands,
+//! (default `info` for services; the binary's own at info, the rest at warn,
+//! for one-shot commands,
 //! whose output is their report). `LOG_FORMAT=json` writes one JSON object
 //! per line with the fields of the current span — the request id and trace
 //! id of a request, the subject, durable and trace id of an event — for log
@@ -40,13 +41,20 @@ impl Guard {
     }
 }
 
-/// Installs the global subscriber. `runtime` carries the exporter's HTTP
-/// requests; `service_name` is the default `service.name`.
-pub fn init(one_shot: bool, service_name: &str, runtime: &tokio::runtime::Handle) -> Guard {
+/// Installs the global subscriber. `binary` is the binary's crate name
+/// (its own logs stay at info in a one-shot command, and it names the
+/// tracer); `runtime` carries the exporter's HTTP requests; `service_name`
+/// is the default `service.name`.
+pub fn init(
+    one_shot: bool,
+    binary: &str,
+    service_name: &str,
+    runtime: &tokio::runtime::Handle,
+) -> Guard {
     let default = if one_shot {
-        "warn,ticketing=info,bus=info,provision=info,runtime=info"
+        format!("warn,{binary}=info,bus=info,provision=info,runtime=info")
     } else {
-        "info"
+        "info".to_owned()
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -64,7 +72,7 @@ pub fn init(one_shot: bool, service_name: &str, runtime: &tokio::runtime::Handle
     // exported whatever RUST_LOG says.
     let otel = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
-            .with_tracer(p.tracer("ticketing"))
+            .with_tracer(p.tracer(binary.to_owned()))
             .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
     });
     let logs: Box<dyn Layer<Registry> + Send + Sync> = if json {

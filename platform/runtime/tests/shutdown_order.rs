@@ -37,6 +37,33 @@ static MIGRATIONS: &[Migration] = &[Migration {
     sql: OUTBOX_TABLE_SQL,
 }];
 
+/// Serves `running` on a port of its own until the returned trigger fires
+/// (or a task dies); its base URL, the trigger, and the serving to await.
+async fn serve(
+    running: runtime::service::Running,
+    stop_services: shutdown::ShutdownTrigger,
+) -> (
+    String,
+    shutdown::ShutdownTrigger,
+    impl std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop_http, http_shutdown) = shutdown::channel();
+    let served = runtime::serve_running(
+        vec![running],
+        listener,
+        Stopping {
+            http: http_shutdown,
+            services: stop_services,
+        },
+        Fallback::Json,
+        HttpLimits::default(),
+        |r| r,
+    );
+    (base, stop_http, served)
+}
+
 /// Takes its time, then writes an event: a request in flight at shutdown.
 async fn slow_write(State(outbox): State<Outbox>) -> &'static str {
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -71,20 +98,8 @@ async fn an_event_written_by_a_request_in_flight_at_shutdown_is_published() {
         .with_state(outbox.clone());
     let running = base.running(router, Vec::new());
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/notes", listener.local_addr().unwrap());
-    let (stop_http, http_shutdown) = shutdown::channel();
-    let served = runtime::serve_running(
-        vec![running],
-        listener,
-        Stopping {
-            http: http_shutdown,
-            services: stop_services,
-        },
-        Fallback::Json,
-        HttpLimits::default(),
-        |r| r,
-    );
+    let (base, stop_http, served) = serve(running, stop_services).await;
+    let url = format!("{base}/notes");
     let client = async move {
         let request = tokio::spawn(async move {
             let res = reqwest::Client::new().post(url).send().await.unwrap();
@@ -137,20 +152,7 @@ async fn a_task_that_dies_stops_the_process_with_an_error() {
         ready_checks: Vec::new(),
         tasks: vec![doomed, healthy, one_off],
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (_signal, http_shutdown) = shutdown::channel();
-    let served = runtime::serve_running(
-        vec![running],
-        listener,
-        Stopping {
-            http: http_shutdown,
-            services: stop_services,
-        },
-        Fallback::Json,
-        HttpLimits::default(),
-        |r| r,
-    );
+    let (base, _signal, served) = serve(running, stop_services).await;
     let client = async move {
         let client = reqwest::Client::new();
         let ready = client.get(format!("{base}/readyz")).send().await.unwrap();

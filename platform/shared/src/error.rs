@@ -77,7 +77,7 @@ pub enum ApiError {
     #[error("unavailable: {0}")]
     Unavailable(String),
     /// 500: a bug. The cause is logged, never sent.
-    #[error("internal error: {0}")]
+    #[error("internal error")]
     Internal(#[source] BoxError),
 }
 

@@ -620,10 +620,10 @@ async fn the_soft_open_files_limit_is_raised_to_the_hard_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_process_keeps_metrics_off_its_public_port() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = ticketing::cluster::Cluster::new(
+    let mut cluster = drill::cluster::Cluster::new(
         std::path::Path::new(env!("CARGO_BIN_EXE_ticketing")),
         &[("RUST_LOG", "warn".to_owned())],
-        ticketing::cluster::Logs::Inherit,
+        drill::cluster::Logs::Inherit,
     );
     let data = |name: &str| {
         (

@@ -9,13 +9,13 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use drill::cluster::{Cluster, Logs, NatsServer};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use shared::auth::{AuthKeys, AuthUser};
 use shared::ids::UserId;
 use shared::time::Clock;
 use store::testing::PgSchema;
-use ticketing::cluster::{Cluster, Logs, NatsServer};
 
 pub mod otlp;
 

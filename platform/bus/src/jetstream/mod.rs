@@ -196,7 +196,7 @@ fn streams_missing(subjects: &[&str]) -> BusError {
     BusError::new(
         BusErrorKind::StreamMissing,
         format!(
-            "no stream holds {} (has `ticketing streams apply` run?)",
+            "no stream holds {} (the streams are not provisioned: run `streams apply`)",
             subjects.join(", ")
         ),
     )
@@ -283,7 +283,7 @@ impl Bus for JetStreamBus {
                     &config.durable,
                     pull::Config {
                         durable_name: Some(config.durable.clone()),
-                        description: Some("ticketing durable consumer".into()),
+                        description: Some("durable consumer (a listener's)".into()),
                         filter_subject: config.filter_subject.clone(),
                         deliver_policy: DeliverPolicy::All,
                         ack_policy: AckPolicy::Explicit,
@@ -487,7 +487,7 @@ impl Bus for JetStreamBus {
 mod tests {
     use super::*;
 
-    /// Readiness said "has `ticketing streams apply` run?" while a cluster
+    /// Readiness said the streams were not provisioned while a cluster
     /// only elected its meta leader: a question unanswered is not a stream
     /// missing.
     #[test]

@@ -226,14 +226,14 @@ impl fmt::Display for Report {
 /// Runs the drill with `exe` (this binary) as the services' program.
 pub async fn cluster(exe: &Path, args: ClusterArgs) -> Result<Report, String> {
     faults(&args)?;
-    let database_url = crate::drill::required_database(&args.database_url)?;
-    crate::drill::in_work_dir("ticketing-cluster-drill", args.keep, |work| async move {
+    let database_url = crate::concurrency::required_database(&args.database_url)?;
+    crate::concurrency::in_work_dir("ticketing-cluster-drill", args.keep, |work| async move {
         run(exe, &args, &database_url, &work).await
     })
     .await
 }
 
-impl crate::drill::DrillReport for Report {
+impl crate::concurrency::DrillReport for Report {
     fn passed(&self) -> bool {
         Report::passed(self)
     }
