@@ -11,14 +11,12 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use runtime::service::{Databases, Deps, Running};
-use shared::auth::AuthKeys;
 use shared::config::env_var;
 use shared::shutdown;
-use shared::time::Clock;
 
-use runtime::engines::{BusChoice, engines, open_bus};
+use runtime::Fallback;
+use runtime::engines::{BusChoice, engines};
 use runtime::role::{Catalogue, Role};
-use runtime::{Fallback, Stopping, serve_running};
 
 use crate::config::SettingsError;
 
@@ -251,68 +249,54 @@ pub async fn run(
         runtime::serve_with(listener, router, Fallback::Json, shutdown, settings.http).await?;
         return Ok(());
     }
-    let bus = open_bus(&settings.bus, &settings.data_dir).await?;
-    // The blog has no accounts; Deps carries keys for services that do.
-    let key = uuid::Uuid::new_v4().simple().to_string();
-    // The services stop only after the HTTP server has drained.
-    let (stop_services, services_shutdown) = shared::shutdown::channel();
-    let deps = Deps {
-        databases: settings.databases.clone(),
-        bus,
-        keys: AuthKeys::new(key.as_bytes(), Duration::from_secs(3600), true),
-        clock: Clock::System,
-        shutdown: services_shutdown,
+    let (bus, data_dir) = (&settings.bus, &settings.data_dir);
+    let (config, every) = (&settings.config, settings.parked_gauges_every);
+    let admin_token = settings.admin_token.clone();
+    let start = async |deps: &Deps| -> Result<Vec<Running>, Box<dyn std::error::Error>> {
+        let mut running = blog::start(deps, config).await?;
+        // Parked messages: their gauges always (the alerts read them), their
+        // admin API with an operator's token.
+        let gauges = runtime::parked::spawn_gauges(deps.bus.clone(), every, deps.shutdown.clone());
+        let admin = admin_token.as_deref().map(|token| {
+            runtime::parked::router(runtime::parked::ParkedAdmin::for_operator_token(
+                deps.bus.clone(),
+                token,
+            ))
+        });
+        running.push(Running {
+            name: "parked",
+            router: admin.unwrap_or_default(),
+            ready_checks: Vec::new(),
+            tasks: vec![gauges],
+        });
+        Ok(running)
     };
-    tracing::info!(databases = ?settings.databases, "starting the blog's services");
-    let running: Vec<Running> = blog::start(&deps, &settings.config).await?;
-    // Parked messages: their gauges always (the alerts read them), their
-    // admin API with an operator's token.
-    let gauges = runtime::parked::spawn_gauges(
-        deps.bus.clone(),
-        settings.parked_gauges_every,
-        deps.shutdown.clone(),
-    );
-    let admin = settings.admin_token.as_deref().map(|token| {
-        runtime::parked::router(runtime::parked::ParkedAdmin::for_operator_token(
-            deps.bus.clone(),
-            deps.keys.clone(),
-            token,
-        ))
-    });
+    let process = runtime::serve::ServicesProcess {
+        bus,
+        data_dir,
+        databases: settings.databases.clone(),
+        // The blog has no accounts: its services take no sessions.
+        keys: None,
+        fallback: Fallback::Json,
+        limits: settings.http.clone(),
+    };
     let (with_page, upstreams) = (settings.page, settings.upstreams.clone());
-    serve_running(
-        running,
-        listener,
-        Stopping {
-            http: shutdown,
-            services: stop_services,
-        },
-        Fallback::Json,
-        settings.http,
-        move |api| {
-            let api = match admin {
-                Some(admin) => api.merge(admin),
-                None => api,
-            };
-            if !with_page {
-                return api;
+    runtime::serve::run_services(process, listener, shutdown, start, move |api| {
+        if !with_page {
+            return api;
+        }
+        // The page beside the API in one router: it calls this process's
+        // API in process (through the same edge a request from outside
+        // passes), or the services elsewhere.
+        let client = match upstreams {
+            Some(u) => u.api(),
+            None => {
+                runtime::client::Api::in_process(runtime::edge::edge(api.clone(), Fallback::Json))
             }
-            // The page beside the API in one router: it calls this
-            // process's API in process (through the same edge a request
-            // from outside passes), or the services elsewhere.
-            let client = match upstreams {
-                Some(u) => u.api(),
-                None => runtime::client::Api::in_process(runtime::edge::edge(
-                    api.clone(),
-                    Fallback::Json,
-                )),
-            };
-            api.merge(page(client))
-        },
-    )
-    .await?;
-    gauges.abort();
-    Ok(())
+        };
+        api.merge(page(client))
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -14,9 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bus::listener::ListenerOptions;
-use runtime::engines::open_bus;
+use runtime::Fallback;
 use runtime::service::{Deps, Running};
-use runtime::{Fallback, Stopping, serve_running};
 use shared::auth::AuthKeys;
 use shared::shutdown::Shutdown;
 use shared::time::Clock;
@@ -252,84 +251,75 @@ async fn run_services(
     else {
         return Err("run_services runs services".into());
     };
-    let bus = open_bus(&settings.bus, &settings.data_dir).await?;
-    // The services stop only after the HTTP server has drained.
-    let (stop_services, services_shutdown) = shared::shutdown::channel();
     let sessions = &settings.sessions;
-    let deps = Deps {
-        databases: settings.databases.clone(),
-        bus,
-        keys: AuthKeys::new(
-            sessions.jwt_key.expose_secret(),
-            sessions.jwt_ttl,
-            sessions.secure_cookies,
-        ),
-        clock: Clock::System,
-        shutdown: services_shutdown,
-    };
-    tracing::info!(databases = ?settings.databases, "starting services");
-    let mut running = start_services(&settings, services, &deps).await?;
-    // Every process with services keeps its own deny list of ended
-    // sessions, fed by auth's events (the services in it share it).
-    let follower = auth::sessions::follow(
-        deps.bus.clone(),
-        deps.keys.clone(),
-        deps.clock.clone(),
-        sessions.revocation_max_staleness,
-        deps.shutdown.clone(),
+    let keys = AuthKeys::new(
+        sessions.jwt_key.expose_secret(),
+        sessions.jwt_ttl,
+        sessions.secure_cookies,
     );
-    running.push(Running {
-        name: "sessions",
-        router: axum::Router::new(),
-        ready_checks: vec![("sessions".into(), follower.ready)],
-        tasks: vec![follower.task],
-    });
     let api_here = marketplace_events::api_services().all(|s| services.contains(&s));
-    if api_here || web.is_some() {
+    let docs_here = api_here || web.is_some();
+    let start = async |deps: &Deps| -> Result<Vec<Running>, Box<dyn std::error::Error>> {
+        let mut running = start_services(&settings, services, deps).await?;
+        // Every process with services keeps its own deny list of ended
+        // sessions, fed by auth's events (the services in it share it).
+        let follower = auth::sessions::follow(
+            deps.bus.clone(),
+            keys.clone(),
+            deps.clock.clone(),
+            sessions.revocation_max_staleness,
+            deps.shutdown.clone(),
+        );
         running.push(Running {
-            name: "docs",
-            router: docs::router(),
-            ready_checks: Vec::new(),
-            tasks: Vec::new(),
+            name: "sessions",
+            router: axum::Router::new(),
+            ready_checks: vec![("sessions".into(), follower.ready)],
+            tasks: vec![follower.task],
         });
-    }
-    let web = web.clone();
+        if docs_here {
+            running.push(Running {
+                name: "docs",
+                router: docs::router(),
+                ready_checks: Vec::new(),
+                tasks: Vec::new(),
+            });
+        }
+        Ok(running)
+    };
     let secure_cookies = sessions.secure_cookies;
     let form_key = sessions.form_key();
-    let fallback = match web {
-        Some(_) => pages_fallback(),
-        None => Fallback::Json,
+    let web = web.clone();
+    let process = runtime::serve::ServicesProcess {
+        bus: &settings.bus,
+        data_dir: &settings.data_dir,
+        databases: settings.databases.clone(),
+        keys: Some(keys.clone()),
+        fallback: match web {
+            Some(_) => pages_fallback(),
+            None => Fallback::Json,
+        },
+        limits: settings.http.clone(),
     };
-    serve_running(
-        running,
-        listener,
-        Stopping {
-            http: shutdown,
-            services: stop_services,
-        },
-        fallback,
-        settings.http.clone(),
-        move |api| match web {
-            // The pages beside the API in one router: the web client calls
-            // this process's API in process (through the same edge a
-            // request from outside passes), or the API elsewhere.
-            Some(web) => {
-                let client = match web.api {
-                    ApiAt::InProcess => {
-                        web::Api::in_process(runtime::edge::edge(api.clone(), Fallback::Json))
-                    }
-                    ApiAt::Upstreams(u) => u.client(),
-                };
-                api.merge(pages(
-                    client,
-                    web.test_card_tokens,
-                    secure_cookies,
-                    form_key,
-                ))
-            }
-            None => api,
-        },
-    )
+    runtime::serve::run_services(process, listener, shutdown, start, move |api| match web {
+        // The pages beside the API in one router: the web client calls
+        // this process's API in process (through the same edge a request
+        // from outside passes), or the API elsewhere.
+        Some(web) => {
+            let client = match web.api {
+                ApiAt::InProcess => {
+                    web::Api::in_process(runtime::edge::edge(api.clone(), Fallback::Json))
+                }
+                ApiAt::Upstreams(u) => u.client(),
+            };
+            api.merge(pages(
+                client,
+                web.test_card_tokens,
+                secure_cookies,
+                form_key,
+            ))
+        }
+        None => api,
+    })
     .await
 }
 

@@ -193,7 +193,7 @@ async fn services_without_their_streams_serve_report_why_and_recover_once_provis
         .await;
         let last = testkit::get_text(&http, format!("{url}/readyz")).await;
         assert!(
-            reasons.is_some_and(|r| r.contains("ticketing streams apply")),
+            reasons.is_some_and(|r| r.contains("run `streams apply`")),
             "{name}: /readyz never said {expected:?}; it says {last}"
         );
     }

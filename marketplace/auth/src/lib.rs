@@ -126,17 +126,17 @@ pub async fn start(deps: &Deps, config: Config) -> Result<Running, store::StoreE
     let base = deps
         .open_service(marketplace_events::service_events(SERVICE), MIGRATIONS)
         .await?;
-    let parked = runtime::parked::ParkedAdmin::new(
-        deps.bus.clone(),
-        deps.keys.clone(),
-        roles::admin_check(base.db.clone()),
-    );
     let state = base.state(
         deps,
         Limits {
             limiter: Arc::new(RateLimiter::new(config.attempts_per_window, config.window)),
             trusted_proxies: config.trusted_proxies,
         },
+    )?;
+    let parked = runtime::parked::ParkedAdmin::new(
+        deps.bus.clone(),
+        state.keys.clone(),
+        roles::admin_check(base.db.clone()),
     );
     // Warm the dummy hash now so the first unknown-email sign-in is not
     // measurably slower than the rest.

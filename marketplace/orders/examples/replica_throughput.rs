@@ -46,7 +46,11 @@ async fn main() {
     let deps = runtime::service::Deps {
         databases: runtime::service::Databases::Sqlite(dir.path().into()),
         bus: bus.clone(),
-        keys: shared::auth::AuthKeys::new(b"bench", Duration::from_secs(60), false),
+        keys: Some(shared::auth::AuthKeys::new(
+            b"bench",
+            Duration::from_secs(60),
+            false,
+        )),
         clock: shared::time::Clock::System,
         shutdown: shared::shutdown::Shutdown::never(),
     };

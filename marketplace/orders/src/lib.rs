@@ -114,7 +114,7 @@ pub async fn start(
     let base = deps
         .open_service(marketplace_events::service_events(SERVICE), MIGRATIONS)
         .await?;
-    let state = base.state(deps, config);
+    let state = base.state(deps, config)?;
     let listeners = listeners::spawn(&state, base.listeners(listener_options));
     Ok(base.running(router(state), listeners))
 }

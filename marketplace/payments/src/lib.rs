@@ -187,7 +187,7 @@ pub async fn start(
             verdicts: saga::Verdicts::default(),
             settler: Arc::new(tokio::sync::Notify::new()),
         },
-    );
+    )?;
     let mut tasks = listeners::spawn(&state, base.listeners(listener_options));
     tasks.push(tokio::spawn(saga::run_settler(
         state.clone(),

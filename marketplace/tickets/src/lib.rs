@@ -82,7 +82,7 @@ pub async fn start(
     let base = deps
         .open_service(marketplace_events::service_events(SERVICE), MIGRATIONS)
         .await?;
-    let state = base.state(deps, ());
+    let state = base.state(deps, ())?;
     let listeners = listeners::spawn(&state, base.listeners(listener_options));
     Ok(base.running(router(state), listeners))
 }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{FromRef, FromRequestParts, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use bus::{Bus, BusError, BusErrorKind, ParkedFilter, ParkedMessage, ParkedState, Resolution};
 use serde::{Deserialize, Serialize};
@@ -23,10 +23,20 @@ use shared::time::Timestamp;
 #[derive(Clone)]
 pub struct ParkedAdmin {
     bus: Arc<dyn Bus>,
-    keys: Arc<AuthKeys>,
-    admins: Option<AdminCheck>,
-    /// SHA-256 of the operator's bearer token, when that is the way in.
-    token: Option<[u8; 32]>,
+    way_in: WayIn,
+}
+
+/// Who may use the routes.
+#[derive(Clone)]
+enum WayIn {
+    /// Signed-in users (their sessions checked with `keys`) whom
+    /// `is_admin` says are admins.
+    Admins {
+        keys: Arc<AuthKeys>,
+        is_admin: AdminCheck,
+    },
+    /// Whoever presents the operator's token (its SHA-256 is kept).
+    OperatorToken([u8; 32]),
 }
 
 /// Whether a signed-in user is an admin: the product's answer (the
@@ -42,21 +52,17 @@ impl ParkedAdmin {
     pub fn new(bus: Arc<dyn Bus>, keys: Arc<AuthKeys>, is_admin: AdminCheck) -> Self {
         ParkedAdmin {
             bus,
-            keys,
-            admins: Some(is_admin),
-            token: None,
+            way_in: WayIn::Admins { keys, is_admin },
         }
     }
 
-    /// For a product without accounts (the blog): the routes answer a
-    /// request that carries `Authorization: Bearer <token>`, nothing else.
-    /// `keys` only satisfy the extractors; no session is accepted.
-    pub fn for_operator_token(bus: Arc<dyn Bus>, keys: Arc<AuthKeys>, token: &str) -> Self {
+    /// For a product without accounts: the routes answer a request that
+    /// carries `Authorization: Bearer <token>`, nothing else (no session is
+    /// accepted).
+    pub fn for_operator_token(bus: Arc<dyn Bus>, token: &str) -> Self {
         ParkedAdmin {
             bus,
-            keys,
-            admins: None,
-            token: Some(digest(token)),
+            way_in: WayIn::OperatorToken(digest(token)),
         }
     }
 }
@@ -66,12 +72,6 @@ impl ParkedAdmin {
 fn digest(token: &str) -> [u8; 32] {
     use sha2::Digest as _;
     sha2::Sha256::digest(token.as_bytes()).into()
-}
-
-impl FromRef<ParkedAdmin> for Arc<AuthKeys> {
-    fn from_ref(state: &ParkedAdmin) -> Self {
-        state.keys.clone()
-    }
 }
 
 impl ParkedAdmin {
@@ -173,23 +173,22 @@ impl FromRequestParts<ParkedAdmin> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ParkedAdmin) -> Result<Self, ApiError> {
-        if let Some(want) = &state.token {
-            let given = parts
-                .headers
-                .get(axum::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
-            return match given {
-                Some(token) if digest(token.trim()) == *want => Ok(Admin("operator".into())),
-                _ => Err(ApiError::Unauthorized),
-            };
-        }
-        let user = AuthUser::from_request_parts(parts, state).await?;
-        let admin = match &state.admins {
-            Some(is_admin) => is_admin(user.id).await?,
-            None => false,
+        let (keys, is_admin) = match &state.way_in {
+            WayIn::OperatorToken(want) => {
+                let given = parts
+                    .headers
+                    .get(axum::http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "));
+                return match given {
+                    Some(token) if digest(token.trim()) == *want => Ok(Admin("operator".into())),
+                    _ => Err(ApiError::Unauthorized),
+                };
+            }
+            WayIn::Admins { keys, is_admin } => (keys, is_admin),
         };
-        if !admin {
+        let user = AuthUser::from_request_parts(parts, keys).await?;
+        if !is_admin(user.id).await? {
             return Err(ApiError::Forbidden("Only an admin may do this".into()));
         }
         Ok(Admin(user.email))

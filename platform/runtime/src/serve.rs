@@ -605,6 +605,59 @@ pub async fn serve_running(
     Ok(())
 }
 
+/// What a process that runs services of a product is made of, beside the
+/// services themselves: the engines, the session keys (none for a product
+/// without accounts), and how it answers what no route takes.
+pub struct ServicesProcess<'a> {
+    pub bus: &'a crate::engines::BusChoice,
+    pub data_dir: &'a std::path::Path,
+    pub databases: crate::service::Databases,
+    pub keys: Option<std::sync::Arc<shared::auth::AuthKeys>>,
+    pub fallback: Fallback,
+    pub limits: HttpLimits,
+}
+
+/// The one way every product's services run in a process: opens the bus,
+/// gives the services their dependencies (with the signal that stops them
+/// only after the HTTP server has drained), starts them with `start`, and
+/// serves them (their routes passed through `wrap`, e.g. to add the pages)
+/// until `shutdown` fires, as [`serve_running`] does.
+pub async fn run_services<S, W>(
+    process: ServicesProcess<'_>,
+    listener: tokio::net::TcpListener,
+    shutdown: Shutdown,
+    start: S,
+    wrap: W,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    S: AsyncFnOnce(&crate::service::Deps) -> Result<Vec<Running>, Box<dyn std::error::Error>>,
+    W: FnOnce(axum::Router) -> axum::Router,
+{
+    let bus = crate::engines::open_bus(process.bus, process.data_dir).await?;
+    let (stop_services, services_shutdown) = shutdown::channel();
+    let deps = crate::service::Deps {
+        databases: process.databases.clone(),
+        bus,
+        keys: process.keys,
+        clock: shared::time::Clock::System,
+        shutdown: services_shutdown,
+    };
+    tracing::info!(databases = ?process.databases, "starting services");
+    let running = start(&deps).await?;
+    serve_running(
+        running,
+        listener,
+        Stopping {
+            http: shutdown,
+            services: stop_services,
+        },
+        process.fallback,
+        process.limits,
+        wrap,
+    )
+    .await
+}
+
 /// Whether (and how) one of the services' tasks died; read by the
 /// readiness check `tasks`.
 #[derive(Clone, Default)]

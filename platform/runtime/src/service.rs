@@ -87,7 +87,9 @@ impl Databases {
 pub struct Deps {
     pub databases: Databases,
     pub bus: Arc<dyn Bus>,
-    pub keys: Arc<AuthKeys>,
+    /// The session keys, for a product with accounts (none for one
+    /// without: its services take no sessions).
+    pub keys: Option<Arc<AuthKeys>>,
     pub clock: Clock,
     pub shutdown: Shutdown,
 }
@@ -172,15 +174,26 @@ pub struct ServiceBase {
 }
 
 impl ServiceBase {
-    /// The state its handlers and listeners share, with its settings `config`.
-    pub fn state<C>(&self, deps: &Deps, config: C) -> ServiceState<C> {
-        ServiceState {
+    /// The state its handlers and listeners share, with its settings
+    /// `config`. Its handlers take sessions, so the process must have
+    /// session keys: without, the service does not start (a wiring error).
+    pub fn state<C>(&self, deps: &Deps, config: C) -> Result<ServiceState<C>, store::StoreError> {
+        let keys = deps.keys.clone().ok_or_else(|| {
+            store::StoreError::new(
+                store::StoreErrorKind::Other,
+                format!(
+                    "the {} service takes sessions, and this process has no session keys",
+                    self.name
+                ),
+            )
+        })?;
+        Ok(ServiceState {
             db: self.db.clone(),
             outbox: self.outbox.clone(),
-            keys: deps.keys.clone(),
+            keys,
             clock: deps.clock.clone(),
             config,
-        }
+        })
     }
 
     /// The bus the service publishes and consumes on.

@@ -87,7 +87,7 @@ async fn an_event_written_by_a_request_in_flight_at_shutdown_is_published() {
     let deps = Deps {
         databases: Databases::Sqlite(dir.path().to_path_buf()),
         bus,
-        keys: AuthKeys::new(b"key", Duration::from_secs(60), false),
+        keys: None,
         clock: Clock::System,
         shutdown: services_shutdown,
     };
@@ -185,4 +185,36 @@ async fn a_task_that_dies_stops_the_process_with_an_error() {
     healthy_stopped
         .await
         .expect("the other tasks were told to stop");
+}
+
+/// A product without accounts runs without session keys; a service whose
+/// handlers take sessions does not start in such a process, and says why.
+#[tokio::test]
+async fn a_service_that_takes_sessions_does_not_start_without_session_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Arc::new(
+        bus::embedded::EmbeddedBus::open(&dir.path().join("bus.db"))
+            .await
+            .unwrap(),
+    );
+    let deps = Deps {
+        databases: Databases::Sqlite(dir.path().to_path_buf()),
+        bus,
+        keys: None,
+        clock: Clock::System,
+        shutdown: shutdown::Shutdown::never(),
+    };
+    let base = deps.open_service(&EVENTS, MIGRATIONS).await.unwrap();
+    let refused = base.state(&deps, ()).err().expect("no state without keys");
+    assert!(
+        refused
+            .to_string()
+            .contains("the notes service takes sessions, and this process has no session keys"),
+        "{refused}"
+    );
+    let deps = Deps {
+        keys: Some(AuthKeys::new(b"key", Duration::from_secs(60), false)),
+        ..deps
+    };
+    assert!(base.state(&deps, ()).is_ok());
 }

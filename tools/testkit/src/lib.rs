@@ -225,7 +225,7 @@ impl TestApp {
         let deps = Deps {
             databases,
             bus: bus.clone(),
-            keys: keys.clone(),
+            keys: Some(keys.clone()),
             clock,
             shutdown: signal.clone(),
         };

@@ -35,13 +35,11 @@ pub(crate) async fn admin_users(
         return Err(PageError::Forbidden("Only an admin may see the users."));
     }
     let search = q.email.unwrap_or_default().trim().to_owned();
-    let mut path = format!("/api/users?limit={PAGE_SIZE}");
-    if !search.is_empty() {
-        path.push_str(&format!("&email={}", encode(&search)));
-    }
-    if let Some(a) = q.after.as_deref().filter(|a| !a.is_empty()) {
-        path.push_str(&format!("&after={}", encode(a)));
-    }
+    let list = match search.as_str() {
+        "" => "/api/users".to_owned(),
+        s => format!("/api/users?email={}", encode(s)),
+    };
+    let path = page_of(&list, q.after.as_deref());
     let reply = ctx.call(&web, Method::GET, &path, None).await?;
     match reply.status {
         StatusCode::BAD_REQUEST => return Err(PageError::NotFound),
@@ -51,10 +49,8 @@ pub(crate) async fn admin_users(
         _ => {}
     }
     let users: Vec<crate::api::AdminUser> = reply.parse()?;
-    let next = (users.len() == PAGE_SIZE)
-        .then(|| users.last())
-        .flatten()
-        .map(|u| format!("/admin/users?after={}&email={}", u.id, encode(&search)));
+    let next = next_after(&users, |u| u.id.clone())
+        .map(|after| format!("/admin/users?after={after}&email={}", encode(&search)));
     page(
         StatusCode::OK,
         &AdminUsersPage {

@@ -37,6 +37,26 @@ use runtime::parked::ParkedBody;
 /// How many rows a listing page shows.
 const PAGE_SIZE: usize = 20;
 
+/// The API's `list` (a path, perhaps with a query of its own) for one
+/// listing page: [`PAGE_SIZE`] rows after the row `after` (none, or empty:
+/// from the start).
+fn page_of(list: &str, after: Option<&str>) -> String {
+    let joiner = if list.contains('?') { '&' } else { '?' };
+    let mut path = format!("{list}{joiner}limit={PAGE_SIZE}");
+    if let Some(a) = after.filter(|a| !a.is_empty()) {
+        path.push_str(&format!("&after={}", encode(a)));
+    }
+    path
+}
+
+/// Where the next listing page starts: after the last row of a full page;
+/// none after a page that is not full (the list ended).
+fn next_after<T>(rows: &[T], id: impl Fn(&T) -> String) -> Option<String> {
+    (rows.len() == PAGE_SIZE)
+        .then(|| rows.last().map(id))
+        .flatten()
+}
+
 /// What the layout needs: the title, who is signed in, the CSRF token.
 pub(crate) struct Layout {
     pub title: String,
@@ -443,6 +463,20 @@ impl From<&Order> for OrderView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listing_page_asks_for_a_page_after_the_last_row_and_stops_at_a_short_one() {
+        assert_eq!(page_of("/api/tickets", None), "/api/tickets?limit=20");
+        assert_eq!(page_of("/api/tickets", Some("")), "/api/tickets?limit=20");
+        assert_eq!(
+            page_of("/api/users?email=a%40b", Some("x y")),
+            "/api/users?email=a%40b&limit=20&after=x%20y"
+        );
+        let full: Vec<String> = (0..PAGE_SIZE).map(|i| format!("r{i}")).collect();
+        assert_eq!(next_after(&full, Clone::clone), Some("r19".into()));
+        assert_eq!(next_after(&full[..5], Clone::clone), None);
+        assert_eq!(next_after::<String>(&[], Clone::clone), None);
+    }
 
     #[test]
     fn money_reads_like_money() {

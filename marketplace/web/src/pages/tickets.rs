@@ -23,18 +23,13 @@ pub(crate) async fn index(
     ctx: Ctx,
     Query(q): Query<After>,
 ) -> PageResult {
-    let mut path = format!("/api/tickets?limit={PAGE_SIZE}");
-    if let Some(a) = q.after.as_deref().filter(|a| !a.is_empty()) {
-        path.push_str(&format!("&after={}", encode(a)));
-    }
+    let path = page_of("/api/tickets", q.after.as_deref());
     let reply = ctx.call(&web, Method::GET, &path, None).await?;
     if reply.status == StatusCode::BAD_REQUEST {
         return Err(PageError::NotFound);
     }
     let tickets: Vec<Ticket> = reply.parse()?;
-    let next = (tickets.len() == PAGE_SIZE)
-        .then(|| tickets.last().map(|t| t.id.clone()))
-        .flatten();
+    let next = next_after(&tickets, |t| t.id.clone());
     page(
         StatusCode::OK,
         &IndexPage {
@@ -293,18 +288,13 @@ pub(crate) async fn my_tickets(
     let (layout, _) = ctx
         .signed_in_layout(&web, "My tickets", "/tickets/mine")
         .await?;
-    let mut path = format!("/api/tickets/mine?limit={PAGE_SIZE}");
-    if let Some(a) = q.after.as_deref().filter(|a| !a.is_empty()) {
-        path.push_str(&format!("&after={}", encode(a)));
-    }
+    let path = page_of("/api/tickets/mine", q.after.as_deref());
     let reply = ctx.call(&web, Method::GET, &path, None).await?;
     if reply.status == StatusCode::BAD_REQUEST {
         return Err(PageError::NotFound);
     }
     let tickets: Vec<Ticket> = reply.parse()?;
-    let next = (tickets.len() == PAGE_SIZE)
-        .then(|| tickets.last().map(|t| t.id.clone()))
-        .flatten();
+    let next = next_after(&tickets, |t| t.id.clone());
     page(
         StatusCode::OK,
         &MyTicketsPage {
