@@ -114,8 +114,9 @@ pub struct BlogSettings {
     pub bus: BusChoice,
     pub databases: Databases,
     pub http: runtime::HttpLimits,
-    /// The parked-message admin API's token; none: not served.
-    pub admin_token: Option<String>,
+    /// The parked-message admin API's token (never printed); none: not
+    /// served.
+    pub admin_token: Option<secrecy::SecretString>,
     /// How often the parked-message gauges are read
     /// (`BLOG_PARKED_GAUGES_SECONDS`, 15 by default).
     pub parked_gauges_every: Duration,
@@ -192,7 +193,7 @@ impl BlogSettings {
                             .into(),
                     ));
                 }
-                Some(t) => Some(t.to_owned()),
+                Some(t) => Some(secrecy::SecretString::from(t)),
             },
         })
     }
@@ -257,7 +258,8 @@ pub async fn run(
         // Parked messages: their gauges always (the alerts read them), their
         // admin API with an operator's token.
         let gauges = runtime::parked::spawn_gauges(deps.bus.clone(), every, deps.shutdown.clone());
-        let admin = admin_token.as_deref().map(|token| {
+        let admin = admin_token.as_ref().map(|token| {
+            let token = secrecy::ExposeSecret::expose_secret(token);
             runtime::parked::router(runtime::parked::ParkedAdmin::for_operator_token(
                 deps.bus.clone(),
                 token,

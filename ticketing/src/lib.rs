@@ -4,7 +4,6 @@
 pub mod blog;
 pub mod catalogue;
 pub mod cli;
-pub mod compat;
 pub mod config;
 pub mod docs;
 pub mod parked;
@@ -39,7 +38,13 @@ pub fn events(
                 .map_err(|e| format!("{}: {e}", contract.display()))?;
             let current: serde_json::Value =
                 serde_json::from_str(&catalogue::render(product, catalogue::Format::Json))?;
-            let report = compat::check(&committed, &current);
+            let report = ::catalogue::compat::Report {
+                regenerate: format!(
+                    "{}events --format json > {}",
+                    product.command, product.contract_file
+                ),
+                ..::catalogue::compat::check(&committed, &current)
+            };
             print_report(&report);
             Ok(u8::from(!report.passed()))
         }

@@ -20,7 +20,8 @@ fn assert_generated(product: &Product) {
          (and {json}, the contract: {cmd}events --format json)",
         md = product.markdown_file,
         json = product.contract_file,
-        cmd = product.command,
+        // `cargo run -- …` takes the arguments after the binary's name.
+        cmd = product.command.split_once(' ').map_or("", |(_, rest)| rest),
     );
 }
 

@@ -152,7 +152,8 @@ impl PaymentGateway for OfflineGateway {
 pub struct StripeGateway {
     client: reqwest::Client,
     base_url: String,
-    secret_key: String,
+    /// Never printed: `Debug` shows it redacted.
+    secret_key: secrecy::SecretString,
 }
 
 #[derive(Deserialize)]
@@ -188,7 +189,7 @@ impl StripeGateway {
         Ok(StripeGateway {
             client,
             base_url: base_url.into().trim_end_matches('/').to_owned(),
-            secret_key: secret_key.into(),
+            secret_key: secrecy::SecretString::from(secret_key.into()),
         })
     }
 
@@ -212,7 +213,7 @@ impl StripeGateway {
         let res = self
             .client
             .post(format!("{}{path}", self.base_url))
-            .bearer_auth(&self.secret_key)
+            .bearer_auth(secrecy::ExposeSecret::expose_secret(&self.secret_key))
             .header("Idempotency-Key", idempotency_key)
             .form(form)
             .send()

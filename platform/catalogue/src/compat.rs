@@ -1,5 +1,5 @@
-//! `ticketing events check`: the gate against breaking event changes. The
-//! event contract is committed (`docs/events.json`, the catalogue as JSON:
+//! `events check`: the gate against breaking event changes. The event
+//! contract is committed (e.g. `docs/events.json`, the catalogue as JSON:
 //! every event's JSON Schema with its `x-schema-version`); the check
 //! compares the code's schemas with it and refuses what would break a
 //! consumer already running, or one reading events still in the stream: a
@@ -26,6 +26,9 @@ pub struct Report {
     /// Compatible changes (a field added, optional): the committed
     /// contract is out of date and must be regenerated.
     pub additive: Vec<String>,
+    /// The command that regenerates the contract, for the message (the
+    /// product's: `ticketing events --format json > docs/events.json`).
+    pub regenerate: String,
 }
 
 impl Report {
@@ -48,8 +51,8 @@ impl std::fmt::Display for Report {
         if self.breaking.is_empty() {
             write!(
                 f,
-                "compatible changes only: commit the new contract with\n  \
-                 ticketing events --format json > docs/events.json"
+                "compatible changes only: commit the new contract with\n  {}",
+                self.regenerate
             )
         } else {
             write!(
