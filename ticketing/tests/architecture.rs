@@ -18,7 +18,9 @@
 //!   JetStream API client and the nats-server harness are the operator's
 //!   and the tests', not a service's), however indirectly;
 //! - a product's crates do not reach another product's, however
-//!   indirectly — also not through a tool their tests use.
+//!   indirectly — also not through a tool their tests use;
+//! - no platform crate's code names a product, but for the names on the
+//!   wire and in stored data that predate the platform (`WIRE_NAMES`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -274,6 +276,91 @@ fn reached_from(c: &Crate, by_name: &BTreeMap<&str, &Crate>) -> Reached {
         normal: walk(c.deps.iter().filter(|(_, k)| *k != Kind::Dev).collect()),
         any: walk(c.deps.iter().collect()),
     }
+}
+
+/// Names that spell the product in the platform and stay, each for a
+/// reason: message headers and the events' schema ids are in the messages
+/// already stored and in the published event contract; the streams'
+/// ownership mark is on the streams already provisioned (renaming any of
+/// them needs a migration that reads both); the test variables are the
+/// house's (CI sets `TICKETING_REQUIRE_ENGINES`).
+const WIRE_NAMES: &[&str] = &[
+    "\"Ticketing-",
+    "urn:ticketing:event:",
+    "managed by ticketing streams",
+    "\"ticketing.owner\"",
+    "\"ticketing.managed-by\"",
+    "\"ticketing streams\"",
+    "TICKETING_TEST_",
+    "TICKETING_REQUIRE_ENGINES",
+];
+
+/// Every line of `text` (a file of the platform, `file`) that names one of
+/// `products` (case-blind) other than through a [`WIRE_NAMES`] entry.
+fn product_names(file: &str, text: &str, products: &[&str]) -> Vec<String> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| {
+            let lower = line.to_lowercase();
+            products.iter().any(|p| lower.contains(p))
+                && !WIRE_NAMES.iter().any(|w| line.contains(w))
+        })
+        .map(|(i, line)| format!("{file}:{}: names a product: {}", i + 1, line.trim()))
+        .collect()
+}
+
+#[test]
+fn no_platform_crate_names_a_product() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let crates = workspace().unwrap();
+    // The products are the folders of the product layer, and the binary.
+    let mut products: Vec<String> = crates
+        .iter()
+        .filter_map(|c| match &c.layer {
+            Layer::Product(p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
+    products.push("ticketing".into());
+    products.sort();
+    products.dedup();
+    let products: Vec<&str> = products.iter().map(String::as_str).collect();
+    let mut found = Vec::new();
+    let mut read = 0;
+    let mut dirs = vec![root.join("platform")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.to_string_lossy().into_owned();
+            if path.is_dir() {
+                // Code only: a crate's tests may use a product as data.
+                if !name.ends_with("/tests") && !name.ends_with("/target") {
+                    dirs.push(path);
+                }
+            } else if name.ends_with(".rs") {
+                read += 1;
+                let text = std::fs::read_to_string(&path).unwrap();
+                found.extend(product_names(&name, &text, &products));
+            }
+        }
+    }
+    assert!(read > 50, "read only {read} files of the platform");
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
+
+#[test]
+fn a_platform_line_naming_a_product_is_reported_and_a_wire_name_is_not() {
+    let text = "pub const EVENT_TYPE_HEADER: &str = \"Ticketing-Event\";\n\
+                // the marketplace's auth service does this\n\
+                fn blog_only() {}\n";
+    let found = product_names("x.rs", text, &["marketplace", "blog", "ticketing"]);
+    assert_eq!(
+        found,
+        [
+            "x.rs:2: names a product: // the marketplace's auth service does this",
+            "x.rs:3: names a product: fn blog_only() {}",
+        ]
+    );
 }
 
 #[test]

@@ -27,7 +27,7 @@ pub struct Report {
     /// contract is out of date and must be regenerated.
     pub additive: Vec<String>,
     /// The command that regenerates the contract, for the message (the
-    /// product's: `ticketing events --format json > docs/events.json`).
+    /// product's, e.g. `shop events --format json > docs/events.json`).
     pub regenerate: String,
 }
 

@@ -31,8 +31,7 @@ pub enum Format {
 /// catalogue, docs and committed contract.
 #[derive(Debug, Clone, Copy)]
 pub struct Product {
-    /// The command line before `events` (`"ticketing "`,
-    /// `"ticketing blog "`).
+    /// The command line before `events` (`"shop "`, `"shop notes "`).
     pub command: &'static str,
     /// The generated document and the committed contract.
     pub markdown_file: &'static str,

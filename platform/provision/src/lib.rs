@@ -17,9 +17,8 @@
 //! - [`local`] runs a nats-server with JetStream as a child process, for
 //!   drills, benchmarks and tests that need a server of their own.
 //!
-//! It knows no product: each product hands it its own spec (the
-//! marketplace's `deploy/streams.yaml`, the blog's `deploy/blog-streams.yaml`)
-//! and its own event catalogue.
+//! It knows no product: each product hands it its own spec (its
+//! `deploy/*.yaml`) and its own event catalogue.
 //!
 //! It speaks the JetStream JSON API directly (`$JS.API.…`), so what is sent
 //! and compared is exactly what the server sees, on every server version.

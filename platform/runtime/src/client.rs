@@ -1,5 +1,5 @@
-//! A client of a product's public HTTP API, for server-rendered pages (the
-//! marketplace's web client, the blog's page): over HTTP to the services
+//! A client of a product's public HTTP API, for server-rendered pages
+//! (a product's web client): over HTTP to the services
 //! (microservices mode), or through the in-process router of the
 //! all-in-one process — the same requests and responses without a socket,
 //! with the browser's address as the peer. It forwards the browser's

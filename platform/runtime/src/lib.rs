@@ -8,8 +8,8 @@
 //! security headers every answer carries ([`pages`]), and hyper's own
 //! refusals rewritten in the shared shape ([`refusals`]).
 //!
-//! It knows no product: the marketplace and the blog start their services
-//! through it the same way.
+//! It knows no product: every product starts its services through it the
+//! same way.
 
 pub mod client;
 pub mod edge;

@@ -2,8 +2,8 @@
 //! every product: list them, show one (payload, headers, the last error,
 //! its trace), replay them to the consumer that gave up on them, or discard
 //! them with a reason. Admins only (the product says who is one); a product mounts it in
-//! one of its services (the marketplace in auth), and the gateway routes
-//! `/api/admin` there.
+//! one of its services (the one that knows the accounts), and the gateway
+//! routes `/api/admin` there.
 
 use std::sync::Arc;
 
@@ -39,8 +39,8 @@ enum WayIn {
     OperatorToken([u8; 32]),
 }
 
-/// Whether a signed-in user is an admin: the product's answer (the
-/// marketplace's auth service reads it from its users).
+/// Whether a signed-in user is an admin: the product's answer (its
+/// accounts service reads it from its users).
 pub type AdminCheck = Arc<
     dyn Fn(shared::ids::UserId) -> shared::http::BoxFuture<'static, Result<bool, ApiError>>
         + Send

@@ -103,7 +103,7 @@ impl Role {
 
 /// How a process running `--services names` introduces itself to trace
 /// collectors: `whole` when it runs all of them (or names none), else the
-/// names joined by `+` after `prefix` (`orders+payments`, `blog-query`).
+/// names joined by `+` after `prefix` (`orders+payments`, `notes-query`).
 pub fn process_name(names: &[String], whole: &str, prefix: &str) -> String {
     let names: Vec<&str> = names
         .iter()
@@ -167,7 +167,10 @@ mod tests {
             process_name(&n(&["orders", " auth"]), "shop", ""),
             "orders+auth"
         );
-        assert_eq!(process_name(&n(&["query"]), "blog", "blog-"), "blog-query");
+        assert_eq!(
+            process_name(&n(&["query"]), "notes", "notes-"),
+            "notes-query"
+        );
     }
 
     #[test]

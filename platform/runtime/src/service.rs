@@ -60,7 +60,7 @@ impl Databases {
     }
 
     /// A service's database and outbox for an operator's one-shot command
-    /// (`ticketing payments refund`, `ticketing users grant-admin`): opened
+    /// (a refund, granting a role): opened
     /// with its migrations applied, two connections at most. What the
     /// command writes to the outbox, the running service's relay publishes.
     pub async fn operator_store(

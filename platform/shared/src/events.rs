@@ -1,8 +1,7 @@
 //! Typed events, for every product: the [`Event`] trait binding a payload
 //! type to its subject at compile time, the headers every message carries,
 //! and the shape of a product's event catalogue ([`ServiceEvents`]). The
-//! products' own events live in their contract crates (`marketplace-events`,
-//! `blog-events`).
+//! products' own events live in their contract crates.
 
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -16,7 +15,7 @@ pub trait Event:
     /// [`Event::upcast`] reads the previous versions still in the streams).
     const SCHEMA_VERSION: u32 = 1;
     /// The oldest schema version this type reads, through [`Event::upcast`]
-    /// (`ticketing events check` lets a version be bumped only from a
+    /// (the `events check` gate lets a version be bumped only from a
     /// version at or after it).
     const READS_FROM: u32 = Self::SCHEMA_VERSION;
 
@@ -29,7 +28,7 @@ pub trait Event:
     }
 }
 
-/// Reads a payload of schema `version` (the `Ticketing-Schema` header; none:
+/// Reads a payload of schema `version` (the [`SCHEMA_VERSION_HEADER`]; none:
 /// the current one) as `E`, upcasting an older version step by step.
 pub fn decode<E: Event>(version: Option<u32>, payload: &[u8]) -> Result<E, String> {
     let version = version.unwrap_or(E::SCHEMA_VERSION);
@@ -75,8 +74,8 @@ pub fn schema_of<E: Event>() -> serde_json::Value {
             "$id".into(),
             format!("urn:ticketing:event:{}", E::SUBJECT).into(),
         );
-        // The version the `Ticketing-Schema` header carries: what
-        // `ticketing events check` holds against the committed contract.
+        // The version the schema header carries: what the `events check`
+        // gate holds against the committed contract.
         o.insert("x-schema-version".into(), E::SCHEMA_VERSION.into());
         if E::READS_FROM < E::SCHEMA_VERSION {
             o.insert("x-reads-from".into(), E::READS_FROM.into());

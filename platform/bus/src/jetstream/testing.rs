@@ -18,7 +18,7 @@ pub async fn connect() -> Option<async_nats::Client> {
     let attempt = tokio::time::timeout(
         Duration::from_secs(3),
         async_nats::ConnectOptions::new()
-            .name("ticketing-tests")
+            .name("bus-tests")
             .connect(&url),
     )
     .await;
