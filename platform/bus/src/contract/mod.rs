@@ -77,6 +77,13 @@ pub async fn next_within(sub: &mut Subscription, wait: Duration) -> Option<Deliv
 }
 
 const SOON: Duration = Duration::from_secs(5);
+
+/// Nothing more comes on `sub` for a while; `what` says what did.
+async fn quiet(sub: &mut Subscription, what: &str) {
+    if let Some(d) = next_within(sub, QUIET).await {
+        panic!("{what}: {} (delivery {})", d.message.id, d.delivered);
+    }
+}
 const QUIET: Duration = Duration::from_millis(700);
 
 pub async fn a_published_message_is_delivered_with_its_subject_id_headers_and_payload(env: Env) {
@@ -95,10 +102,7 @@ pub async fn a_published_message_is_delivered_with_its_subject_id_headers_and_pa
     );
     assert_eq!(d.delivered, 1);
     d.ack().await.unwrap();
-    assert!(
-        next_within(&mut sub, QUIET).await.is_none(),
-        "an acked message came back"
-    );
+    quiet(&mut sub, "an acked message came back").await;
 }
 
 pub async fn a_message_id_seen_before_is_not_stored_twice(env: Env) {
@@ -114,10 +118,7 @@ pub async fn a_message_id_seen_before_is_not_stored_twice(env: Env) {
         .ack()
         .await
         .unwrap();
-    assert!(
-        next_within(&mut sub, QUIET).await.is_none(),
-        "a duplicate was delivered"
-    );
+    quiet(&mut sub, "a duplicate was delivered").await;
 }
 
 pub async fn a_new_durable_replays_the_stream_from_the_first_message_in_order(env: Env) {
@@ -165,10 +166,7 @@ pub async fn a_rewound_durable_replays_the_stream_from_the_first_message(env: En
         assert_eq!(d.message.id, format!("m{i}"));
         d.ack().await.unwrap();
     }
-    assert!(
-        next_within(&mut again, QUIET).await.is_none(),
-        "more than the history came back"
-    );
+    quiet(&mut again, "more than the history came back").await;
 }
 
 /// A member that goes away may leave a pull request behind on a broker; a
@@ -197,10 +195,7 @@ pub async fn a_durable_resumes_where_it_left_off(env: Env) {
         .expect("the new message");
     assert_eq!(d.message.id, "m3");
     d.ack().await.unwrap();
-    assert!(
-        next_within(&mut again, QUIET).await.is_none(),
-        "acked messages came back"
-    );
+    quiet(&mut again, "acked messages came back").await;
 }
 
 pub async fn consumers_see_only_subjects_their_filter_matches(env: Env) {
@@ -211,7 +206,7 @@ pub async fn consumers_see_only_subjects_their_filter_matches(env: Env) {
     let d = next_within(&mut only_a, SOON).await.expect("a1");
     assert_eq!(d.message.id, "a1");
     d.ack().await.unwrap();
-    assert!(next_within(&mut only_a, QUIET).await.is_none());
+    quiet(&mut only_a, "a message came back").await;
     let mut ids = Vec::new();
     for _ in 0..2 {
         let d = next_within(&mut all, SOON).await.expect("both");
@@ -370,10 +365,7 @@ pub async fn deliveries_in_hand_are_taken_at_once_in_order(env: Env) {
     }
     let expected: Vec<String> = (0..20).map(|i| format!("m{i:02}")).collect();
     assert_eq!(ids, expected);
-    assert!(
-        next_within(&mut sub, QUIET).await.is_none(),
-        "an acked message came back"
-    );
+    quiet(&mut sub, "an acked message came back").await;
 }
 
 /// A member that dies in the middle of a batch (some acked, the rest

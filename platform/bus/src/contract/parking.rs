@@ -20,10 +20,7 @@ pub async fn a_message_out_of_deliveries_is_parked_and_does_not_block_the_rest(e
         .expect("the next message flows");
     assert_eq!(d.message.id, "fine");
     d.ack().await.unwrap();
-    assert!(
-        next_within(&mut sub, QUIET).await.is_none(),
-        "the poison message came back"
-    );
+    quiet(&mut sub, "the poison message came back").await;
     let parked = wait_for_parked(&env, &config.durable, 1).await;
     assert_eq!(parked[0].id, "poison");
     assert_eq!(parked[0].deliveries, 2);
@@ -34,10 +31,7 @@ pub async fn a_terminated_message_is_parked_with_its_reason_and_never_redelivere
     env.publish("a", "bad", "not json").await;
     let d = next_within(&mut sub, SOON).await.expect("delivery");
     d.term("undecodable").await.unwrap();
-    assert!(
-        next_within(&mut sub, QUIET).await.is_none(),
-        "terminated message came back"
-    );
+    quiet(&mut sub, "terminated message came back").await;
     let parked = wait_for_parked(&env, &env.durable("c"), 1).await;
     assert_eq!(parked[0].id, "bad");
     assert!(
@@ -174,20 +168,14 @@ pub async fn a_replay_goes_to_the_durable_that_parked_it_once_and_marks_the_reco
     );
     assert_eq!(d.seq, record.seq);
     d.ack().await.unwrap();
-    assert!(
-        next_within(&mut other, QUIET).await.is_none(),
-        "another durable saw the replay"
-    );
+    quiet(&mut other, "another durable saw the replay").await;
 
     // A second replay changes nothing; the record says what happened.
     assert!(matches!(
         env.bus.replay_parked(record.record).await.unwrap(),
         crate::Resolution::Already(p) if matches!(p.state, crate::ParkedState::Replayed { .. })
     ));
-    assert!(
-        next_within(&mut failing, QUIET).await.is_none(),
-        "replayed twice"
-    );
+    quiet(&mut failing, "replayed twice").await;
     assert!(env.bus.parked(&durable).await.unwrap().is_empty());
     let all = env
         .bus
@@ -278,10 +266,7 @@ pub async fn a_discarded_message_keeps_its_reason_and_is_never_replayed(env: Env
         env.bus.replay_parked(record.record).await.unwrap(),
         crate::Resolution::Already(_)
     ));
-    assert!(
-        next_within(&mut sub, QUIET).await.is_none(),
-        "a discarded message came back"
-    );
+    quiet(&mut sub, "a discarded message came back").await;
     assert!(env.bus.parked(&durable).await.unwrap().is_empty());
     assert_eq!(
         env.bus.replay_parked(1 << 50).await.unwrap(),
