@@ -200,7 +200,24 @@ pub(super) async fn check(
     if let Some(lost) = ledger::lost_by_servers(&report.ledger, report.unconverged.is_empty()) {
         report.ledger.insert(0, lost);
     }
-    report.consumers_behind = ledger::behind(&js, &spec).await?;
+    // A delivery a killed process held (its work committed, its ack never
+    // sent) stays unacknowledged until its ack wait runs out and another
+    // member gets it again, applies nothing and acks it: behind is what
+    // is still behind after the longest ack wait, twice over.
+    let longest_ack_wait = spec
+        .consumers
+        .iter()
+        .map(|c| c.ack_wait)
+        .max()
+        .unwrap_or(Duration::from_secs(30));
+    let behind_by = Instant::now() + 2 * longest_ack_wait + Duration::from_secs(2);
+    report.consumers_behind = loop {
+        let behind = ledger::behind(&js, &spec).await?;
+        if behind.is_empty() || Instant::now() > behind_by {
+            break behind;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     report.parked = ledger::retrying(|| async {
         let mut parked = js.get_stream("PARKED").await.map_err(|e| e.to_string())?;
         Ok(parked
