@@ -78,6 +78,28 @@ pub async fn next_within(sub: &mut Subscription, wait: Duration) -> Option<Deliv
 
 const SOON: Duration = Duration::from_secs(5);
 
+/// Takes `n` deliveries from `sub`, whichever they are, and acks each.
+async fn ack_next(sub: &mut Subscription, n: usize) {
+    for _ in 0..n {
+        next_within(sub, SOON)
+            .await
+            .expect("message")
+            .ack()
+            .await
+            .unwrap();
+    }
+}
+
+/// Takes the deliveries with message ids `ids` from `sub`, in that order,
+/// and acks each; `what` names them when one does not come.
+async fn ack_in_order(sub: &mut Subscription, ids: impl IntoIterator<Item = String>, what: &str) {
+    for id in ids {
+        let d = next_within(sub, SOON).await.expect(what);
+        assert_eq!(d.message.id, id);
+        d.ack().await.unwrap();
+    }
+}
+
 /// Nothing more comes on `sub` for a while; `what` says what did.
 async fn quiet(sub: &mut Subscription, what: &str) {
     if let Some(d) = next_within(sub, QUIET).await {
@@ -126,11 +148,12 @@ pub async fn a_new_durable_replays_the_stream_from_the_first_message_in_order(en
         env.publish("a", &format!("m{i}"), &i.to_string()).await;
     }
     let mut sub = env.bus.subscribe(env.config("late", "a")).await.unwrap();
-    for i in 0..5 {
-        let d = next_within(&mut sub, SOON).await.expect("replayed message");
-        assert_eq!(d.message.id, format!("m{i}"));
-        d.ack().await.unwrap();
-    }
+    ack_in_order(
+        &mut sub,
+        (0..5).map(|i| format!("m{i}")),
+        "replayed message",
+    )
+    .await;
 }
 
 /// A read model rebuilding itself: after a rewind the durable hands out its
@@ -147,25 +170,17 @@ pub async fn a_rewound_durable_replays_the_stream_from_the_first_message(env: En
         env.publish("a", &format!("m{i}"), "x").await;
     }
     env.publish("b", "other", "x").await;
-    for _ in 0..3 {
-        next_within(&mut sub, SOON)
-            .await
-            .expect("message")
-            .ack()
-            .await
-            .unwrap();
-    }
+    ack_next(&mut sub, 3).await;
     drop(sub);
     env.bus.rewind(&config).await.expect("rewind");
     env.publish("a", "m3", "x").await;
     let mut again = env.bus.subscribe(config).await.unwrap();
-    for i in 0..4 {
-        let d = next_within(&mut again, SOON)
-            .await
-            .expect("the history again");
-        assert_eq!(d.message.id, format!("m{i}"));
-        d.ack().await.unwrap();
-    }
+    ack_in_order(
+        &mut again,
+        (0..4).map(|i| format!("m{i}")),
+        "the history again",
+    )
+    .await;
     quiet(&mut again, "more than the history came back").await;
 }
 
@@ -179,14 +194,7 @@ pub async fn a_durable_resumes_where_it_left_off(env: Env) {
     for i in 0..3 {
         env.publish("a", &format!("m{i}"), "x").await;
     }
-    for _ in 0..3 {
-        next_within(&mut sub, SOON)
-            .await
-            .expect("message")
-            .ack()
-            .await
-            .unwrap();
-    }
+    ack_next(&mut sub, 3).await;
     drop(sub);
     env.publish("a", "m3", "x").await;
     let mut again = env.bus.subscribe(config).await.unwrap();
