@@ -49,6 +49,20 @@ fn page_of(list: &str, after: Option<&str>) -> String {
     path
 }
 
+/// The API's resource at `path` (`/api/orders/{id}`): the page's 404 when
+/// the API has none.
+async fn fetch<T: serde::de::DeserializeOwned>(
+    web: &Shared,
+    ctx: &Ctx,
+    path: &str,
+) -> Result<T, PageError> {
+    let reply = ctx.call(web, Method::GET, path, None).await?;
+    if reply.status == StatusCode::NOT_FOUND {
+        return Err(PageError::NotFound);
+    }
+    Ok(reply.parse()?)
+}
+
 /// Where the next listing page starts: after the last row of a full page;
 /// none after a page that is not full (the list ended).
 fn next_after<T>(rows: &[T], id: impl Fn(&T) -> String) -> Option<String> {

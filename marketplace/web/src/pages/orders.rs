@@ -51,18 +51,7 @@ async fn order_page(
     let (layout, _) = ctx
         .signed_in_layout(web, "Your order", &format!("/orders/{id}"))
         .await?;
-    let reply = ctx
-        .call(
-            web,
-            Method::GET,
-            &format!("/api/orders/{}", encode(id)),
-            None,
-        )
-        .await?;
-    if reply.status == StatusCode::NOT_FOUND {
-        return Err(PageError::NotFound);
-    }
-    let order: Order = reply.parse()?;
+    let order: Order = fetch(web, ctx, &format!("/api/orders/{}", encode(id))).await?;
     // Only a payment id that is a payment id reaches the API.
     let payment = payment
         .filter(|p| uuid::Uuid::parse_str(p).is_ok_and(|u| u.hyphenated().to_string() == *p));

@@ -127,18 +127,7 @@ struct TicketPage {
 }
 
 async fn fetch_ticket(web: &Shared, ctx: &Ctx, id: &str) -> Result<Ticket, PageError> {
-    let reply = ctx
-        .call(
-            web,
-            Method::GET,
-            &format!("/api/tickets/{}", encode(id)),
-            None,
-        )
-        .await?;
-    if reply.status == StatusCode::NOT_FOUND {
-        return Err(PageError::NotFound);
-    }
-    Ok(reply.parse()?)
+    fetch(web, ctx, &format!("/api/tickets/{}", encode(id))).await
 }
 
 async fn ticket_page(
