@@ -424,6 +424,75 @@ impl NatsCluster {
         Ok(())
     }
 
+    /// Waits until each of `streams` has a leader and every other running
+    /// node is a current replica of it, or `timeout` passes. A node started again
+    /// rejoins its streams some time after JetStream answers on it; until
+    /// it has caught up, losing another node can leave a stream without a
+    /// majority of current replicas (on 2.9.10 for tens of seconds).
+    pub async fn wait_streams_current(
+        &self,
+        streams: impl IntoIterator<Item = impl AsRef<str>>,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for stream in streams {
+            self.wait_stream_current(stream.as_ref(), deadline).await?;
+        }
+        Ok(())
+    }
+
+    async fn wait_stream_current(
+        &self,
+        stream: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), String> {
+        let running: Vec<String> = (0..self.nodes.len())
+            .filter(|n| self.is_running(*n))
+            .map(|n| self.nodes[n].name.clone())
+            .collect();
+        let mut last = String::from("no node answered");
+        loop {
+            for node in (0..self.nodes.len()).filter(|n| self.is_running(*n)) {
+                let asked = async {
+                    let client = async_nats::connect(self.node_url(node)).await.ok()?;
+                    let js = async_nats::jetstream::new(client);
+                    let mut s = js.get_stream(stream).await.ok()?;
+                    s.info().await.ok()?.cluster.clone()
+                };
+                let Ok(Some(cluster)) = tokio::time::timeout(Duration::from_secs(2), asked).await
+                else {
+                    continue;
+                };
+                let Some(leader) = cluster.leader else {
+                    last = "no leader".into();
+                    continue;
+                };
+                let behind: Vec<&str> = running
+                    .iter()
+                    .filter(|name| **name != leader)
+                    .filter(|name| {
+                        !cluster
+                            .replicas
+                            .iter()
+                            .any(|p| p.name == **name && p.current && !p.offline)
+                    })
+                    .map(String::as_str)
+                    .collect();
+                if behind.is_empty() {
+                    return Ok(());
+                }
+                last = format!("led by {leader}; not current: {}", behind.join(", "));
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "stream {stream} not current on every running node in time: {last}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// The node leading `stream` now, asking any running node.
     pub async fn stream_leader(&self, stream: &str) -> Option<NodeId> {
         for node in (0..self.nodes.len()).filter(|n| self.is_running(*n)) {

@@ -418,6 +418,11 @@ async fn run(
             .await
             .map_err(|e| format!("after {fault}: {e}"))?;
         let ready_after = heal_time.elapsed();
+        // The next fault comes only once this one is repaired: every node
+        // a current replica of every stream again.
+        nats.wait_streams_current(stream_names(), Duration::from_secs(60))
+            .await
+            .map_err(|e| format!("after {fault}: {e}"))?;
         let (purchases, failed) = load.await.map_err(|e| e.to_string())?;
         started += purchases;
         let _ = stop_sampling.send(true);
@@ -443,4 +448,13 @@ async fn run(
     drop(procs);
     drop(nats);
     Ok(report)
+}
+
+/// The marketplace's streams, by name.
+fn stream_names() -> Vec<String> {
+    provision::Spec::built_in(&marketplace_events::STREAMS)
+        .streams
+        .into_iter()
+        .map(|s| s.name)
+        .collect()
 }

@@ -71,9 +71,9 @@ impl Fault {
         };
         let mut led = Vec::new();
         if let Some(node) = failed {
-            for stream in &provision::Spec::built_in(&marketplace_events::STREAMS).streams {
-                if nats.stream_leader(&stream.name).await == Some(node) {
-                    led.push(stream.name.clone());
+            for stream in super::stream_names() {
+                if nats.stream_leader(&stream).await == Some(node) {
+                    led.push(stream);
                 }
             }
         }
@@ -105,6 +105,11 @@ impl Fault {
                     tokio::time::sleep(hold / 3).await;
                     nats.restart(node).map_err(|e| e.to_string())?;
                     nats.wait_ready(Duration::from_secs(60)).await?;
+                    // The next node goes only once this one has caught up
+                    // on every stream: else a stream can be left without a
+                    // majority of current replicas.
+                    nats.wait_streams_current(super::stream_names(), Duration::from_secs(60))
+                        .await?;
                 }
             }
         }
