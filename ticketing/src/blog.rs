@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Subcommand};
 use runtime::service::{Databases, Deps, Running};
 use shared::config::env_var;
 use shared::shutdown;
@@ -18,88 +17,8 @@ use runtime::Fallback;
 use runtime::engines::{BusChoice, engines};
 use runtime::role::{Catalogue, Role};
 
+use crate::cli::{BlogArgs, BlogCommand, BlogSubcommand};
 use crate::config::SettingsError;
-
-#[derive(Debug, Args)]
-#[command(args_conflicts_with_subcommands = true)]
-pub struct BlogCommand {
-    #[command(subcommand)]
-    pub command: Option<BlogSubcommand>,
-    #[command(flatten)]
-    pub run: BlogArgs,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum BlogSubcommand {
-    /// Run the blog's services (the default): all of them and the page, on
-    /// one port.
-    Run(BlogArgs),
-    /// Provision the blog's JetStream streams and consumers
-    /// (deploy/blog-streams.yaml, built in): plan shows the difference,
-    /// apply makes it so.
-    #[command(subcommand)]
-    Streams(crate::streams::Streams),
-    /// Print the blog's event catalogue, or check it against the committed
-    /// contract (docs/blog-events.json).
-    Events {
-        #[arg(long, value_enum, default_value = "markdown")]
-        format: crate::catalogue::Format,
-        #[command(subcommand)]
-        command: Option<crate::cli::EventsCommand>,
-    },
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct BlogArgs {
-    /// Address to listen on.
-    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
-    pub host: String,
-    /// Port to listen on.
-    #[arg(long, env = "BLOG_PORT", default_value_t = 4000)]
-    pub port: u16,
-    /// Where the embedded databases and the bus log live.
-    #[arg(long, env = "BLOG_DATA_DIR", default_value = "./data/blog")]
-    pub data_dir: PathBuf,
-    /// Comma-separated services to run: posts, comments, moderation, query,
-    /// web (the page; alone it needs BLOG_API_URL or POSTS_URL, COMMENTS_URL
-    /// and QUERY_URL), or all.
-    #[arg(
-        long,
-        env = "BLOG_SERVICES",
-        default_value = "all",
-        value_delimiter = ','
-    )]
-    pub services: Vec<String>,
-    #[command(flatten)]
-    pub engines: crate::cli::EngineArgs,
-    /// Words that get a comment rejected, comma-separated (whole words, any
-    /// case).
-    #[arg(
-        long,
-        env = "BLOG_BANNED_WORDS",
-        default_value = blog_moderation::DEFAULT_BANNED_WORDS
-    )]
-    pub banned_words: String,
-    /// The operator's bearer token for the parked-message admin API
-    /// (`/api/admin/parked`, and `ticketing parked --url … --token …`).
-    /// The blog has no accounts: without a token that API is not served.
-    #[arg(long, env = "BLOG_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
-}
-
-impl BlogCommand {
-    /// The name this process reports to trace collectors by default.
-    pub fn service_name(&self) -> String {
-        let run = match &self.command {
-            None => &self.run,
-            Some(BlogSubcommand::Run(run)) => run,
-            Some(BlogSubcommand::Streams(_) | BlogSubcommand::Events { .. }) => {
-                return "blog".to_owned();
-            }
-        };
-        runtime::role::process_name(&run.services, "blog", "blog-")
-    }
-}
 
 /// Everything a blog process needs, validated.
 pub struct BlogSettings {
@@ -138,7 +57,8 @@ pub const CATALOGUE: Catalogue = Catalogue {
 
 impl BlogSettings {
     pub fn load(args: &BlogArgs) -> Result<BlogSettings, SettingsError> {
-        let role = Role::parse(&args.services, &CATALOGUE).map_err(SettingsError::Invalid)?;
+        let role =
+            Role::parse(&args.process.services, &CATALOGUE).map_err(SettingsError::Invalid)?;
         let (services, page) = (role.services().to_vec(), role.pages());
         let all_in_one = role.runs_all(blog::SERVICES.iter().copied());
         let rules = blog_moderation::Rules::parse(&args.banned_words)
@@ -162,11 +82,16 @@ impl BlogSettings {
         } else {
             None
         };
-        let (bus, databases) = engines(&args.engines.urls(), &NAMING, &services, &args.data_dir)?;
+        let (bus, databases) = engines(
+            &args.process.engines.urls(),
+            &NAMING,
+            &services,
+            &args.process.data_dir,
+        )?;
         Ok(BlogSettings {
-            host: args.host.clone(),
-            port: args.port,
-            data_dir: args.data_dir.clone(),
+            host: args.process.host.clone(),
+            port: args.process.port,
+            data_dir: args.process.data_dir.clone(),
             config: blog::Config {
                 services,
                 moderation: blog_moderation::Config {

@@ -1,9 +1,12 @@
-//! The command line: `ticketing [run] [flags]`. Every flag has an environment
-//! variable equivalent.
+//! The command line, every clap type of it: `ticketing [run] [flags]`, the
+//! blog's, and the operator's commands. Every process flag has an
+//! environment variable equivalent.
 
+use std::marker::PhantomData;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,10 +31,10 @@ pub enum Command {
     /// Provision JetStream streams and consumers from the spec
     /// (deploy/streams.yaml): plan shows the difference, apply makes it so.
     #[command(subcommand)]
-    Streams(crate::streams::Streams),
+    Streams(Streams),
     /// The blog system (posts, comments, moderation, query and its page) on
     /// the same library: `ticketing blog` runs it all on one port.
-    Blog(crate::blog::BlogCommand),
+    Blog(BlogCommand),
     /// Print the event catalogue (every subject, its JSON Schema, publisher,
     /// consumers and stream) or the flow map, generated from the code.
     Events {
@@ -43,7 +46,7 @@ pub enum Command {
     /// Parked messages (events a consumer gave up on): list, show, replay
     /// to the consumer that parked them, or discard — through the running
     /// system's admin API, as an admin.
-    Parked(crate::parked::ParkedArgs),
+    Parked(ParkedArgs),
     /// Operator commands on the payments service's data.
     Payments(PaymentsArgs),
     /// Operator commands on accounts (the auth service's data): grant or
@@ -147,30 +150,78 @@ pub enum UsersCommand {
     },
 }
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct RunArgs {
+/// `ticketing [run]`: a marketplace process's flags.
+pub type RunArgs = ProcessArgs<MarketplaceFlags>;
+
+/// The flags every process of a product has; `P` names their variables
+/// and defaults, which differ between the products (`PORT` and 3000 for
+/// the marketplace, `BLOG_PORT` and 4000 for the blog, …).
+#[derive(Debug, Clone, Args)]
+pub struct ProcessArgs<P: ProductFlags> {
     /// Address to listen on.
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
     pub host: String,
     /// Port to listen on.
-    #[arg(long, env = "PORT", default_value_t = 3000)]
+    #[arg(long, env = P::PORT_VAR, default_value = P::PORT)]
     pub port: u16,
-    /// Where the embedded databases, the bus log and the generated JWT key live.
-    #[arg(long, env = "TICKETING_DATA_DIR", default_value = "./data")]
+    #[arg(long, env = P::DATA_DIR_VAR, default_value = P::DATA_DIR, help = P::DATA_DIR_HELP)]
     pub data_dir: PathBuf,
-    /// Comma-separated services to run: auth, tickets, orders, expiration,
-    /// payments, web (the pages), gateway (alone: a reverse proxy to
-    /// AUTH_URL, TICKETS_URL, …), or all (every service and the pages, their
-    /// routes in one router).
     #[arg(
         long,
-        env = "TICKETING_SERVICES",
+        env = P::SERVICES_VAR,
         default_value = "all",
-        value_delimiter = ','
+        value_delimiter = ',',
+        help = P::SERVICES_HELP
     )]
     pub services: Vec<String>,
     #[command(flatten)]
     pub engines: EngineArgs,
+    #[arg(skip)]
+    pub product: PhantomData<P>,
+}
+
+/// A product's names and defaults for [`ProcessArgs`]. Defaults are text:
+/// clap keeps a typed default (`default_value_t`) in one static shared by
+/// every `P`, so the blog would show and take the marketplace's port.
+pub trait ProductFlags: Clone + std::fmt::Debug + Send + Sync + 'static {
+    const PORT_VAR: &'static str;
+    const PORT: &'static str;
+    const DATA_DIR_VAR: &'static str;
+    const DATA_DIR: &'static str;
+    const DATA_DIR_HELP: &'static str;
+    const SERVICES_VAR: &'static str;
+    const SERVICES_HELP: &'static str;
+}
+
+#[derive(Debug, Clone)]
+pub struct MarketplaceFlags;
+
+impl ProductFlags for MarketplaceFlags {
+    const PORT_VAR: &'static str = "PORT";
+    const PORT: &'static str = "3000";
+    const DATA_DIR_VAR: &'static str = "TICKETING_DATA_DIR";
+    const DATA_DIR: &'static str = "./data";
+    const DATA_DIR_HELP: &'static str =
+        "Where the embedded databases, the bus log and the generated JWT key live";
+    const SERVICES_VAR: &'static str = "TICKETING_SERVICES";
+    const SERVICES_HELP: &'static str = "Comma-separated services to run: auth, tickets, orders, \
+        expiration, payments, web (the pages), gateway (alone: a reverse proxy to AUTH_URL, \
+        TICKETS_URL, …), or all (every service and the pages, their routes in one router)";
+}
+
+#[derive(Debug, Clone)]
+pub struct BlogFlags;
+
+impl ProductFlags for BlogFlags {
+    const PORT_VAR: &'static str = "BLOG_PORT";
+    const PORT: &'static str = "4000";
+    const DATA_DIR_VAR: &'static str = "BLOG_DATA_DIR";
+    const DATA_DIR: &'static str = "./data/blog";
+    const DATA_DIR_HELP: &'static str = "Where the embedded databases and the bus log live";
+    const SERVICES_VAR: &'static str = "BLOG_SERVICES";
+    const SERVICES_HELP: &'static str = "Comma-separated services to run: posts, comments, \
+        moderation, query, web (the page; alone it needs BLOG_API_URL or POSTS_URL, \
+        COMMENTS_URL and QUERY_URL), or all";
 }
 
 /// Where the services keep their data and events (the marketplace's and
@@ -210,5 +261,220 @@ impl Cli {
             Some(_) => return "ticketing".to_owned(),
         };
         runtime::role::process_name(&run.services, "ticketing", "")
+    }
+}
+
+// ------------------------------------------------------------------- blog
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BlogCommand {
+    #[command(subcommand)]
+    pub command: Option<BlogSubcommand>,
+    #[command(flatten)]
+    pub run: BlogArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BlogSubcommand {
+    /// Run the blog's services (the default): all of them and the page, on
+    /// one port.
+    Run(BlogArgs),
+    /// Provision the blog's JetStream streams and consumers
+    /// (deploy/blog-streams.yaml, built in): plan shows the difference,
+    /// apply makes it so.
+    #[command(subcommand)]
+    Streams(Streams),
+    /// Print the blog's event catalogue, or check it against the committed
+    /// contract (docs/blog-events.json).
+    Events {
+        #[arg(long, value_enum, default_value = "markdown")]
+        format: crate::catalogue::Format,
+        #[command(subcommand)]
+        command: Option<EventsCommand>,
+    },
+}
+
+/// `ticketing blog [run]`: a blog process's flags.
+#[derive(Debug, Clone, Args)]
+pub struct BlogArgs {
+    #[command(flatten)]
+    pub process: ProcessArgs<BlogFlags>,
+    /// Words that get a comment rejected, comma-separated (whole words, any
+    /// case).
+    #[arg(
+        long,
+        env = "BLOG_BANNED_WORDS",
+        default_value = blog_moderation::DEFAULT_BANNED_WORDS
+    )]
+    pub banned_words: String,
+    /// The operator's bearer token for the parked-message admin API
+    /// (`/api/admin/parked`, and `ticketing parked --url … --token …`).
+    /// The blog has no accounts: without a token that API is not served.
+    #[arg(long, env = "BLOG_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+impl BlogCommand {
+    /// The name this process reports to trace collectors by default.
+    pub fn service_name(&self) -> String {
+        let run = match &self.command {
+            None => &self.run,
+            Some(BlogSubcommand::Run(run)) => run,
+            Some(BlogSubcommand::Streams(_) | BlogSubcommand::Events { .. }) => {
+                return "blog".to_owned();
+            }
+        };
+        runtime::role::process_name(&run.process.services, "blog", "blog-")
+    }
+}
+
+// ---------------------------------------------------------------- streams
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Streams {
+    /// Compare the spec with the server and print what apply would change.
+    /// Exit code 0: the server matches; 2: changes are pending; 1: error.
+    Plan(StreamsArgs),
+    /// Make the server match the spec; changes nothing if the plan holds a
+    /// change that needs --allow-recreate, or the spec asks what the server
+    /// cannot do. Exit code 0 when the server matches afterwards.
+    Apply(StreamsArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StreamsArgs {
+    /// The spec file. Without it: the copy built into this binary
+    /// (deploy/streams.yaml; deploy/blog-streams.yaml for `blog streams`).
+    #[arg(short = 'f', long = "file", env = "TICKETING_STREAMS_FILE")]
+    pub file: Option<PathBuf>,
+    /// The NATS server (with JetStream).
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// How long to wait for NATS to come up before giving up (30s, 2m, …).
+    #[arg(long, default_value = "60s", value_parser = parse_wait)]
+    pub wait: Duration,
+    /// Delete and recreate streams or consumers whose changes JetStream
+    /// cannot make in place (their messages or positions are lost).
+    #[arg(long)]
+    pub allow_recreate: bool,
+    /// Delete streams and consumers this tool created that the spec no
+    /// longer declares (never anything it does not own).
+    #[arg(long)]
+    pub prune: bool,
+    /// Replicas for every stream instead of the spec's: 1 on a single
+    /// server, 3 on a three-node cluster.
+    #[arg(long, env = "TICKETING_STREAM_REPLICAS")]
+    pub replicas: Option<u32>,
+}
+
+fn parse_wait(text: &str) -> Result<Duration, String> {
+    provision::spec::parse_duration(text)
+}
+
+// ----------------------------------------------------------------- parked
+
+/// Where the system is and who is asking.
+#[derive(Debug, Clone, Args)]
+pub struct ParkedArgs {
+    /// The system's URL (the gateway, or the all-in-one port).
+    #[arg(long, env = "TICKETING_URL", default_value = "http://127.0.0.1:3000")]
+    pub url: String,
+    /// An admin's session token (e.g. the `session` cookie's value).
+    #[arg(long, env = "TICKETING_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Or sign in as this admin (with `--password`).
+    #[arg(long, env = "TICKETING_ADMIN_EMAIL")]
+    pub email: Option<String>,
+    #[arg(long, env = "TICKETING_ADMIN_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    #[command(subcommand)]
+    pub command: ParkedCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ParkedCommand {
+    /// Parked messages, oldest first.
+    List {
+        /// One durable consumer's only (e.g. orders-payment-authorized).
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Parked at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// parked (waiting; the default), replayed, discarded or all.
+        #[arg(long, default_value = "parked")]
+        state: String,
+        /// Print the JSON the API answered.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One parked message, whole: payload, headers, last error, trace id.
+    Show { id: u64 },
+    /// Deliver parked messages again to the consumer that parked them.
+    Replay {
+        /// Record ids.
+        ids: Vec<u64>,
+        /// Every message waiting on this consumer.
+        #[arg(long, conflicts_with_all = ["ids", "all"])]
+        consumer: Option<String>,
+        /// Every message waiting on any consumer.
+        #[arg(long, conflicts_with_all = ["ids", "consumer"])]
+        all: bool,
+    },
+    /// Give up on parked messages for good, recording why.
+    Discard {
+        #[arg(required = true)]
+        ids: Vec<u64>,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// The flag `name` of `command`: its variable and default.
+    fn flag(command: &clap::Command, name: &str) -> (String, String) {
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_id() == name)
+            .unwrap_or_else(|| panic!("no --{name}"));
+        let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+        let default = arg.get_default_values().first();
+        (
+            env.unwrap_or_default(),
+            default
+                .map(|d| d.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        )
+    }
+
+    #[test]
+    fn each_products_processes_take_their_own_variables_and_defaults() {
+        let cli = Cli::command();
+        let blog = cli.find_subcommand("blog").unwrap().clone();
+        let blog_run = blog.find_subcommand("run").unwrap();
+        let run = cli.find_subcommand("run").unwrap();
+        for marketplace in [&cli, run] {
+            assert_eq!(flag(marketplace, "port"), ("PORT".into(), "3000".into()));
+            assert_eq!(
+                flag(marketplace, "data_dir"),
+                ("TICKETING_DATA_DIR".into(), "./data".into())
+            );
+            assert_eq!(flag(marketplace, "services").0, "TICKETING_SERVICES");
+        }
+        // A typed default would be the marketplace's here (clap keeps it in
+        // one static for every product).
+        for blog in [&blog, blog_run] {
+            assert_eq!(flag(blog, "port"), ("BLOG_PORT".into(), "4000".into()));
+            assert_eq!(
+                flag(blog, "data_dir"),
+                ("BLOG_DATA_DIR".into(), "./data/blog".into())
+            );
+            assert_eq!(flag(blog, "services").0, "BLOG_SERVICES");
+        }
     }
 }

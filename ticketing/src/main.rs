@@ -24,8 +24,8 @@ fn main() -> std::process::ExitCode {
                     | ticketing::cli::Command::Parked(_)
                     | ticketing::cli::Command::Events { .. }
                     | ticketing::cli::Command::Drill(_)
-                    | ticketing::cli::Command::Blog(ticketing::blog::BlogCommand {
-                        command: Some(ticketing::blog::BlogSubcommand::Streams(_)),
+                    | ticketing::cli::Command::Blog(ticketing::cli::BlogCommand {
+                        command: Some(ticketing::cli::BlogSubcommand::Streams(_)),
                         ..
                     })
             )

@@ -4,66 +4,9 @@
 //! embedded bus — whose file only the running process may open — and on
 //! JetStream, and every action is checked and logged as an admin's.
 
-use clap::{Args, Subcommand};
-use runtime::parked::{ParkedBody, ReplayOutcome};
-use serde_json::{Value, json};
-
-/// Where the system is and who is asking.
-#[derive(Debug, Clone, Args)]
-pub struct ParkedArgs {
-    /// The system's URL (the gateway, or the all-in-one port).
-    #[arg(long, env = "TICKETING_URL", default_value = "http://127.0.0.1:3000")]
-    pub url: String,
-    /// An admin's session token (e.g. the `session` cookie's value).
-    #[arg(long, env = "TICKETING_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Or sign in as this admin (with `--password`).
-    #[arg(long, env = "TICKETING_ADMIN_EMAIL")]
-    pub email: Option<String>,
-    #[arg(long, env = "TICKETING_ADMIN_PASSWORD", hide_env_values = true)]
-    pub password: Option<String>,
-    #[command(subcommand)]
-    pub command: ParkedCommand,
-}
-
-#[derive(Debug, Clone, Subcommand)]
-pub enum ParkedCommand {
-    /// Parked messages, oldest first.
-    List {
-        /// One durable consumer's only (e.g. orders-payment-authorized).
-        #[arg(long)]
-        consumer: Option<String>,
-        /// Parked at or after this time (RFC 3339).
-        #[arg(long)]
-        since: Option<String>,
-        /// parked (waiting; the default), replayed, discarded or all.
-        #[arg(long, default_value = "parked")]
-        state: String,
-        /// Print the JSON the API answered.
-        #[arg(long)]
-        json: bool,
-    },
-    /// One parked message, whole: payload, headers, last error, trace id.
-    Show { id: u64 },
-    /// Deliver parked messages again to the consumer that parked them.
-    Replay {
-        /// Record ids.
-        ids: Vec<u64>,
-        /// Every message waiting on this consumer.
-        #[arg(long, conflicts_with_all = ["ids", "all"])]
-        consumer: Option<String>,
-        /// Every message waiting on any consumer.
-        #[arg(long, conflicts_with_all = ["ids", "consumer"])]
-        all: bool,
-    },
-    /// Give up on parked messages for good, recording why.
-    Discard {
-        #[arg(required = true)]
-        ids: Vec<u64>,
-        #[arg(long)]
-        reason: String,
-    },
-}
+use crate::cli::{ParkedArgs, ParkedCommand};
+use runtime::parked::{DiscardInput, ParkedBody, ReplayInput, ReplayOutcome};
+use serde_json::Value;
 
 type Error = Box<dyn std::error::Error>;
 
@@ -99,7 +42,10 @@ impl Client {
             (None, Some(email), Some(password)) => {
                 let res = http
                     .post(format!("{base}/api/users/signin"))
-                    .json(&json!({"email": email, "password": password}))
+                    .json(&marketplace_api::SignIn {
+                        email: email.clone().into(),
+                        password: password.clone().into(),
+                    })
                     .send()
                     .await?;
                 if !res.status().is_success() {
@@ -205,9 +151,18 @@ pub async fn run(args: ParkedArgs) -> Result<u8, Error> {
         }
         ParkedCommand::Replay { ids, consumer, all } => {
             let body = match (ids.is_empty(), consumer, all) {
-                (false, None, false) => json!({ "ids": ids }),
-                (true, Some(c), false) => json!({ "consumer": c }),
-                (true, None, true) => json!({ "all": true }),
+                (false, None, false) => ReplayInput {
+                    ids: ids.into(),
+                    ..Default::default()
+                },
+                (true, Some(c), false) => ReplayInput {
+                    consumer: c.into(),
+                    ..Default::default()
+                },
+                (true, None, true) => ReplayInput {
+                    all: true.into(),
+                    ..Default::default()
+                },
                 _ => return Err("name what to replay: record ids, --consumer D, or --all".into()),
             };
             let done: ReplayOutcome = serde_json::from_value(
@@ -216,7 +171,7 @@ pub async fn run(args: ParkedArgs) -> Result<u8, Error> {
                         reqwest::Method::POST,
                         "/api/admin/parked/replay",
                         &[],
-                        Some(body),
+                        Some(serde_json::to_value(body)?),
                     )
                     .await?,
             )?;
@@ -242,7 +197,9 @@ pub async fn run(args: ParkedArgs) -> Result<u8, Error> {
                         reqwest::Method::POST,
                         &format!("/api/admin/parked/{id}/discard"),
                         &[],
-                        Some(json!({ "reason": reason })),
+                        Some(serde_json::to_value(DiscardInput {
+                            reason: reason.clone().into(),
+                        })?),
                     )
                     .await;
                 match res {

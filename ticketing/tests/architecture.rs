@@ -376,7 +376,7 @@ fn the_workspace_keeps_platform_products_tools_and_binary_apart() {
 }
 
 #[test]
-fn each_product_has_one_contract_crate_and_services() {
+fn each_product_has_a_contract_crate_and_services() {
     let crates = workspace().unwrap();
     for product in ["marketplace", "blog"] {
         let of = |role| {
@@ -385,7 +385,8 @@ fn each_product_has_one_contract_crate_and_services() {
                 .filter(|c| c.layer == Layer::Product(product.into()) && c.role == Some(role))
                 .count()
         };
-        assert_eq!(of(Role::Contract), 1, "{product}");
+        // Its events' contract, and the marketplace its HTTP API's too.
+        assert!(of(Role::Contract) >= 1, "{product}");
         assert!(of(Role::Service) >= 4, "{product}");
     }
 }

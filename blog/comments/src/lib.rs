@@ -19,11 +19,12 @@ use blog_events::{
 use bus::listener::{EventContext, ListenerError, ListenerOptions, Outcome};
 use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
 use runtime::service::{Deps, Running};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shared::ApiError;
-use shared::http::{Fields, FromFields, IdPath, ValidJson};
+use shared::http::{IdPath, ValidJson};
 use shared::time::Clock;
 use shared::trace::TraceContext;
+use shared::wire::{Check, Field, Validate};
 use store::{Conn, Db, Migration, Row, StoreError};
 
 pub const SERVICE: &str = "comments";
@@ -112,15 +113,17 @@ impl From<&Comment> for CommentBody {
 }
 
 /// What a reader sends: 1 to [`MAX_CONTENT`] characters (trimmed).
+#[derive(Deserialize)]
 struct CommentInput {
-    content: String,
+    content: Field<String>,
 }
 
-impl FromFields for CommentInput {
-    fn from_fields(f: &mut Fields<'_>) -> Option<Self> {
-        Some(CommentInput {
-            content: f.text("content", "Content", MAX_CONTENT)?.to_owned(),
-        })
+impl Validate for CommentInput {
+    /// The content, trimmed.
+    type Valid = String;
+
+    fn validate(self, check: &mut Check) -> Option<String> {
+        check.text(self.content, "content", "Content", MAX_CONTENT)
     }
 }
 
@@ -134,7 +137,7 @@ async fn create(
     State(state): State<AppState>,
     IdPath(post_id): IdPath<PostId>,
     trace: TraceContext,
-    ValidJson(CommentInput { content }): ValidJson<CommentInput>,
+    ValidJson(content): ValidJson<CommentInput>,
 ) -> Result<(StatusCode, Json<CommentBody>), ApiError> {
     let comment = Comment {
         id: CommentId::new(),

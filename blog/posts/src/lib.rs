@@ -9,11 +9,12 @@ use axum::routing::post;
 use blog_events::{PostCreated, PostId};
 use bus::outbox::{OUTBOX_TABLE_SQL, Outbox};
 use runtime::service::{Deps, Running};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shared::ApiError;
-use shared::http::{Fields, FromFields, ValidJson};
+use shared::http::ValidJson;
 use shared::time::Clock;
 use shared::trace::TraceContext;
+use shared::wire::{Check, Field, Validate};
 use store::Conn as _;
 use store::Migration;
 
@@ -46,15 +47,17 @@ struct AppState {
 }
 
 /// What a writer sends: a title of 1 to [`MAX_TITLE`] characters (trimmed).
+#[derive(Deserialize)]
 struct PostInput {
-    title: String,
+    title: Field<String>,
 }
 
-impl FromFields for PostInput {
-    fn from_fields(f: &mut Fields<'_>) -> Option<Self> {
-        Some(PostInput {
-            title: f.line("title", "Title", MAX_TITLE)?.to_owned(),
-        })
+impl Validate for PostInput {
+    /// The title, trimmed.
+    type Valid = String;
+
+    fn validate(self, check: &mut Check) -> Option<String> {
+        check.line(self.title, "title", "Title", MAX_TITLE)
     }
 }
 
@@ -69,7 +72,7 @@ struct PostBody {
 async fn create(
     State(state): State<AppState>,
     trace: TraceContext,
-    ValidJson(PostInput { title }): ValidJson<PostInput>,
+    ValidJson(title): ValidJson<PostInput>,
 ) -> Result<(StatusCode, Json<PostBody>), ApiError> {
     let event = PostCreated {
         id: PostId::new(),

@@ -6,8 +6,9 @@
 use axum::Json;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
+use marketplace_api as api;
 use marketplace_events::{UserBanned, UserUnbanned};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use shared::ApiError;
 use shared::auth::AuthUser;
 use shared::http::{ApiQuery, IdPath, PageQuery};
@@ -37,26 +38,6 @@ impl FromRequestParts<AppState> for Admin {
         }
         Ok(Admin(user))
     }
-}
-
-/// A user as an admin sees it.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-#[schema(as = AdminUser)]
-pub struct AdminUserBody {
-    #[schema(value_type = String, format = Uuid)]
-    id: UserId,
-    #[schema(format = Email)]
-    email: String,
-    /// The user record's version: bumped by every ban and unban.
-    version: i64,
-    admin: bool,
-    banned: bool,
-    /// When the ban began, if banned.
-    #[schema(value_type = Option<String>, format = DateTime)]
-    banned_at: Option<Timestamp>,
-    #[schema(value_type = String, format = DateTime)]
-    created_at: Timestamp,
 }
 
 const SELECT: &str =
@@ -94,8 +75,8 @@ impl UserRow {
             .transpose()
     }
 
-    fn body(self) -> AdminUserBody {
-        AdminUserBody {
+    fn body(self) -> api::AdminUser {
+        api::AdminUser {
             admin: self.admin,
             id: self.id,
             email: self.email,
@@ -141,7 +122,7 @@ fn contains_pattern(needle: &str) -> String {
     params(UserQuery),
     security(("session" = []), ("bearer" = [])),
     responses(
-        (status = 200, description = "Users, newest first", body = Vec<AdminUserBody>),
+        (status = 200, description = "Users, newest first", body = Vec<api::AdminUser>),
         (status = 400, description = "A malformed limit, cursor or search", body = shared::openapi::ErrorBody),
         (status = 401, description = "No valid session", body = shared::openapi::ErrorBody),
         (status = 403, description = "Not an admin", body = shared::openapi::ErrorBody),
@@ -150,7 +131,7 @@ async fn list(
     State(state): State<AppState>,
     _: Admin,
     ApiQuery(q): ApiQuery<UserQuery>,
-) -> Result<Json<Vec<AdminUserBody>>, ApiError> {
+) -> Result<Json<Vec<api::AdminUser>>, ApiError> {
     let (limit, after) = PageQuery {
         limit: q.limit,
         after: q.after,
@@ -213,7 +194,7 @@ enum Change {
     params(("id" = String, Path, description = "user id")),
     security(("session" = []), ("bearer" = [])),
     responses(
-        (status = 200, description = "The user, banned", body = AdminUserBody),
+        (status = 200, description = "The user, banned", body = api::AdminUser),
         (status = 401, description = "No valid session", body = shared::openapi::ErrorBody),
         (status = 403, description = "Not an admin", body = shared::openapi::ErrorBody),
         (status = 404, description = "No such user", body = shared::openapi::ErrorBody),
@@ -224,7 +205,7 @@ async fn ban(
     Admin(admin): Admin,
     trace: TraceContext,
     IdPath(id): IdPath<UserId>,
-) -> Result<Json<AdminUserBody>, ApiError> {
+) -> Result<Json<api::AdminUser>, ApiError> {
     if id == admin.id {
         return Err(ApiError::Conflict("You cannot ban yourself".into()));
     }
@@ -277,7 +258,7 @@ async fn ban(
     params(("id" = String, Path, description = "user id")),
     security(("session" = []), ("bearer" = [])),
     responses(
-        (status = 200, description = "The user, not banned", body = AdminUserBody),
+        (status = 200, description = "The user, not banned", body = api::AdminUser),
         (status = 401, description = "No valid session", body = shared::openapi::ErrorBody),
         (status = 403, description = "Not an admin", body = shared::openapi::ErrorBody),
         (status = 404, description = "No such user", body = shared::openapi::ErrorBody),
@@ -287,7 +268,7 @@ async fn unban(
     Admin(admin): Admin,
     trace: TraceContext,
     IdPath(id): IdPath<UserId>,
-) -> Result<Json<AdminUserBody>, ApiError> {
+) -> Result<Json<api::AdminUser>, ApiError> {
     let now = state.clock.now();
     let change = state
         .outbox

@@ -5,12 +5,11 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use marketplace_api::{self as api, Credentials};
 use marketplace_events::{UserCreated, UserSignedOut};
-use serde::Serialize;
 use shared::ApiError;
 use shared::auth::{AuthUser, MaybeAuthUser, Session};
-use shared::email::Email;
-use shared::http::{Fields, FromFields, PeerAddr, ValidJson};
+use shared::http::{PeerAddr, ValidJson};
 use shared::ids::UserId;
 use shared::time::Timestamp;
 use shared::trace::TraceContext;
@@ -31,125 +30,12 @@ pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
 }
 
 /// A user as the API returns it.
-#[derive(Serialize, utoipa::ToSchema)]
-#[schema(as = User)]
-pub struct UserBody {
-    #[schema(value_type = String, format = Uuid)]
-    id: UserId,
-    #[schema(format = Email)]
-    email: String,
-    /// Whether the user is an admin (may list, ban and unban users).
-    admin: bool,
-}
-
-impl UserBody {
-    fn of(u: AuthUser, admin: bool) -> Self {
-        UserBody {
-            id: u.id,
-            admin,
-            email: u.email,
-        }
+fn user_body(u: AuthUser, admin: bool) -> api::User {
+    api::User {
+        id: u.id,
+        admin,
+        email: u.email,
     }
-}
-
-/// Sign-up details.
-#[derive(utoipa::ToSchema)]
-#[schema(as = SignUp)]
-pub struct SignUpInput {
-    /// Stored trimmed and lower-cased.
-    #[schema(value_type = String, format = Email)]
-    email: Email,
-    #[schema(min_length = 8, max_length = 128)]
-    password: String,
-}
-
-impl FromFields for SignUpInput {
-    fn from_fields(f: &mut Fields<'_>) -> Option<Self> {
-        let email = email_field(f);
-        let password = new_password(f, "password", "Password");
-        Some(SignUpInput {
-            email: email?,
-            password: password?,
-        })
-    }
-}
-
-/// A new password, and the current one to prove it is the owner asking.
-#[derive(utoipa::ToSchema)]
-#[schema(as = PasswordChange)]
-pub struct PasswordChangeInput {
-    #[schema(rename = "currentPassword", min_length = 1)]
-    current_password: String,
-    /// The same rules as at sign-up.
-    #[schema(rename = "newPassword", min_length = 8, max_length = 128)]
-    new_password: String,
-}
-
-impl FromFields for PasswordChangeInput {
-    fn from_fields(f: &mut Fields<'_>) -> Option<Self> {
-        let current = f.string("currentPassword", "Current password").filter(|p| {
-            if p.is_empty() {
-                f.fail("currentPassword", "Current password is required");
-            }
-            !p.is_empty()
-        });
-        let new = new_password(f, "newPassword", "New password");
-        Some(PasswordChangeInput {
-            current_password: current?.to_owned(),
-            new_password: new?,
-        })
-    }
-}
-
-/// A password field under sign-up's rules (8 to 128 characters).
-fn new_password(f: &mut Fields<'_>, field: &str, label: &str) -> Option<String> {
-    f.string(field, label)
-        .filter(|p| {
-            let ok = (8..=128).contains(&p.chars().count());
-            if !ok {
-                f.fail(
-                    field,
-                    format!("{label} must be between 8 and 128 characters"),
-                );
-            }
-            ok
-        })
-        .map(str::to_owned)
-}
-
-/// Sign-in credentials.
-#[derive(utoipa::ToSchema)]
-#[schema(as = SignIn)]
-pub struct SignInInput {
-    #[schema(value_type = String, format = Email)]
-    email: Email,
-    #[schema(min_length = 1)]
-    password: String,
-}
-
-impl FromFields for SignInInput {
-    fn from_fields(f: &mut Fields<'_>) -> Option<Self> {
-        let email = email_field(f);
-        let password = f.string("password", "Password").filter(|p| {
-            if p.is_empty() {
-                f.fail("password", "Password is required");
-            }
-            !p.is_empty()
-        });
-        Some(SignInInput {
-            email: email?,
-            password: password?.to_owned(),
-        })
-    }
-}
-
-/// Who the session belongs to, if anyone.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-#[schema(as = CurrentUser)]
-pub struct CurrentUserBody {
-    #[schema(required = true)]
-    current_user: Option<UserBody>,
 }
 
 /// One sign-in or sign-up attempt, counted against the client's allowance
@@ -205,23 +91,17 @@ fn signed_in(
     Ok((
         status,
         [(header::SET_COOKIE, state.keys.session_cookie(&token))],
-        Json(UserBody::of(user, admin)),
+        Json(user_body(user, admin)),
     )
         .into_response())
-}
-
-/// The `email` field, normalised; records what is wrong with it otherwise.
-fn email_field(f: &mut Fields<'_>) -> Option<Email> {
-    let raw = f.non_empty("email", "Email")?;
-    Email::parse(raw).map_err(|msg| f.fail("email", msg)).ok()
 }
 
 /// Creates an account and signs it in (sets the `session` cookie);
 /// publishes `user.created`.
 #[utoipa::path(post, path = "/api/users/signup", tag = "users",
-    request_body = SignUpInput,
+    request_body = api::SignUp,
     responses(
-        (status = 201, description = "Signed up and in; the session cookie is set", body = UserBody,
+        (status = 201, description = "Signed up and in; the session cookie is set", body = api::User,
             headers(("set-cookie" = String, description = "session=<jwt>; HttpOnly; SameSite=Lax; Path=/"))),
         (status = 409, description = "Email in use", body = shared::openapi::ErrorBody),
         (status = 429, description = "Too many attempts from this client", body = shared::openapi::ErrorBody),
@@ -230,7 +110,7 @@ async fn sign_up(
     State(state): State<AppState>,
     _: Attempt,
     trace: TraceContext,
-    ValidJson(SignUpInput { email, password }): ValidJson<SignUpInput>,
+    ValidJson(Credentials { email, password }): ValidJson<api::SignUp>,
 ) -> Result<Response, ApiError> {
     let hash = password::hash_off_runtime(password)
         .await
@@ -275,9 +155,9 @@ async fn sign_up(
 
 /// Signs in (sets the `session` cookie).
 #[utoipa::path(post, path = "/api/users/signin", tag = "users",
-    request_body = SignInInput,
+    request_body = api::SignIn,
     responses(
-        (status = 200, description = "Signed in; the session cookie is set", body = UserBody,
+        (status = 200, description = "Signed in; the session cookie is set", body = api::User,
             headers(("set-cookie" = String, description = "session=<jwt>; HttpOnly; SameSite=Lax; Path=/"))),
         (status = 401, description = "Invalid credentials", body = shared::openapi::ErrorBody),
         (status = 403, description = "The account is banned", body = shared::openapi::ErrorBody),
@@ -286,7 +166,7 @@ async fn sign_up(
 async fn sign_in(
     State(state): State<AppState>,
     _: Attempt,
-    ValidJson(SignInInput { email, password }): ValidJson<SignInInput>,
+    ValidJson(Credentials { email, password }): ValidJson<api::SignIn>,
 ) -> Result<Response, ApiError> {
     let lookup = email.to_string();
     let found = state
@@ -546,7 +426,7 @@ pub(crate) async fn end_every_session(
 /// caller stays signed in (an API client reads its new token there).
 /// Attempts count against the sign-in allowance.
 #[utoipa::path(post, path = "/api/users/password", tag = "users",
-    request_body = PasswordChangeInput,
+    request_body = api::PasswordChange,
     security(("session" = []), ("bearer" = [])),
     responses(
         (status = 204, description = "Changed; every other session is ended and the cookie holds a new one",
@@ -562,7 +442,7 @@ async fn change_password(
     _: Attempt,
     trace: TraceContext,
     session: Session,
-    ValidJson(input): ValidJson<PasswordChangeInput>,
+    ValidJson(input): ValidJson<api::PasswordChange>,
 ) -> Result<Response, ApiError> {
     let id = session.user.id;
     let stored = state
@@ -574,13 +454,13 @@ async fn change_password(
         })
         .await?
         .ok_or(ApiError::Unauthorized)?;
-    let matches = password::verify_off_runtime(input.current_password, stored.clone())
+    let matches = password::verify_off_runtime(input.current, stored.clone())
         .await
         .map_err(ApiError::internal)?;
     if !matches {
         return Err(ApiError::Forbidden("Current password is incorrect".into()));
     }
-    let hash = password::hash_off_runtime(input.new_password)
+    let hash = password::hash_off_runtime(input.new)
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
@@ -608,17 +488,17 @@ async fn change_password(
 /// Who the session belongs to (`null` without a valid session: none, an
 /// expired or ended one, or a banned user's).
 #[utoipa::path(get, path = "/api/users/currentuser", tag = "users",
-    responses((status = 200, description = "The signed-in user, or null", body = CurrentUserBody)))]
+    responses((status = 200, description = "The signed-in user, or null", body = api::CurrentUser)))]
 async fn current_user(
     State(state): State<AppState>,
     user: MaybeAuthUser,
-) -> Result<Json<CurrentUserBody>, ApiError> {
+) -> Result<Json<api::CurrentUser>, ApiError> {
     let current_user = match user.0 {
         Some(u) => {
             let admin = crate::roles::is_admin(&state.db, u.id).await?;
-            Some(UserBody::of(u, admin))
+            Some(user_body(u, admin))
         }
         None => None,
     };
-    Ok(Json(CurrentUserBody { current_user }))
+    Ok(Json(api::CurrentUser { current_user }))
 }

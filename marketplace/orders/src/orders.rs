@@ -5,14 +5,14 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse as _, Response};
 use bus::outbox::OutboxTx;
+use marketplace_api as api;
 use marketplace_events::{
     OrderCancelled, OrderCreated, OrderStatus, OrderTicket, TicketRef, TicketStatus,
 };
 use marketplace_events::{OrderId, TicketId};
-use serde::Serialize;
 use shared::ApiError;
 use shared::auth::AuthUser;
-use shared::http::{ApiQuery, Fields, FromFields, IdPath, PageQuery, ValidJson};
+use shared::http::{ApiQuery, IdPath, PageQuery, ValidJson};
 use shared::idempotency::{Claim, IdempotencyKey};
 use shared::ids::UserId;
 use shared::money::{Dollars, Money};
@@ -30,68 +30,21 @@ pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
 }
 
 /// An order as the API returns it.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-#[schema(as = Order)]
-pub struct OrderBody {
-    #[schema(value_type = String, format = Uuid)]
-    id: OrderId,
-    #[schema(value_type = String, format = Uuid)]
-    user_id: UserId,
-    status: OrderStatus,
-    /// When the hold on the ticket ends (RFC 3339, UTC).
-    #[schema(value_type = String, format = DateTime)]
-    expires_at: Timestamp,
-    version: i64,
-    ticket: OrderTicketBody,
-}
-
-/// The ticket an order is for, as the orders service knows it.
-#[derive(Serialize, utoipa::ToSchema)]
-#[schema(as = OrderTicket)]
-pub struct OrderTicketBody {
-    #[schema(value_type = String, format = Uuid)]
-    id: TicketId,
-    title: String,
-    /// Dollars.
-    #[schema(value_type = f64)]
-    price: Dollars,
-    version: i64,
-}
-
-impl From<&Order> for OrderBody {
+impl From<&Order> for api::Order {
     fn from(o: &Order) -> Self {
-        OrderBody {
+        api::Order {
             id: o.id,
             user_id: o.user_id,
             status: o.status,
             expires_at: o.expires_at,
             version: o.version,
-            ticket: OrderTicketBody {
+            ticket: api::OrderTicket {
                 id: o.ticket_id,
                 title: o.ticket_title.clone(),
                 price: Dollars(o.ticket_price),
                 version: o.ticket_version,
             },
         }
-    }
-}
-
-/// What a buyer sends to order a ticket.
-#[derive(utoipa::ToSchema)]
-#[schema(as = OrderInput)]
-pub struct OrderInput {
-    /// The ticket's id; one that names no ticket is a 404.
-    #[schema(rename = "ticketId", min_length = 1)]
-    ticket_id: String,
-}
-
-impl FromFields for OrderInput {
-    fn from_fields(f: &mut Fields<'_>) -> Option<Self> {
-        let ticket_id = f.non_empty("ticketId", "ticketId")?;
-        Some(OrderInput {
-            ticket_id: ticket_id.trim().to_owned(),
-        })
     }
 }
 
@@ -199,10 +152,10 @@ fn find_mine(c: &mut dyn Conn, id: OrderId, user: UserId, lock: bool) -> Result<
 /// Orders a ticket: it is held for the caller until `expiresAt`; publishes
 /// `order.created`. Of concurrent buyers, exactly one wins.
 #[utoipa::path(post, path = "/api/orders", tag = "orders",
-    request_body = OrderInput,
+    request_body = api::OrderInput,
     security(("session" = []), ("bearer" = [])),
     responses(
-        (status = 201, description = "Ordered; the ticket is held", body = OrderBody),
+        (status = 201, description = "Ordered; the ticket is held", body = api::Order),
         (status = 403, description = "The caller's own ticket", body = shared::openapi::ErrorBody),
         (status = 404, description = "No such ticket", body = shared::openapi::ErrorBody),
         (status = 409, description = "The ticket is reserved or sold, or the caller holds as many unpaid orders as allowed", body = shared::openapi::ErrorBody),
@@ -214,12 +167,12 @@ async fn create(
     user: AuthUser,
     trace: TraceContext,
     IdempotencyKey(key): IdempotencyKey,
-    ValidJson(input): ValidJson<OrderInput>,
+    ValidJson(ticket_id): ValidJson<api::OrderInput>,
 ) -> Result<Response, ApiError> {
     let now = state.clock.now();
     let expires_at = now.plus_secs(state.config.order_expiration.as_secs());
     let cap = state.config.max_active_orders_per_user;
-    let hash = shared::idempotency::request_hash(&[&input.ticket_id]);
+    let hash = shared::idempotency::request_hash(&[&ticket_id]);
     let answer = state
         .outbox
         .write(move |c| {
@@ -233,9 +186,8 @@ async fn create(
                  ON CONFLICT (user_id) DO UPDATE SET user_id = excluded.user_id",
                 &[&user.id],
             )?;
-            let placed = |c: &mut OutboxTx<'_>| {
-                place(c, &user, &input.ticket_id, cap, now, expires_at, &trace)
-            };
+            let placed =
+                |c: &mut OutboxTx<'_>| place(c, &user, &ticket_id, cap, now, expires_at, &trace);
             let Some(key) = key else {
                 return placed(c).map(Answer::Placed);
             };
@@ -250,14 +202,14 @@ async fn create(
             }
             let order = placed(c)?;
             let body =
-                serde_json::to_string(&OrderBody::from(&order)).map_err(ApiError::internal)?;
+                serde_json::to_string(&api::Order::from(&order)).map_err(ApiError::internal)?;
             shared::idempotency::answer(c, user.id, &key, 201, &body)?;
             Ok(Answer::Placed(order))
         })
         .await?;
     match answer {
         Answer::Placed(order) => {
-            Ok((StatusCode::CREATED, Json(OrderBody::from(&order))).into_response())
+            Ok((StatusCode::CREATED, Json(api::Order::from(&order))).into_response())
         }
         Answer::Replay(status, body) => Ok(shared::idempotency::replay(status, body)),
     }
@@ -361,14 +313,14 @@ fn place(
     params(PageQuery),
     security(("session" = []), ("bearer" = [])),
     responses(
-        (status = 200, description = "The caller's orders, newest first", body = Vec<OrderBody>),
+        (status = 200, description = "The caller's orders, newest first", body = Vec<api::Order>),
         (status = 400, description = "A malformed limit or cursor", body = shared::openapi::ErrorBody),
     ))]
 async fn list(
     State(state): State<AppState>,
     user: AuthUser,
     ApiQuery(q): ApiQuery<PageQuery>,
-) -> Result<Json<Vec<OrderBody>>, ApiError> {
+) -> Result<Json<Vec<api::Order>>, ApiError> {
     let (limit, after) = q.read(OrderId::parse, "an order")?;
     let orders = state
         .db
@@ -390,7 +342,7 @@ async fn list(
                 .collect::<Result<Vec<_>, _>>()
         })
         .await?;
-    Ok(Json(orders.iter().map(OrderBody::from).collect()))
+    Ok(Json(orders.iter().map(api::Order::from).collect()))
 }
 
 /// One of the caller's orders.
@@ -398,19 +350,19 @@ async fn list(
     params(("id" = String, Path, description = "order id")),
     security(("session" = []), ("bearer" = [])),
     responses(
-        (status = 200, description = "The order", body = OrderBody),
+        (status = 200, description = "The order", body = api::Order),
         (status = 404, description = "No such order of the caller's", body = shared::openapi::ErrorBody),
     ))]
 async fn show(
     State(state): State<AppState>,
     user: AuthUser,
     IdPath(id): IdPath<OrderId>,
-) -> Result<Json<OrderBody>, ApiError> {
+) -> Result<Json<api::Order>, ApiError> {
     let order = state
         .db
         .read(move |c| find_mine(c, id, user.id, false))
         .await?;
-    Ok(Json(OrderBody::from(&order)))
+    Ok(Json(api::Order::from(&order)))
 }
 
 /// Cancels one of the caller's orders; publishes `order.cancelled` (nothing

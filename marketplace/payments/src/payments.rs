@@ -5,11 +5,11 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse as _, Response};
+use marketplace_api::{self as api, PaymentRequest, PublicStatus};
 use marketplace_events::{OrderId, OrderStatus, PaymentId};
-use serde::Serialize;
 use shared::ApiError;
 use shared::auth::AuthUser;
-use shared::http::{Fields, FromFields, IdPath, ValidJson};
+use shared::http::{IdPath, ValidJson};
 use shared::idempotency::{Claim, IdempotencyKey};
 use shared::money::{Dollars, Money};
 use shared::trace::TraceContext;
@@ -27,87 +27,27 @@ pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
 }
 
 /// Where a payment stands, as the API shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum PublicStatus {
-    /// The card holds the amount; the order's verdict is not known yet.
-    Pending,
-    /// The order completed; the held amount is being taken.
-    Capturing,
-    /// The order completed and the amount was taken.
-    Captured,
-    /// The order was cancelled (or no verdict came): the hold was released,
-    /// nothing was charged.
-    Voided,
-    /// The card was declined; nothing was held.
-    Declined,
-    /// Captured, then given back by an operator.
-    Refunded,
-}
-
-impl PublicStatus {
-    fn of(p: &Payment) -> PublicStatus {
-        match p.status {
-            _ if p.refund_id.is_some() => PublicStatus::Refunded,
-            Status::Authorizing | Status::Authorized => PublicStatus::Pending,
-            Status::Capturing => PublicStatus::Capturing,
-            Status::Captured => PublicStatus::Captured,
-            Status::Voiding | Status::Voided => PublicStatus::Voided,
-            Status::Declined => PublicStatus::Declined,
-        }
+fn public_status(p: &Payment) -> PublicStatus {
+    match p.status {
+        _ if p.refund_id.is_some() => PublicStatus::Refunded,
+        Status::Authorizing | Status::Authorized => PublicStatus::Pending,
+        Status::Capturing => PublicStatus::Capturing,
+        Status::Captured => PublicStatus::Captured,
+        Status::Voiding | Status::Voided => PublicStatus::Voided,
+        Status::Declined => PublicStatus::Declined,
     }
 }
 
 /// A payment as the API returns it.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-#[schema(as = Payment)]
-pub struct PaymentBody {
-    #[schema(value_type = String, format = Uuid)]
-    id: PaymentId,
-    #[schema(value_type = String, format = Uuid)]
-    order_id: OrderId,
-    status: PublicStatus,
-    /// The gateway's authorization (a Stripe PaymentIntent id); empty while
-    /// the gateway has not answered.
-    authorization_id: String,
-    /// Dollars held, charged or released.
-    #[schema(value_type = f64)]
-    amount: Dollars,
-}
-
-impl From<&Payment> for PaymentBody {
+impl From<&Payment> for api::Payment {
     fn from(p: &Payment) -> Self {
-        PaymentBody {
+        api::Payment {
             id: p.id,
             order_id: p.order_id,
-            status: PublicStatus::of(p),
+            status: public_status(p),
             authorization_id: p.authorization_id.clone(),
             amount: Dollars(p.amount),
         }
-    }
-}
-
-/// What a buyer sends to pay for an order.
-#[derive(utoipa::ToSchema)]
-#[schema(as = PaymentInput)]
-pub struct PaymentInput {
-    /// The order's id; one that names no order of the caller's is a 404.
-    #[schema(rename = "orderId", min_length = 1)]
-    order_id: String,
-    /// A card token, such as Stripe's `tok_visa`.
-    #[schema(min_length = 1)]
-    token: String,
-}
-
-impl FromFields for PaymentInput {
-    fn from_fields(f: &mut Fields<'_>) -> Option<Self> {
-        let order_id = f.non_empty("orderId", "orderId");
-        let token = f.non_empty("token", "token");
-        Some(PaymentInput {
-            order_id: order_id?.trim().to_owned(),
-            token: token?.trim().to_owned(),
-        })
     }
 }
 
@@ -117,7 +57,7 @@ pub const NOTHING_CHARGED: &str = "Order was cancelled; nothing was charged";
 /// The 409 for an order that has a live payment: it names the payment, so
 /// a client whose first answer was lost can read it.
 fn conflict_for(p: &Payment) -> ApiError {
-    ApiError::Conflict(match PublicStatus::of(p) {
+    ApiError::Conflict(match public_status(p) {
         PublicStatus::Pending => format!(
             "A payment for this order is already being processed (payment {})",
             p.id
@@ -202,11 +142,11 @@ fn load(
 /// the payment or the order later. One live payment per order: a second,
 /// concurrent one is a 409 and never holds the card twice.
 #[utoipa::path(post, path = "/api/payments", tag = "payments",
-    request_body = PaymentInput,
+    request_body = api::PaymentInput,
     security(("session" = []), ("bearer" = [])),
     responses(
-        (status = 201, description = "The order completed and the amount was captured (status `captured`, or `capturing` while the gateway confirms)", body = PaymentBody),
-        (status = 202, description = "The hold is placed but the verdict did not come in time (status `pending`): read `GET /api/payments/{id}` or the order later", body = PaymentBody),
+        (status = 201, description = "The order completed and the amount was captured (status `captured`, or `capturing` while the gateway confirms)", body = api::Payment),
+        (status = 202, description = "The hold is placed but the verdict did not come in time (status `pending`): read `GET /api/payments/{id}` or the order later", body = api::Payment),
         (status = 402, description = "The card was declined; the order can still be paid", body = shared::openapi::ErrorBody),
         (status = 404, description = "No such order of the caller's", body = shared::openapi::ErrorBody),
         (status = 409, description = "The order is cancelled (nothing was charged), already paid, or a payment for it is in progress", body = shared::openapi::ErrorBody),
@@ -220,7 +160,7 @@ async fn pay(
     user: AuthUser,
     trace: TraceContext,
     IdempotencyKey(key): IdempotencyKey,
-    ValidJson(PaymentInput { order_id, token }): ValidJson<PaymentInput>,
+    ValidJson(PaymentRequest { order_id, token }): ValidJson<api::PaymentInput>,
 ) -> Result<Response, ApiError> {
     let order_id = OrderId::parse(&order_id).ok_or(ApiError::NotFound)?;
     let hash = shared::idempotency::request_hash(&[&order_id.to_string(), &token]);
@@ -354,9 +294,9 @@ async fn respond(state: &AppState, id: PaymentId, status: Status) -> Result<Resp
         .await?
         .ok_or_else(|| ApiError::internal(format!("payment {id} vanished")))?;
     match status.verdict() {
-        Some(true) => Ok((StatusCode::CREATED, Json(PaymentBody::from(&payment))).into_response()),
+        Some(true) => Ok((StatusCode::CREATED, Json(api::Payment::from(&payment))).into_response()),
         Some(false) => Err(ApiError::Conflict(NOTHING_CHARGED.into())),
-        None => Ok((StatusCode::ACCEPTED, Json(PaymentBody::from(&payment))).into_response()),
+        None => Ok((StatusCode::ACCEPTED, Json(api::Payment::from(&payment))).into_response()),
     }
 }
 
@@ -405,17 +345,17 @@ async fn answer_from(state: &AppState, id: PaymentId) -> Result<Response, ApiErr
     params(("id" = String, Path, description = "payment id")),
     security(("session" = []), ("bearer" = [])),
     responses(
-        (status = 200, description = "The payment", body = PaymentBody),
+        (status = 200, description = "The payment", body = api::Payment),
         (status = 404, description = "No such payment of the caller's", body = shared::openapi::ErrorBody),
     ))]
 async fn show(
     State(state): State<AppState>,
     user: AuthUser,
     IdPath(id): IdPath<PaymentId>,
-) -> Result<Json<PaymentBody>, ApiError> {
+) -> Result<Json<api::Payment>, ApiError> {
     let payment = state.db.read(move |c| Payment::find(c, id)).await?;
     match payment {
-        Some(p) if p.user_id == Some(user.id) => Ok(Json(PaymentBody::from(&p))),
+        Some(p) if p.user_id == Some(user.id) => Ok(Json(api::Payment::from(&p))),
         _ => Err(ApiError::NotFound),
     }
 }

@@ -3,12 +3,12 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use marketplace_api as api;
 use marketplace_events::{OrderId, TicketId};
 use marketplace_events::{TicketCreated, TicketStatus, TicketUpdated};
-use serde::Serialize;
 use shared::ApiError;
 use shared::auth::AuthUser;
-use shared::http::{ApiQuery, Fields, FromFields, IdPath, PageQuery, ValidJson};
+use shared::http::{ApiQuery, IdPath, PageQuery, ValidJson};
 use shared::ids::UserId;
 use shared::money::{Dollars, Money};
 use shared::trace::TraceContext;
@@ -25,29 +25,9 @@ pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
 }
 
 /// A ticket as the API returns it.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-#[schema(as = Ticket)]
-pub struct TicketBody {
-    #[schema(value_type = String, format = Uuid)]
-    id: TicketId,
-    title: String,
-    /// Dollars, at most two decimals.
-    #[schema(value_type = f64)]
-    price: Dollars,
-    #[schema(value_type = String, format = Uuid)]
-    user_id: UserId,
-    /// 0 when listed, one more with every change.
-    version: i64,
-    status: TicketStatus,
-    /// The order holding the ticket while it is reserved, else null.
-    #[schema(value_type = Option<String>, format = Uuid, required = true)]
-    order_id: Option<OrderId>,
-}
-
-impl From<&Ticket> for TicketBody {
+impl From<&Ticket> for api::Ticket {
     fn from(t: &Ticket) -> Self {
-        TicketBody {
+        api::Ticket {
             id: t.id,
             title: t.title.clone(),
             price: Dollars(t.price),
@@ -56,47 +36,6 @@ impl From<&Ticket> for TicketBody {
             status: t.status,
             order_id: t.order_id,
         }
-    }
-}
-
-/// What a seller sends to list or edit a ticket.
-#[derive(utoipa::ToSchema)]
-pub struct TicketInput {
-    /// 1 to 120 characters after trimming, something visible among them; no
-    /// control, text-direction or other format characters (`shared::text`;
-    /// the pattern is `shared::text::one_line_pattern()`, which a test
-    /// keeps it equal to).
-    #[schema(
-        min_length = 1,
-        max_length = 120,
-        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\u00AD\\u0600-\\u0605\\u061C\\u06DD\\u070F\\u0890\\u0891\\u08E2\\u180E\\u200B\\u200E\\u200F\\u2028-\\u202E\\u2060-\\u2064\\u2066-\\u206F\\uFEFF\\uFFF9-\\uFFFB\u{110BD}\u{110CD}\u{13430}-\u{1343F}\u{1BCA0}-\u{1BCA3}\u{1D173}-\u{1D17A}\u{E0001}\u{E0020}-\u{E007F}]*[^\\u0000-\\u001F\\u007F-\\u009F\\u00AD\\u0600-\\u0605\\u061C\\u06DD\\u070F\\u0890\\u0891\\u08E2\\u180E\\u200B\\u200E\\u200F\\u2028-\\u202E\\u2060-\\u2064\\u2066-\\u206F\\uFEFF\\uFFF9-\\uFFFB\u{110BD}\u{110CD}\u{13430}-\u{1343F}\u{1BCA0}-\u{1BCA3}\u{1D173}-\u{1D17A}\u{E0001}\u{E0020}-\u{E007F}\\u0020\\u00A0\\u034F\\u115F\\u1160\\u1680\\u17B4\\u17B5\\u180B-\\u180D\\u180F\\u2000-\\u200A\\u200C\\u200D\\u202F\\u205F\\u2065\\u2800\\u3000\\u3164\\uFE00-\\uFE0F\\uFFA0\u{E0000}\u{E0002}-\u{E001F}\u{E0080}-\u{E0FFF}][^\\u0000-\\u001F\\u007F-\\u009F\\u00AD\\u0600-\\u0605\\u061C\\u06DD\\u070F\\u0890\\u0891\\u08E2\\u180E\\u200B\\u200E\\u200F\\u2028-\\u202E\\u2060-\\u2064\\u2066-\\u206F\\uFEFF\\uFFF9-\\uFFFB\u{110BD}\u{110CD}\u{13430}-\u{1343F}\u{1BCA0}-\u{1BCA3}\u{1D173}-\u{1D17A}\u{E0001}\u{E0020}-\u{E007F}]*$"
-    )]
-    title: String,
-    /// Dollars: more than 0, at most 1 000 000, at most two decimals.
-    #[schema(value_type = f64, minimum = 0.01, maximum = 1000000, multiple_of = 0.01)]
-    price: Money,
-}
-
-impl FromFields for TicketInput {
-    fn from_fields(f: &mut Fields<'_>) -> Option<Self> {
-        let title = f.line("title", "Title", 120);
-        let price = match f.value("price") {
-            None => {
-                f.fail("price", "Price is required");
-                None
-            }
-            Some(v) => match Money::parse_price(v) {
-                Ok(m) => Some(m),
-                Err(msg) => {
-                    f.fail("price", msg);
-                    None
-                }
-            },
-        };
-        Some(TicketInput {
-            title: title?.to_owned(),
-            price: price?,
-        })
     }
 }
 
@@ -178,7 +117,7 @@ async fn list_where(
     condition: &'static str,
     key: String,
     q: &PageQuery,
-) -> Result<Json<Vec<TicketBody>>, ApiError> {
+) -> Result<Json<Vec<api::Ticket>>, ApiError> {
     let (limit, after) = q.read(TicketId::parse, "a ticket")?;
     let tickets = state
         .db
@@ -196,20 +135,20 @@ async fn list_where(
             rows.iter().map(Ticket::from_row).collect::<Result<Vec<_>, _>>()
         })
         .await?;
-    Ok(Json(tickets.iter().map(TicketBody::from).collect()))
+    Ok(Json(tickets.iter().map(api::Ticket::from).collect()))
 }
 
 /// Tickets for sale (`available`), oldest first.
 #[utoipa::path(get, path = "/api/tickets", tag = "tickets",
     params(PageQuery),
     responses(
-        (status = 200, description = "A page of tickets for sale, oldest first", body = Vec<TicketBody>),
+        (status = 200, description = "A page of tickets for sale, oldest first", body = Vec<api::Ticket>),
         (status = 400, description = "limit or after is malformed", body = shared::openapi::ErrorBody),
     ))]
 async fn list(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<PageQuery>,
-) -> Result<Json<Vec<TicketBody>>, ApiError> {
+) -> Result<Json<Vec<api::Ticket>>, ApiError> {
     list_where(&state, "status = $1", "available".into(), &q).await
 }
 
@@ -218,14 +157,14 @@ async fn list(
     params(PageQuery),
     security(("session" = []), ("bearer" = [])),
     responses(
-        (status = 200, description = "A page of the caller's tickets, oldest first", body = Vec<TicketBody>),
+        (status = 200, description = "A page of the caller's tickets, oldest first", body = Vec<api::Ticket>),
         (status = 400, description = "limit or after is malformed", body = shared::openapi::ErrorBody),
     ))]
 async fn mine(
     State(state): State<AppState>,
     user: AuthUser,
     ApiQuery(q): ApiQuery<PageQuery>,
-) -> Result<Json<Vec<TicketBody>>, ApiError> {
+) -> Result<Json<Vec<api::Ticket>>, ApiError> {
     list_where(&state, "user_id = $1", user.id.to_string(), &q).await
 }
 
@@ -233,34 +172,34 @@ async fn mine(
 #[utoipa::path(get, path = "/api/tickets/{id}", tag = "tickets",
     params(("id" = String, Path, description = "ticket id")),
     responses(
-        (status = 200, description = "The ticket", body = TicketBody),
+        (status = 200, description = "The ticket", body = api::Ticket),
         (status = 404, description = "No such ticket", body = shared::openapi::ErrorBody),
     ))]
 async fn show(
     State(state): State<AppState>,
     IdPath(id): IdPath<TicketId>,
-) -> Result<Json<TicketBody>, ApiError> {
+) -> Result<Json<api::Ticket>, ApiError> {
     let ticket = state
         .db
         .read(move |c| Ticket::find(c, id))
         .await?
         .ok_or(ApiError::NotFound)?;
-    Ok(Json(TicketBody::from(&ticket)))
+    Ok(Json(api::Ticket::from(&ticket)))
 }
 
 /// Lists a ticket for sale; publishes `ticket.created`.
 #[utoipa::path(post, path = "/api/tickets", tag = "tickets",
-    request_body = TicketInput,
+    request_body = api::TicketInput,
     security(("session" = []), ("bearer" = [])),
     responses(
-        (status = 201, description = "Listed, version 0, available", body = TicketBody),
+        (status = 201, description = "Listed, version 0, available", body = api::Ticket),
     ))]
 async fn create(
     State(state): State<AppState>,
     user: AuthUser,
     trace: TraceContext,
-    ValidJson(input): ValidJson<TicketInput>,
-) -> Result<(StatusCode, Json<TicketBody>), ApiError> {
+    ValidJson(input): ValidJson<api::TicketInput>,
+) -> Result<(StatusCode, Json<api::Ticket>), ApiError> {
     let now = state.clock.now();
     let ticket = Ticket {
         id: TicketId::new(),
@@ -286,7 +225,7 @@ async fn create(
             Ok::<_, ApiError>(())
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(TicketBody::from(&ticket))))
+    Ok((StatusCode::CREATED, Json(api::Ticket::from(&ticket))))
 }
 
 /// 403 for a seller this service knows to be banned: a request on a
@@ -302,10 +241,10 @@ fn refuse_banned(c: &mut dyn Conn, seller: UserId) -> Result<(), ApiError> {
 /// Edits the caller's ticket; publishes `ticket.updated`.
 #[utoipa::path(put, path = "/api/tickets/{id}", tag = "tickets",
     params(("id" = String, Path, description = "ticket id")),
-    request_body = TicketInput,
+    request_body = api::TicketInput,
     security(("session" = []), ("bearer" = [])),
     responses(
-        (status = 200, description = "Edited; version one more", body = TicketBody),
+        (status = 200, description = "Edited; version one more", body = api::Ticket),
         (status = 403, description = "Not the seller", body = shared::openapi::ErrorBody),
         (status = 404, description = "No such ticket", body = shared::openapi::ErrorBody),
         (status = 409, description = "The ticket is reserved or sold", body = shared::openapi::ErrorBody),
@@ -315,8 +254,8 @@ async fn update(
     user: AuthUser,
     trace: TraceContext,
     IdPath(id): IdPath<TicketId>,
-    ValidJson(input): ValidJson<TicketInput>,
-) -> Result<Json<TicketBody>, ApiError> {
+    ValidJson(input): ValidJson<api::TicketInput>,
+) -> Result<Json<api::Ticket>, ApiError> {
     let now = state.clock.now();
     // Check and change in one transaction, so a reservation cannot slip in
     // between the check and the write.
@@ -348,7 +287,7 @@ async fn update(
             Ok(ticket)
         })
         .await?;
-    Ok(Json(TicketBody::from(&ticket)))
+    Ok(Json(api::Ticket::from(&ticket)))
 }
 
 #[cfg(test)]

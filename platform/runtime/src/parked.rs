@@ -14,8 +14,9 @@ use bus::{Bus, BusError, BusErrorKind, ParkedFilter, ParkedMessage, ParkedState,
 use serde::{Deserialize, Serialize};
 use shared::ApiError;
 use shared::auth::{AuthKeys, AuthUser};
-use shared::http::{ApiQuery, Fields, FromFields, IdPath, ValidJson};
+use shared::http::{ApiQuery, IdPath, ValidJson};
 use shared::time::Timestamp;
+use shared::wire::{Check, Field, Validate};
 
 /// What the routes need: the bus, and who may use them — the admins among
 /// signed-in users, or, for a product without accounts, whoever presents
@@ -427,68 +428,73 @@ async fn replay_one(
 }
 
 /// Which parked messages to replay: exactly one of the three.
-#[derive(Debug, utoipa::ToSchema)]
-#[schema(as = ReplayInput)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReplayInput {
     /// These records.
     #[schema(value_type = Option<Vec<u64>>)]
-    ids: Option<Vec<u64>>,
+    pub ids: Field<Vec<u64>>,
     /// Every message waiting on this consumer.
     #[schema(value_type = Option<String>)]
-    consumer: Option<String>,
+    pub consumer: Field<String>,
     /// Every message waiting on any consumer (`true`).
     #[schema(value_type = Option<bool>)]
-    all: Option<bool>,
+    pub all: Field<bool>,
 }
 
-impl FromFields for ReplayInput {
-    fn from_fields(f: &mut Fields<'_>) -> Option<Self> {
-        let ids = match f.value("ids") {
-            None => None,
-            Some(serde_json::Value::Array(items)) => {
-                let ids: Option<Vec<u64>> = items.iter().map(serde_json::Value::as_u64).collect();
-                if ids.is_none() {
-                    f.fail("ids", "ids must be a list of record ids");
-                    return None;
-                }
-                ids
-            }
-            Some(_) => {
-                f.fail("ids", "ids must be a list of record ids");
-                return None;
-            }
+/// The messages a replay names, checked.
+#[derive(Debug)]
+pub enum Replay {
+    Ids(Vec<u64>),
+    Consumer(String),
+    All,
+}
+
+impl Validate for ReplayInput {
+    type Valid = Replay;
+
+    fn validate(self, check: &mut Check) -> Option<Replay> {
+        let ids = check.optional(self.ids, "ids", "ids", "a list of record ids");
+        let consumer = match self.consumer {
+            Field::Absent => Some(None),
+            given => check
+                .non_empty(given, "consumer", "Consumer")
+                .and_then(|c| {
+                    if is_durable_name(&c) {
+                        Some(c)
+                    } else {
+                        check.fail("consumer", CONSUMER_RULE);
+                        None
+                    }
+                })
+                .map(Some),
         };
-        let consumer = match f.value("consumer") {
-            None => None,
-            Some(_) => {
-                let c = f.non_empty("consumer", "Consumer")?;
-                if !is_durable_name(c) {
-                    f.fail("consumer", CONSUMER_RULE);
-                    return None;
-                }
-                Some(c.to_owned())
+        let all = check.optional(self.all, "all", "all", "true or false");
+        let (ids, consumer, all) = (ids?, consumer?, all?);
+        match (ids, consumer, all == Some(true)) {
+            (Some(ids), None, false) => Some(Replay::Ids(ids)),
+            (None, Some(consumer), false) => Some(Replay::Consumer(consumer)),
+            (None, None, true) => Some(Replay::All),
+            _ => {
+                check.fail(
+                    "ids",
+                    "Name the messages to replay: ids, consumer, or all: true (one of them)",
+                );
+                None
             }
-        };
-        let all = match f.value("all") {
-            None => None,
-            Some(serde_json::Value::Bool(b)) => Some(*b),
-            Some(_) => {
-                f.fail("all", "all must be true or false");
-                return None;
-            }
-        };
-        let chosen = usize::from(ids.is_some())
-            + usize::from(consumer.is_some())
-            + usize::from(all == Some(true));
-        if chosen != 1 {
-            f.fail(
-                "ids",
-                "Name the messages to replay: ids, consumer, or all: true (one of them)",
-            );
-            return None;
         }
-        Some(ReplayInput { ids, consumer, all })
     }
+}
+
+/// The records of the messages `filter` finds.
+async fn waiting_records(state: &ParkedAdmin, filter: ParkedFilter) -> Result<Vec<u64>, ApiError> {
+    Ok(state
+        .bus
+        .parked_messages(&filter)
+        .await
+        .map_err(bus_error)?
+        .into_iter()
+        .map(|p| p.record)
+        .collect())
 }
 
 /// What a replay of several messages did.
@@ -517,23 +523,17 @@ pub struct ReplayOutcome {
 async fn replay_many(
     State(state): State<ParkedAdmin>,
     Admin(admin): Admin,
-    ValidJson(input): ValidJson<ReplayInput>,
+    ValidJson(replay): ValidJson<ReplayInput>,
 ) -> Result<Json<ReplayOutcome>, ApiError> {
-    let ids = match input.ids {
-        Some(ids) => ids,
-        // A consumer's, or (`all`) every consumer's.
-        None => state
-            .bus
-            .parked_messages(&ParkedFilter {
-                consumer: input.consumer.filter(|_| input.all != Some(true)),
-                since: None,
-                waiting_only: true,
-            })
-            .await
-            .map_err(bus_error)?
-            .into_iter()
-            .map(|p| p.record)
-            .collect(),
+    let waiting = |consumer| ParkedFilter {
+        consumer,
+        since: None,
+        waiting_only: true,
+    };
+    let ids = match replay {
+        Replay::Ids(ids) => ids,
+        Replay::Consumer(c) => waiting_records(&state, waiting(Some(c))).await?,
+        Replay::All => waiting_records(&state, waiting(None)).await?,
     };
     let mut outcome = ReplayOutcome {
         replayed: Vec::new(),
@@ -550,19 +550,19 @@ async fn replay_many(
 }
 
 /// Why a parked message is given up on.
-#[derive(Debug, utoipa::ToSchema)]
-#[schema(as = DiscardInput)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DiscardInput {
     /// Recorded with the message (1 to 500 characters).
     #[schema(value_type = String)]
-    reason: String,
+    pub reason: Field<String>,
 }
 
-impl FromFields for DiscardInput {
-    fn from_fields(f: &mut Fields<'_>) -> Option<Self> {
-        Some(DiscardInput {
-            reason: f.text("reason", "Reason", 500)?.to_owned(),
-        })
+impl Validate for DiscardInput {
+    /// The reason, trimmed.
+    type Valid = String;
+
+    fn validate(self, check: &mut Check) -> Option<String> {
+        check.text(self.reason, "reason", "Reason", 500)
     }
 }
 
@@ -585,12 +585,12 @@ async fn discard(
     State(state): State<ParkedAdmin>,
     Admin(admin): Admin,
     IdPath(id): IdPath<u64>,
-    ValidJson(input): ValidJson<DiscardInput>,
+    ValidJson(reason): ValidJson<DiscardInput>,
 ) -> Result<Json<ParkedBody>, ApiError> {
     let p = settled(
         state
             .bus
-            .discard_parked(id, format!("{} ({admin})", input.reason))
+            .discard_parked(id, format!("{reason} ({admin})"))
             .await
             .map_err(bus_error)?,
     )?;

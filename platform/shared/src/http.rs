@@ -13,13 +13,14 @@ use axum::http::header;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::error::{ApiError, FieldError};
+use crate::error::ApiError;
+use crate::wire::Validate;
 
 /// The largest request body any route accepts.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
 /// A request body that must be a JSON object, read with the size limit and
-/// content-type check applied. Handlers validate its fields with [`Fields`].
+/// content-type check applied. Handlers take [`ValidJson`] of a request type.
 pub struct JsonBody(pub Map<String, Value>);
 
 fn is_json_content_type(value: Option<&header::HeaderValue>) -> bool {
@@ -88,137 +89,21 @@ pub async fn read_body(
     })
 }
 
-/// Collects per-field validation errors while reading a [`JsonBody`], so the
-/// client hears about every bad field at once.
-pub struct Fields<'a> {
-    body: &'a Map<String, Value>,
-    errors: Vec<FieldError>,
-}
+/// A JSON body read into `T` and checked at the edge of a handler: 415
+/// unless it is JSON, 413 over the limit, 400 for malformed JSON, and 400
+/// listing each bad field ([`crate::wire`]). The handler gets `T::Valid`.
+pub struct ValidJson<T: Validate>(pub T::Valid);
 
-impl<'a> Fields<'a> {
-    pub fn new(body: &'a JsonBody) -> Self {
-        Fields {
-            body: &body.0,
-            errors: Vec::new(),
-        }
-    }
-
-    /// The raw value of `field`, if present and not null.
-    pub fn value(&self, field: &str) -> Option<&'a Value> {
-        self.body.get(field).filter(|v| !v.is_null())
-    }
-
-    /// A required string field; records "`Label` is required" or "`Label`
-    /// must be a string" when it is not one.
-    pub fn string(&mut self, field: &str, label: &str) -> Option<&'a str> {
-        match self.value(field) {
-            None => {
-                self.fail(field, format!("{label} is required"));
-                None
-            }
-            Some(Value::String(s)) => Some(s.as_str()),
-            Some(_) => {
-                self.fail(field, format!("{label} must be a string"));
-                None
-            }
-        }
-    }
-
-    /// A required string that is not empty after trimming.
-    pub fn non_empty(&mut self, field: &str, label: &str) -> Option<&'a str> {
-        let s = self.string(field, label)?;
-        if s.trim().is_empty() {
-            self.fail(field, format!("{label} is required"));
-            return None;
-        }
-        Some(s)
-    }
-
-    /// A required one-line text (a title) of 1 to `max` characters after
-    /// trimming, trimmed; see [`crate::text`] for what it may not contain.
-    pub fn line(&mut self, field: &str, label: &str, max: usize) -> Option<&'a str> {
-        self.checked_text(field, label, max, false)
-    }
-
-    /// A required text that may span lines (a comment) of 1 to `max`
-    /// characters after trimming, trimmed.
-    pub fn text(&mut self, field: &str, label: &str, max: usize) -> Option<&'a str> {
-        self.checked_text(field, label, max, true)
-    }
-
-    fn checked_text(
-        &mut self,
-        field: &str,
-        label: &str,
-        max: usize,
-        multi_line: bool,
-    ) -> Option<&'a str> {
-        let s = self.string(field, label)?.trim();
-        match crate::text::check(s, multi_line) {
-            Err(crate::text::Unfit::Empty) => {
-                self.fail(field, format!("{label} is required"));
-                return None;
-            }
-            Err(crate::text::Unfit::Hidden) => {
-                self.fail(
-                    field,
-                    format!("{label} must not contain control, invisible formatting or text-direction characters"),
-                );
-                return None;
-            }
-            Ok(()) => {}
-        }
-        if s.chars().count() > max {
-            self.fail(field, format!("{label} must be at most {max} characters"));
-            return None;
-        }
-        Some(s)
-    }
-
-    pub fn fail(&mut self, field: &str, message: impl Into<String>) {
-        self.errors.push(FieldError::new(field, message));
-    }
-
-    /// `Ok` when every field was valid, else the 400 listing each bad field.
-    pub fn finish(self) -> Result<(), ApiError> {
-        if self.errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::Validation(self.errors))
-        }
-    }
-}
-
-/// A request type read from a JSON object body, field by field: each field
-/// is checked with [`Fields`], so every bad field is reported at once in the
-/// shared shape, with the messages the contract names.
-pub trait FromFields: Sized {
-    /// The request read from `f`, or `None` when a field failed (it was
-    /// recorded with [`Fields::fail`] or one of the readers).
-    fn from_fields(f: &mut Fields<'_>) -> Option<Self>;
-}
-
-/// A JSON body read into `T` at the edge of a handler: 415 unless it is
-/// JSON, 413 over the limit, 400 for malformed JSON, and 400 listing each
-/// bad field.
-pub struct ValidJson<T>(pub T);
-
-impl<T: FromFields, S: Send + Sync> FromRequest<S> for ValidJson<T> {
+impl<T, S> FromRequest<S> for ValidJson<T>
+where
+    T: DeserializeOwned + Validate,
+    S: Send + Sync,
+{
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let body = JsonBody::from_request(req, state).await?;
-        let mut fields = Fields::new(&body);
-        let value = T::from_fields(&mut fields);
-        match (fields.finish(), value) {
-            (Err(e), _) => Err(e),
-            (Ok(()), Some(value)) => Ok(ValidJson(value)),
-            // A reader that declined without saying why: a bug.
-            (Ok(()), None) => Err(ApiError::internal(format!(
-                "{} refused a body without naming a field",
-                std::any::type_name::<T>()
-            ))),
-        }
+        let JsonBody(body) = JsonBody::from_request(req, state).await?;
+        crate::wire::validate::<T>(Value::Object(body)).map(ValidJson)
     }
 }
 

@@ -19,5 +19,6 @@ pub mod shutdown;
 pub mod text;
 pub mod time;
 pub mod trace;
+pub mod wire;
 
 pub use error::{ApiError, FieldError};

@@ -79,6 +79,14 @@ impl Money {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dollars(pub Money);
 
+/// Reads what [`Dollars`] writes (a client of the API): the nearest cent.
+impl<'de> serde::Deserialize<'de> for Dollars {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let dollars = f64::deserialize(deserializer)?;
+        Ok(Dollars(Money((dollars * 100.0).round() as i64)))
+    }
+}
+
 impl serde::Serialize for Dollars {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         self.0.to_dollars_json().serialize(serializer)
@@ -137,5 +145,14 @@ mod tests {
         assert_eq!(Money(1999).to_dollars_json(), json!(19.99));
         assert_eq!(Money(2000).to_dollars_json(), json!(20));
         assert_eq!(Money(5).to_dollars_json(), json!(0.05));
+    }
+
+    #[test]
+    fn dollars_read_back_what_they_write() {
+        for cents in [1, 5, 29, 115, 1999, 2000, 123_456_789, MAX_PRICE_CENTS] {
+            let written = serde_json::to_string(&Dollars(Money(cents))).unwrap();
+            let read: Dollars = serde_json::from_str(&written).unwrap();
+            assert_eq!(read, Dollars(Money(cents)), "{written}");
+        }
     }
 }

@@ -62,7 +62,17 @@ async fn auth_submit(
             &web,
             Method::POST,
             api_path,
-            Some(json!({ "email": email, "password": value(&form, "password") })),
+            Some(if signup {
+                body_of(&api::SignUp {
+                    email: email.clone().into(),
+                    password: value(&form, "password").to_owned().into(),
+                })
+            } else {
+                body_of(&api::SignIn {
+                    email: email.clone().into(),
+                    password: value(&form, "password").to_owned().into(),
+                })
+            }),
         )
         .await?;
     if reply.ok() {
@@ -198,9 +208,9 @@ pub(crate) async fn change_password(
             &web,
             Method::POST,
             "/api/users/password",
-            Some(json!({
-                "currentPassword": value(&form, "currentPassword"),
-                "newPassword": value(&form, "newPassword"),
+            Some(body_of(&api::PasswordChange {
+                current_password: value(&form, "currentPassword").to_owned().into(),
+                new_password: value(&form, "newPassword").to_owned().into(),
             })),
         )
         .await?;

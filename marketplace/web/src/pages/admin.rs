@@ -49,7 +49,7 @@ pub(crate) async fn admin_users(
         _ => {}
     }
     let users: Vec<crate::api::AdminUser> = reply.parse()?;
-    let next = next_after(&users, |u| u.id.clone())
+    let next = next_after(&users, |u| u.id.to_string())
         .map(|after| format!("/admin/users?after={after}&email={}", encode(&search)));
     page(
         StatusCode::OK,
@@ -269,7 +269,9 @@ async fn resolve_parked(
         }
         (
             format!("/api/admin/parked/{id}/discard"),
-            Some(json!({ "reason": reason })),
+            Some(body_of(&runtime::parked::DiscardInput {
+                reason: reason.to_owned().into(),
+            })),
             "discarded",
         )
     };

@@ -26,11 +26,16 @@ use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::api::{ApiFieldError, Order, Payment, Reply, Ticket, Unavailable, User};
+use crate::api::{
+    self, ApiFieldError, Order, Payment, PublicStatus, Reply, Ticket, Unavailable, User,
+};
 use crate::{Ctx, Shared, same_token};
+use marketplace_events::{OrderStatus, TicketStatus};
 use runtime::parked::ParkedBody;
+use shared::money::Dollars;
+use shared::wire::Field;
 
 // ------------------------------------------------------------ page plumbing
 
@@ -366,11 +371,18 @@ fn value<'a>(form: &'a HashMap<String, String>, name: &str) -> &'a str {
     form.get(name).map(String::as_str).unwrap_or("")
 }
 
+/// A request of the API's as its JSON body.
+fn body_of(request: &impl serde::Serialize) -> Value {
+    // The API's request types hold strings, numbers and JSON values only,
+    // which always serialise.
+    serde_json::to_value(request).unwrap_or_default()
+}
+
 // ------------------------------------------------------------- formatting
 
-/// `$1,234.50` from a decimal dollar price.
-pub(crate) fn money(price: f64) -> String {
-    let cents = (price * 100.0).round() as i64;
+/// `$1,234.50` from a price.
+pub(crate) fn money(price: Dollars) -> String {
+    let cents = price.0.cents();
     let (dollars, cents) = (cents / 100, cents % 100);
     let digits = dollars.to_string();
     let mut grouped = String::new();
@@ -384,8 +396,8 @@ pub(crate) fn money(price: f64) -> String {
 }
 
 /// The price as typed back into a form: `20` or `19.99`.
-fn price_input(price: f64) -> String {
-    let cents = (price * 100.0).round() as i64;
+fn price_input(price: Dollars) -> String {
+    let cents = price.0.cents();
     if cents % 100 == 0 {
         (cents / 100).to_string()
     } else {
@@ -393,22 +405,20 @@ fn price_input(price: f64) -> String {
     }
 }
 
-fn ticket_status(status: &str) -> &'static str {
+fn ticket_status(status: TicketStatus) -> &'static str {
     match status {
-        "available" => "For sale",
-        "reserved" => "Reserved",
-        "sold" => "Sold",
-        "withdrawn" => "Withdrawn (seller banned)",
-        _ => "Unknown",
+        TicketStatus::Available => "For sale",
+        TicketStatus::Reserved => "Reserved",
+        TicketStatus::Sold => "Sold",
+        TicketStatus::Withdrawn => "Withdrawn (seller banned)",
     }
 }
 
-fn order_status(status: &str) -> &'static str {
+fn order_status(status: OrderStatus) -> &'static str {
     match status {
-        "created" => "Awaiting payment",
-        "complete" => "Paid",
-        "cancelled" => "Cancelled",
-        _ => "Unknown",
+        OrderStatus::Created => "Awaiting payment",
+        OrderStatus::Complete => "Paid",
+        OrderStatus::Cancelled => "Cancelled",
     }
 }
 
@@ -417,7 +427,7 @@ pub(crate) struct TicketView {
     pub id: String,
     pub title: String,
     pub price: String,
-    pub status: String,
+    pub status: &'static str,
     pub status_label: &'static str,
     pub available: bool,
 }
@@ -425,12 +435,12 @@ pub(crate) struct TicketView {
 impl From<&Ticket> for TicketView {
     fn from(t: &Ticket) -> Self {
         TicketView {
-            id: t.id.clone(),
+            id: t.id.to_string(),
             title: t.title.clone(),
             price: money(t.price),
-            status: t.status.clone(),
-            status_label: ticket_status(&t.status),
-            available: t.status == "available",
+            status: t.status.into(),
+            status_label: ticket_status(t.status),
+            available: t.status == TicketStatus::Available,
         }
     }
 }
@@ -441,7 +451,7 @@ pub(crate) struct OrderView {
     pub title: String,
     pub ticket_id: String,
     pub amount: String,
-    pub status: String,
+    pub status: &'static str,
     pub status_label: &'static str,
     pub expires_at: String,
     /// Milliseconds left to pay (0 once expired).
@@ -452,22 +462,17 @@ pub(crate) struct OrderView {
 
 impl From<&Order> for OrderView {
     fn from(o: &Order) -> Self {
-        let ms_left = time::OffsetDateTime::parse(
-            &o.expires_at,
-            &time::format_description::well_known::Rfc3339,
-        )
-        .map(|t| (t - time::OffsetDateTime::now_utc()).whole_milliseconds() as i64)
-        .unwrap_or(0)
-        .max(0);
+        let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+        let ms_left = (i128::from(o.expires_at.millis()) - now).max(0) as i64;
         let secs = (ms_left + 999) / 1000;
         OrderView {
-            id: o.id.clone(),
+            id: o.id.to_string(),
             title: o.ticket.title.clone(),
-            ticket_id: o.ticket.id.clone(),
+            ticket_id: o.ticket.id.to_string(),
             amount: money(o.ticket.price),
-            status: o.status.clone(),
-            status_label: order_status(&o.status),
-            expires_at: o.expires_at.clone(),
+            status: o.status.into(),
+            status_label: order_status(o.status),
+            expires_at: o.expires_at.to_rfc3339(),
             ms_left,
             time_left: format!("{}:{:02}", secs / 60, secs % 60),
         }
@@ -477,6 +482,7 @@ impl From<&Order> for OrderView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::money::Money;
 
     #[test]
     fn a_listing_page_asks_for_a_page_after_the_last_row_and_stops_at_a_short_one() {
@@ -494,12 +500,13 @@ mod tests {
 
     #[test]
     fn money_reads_like_money() {
-        assert_eq!(money(20.0), "$20.00");
-        assert_eq!(money(19.99), "$19.99");
-        assert_eq!(money(1234567.5), "$1,234,567.50");
-        assert_eq!(money(0.05), "$0.05");
-        assert_eq!(price_input(19.99), "19.99");
-        assert_eq!(price_input(20.0), "20");
+        let cents = |c| Dollars(Money::from_cents(c));
+        assert_eq!(money(cents(2000)), "$20.00");
+        assert_eq!(money(cents(1999)), "$19.99");
+        assert_eq!(money(cents(123456750)), "$1,234,567.50");
+        assert_eq!(money(cents(5)), "$0.05");
+        assert_eq!(price_input(cents(1999)), "19.99");
+        assert_eq!(price_input(cents(2000)), "20");
     }
 
     #[test]

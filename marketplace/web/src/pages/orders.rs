@@ -56,14 +56,14 @@ async fn order_page(
     let payment = payment
         .filter(|p| uuid::Uuid::parse_str(p).is_ok_and(|u| u.hyphenated().to_string() == *p));
     let processing = match payment {
-        Some(p) if order.status == "created" => {
+        Some(p) if order.status == OrderStatus::Created => {
             let reply = ctx
                 .call(web, Method::GET, &format!("/api/payments/{p}"), None)
                 .await?;
             reply.status == StatusCode::OK
                 && reply
                     .parse::<Payment>()
-                    .is_ok_and(|p| p.status == "pending")
+                    .is_ok_and(|p| p.status == PublicStatus::Pending)
         }
         _ => false,
     };
@@ -113,13 +113,19 @@ pub(crate) async fn pay(
             &web,
             &form,
             "/api/payments",
-            json!({ "orderId": id, "token": token }),
+            body_of(&api::PaymentInput {
+                order_id: id.clone().into(),
+                token: token.clone().into(),
+            }),
         )
         .await?;
     match reply.status {
         // No verdict yet: the order page shows "Processing…" until it comes.
         StatusCode::ACCEPTED => {
-            let payment = reply.parse::<Payment>().map(|p| p.id).unwrap_or_default();
+            let payment = reply
+                .parse::<Payment>()
+                .map(|p| p.id.to_string())
+                .unwrap_or_default();
             return see_other(&format!("/orders/{id}?payment={}", encode(&payment)), &[]);
         }
         s if s.is_success() => return see_other(&format!("/orders/{id}"), &[]),

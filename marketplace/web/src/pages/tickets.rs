@@ -29,7 +29,7 @@ pub(crate) async fn index(
         return Err(PageError::NotFound);
     }
     let tickets: Vec<Ticket> = reply.parse()?;
-    let next = next_after(&tickets, |t| t.id.clone());
+    let next = next_after(&tickets, |t| t.id.to_string());
     page(
         StatusCode::OK,
         &IndexPage {
@@ -54,13 +54,17 @@ struct TicketFormPage {
     errors: FormErrors,
 }
 
-/// A typed price goes to the API as a JSON number when it reads as one, so
-/// the API's own message explains anything else.
-fn price_json(typed: &str) -> Value {
-    match typed.trim().parse::<f64>() {
-        Ok(p) if p.is_finite() => json!(p),
-        _ => json!(typed.trim()),
-    }
+/// A ticket as typed: the price goes to the API as a JSON number when it
+/// reads as one, else as typed, so the API's own message explains it.
+fn ticket_input(title: &str, typed_price: &str) -> Value {
+    let typed = typed_price.trim();
+    body_of(&api::TicketInput {
+        title: title.to_owned().into(),
+        price: match typed.parse::<f64>() {
+            Ok(p) if p.is_finite() => p.into(),
+            _ => Field::Mistyped(typed.into()),
+        },
+    })
 }
 
 pub(crate) async fn new_ticket_form(State(web): State<Shared>, ctx: Ctx) -> PageResult {
@@ -93,7 +97,7 @@ pub(crate) async fn new_ticket(
             &web,
             Method::POST,
             "/api/tickets",
-            Some(json!({ "title": title, "price": price_json(price) })),
+            Some(ticket_input(title, price)),
         )
         .await?;
     if reply.status == StatusCode::UNAUTHORIZED {
@@ -167,7 +171,14 @@ pub(crate) async fn purchase(
 ) -> PageResult {
     ctx.check_csrf(&form)?;
     let reply = ctx
-        .call_once(&web, &form, "/api/orders", json!({ "ticketId": id }))
+        .call_once(
+            &web,
+            &form,
+            "/api/orders",
+            body_of(&api::OrderInput {
+                ticket_id: id.clone().into(),
+            }),
+        )
         .await?;
     if reply.status == StatusCode::UNAUTHORIZED {
         return Err(PageError::SignIn(format!("/tickets/{id}")));
@@ -237,7 +248,7 @@ pub(crate) async fn edit_ticket(
             &web,
             Method::PUT,
             &format!("/api/tickets/{}", encode(&id)),
-            Some(json!({ "title": title, "price": price_json(price) })),
+            Some(ticket_input(title, price)),
         )
         .await?;
     match reply.status {
@@ -283,7 +294,7 @@ pub(crate) async fn my_tickets(
         return Err(PageError::NotFound);
     }
     let tickets: Vec<Ticket> = reply.parse()?;
-    let next = next_after(&tickets, |t| t.id.clone());
+    let next = next_after(&tickets, |t| t.id.to_string());
     page(
         StatusCode::OK,
         &MyTicketsPage {
