@@ -159,7 +159,7 @@ impl Cluster {
     }
 
     /// Waits for every process to be ready; the first that is not, by name.
-    pub async fn all_ready(&mut self, timeout: Duration) -> Result<(), String> {
+    pub async fn all_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         self.all_ready_last(timeout).await.map(|_| ())
     }
 
@@ -169,13 +169,13 @@ impl Cluster {
     pub async fn all_ready_last(
         &mut self,
         timeout: Duration,
-    ) -> Result<Option<(String, String)>, String> {
+    ) -> anyhow::Result<Option<(String, String)>> {
         let mut last = None;
         for id in 0..self.procs.len() {
             match self.wait_ready(id, timeout).await {
                 Ok(Some(why)) => last = Some((self.procs[id].name.clone(), why)),
                 Ok(None) => {}
-                Err(()) => return Err(format!("{} never became ready", self.procs[id].name)),
+                Err(()) => anyhow::bail!("{} never became ready", self.procs[id].name),
             }
         }
         Ok(last)

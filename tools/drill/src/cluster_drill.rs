@@ -29,6 +29,7 @@
 //! isolates it from both while it keeps running (`--no-partitions` where
 //! namespaces cannot be made).
 
+use anyhow::Context as _;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -224,7 +225,7 @@ impl fmt::Display for Report {
 }
 
 /// Runs the drill with `exe` (this binary) as the services' program.
-pub async fn cluster(exe: &Path, args: ClusterArgs) -> Result<Report, String> {
+pub async fn cluster(exe: &Path, args: ClusterArgs) -> anyhow::Result<Report> {
     faults(&args)?;
     let database_url = crate::concurrency::required_database(&args.database_url)?;
     crate::concurrency::in_work_dir("ticketing-cluster-drill", args.keep, |work| async move {
@@ -249,13 +250,13 @@ async fn run(
     args: &ClusterArgs,
     database_url: &str,
     work: &Path,
-) -> Result<Report, String> {
+) -> anyhow::Result<Report> {
     let mut report = Report::default();
     let mut schemas = HashMap::new();
     for s in SERVICES {
         let mut schema = ScratchSchema::create(database_url, &format!("cluster_drill_{s}"))
             .await
-            .map_err(|e| format!("PostgreSQL at {database_url}: {e}"))?;
+            .with_context(|| format!("PostgreSQL at {database_url}"))?;
         if args.keep {
             schema.keep();
         }
@@ -273,16 +274,14 @@ async fn run(
         3,
         Logs::Dir(work.to_owned()),
     )
-    .map_err(|e| {
-        format!(
-            "{e} (install nats-server, or pass --nats-server PATH; partitions need root and \
-             iproute2, or pass --no-partitions)"
-        )
-    })?;
-    nats.wait_ready(Duration::from_secs(30)).await?;
-    let client = provision::connect(&nats.url(), "cluster-drill", Duration::from_secs(30))
+    .context(
+        "install nats-server, or pass --nats-server PATH; partitions need root and \
+         iproute2, or pass --no-partitions",
+    )?;
+    nats.wait_ready(Duration::from_secs(30))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(anyhow::Error::msg)?;
+    let client = provision::connect(&nats.url(), "cluster-drill", Duration::from_secs(30)).await?;
     report.nats_version = client.server_info().version;
     provision::apply(
         &client,
@@ -292,8 +291,7 @@ async fn run(
             ..Default::default()
         },
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
 
     let jwt_key = format!("drill-{}", uuid::Uuid::new_v4().simple());
     let mut procs = Cluster::new(
@@ -325,7 +323,7 @@ async fn run(
                     service,
                     &[("DATABASE_URL", schemas[service].url.clone())],
                 )
-                .map_err(|e| format!("cannot start {service}: {e}"))?;
+                .with_context(|| format!("cannot start {service}"))?;
             ids.entry(service).or_default().push(id);
         }
     }
@@ -346,13 +344,12 @@ async fn run(
     ];
     let gateway = procs
         .spawn("gateway", "gateway", &upstreams)
-        .map_err(|e| format!("cannot start the gateway: {e}"))?;
+        .context("cannot start the gateway")?;
     procs.all_ready(Duration::from_secs(60)).await?;
 
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| e.to_string())?;
+        .build()?;
     let gateway = procs.url(gateway);
     let seller = sign_up(&http, &gateway, "seller@drill.invalid").await?;
     let mut buyers = Vec::new();
@@ -371,7 +368,7 @@ async fn run(
     let faults = faults(args)?;
     let outboxes = SERVICES
         .iter()
-        .map(|s| store::Db::postgres_lazy(&schemas[s].url, 1).map_err(|e| e.to_string()))
+        .map(|s| store::Db::postgres_lazy(&schemas[s].url, 1))
         .collect::<Result<Vec<_>, _>>()?;
     for fault in faults {
         let stats = Arc::new(Mutex::new(Phase {
@@ -402,7 +399,7 @@ async fn run(
                 for f in flows {
                     match f.await {
                         Ok(Ok(())) => {}
-                        Ok(Err(e)) => failed.push(e),
+                        Ok(Err(e)) => failed.push(format!("{e:#}")),
                         Err(e) => failed.push(e.to_string()),
                     }
                 }
@@ -412,21 +409,25 @@ async fn run(
         tokio::time::sleep(phase / 4).await;
         let led = fault.inject(&mut nats, &mut procs, &ids, phase / 4).await?;
         let heal_time = Instant::now();
-        nats.wait_ready(Duration::from_secs(60)).await?;
+        nats.wait_ready(Duration::from_secs(60))
+            .await
+            .map_err(anyhow::Error::msg)?;
         let ready_last = procs
             .all_ready_last(Duration::from_secs(60))
             .await
-            .map_err(|e| format!("after {fault}: {e}"))?;
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("after {fault}"))?;
         let ready_after = heal_time.elapsed();
         // The next fault comes only once this one is repaired: every node
         // a current replica of every stream again.
         nats.wait_streams_current(stream_names(), Duration::from_secs(60))
             .await
-            .map_err(|e| format!("after {fault}: {e}"))?;
-        let (purchases, failed) = load.await.map_err(|e| e.to_string())?;
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("after {fault}"))?;
+        let (purchases, failed) = load.await?;
         started += purchases;
         let _ = stop_sampling.send(true);
-        let longest_publish_wait = sampler.await.map_err(|e| e.to_string())?;
+        let longest_publish_wait = sampler.await?;
         let mut p = stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
         p.longest_publish_wait = longest_publish_wait;
         p.purchases = purchases;

@@ -13,6 +13,7 @@
 //! 4. Race: two buyers order each ticket at the same moment through
 //!    different orders replicas; exactly one wins, the other gets 409.
 
+use anyhow::Context as _;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -154,7 +155,7 @@ impl fmt::Display for Report {
 }
 
 /// Runs the drill with `exe` (this binary) as the services' program.
-pub async fn concurrency(exe: &Path, args: ConcurrencyArgs) -> Result<Report, String> {
+pub async fn concurrency(exe: &Path, args: ConcurrencyArgs) -> anyhow::Result<Report> {
     let database_url = required_database(&args.database_url)?;
     in_work_dir("ticketing-drill", args.keep, |work| async move {
         run(exe, &args, &database_url, &work).await
@@ -178,29 +179,28 @@ impl DrillReport for Report {
 }
 
 /// The PostgreSQL URL every drill needs, or the error that says so.
-pub(crate) fn required_database(url: &Option<String>) -> Result<String, String> {
-    url.clone().ok_or_else(|| {
+pub(crate) fn required_database(url: &Option<String>) -> anyhow::Result<String> {
+    url.clone().context(
         "the drill needs PostgreSQL: pass --database-url or set DATABASE_URL \
-         (e.g. postgres://postgres@127.0.0.1:5432/postgres)"
-            .to_owned()
-    })
+         (e.g. postgres://postgres@127.0.0.1:5432/postgres)",
+    )
 }
 
 /// Runs `drill` with a fresh work directory for its logs and stores, kept
 /// (and named in the report or the error) when `keep` is set or the drill
 /// failed, removed otherwise.
-pub(crate) async fn in_work_dir<R, F, Fut>(name: &str, keep: bool, drill: F) -> Result<R, String>
+pub(crate) async fn in_work_dir<R, F, Fut>(name: &str, keep: bool, drill: F) -> anyhow::Result<R>
 where
     R: DrillReport,
     F: FnOnce(PathBuf) -> Fut,
-    Fut: std::future::Future<Output = Result<R, String>>,
+    Fut: std::future::Future<Output = anyhow::Result<R>>,
 {
     let work = std::env::temp_dir().join(format!(
         "{name}-{}-{}",
         std::process::id(),
         Clock::System.now().millis()
     ));
-    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    std::fs::create_dir_all(&work).with_context(|| format!("{}", work.display()))?;
     let result = drill(work.clone()).await;
     let failed = !result.as_ref().is_ok_and(R::passed);
     if keep || failed {
@@ -209,7 +209,7 @@ where
                 r.set_logs(work);
                 Ok(r)
             }
-            Err(e) => Err(format!("{e} (logs in {})", work.display())),
+            Err(e) => Err(e.context(format!("logs in {}", work.display()))),
         }
     } else {
         let _ = std::fs::remove_dir_all(&work);
@@ -222,11 +222,11 @@ async fn run(
     args: &ConcurrencyArgs,
     database_url: &str,
     work: &Path,
-) -> Result<Report, String> {
+) -> anyhow::Result<Report> {
     let schema = |what: &'static str| async move {
         ScratchSchema::create(database_url, &format!("drill_{what}"))
             .await
-            .map_err(|e| format!("PostgreSQL at {database_url}: {e}"))
+            .with_context(|| format!("PostgreSQL at {database_url}"))
     };
     let (mut tickets_db, mut orders_db) = (schema("tickets").await?, schema("orders").await?);
     if args.keep {
@@ -240,7 +240,7 @@ async fn run(
         Some(url) => {
             let client = async_nats::connect(url)
                 .await
-                .map_err(|e| format!("NATS at {url}: {e}"))?;
+                .with_context(|| format!("NATS at {url}"))?;
             (url.clone(), async_nats::jetstream::new(client))
         }
         None => {
@@ -249,10 +249,8 @@ async fn run(
                 &work.join("nats"),
                 Logs::Dir(work.to_owned()),
             )
-            .map_err(|e| {
-                format!("{e} (install nats-server, or pass --nats-server PATH or --nats-url URL)")
-            })?;
-            let js = server.jetstream().await?;
+            .context("install nats-server, or pass --nats-server PATH or --nats-url URL")?;
+            let js = server.jetstream().await.map_err(anyhow::Error::msg)?;
             let url = server.url();
             own_nats = Some(server);
             (url, js)
@@ -262,8 +260,7 @@ async fn run(
         &js.client(),
         &provision::Spec::built_in(&marketplace_events::STREAMS),
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
 
     let jwt_key = format!("drill-{}", uuid::Uuid::new_v4().simple());
     let mut cluster = Cluster::new(
@@ -286,7 +283,7 @@ async fn run(
                 service,
                 &[("DATABASE_URL", url.to_owned())],
             )
-            .map_err(|e| format!("cannot start {service}: {e}"))
+            .with_context(|| format!("cannot start {service}"))
         };
         tickets.push(spawn(&mut cluster, "tickets", &tickets_db.url)?);
         orders.push(spawn(&mut cluster, "orders", &orders_db.url)?);
@@ -308,13 +305,12 @@ async fn run(
             },
             Clock::System.now(),
         )
-        .map_err(|e| format!("cannot sign a session: {e:?}"))
+        .map_err(|e| anyhow::anyhow!("cannot sign a session: {e:?}"))
     };
     let seller = Arc::new(token("seller@drill.invalid")?);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| e.to_string())?;
+        .build()?;
 
     let mut report = Report {
         clients: args.clients,
@@ -342,7 +338,7 @@ async fn run(
             .await?;
             let id = created["id"]
                 .as_str()
-                .ok_or("no id in the created ticket")?
+                .context("no id in the created ticket")?
                 .to_owned();
             for (base, price) in [(&b, 10), (&a, 15)] {
                 send(
@@ -355,21 +351,21 @@ async fn run(
                 )
                 .await?;
             }
-            Ok::<String, String>(id)
+            Ok::<String, anyhow::Error>(id)
         }));
     }
     let mut ids = Vec::new();
     for w in writers {
         match w.await {
             Ok(Ok(id)) => ids.push(id),
-            Ok(Err(e)) => report.write_failures.push(e),
+            Ok(Err(e)) => report.write_failures.push(format!("{e:#}")),
             Err(e) => report.write_failures.push(e.to_string()),
         }
     }
     report.write_time = started.elapsed();
 
     // 2. Convergence, read from the orders service's own database.
-    let db = store::Db::postgres_lazy(&orders_db.url, 2).map_err(|e| e.to_string())?;
+    let db = store::Db::postgres_lazy(&orders_db.url, 2)?;
     let wanted: HashSet<String> = ids.iter().cloned().collect();
     let waited = Instant::now();
     let deadline = waited + Duration::from_secs(args.timeout);
@@ -382,7 +378,7 @@ async fn run(
                     .collect::<Result<Vec<_>, store::StoreError>>()
             })
             .await
-            .map_err(|e| format!("reading the orders database: {e}"))?;
+            .context("reading the orders database")?;
         let copies: HashMap<String, (i64, i64)> =
             rows.into_iter().map(|(id, p, v)| (id, (p, v))).collect();
         report.stale = wanted
@@ -451,9 +447,8 @@ async fn run(
                     .bearer_auth(buyer.as_str())
                     .json(&json!({"ticketId": id}))
                     .send()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok::<_, String>(res.status().as_u16())
+                    .await?;
+                Ok::<_, anyhow::Error>(res.status().as_u16())
             }));
         }
         racers.push((id.clone(), attempts));
@@ -461,11 +456,11 @@ async fn run(
     for (id, attempts) in racers {
         let mut won = 0;
         for a in attempts {
-            match a.await.map_err(|e| e.to_string()).and_then(|r| r) {
+            match a.await.map_err(anyhow::Error::from).and_then(|r| r) {
                 Ok(201) => won += 1,
                 Ok(409) => report.race_refused += 1,
                 Ok(status) => report.race_other.push(format!("{id}: status {status}")),
-                Err(e) => report.race_other.push(format!("{id}: {e}")),
+                Err(e) => report.race_other.push(format!("{id}: {e:#}")),
             }
         }
         match won {
@@ -485,7 +480,7 @@ async fn run(
             .transpose()
         })
         .await
-        .map_err(|e| format!("reading the orders database: {e}"))?
+        .context("reading the orders database")?
         .unwrap_or(0);
 
     drop(cluster);
@@ -502,31 +497,31 @@ async fn send(
     url: &str,
     body: Value,
     status: u16,
-) -> Result<Value, String> {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+) -> anyhow::Result<Value> {
+    let method = reqwest::Method::from_bytes(method.as_bytes())?;
     let res = http
         .request(method.clone(), url)
         .bearer_auth(token)
         .json(&body)
         .send()
         .await
-        .map_err(|e| format!("{method} {url}: {e}"))?;
+        .with_context(|| format!("{method} {url}"))?;
     let got = res.status().as_u16();
     let text = res.text().await.unwrap_or_default();
     if got != status {
-        return Err(format!("{method} {url}: {got} {text}"));
+        anyhow::bail!("{method} {url}: {got} {text}");
     }
-    serde_json::from_str(&text).map_err(|e| format!("{method} {url}: {e}"))
+    serde_json::from_str(&text).with_context(|| format!("{method} {url}"))
 }
 
-async fn fetch_metrics(http: &reqwest::Client, url: &str) -> Result<String, String> {
+async fn fetch_metrics(http: &reqwest::Client, url: &str) -> anyhow::Result<String> {
     http.get(url)
         .send()
         .await
-        .map_err(|e| format!("{url}: {e}"))?
+        .with_context(|| url.to_string())?
         .text()
         .await
-        .map_err(|e| format!("{url}: {e}"))
+        .with_context(|| url.to_string())
 }
 
 /// A counter's value in Prometheus text (0 if absent).

@@ -1,6 +1,7 @@
 //! The marketplace's public API as the load sees it: JSON over HTTP, the
 //! session as a bearer token.
 
+use anyhow::Context as _;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -85,29 +86,30 @@ impl Api {
     }
 
     /// Signs up a new user (the email is made unique per run).
-    pub async fn sign_up(&self, who: &str) -> Result<User, String> {
+    pub async fn sign_up(&self, who: &str) -> anyhow::Result<User> {
         let email = format!("{who}-{}@loadgen.invalid", uuid::Uuid::new_v4().simple());
         Ok(self.session("signup", &email).await?.0)
     }
 
     /// Signs `email` up (`action` `signup`) or in (`signin`): the session
     /// and the user's id.
-    pub async fn session(&self, action: &str, email: &str) -> Result<(User, String), String> {
+    pub async fn session(&self, action: &str, email: &str) -> anyhow::Result<(User, String)> {
         let res = self
             .client
             .post(format!("{}/api/users/{action}", self.base))
             .json(&json!({"email": email, "password": "loadgen-password"}))
             .send()
             .await
-            .map_err(|e| format!("{}: {e}", self.base))?;
+            .with_context(|| self.base.clone())?;
         let status = res.status().as_u16();
         if status == 429 {
-            return Err("sign-up refused with 429: start the target with AUTH_RATE_LIMIT_PER_MINUTE=1000000 \
+            anyhow::bail!(
+                "sign-up refused with 429: start the target with AUTH_RATE_LIMIT_PER_MINUTE=1000000 \
                  (the limit counts sign-ups per client address)"
-                .to_owned());
+            );
         }
         if !(200..300).contains(&status) {
-            return Err(format!("{action} answered {status}"));
+            anyhow::bail!("{action} answered {status}");
         }
         let token = res
             .headers()
@@ -117,14 +119,14 @@ impl Api {
             .find_map(|c| c.strip_prefix("session="))
             .and_then(|c| c.split(';').next())
             .map(str::to_owned)
-            .ok_or("sign-up set no session cookie")?;
-        let body: Value = res.json().await.map_err(|e| e.to_string())?;
+            .context("sign-up set no session cookie")?;
+        let body: Value = res.json().await?;
         let id = body["id"].as_str().unwrap_or_default().to_owned();
         Ok((User { token }, id))
     }
 
     /// Signs up `n` users, `parallel` at a time.
-    pub async fn sign_up_many(&self, who: &str, n: usize) -> Result<Vec<User>, String> {
+    pub async fn sign_up_many(&self, who: &str, n: usize) -> anyhow::Result<Vec<User>> {
         let mut users = Vec::with_capacity(n);
         for chunk in (0..n).collect::<Vec<_>>().chunks(16) {
             let mut set = tokio::task::JoinSet::new();
@@ -133,7 +135,7 @@ impl Api {
                 set.spawn(async move { api.sign_up(&who).await });
             }
             while let Some(r) = set.join_next().await {
-                users.push(r.map_err(|e| e.to_string())??);
+                users.push(r??);
             }
         }
         Ok(users)
@@ -146,7 +148,7 @@ impl Api {
         seller: &User,
         n: usize,
         parallel: usize,
-    ) -> Result<Vec<String>, String> {
+    ) -> anyhow::Result<Vec<String>> {
         let mut ids = vec![String::new(); n];
         for chunk in (0..n).collect::<Vec<_>>().chunks(parallel.max(1)) {
             let mut set = tokio::task::JoinSet::new();
@@ -164,14 +166,11 @@ impl Api {
                 });
             }
             while let Some(r) = set.join_next().await {
-                let (i, a) = r.map_err(|e| e.to_string())?;
+                let (i, a) = r?;
                 if !a.is(201) {
-                    return Err(format!(
-                        "listing a ticket answered {:?}: {}",
-                        a.status, a.body
-                    ));
+                    anyhow::bail!("listing a ticket answered {:?}: {}", a.status, a.body);
                 }
-                ids[i] = a.id().ok_or("no ticket id")?;
+                ids[i] = a.id().context("no ticket id")?;
             }
         }
         Ok(ids)
@@ -196,7 +195,7 @@ impl Api {
 
     /// Waits until the orders service knows `ticket` (its copy arrives by
     /// event): orders it as `probe` until that works, then cancels.
-    pub async fn wait_until_orderable(&self, probe: &User, ticket: &str) -> Result<(), String> {
+    pub async fn wait_until_orderable(&self, probe: &User, ticket: &str) -> anyhow::Result<()> {
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
         loop {
             let a = self
@@ -214,10 +213,10 @@ impl Api {
                 return Ok(());
             }
             if std::time::Instant::now() > deadline {
-                return Err(format!(
+                anyhow::bail!(
                     "orders never learned of ticket {ticket} (last answer {:?})",
                     a.status
-                ));
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

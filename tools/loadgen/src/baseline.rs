@@ -3,6 +3,7 @@
 //! outbox row) by the fastest means available, and a trivial HTTP handler
 //! on the same stack (tokio, hyper, axum) under the same load.
 
+use anyhow::Context as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -26,8 +27,8 @@ fn payload() -> String {
 /// SQLite, one writer on a thread of its own through rusqlite (WAL,
 /// synchronous=NORMAL, as the product opens it): transactions per second of
 /// one order row plus one outbox row, for `duration`.
-pub fn sqlite_order_tx(duration: Duration) -> Result<f64, String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+pub fn sqlite_order_tx(duration: Duration) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
     let path = dir.path().join("limit.db");
     std::thread::spawn(move || -> Result<f64, rusqlite::Error> {
         let mut c = rusqlite::Connection::open(&path)?;
@@ -65,8 +66,8 @@ pub fn sqlite_order_tx(duration: Duration) -> Result<f64, String> {
         Ok(n as f64 / start.elapsed().as_secs_f64())
     })
     .join()
-    .map_err(|_| "the SQLite limit thread panicked".to_owned())?
-    .map_err(|e| e.to_string())
+    .map_err(|_| anyhow::anyhow!("the SQLite limit thread panicked"))?
+    .map_err(anyhow::Error::from)
 }
 
 /// PostgreSQL through tokio-postgres, `connections` writers on a fresh
@@ -75,30 +76,27 @@ pub async fn postgres_order_tx(
     url: &str,
     connections: usize,
     duration: Duration,
-) -> Result<f64, String> {
+) -> anyhow::Result<f64> {
     let schema = format!("loadgen_limit_{}", std::process::id());
     let (admin, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
-        .map_err(|e| format!("{url}: {e}"))?;
+        .with_context(|| url.to_string())?;
     tokio::spawn(conn);
     admin
         .batch_execute(&format!(
             "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; SET search_path = {schema}; {SCHEMA}"
         ))
         .await
-        .map_err(|e| e.to_string())?;
+        ?;
     let count = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut writers = Vec::new();
     for _ in 0..connections.max(1) {
-        let (mut client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (mut client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
         client
             .batch_execute(&format!("SET search_path = {schema}"))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let count = count.clone();
         writers.push(tokio::spawn(async move {
             let order = client
@@ -129,9 +127,7 @@ pub async fn postgres_order_tx(
         }));
     }
     for w in writers {
-        w.await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        w.await??;
     }
     let rate = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
     let _ = admin
@@ -143,7 +139,7 @@ pub async fn postgres_order_tx(
 /// A trivial handler (`GET /hello` → 200 "ok") on axum, on a runtime of
 /// its own with as many workers as the machine has cores, as the product's
 /// server runs. Returns its base URL; it lives as long as the process.
-pub fn trivial_server() -> Result<String, String> {
+pub fn trivial_server() -> anyhow::Result<String> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -174,5 +170,5 @@ pub fn trivial_server() -> Result<String, String> {
             let _ = axum::serve(listener, app).await;
         });
     });
-    rx.recv().map_err(|e| e.to_string())?
+    rx.recv()?.map_err(anyhow::Error::msg)
 }

@@ -20,6 +20,7 @@
 //! It starts its own `nats-server` (`--nats-server PATH`) unless given
 //! `--nats-url` (use a server nothing else uses).
 
+use anyhow::Context as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -85,12 +86,12 @@ pub struct Args {
 }
 
 /// Runs the phases; returns the comparisons and figures for the report.
-pub async fn run(args: &Args) -> Result<(Vec<Comparison>, Vec<Figure>), String> {
+pub async fn run(args: &Args) -> anyhow::Result<(Vec<Comparison>, Vec<Figure>)> {
     if args.bus == "embedded" {
         return embedded(args).await;
     }
     if args.bus != "nats" {
-        return Err(format!("--bus {}: nats or embedded", args.bus));
+        anyhow::bail!("--bus {}: nats or embedded", args.bus);
     }
     let dir = std::env::temp_dir().join(format!("ticketing-bench-{}", std::process::id()));
     let mut own = None;
@@ -98,7 +99,7 @@ pub async fn run(args: &Args) -> Result<(Vec<Comparison>, Vec<Figure>), String> 
         Some(u) => u.clone(),
         None => {
             let server = NatsServer::start(&args.nats_server, &dir, Logs::Inherit)
-                .map_err(|e| format!("{e} (or pass --nats-url)"))?;
+                .context("start nats-server, or pass --nats-url")?;
             let url = server.url();
             own = Some(server);
             url
@@ -183,8 +184,7 @@ pub async fn run(args: &Args) -> Result<(Vec<Comparison>, Vec<Figure>), String> 
         bus.client(),
         &provision::Spec::built_in(&marketplace_events::STREAMS),
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     let full = postgres_full_path(args, &bus, true).await;
     let no_tx = postgres_full_path(args, &bus, false).await;
     comparisons.push(Comparison::new(
@@ -211,21 +211,13 @@ pub async fn run(args: &Args) -> Result<(Vec<Comparison>, Vec<Figure>), String> 
 
 /// The full path on SQLite and the embedded bus, beside raw rusqlite
 /// transactions of the same shape (an item row and an outbox row).
-async fn embedded(args: &Args) -> Result<(Vec<Comparison>, Vec<Figure>), String> {
+async fn embedded(args: &Args) -> anyhow::Result<(Vec<Comparison>, Vec<Figure>)> {
     let limit = crate::baseline::sqlite_order_tx(Duration::from_secs(3))?;
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let e = |e: store::StoreError| e.to_string();
-    let producer = Db::open_sqlite(&dir.path().join("producer.db"), PRODUCER)
-        .await
-        .map_err(e)?;
-    let consumer = Db::open_sqlite(&dir.path().join("consumer.db"), CONSUMER)
-        .await
-        .map_err(e)?;
-    let bus: Arc<dyn Bus> = Arc::new(
-        bus::embedded::EmbeddedBus::open(&dir.path().join("bus.db"))
-            .await
-            .map_err(|e| e.to_string())?,
-    );
+    let dir = tempfile::tempdir()?;
+    let producer = Db::open_sqlite(&dir.path().join("producer.db"), PRODUCER).await?;
+    let consumer = Db::open_sqlite(&dir.path().join("consumer.db"), CONSUMER).await?;
+    let bus: Arc<dyn Bus> =
+        Arc::new(bus::embedded::EmbeddedBus::open(&dir.path().join("bus.db")).await?);
     eprintln!(
         "full path: {} events, {} writers, {} consumer members, SQLite + embedded bus",
         args.events, args.writers, args.consumers

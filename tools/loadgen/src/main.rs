@@ -22,6 +22,7 @@ mod revoke;
 mod scenarios;
 mod stats;
 
+use anyhow::Context as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -188,6 +189,7 @@ impl Common {
     }
 }
 
+/// A clap value parser: its error is the message clap shows.
 fn duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (n, unit) = s
@@ -212,14 +214,14 @@ async fn main() -> std::process::ExitCode {
         Ok(true) => std::process::ExitCode::SUCCESS,
         Ok(false) => std::process::ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("loadgen: {e}");
+            eprintln!("loadgen: {e:#}");
             std::process::ExitCode::from(2)
         }
     }
 }
 
 /// Ok(whether every check passed).
-async fn run(cli: Cli) -> Result<bool, String> {
+async fn run(cli: Cli) -> anyhow::Result<bool> {
     let (common, name) = match &cli.scenario {
         Scenario::Browse { common, .. } => (common.clone(), "browse"),
         Scenario::Purchase { common, .. } => (common.clone(), "purchase"),
@@ -380,7 +382,7 @@ fn emit(report: &Report, json: bool) {
     }
 }
 
-async fn events_report(args: &events::Args, json: bool) -> Result<bool, String> {
+async fn events_report(args: &events::Args, json: bool) -> anyhow::Result<bool> {
     let started = Instant::now();
     let (comparisons, figures) = events::run(args).await?;
     let report = Report {
@@ -405,7 +407,7 @@ async fn revoke_report(
     users: usize,
     poll: Duration,
     json: bool,
-) -> Result<bool, String> {
+) -> anyhow::Result<bool> {
     let started = Instant::now();
     let auth = api::Api::new(url, 8);
     let services: Vec<(String, api::Api)> = if services.is_empty() {
@@ -419,10 +421,10 @@ async fn revoke_report(
             .map(|s| {
                 let (name, u) = s
                     .split_once('=')
-                    .ok_or_else(|| format!("--services: {s} is not name=url"))?;
+                    .with_context(|| format!("--services: {s} is not name=url"))?;
                 Ok((name.to_owned(), api::Api::new(u, 8)))
             })
-            .collect::<Result<_, String>>()?
+            .collect::<anyhow::Result<_>>()?
     };
     let outcome = revoke::run(&auth, &services, admin, users, poll).await?;
     let report = Report {
@@ -443,14 +445,13 @@ async fn revoke_report(
 
 /// Starts the binary `runs` times on fresh data directories: time from
 /// spawn to `/readyz` answering 200, and resident memory once idle.
-async fn startup(binary: &PathBuf, runs: usize, json: bool) -> Result<bool, String> {
+async fn startup(binary: &PathBuf, runs: usize, json: bool) -> anyhow::Result<bool> {
     let mut ready = Vec::new();
     let mut idle = Vec::new();
     for _ in 0..runs.max(1) {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let dir = tempfile::tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
+            .and_then(|l| l.local_addr())?
             .port();
         let started = Instant::now();
         let mut child = std::process::Command::new(binary)
@@ -460,7 +461,7 @@ async fn startup(binary: &PathBuf, runs: usize, json: bool) -> Result<bool, Stri
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .map_err(|e| format!("{}: {e}", binary.display()))?;
+            .with_context(|| format!("{}", binary.display()))?;
         let url = format!("http://127.0.0.1:{port}/readyz");
         let client = reqwest::Client::new();
         let mut took = None;
@@ -479,7 +480,11 @@ async fn startup(binary: &PathBuf, runs: usize, json: bool) -> Result<bool, Stri
         }
         let _ = child.kill();
         let _ = child.wait();
-        ready.push(took.ok_or("the process never became ready")?.as_secs_f64() * 1000.0);
+        ready.push(
+            took.context("the process never became ready")?
+                .as_secs_f64()
+                * 1000.0,
+        );
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);

@@ -10,7 +10,7 @@ use crate::report::Report;
 /// An operation's name with its p50 and p99 points.
 type Series<'a> = (&'a str, Vec<(f64, f64)>, Vec<(f64, f64)>);
 
-pub fn latency_svg(report: &Report, path: &Path) -> Result<(), String> {
+pub fn latency_svg(report: &Report, path: &Path) -> anyhow::Result<()> {
     let series: Vec<Series> = report
         .ops
         .iter()
@@ -38,7 +38,7 @@ pub fn latency_svg(report: &Report, path: &Path) -> Result<(), String> {
         .fold(1.0, f64::max)
         * 1.1;
     let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
-    let e = |e: DrawingAreaErrorKind<_>| e.to_string();
+    let e = |e: DrawingAreaErrorKind<_>| anyhow::anyhow!("{e}");
     root.fill(&WHITE).map_err(e)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(

@@ -84,7 +84,7 @@ pub async fn run(
     admin_email: &str,
     users: usize,
     poll: Duration,
-) -> Result<Outcome, String> {
+) -> anyhow::Result<Outcome> {
     let admin = match auth.session("signup", admin_email).await {
         Ok((u, _)) => u,
         Err(_) => auth.session("signin", admin_email).await?.0,
@@ -102,10 +102,10 @@ pub async fn run(
             .post(&format!("/api/users/{id}/ban"), &admin, json!({}))
             .await;
         if !ban.is(200) {
-            return Err(format!(
+            anyhow::bail!(
                 "ban answered {:?}: is {admin_email} an admin (`ticketing users grant-admin {admin_email}`)?",
                 ban.status
-            ));
+            );
         }
         match until_rejected(services, &victim, Instant::now(), poll).await {
             Some(ms) => bans.push(ms),
@@ -118,7 +118,7 @@ pub async fn run(
         let (leaver, _) = auth.session("signup", &email).await?;
         let out = auth.post("/api/users/signout", &leaver, json!({})).await;
         if !out.is(204) {
-            return Err(format!("sign-out answered {:?}", out.status));
+            anyhow::bail!("sign-out answered {:?}", out.status);
         }
         match until_rejected(services, &leaver, Instant::now(), poll).await {
             Some(ms) => signouts.push(ms),

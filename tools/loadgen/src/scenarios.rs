@@ -62,7 +62,7 @@ pub async fn browse(
     load: &Load,
     tickets: usize,
     list_every: u64,
-) -> Result<Outcome, String> {
+) -> anyhow::Result<Outcome> {
     let seller = api.sign_up("seller").await?;
     let ids = Arc::new(api.sell_many(&seller, tickets.max(1), 32).await?);
     let rec = Recorder::new(load.warmup);
@@ -119,7 +119,7 @@ pub async fn purchase(
     buyers: usize,
     tickets: usize,
     pay: bool,
-) -> Result<Outcome, String> {
+) -> anyhow::Result<Outcome> {
     let seller = api.sign_up("seller").await?;
     let buyers = Arc::new(api.sign_up_many("buyer", buyers.max(1)).await?);
     eprintln!("listing {tickets} tickets…");
@@ -264,7 +264,7 @@ async fn completed_orders(api: &Api, buyer: &User) -> std::collections::HashSet<
 }
 
 /// contention: M buyers race for K tickets at once; exactly K win.
-pub async fn contention(api: &Api, buyers: usize, tickets: usize) -> Result<Outcome, String> {
+pub async fn contention(api: &Api, buyers: usize, tickets: usize) -> anyhow::Result<Outcome> {
     let seller = api.sign_up("seller").await?;
     let buyers = api.sign_up_many("racer", buyers.max(1)).await?;
     let mut ids = api.sell_many(&seller, tickets.max(1) + 1, 32).await?;
@@ -290,7 +290,7 @@ pub async fn contention(api: &Api, buyers: usize, tickets: usize) -> Result<Outc
     let mut winners: HashMap<String, Vec<String>> = HashMap::new();
     let mut others = BTreeMap::new();
     while let Some(r) = set.join_next().await {
-        let (ticket, status, id, _) = r.map_err(|e| e.to_string())?;
+        let (ticket, status, id, _) = r?;
         match status {
             Some(201) => winners
                 .entry(ticket)
@@ -405,7 +405,7 @@ pub async fn expiry(
     orders: usize,
     sample: usize,
     poll: Duration,
-) -> Result<Outcome, String> {
+) -> anyhow::Result<Outcome> {
     let seller = api.sign_up("seller").await?;
     // Sampled orders belong to buyers of their own (100 each), so polling
     // their lists stays light; the rest to bulk buyers.

@@ -259,5 +259,8 @@ fn a_target_that_cannot_be_reached_is_an_error_not_a_report() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:9"));
+    // What was being done, and why it failed, down to the cause.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("127.0.0.1:9"), "{stderr}");
+    assert!(stderr.contains("Connection refused"), "{stderr}");
 }

@@ -9,16 +9,11 @@ pub(super) async fn check(
     schemas: &HashMap<&str, ScratchSchema>,
     nats: &NatsCluster,
     expiration: u64,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let dbs: HashMap<&str, store::Db> = schemas
         .iter()
-        .map(|(s, schema)| {
-            Ok((
-                *s,
-                store::Db::postgres_lazy(&schema.url, 2).map_err(|e| e.to_string())?,
-            ))
-        })
-        .collect::<Result<_, String>>()?;
+        .map(|(s, schema)| Ok((*s, store::Db::postgres_lazy(&schema.url, 2)?)))
+        .collect::<anyhow::Result<_>>()?;
     let rows = |service: &'static str, sql: &'static str| {
         let db = dbs[service].clone();
         async move {
@@ -29,7 +24,7 @@ pub(super) async fn check(
                     .collect::<Result<Vec<_>, store::StoreError>>()
             })
             .await
-            .map_err(|e| format!("{service}: {e}"))
+            .with_context(|| service.to_string())
         }
     };
     // Settling: every order terminal, every outbox empty, every copy
@@ -176,9 +171,7 @@ pub(super) async fn check(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let js = async_nats::jetstream::new(
-        provision::connect(&nats.url(), "cluster-drill", Duration::from_secs(30))
-            .await
-            .map_err(|e| e.to_string())?,
+        provision::connect(&nats.url(), "cluster-drill", Duration::from_secs(30)).await?,
     );
     // Every event, by id, against what the owners say was published; every
     // durable's position.
@@ -219,13 +212,8 @@ pub(super) async fn check(
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     report.parked = ledger::retrying(|| async {
-        let mut parked = js.get_stream("PARKED").await.map_err(|e| e.to_string())?;
-        Ok(parked
-            .info()
-            .await
-            .map_err(|e| e.to_string())?
-            .state
-            .messages)
+        let mut parked = js.get_stream("PARKED").await?;
+        Ok(parked.info().await?.state.messages)
     })
     .await?;
     Ok(())

@@ -5,7 +5,7 @@ use super::*;
 /// The faults to run, in order: `--faults`, or all of them (the
 /// partitions unless `--no-partitions`); refused before anything starts
 /// when a partition is asked for without namespaces.
-pub(super) fn faults(args: &ClusterArgs) -> Result<Vec<Fault>, String> {
+pub(super) fn faults(args: &ClusterArgs) -> anyhow::Result<Vec<Fault>> {
     let faults = if args.faults.is_empty() {
         let mut all = vec![Fault::Leader, Fault::Follower];
         if !args.no_partitions {
@@ -21,7 +21,7 @@ pub(super) fn faults(args: &ClusterArgs) -> Result<Vec<Fault>, String> {
             .iter()
             .any(|f| matches!(f, Fault::PartitionLeader | Fault::PartitionFollower))
     {
-        return Err("the partitions need network namespaces: leave out --no-partitions".into());
+        anyhow::bail!("the partitions need network namespaces: leave out --no-partitions");
     }
     Ok(faults)
 }
@@ -58,11 +58,11 @@ impl Fault {
         procs: &mut Cluster,
         ids: &HashMap<&str, Vec<ProcId>>,
         hold: Duration,
-    ) -> Result<Vec<String>, String> {
+    ) -> anyhow::Result<Vec<String>> {
         let leader = nats
             .stream_leader("ORDERS")
             .await
-            .ok_or("the ORDERS stream has no leader")?;
+            .context("the ORDERS stream has no leader")?;
         let follower = (leader + 1) % nats.size();
         let failed = match self {
             Fault::Leader | Fault::PartitionLeader => Some(leader),
@@ -92,28 +92,31 @@ impl Fault {
             (Fault::Leader | Fault::Follower, Some(node)) => {
                 nats.kill(node);
                 tokio::time::sleep(hold).await;
-                nats.restart(node).map_err(|e| e.to_string())?;
+                nats.restart(node)?;
             }
             (Fault::PartitionLeader | Fault::PartitionFollower, Some(node)) => {
-                nats.partition(node).map_err(|e| e.to_string())?;
+                nats.partition(node)?;
                 tokio::time::sleep(hold).await;
-                nats.heal(node).map_err(|e| e.to_string())?;
+                nats.heal(node)?;
             }
             _ => {
                 for node in 0..nats.size() {
                     nats.kill(node);
                     tokio::time::sleep(hold / 3).await;
-                    nats.restart(node).map_err(|e| e.to_string())?;
-                    nats.wait_ready(Duration::from_secs(60)).await?;
+                    nats.restart(node)?;
+                    nats.wait_ready(Duration::from_secs(60))
+                        .await
+                        .map_err(anyhow::Error::msg)?;
                     // The next node goes only once this one has caught up
                     // on every stream: else a stream can be left without a
                     // majority of current replicas.
                     nats.wait_streams_current(super::stream_names(), Duration::from_secs(60))
-                        .await?;
+                        .await
+                        .map_err(anyhow::Error::msg)?;
                 }
             }
         }
-        procs.start(replica).map_err(|e| e.to_string())?;
+        procs.start(replica)?;
         Ok(led)
     }
 }
@@ -160,6 +163,11 @@ mod tests {
             "--faults",
             "partition-follower",
         ]));
-        assert!(refused.unwrap_err().contains("network namespaces"));
+        assert!(
+            refused
+                .unwrap_err()
+                .to_string()
+                .contains("network namespaces")
+        );
     }
 }

@@ -183,10 +183,10 @@ fn subject_name(subject: &str) -> &'static str {
 /// `attempt` until it succeeds or 30 s have passed: a cluster that has
 /// just lost or regained a node answers "temporarily unavailable" while its
 /// meta leader settles.
-pub(super) async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T, String>
+pub(super) async fn retrying<T, F, Fut>(mut attempt: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -222,11 +222,11 @@ pub fn lost_by_servers(problems: &[String], copies_converged: bool) -> Option<St
 pub async fn read_stream(
     js: &jetstream::Context,
     stream: &str,
-) -> Result<(Vec<Stored>, Vec<String>), String> {
+) -> anyhow::Result<(Vec<Stored>, Vec<String>)> {
     let events = retrying(|| read_stream_once(js, stream)).await?;
     let state = retrying(|| async {
-        let mut s = js.get_stream(stream).await.map_err(|e| e.to_string())?;
-        Ok(s.info().await.map_err(|e| e.to_string())?.state.clone())
+        let mut s = js.get_stream(stream).await?;
+        Ok(s.info().await?.state.clone())
     })
     .await?;
     let problems = sequence_problems(stream, &events, &state);
@@ -264,8 +264,8 @@ fn sequence_problems(
     problems
 }
 
-async fn read_stream_once(js: &jetstream::Context, stream: &str) -> Result<Vec<Stored>, String> {
-    let fail = |e: &dyn std::fmt::Display| format!("reading {stream}: {e}");
+async fn read_stream_once(js: &jetstream::Context, stream: &str) -> anyhow::Result<Vec<Stored>> {
+    let fail = |e: &dyn std::fmt::Display| anyhow::anyhow!("reading {stream}: {e}");
     let s = js.get_stream(stream).await.map_err(|e| fail(&e))?;
     let consumer = s
         .create_consumer(pull::OrderedConfig::default())
@@ -307,10 +307,10 @@ async fn read_stream_once(js: &jetstream::Context, stream: &str) -> Result<Vec<S
 pub async fn behind(
     js: &jetstream::Context,
     spec: &provision::Spec,
-) -> Result<Vec<String>, String> {
+) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
     for c in &spec.consumers {
-        let fail = |e: &dyn std::fmt::Display| format!("consumer {}: {e}", c.name);
+        let fail = |e: &dyn std::fmt::Display| anyhow::anyhow!("consumer {}: {e}", c.name);
         let info = retrying(|| async {
             let stream = js.get_stream(&c.stream).await.map_err(|e| fail(&e))?;
             stream.consumer_info(&c.name).await.map_err(|e| fail(&e))

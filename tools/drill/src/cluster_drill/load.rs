@@ -77,7 +77,7 @@ impl Target {
         n: usize,
         unpaid: bool,
         stats: &Mutex<Phase>,
-    ) -> Result<(), String> {
+    ) -> anyhow::Result<()> {
         let buyer = &self.buyers[n % self.buyers.len()];
         let gateway = &self.gateway;
         let record = |s: &Sent| {
@@ -96,7 +96,7 @@ impl Target {
             .await;
         record(&listed);
         if listed.status != 201 {
-            return Err(format!("listing {n}: {} {}", listed.status, listed.body));
+            anyhow::bail!("listing {n}: {} {}", listed.status, listed.body);
         }
         let ticket = listed.body["id"].as_str().unwrap_or_default().to_owned();
         // 404 until orders has learned of the ticket.
@@ -113,7 +113,7 @@ impl Target {
             201 => {}
             // A retry after a lost answer: the first attempt reserved it.
             409 if ordered.unavailable > 0 => return Ok(()),
-            s => return Err(format!("ordering {ticket}: {s} {}", ordered.body)),
+            s => anyhow::bail!("ordering {ticket}: {s} {}", ordered.body),
         }
         if unpaid {
             return Ok(());
@@ -141,7 +141,11 @@ impl Target {
                     .expired_first += 1;
                 Ok(())
             }
-            Paid::No => Err(format!("paying {order}: {} {}", paid.status, paid.body)),
+            Paid::No => Err(anyhow::anyhow!(
+                "paying {order}: {} {}",
+                paid.status,
+                paid.body
+            )),
         }
     }
 }
@@ -217,13 +221,13 @@ pub(super) async fn sign_up(
     http: &reqwest::Client,
     gateway: &str,
     email: &str,
-) -> Result<String, String> {
+) -> anyhow::Result<String> {
     let res = http
         .post(format!("{gateway}/api/users/signup"))
         .json(&json!({"email": email, "password": "drill-password-1"}))
         .send()
         .await
-        .map_err(|e| format!("signing up {email}: {e}"))?;
+        .with_context(|| format!("signing up {email}"))?;
     let status = res.status();
     let cookie = res
         .headers()
@@ -234,7 +238,7 @@ pub(super) async fn sign_up(
         .map(|c| c.split(';').next().unwrap_or_default().to_owned());
     match cookie {
         Some(token) if status.is_success() => Ok(token),
-        _ => Err(format!("signing up {email}: {status}")),
+        _ => Err(anyhow::anyhow!("signing up {email}: {status}")),
     }
 }
 
