@@ -1,11 +1,9 @@
 //! Planning: the configs a spec asks for, compared field by field with the
 //! server's, and what would change — printed for the operator.
 
-use super::*;
+use serde::Serialize;
 
-pub(crate) fn nanos(d: Duration) -> Value {
-    Value::from(d.as_nanos() as u64)
-}
+use super::*;
 
 pub(crate) fn marked_description(description: &str, owner: &str) -> String {
     if description.is_empty() {
@@ -30,8 +28,76 @@ pub(crate) fn recorded_owner(config: &Map<String, Value>) -> Option<String> {
     Some(description[start..end].to_owned())
 }
 
+/// Who owns a resource and what manages it, recorded in its metadata
+/// (nats-server 2.10 and later; before, in its description only). A map:
+/// its keys are the wire names `META_OWNER` and `META_MANAGED`.
 pub(crate) fn metadata(owner: &str) -> Value {
     json!({ META_OWNER: owner, META_MANAGED: MANAGED_BY })
+}
+
+/// A duration as JetStream's API takes it: nanoseconds.
+fn as_nanos<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_nanos() as u64)
+}
+
+fn all_as_nanos<S: serde::Serializer>(ds: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(ds.iter().map(|d| d.as_nanos() as u64))
+}
+
+/// The stream configuration this tool manages, in JetStream API's names:
+/// what it sends, and the fields it compares with the server's.
+#[derive(Serialize)]
+pub(crate) struct StreamConfig<'a> {
+    name: &'a str,
+    description: String,
+    subjects: &'a [String],
+    storage: &'static str,
+    retention: &'static str,
+    discard: &'static str,
+    #[serde(serialize_with = "as_nanos")]
+    max_age: Duration,
+    max_bytes: i64,
+    max_msgs: i64,
+    max_msg_size: i64,
+    max_consumers: i64,
+    #[serde(serialize_with = "as_nanos")]
+    duplicate_window: Duration,
+    num_replicas: u32,
+    /// 2.10 and later.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compression: Option<&'static str>,
+    /// 2.10 and later.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Value>,
+}
+
+/// The durable consumer configuration this tool manages, in JetStream
+/// API's names.
+#[derive(Serialize)]
+pub(crate) struct ConsumerConfig<'a> {
+    durable_name: &'a str,
+    description: String,
+    filter_subject: &'a str,
+    deliver_policy: &'static str,
+    ack_policy: &'static str,
+    #[serde(serialize_with = "as_nanos")]
+    ack_wait: Duration,
+    max_deliver: i64,
+    #[serde(serialize_with = "all_as_nanos")]
+    backoff: &'a [Duration],
+    max_ack_pending: i64,
+    /// 2.10 and later.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Value>,
+}
+
+/// A configuration as the field map the plan compares and apply sends.
+fn fields(config: &impl Serialize) -> Map<String, Value> {
+    match serde_json::to_value(config) {
+        Ok(Value::Object(map)) => map,
+        // Structs of strings, numbers and lists serialise to objects.
+        _ => Map::new(),
+    }
 }
 
 pub(crate) fn desired_stream(
@@ -39,54 +105,39 @@ pub(crate) fn desired_stream(
     facts: &ServerFacts,
     options: &Options,
 ) -> Map<String, Value> {
-    let mut c = Map::new();
-    c.insert("name".into(), json!(s.name));
-    c.insert(
-        "description".into(),
-        json!(marked_description(&s.description, &s.owner)),
-    );
-    c.insert("subjects".into(), json!(s.subjects));
-    c.insert("storage".into(), json!(s.storage.api_name()));
-    c.insert("retention".into(), json!(s.retention.api_name()));
-    c.insert("discard".into(), json!(s.discard.api_name()));
-    c.insert("max_age".into(), nanos(s.max_age));
-    c.insert("max_bytes".into(), json!(s.max_bytes));
-    c.insert("max_msgs".into(), json!(s.max_msgs));
-    c.insert("max_msg_size".into(), json!(s.max_msg_size));
-    c.insert("max_consumers".into(), json!(s.max_consumers));
-    c.insert("duplicate_window".into(), nanos(s.duplicate_window));
-    c.insert(
-        "num_replicas".into(),
-        json!(options.replicas.unwrap_or(s.replicas)),
-    );
-    if facts.version.at_least_2_10() {
-        c.insert("compression".into(), json!(s.compression.api_name()));
-        c.insert("metadata".into(), metadata(&s.owner));
-    }
-    c
+    let v2_10 = facts.version.at_least_2_10();
+    fields(&StreamConfig {
+        name: &s.name,
+        description: marked_description(&s.description, &s.owner),
+        subjects: &s.subjects,
+        storage: s.storage.api_name(),
+        retention: s.retention.api_name(),
+        discard: s.discard.api_name(),
+        max_age: s.max_age,
+        max_bytes: s.max_bytes,
+        max_msgs: s.max_msgs,
+        max_msg_size: s.max_msg_size,
+        max_consumers: s.max_consumers,
+        duplicate_window: s.duplicate_window,
+        num_replicas: options.replicas.unwrap_or(s.replicas),
+        compression: v2_10.then(|| s.compression.api_name()),
+        metadata: v2_10.then(|| metadata(&s.owner)),
+    })
 }
 
 pub(crate) fn desired_consumer(c: &ConsumerSpec, facts: &ServerFacts) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("durable_name".into(), json!(c.name));
-    m.insert(
-        "description".into(),
-        json!(marked_description(&c.description, &c.owner)),
-    );
-    m.insert("filter_subject".into(), json!(c.filter_subject));
-    m.insert("deliver_policy".into(), json!(c.deliver_policy.api_name()));
-    m.insert("ack_policy".into(), json!(c.ack_policy.api_name()));
-    m.insert("ack_wait".into(), nanos(c.ack_wait));
-    m.insert("max_deliver".into(), json!(c.max_deliver));
-    m.insert(
-        "backoff".into(),
-        Value::Array(c.backoff.iter().map(|d| nanos(*d)).collect()),
-    );
-    m.insert("max_ack_pending".into(), json!(c.max_ack_pending));
-    if facts.version.at_least_2_10() {
-        m.insert("metadata".into(), metadata(&c.owner));
-    }
-    m
+    fields(&ConsumerConfig {
+        durable_name: &c.name,
+        description: marked_description(&c.description, &c.owner),
+        filter_subject: &c.filter_subject,
+        deliver_policy: c.deliver_policy.api_name(),
+        ack_policy: c.ack_policy.api_name(),
+        ack_wait: c.ack_wait,
+        max_deliver: c.max_deliver,
+        backoff: &c.backoff,
+        max_ack_pending: c.max_ack_pending,
+        metadata: facts.version.at_least_2_10().then(|| metadata(&c.owner)),
+    })
 }
 
 // ------------------------------------------------------------------ diffing

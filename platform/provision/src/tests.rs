@@ -153,6 +153,52 @@ fn a_field_the_server_did_not_keep_is_an_error() {
     assert!(verify_kept(Kind::Stream, "stream USERS", &sent, &reply, &facts).is_ok());
 }
 
+/// The typed configurations send JetStream's names and units: durations in
+/// nanoseconds, and the 2.10 fields only to a 2.10 server.
+#[test]
+fn configurations_go_out_in_the_apis_names_and_units_per_server_version() {
+    let facts = |text: &str, version| ServerFacts {
+        version_text: text.into(),
+        version,
+        clustered: false,
+    };
+    let (old, new) = (
+        facts("2.9.10", Version(2, 9, 10)),
+        facts("2.15.1", Version(2, 15, 1)),
+    );
+    let spec = fixture();
+    let (s, c) = (&spec.streams[0], &spec.consumers[0]);
+    let stream = desired_stream(
+        s,
+        &old,
+        &Options {
+            replicas: Some(3),
+            ..Default::default()
+        },
+    );
+    assert_eq!(stream["name"], json!(s.name));
+    assert_eq!(stream["max_age"], json!(s.max_age.as_nanos() as u64));
+    assert_eq!(
+        stream["duplicate_window"],
+        json!(s.duplicate_window.as_nanos() as u64)
+    );
+    assert_eq!(stream["num_replicas"], json!(3));
+    assert_eq!(stream["storage"], json!(s.storage.api_name()));
+    assert!(!stream.contains_key("compression") && !stream.contains_key("metadata"));
+    let stream = desired_stream(s, &new, &Options::default());
+    assert_eq!(stream["compression"], json!(s.compression.api_name()));
+    assert_eq!(recorded_owner(&stream).as_deref(), Some(s.owner.as_str()));
+
+    let consumer = desired_consumer(c, &old);
+    assert_eq!(consumer["durable_name"], json!(c.name));
+    assert_eq!(consumer["ack_wait"], json!(c.ack_wait.as_nanos() as u64));
+    let backoff: Vec<u64> = c.backoff.iter().map(|d| d.as_nanos() as u64).collect();
+    assert_eq!(consumer["backoff"], json!(backoff));
+    assert_eq!(consumer["ack_policy"], json!(c.ack_policy.api_name()));
+    assert!(!consumer.contains_key("metadata"));
+    assert!(desired_consumer(c, &new).contains_key("metadata"));
+}
+
 #[test]
 fn absent_server_fields_count_as_their_defaults() {
     assert!(same("backoff", &json!([]), None));
