@@ -17,16 +17,15 @@
 //! Works on nats-server 2.9 and later: only 2.9-era consumer fields are sent
 //! (the client's `server_2_10+` features are off).
 //!
-//! Here: connecting, publishing and the [`Bus`] contract; consuming and
-//! watching in `deliveries`, parked messages in `parked`, test streams in
+//! Here: connecting and the [`Bus`] contract; the rest by concept:
+//! `publish`, `consume`, `ack`, `watch`, `parked`, and test streams in
 //! `testing`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
-use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
 
 use crate::{
     Acker, Bus, BusError, BusErrorKind, ConsumerConfig, Delivery, DeliverySource, Message,
@@ -54,12 +53,16 @@ fn unavailable(e: impl std::fmt::Display) -> BusError {
     BusError::new(BusErrorKind::Unavailable, e.to_string())
 }
 
-mod deliveries;
+mod ack;
+mod consume;
 mod parked;
+mod publish;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod watch;
 
-use deliveries::{JsSource, JsWatch, Puller, message_of, unwrap_replay};
+use ack::JsAcker;
+use consume::{message_of, unwrap_replay};
 use parked::{ParkedRecord, REPLAY_ID, REPLAY_RECORD, REPLAY_SEQ, REPLAY_SUBJECT, fold_parked};
 pub use parked::{replay_description, replay_durable, replay_subject};
 
@@ -156,100 +159,11 @@ impl JetStreamBus {
     pub fn context(&self) -> &jetstream::Context {
         &self.inner.js
     }
-
-    /// The stream whose subjects hold `subject`, by name and handle.
-    async fn stream_holding(
-        &self,
-        subject: &str,
-    ) -> Result<(String, jetstream::stream::Stream), BusError> {
-        let name = self
-            .inner
-            .js
-            .stream_by_subject(subject.to_owned())
-            .await
-            .map_err(|e| lookup_error(subject, &e))?;
-        let stream = self.inner.js.get_stream(&name).await.map_err(unavailable)?;
-        Ok((name, stream))
-    }
-
-    async fn send(&self, msg: Message) -> Result<jetstream::context::PublishAckFuture, BusError> {
-        let mut headers = async_nats::HeaderMap::new();
-        for (k, v) in &msg.headers {
-            headers.insert(k.as_str(), v.as_str());
-        }
-        let publish = PublishMessage::build()
-            .payload(msg.payload.into())
-            .headers(headers)
-            .message_id(&msg.id);
-        self.inner
-            .js
-            .send_publish(msg.subject.clone(), publish)
-            .await
-            .map_err(|e| publish_error(&msg.subject, e))
-    }
-}
-
-use jetstream::context::{GetStreamByNameError, GetStreamByNameErrorKind};
-
-/// No stream holds `subjects`: the streams were not provisioned.
-fn streams_missing(subjects: &[&str]) -> BusError {
-    BusError::new(
-        BusErrorKind::StreamMissing,
-        format!(
-            "no stream holds {} (the streams are not provisioned: run `streams apply`)",
-            subjects.join(", ")
-        ),
-    )
-}
-
-/// Why no stream could be found for `subject`: none holds it, or the
-/// question went unanswered — a cluster electing its meta leader, which is
-/// no reason to suggest provisioning.
-fn lookup_error(subject: &str, e: &GetStreamByNameError) -> BusError {
-    if e.kind() == GetStreamByNameErrorKind::NotFound {
-        streams_missing(&[subject])
-    } else {
-        BusError::new(
-            BusErrorKind::Unavailable,
-            format!("cannot ask which stream holds {subject}: {e}"),
-        )
-    }
-}
-
-fn publish_error(subject: &str, e: jetstream::context::PublishError) -> BusError {
-    use jetstream::context::PublishErrorKind;
-    match e.kind() {
-        PublishErrorKind::StreamNotFound => BusError::new(
-            BusErrorKind::StreamMissing,
-            // The server's "no responders": no stream takes the subject,
-            // or its stream is electing a leader (a node was lost).
-            format!(
-                "no stream answered for subject {subject} (none holds it, or it has no leader yet)"
-            ),
-        ),
-        PublishErrorKind::TimedOut => BusError::new(BusErrorKind::Timeout, e.to_string()),
-        _ => unavailable(e),
-    }
-}
-
-async fn await_ack(
-    subject: &str,
-    ack: jetstream::context::PublishAckFuture,
-) -> Result<PublishAck, BusError> {
-    let ack = ack.await.map_err(|e| publish_error(subject, e))?;
-    Ok(PublishAck {
-        seq: ack.sequence,
-        duplicate: ack.duplicate,
-    })
 }
 
 impl Bus for JetStreamBus {
     fn publish(&self, msg: Message) -> crate::BoxFuture<'_, Result<PublishAck, BusError>> {
-        Box::pin(async move {
-            let subject = msg.subject.clone();
-            let ack = self.send(msg).await?;
-            await_ack(&subject, ack).await
-        })
+        Box::pin(self.publish_one(msg))
     }
 
     /// Sends every message first and then awaits the acks, so a batch costs
@@ -258,83 +172,14 @@ impl Bus for JetStreamBus {
         &self,
         msgs: Vec<Message>,
     ) -> crate::BoxFuture<'_, Result<Vec<PublishAck>, BusError>> {
-        Box::pin(async move {
-            let mut pending = Vec::with_capacity(msgs.len());
-            for m in msgs {
-                let subject = m.subject.clone();
-                pending.push((subject, self.send(m).await?));
-            }
-            let mut acks = Vec::with_capacity(pending.len());
-            for (subject, ack) in pending {
-                acks.push(await_ack(&subject, ack).await?);
-            }
-            Ok(acks)
-        })
+        Box::pin(self.publish_many(msgs))
     }
 
     fn subscribe(
         &self,
         config: ConsumerConfig,
     ) -> crate::BoxFuture<'_, Result<Subscription, BusError>> {
-        Box::pin(async move {
-            let (stream_name, stream) = self.stream_holding(&config.filter_subject).await?;
-            let consumer: async_nats::jetstream::consumer::PullConsumer = stream
-                .get_or_create_consumer(
-                    &config.durable,
-                    pull::Config {
-                        durable_name: Some(config.durable.clone()),
-                        description: Some("durable consumer (a listener's)".into()),
-                        filter_subject: config.filter_subject.clone(),
-                        deliver_policy: DeliverPolicy::All,
-                        ack_policy: AckPolicy::Explicit,
-                        ack_wait: config.ack_wait,
-                        max_deliver: i64::from(config.max_deliver),
-                        ..Default::default()
-                    },
-                )
-                .await
-                .map_err(|e| {
-                    BusError::new(
-                        BusErrorKind::Unavailable,
-                        format!("consumer {}: {e}", config.durable),
-                    )
-                })?;
-            let existing = &consumer.cached_info().config.filter_subject;
-            if *existing != config.filter_subject {
-                return Err(BusError::new(
-                    BusErrorKind::Config,
-                    format!(
-                        "durable {} already filters {existing}, not {}",
-                        config.durable, config.filter_subject
-                    ),
-                ));
-            }
-            // A provisioned consumer's settings are the spec's, not the
-            // caller's: park by the limit the server enforces.
-            let max_deliver = match consumer.cached_info().config.max_deliver {
-                n if n > 0 => u32::try_from(n).unwrap_or(u32::MAX),
-                _ => u32::MAX,
-            };
-            let watcher = self.watch_advisories(&stream_name, &config.durable).await?;
-            let durable: Arc<str> = Arc::from(config.durable.as_str());
-            let replay = self.replay_consumer(&config).await.map(|consumer| Puller {
-                consumer,
-                messages: None,
-                name: Arc::from(replay_durable(&config.durable).as_str()),
-            });
-            Ok(Subscription::new(Box::new(JsSource {
-                bus: self.clone(),
-                main: Puller {
-                    consumer,
-                    messages: None,
-                    name: durable.clone(),
-                },
-                replay,
-                durable,
-                max_deliver,
-                watcher,
-            })))
-        })
+        Box::pin(self.subscribe_durable(config))
     }
 
     fn watch(
@@ -342,29 +187,7 @@ impl Bus for JetStreamBus {
         filter_subject: &str,
         since: shared::time::Timestamp,
     ) -> crate::BoxFuture<'_, Result<Watch, BusError>> {
-        let filter = filter_subject.to_owned();
-        Box::pin(async move {
-            let (_, stream) = self.stream_holding(&filter).await?;
-            let start_time = time::OffsetDateTime::from_unix_timestamp_nanos(
-                i128::from(since.millis()) * 1_000_000,
-            )
-            .map_err(|e| BusError::new(BusErrorKind::Config, format!("watch start: {e}")))?;
-            let consumer = stream
-                .create_consumer(pull::OrderedConfig {
-                    filter_subject: filter,
-                    deliver_policy: DeliverPolicy::ByStartTime { start_time },
-                    ..Default::default()
-                })
-                .await
-                .map_err(unavailable)?;
-            let remaining = consumer.cached_info().num_pending;
-            let messages = consumer.messages().await.map_err(unavailable)?;
-            Ok(Watch::new(Box::new(JsWatch {
-                messages,
-                remaining,
-                caught_up: false,
-            })))
-        })
+        Box::pin(self.watch_from(filter_subject.to_owned(), since))
     }
 
     fn parked_messages(
@@ -410,64 +233,21 @@ impl Bus for JetStreamBus {
     /// consumer is deleted and created again with the configuration the
     /// server had for it (the provisioning tool's marks included).
     fn rewind(&self, config: &ConsumerConfig) -> crate::BoxFuture<'_, Result<(), BusError>> {
-        let (filter, durable) = (config.filter_subject.clone(), config.durable.clone());
-        Box::pin(async move {
-            let (stream_name, stream) = self.stream_holding(&filter).await?;
-            let info = match stream.consumer_info(&durable).await {
-                Ok(info) => info,
-                Err(e)
-                    if e.kind()
-                        == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound =>
-                {
-                    return Ok(());
-                }
-                Err(e) => return Err(unavailable(format!("consumer {durable}: {e}"))),
-            };
-            stream
-                .delete_consumer(&durable)
-                .await
-                .map_err(|e| unavailable(format!("deleting consumer {durable}: {e}")))?;
-            stream
-                .create_consumer(info.config.clone())
-                .await
-                .map_err(|e| unavailable(format!("recreating consumer {durable}: {e}")))?;
-            tracing::info!(stream = %stream_name, %durable, "consumer rewound to the stream's first message");
-            Ok(())
-        })
+        Box::pin(self.rewind_durable(config.filter_subject.clone(), config.durable.clone()))
     }
 
     fn consumer_lag(
         &self,
         config: &ConsumerConfig,
     ) -> crate::BoxFuture<'_, Result<Option<(u64, u64)>, BusError>> {
-        let (filter, durable) = (config.filter_subject.clone(), config.durable.clone());
-        Box::pin(async move {
-            let (_, stream) = self.stream_holding(&filter).await?;
-            let info = stream.consumer_info(&durable).await.map_err(unavailable)?;
-            Ok(Some((info.num_pending, info.num_ack_pending as u64)))
-        })
+        Box::pin(self.lag_of(config.filter_subject.clone(), config.durable.clone()))
     }
 
     fn check_subjects(
         &self,
         subjects: &'static [&'static str],
     ) -> crate::BoxFuture<'_, Result<(), BusError>> {
-        Box::pin(async move {
-            let (mut missing, mut unanswered) = (Vec::new(), None);
-            for subject in subjects {
-                match self.inner.js.stream_by_subject(*subject).await {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == GetStreamByNameErrorKind::NotFound => {
-                        missing.push(*subject)
-                    }
-                    Err(e) => unanswered = Some(lookup_error(subject, &e)),
-                }
-            }
-            if !missing.is_empty() {
-                return Err(streams_missing(&missing));
-            }
-            unanswered.map_or(Ok(()), Err)
-        })
+        Box::pin(self.streams_hold(subjects))
     }
 
     fn check_ready(&self) -> crate::BoxFuture<'_, Result<(), BusError>> {
@@ -486,35 +266,6 @@ impl Bus for JetStreamBus {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Readiness said the streams were not provisioned while a cluster
-    /// only elected its meta leader: a question unanswered is not a stream
-    /// missing.
-    #[test]
-    fn a_stream_lookup_unanswered_is_unavailable_not_missing() {
-        let missing = lookup_error(
-            "a.b",
-            &GetStreamByNameError::new(GetStreamByNameErrorKind::NotFound),
-        );
-        assert_eq!(missing.kind, BusErrorKind::StreamMissing);
-        assert!(missing.message.contains("no stream holds a.b"), "{missing}");
-        assert!(missing.message.contains("streams apply"), "{missing}");
-        let several = streams_missing(&["a.b", "c.d"]);
-        assert!(
-            several.message.contains("no stream holds a.b, c.d"),
-            "{several}"
-        );
-
-        let unanswered = lookup_error(
-            "a.b",
-            &GetStreamByNameError::new(GetStreamByNameErrorKind::Request),
-        );
-        assert_eq!(unanswered.kind, BusErrorKind::Unavailable);
-        assert!(
-            !unanswered.message.contains("streams apply"),
-            "{unanswered}"
-        );
-    }
 
     #[test]
     fn nats_url_takes_one_server_or_a_comma_separated_list() {

@@ -1,9 +1,11 @@
-//! Consuming on JetStream: a member of a durable pull consumer (its pulls,
-//! and its parked messages' replays), what it hands the listener, how a
-//! delivery is settled, and the ordered watches.
+//! Consuming on JetStream: one durable pull consumer per (service,
+//! subject), shared by all replicas (each pull request gets distinct
+//! messages); a member of it (its pulls, and its parked messages'
+//! replays), and what it hands the listener. Settling a delivery is in
+//! `ack`, watches in `watch`.
 
+use async_nats::jetstream;
 use async_nats::jetstream::consumer::pull;
-use async_nats::jetstream::{self, AckKind};
 use futures_util::StreamExt;
 
 use super::*;
@@ -75,34 +77,6 @@ pub(super) fn message_of(msg: &async_nats::Message) -> Message {
         id,
         headers,
         payload: msg.payload.to_vec(),
-    }
-}
-
-/// A watch: an ordered consumer (ephemeral, flow-controlled, recreated by
-/// the client from where it was when a message goes missing or the
-/// connection drops) starting at the watch's start time.
-pub(super) struct JsWatch {
-    pub(super) messages: pull::Ordered,
-    /// Messages still to come from before the watch began.
-    pub(super) remaining: u64,
-    pub(super) caught_up: bool,
-}
-
-impl WatchSource for JsWatch {
-    fn next(&mut self) -> crate::BoxFuture<'_, Option<Result<Watched, BusError>>> {
-        Box::pin(async move {
-            if !self.caught_up && self.remaining == 0 {
-                self.caught_up = true;
-                return Some(Ok(Watched::CaughtUp));
-            }
-            match self.messages.next().await? {
-                Ok(msg) => {
-                    self.remaining = self.remaining.saturating_sub(1);
-                    Some(Ok(Watched::Message(message_of(&msg))))
-                }
-                Err(e) => Some(Err(unavailable(format!("watch interrupted: {e}")))),
-            }
-        })
     }
 }
 
@@ -277,91 +251,104 @@ impl DeliverySource for JsSource {
     }
 }
 
-pub(super) struct JsAcker {
-    pub(super) bus: JetStreamBus,
-    pub(super) msg: jetstream::Message,
-    pub(super) durable: Arc<str>,
-    pub(super) seq: u64,
-    pub(super) delivered: u32,
-    pub(super) max_deliver: u32,
-    pub(super) subject: String,
-    pub(super) id: String,
-    pub(super) headers: Vec<(String, String)>,
-    pub(super) payload: String,
-    /// What makes its parked record unique (see `record_parked`).
-    pub(super) park_key: String,
-}
-
-impl JsAcker {
-    /// Records the message on the parked stream, then terminates it.
-    pub(super) async fn park(&self, reason: String) -> Result<(), BusError> {
-        self.bus
-            .record_parked(
-                &ParkedRecord {
-                    consumer: self.durable.to_string(),
-                    seq: self.seq,
-                    subject: self.subject.clone(),
-                    id: self.id.clone(),
-                    deliveries: self.delivered,
-                    reason,
-                    payload: self.payload.clone(),
-                    headers: self.headers.clone(),
-                },
-                &self.park_key,
-            )
-            .await?;
-        self.msg
-            .double_ack_with(AckKind::Term)
-            .await
-            .map_err(unavailable)
-    }
-}
-
-impl JsAcker {
-    /// Delivers again after `delay` — or, on its last delivery, parks it
-    /// (with the handler's `error`, when it failed).
-    pub(super) async fn retry_or_park(
+impl JetStreamBus {
+    pub(super) async fn subscribe_durable(
         &self,
-        delay: Duration,
-        error: Option<String>,
-    ) -> Result<(), BusError> {
-        if self.delivered >= self.max_deliver {
-            let mut reason = format!("not acknowledged after {} deliveries", self.delivered);
-            if let Some(e) = error {
-                reason.push_str(&format!("; last error: {e}"));
-            }
-            return self.park(reason).await;
-        }
-        self.msg
-            .ack_with(AckKind::Nak(Some(delay)))
+        config: ConsumerConfig,
+    ) -> Result<Subscription, BusError> {
+        let (stream_name, stream) = self.stream_holding(&config.filter_subject).await?;
+        let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                &config.durable,
+                pull::Config {
+                    durable_name: Some(config.durable.clone()),
+                    description: Some("durable consumer (a listener's)".into()),
+                    filter_subject: config.filter_subject.clone(),
+                    deliver_policy: DeliverPolicy::All,
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: config.ack_wait,
+                    max_deliver: i64::from(config.max_deliver),
+                    ..Default::default()
+                },
+            )
             .await
-            .map_err(unavailable)
+            .map_err(|e| {
+                BusError::new(
+                    BusErrorKind::Unavailable,
+                    format!("consumer {}: {e}", config.durable),
+                )
+            })?;
+        let existing = &consumer.cached_info().config.filter_subject;
+        if *existing != config.filter_subject {
+            return Err(BusError::new(
+                BusErrorKind::Config,
+                format!(
+                    "durable {} already filters {existing}, not {}",
+                    config.durable, config.filter_subject
+                ),
+            ));
+        }
+        // A provisioned consumer's settings are the spec's, not the
+        // caller's: park by the limit the server enforces.
+        let max_deliver = match consumer.cached_info().config.max_deliver {
+            n if n > 0 => u32::try_from(n).unwrap_or(u32::MAX),
+            _ => u32::MAX,
+        };
+        let watcher = self.watch_advisories(&stream_name, &config.durable).await?;
+        let durable: Arc<str> = Arc::from(config.durable.as_str());
+        let replay = self.replay_consumer(&config).await.map(|consumer| Puller {
+            consumer,
+            messages: None,
+            name: Arc::from(replay_durable(&config.durable).as_str()),
+        });
+        Ok(Subscription::new(Box::new(JsSource {
+            bus: self.clone(),
+            main: Puller {
+                consumer,
+                messages: None,
+                name: durable.clone(),
+            },
+            replay,
+            durable,
+            max_deliver,
+            watcher,
+        })))
     }
-}
 
-impl Acker for JsAcker {
-    fn ack(&self) -> crate::BoxFuture<'_, Result<(), BusError>> {
-        Box::pin(async move { self.msg.double_ack().await.map_err(unavailable) })
+    pub(super) async fn rewind_durable(
+        &self,
+        filter: String,
+        durable: String,
+    ) -> Result<(), BusError> {
+        let (stream_name, stream) = self.stream_holding(&filter).await?;
+        let info = match stream.consumer_info(&durable).await {
+            Ok(info) => info,
+            Err(e)
+                if e.kind() == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound =>
+            {
+                return Ok(());
+            }
+            Err(e) => return Err(unavailable(format!("consumer {durable}: {e}"))),
+        };
+        stream
+            .delete_consumer(&durable)
+            .await
+            .map_err(|e| unavailable(format!("deleting consumer {durable}: {e}")))?;
+        stream
+            .create_consumer(info.config.clone())
+            .await
+            .map_err(|e| unavailable(format!("recreating consumer {durable}: {e}")))?;
+        tracing::info!(stream = %stream_name, %durable, "consumer rewound to the stream's first message");
+        Ok(())
     }
 
-    fn nak(&self, delay: Duration) -> crate::BoxFuture<'_, Result<(), BusError>> {
-        Box::pin(self.retry_or_park(delay, None))
-    }
-
-    fn fail(&self, delay: Duration, error: String) -> crate::BoxFuture<'_, Result<(), BusError>> {
-        Box::pin(self.retry_or_park(delay, Some(error)))
-    }
-
-    fn term(&self, reason: String) -> crate::BoxFuture<'_, Result<(), BusError>> {
-        Box::pin(async move { self.park(format!("terminated: {reason}")).await })
-    }
-
-    fn in_progress(&self) -> crate::BoxFuture<'_, Result<(), BusError>> {
-        Box::pin(async move {
-            self.msg
-                .ack_with(AckKind::Progress)
-                .await
-                .map_err(unavailable)
-        })
+    pub(super) async fn lag_of(
+        &self,
+        filter: String,
+        durable: String,
+    ) -> Result<Option<(u64, u64)>, BusError> {
+        let (_, stream) = self.stream_holding(&filter).await?;
+        let info = stream.consumer_info(&durable).await.map_err(unavailable)?;
+        Ok(Some((info.num_pending, info.num_ack_pending as u64)))
     }
 }
