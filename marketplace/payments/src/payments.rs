@@ -51,6 +51,13 @@ impl From<&Payment> for api::Payment {
     }
 }
 
+/// A payment begins as `authorizing`, with the card token kept until the
+/// gateway answers and the time the settler recovers it by.
+const INSERT_AUTHORIZING: &str = "
+    INSERT INTO payments
+        (id, order_id, authorization_id, amount_cents, created_at, status, card_token, next_try_at)
+    VALUES ($1, $2, '', $3, $4, 'authorizing', $5, $6)";
+
 /// The 409 of an order that was cancelled before the payment's verdict.
 pub const NOTHING_CHARGED: &str = "Order was cancelled; nothing was charged";
 
@@ -183,8 +190,9 @@ async fn pay(
                     Claim::New => {}
                     Claim::Answered { status, body } => return Ok(Started::Replay(status, body)),
                     Claim::Resource(earlier) => {
-                        let earlier = PaymentId::parse(&earlier)
-                            .ok_or_else(|| ApiError::internal(format!("idempotency key names {earlier}")))?;
+                        let earlier = PaymentId::parse(&earlier).ok_or_else(|| {
+                            ApiError::internal(format!("idempotency key names {earlier}"))
+                        })?;
                         return Ok(Started::Retry(earlier));
                     }
                     // The key and its payment commit together; this cannot
@@ -202,15 +210,18 @@ async fn pay(
             }
             match status {
                 OrderStatus::Cancelled => {
-                    return Err(ApiError::Conflict("Cannot pay for a cancelled order".into()));
+                    return Err(ApiError::Conflict(
+                        "Cannot pay for a cancelled order".into(),
+                    ));
                 }
-                OrderStatus::Complete => return Err(ApiError::Conflict("Order is already paid".into())),
+                OrderStatus::Complete => {
+                    return Err(ApiError::Conflict("Order is already paid".into()));
+                }
                 OrderStatus::Created => {}
             }
             check_declines(c, &settings, order_id, user.id, now)?;
             c.execute(
-                "INSERT INTO payments (id, order_id, authorization_id, amount_cents, created_at, status, card_token, next_try_at)
-                 VALUES ($1, $2, '', $3, $4, 'authorizing', $5, $6)",
+                INSERT_AUTHORIZING,
                 &[&id, &order_id, &price, &now, &card, &recovery],
             )
             .map_err(|e| {
@@ -305,7 +316,8 @@ async fn respond(state: &AppState, id: PaymentId, status: Status) -> Result<Resp
 /// payment as it stands, after waiting for its order's verdict as long as
 /// the first request would have.
 async fn answer_from(state: &AppState, id: PaymentId) -> Result<Response, ApiError> {
-    let read = move |c: &mut dyn store::Conn| -> Result<Option<(Status, Option<String>, i64)>, StoreError> {
+    type Settled = Option<(Status, Option<String>, i64)>;
+    let read = move |c: &mut dyn store::Conn| -> Result<Settled, StoreError> {
         c.query_opt(
             "SELECT status, last_error, card_declined FROM payments WHERE id = $1",
             &[&id],

@@ -53,6 +53,14 @@ pub(crate) struct Ticket {
 
 pub(crate) const COLUMNS: &str = "id, title, price_cents, user_id, version, status, order_id";
 
+const INSERT: &str = "INSERT INTO tickets
+        (id, title, price_cents, user_id, version, status, order_id, created_at)
+    VALUES ($1, $2, $3, $4, 0, 'available', NULL, $5)";
+
+const UPDATE: &str = "UPDATE tickets
+    SET title = $2, price_cents = $3, version = $4, status = $5, order_id = $6
+    WHERE id = $1";
+
 impl Ticket {
     pub(crate) fn from_row(r: &Row) -> Result<Self, StoreError> {
         Ok(Ticket {
@@ -91,8 +99,15 @@ impl Ticket {
     /// Writes the ticket's current fields back (its version already bumped).
     pub(crate) fn save(&self, c: &mut dyn Conn) -> Result<(), StoreError> {
         c.execute(
-            "UPDATE tickets SET title = $2, price_cents = $3, version = $4, status = $5, order_id = $6 WHERE id = $1",
-            &[&self.id, &self.title, &self.price, &self.version, &self.status.as_str(), &self.order_id],
+            UPDATE,
+            &[
+                &self.id,
+                &self.title,
+                &self.price,
+                &self.version,
+                &self.status.as_str(),
+                &self.order_id,
+            ],
         )?;
         Ok(())
     }
@@ -215,12 +230,14 @@ async fn create(
         .outbox
         .write(move |c| {
             refuse_banned(c, t.user_id)?;
-            c.execute(
-                "INSERT INTO tickets (id, title, price_cents, user_id, version, status, order_id, created_at)
-                 VALUES ($1, $2, $3, $4, 0, 'available', NULL, $5)",
-                &[&t.id, &t.title, &t.price, &t.user_id, &now],
-            )?;
-            let event = TicketCreated { id: t.id, version: 0, title: t.title.clone(), price_cents: t.price, user_id: t.user_id };
+            c.execute(INSERT, &[&t.id, &t.title, &t.price, &t.user_id, &now])?;
+            let event = TicketCreated {
+                id: t.id,
+                version: 0,
+                title: t.title.clone(),
+                price_cents: t.price,
+                user_id: t.user_id,
+            };
             c.enqueue(&event, &trace, now)?;
             Ok::<_, ApiError>(())
         })
