@@ -3,6 +3,7 @@
 //!
 //! - JWT verification (every authenticated request)
 //! - event encode and decode (every event, twice)
+//! - reading and checking a request body (`ValidJson`: every write)
 //! - one outbox relay batch: 256 rows read, published to the embedded bus,
 //!   deleted
 //! - the expiration scheduler with 100 000 timers pending: firing one due
@@ -75,6 +76,27 @@ static PRODUCER: &[store::Migration] = &[store::Migration {
     description: "outbox",
     sql: bus::outbox::OUTBOX_TABLE_SQL,
 }];
+
+fn bodies(c: &mut Criterion) {
+    let payment = serde_json::json!({ "orderId": OrderId::new().to_string(), "token": "tok_visa" });
+    c.bench_function("payment request read and checked (ValidJson)", |b| {
+        b.iter(|| {
+            shared::wire::validate::<marketplace_api::PaymentInput>(std::hint::black_box(
+                payment.clone(),
+            ))
+            .unwrap()
+        })
+    });
+    let ticket = serde_json::json!({ "title": "A concert in the park", "price": 19.99 });
+    c.bench_function("ticket request read and checked (ValidJson)", |b| {
+        b.iter(|| {
+            shared::wire::validate::<marketplace_api::TicketInput>(std::hint::black_box(
+                ticket.clone(),
+            ))
+            .unwrap()
+        })
+    });
+}
 
 fn relay(c: &mut Criterion) {
     let rt = runtime();
@@ -183,6 +205,6 @@ fn scheduler(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = jwt, events, relay, scheduler
+    targets = jwt, events, bodies, relay, scheduler
 }
 criterion_main!(benches);
