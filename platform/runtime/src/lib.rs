@@ -12,6 +12,7 @@
 //! same way.
 
 pub mod client;
+pub mod docs;
 pub mod edge;
 pub mod engines;
 pub mod gateway;
