@@ -220,13 +220,10 @@ async fn every_described_operation_is_routed_and_the_docs_are_served() {
         .await
         .unwrap();
     assert_eq!(viewer.status(), 200);
-    assert!(
-        viewer
-            .text()
-            .await
-            .unwrap()
-            .contains("/api/docs/assets/swagger-ui-bundle.js")
-    );
+    let page = viewer.text().await.unwrap();
+    assert!(page.contains("/api/docs/assets/swagger-ui-bundle.js"));
+    // Titled after the API the product assembled.
+    assert!(page.contains("<title>ticketing API</title>"), "{page}");
     let bundle = reqwest::get(format!(
         "{}/api/docs/assets/swagger-ui-bundle.js",
         server.base

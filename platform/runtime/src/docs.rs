@@ -89,7 +89,9 @@ pub fn router(api: &OpenApi) -> axum::Router {
 
 /// The few characters a title must not bring into HTML as they are.
 fn html_escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 async fn viewer(page: String) -> Response {
@@ -117,4 +119,14 @@ async fn asset(Path(file): Path<String>) -> Response {
         body,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_title_reaches_the_page_as_text_never_as_markup() {
+        assert_eq!(html_escape("a <b> & c"), "a &lt;b&gt; &amp; c");
+    }
 }
