@@ -70,16 +70,23 @@ pub struct Credentials {
     pub password: String,
 }
 
+impl Credentials {
+    /// Both, when both passed their checks.
+    fn of(email: Option<Email>, password: Option<String>) -> Option<Credentials> {
+        Some(Credentials {
+            email: email?,
+            password: password?,
+        })
+    }
+}
+
 impl Validate for SignUp {
     type Valid = Credentials;
 
     fn validate(self, check: &mut Check) -> Option<Credentials> {
         let email = email(check, self.email);
         let password = new_password(check, self.password, "password", "Password");
-        Some(Credentials {
-            email: email?,
-            password: password?,
-        })
+        Credentials::of(email, password)
     }
 }
 
@@ -98,10 +105,7 @@ impl Validate for SignIn {
     fn validate(self, check: &mut Check) -> Option<Credentials> {
         let email = email(check, self.email);
         let password = given_password(check, self.password, "password", "Password");
-        Some(Credentials {
-            email: email?,
-            password: password?,
-        })
+        Credentials::of(email, password)
     }
 }
 

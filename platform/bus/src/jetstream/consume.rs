@@ -260,16 +260,12 @@ impl JetStreamBus {
         let consumer: async_nats::jetstream::consumer::PullConsumer = stream
             .get_or_create_consumer(
                 &config.durable,
-                pull::Config {
-                    durable_name: Some(config.durable.clone()),
-                    description: Some("durable consumer (a listener's)".into()),
-                    filter_subject: config.filter_subject.clone(),
-                    deliver_policy: DeliverPolicy::All,
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: config.ack_wait,
-                    max_deliver: i64::from(config.max_deliver),
-                    ..Default::default()
-                },
+                durable_config(
+                    &config.durable,
+                    "durable consumer (a listener's)".into(),
+                    config.filter_subject.clone(),
+                    &config,
+                ),
             )
             .await
             .map_err(|e| {
@@ -350,5 +346,26 @@ impl JetStreamBus {
         let (_, stream) = self.stream_holding(&filter).await?;
         let info = stream.consumer_info(&durable).await.map_err(unavailable)?;
         Ok(Some((info.num_pending, info.num_ack_pending as u64)))
+    }
+}
+
+/// A durable pull consumer `name` of `filter`, from the stream's first
+/// message, acknowledged one by one with `config`'s ack wait and
+/// deliveries (a listener's, or its parked messages' replays).
+pub(super) fn durable_config(
+    name: &str,
+    description: String,
+    filter: String,
+    config: &ConsumerConfig,
+) -> pull::Config {
+    pull::Config {
+        durable_name: Some(name.to_owned()),
+        description: Some(description),
+        filter_subject: filter,
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: config.ack_wait,
+        max_deliver: i64::from(config.max_deliver),
+        ..Default::default()
     }
 }

@@ -62,7 +62,7 @@ pub mod testing;
 mod watch;
 
 use ack::JsAcker;
-use consume::{message_of, unwrap_replay};
+use consume::{durable_config, message_of, unwrap_replay};
 use parked::{ParkedRecord, REPLAY_ID, REPLAY_RECORD, REPLAY_SEQ, REPLAY_SUBJECT, fold_parked};
 pub use parked::{replay_description, replay_durable, replay_subject};
 

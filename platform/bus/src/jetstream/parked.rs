@@ -3,7 +3,7 @@
 //! advisories that name messages a consumer gave up on.
 
 use async_nats::jetstream;
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::consumer::pull;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -396,16 +396,12 @@ impl JetStreamBus {
                 .await?
                 .get_or_create_consumer(
                     &name,
-                    pull::Config {
-                        durable_name: Some(name.clone()),
-                        description: Some(replay_description(&config.durable)),
-                        filter_subject: replay_subject(&config.durable),
-                        deliver_policy: DeliverPolicy::All,
-                        ack_policy: AckPolicy::Explicit,
-                        ack_wait: config.ack_wait,
-                        max_deliver: i64::from(config.max_deliver),
-                        ..Default::default()
-                    },
+                    durable_config(
+                        &name,
+                        replay_description(&config.durable),
+                        replay_subject(&config.durable),
+                        config,
+                    ),
                 )
                 .await
                 .map_err(|e| unavailable(format!("consumer {name}: {e}")))
