@@ -233,7 +233,9 @@ fn partitionable(dir: &std::path::Path) -> Option<NatsCluster> {
 /// client (network namespaces, its link down) for a while, then joined
 /// again: the other two elect a leader and keep taking publishes; the
 /// client moves off the cut-off node; after the heal the old leader
-/// rejoins as a follower, and every message is stored once and delivered.
+/// rejoins and catches up, and every message is stored once and
+/// delivered. Then (2.10 and later) the client's own node is cut off: the
+/// client moves to another and loses nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_leader_is_replaced_and_rejoins_without_losing_a_message() {
     let dir = tempfile::tempdir().unwrap();
@@ -266,9 +268,27 @@ async fn a_partitioned_leader_is_replaced_and_rejoins_without_losing_a_message()
     }
     receive_all(&mut sub, &want, &mut seen).await;
     eprintln!("longest publish stall across the partition: {stall}");
+    // As above: the next fault only once the healed node has caught up (a
+    // CI run on 2.9.10 cut the client's node off before, and its publishes
+    // went unacknowledged for 30 s).
+    nodes
+        .wait_streams_current(["CLUSTER"], Duration::from_secs(60))
+        .await
+        .unwrap();
 
     // The node the client is connected to is cut off: the client notices
-    // (no answer to its pings) and moves to another node.
+    // (no answer to its pings) and moves to another node. Not on 2.9.x:
+    // cut off a second time, it left the stream without a leader for over
+    // 30 s in 2 of 6 runs (docs/operations.md: use 2.10 or later).
+    let version = bus.client().server_info().version;
+    if version.starts_with("2.9.") {
+        eprintln!(
+            "nats-server {version}: the second partition (the client's node) is drilled on 2.10 \
+             and later only"
+        );
+        rejoined_as_current(&js, nodes.name(leader), 30).await;
+        return;
+    }
     let on = bus.client().server_info().server_name;
     let node = nodes.node_named(&on).expect("connected to one of ours");
     nodes.partition(node).unwrap();
@@ -285,23 +305,30 @@ async fn a_partitioned_leader_is_replaced_and_rejoins_without_losing_a_message()
     receive_all(&mut sub, &want, &mut seen).await;
     nodes.heal(node).unwrap();
     eprintln!("longest publish stall with the client's node cut off: {moved}");
-    // The old leader rejoined as a follower that has caught up.
-    let old = nodes.name(leader).to_owned();
+    // The old leader rejoined, caught up.
+    rejoined_as_current(&js, nodes.name(leader), 40).await;
+}
+
+/// Waits until the stream holds `messages` and `old` is a current member
+/// of its group again: a follower that has caught up, or — after a later
+/// fault moved the leadership around — its leader.
+async fn rejoined_as_current(js: &async_nats::jetstream::Context, old: &str, messages: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut stream = js.get_stream("CLUSTER").await.unwrap();
         let info = stream.info().await.unwrap();
         let cluster = info.cluster.clone().unwrap();
-        let rejoined = cluster
+        let leads = cluster.leader.as_deref() == Some(old);
+        let follows = cluster
             .replicas
             .iter()
             .any(|r| r.name == old && r.current && !r.offline && r.lag.unwrap_or(0) == 0);
-        if info.state.messages == 40 && rejoined && cluster.leader.as_deref() != Some(&old) {
-            break;
+        if info.state.messages == messages && (leads || follows) {
+            return;
         }
         assert!(
             Instant::now() < deadline,
-            "stored {}; {old} not a current follower: {cluster:?}",
+            "stored {}; {old} not a current member: {cluster:?}",
             info.state.messages
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
