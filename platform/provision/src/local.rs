@@ -453,14 +453,7 @@ impl NatsCluster {
         let mut last = String::from("no node answered");
         loop {
             for node in (0..self.nodes.len()).filter(|n| self.is_running(*n)) {
-                let asked = async {
-                    let client = async_nats::connect(self.node_url(node)).await.ok()?;
-                    let js = async_nats::jetstream::new(client);
-                    let mut s = js.get_stream(stream).await.ok()?;
-                    s.info().await.ok()?.cluster.clone()
-                };
-                let Ok(Some(cluster)) = tokio::time::timeout(Duration::from_secs(2), asked).await
-                else {
+                let Some(cluster) = self.stream_cluster(node, stream).await else {
                     continue;
                 };
                 let Some(leader) = cluster.leader else {
@@ -496,17 +489,34 @@ impl NatsCluster {
     /// The node leading `stream` now, asking any running node.
     pub async fn stream_leader(&self, stream: &str) -> Option<NodeId> {
         for node in (0..self.nodes.len()).filter(|n| self.is_running(*n)) {
-            let asked = async {
-                let client = async_nats::connect(self.node_url(node)).await.ok()?;
-                let js = async_nats::jetstream::new(client);
-                let mut s = js.get_stream(stream).await.ok()?;
-                s.info().await.ok()?.cluster.as_ref()?.leader.clone()
-            };
-            if let Ok(Some(leader)) = tokio::time::timeout(Duration::from_secs(2), asked).await {
+            if let Some(leader) = self
+                .stream_cluster(node, stream)
+                .await
+                .and_then(|c| c.leader)
+            {
                 return self.node_named(&leader);
             }
         }
         None
+    }
+
+    /// `stream`'s group (leader and replicas) as `node` sees it, if it
+    /// answers within 2 s.
+    async fn stream_cluster(
+        &self,
+        node: NodeId,
+        stream: &str,
+    ) -> Option<async_nats::jetstream::stream::ClusterInfo> {
+        let asked = async {
+            let client = async_nats::connect(self.node_url(node)).await.ok()?;
+            let js = async_nats::jetstream::new(client);
+            let mut s = js.get_stream(stream).await.ok()?;
+            s.info().await.ok()?.cluster.clone()
+        };
+        tokio::time::timeout(Duration::from_secs(2), asked)
+            .await
+            .ok()
+            .flatten()
     }
 }
 
