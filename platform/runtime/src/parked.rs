@@ -597,3 +597,66 @@ async fn discard(
     tracing::info!(record = id, consumer = %p.consumer, admin = %admin, "parked message discarded");
     Ok(Json(ParkedBody::of(p, false)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn refused(body: serde_json::Value) -> Vec<(String, String)> {
+        match shared::wire::validate::<ReplayInput>(body) {
+            Err(ApiError::Validation(errors)) => errors
+                .into_iter()
+                .map(|e| (e.field.unwrap_or_default(), e.message))
+                .collect(),
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_replay_names_exactly_one_of_ids_a_consumer_or_all() {
+        let valid = |body| shared::wire::validate::<ReplayInput>(body).unwrap();
+        assert!(matches!(valid(json!({ "ids": [3, 4] })), Replay::Ids(ids) if ids == [3, 4]));
+        assert!(
+            matches!(valid(json!({ "consumer": " orders-x " })), Replay::Consumer(c) if c == "orders-x")
+        );
+        assert!(matches!(valid(json!({ "all": true })), Replay::All));
+        assert!(matches!(
+            valid(json!({ "ids": [1], "all": false })),
+            Replay::Ids(_)
+        ));
+
+        let one_of = "Name the messages to replay: ids, consumer, or all: true (one of them)";
+        assert_eq!(refused(json!({})), [("ids".to_owned(), one_of.to_owned())]);
+        assert_eq!(
+            refused(json!({ "all": false })),
+            [("ids".to_owned(), one_of.to_owned())]
+        );
+        assert_eq!(
+            refused(json!({ "ids": [1], "consumer": "c" })),
+            [("ids".to_owned(), one_of.to_owned())]
+        );
+        // Every bad field at once, and no "one of" on top of them.
+        assert_eq!(
+            refused(json!({ "ids": "1", "consumer": "a b", "all": "yes" })),
+            [
+                (
+                    "ids".to_owned(),
+                    "ids must be a list of record ids".to_owned()
+                ),
+                ("consumer".to_owned(), CONSUMER_RULE.to_owned()),
+                ("all".to_owned(), "all must be true or false".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_discard_needs_a_reason() {
+        let reason = shared::wire::validate::<DiscardInput>(json!({ "reason": " fixed by hand " }));
+        assert_eq!(reason.unwrap(), "fixed by hand");
+        assert!(matches!(
+            shared::wire::validate::<DiscardInput>(json!({ "reason": "  " })),
+            Err(ApiError::Validation(_))
+        ));
+    }
+}
