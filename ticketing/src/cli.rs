@@ -46,7 +46,7 @@ pub enum Command {
     /// Parked messages (events a consumer gave up on): list, show, replay
     /// to the consumer that parked them, or discard — through the running
     /// system's admin API, as an admin.
-    Parked(ParkedArgs),
+    Parked(operator::ParkedArgs),
     /// Operator commands on the payments service's data.
     Payments(PaymentsArgs),
     /// Operator commands on accounts (the auth service's data): grant or
@@ -370,65 +370,6 @@ pub struct StreamsArgs {
 
 fn parse_wait(text: &str) -> Result<Duration, String> {
     provision::spec::parse_duration(text)
-}
-
-// ----------------------------------------------------------------- parked
-
-/// Where the system is and who is asking.
-#[derive(Debug, Clone, Args)]
-pub struct ParkedArgs {
-    /// The system's URL (the gateway, or the all-in-one port).
-    #[arg(long, env = "TICKETING_URL", default_value = "http://127.0.0.1:3000")]
-    pub url: String,
-    /// An admin's session token (e.g. the `session` cookie's value).
-    #[arg(long, env = "TICKETING_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Or sign in as this admin (with `--password`).
-    #[arg(long, env = "TICKETING_ADMIN_EMAIL")]
-    pub email: Option<String>,
-    #[arg(long, env = "TICKETING_ADMIN_PASSWORD", hide_env_values = true)]
-    pub password: Option<String>,
-    #[command(subcommand)]
-    pub command: ParkedCommand,
-}
-
-#[derive(Debug, Clone, Subcommand)]
-pub enum ParkedCommand {
-    /// Parked messages, oldest first.
-    List {
-        /// One durable consumer's only (e.g. orders-payment-authorized).
-        #[arg(long)]
-        consumer: Option<String>,
-        /// Parked at or after this time (RFC 3339).
-        #[arg(long)]
-        since: Option<String>,
-        /// parked (waiting; the default), replayed, discarded or all.
-        #[arg(long, default_value = "parked")]
-        state: String,
-        /// Print the JSON the API answered.
-        #[arg(long)]
-        json: bool,
-    },
-    /// One parked message, whole: payload, headers, last error, trace id.
-    Show { id: u64 },
-    /// Deliver parked messages again to the consumer that parked them.
-    Replay {
-        /// Record ids.
-        ids: Vec<u64>,
-        /// Every message waiting on this consumer.
-        #[arg(long, conflicts_with_all = ["ids", "all"])]
-        consumer: Option<String>,
-        /// Every message waiting on any consumer.
-        #[arg(long, conflicts_with_all = ["ids", "consumer"])]
-        all: bool,
-    },
-    /// Give up on parked messages for good, recording why.
-    Discard {
-        #[arg(required = true)]
-        ids: Vec<u64>,
-        #[arg(long)]
-        reason: String,
-    },
 }
 
 #[cfg(test)]

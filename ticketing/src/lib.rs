@@ -6,7 +6,6 @@ pub mod catalogue;
 pub mod cli;
 pub mod config;
 pub mod docs;
-pub mod parked;
 pub mod streams;
 
 use std::sync::Arc;
@@ -67,7 +66,7 @@ pub async fn main(cli: cli::Cli) -> Result<u8, Box<dyn std::error::Error>> {
         Some(cli::Command::Probe { url }) => return Ok(probe(&url).await),
         Some(cli::Command::Payments(args)) => return payments_command(args).await,
         Some(cli::Command::Users(args)) => return users_command(args).await,
-        Some(cli::Command::Parked(args)) => return parked::run(args).await,
+        Some(cli::Command::Parked(args)) => return Ok(operator::run(args).await?),
         Some(cli::Command::Events { format, command }) => {
             return events(&catalogue::MARKETPLACE, format, command);
         }

@@ -4,11 +4,67 @@
 //! embedded bus — whose file only the running process may open — and on
 //! JetStream, and every action is checked and logged as an admin's.
 
-use crate::cli::{ParkedArgs, ParkedCommand};
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, Subcommand};
 use runtime::parked::{DiscardInput, ParkedBody, ReplayInput, ReplayOutcome};
 use serde_json::Value;
 
-type Error = Box<dyn std::error::Error>;
+/// Where the system is and who is asking.
+#[derive(Debug, Clone, Args)]
+pub struct ParkedArgs {
+    /// The system's URL (the gateway, or the all-in-one port).
+    #[arg(long, env = "TICKETING_URL", default_value = "http://127.0.0.1:3000")]
+    pub url: String,
+    /// An admin's session token (e.g. the `session` cookie's value).
+    #[arg(long, env = "TICKETING_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Or sign in as this admin (with `--password`).
+    #[arg(long, env = "TICKETING_ADMIN_EMAIL")]
+    pub email: Option<String>,
+    #[arg(long, env = "TICKETING_ADMIN_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    #[command(subcommand)]
+    pub command: ParkedCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ParkedCommand {
+    /// Parked messages, oldest first.
+    List {
+        /// One durable consumer's only (e.g. orders-payment-authorized).
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Parked at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// parked (waiting; the default), replayed, discarded or all.
+        #[arg(long, default_value = "parked")]
+        state: String,
+        /// Print the JSON the API answered.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One parked message, whole: payload, headers, last error, trace id.
+    Show { id: u64 },
+    /// Deliver parked messages again to the consumer that parked them.
+    Replay {
+        /// Record ids.
+        ids: Vec<u64>,
+        /// Every message waiting on this consumer.
+        #[arg(long, conflicts_with_all = ["ids", "all"])]
+        consumer: Option<String>,
+        /// Every message waiting on any consumer.
+        #[arg(long, conflicts_with_all = ["ids", "consumer"])]
+        all: bool,
+    },
+    /// Give up on parked messages for good, recording why.
+    Discard {
+        #[arg(required = true)]
+        ids: Vec<u64>,
+        #[arg(long)]
+        reason: String,
+    },
+}
 
 struct Client {
     http: reqwest::Client,
@@ -32,7 +88,7 @@ async fn failure(res: reqwest::Response) -> String {
 }
 
 impl Client {
-    async fn connect(args: &ParkedArgs) -> Result<Client, Error> {
+    async fn connect(args: &ParkedArgs) -> anyhow::Result<Client> {
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
             .build()?;
@@ -47,9 +103,10 @@ impl Client {
                         password: password.clone().into(),
                     })
                     .send()
-                    .await?;
+                    .await
+                    .with_context(|| format!("cannot reach {base}"))?;
                 if !res.status().is_success() {
-                    return Err(format!("cannot sign in: {}", failure(res).await).into());
+                    bail!("cannot sign in: {}", failure(res).await);
                 }
                 let prefix = format!("{}=", shared::auth::SESSION_COOKIE);
                 res.headers()
@@ -59,10 +116,12 @@ impl Client {
                     .find_map(|v| v.strip_prefix(&prefix))
                     .and_then(|v| v.split(';').next())
                     .map(str::to_owned)
-                    .ok_or("the sign-in answered without a session cookie")?
+                    .ok_or_else(|| anyhow!("the sign-in answered without a session cookie"))?
             }
             _ => {
-                return Err("an admin's session is needed: --token (TICKETING_TOKEN), or --email and --password (TICKETING_ADMIN_EMAIL, TICKETING_ADMIN_PASSWORD)".into());
+                bail!(
+                    "an admin's session is needed: --token (TICKETING_TOKEN), or --email and --password (TICKETING_ADMIN_EMAIL, TICKETING_ADMIN_PASSWORD)"
+                );
             }
         };
         Ok(Client { http, base, token })
@@ -74,7 +133,7 @@ impl Client {
         path: &str,
         query: &[(&str, &str)],
         body: Option<Value>,
-    ) -> Result<Value, Error> {
+    ) -> anyhow::Result<Value> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -83,9 +142,12 @@ impl Client {
         if let Some(body) = body {
             req = req.json(&body);
         }
-        let res = req.send().await?;
+        let res = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
         if !res.status().is_success() {
-            return Err(failure(res).await.into());
+            bail!(failure(res).await);
         }
         Ok(res.json().await?)
     }
@@ -112,7 +174,7 @@ fn table(items: &[ParkedBody]) -> String {
 }
 
 /// Runs a `parked` command; the exit code.
-pub async fn run(args: ParkedArgs) -> Result<u8, Error> {
+pub async fn run(args: ParkedArgs) -> anyhow::Result<u8> {
     let client = Client::connect(&args).await?;
     match args.command {
         ParkedCommand::List {
@@ -132,10 +194,10 @@ pub async fn run(args: ParkedArgs) -> Result<u8, Error> {
                 .call(reqwest::Method::GET, "/api/admin/parked", &query, None)
                 .await?;
             if json {
-                crate::print_report(&serde_json::to_string_pretty(&found)?);
+                print_report(&serde_json::to_string_pretty(&found)?);
             } else {
                 let items: Vec<ParkedBody> = serde_json::from_value(found)?;
-                crate::print_report(&table(&items));
+                print_report(&table(&items));
             }
         }
         ParkedCommand::Show { id } => {
@@ -147,7 +209,7 @@ pub async fn run(args: ParkedArgs) -> Result<u8, Error> {
                     None,
                 )
                 .await?;
-            crate::print_report(&serde_json::to_string_pretty(&found)?);
+            print_report(&serde_json::to_string_pretty(&found)?);
         }
         ParkedCommand::Replay { ids, consumer, all } => {
             let body = match (ids.is_empty(), consumer, all) {
@@ -163,7 +225,7 @@ pub async fn run(args: ParkedArgs) -> Result<u8, Error> {
                     all: true.into(),
                     ..Default::default()
                 },
-                _ => return Err("name what to replay: record ids, --consumer D, or --all".into()),
+                _ => bail!("name what to replay: record ids, --consumer D, or --all"),
             };
             let done: ReplayOutcome = serde_json::from_value(
                 client
@@ -175,7 +237,7 @@ pub async fn run(args: ParkedArgs) -> Result<u8, Error> {
                     )
                     .await?,
             )?;
-            crate::print_report(&format!(
+            print_report(&format!(
                 "replayed {}: {:?}{}",
                 done.replayed.len(),
                 done.replayed,
@@ -203,7 +265,7 @@ pub async fn run(args: ParkedArgs) -> Result<u8, Error> {
                     )
                     .await;
                 match res {
-                    Ok(_) => crate::print_report(&format!("{id}: discarded")),
+                    Ok(_) => print_report(&format!("{id}: discarded")),
                     Err(e) => {
                         failed = true;
                         eprintln!("{id}: {e}");
@@ -214,4 +276,39 @@ pub async fn run(args: ParkedArgs) -> Result<u8, Error> {
         }
     }
     Ok(0)
+}
+
+/// A command's output goes to stdout.
+#[allow(clippy::print_stdout)]
+fn print_report(report: &str) {
+    println!("{report}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parked(id: u64, reason: &str) -> ParkedBody {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "consumer": "orders-payment-authorized", "subject": "payment.authorized",
+            "seq": 7, "messageId": "m-7", "deliveries": 5, "reason": reason,
+            "parkedAt": "2026-12-07T10:00:00Z", "traceId": null, "state": "parked",
+            "resolvedAt": null, "discardReason": null,
+        }))
+        .expect("a parked record as the API answers it")
+    }
+
+    #[test]
+    fn the_table_has_a_line_per_message_with_its_reason_cut_to_eighty_characters() {
+        assert_eq!(table(&[]), "no parked messages");
+        let long = "x".repeat(200);
+        let out = table(&[parked(3, "no such order"), parked(4, &long)]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(lines[0].starts_with("    id  state"), "{out}");
+        assert!(
+            lines[1].contains("orders-payment-authorized") && lines[1].ends_with("no such order")
+        );
+        assert!(lines[2].ends_with(&"x".repeat(80)) && !lines[2].contains(&"x".repeat(81)));
+    }
 }
