@@ -479,12 +479,36 @@ fn the_image_is_multi_stage_non_root_and_carries_the_spec() {
         .filter(|l| l.starts_with("FROM "))
         .count();
     assert!(stages >= 2, "a build stage and a small runtime stage");
-    let last_stage = dockerfile.rsplit("\nFROM ").next().unwrap();
-    assert!(last_stage.contains("USER 65532"), "runs as non-root");
-    assert!(last_stage.contains("ENTRYPOINT [\"/usr/local/bin/ticketing\"]"));
+    let stage = |from: &str| {
+        dockerfile
+            .split("\nFROM ")
+            .find(|s| s.starts_with(from))
+            .unwrap_or_else(|| panic!("no stage FROM {from}"))
+    };
+    let runtime = stage("${RUNTIME_IMAGE} AS runtime\n");
+    assert!(runtime.contains("USER 65532"), "runs as non-root");
+    assert!(runtime.contains("ENTRYPOINT [\"/usr/local/bin/ticketing\"]"));
     assert!(
-        last_stage.contains("probe"),
+        runtime.contains("probe"),
         "a health check that needs no shell"
+    );
+    // What users build and what CI builds (a binary built beforehand) are
+    // the same runtime stage with the binary in the same place.
+    let last_stage = dockerfile.rsplit("\nFROM ").next().unwrap();
+    assert!(
+        last_stage.starts_with("runtime\n"),
+        "the image is the runtime stage"
+    );
+    assert!(
+        last_stage.contains("COPY --from=build /usr/local/bin/ticketing /usr/local/bin/ticketing")
+    );
+    assert!(
+        stage("runtime AS prebuilt\n")
+            .contains("COPY target/docker/ticketing /usr/local/bin/ticketing")
+    );
+    assert!(
+        read(".dockerignore").contains("!target/docker"),
+        "the prebuilt binary is in the build context"
     );
     // The build stage has every workspace member and the specs the binary
     // embeds (include_str!).

@@ -18,6 +18,7 @@ use shared::time::Clock;
 use store::testing::PgSchema;
 
 pub mod otlp;
+pub mod sessions;
 
 pub const JWT_KEY: &str = "multi-process-test-key-0123456789";
 
