@@ -1,5 +1,8 @@
 // Starts the all-in-one `ticketing` binary on a free port with a fresh data
-// directory, and stops it.
+// directory, and stops it; or, with E2E_URL, uses a deployment that is
+// already running (the compose stack that e2e/compose starts), whose admins
+// are granted by the command in E2E_GRANT_ADMIN (a JSON array; the e-mail is
+// appended).
 import { execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
@@ -26,6 +29,7 @@ function freePort() {
 // `command` is the binary's command: `["run"]` for the marketplace,
 // `["blog", "run"]` for the blog.
 export async function startServer(env = {}, command = ["run"]) {
+  if (process.env.E2E_URL) return running(process.env.E2E_URL);
   const port = await freePort();
   const dataDir = mkdtempSync(join(tmpdir(), "ticketing-e2e-"));
   const child = spawn(binary(), [...command, "--port", String(port), "--data-dir", dataDir], {
@@ -59,5 +63,18 @@ export async function startServer(env = {}, command = ["run"]) {
       await new Promise((r) => (child.exitCode !== null ? r() : child.once("exit", r)));
       rmSync(dataDir, { recursive: true, force: true });
     },
+  };
+}
+
+// A deployment started elsewhere: nothing to start or stop.
+function running(base) {
+  const [grant, ...args] = JSON.parse(process.env.E2E_GRANT_ADMIN || "[]");
+  return {
+    base,
+    grantAdmin(email) {
+      if (!grant) throw new Error("E2E_GRANT_ADMIN is not set");
+      execFileSync(grant, [...args, email], { stdio: ["ignore", "ignore", "inherit"] });
+    },
+    async stop() {},
   };
 }

@@ -14,6 +14,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod faults;
+mod helm;
 mod stack;
 
 use std::time::Duration;
@@ -163,6 +164,9 @@ async fn the_microservices_stack_starts_in_order_sells_ends_sessions_alerts_surv
         );
         assert_eq!(stack.inspect(service, "{{.Config.User}}"), "65532:65532");
     }
+
+    // The Helm chart's streams job, run as a container against this NATS.
+    helm::chart_streams_job_runs_against(&stack, &format!("{}_default", stack.project()));
 
     // A purchase through the gateway.
     let gw = format!("http://127.0.0.1:{port}");

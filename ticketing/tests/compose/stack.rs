@@ -157,6 +157,11 @@ pub struct Stack<'d> {
 }
 
 impl Stack<'_> {
+    /// The compose project's name.
+    pub fn project(&self) -> &str {
+        &self.project
+    }
+
     fn command(&self) -> Command {
         let mut c = Command::new(&self.docker.compose[0]);
         c.args(&self.docker.compose[1..])
