@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use common::Proc;
 use common::sessions::{
-    accepted, account, post, statuses, until_rejected_everywhere, with_session,
+    accepted, account, ban_one_and_sign_out_one, post, statuses, until_rejected_everywhere,
+    with_session,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -27,19 +28,7 @@ async fn all_in_one_ended_sessions_are_rejected_by_every_service_and_stay_so_aft
     let at = |_: &str| Some(base.clone());
     let (_, admin) = account(&base, ADMIN).await;
     common::grant_admin(dir.path(), ADMIN);
-    let (banned_id, banned) = account(&base, "banned@example.com").await;
-    let (_, leaver) = account(&base, "leaver@example.com").await;
-    let (_, stayer) = account(&base, "stayer@example.com").await;
-    assert!(accepted(&statuses(at, &banned, false).await));
-
-    assert_eq!(
-        post(format!("{base}/api/users/{banned_id}/ban"), &admin).await,
-        StatusCode::OK
-    );
-    assert_eq!(
-        post(format!("{base}/api/users/signout"), &leaver).await,
-        StatusCode::NO_CONTENT
-    );
+    let (banned, leaver, stayer) = ban_one_and_sign_out_one(&base, &admin).await;
     until_rejected_everywhere(&at, &banned).await;
     until_rejected_everywhere(&at, &leaver).await;
     assert!(accepted(&statuses(at, &stayer, false).await));

@@ -116,3 +116,22 @@ pub async fn until_rejected_everywhere(
 pub fn accepted(statuses: &[StatusCode]) -> bool {
     statuses.iter().all(|s| *s != StatusCode::UNAUTHORIZED)
 }
+
+/// Three sessions through `base`: one whose user `admin` then bans, one
+/// that signs out, one that stays. Their tokens, in that order.
+pub async fn ban_one_and_sign_out_one(base: &str, admin: &str) -> (String, String, String) {
+    let at = |_: &str| Some(base.to_owned());
+    let (banned_id, banned) = account(base, "banned@example.com").await;
+    let (_, leaver) = account(base, "leaver@example.com").await;
+    let (_, stayer) = account(base, "stayer@example.com").await;
+    assert!(accepted(&statuses(at, &banned, false).await));
+    assert_eq!(
+        post(format!("{base}/api/users/{banned_id}/ban"), admin).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        post(format!("{base}/api/users/signout"), &leaver).await,
+        StatusCode::NO_CONTENT
+    );
+    (banned, leaver, stayer)
+}
