@@ -8,7 +8,8 @@
 #   cargo build --release -p ticketing -p loadgen
 #   (image: deploy/README.md, "Without a registry", or docker compose build)
 #   bench/compose.sh [purchase|browse|…] [loadgen flags…]
-# STANDINS=1 adds deploy/standins' override; COMPOSE names the compose
+# STANDINS=1 adds deploy/standins' override; SAMPLE=0 measures no memory
+# under load; COMPOSE names the compose
 # command (default: `docker compose`, else `docker-compose`). Only the
 # sign-in rate limit is lifted (bench/compose.override.yaml), as in
 # bench/microservices.sh: loadgen signs its users up from one address.
@@ -24,9 +25,10 @@ files=(-f deploy/docker-compose.yaml)
 [ "${STANDINS:-0}" = 1 ] && files+=(-f deploy/standins/docker-compose.yaml)
 files+=(-f bench/compose.override.yaml)
 compose() { GATEWAY_PORT=$port PROMETHEUS_PORT=$((port + 1)) $COMPOSE -p ticketing-bench "${files[@]}" "$@"; }
-cleanup() { compose down --volumes --timeout 5 >/dev/null 2>&1 || true; }
-trap cleanup EXIT
-cleanup
+down() { compose down --volumes --timeout 5 >/dev/null 2>&1 || true; }
+down
+samples=$(mktemp -d)
+trap 'down; rm -rf "$samples"' EXIT
 
 services=(auth tickets orders expiration payments web gateway)
 healthy() {
@@ -34,8 +36,12 @@ healthy() {
     [ "$("$DOCKER" inspect -f '{{.State.Health.Status}}' "$(compose ps -q "$s")" 2>/dev/null)" = healthy ] || return 1
   done
 }
-memory() { # the containers' memory, as docker stats reports it
-  "$DOCKER" stats --no-stream --format '{{.Name}}\t{{.MemUsage}}' | grep ticketing-bench | sed 's/ticketing-bench[_-]//; s/[_-]1\t/\t/' | sort
+memory() { # each container's memory in MiB, as docker stats reports it (the cgroup's, page cache aside)
+  "$DOCKER" stats --no-stream --format '{{.Name}} {{.MemUsage}}' | awk '/ticketing-bench/ {
+    name = $1; sub(/^ticketing-bench[_-]/, "", name); sub(/[_-]1$/, "", name)
+    v = $2; unit = v; gsub(/[0-9.]/, "", unit); v += 0
+    if (unit == "GiB") v *= 1024; else if (unit == "KiB" || unit == "kB") v /= 1024; else if (unit == "B") v /= 1048576
+    printf "%s %.1f\n", name, v }'
 }
 
 echo "image ticketing:local: $("$DOCKER" image inspect -f '{{.Size}}' ticketing:local | awk '{printf "%.1f MB", $1/1e6}')"
@@ -44,11 +50,17 @@ compose up -d --no-build >/dev/null 2>&1
 until healthy; do sleep 0.2; done
 echo "up to every service healthy: $(awk "BEGIN { printf \"%.1f\", $(date +%s.%N) - $start }") s"
 sleep 5
-echo "== memory, idle"; memory
+memory >"$samples/idle"
 scenario=purchase
 if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then scenario=$1; shift; fi
 "$BIN/loadgen" "$scenario" --url "http://127.0.0.1:$port" "$@" >"${REPORT:-/dev/stdout}" &
 load=$!
-sleep 8
-echo "== memory, under $scenario load"; memory
+# Sampled through the whole run (set-up included); the peak per container.
+# (docker stats costs the engine some CPU: SAMPLE=0 leaves it out.)
+while [ "${SAMPLE:-1}" = 1 ] && kill -0 "$load" 2>/dev/null; do memory >>"$samples/load"; done
+touch "$samples/load"
 wait $load
+echo "== memory per container, MiB (docker stats): idle, and the peak under $scenario"
+awk 'FNR == NR { idle[$1] = $2; next } $2 > peak[$1] { peak[$1] = $2 }
+     END { for (c in idle) printf "%-12s %8.1f %8.1f\n", c, idle[c], peak[c] }' \
+  "$samples/idle" "$samples/load" | sort

@@ -177,6 +177,13 @@ async fn the_microservices_stack_serves_alerts_survives_kills_and_keeps_its_data
             "true"
         );
         assert_eq!(stack.inspect(service, "{{.Config.User}}"), "65532:65532");
+        // Their data is in PostgreSQL and NATS: no volume for the image's
+        // /data, which every `down` would leave behind.
+        let mounts = stack.inspect(
+            service,
+            "{{range .Mounts}}{{.Type}} {{.Destination}}; {{end}}",
+        );
+        assert!(!mounts.contains("volume"), "{service} mounts {mounts}");
     }
 
     // The Helm chart's streams job, run as a container against this NATS.
