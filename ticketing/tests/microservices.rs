@@ -49,12 +49,7 @@ async fn the_purchase_flow_works_with_one_process_per_service_on_nats_and_postgr
             json!({"orderId": order, "token": "tok_visa"}),
         )
         .await;
-    buyer
-        .until(&format!("/api/orders/{order}"), "status", json!("complete"))
-        .await;
-    buyer
-        .until(&format!("/api/tickets/{ticket}"), "status", json!("sold"))
-        .await;
+    buyer.until_complete_and_sold(&order, &ticket).await;
 
     let other = seller.sell("Matinee", 30.0).await;
     let unpaid = buyer.buy(&other).await;

@@ -52,12 +52,7 @@ async fn the_whole_purchase_flow_and_an_expiring_order_work_end_to_end() {
         .await;
     assert_eq!(paid.status(), StatusCode::CREATED);
     assert_eq!(paid.json::<Value>().await.unwrap()["amount"], json!(25.5));
-    buyer
-        .until(&format!("/api/orders/{order}"), "status", json!("complete"))
-        .await;
-    buyer
-        .until(&format!("/api/tickets/{ticket}"), "status", json!("sold"))
-        .await;
+    buyer.until_complete_and_sold(&order, &ticket).await;
     let listed: Vec<Value> = serde_json::from_value(seller.get("/api/tickets").await).unwrap();
     assert!(
         !listed.iter().any(|t| t["id"] == ticket.as_str()),

@@ -377,6 +377,14 @@ impl Shopper {
         .unwrap_or_else(|| panic!("{path} never reached one of {statuses:?}"))
     }
 
+    /// Waits until `order` is complete and `ticket` sold.
+    pub async fn until_complete_and_sold(&self, order: &str, ticket: &str) {
+        self.until(&format!("/api/orders/{order}"), "status", json!("complete"))
+            .await;
+        self.until(&format!("/api/tickets/{ticket}"), "status", json!("sold"))
+            .await;
+    }
+
     /// `path` once its `field` has `value`.
     pub async fn until(&self, path: &str, field: &str, value: Value) -> Value {
         testkit::eventually(Duration::from_secs(15), || async {

@@ -49,12 +49,7 @@ async fn purchase(seller: &Shopper, buyer: &Shopper, title: &str) -> (String, St
             json!({"orderId": order, "token": "tok_visa"}),
         )
         .await;
-    buyer
-        .until(&format!("/api/orders/{order}"), "status", json!("complete"))
-        .await;
-    buyer
-        .until(&format!("/api/tickets/{ticket}"), "status", json!("sold"))
-        .await;
+    buyer.until_complete_and_sold(&order, &ticket).await;
     (ticket, order)
 }
 
