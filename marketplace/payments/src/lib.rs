@@ -96,6 +96,17 @@ pub static MIGRATIONS: &[Migration] = &[
         description: "idempotency keys",
         sql: shared::idempotency::TABLE_SQL,
     },
+    // The buyer's declines counted from an index of declines alone: the
+    // count through the order replica visited every order the buyer ever
+    // placed, so a payment cost more the more a buyer had bought (issue 35).
+    Migration {
+        version: 6,
+        description: "a payment names its buyer; declines indexed per buyer",
+        sql: "ALTER TABLE payments ADD COLUMN user_id TEXT;
+              UPDATE payments SET user_id = (SELECT o.user_id FROM orders o WHERE o.id = payments.order_id);
+              CREATE INDEX payments_card_declines_by_buyer ON payments (user_id, created_at)
+                  WHERE card_declined = 1;",
+    },
 ];
 
 /// Settings of the payments service.

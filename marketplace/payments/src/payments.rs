@@ -55,8 +55,8 @@ impl From<&Payment> for api::Payment {
 /// gateway answers and the time the settler recovers it by.
 const INSERT_AUTHORIZING: &str = "
     INSERT INTO payments
-        (id, order_id, authorization_id, amount_cents, created_at, status, card_token, next_try_at)
-    VALUES ($1, $2, '', $3, $4, 'authorizing', $5, $6)";
+        (id, order_id, authorization_id, amount_cents, created_at, status, card_token, next_try_at, user_id)
+    VALUES ($1, $2, '', $3, $4, 'authorizing', $5, $6, $7)";
 
 /// The 409 of an order that was cancelled before the payment's verdict.
 pub const NOTHING_CHARGED: &str = "Order was cancelled; nothing was charged";
@@ -73,6 +73,11 @@ fn conflict_for(p: &Payment) -> ApiError {
         _ => format!("Order is already paid (payment {})", p.id),
     })
 }
+
+/// The buyer's declined cards within the window, and the oldest: a range
+/// of the index of declines by buyer, however many orders the buyer has.
+const PER_BUYER_DECLINES: &str = "SELECT COUNT(*), MIN(created_at) FROM payments
+    WHERE user_id = $1 AND card_declined = 1 AND created_at > $2";
 
 /// Card testing: 429 once the order, or its buyer, has had as many cards
 /// declined within the window as the settings allow; `Retry-After` is when
@@ -97,11 +102,7 @@ fn check_declines(
          WHERE order_id = $1 AND card_declined = 1 AND created_at > $2",
         &[&order, &since],
     )?)?;
-    let per_buyer = counted(c.query_opt(
-        "SELECT COUNT(*), MIN(p.created_at) FROM payments p JOIN orders o ON o.id = p.order_id
-         WHERE o.user_id = $1 AND p.card_declined = 1 AND p.created_at > $2",
-        &[&user, &since],
-    )?)?;
+    let per_buyer = counted(c.query_opt(PER_BUYER_DECLINES, &[&user, &since])?)?;
     for ((count, oldest), max) in [
         (per_order, settings.max_declines_per_order),
         (per_buyer, settings.max_declines_per_buyer),
@@ -222,7 +223,7 @@ async fn pay(
             check_declines(c, &settings, order_id, user.id, now)?;
             c.execute(
                 INSERT_AUTHORIZING,
-                &[&id, &order_id, &price, &now, &card, &recovery],
+                &[&id, &order_id, &price, &now, &card, &recovery, &user.id],
             )
             .map_err(|e| {
                 if e.is_unique_violation() {

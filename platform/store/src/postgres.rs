@@ -206,14 +206,18 @@ impl Worker {
         let Some(client) = client.as_ref() else {
             return Err(StoreError::new(StoreErrorKind::Unavailable, "not connected").into());
         };
-        rt.block_on(client.batch_execute("BEGIN"))
-            .map_err(StoreError::from)?;
         let mut conn = PgConn {
             client,
             rt,
             statements,
+            begun: false,
         };
-        match f(&mut conn) {
+        let result = f(&mut conn);
+        // A closure that ran no statement had no transaction to end.
+        if !conn.begun {
+            return result;
+        }
+        match result {
             Ok(value) => {
                 rt.block_on(client.batch_execute("COMMIT"))
                     .map_err(StoreError::from)?;
@@ -231,6 +235,10 @@ struct PgConn<'a> {
     client: &'a tokio_postgres::Client,
     rt: &'a tokio::runtime::Runtime,
     statements: &'a mut HashMap<String, tokio_postgres::Statement>,
+    /// Whether `BEGIN` has been sent. It goes out with the transaction's
+    /// first statement, in the same write (pipelined): one round trip, and
+    /// one wake-up of this thread, fewer per transaction.
+    begun: bool,
 }
 
 impl PgConn<'_> {
@@ -241,6 +249,57 @@ impl PgConn<'_> {
         let s = self.rt.block_on(self.client.prepare(sql))?;
         self.statements.insert(sql.to_owned(), s.clone());
         Ok(s)
+    }
+
+    /// Runs `statement` — after `BEGIN` when it is the transaction's first,
+    /// both sent before either answer is awaited. tokio-postgres sends a
+    /// request when its future is first polled and answers in order, so
+    /// `BEGIN` is polled first, always (a fair join could start with the
+    /// other).
+    fn in_transaction<T, F>(&mut self, statement: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        if std::mem::replace(&mut self.begun, true) {
+            return Ok(self.rt.block_on(statement)?);
+        }
+        let begin = self.client.batch_execute("BEGIN");
+        let (begun, done) = self.rt.block_on(async {
+            let (mut begin, mut statement) = (std::pin::pin!(begin), std::pin::pin!(statement));
+            let (mut begun, mut done) = (None, None);
+            std::future::poll_fn(|cx| {
+                if begun.is_none() {
+                    begun = begin.as_mut().poll(cx).map(Some).ready_or_none();
+                }
+                if done.is_none() {
+                    done = statement.as_mut().poll(cx).map(Some).ready_or_none();
+                }
+                if begun.is_some() && done.is_some() {
+                    std::task::Poll::Ready(())
+                } else {
+                    std::task::Poll::Pending
+                }
+            })
+            .await;
+            (begun, done)
+        });
+        // Both are set once the loop above has ended.
+        begun.expect("polled to the end")?;
+        Ok(done.expect("polled to the end")?)
+    }
+}
+
+/// `Poll<Option<T>>` → `Option<T>` (`None` while pending).
+trait ReadyOrNone<T> {
+    fn ready_or_none(self) -> Option<T>;
+}
+
+impl<T> ReadyOrNone<T> for std::task::Poll<Option<T>> {
+    fn ready_or_none(self) -> Option<T> {
+        match self {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => None,
+        }
     }
 }
 
@@ -316,20 +375,21 @@ impl Conn for PgConn<'_> {
     fn execute(&mut self, sql: &str, params: &[&dyn ToValue]) -> Result<u64, StoreError> {
         let stmt = self.statement(sql)?;
         let bound = bind(params);
-        Ok(self
-            .rt
-            .block_on(self.client.execute(&stmt, &refs(&bound)))?)
+        let client = self.client;
+        self.in_transaction(client.execute(&stmt, &refs(&bound)))
     }
 
     fn query(&mut self, sql: &str, params: &[&dyn ToValue]) -> Result<Vec<Row>, StoreError> {
         let stmt = self.statement(sql)?;
         let bound = bind(params);
-        let rows = self.rt.block_on(self.client.query(&stmt, &refs(&bound)))?;
+        let client = self.client;
+        let rows = self.in_transaction(client.query(&stmt, &refs(&bound)))?;
         rows.iter().map(read_row).collect()
     }
 
     fn execute_batch(&mut self, sql: &str) -> Result<(), StoreError> {
-        Ok(self.rt.block_on(self.client.batch_execute(sql))?)
+        let client = self.client;
+        self.in_transaction(client.batch_execute(sql))
     }
 
     fn backend(&self) -> Backend {

@@ -31,6 +31,52 @@ pub fn hold_paused_clock() {
     crate::sqlite::HOLD_PAUSED_CLOCK.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// A statement's query plan as SQLite explains it, and the most
+/// virtual-machine steps one run of it took since [`reset_steps`].
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// `EXPLAIN QUERY PLAN`'s `detail` lines, with the statement's first
+    /// parameters.
+    pub lines: Vec<String>,
+    /// SQLite's `SQLITE_STMTSTATUS_VM_STEP` for the costliest run: a
+    /// count of the work done, the same on any machine, which grows with
+    /// the rows a statement visits.
+    pub steps: u64,
+}
+
+/// From now on, in this process, every distinct statement a SQLite
+/// database runs has its query plan and its cost in steps recorded, for
+/// tests that check the hot paths use their indexes and cost no more as
+/// the data grows; [`plans`] reads them.
+pub fn record_plans() {
+    let mut plans = crate::sqlite::PLANS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    plans.get_or_insert_with(Default::default);
+    crate::sqlite::RECORDING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Forgets the steps recorded so far (the plans stay): the start of a
+/// phase to compare with another.
+pub fn reset_steps() {
+    let mut plans = crate::sqlite::PLANS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    for plan in plans.iter_mut().flat_map(|p| p.values_mut()) {
+        plan.steps = 0;
+    }
+}
+
+/// The statements recorded since [`record_plans`], each as the service
+/// wrote it.
+pub fn plans() -> std::collections::BTreeMap<String, Plan> {
+    crate::sqlite::PLANS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_default()
+}
+
 /// Creates a fresh schema, or `None` (after saying why) when PostgreSQL is
 /// unreachable and engines are optional.
 pub async fn postgres_schema() -> Option<PgSchema> {

@@ -81,6 +81,40 @@ pub async fn an_error_inside_the_closure_rolls_the_whole_transaction_back(t: Tar
     assert_eq!(count(&db).await, 0);
 }
 
+/// On PostgreSQL `BEGIN` goes out with a transaction's first statement:
+/// a closure that runs none answers without a transaction, and one whose
+/// first statement fails is rolled back; the connections serve on after
+/// both.
+pub async fn a_transaction_without_statements_or_with_a_failing_first_one_leaves_the_connection_usable(
+    t: Target,
+) {
+    let db = t.open().await;
+    let nothing: i64 = db.write(|_| Ok::<_, StoreError>(42)).await.unwrap();
+    assert_eq!(nothing, 42);
+    let refused: Result<(), StoreError> = db
+        .write(|c| {
+            c.execute("INSERT INTO no_such_table (id) VALUES ($1)", &[&"a"])?;
+            Ok(())
+        })
+        .await;
+    assert!(refused.is_err());
+    db.write(|c| {
+        c.execute("INSERT INTO items (id, n) VALUES ($1, $2)", &[&"a", &1i64])?;
+        c.execute("INSERT INTO items (id, n) VALUES ($1, $2)", &[&"b", &2i64])
+    })
+    .await
+    .unwrap();
+    let failed_later: Result<(), StoreError> = db
+        .write(|c| {
+            c.execute("INSERT INTO items (id, n) VALUES ($1, $2)", &[&"c", &3i64])?;
+            c.execute("INSERT INTO items (id, n) VALUES ($1, $2)", &[&"a", &4i64])?;
+            Ok(())
+        })
+        .await;
+    assert!(failed_later.unwrap_err().is_unique_violation());
+    assert_eq!(count(&db).await, 2);
+}
+
 pub async fn unique_constraints_and_partial_indexes_report_a_unique_violation(t: Target) {
     let db = t.open().await;
     db.write(|c| {
@@ -222,6 +256,7 @@ macro_rules! suite {
         suite!(@cases $target,
             a_committed_write_is_visible_and_survives_reopening,
             an_error_inside_the_closure_rolls_the_whole_transaction_back,
+            a_transaction_without_statements_or_with_a_failing_first_one_leaves_the_connection_usable,
             unique_constraints_and_partial_indexes_report_a_unique_violation,
             placeholders_bind_by_number_whatever_order_they_appear_in,
             migrations_run_once_even_when_the_database_is_opened_again,
