@@ -238,8 +238,9 @@ fn report(empty: &BTreeMap<String, Plan>, full: &BTreeMap<String, Plan>) {
     for (sql, plan) in full {
         let before = empty.get(sql).map_or(0, |p| p.steps);
         println!(
-            "{before:>6} → {:>6} steps  {}\n        {}",
+            "{before:>6} → {:>6} steps, {:>3} runs  {}\n        {}",
             plan.steps,
+            plan.runs,
             one_line(sql),
             plan.lines.join("\n        ")
         );

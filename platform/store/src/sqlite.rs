@@ -436,6 +436,7 @@ fn record_plan(conn: &rusqlite::Connection, sql: &str, p: &[&dyn ToValue], steps
     };
     if let Some(plan) = plans.get_mut(sql) {
         plan.steps = plan.steps.max(steps as u64);
+        plan.runs += 1;
         return;
     }
     let explained = conn
@@ -446,17 +447,17 @@ fn record_plan(conn: &rusqlite::Connection, sql: &str, p: &[&dyn ToValue], steps
             })?
             .collect::<Result<Vec<_>, _>>()
         });
-    // Statements without a plan (DDL) explain to nothing.
+    // Statements without a table to search (an INSERT's VALUES, DDL)
+    // explain to nothing; they are recorded too, for their runs.
     if let Ok(lines) = explained {
-        if !lines.is_empty() {
-            plans.insert(
-                sql.to_owned(),
-                crate::testing::Plan {
-                    lines,
-                    steps: steps as u64,
-                },
-            );
-        }
+        plans.insert(
+            sql.to_owned(),
+            crate::testing::Plan {
+                lines,
+                steps: steps as u64,
+                runs: 1,
+            },
+        );
     }
 }
 

@@ -42,6 +42,8 @@ pub struct Plan {
     /// count of the work done, the same on any machine, which grows with
     /// the rows a statement visits.
     pub steps: u64,
+    /// How often it ran since [`reset_steps`].
+    pub runs: u64,
 }
 
 /// From now on, in this process, every distinct statement a SQLite
@@ -56,7 +58,7 @@ pub fn record_plans() {
     crate::sqlite::RECORDING.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Forgets the steps recorded so far (the plans stay): the start of a
+/// Forgets the steps and runs recorded so far (the plans stay): the start of a
 /// phase to compare with another.
 pub fn reset_steps() {
     let mut plans = crate::sqlite::PLANS
@@ -64,6 +66,7 @@ pub fn reset_steps() {
         .unwrap_or_else(|e| e.into_inner());
     for plan in plans.iter_mut().flat_map(|p| p.values_mut()) {
         plan.steps = 0;
+        plan.runs = 0;
     }
 }
 

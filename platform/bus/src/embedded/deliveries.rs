@@ -7,6 +7,8 @@ use super::*;
 pub(super) struct EmbeddedSource {
     pub(super) inner: Arc<Inner>,
     pub(super) consumer: Arc<str>,
+    /// The consumer's wake-up for what is published to it.
+    pub(super) published: Arc<Notify>,
     pub(super) buffer: VecDeque<Delivery>,
 }
 
@@ -89,10 +91,12 @@ impl DeliverySource for EmbeddedSource {
                 }
                 // Register for wake-ups before looking, so a publish that
                 // lands between the look and the wait is not missed.
-                let inner = self.inner.clone();
+                let (inner, published) = (self.inner.clone(), self.published.clone());
                 let woken = inner.wake.notified();
-                tokio::pin!(woken);
+                let arrived = published.notified();
+                tokio::pin!(woken, arrived);
                 woken.as_mut().enable();
+                arrived.as_mut().enable();
                 let fetched = match self.fetch().await {
                     Ok(f) => f,
                     Err(e) => return Some(Err(e)),
@@ -118,6 +122,7 @@ impl DeliverySource for EmbeddedSource {
                 };
                 tokio::select! {
                     _ = woken => {}
+                    _ = arrived => {}
                     _ = tokio::time::sleep(sleep_for) => {}
                 }
             }
