@@ -59,5 +59,9 @@ if [ "$scenario" = revoke ]; then
     --services "auth=${url[auth]},tickets=${url[tickets]},orders=${url[orders]},payments=${url[payments]}" "$@"
   exit
 fi
+# browse also runs the same reads straight to the tickets service, for the
+# gateway's ratio.
+direct=()
+if [ "$scenario" = browse ]; then direct=(--direct "${url[tickets]}"); fi
 "$BIN/loadgen" "$scenario" --url "http://127.0.0.1:$gw_port" \
-  --metrics-url "${url[expiration]}/metrics" "$@"
+  --metrics-url "${url[expiration]}/metrics" "${direct[@]}" "$@"

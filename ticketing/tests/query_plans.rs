@@ -217,6 +217,25 @@ async fn purchases_on_empty_and_fuller_stores() {
         "statements that sort every match to return a few:\n{}",
         sorted.join("\n")
     );
+    // The embedded bus fetches for a consumer when something was published
+    // to it: about twice per delivery (the fetch that finds it, and the
+    // one that finds nothing more), not once per consumer for every event
+    // (16 consumers: 399 fetches for 32 deliveries, before).
+    let runs = |starts: &str| {
+        full.iter()
+            .filter(|(sql, _)| sql.trim_start().starts_with(starts))
+            .map(|(_, p)| p.runs)
+            .sum::<u64>()
+    };
+    let (fetches, deliveries) = (
+        runs("SELECT p.seq, p.deliveries"),
+        runs("INSERT INTO pending"),
+    );
+    assert!(deliveries > 0);
+    assert!(
+        fetches <= 3 * deliveries,
+        "{fetches} fetches for {deliveries} deliveries"
+    );
     // The per-buyer decline count reads the payments table alone.
     let declines = full
         .iter()

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, Method, StatusCode};
+use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use shared::ApiError;
 use shared::http::{BODY_LIMIT, PeerAddr};
@@ -137,10 +137,20 @@ impl Upstreams {
     }
 }
 
+/// The proxy's HTTP client: hyper's pooled client, without what a general
+/// client adds per request (URL parsing, redirect policy, default headers,
+/// a timer per request) — the request and the answer pass through with
+/// their headers as parsed once, and the answer's body streams through.
+type Upstream =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
+
 struct Gateway {
     upstreams: Upstreams,
-    client: reqwest::Client,
+    client: Upstream,
 }
+
+/// How long an upstream may take to answer with its headers.
+const UPSTREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: &[&str] = &[
@@ -155,76 +165,96 @@ const HOP_BY_HOP: &[&str] = &[
     "host",
 ];
 
-fn hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name.as_str())
+/// Removes the hop-by-hop headers, in place.
+fn strip_hop_by_hop(headers: &mut axum::http::HeaderMap) {
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+/// Why one replica did not answer.
+enum Failed {
+    /// It refused the connection: it never saw the request.
+    Refused(String),
+    /// Anything else: it may have seen the request.
+    Other(String),
+}
+
+async fn send(gw: &Gateway, req: axum::http::Request<Body>) -> Result<Response, Failed> {
+    match tokio::time::timeout(UPSTREAM_TIMEOUT, gw.client.request(req)).await {
+        Ok(Ok(res)) => {
+            let (mut parts, body) = res.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Ok(Response::from_parts(parts, Body::new(body)))
+        }
+        Ok(Err(e)) if e.is_connect() => Err(Failed::Refused(store::report(&e))),
+        Ok(Err(e)) => Err(Failed::Other(store::report(&e))),
+        Err(_) => Err(Failed::Other(format!(
+            "no answer within {} s",
+            UPSTREAM_TIMEOUT.as_secs()
+        ))),
+    }
 }
 
 async fn proxy(State(gw): State<Arc<Gateway>>, peer: PeerAddr, req: Request) -> Response {
-    let path = req.uri().path().to_owned();
-    let Some((service, replicas)) = gw.upstreams.replicas_for(&path) else {
+    let Some((service, replicas)) = gw.upstreams.replicas_for(req.uri().path()) else {
         return ApiError::NotFound.into_response();
     };
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    // Read whole (and bounded) before it is sent: a replica that refuses
+    // the connection is followed by the next, with the same body.
     let body = match shared::http::read_body(body, BODY_LIMIT).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let mut headers = reqwest::header::HeaderMap::new();
-    for (name, value) in parts.headers.iter().filter(|(n, _)| !hop_by_hop(n)) {
-        headers.append(name, value.clone());
-    }
     // The host the client addressed, for the services' same-origin check.
-    if let Some(host) = parts.headers.get(axum::http::header::HOST) {
+    if let Some(host) = parts.headers.get(axum::http::header::HOST).cloned() {
         if !parts.headers.contains_key("x-forwarded-host") {
-            headers.insert("x-forwarded-host", host.clone());
+            parts.headers.insert("x-forwarded-host", host);
         }
     }
-    if let Some(ip) = peer.0.map(|p| p.ip().to_string()) {
+    if let Some(ip) = peer.0.map(|p| p.ip()) {
         let forwarded = match parts
             .headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
         {
             Some(prior) => format!("{prior}, {ip}"),
-            None => ip,
+            None => ip.to_string(),
         };
         if let Ok(value) = forwarded.parse() {
-            headers.insert("x-forwarded-for", value);
+            parts.headers.insert("x-forwarded-for", value);
         }
     }
+    strip_hop_by_hop(&mut parts.headers);
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
     // A replica that refuses the connection never saw the request, so the
     // next one is tried; any other failure may have reached the service and
     // is answered 503 rather than sent twice.
     let mut last_error = None;
     for base in replicas.rotation() {
-        let sent = gw
-            .client
-            .request(parts.method.clone(), format!("{base}{path_and_query}"))
-            .headers(headers.clone())
-            .body(body.clone())
-            .send()
-            .await;
-        match sent {
-            Ok(res) => {
-                let mut out = Response::builder().status(res.status());
-                for (name, value) in res.headers().iter().filter(|(n, _)| !hop_by_hop(n)) {
-                    out = out.header(name, value);
-                }
-                let bytes = res.bytes().await.unwrap_or_default();
-                return out
-                    .body(Body::from(bytes))
-                    .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response());
+        let uri = match format!("{base}{path_and_query}").parse::<axum::http::Uri>() {
+            Ok(uri) => uri,
+            Err(e) => {
+                last_error = Some(format!("{base}: not a URL: {e}"));
+                break;
             }
-            Err(e) if e.is_connect() => {
+        };
+        let mut out = axum::http::Request::new(Body::from(body.clone()));
+        *out.method_mut() = parts.method.clone();
+        *out.uri_mut() = uri;
+        *out.headers_mut() = parts.headers.clone();
+        match send(&gw, out).await {
+            Ok(res) => return res,
+            Err(Failed::Refused(e)) => {
                 tracing::warn!(service, replica = base, error = %e, "replica refused the connection, trying the next");
                 last_error = Some(e);
             }
-            Err(e) => {
+            Err(Failed::Other(e)) => {
                 last_error = Some(e);
                 break;
             }
@@ -250,7 +280,8 @@ pub fn router(upstreams: Upstreams) -> Router {
         .expect("a plain HTTP client always builds");
     let gw = Arc::new(Gateway {
         upstreams: upstreams.clone(),
-        client: client.clone(),
+        client: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http(),
     });
     let named = upstreams.named();
     let checks: Vec<(String, shared::http::ReadyCheck)> = named

@@ -55,6 +55,10 @@ enum Scenario {
         /// Every Nth operation lists (GET /api/tickets?limit=50); 0: show only.
         #[arg(long, default_value_t = 10)]
         list_every: u64,
+        /// Also run the same reads straight to this URL (the tickets
+        /// service behind a gateway at --url) first, and compare.
+        #[arg(long)]
+        direct: Option<String>,
     },
     /// Signed-up buyers order distinct tickets and pay; every paid order
     /// must complete.
@@ -266,10 +270,11 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Scenario::Browse {
             tickets,
             list_every,
+            ref direct,
             ..
         } => (
-            scenarios::browse(&api, &load, tickets, list_every).await?,
-            json!({"tickets": tickets, "list_every": list_every}),
+            scenarios::browse(&api, &load, tickets, list_every, direct.as_deref()).await?,
+            json!({"tickets": tickets, "list_every": list_every, "direct": direct}),
         ),
         Scenario::Purchase {
             buyers,

@@ -62,12 +62,61 @@ pub async fn browse(
     load: &Load,
     tickets: usize,
     list_every: u64,
+    direct: Option<&str>,
 ) -> anyhow::Result<Outcome> {
     let seller = api.sign_up("seller").await?;
     let ids = Arc::new(api.sell_many(&seller, tickets.max(1), 32).await?);
+    // The same reads straight to the service first, so the CPU and memory
+    // figures below are the main run's (each run restarts them).
+    let straight = match direct {
+        Some(url) => {
+            eprintln!("the same reads straight to {url}…");
+            let direct_api = Api::new(url, load.concurrency);
+            let (rec, measured) = reads(&direct_api, load, &ids, list_every, "direct").await;
+            Some(rec.summary(Some(measured)))
+        }
+        None => None,
+    };
+    let (rec, measured) = reads(api, load, &ids, list_every, "browse").await;
+    let mut out = Outcome::new(rec.clone(), measured);
+    out.checks.push(no_server_errors(&rec, Some(measured)));
+    if let Some(straight) = straight {
+        let ours = rec.summary(Some(measured));
+        let rate = |ops: &[crate::stats::OpSummary], op: &str| {
+            ops.iter()
+                .find(|o| o.op == op)
+                .map_or(0.0, |o| o.per_second)
+        };
+        for (op, what) in [
+            ("show", "GET /api/tickets/:id"),
+            ("list", "GET /api/tickets?limit=50"),
+        ] {
+            if rate(&straight, op) > 0.0 {
+                out.comparisons.push(Comparison::new(
+                    &format!("{what} through --url"),
+                    rate(&ours, op),
+                    &format!("{what} straight to --direct, same load"),
+                    rate(&straight, op),
+                    "req/s",
+                    Some(("≥", 0.8)),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Shows (and every `list_every`th, lists) the tickets `ids` under `load`.
+async fn reads(
+    api: &Api,
+    load: &Load,
+    ids: &Arc<Vec<String>>,
+    list_every: u64,
+    label: &str,
+) -> (Recorder, Duration) {
     let rec = Recorder::new(load.warmup);
     let (a, r, i) = (api.clone(), rec.clone(), ids.clone());
-    let measured = drive::run(load, &rec, "browse", move |n, due| {
+    let measured = drive::run(load, &rec, label, move |n, due| {
         let (api, rec, ids) = (a.clone(), r.clone(), i.clone());
         async move {
             if list_every > 0 && n % list_every == 0 {
@@ -82,9 +131,7 @@ pub async fn browse(
         }
     })
     .await;
-    let mut out = Outcome::new(rec.clone(), measured);
-    out.checks.push(no_server_errors(&rec, Some(measured)));
-    Ok(out)
+    (rec, measured)
 }
 
 /// The trivial handler under the same load, for the ratio.
