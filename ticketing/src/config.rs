@@ -216,14 +216,27 @@ impl Settings {
             };
         let process = match &role {
             Role::Gateway => {
+                // The gateway's hop to the services is plain HTTP inside the
+                // deployment (TLS ends in front of the gateway).
+                let plain_http = |var: &str, urls: String| {
+                    if urls.split(',').all(|u| u.trim().starts_with("http://")) {
+                        Ok(urls)
+                    } else {
+                        Err(SettingsError::Invalid(format!(
+                            "{var} must be http:// URLs: the gateway reaches the services over plain \
+                             HTTP (end TLS in front of the gateway)"
+                        )))
+                    }
+                };
                 let upstreams = Upstreams::new(API_ROUTES, |service| {
                     let var = url_variable(service);
-                    env_var::<String>(&var)?.ok_or_else(|| {
+                    let urls = env_var::<String>(&var)?.ok_or_else(|| {
                         SettingsError::Invalid(format!("{var} must be set for --services gateway"))
-                    })
+                    })?;
+                    plain_http(&var, urls)
                 })?;
                 Process::Gateway(match env_var::<String>("WEB_URL")? {
-                    Some(web) => upstreams.with_rest("web", web),
+                    Some(web) => upstreams.with_rest("web", plain_http("WEB_URL", web)?),
                     None => upstreams,
                 })
             }

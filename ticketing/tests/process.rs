@@ -418,3 +418,22 @@ async fn a_trace_collector_that_is_down_costs_no_request_and_the_process_stops_c
     assert_eq!(listed.len(), 5);
     p.stop();
 }
+
+#[test]
+fn a_gateway_given_an_https_upstream_refuses_to_start_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ticketing"))
+        .args(["run", "--services", "gateway", "--port", "0", "--data-dir"])
+        .arg(dir.path())
+        .env("AUTH_URL", "https://auth.example:443")
+        .env("TICKETS_URL", "http://127.0.0.1:9")
+        .env("ORDERS_URL", "http://127.0.0.1:9")
+        .env("PAYMENTS_URL", "http://127.0.0.1:9")
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("AUTH_URL must be http:// URLs"), "{stderr}");
+}
