@@ -235,9 +235,24 @@ async fn pay(
             if let Some(key) = &key {
                 shared::idempotency::remember_resource(c, user.id, key, &id.to_string())?;
             }
-            Payment::find(c, id)?
-                .map(Started::New)
-                .ok_or_else(|| ApiError::internal(format!("payment {id} not inserted")))
+            // The row just written, as `Payment::find` would read it back
+            // (without the round trip; test builds check that it would).
+            let payment = Payment {
+                id,
+                order_id,
+                user_id: Some(user.id),
+                authorization_id: String::new(),
+                amount: price,
+                status: Status::Authorizing,
+                refund_id: None,
+                card_token: Some(card),
+                attempts: 0,
+            };
+            debug_assert_eq!(
+                format!("{:?}", Payment::find(c, id)?),
+                format!("{:?}", Some(&payment))
+            );
+            Ok(Started::New(payment))
         })
         .await?;
     let payment = match started {
