@@ -110,21 +110,15 @@ fn a_purchase_costs_the_same_in_the_databases_on_fuller_stores() {
             .unwrap()
             .block_on(purchases_on_empty_and_fuller_stores());
     }
-    let status = std::process::Command::new(std::env::current_exe().unwrap())
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child
         .args([
             "a_purchase_costs_the_same_in_the_databases_on_fuller_stores",
             "--exact",
             "--nocapture",
         ])
-        .env(CHILD, "1")
-        .env("COOKIE_SECURE", "false")
-        .env("RUST_LOG", "warn")
-        .env_remove("JWT_KEY")
-        .env_remove("STRIPE_SECRET_KEY")
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        .output()
-        .unwrap();
+        .env(CHILD, "1");
+    let status = common::test_environment(&mut child).output().unwrap();
     // Shown with `--nocapture`, or when the test fails.
     println!("{}", String::from_utf8_lossy(&status.stdout));
     eprintln!("{}", String::from_utf8_lossy(&status.stderr));

@@ -438,6 +438,20 @@ pub struct Proc {
     pub port: u16,
 }
 
+/// The environment a marketplace process runs in under test: cookies
+/// over plain HTTP, quiet logs, and none of the caller's keys, Stripe
+/// account or trace collector.
+pub fn test_environment(command: &mut Command) -> &mut Command {
+    command
+        .env("COOKIE_SECURE", "false")
+        .env("RUST_LOG", "warn")
+        .env_remove("JWT_KEY")
+        .env_remove("STRIPE_SECRET_KEY")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .env_remove("OTEL_SERVICE_NAME")
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -488,14 +502,8 @@ impl Proc {
         let child = command
             .args(["run", "--port", &port.to_string(), "--data-dir"])
             .arg(data_dir)
-            .env("ORDER_EXPIRATION_SECONDS", expiration_secs.to_string())
-            .env("COOKIE_SECURE", "false")
-            .env("RUST_LOG", "warn")
-            .env_remove("JWT_KEY")
-            .env_remove("STRIPE_SECRET_KEY")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .env_remove("OTEL_SERVICE_NAME")
+            .env("ORDER_EXPIRATION_SECONDS", expiration_secs.to_string());
+        let child = test_environment(child)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -183,7 +183,9 @@ impl EmbeddedAcker {
             .await?;
         match parked {
             Some(p) => report_parked(&p),
-            None => self.inner.wake.notify_waiters(),
+            // Only this consumer's pending rows changed: its members look
+            // again (and sleep until the retry is due).
+            None => self.inner.consumer_wake(&self.consumer).notify_waiters(),
         }
         Ok(())
     }
@@ -197,7 +199,7 @@ impl Acker for EmbeddedAcker {
     fn nak(&self, delay: Duration) -> crate::BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
             self.set_visible_in(delay).await?;
-            self.inner.wake.notify_waiters();
+            self.inner.consumer_wake(&self.consumer).notify_waiters();
             Ok(())
         })
     }

@@ -114,11 +114,11 @@ struct Inner {
     /// Consumer definitions, read and changed only inside database closures
     /// (which run one at a time), so they always agree with the tables.
     consumers: Arc<Mutex<HashMap<String, ConsumerDef>>>,
-    /// Wakes every waiting member to fetch again (a nak, a replay, a
-    /// rewind).
+    /// Wakes every waiting member to fetch again (a replay, a rewind).
     wake: Notify,
     /// Each durable consumer's own wake-up, for its members: a publish
-    /// wakes only the consumers whose filter it matches. (Waking them all
+    /// wakes only the consumers whose filter it matches, a nak only its
+    /// own consumer. (Waking them all
     /// made every consumer run a fetch on the bus's one database thread
     /// for every publish, its own or not: 16 fetches per event.)
     published: Mutex<HashMap<String, Arc<Notify>>>,
