@@ -254,7 +254,7 @@ impl PgConn<'_> {
     /// Runs `statement` — after `BEGIN` when it is the transaction's first,
     /// both sent before either answer is awaited. tokio-postgres sends a
     /// request when its future is first polled and answers in order, so
-    /// `BEGIN` is polled first, always (a fair join could start with the
+    /// `BEGIN` is polled first (`biased`: a fair join could start with the
     /// other).
     fn in_transaction<T, F>(&mut self, statement: F) -> Result<T, StoreError>
     where
@@ -264,42 +264,11 @@ impl PgConn<'_> {
             return Ok(self.rt.block_on(statement)?);
         }
         let begin = self.client.batch_execute("BEGIN");
-        let (begun, done) = self.rt.block_on(async {
-            let (mut begin, mut statement) = (std::pin::pin!(begin), std::pin::pin!(statement));
-            let (mut begun, mut done) = (None, None);
-            std::future::poll_fn(|cx| {
-                if begun.is_none() {
-                    begun = begin.as_mut().poll(cx).map(Some).ready_or_none();
-                }
-                if done.is_none() {
-                    done = statement.as_mut().poll(cx).map(Some).ready_or_none();
-                }
-                if begun.is_some() && done.is_some() {
-                    std::task::Poll::Ready(())
-                } else {
-                    std::task::Poll::Pending
-                }
-            })
-            .await;
-            (begun, done)
-        });
-        // Both are set once the loop above has ended.
-        begun.expect("polled to the end")?;
-        Ok(done.expect("polled to the end")?)
-    }
-}
-
-/// `Poll<Option<T>>` → `Option<T>` (`None` while pending).
-trait ReadyOrNone<T> {
-    fn ready_or_none(self) -> Option<T>;
-}
-
-impl<T> ReadyOrNone<T> for std::task::Poll<Option<T>> {
-    fn ready_or_none(self) -> Option<T> {
-        match self {
-            std::task::Poll::Ready(v) => v,
-            std::task::Poll::Pending => None,
-        }
+        let (begun, done) = self
+            .rt
+            .block_on(async { tokio::join!(biased; begin, statement) });
+        begun?;
+        Ok(done?)
     }
 }
 

@@ -118,9 +118,9 @@ struct Inner {
     wake: Notify,
     /// Each durable consumer's own wake-up, for its members: a publish
     /// wakes only the consumers whose filter it matches, a nak only its
-    /// own consumer. (Waking them all
-    /// made every consumer run a fetch on the bus's one database thread
-    /// for every publish, its own or not: 16 fetches per event.)
+    /// own consumer. (Waking them all made every consumer run a fetch on
+    /// the bus's one database thread for every publish, its own or not:
+    /// 16 fetches per event.)
     published: Mutex<HashMap<String, Arc<Notify>>>,
     /// Each watch's filter and its own wake-up: a publish wakes only the
     /// watches it concerns (a watch on `user.>` costs the bus's database
