@@ -60,8 +60,10 @@ if [ "$scenario" = revoke ]; then
   exit
 fi
 # browse also runs the same reads straight to the tickets service, for the
-# gateway's ratio.
+# gateway's ratio; purchase --baseline runs the cascade's raw minimum on the
+# same engines.
 direct=()
 if [ "$scenario" = browse ]; then direct=(--direct "${url[tickets]}"); fi
+if [ "$scenario" = purchase ]; then direct=(--database-url "$PGURL/postgres" --nats-url "$NATS_URL"); fi
 "$BIN/loadgen" "$scenario" --url "http://127.0.0.1:$gw_port" \
   --metrics-url "${url[expiration]}/metrics" "${direct[@]}" "$@"

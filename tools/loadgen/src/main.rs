@@ -13,8 +13,10 @@
 
 mod api;
 mod baseline;
+mod cascade;
 mod drive;
 mod events;
+mod fill;
 mod plot;
 mod procs;
 mod report;
@@ -130,6 +132,17 @@ enum Scenario {
         #[arg(long)]
         json: bool,
     },
+    /// Purchases on stores filled first (100 k users, 1 M tickets, 1 M
+    /// orders) against empty ones: two all-in-one marketplaces from
+    /// --binary, alternating.
+    Fill {
+        #[command(flatten)]
+        args: fill::Args,
+        #[command(flatten)]
+        load: LoadArgs,
+        #[arg(long)]
+        json: bool,
+    },
     /// Start the all-in-one binary: time to ready and idle memory.
     Startup {
         /// The `ticketing` binary.
@@ -166,6 +179,11 @@ struct Common {
     /// For --baseline when the target stores in PostgreSQL.
     #[arg(long)]
     database_url: Option<String>,
+    /// For --baseline of purchase when the target's bus is JetStream
+    /// (with --database-url): the purchase cascade's raw minimum runs on
+    /// both.
+    #[arg(long)]
+    nats_url: Option<String>,
     /// Where the service's Prometheus metrics are (default: URL/metrics).
     #[arg(long)]
     metrics_url: Option<String>,
@@ -175,6 +193,19 @@ struct Common {
     /// Write a latency-over-time plot (SVG) here.
     #[arg(long)]
     plot: Option<PathBuf>,
+}
+
+/// The load of a scenario that starts its own targets.
+#[derive(clap::Args, Clone, Debug)]
+struct LoadArgs {
+    /// Workers (closed loop).
+    #[arg(long, short = 'c', default_value_t = 32)]
+    concurrency: usize,
+    /// Each run's measured part.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    duration: Duration,
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    warmup: Duration,
 }
 
 impl Common {
@@ -233,6 +264,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Scenario::Expiry { common, .. } => (common.clone(), "expiry"),
         Scenario::Events { args, json } => return events_report(args, *json).await,
         Scenario::Startup { binary, runs, json } => return startup(binary, *runs, *json).await,
+        Scenario::Fill { args, load, json } => return fill_report(args, load, *json).await,
         Scenario::Revoke {
             url,
             services,
@@ -263,6 +295,38 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 "raw SQLite order + outbox tx (rusqlite, own thread)",
             ),
         })
+    } else {
+        None
+    };
+    // The purchase cascade's raw minimum, on the target's engines.
+    let cascade_limit = if common.baseline && name == "purchase" {
+        match (&common.database_url, &common.nats_url) {
+            (Some(db), Some(nats)) => {
+                eprintln!("limit: the purchase cascade's raw minimum on PostgreSQL and JetStream…");
+                Some((
+                    cascade::engines(db, nats, 16, common.duration.min(Duration::from_secs(5)))
+                        .await?,
+                    "raw minimum of the purchase cascade (tokio-postgres + async-nats, 16 workers)",
+                ))
+            }
+            (None, None) => {
+                eprintln!("limit: the purchase cascade's raw minimum on SQLite…");
+                Some((
+                    tokio::task::spawn_blocking({
+                        let d = common.duration.min(Duration::from_secs(5));
+                        move || cascade::sqlite(4, d)
+                    })
+                    .await??,
+                    "raw minimum of the purchase cascade (rusqlite, bus rows in SQLite, 4 threads)",
+                ))
+            }
+            _ => {
+                eprintln!(
+                    "the purchase cascade's raw minimum needs both --database-url and --nats-url on the engines: not measured"
+                );
+                None
+            }
+        }
     } else {
         None
     };
@@ -300,7 +364,10 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             scenarios::expiry(&api, &metrics_url, orders, sample, poll).await?,
             json!({"orders": orders, "sample": sample, "poll_ms": poll.as_millis() as u64}),
         ),
-        Scenario::Events { .. } | Scenario::Startup { .. } | Scenario::Revoke { .. } => {
+        Scenario::Events { .. }
+        | Scenario::Startup { .. }
+        | Scenario::Revoke { .. }
+        | Scenario::Fill { .. } => {
             unreachable!("handled above")
         }
     };
@@ -353,6 +420,23 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                         Some(("≥", 0.5)),
                     ));
                 }
+                if let Some((limit, what)) = cascade_limit {
+                    comparisons.push(Comparison::new(
+                        "purchases (paid and completed)",
+                        rate_of("pay"),
+                        what,
+                        limit.per_second,
+                        "per s",
+                        Some(("≥", 0.5)),
+                    ));
+                    figures.push(Figure {
+                        what: "CPU per purchase of the raw minimum (loadgen's own process; the engines' servers not counted)".into(),
+                        value: limit.cpu_ms,
+                        unit: "ms".into(),
+                        goal: None,
+                        met: None,
+                    });
+                }
             }
             _ => {}
         }
@@ -403,6 +487,31 @@ async fn events_report(args: &events::Args, json: bool) -> anyhow::Result<bool> 
     };
     emit(&report, json);
     Ok(true)
+}
+
+async fn fill_report(args: &fill::Args, load: &LoadArgs, json: bool) -> anyhow::Result<bool> {
+    let started = Instant::now();
+    let load = Load {
+        concurrency: load.concurrency,
+        rate: None,
+        duration: load.duration,
+        warmup: load.warmup,
+        progress: false,
+    };
+    let outcome = fill::run(args, &load).await?;
+    let report = Report {
+        scenario: "fill".into(),
+        target: args.binary.display().to_string(),
+        settings: scenarios::settings(&load, outcome.settings),
+        measured_seconds: started.elapsed().as_secs_f64(),
+        ops: Vec::new(),
+        checks: outcome.checks,
+        comparisons: outcome.comparisons,
+        figures: outcome.figures,
+        memory: Vec::new(),
+    };
+    emit(&report, json);
+    Ok(report.passed())
 }
 
 async fn revoke_report(

@@ -44,6 +44,11 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(utime.parse::<u64>().ok()? + stime.parse::<u64>().ok()?)
 }
 
+/// User + system CPU time of `pid` so far, ms.
+pub fn cpu_ms(pid: u32) -> Option<f64> {
+    cpu_ticks(pid).map(|t| t as f64 * MS_PER_TICK)
+}
+
 /// The measured part of the load begins: CPU time counts from now.
 pub fn measure_started() {
     if let Some(seen) = CURRENT.lock().unwrap().as_ref() {

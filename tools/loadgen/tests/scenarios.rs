@@ -185,6 +185,17 @@ async fn every_scenario_reports_figures_and_passes_its_checks() {
     assert!(paid > 50, "open loop at 100/s for 1 s: {paid} paid");
     assert_eq!(op(&purchase, "order")["ok"].as_u64().unwrap(), paid);
     assert!(purchase["comparisons"][0]["limit"].as_f64().unwrap() > 0.0);
+    // The cascade's raw minimum on the same engine (SQLite), beside the
+    // purchases.
+    let cascade = &purchase["comparisons"][1];
+    assert!(
+        cascade["limit_what"]
+            .as_str()
+            .unwrap()
+            .starts_with("raw minimum of the purchase cascade")
+            && cascade["limit"].as_f64().unwrap() > 0.0,
+        "{purchase:#}"
+    );
     assert!(
         purchase["memory"]
             .as_array()
@@ -263,4 +274,90 @@ fn a_target_that_cannot_be_reached_is_an_error_not_a_report() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("127.0.0.1:9"), "{stderr}");
     assert!(stderr.contains("Connection refused"), "{stderr}");
+}
+
+/// `loadgen fill`, small: the rows it writes are the ones asked for, read
+/// back through the API, and purchases on the full stores pass every
+/// check (a schema change the fill misses fails here).
+async fn fill_small(database_url: Option<&str>) {
+    let bin = ticketing_bin();
+    let mut list = vec![
+        "fill",
+        "--binary",
+        bin.to_str().unwrap(),
+        "--users",
+        "300",
+        "--tickets",
+        "2000",
+        "--orders",
+        "3000",
+        "--rounds",
+        "1",
+        "--listed",
+        "100",
+        "--buyers",
+        "4",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+    ];
+    if let Some(url) = database_url {
+        list.extend(["--database-url", url]);
+    }
+    let (ok, report) = loadgen(args(&list)).await;
+    assert!(ok, "{report:#}");
+    checks_pass(&report);
+    let checks = report["checks"].as_array().unwrap();
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["name"] == "filled rows answer through the API"),
+        "{report:#}"
+    );
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["name"] == "every paid order completes (full stores, round 1)"),
+        "{report:#}"
+    );
+    // Every order of the first 2 000 that is even completed: 1 000 paid;
+    // 3 000 orders on 2 000 tickets, in both services that replicate them.
+    let rows = &report["settings"]["rows"];
+    for (table, n) in [
+        ("auth.users", 300),
+        ("tickets.tickets", 2000),
+        ("tickets.orders", 3000),
+        ("orders.tickets", 2000),
+        ("orders.orders", 3000),
+        ("orders.buyers", 300),
+        ("payments.orders", 3000),
+        ("payments.payments", 1000),
+    ] {
+        assert_eq!(rows[table], n, "{table}: {report:#}");
+    }
+    let c = &report["comparisons"][0];
+    assert!(
+        c["figure"].as_f64().unwrap() > 0.0 && c["limit"].as_f64().unwrap() > 0.0,
+        "{c}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fill_scenario_fills_sqlite_stores_that_the_marketplace_serves() {
+    fill_small(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fill_scenario_fills_postgresql_stores_that_the_marketplace_serves() {
+    let url = store::testing::postgres_url();
+    if let Err(e) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+        assert!(
+            !store::testing::engines_required(),
+            "PostgreSQL at {url} is required (TICKETING_REQUIRE_ENGINES=1) but unreachable: {e}"
+        );
+        store::testing::skipped(&format!("PostgreSQL at {url} is unreachable ({e})"));
+        return;
+    }
+    fill_small(Some(&url)).await;
 }
