@@ -444,7 +444,8 @@ const TICKETS: u64 = 200_000;
 /// SQLite, a database file per service and one for the bus (WAL,
 /// synchronous=NORMAL, as the marketplace opens them), each one connection
 /// behind a lock, `workers` threads running purchases for `duration`.
-pub fn sqlite(workers: usize, duration: Duration) -> anyhow::Result<Rate> {
+pub fn sqlite(workers: usize, batch: usize, duration: Duration) -> anyhow::Result<Rate> {
+    let batch = batch.max(1);
     let dir = tempfile::tempdir()?;
     let open = |name: &str, schema: &str| -> anyhow::Result<Mutex<rusqlite::Connection>> {
         let c = rusqlite::Connection::open(dir.path().join(format!("{name}.db")))?;
@@ -484,12 +485,13 @@ pub fn sqlite(workers: usize, duration: Duration) -> anyhow::Result<Rate> {
             std::thread::spawn(move || -> anyhow::Result<()> {
                 let (dbs, bus, next, done) = &*shared;
                 while start.elapsed() < duration {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    if n >= TICKETS {
+                    let n = next.fetch_add(batch as u64, Ordering::Relaxed);
+                    if n + batch as u64 > TICKETS {
                         break;
                     }
-                    sqlite_purchase(dbs, bus, Purchase::new(n))?;
-                    done.fetch_add(1, Ordering::Relaxed);
+                    let own: Vec<Purchase> = (n..n + batch as u64).map(Purchase::new).collect();
+                    sqlite_purchases(dbs, bus, &own)?;
+                    done.fetch_add(batch as u64, Ordering::Relaxed);
                 }
                 Ok(())
             })
@@ -558,32 +560,37 @@ fn agree(done: u64, each: &[(&str, u64)], none: &[(&str, u64)]) -> anyhow::Resul
     Ok(())
 }
 
+/// Runs `sql` for each purchase of `on` in one transaction; the outbox
+/// rows it wrote (id, payload).
 fn sqlite_tx(
     c: &mut rusqlite::Connection,
     sql: &[Sql],
-    purchase: &Purchase,
-    outbox: &mut Option<(String, String)>,
-) -> rusqlite::Result<()> {
+    on: &[Purchase],
+) -> rusqlite::Result<Vec<(String, String)>> {
     let tx = c.transaction()?;
     let now = now_ms();
-    for (text, params) in sql {
-        let mut stmt = tx.prepare_cached(sqlite_text(text))?;
-        let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(params.len());
-        for p in *params {
-            values.push(match purchase.text(*p) {
-                Some(t) => {
-                    if matches!(p, P::Outbox) {
-                        *outbox = Some((t.clone(), purchase.payload()));
+    let mut outbox = Vec::new();
+    for purchase in on {
+        for (text, params) in sql {
+            let mut stmt = tx.prepare_cached(sqlite_text(text))?;
+            let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(params.len());
+            for p in *params {
+                values.push(match purchase.text(*p) {
+                    Some(t) => {
+                        if matches!(p, P::Outbox) {
+                            outbox.push((t.clone(), purchase.payload()));
+                        }
+                        t.into()
                     }
-                    t.into()
-                }
-                None => now.into(),
-            });
+                    None => now.into(),
+                });
+            }
+            let mut rows = stmt.query(rusqlite::params_from_iter(values))?;
+            while rows.next()?.is_some() {}
         }
-        let mut rows = stmt.query(rusqlite::params_from_iter(values))?;
-        while rows.next()?.is_some() {}
     }
-    tx.commit()
+    tx.commit()?;
+    Ok(outbox)
 }
 
 /// `$N` as SQLite's `?N` (a `$N` is a named parameter to SQLite,
@@ -596,13 +603,17 @@ fn sqlite_text(text: &'static str) -> &'static str {
         .or_insert_with(|| Box::leak(text.replace('$', "?").into_boxed_str()))
 }
 
-fn sqlite_purchase(
+/// The purchases `own`, step by step, each step for all of them at once:
+/// one transaction per step and database, one to publish their messages,
+/// one to delete their outbox rows, one to claim as many deliveries and
+/// one to acknowledge them.
+fn sqlite_purchases(
     dbs: &HashMap<Db, Mutex<rusqlite::Connection>>,
     bus: &Mutex<rusqlite::Connection>,
-    own: Purchase,
+    own: &[Purchase],
 ) -> anyhow::Result<()> {
-    let mut current = own.clone();
-    let mut delivered: Option<(String, i64)> = None;
+    let mut current: Vec<Purchase> = Vec::new();
+    let mut delivered: Option<(String, Vec<i64>)> = None;
     for step in PURCHASE {
         match step {
             Step::Tx {
@@ -611,56 +622,64 @@ fn sqlite_purchase(
                 sql,
                 publish,
             } => {
-                let mut outbox = None;
-                let on = if *mine { &own } else { &current };
-                sqlite_tx(&mut dbs[db].lock().unwrap(), sql, on, &mut outbox)?;
-                if let Some((consumer, seq)) = delivered.take() {
-                    bus.lock()
-                        .unwrap()
-                        .prepare_cached("DELETE FROM pending WHERE consumer = ?1 AND seq = ?2")?
-                        .execute(rusqlite::params![consumer, seq])?;
+                let on = if *mine { own } else { &current[..] };
+                let outbox = sqlite_tx(&mut dbs[db].lock().unwrap(), sql, on)?;
+                if let Some((consumer, seqs)) = delivered.take() {
+                    let mut c = bus.lock().unwrap();
+                    let tx = c.transaction()?;
+                    for seq in seqs {
+                        tx.prepare_cached("DELETE FROM pending WHERE consumer = ?1 AND seq = ?2")?
+                            .execute(rusqlite::params![consumer, seq])?;
+                    }
+                    tx.commit()?;
                 }
-                if let (Some(subject), Some((id, payload))) = (publish, outbox) {
+                if let Some(subject) = publish {
                     {
                         let mut c = bus.lock().unwrap();
                         let tx = c.transaction()?;
-                        let seq: i64 = tx
-                            .prepare_cached("INSERT INTO messages (subject, msg_id, headers, payload, published_at) VALUES (?1, ?2, '[]', ?3, ?4) RETURNING seq")?
-                            .query_row(rusqlite::params![subject, id, payload, now_ms()], |r| r.get(0))?;
-                        for consumer in consumers(subject) {
-                            tx.prepare_cached("INSERT INTO pending (consumer, seq, deliveries, visible_at) VALUES (?1, ?2, 0, 0)")?
-                                .execute(rusqlite::params![format!("{consumer}-{subject}"), seq])?;
+                        for (id, payload) in &outbox {
+                            let seq: i64 = tx
+                                .prepare_cached("INSERT INTO messages (subject, msg_id, headers, payload, published_at) VALUES (?1, ?2, '[]', ?3, ?4) RETURNING seq")?
+                                .query_row(rusqlite::params![subject, id, payload, now_ms()], |r| r.get(0))?;
+                            for consumer in consumers(subject) {
+                                tx.prepare_cached("INSERT INTO pending (consumer, seq, deliveries, visible_at) VALUES (?1, ?2, 0, 0)")?
+                                    .execute(rusqlite::params![format!("{consumer}-{subject}"), seq])?;
+                            }
                         }
                         tx.commit()?;
                     }
-                    dbs[db]
-                        .lock()
-                        .unwrap()
-                        .prepare_cached("DELETE FROM outbox WHERE id = ?1")?
-                        .execute([id])?;
+                    let mut c = dbs[db].lock().unwrap();
+                    let tx = c.transaction()?;
+                    for (id, _) in &outbox {
+                        tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
+                            .execute([id])?;
+                    }
+                    tx.commit()?;
                 }
             }
             Step::Deliver { consumer, subject } => {
                 let name = format!("{consumer}-{subject}");
-                let c = bus.lock().unwrap();
+                let mut c = bus.lock().unwrap();
+                let tx = c.transaction()?;
                 let now = now_ms();
-                let claimed: Option<(i64, String)> = c
-                    .prepare_cached(
-                        "UPDATE pending SET deliveries = deliveries + 1, visible_at = ?2 + 30000
-                         WHERE consumer = ?1 AND seq = (SELECT MIN(seq) FROM pending WHERE consumer = ?1 AND visible_at <= ?2)
-                         RETURNING seq, (SELECT payload FROM messages m WHERE m.seq = pending.seq)",
-                    )?
-                    .query_row(rusqlite::params![name, now], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .map(Some)
-                    .or_else(|e| match e {
-                        rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                        e => Err(e),
-                    })?;
-                // Every worker delivers once per message it published, so
-                // a message is always there for it.
-                let (seq, payload) = claimed.with_context(|| format!("no message for {name}"))?;
-                current = serde_json::from_str(&payload)?;
-                delivered = Some((name, seq));
+                let mut seqs = Vec::with_capacity(own.len());
+                current.clear();
+                for _ in own {
+                    // Every worker claims as many as it published, after
+                    // publishing them, under the bus's lock: they are there.
+                    let (seq, payload): (i64, String) = tx
+                        .prepare_cached(
+                            "UPDATE pending SET deliveries = deliveries + 1, visible_at = ?2 + 30000
+                             WHERE consumer = ?1 AND seq = (SELECT MIN(seq) FROM pending WHERE consumer = ?1 AND visible_at <= ?2)
+                             RETURNING seq, (SELECT payload FROM messages m WHERE m.seq = pending.seq)",
+                        )?
+                        .query_row(rusqlite::params![name, now], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .with_context(|| format!("no message for {name}"))?;
+                    current.push(serde_json::from_str(&payload)?);
+                    seqs.push(seq);
+                }
+                tx.commit()?;
+                delivered = Some((name, seqs));
             }
         }
     }
@@ -677,6 +696,7 @@ pub async fn engines(
     database_url: &str,
     nats_url: &str,
     workers: usize,
+    batch: usize,
     duration: Duration,
 ) -> anyhow::Result<Rate> {
     let tag = format!("loadgen_cascade_{}", std::process::id());
@@ -688,7 +708,16 @@ pub async fn engines(
         .rsplit_once('/')
         .context("the database URL names no database")?;
     let mut urls = HashMap::new();
-    let result = engines_setup(&admin, head, &tag, &mut urls, nats_url, workers, duration).await;
+    let result = engines_setup(
+        &admin,
+        head,
+        &tag,
+        &mut urls,
+        nats_url,
+        (workers, batch.max(1)),
+        duration,
+    )
+    .await;
     for url in urls.values() {
         if let Some((_, db)) = url.rsplit_once('/') {
             let _ = admin
@@ -705,7 +734,7 @@ async fn engines_setup(
     tag: &str,
     urls: &mut HashMap<Db, String>,
     nats_url: &str,
-    workers: usize,
+    shape: (usize, usize),
     duration: Duration,
 ) -> anyhow::Result<Rate> {
     use async_nats::jetstream::{self, consumer::pull, stream};
@@ -771,7 +800,7 @@ async fn engines_setup(
             pull_consumers.entry(name).or_insert(c);
         }
     }
-    let result = engines_run(urls, &js, &prefix, &pull_consumers, workers, duration).await;
+    let result = engines_run(urls, &js, &prefix, &pull_consumers, shape, duration).await;
     let _ = js.delete_stream(&stream_name).await;
     result
 }
@@ -781,7 +810,7 @@ async fn engines_run(
     js: &async_nats::jetstream::Context,
     prefix: &str,
     pull_consumers: &HashMap<String, async_nats::jetstream::consumer::PullConsumer>,
-    workers: usize,
+    (workers, batch): (usize, usize),
     duration: Duration,
 ) -> anyhow::Result<Rate> {
     let next = Arc::new(AtomicU64::new(0));
@@ -806,20 +835,21 @@ async fn engines_run(
         tasks.spawn(async move {
             let mut statements = HashMap::new();
             while start.elapsed() < duration {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= TICKETS {
+                let n = next.fetch_add(batch as u64, Ordering::Relaxed);
+                if n + batch as u64 > TICKETS {
                     break;
                 }
-                engines_purchase(
+                let own: Vec<Purchase> = (n..n + batch as u64).map(Purchase::new).collect();
+                engines_purchases(
                     &mut mine,
                     &mut statements,
                     &js,
                     &prefix,
                     &pull_consumers,
-                    Purchase::new(n),
+                    &own,
                 )
                 .await?;
-                done.fetch_add(1, Ordering::Relaxed);
+                done.fetch_add(batch as u64, Ordering::Relaxed);
             }
             anyhow::Ok(())
         });
@@ -870,18 +900,20 @@ async fn engines_run(
     })
 }
 
-async fn engines_purchase(
+/// The purchases `own`, step by step, each step for all of them at once:
+/// one transaction per step, their messages published together (every
+/// acknowledgement awaited), their outbox rows deleted in one statement,
+/// as many deliveries fetched and acknowledged.
+async fn engines_purchases(
     clients: &mut HashMap<Db, tokio_postgres::Client>,
     statements: &mut HashMap<(Db, &'static str), tokio_postgres::Statement>,
     js: &async_nats::jetstream::Context,
     prefix: &str,
     pull_consumers: &HashMap<String, async_nats::jetstream::consumer::PullConsumer>,
-    own: Purchase,
+    own: &[Purchase],
 ) -> anyhow::Result<()> {
-    let mut current = own.clone();
-    let mut delivered: Option<async_nats::jetstream::Message> = None;
-    // Statements prepared once per connection (tokio-postgres keeps no
-    // cache of its own).
+    let mut current: Vec<Purchase> = Vec::new();
+    let mut delivered: Vec<async_nats::jetstream::Message> = Vec::new();
     for step in PURCHASE {
         match step {
             Step::Tx {
@@ -891,74 +923,101 @@ async fn engines_purchase(
                 publish,
             } => {
                 let client = clients.get_mut(db).context("a database")?;
-                let on = if *mine { &own } else { &current };
+                // Rows locked in one order by every worker (a purchase's
+                // buyer, then its ticket, whose order and payment follow),
+                // so batches that share a buyer or a ticket never deadlock.
+                let mut on: Vec<&Purchase> =
+                    if *mine { own.iter() } else { current.iter() }.collect();
+                on.sort_by(|a, b| (&a.buyer, &a.ticket).cmp(&(&b.buyer, &b.ticket)));
                 let now = now_ms();
-                let mut outbox = None;
+                let mut outbox = Vec::new();
                 let tx = client.transaction().await?;
-                for (text, params) in *sql {
-                    let stmt = match statements.get(&(*db, *text)) {
-                        Some(s) => s.clone(),
-                        None => {
-                            let s = tx.prepare(text).await?;
-                            statements.insert((*db, *text), s.clone());
-                            s
+                for purchase in on {
+                    for (text, params) in *sql {
+                        let stmt = match statements.get(&(*db, *text)) {
+                            Some(s) => s.clone(),
+                            None => {
+                                let s = tx.prepare(text).await?;
+                                statements.insert((*db, *text), s.clone());
+                                s
+                            }
+                        };
+                        let texts: Vec<Option<String>> =
+                            params.iter().map(|p| purchase.text(*p)).collect();
+                        for (p, t) in params.iter().zip(&texts) {
+                            if let (P::Outbox, Some(id)) = (p, t) {
+                                outbox.push((id.clone(), purchase.payload()));
+                            }
                         }
-                    };
-                    let mut texts = Vec::with_capacity(params.len());
-                    for p in *params {
-                        let t = on.text(*p);
-                        if let (P::Outbox, Some(id)) = (p, &t) {
-                            outbox = Some(id.clone());
-                        }
-                        texts.push(t);
+                        let values: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = texts
+                            .iter()
+                            .map(|t| match t {
+                                Some(t) => t as &(dyn tokio_postgres::types::ToSql + Sync),
+                                None => &now as &(dyn tokio_postgres::types::ToSql + Sync),
+                            })
+                            .collect();
+                        tx.query(&stmt, &values).await?;
                     }
-                    let values: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = texts
-                        .iter()
-                        .map(|t| match t {
-                            Some(t) => t as &(dyn tokio_postgres::types::ToSql + Sync),
-                            None => &now as &(dyn tokio_postgres::types::ToSql + Sync),
-                        })
-                        .collect();
-                    tx.query(&stmt, &values).await?;
                 }
                 tx.commit().await?;
-                if let Some(m) = delivered.take() {
+                futures_util::future::try_join_all(delivered.drain(..).map(|m| async move {
                     m.double_ack()
                         .await
-                        .map_err(|e| anyhow::anyhow!("ack: {e}"))?;
-                }
-                if let (Some(subject), Some(id)) = (publish, outbox) {
-                    let mut headers = async_nats::HeaderMap::new();
-                    headers.insert("Nats-Msg-Id", id.as_str());
-                    js.publish_with_headers(
-                        format!("{prefix}{subject}"),
-                        headers,
-                        on.payload().into(),
+                        .map_err(|e| anyhow::anyhow!("ack: {e}"))
+                }))
+                .await?;
+                if let Some(subject) = publish {
+                    let mut acks = Vec::with_capacity(outbox.len());
+                    for (id, payload) in &outbox {
+                        let mut headers = async_nats::HeaderMap::new();
+                        headers.insert("Nats-Msg-Id", id.as_str());
+                        acks.push(
+                            js.publish_with_headers(
+                                format!("{prefix}{subject}"),
+                                headers,
+                                payload.clone().into(),
+                            )
+                            .await?,
+                        );
+                    }
+                    futures_util::future::try_join_all(
+                        acks.into_iter().map(std::future::IntoFuture::into_future),
                     )
-                    .await?
                     .await?;
+                    let ids: Vec<&str> = outbox.iter().map(|(id, _)| id.as_str()).collect();
                     client
-                        .execute("DELETE FROM outbox WHERE id = $1", &[&id])
+                        .execute("DELETE FROM outbox WHERE id = ANY($1)", &[&ids])
                         .await?;
                 }
             }
             Step::Deliver { consumer, subject } => {
                 let name = format!("{consumer}-{}", subject.replace('.', "-"));
                 let c = pull_consumers.get(&name).context("a consumer")?;
-                let m = loop {
+                current.clear();
+                // They come (each worker fetches as many as it published,
+                // after publishing them); a bug that loses one fails here
+                // instead of waiting forever.
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while delivered.len() < own.len() {
+                    anyhow::ensure!(
+                        Instant::now() < deadline,
+                        "{name}: {} of {} messages in a minute",
+                        delivered.len(),
+                        own.len()
+                    );
                     let mut batch = c
                         .fetch()
-                        .max_messages(1)
+                        .max_messages(own.len() - delivered.len())
                         .expires(Duration::from_secs(5))
                         .messages()
                         .await
                         .map_err(|e| anyhow::anyhow!("fetch: {e}"))?;
-                    if let Some(m) = batch.next().await {
-                        break m.map_err(|e| anyhow::anyhow!("fetch: {e}"))?;
+                    while let Some(m) = batch.next().await {
+                        let m = m.map_err(|e| anyhow::anyhow!("fetch: {e}"))?;
+                        current.push(serde_json::from_slice(&m.payload)?);
+                        delivered.push(m);
                     }
-                };
-                current = serde_json::from_slice(&m.payload)?;
-                delivered = Some(m);
+                }
             }
         }
     }
@@ -974,7 +1033,7 @@ mod tests {
     /// half-done.
     #[test]
     fn the_raw_cascade_completes_every_purchase_on_sqlite() {
-        let rate = sqlite(3, Duration::from_millis(300)).unwrap();
+        let rate = sqlite(3, 4, Duration::from_millis(300)).unwrap();
         assert!(rate.per_second > 0.0, "{rate:?}");
     }
 
@@ -996,6 +1055,7 @@ mod tests {
             &pg,
             &bus::jetstream::testing::nats_url(),
             3,
+            4,
             Duration::from_millis(500),
         )
         .await

@@ -255,6 +255,24 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// The purchase cascade's raw minimum: (workers, purchases per batch),
+/// from `TICKETING_CASCADE_SQLITE` / `_PG` as `workers,batch` (to try
+/// others), else the fastest found on the build machine.
+static CASCADE_SQLITE: std::sync::LazyLock<(usize, usize)> =
+    std::sync::LazyLock::new(|| cascade_setting("TICKETING_CASCADE_SQLITE", (2, 32)));
+static CASCADE_PG: std::sync::LazyLock<(usize, usize)> =
+    std::sync::LazyLock::new(|| cascade_setting("TICKETING_CASCADE_PG", (8, 32)));
+
+fn cascade_setting(var: &str, default: (usize, usize)) -> (usize, usize) {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| {
+            let (w, b) = v.split_once(',')?;
+            Some((w.trim().parse().ok()?, b.trim().parse().ok()?))
+        })
+        .unwrap_or(default)
+}
+
 /// Ok(whether every check passed).
 async fn run(cli: Cli) -> anyhow::Result<bool> {
     let (common, name) = match &cli.scenario {
@@ -304,9 +322,18 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             (Some(db), Some(nats)) => {
                 eprintln!("limit: the purchase cascade's raw minimum on PostgreSQL and JetStream…");
                 Some((
-                    cascade::engines(db, nats, 16, common.duration.min(Duration::from_secs(5)))
-                        .await?,
-                    "raw minimum of the purchase cascade (tokio-postgres + async-nats, 16 workers)",
+                    cascade::engines(
+                        db,
+                        nats,
+                        CASCADE_PG.0,
+                        CASCADE_PG.1,
+                        common.duration.min(Duration::from_secs(5)),
+                    )
+                    .await?,
+                    format!(
+                        "raw minimum of the purchase cascade (tokio-postgres + async-nats, {} workers × {} purchases a step)",
+                        CASCADE_PG.0, CASCADE_PG.1
+                    ),
                 ))
             }
             (None, None) => {
@@ -314,10 +341,13 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 Some((
                     tokio::task::spawn_blocking({
                         let d = common.duration.min(Duration::from_secs(5));
-                        move || cascade::sqlite(4, d)
+                        move || cascade::sqlite(CASCADE_SQLITE.0, CASCADE_SQLITE.1, d)
                     })
                     .await??,
-                    "raw minimum of the purchase cascade (rusqlite, bus rows in SQLite, 4 threads)",
+                    format!(
+                        "raw minimum of the purchase cascade (rusqlite, bus rows in SQLite, {} threads × {} purchases a step)",
+                        CASCADE_SQLITE.0, CASCADE_SQLITE.1
+                    ),
                 ))
             }
             _ => {
@@ -424,7 +454,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                     comparisons.push(Comparison::new(
                         "purchases (paid and completed)",
                         rate_of("pay"),
-                        what,
+                        &what,
                         limit.per_second,
                         "per s",
                         Some(("≥", 0.5)),
