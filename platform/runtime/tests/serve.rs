@@ -24,11 +24,15 @@ fn limits() -> HttpLimits {
 
 struct Server {
     addr: std::net::SocketAddr,
+    /// Notified when a request reaches `/stuck`'s handler.
+    stuck_entered: std::sync::Arc<tokio::sync::Notify>,
     stop: shutdown::ShutdownTrigger,
     served: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 async fn server(limits: HttpLimits) -> Server {
+    let stuck_entered = std::sync::Arc::new(tokio::sync::Notify::new());
+    let entered = stuck_entered.clone();
     let router = axum::Router::new()
         .route("/hello", get(|| async { "hello" }))
         .route(
@@ -37,7 +41,8 @@ async fn server(limits: HttpLimits) -> Server {
         )
         .route(
             "/stuck",
-            get(|| async {
+            get(move || async move {
+                entered.notify_one();
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 "never"
             }),
@@ -52,7 +57,12 @@ async fn server(limits: HttpLimits) -> Server {
         signal,
         limits,
     ));
-    Server { addr, stop, served }
+    Server {
+        addr,
+        stuck_entered,
+        stop,
+        served,
+    }
 }
 
 /// Reads until the server closes the connection (or 5 s pass); what it
@@ -208,7 +218,10 @@ async fn shutdown_with_a_stuck_request_returns_at_the_deadline() {
     // And one that never finishes its head.
     let mut half = TcpStream::connect(s.addr).await.unwrap();
     half.write_all(b"GET /hello HTTP/1.1\r\n").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The stop comes once the stuck request is in its handler (a fixed
+    // wait raced a loaded machine: a request not yet read is no request in
+    // flight, and its connection closes at once).
+    s.stuck_entered.notified().await;
     let start = Instant::now();
     s.stop.fire();
     tokio::time::timeout(Duration::from_secs(5), s.served)

@@ -64,9 +64,25 @@ async fn serve(
     (base, stop_http, served)
 }
 
-/// Takes its time, then writes an event: a request in flight at shutdown.
-async fn slow_write(State(outbox): State<Outbox>) -> &'static str {
-    tokio::time::sleep(Duration::from_millis(300)).await;
+/// A request's way through the handler: it says when it has entered, and
+/// waits to be released.
+#[derive(Clone, Default)]
+struct Gate {
+    entered: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+impl Gate {
+    async fn pass(&self) {
+        self.entered.notify_one();
+        self.release.notified().await;
+    }
+}
+
+/// Enters, waits for the gate, then writes an event: a request in flight
+/// at shutdown.
+async fn slow_write(State((outbox, gate)): State<(Outbox, Gate)>) -> &'static str {
+    gate.pass().await;
     let event = Noted { id: UserId::new() };
     outbox
         .write(move |c| c.enqueue(&event, &TraceContext::new_root(), Clock::System.now()))
@@ -93,9 +109,10 @@ async fn an_event_written_by_a_request_in_flight_at_shutdown_is_published() {
     };
     let base = deps.open_service(&EVENTS, MIGRATIONS).await.unwrap();
     let outbox = base.outbox.clone();
+    let gate = Gate::default();
     let router = axum::Router::new()
         .route("/notes", post(slow_write))
-        .with_state(outbox.clone());
+        .with_state((outbox.clone(), gate.clone()));
     let running = base.running(router, Vec::new());
 
     let (base, stop_http, served) = serve(running, stop_services).await;
@@ -105,9 +122,17 @@ async fn an_event_written_by_a_request_in_flight_at_shutdown_is_published() {
             let res = reqwest::Client::new().post(url).send().await.unwrap();
             res.status()
         });
-        // The signal arrives while the request is in its handler.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The signal arrives while the request is in its handler (a fixed
+        // wait here raced a loaded machine: a request the server had not
+        // yet read had its connection closed), and the handler goes on
+        // after it.
+        gate.entered.notified().await;
         stop_http.fire();
+        // Time for the server to act on the signal while the request is
+        // held (were it slower, the request would only finish first: the
+        // test could not fail by it).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        gate.release.notify_one();
         request.await.unwrap()
     };
     let (served, status) = tokio::join!(served, client);
@@ -140,12 +165,14 @@ async fn a_task_that_dies_stops_the_process_with_an_error() {
         let _ = healthy_stopped_tx.send(());
     });
     let one_off = tokio::spawn(async {});
+    let gate = Gate::default();
+    let slow_gate = gate.clone();
     let running = runtime::service::Running {
         name: "notes",
         router: axum::Router::new().route(
             "/slow",
-            axum::routing::get(|| async {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            axum::routing::get(move || async move {
+                slow_gate.pass().await;
                 "slow"
             }),
         ),
@@ -168,8 +195,11 @@ async fn a_task_that_dies_stops_the_process_with_an_error() {
                 .await
                 .map(|r| r.status())
         });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The task dies while the request is in its handler.
+        gate.entered.notified().await;
         kill.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        gate.release.notify_one();
         slow.await.unwrap()
     };
     let (served, slow) = tokio::time::timeout(Duration::from_secs(10), async {

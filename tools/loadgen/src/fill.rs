@@ -392,6 +392,9 @@ pub struct Outcome {
     pub settings: serde_json::Value,
 }
 
+/// One of a run's figures.
+type RunFigure = fn(&Run) -> f64;
+
 /// Pays per second and CPU per pay of one purchase run.
 struct Run {
     pays: f64,
@@ -541,27 +544,23 @@ async fn rounds(
         goal: None,
         met: None,
     }];
+    let per_round: [(&str, RunFigure, &str); 2] = [
+        ("pays/s", |r| r.pays, "per s (median)"),
+        ("CPU per pay", |r| r.cpu_per_pay, "ms (median)"),
+    ];
     for name in ["empty", "full"] {
-        figures.push(Figure {
-            what: format!(
-                "pays/s on the {name} stores, each round ({})",
-                list(name, |r| r.pays)
-            ),
-            value: median(name, |r| r.pays),
-            unit: "per s (median)".into(),
-            goal: None,
-            met: None,
-        });
-        figures.push(Figure {
-            what: format!(
-                "CPU per pay on the {name} stores, each round ({})",
-                list(name, |r| r.cpu_per_pay)
-            ),
-            value: median(name, |r| r.cpu_per_pay),
-            unit: "ms (median)".into(),
-            goal: None,
-            met: None,
-        });
+        for (what, f, unit) in per_round {
+            figures.push(Figure {
+                what: format!(
+                    "{what} on the {name} stores, each round ({})",
+                    list(name, f)
+                ),
+                value: median(name, f),
+                unit: unit.into(),
+                goal: None,
+                met: None,
+            });
+        }
     }
     let comparisons = vec![Comparison::new(
         "purchases (pays/s) on the full stores",
