@@ -2,7 +2,7 @@
 //! session as a bearer token.
 
 use anyhow::Context as _;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -221,4 +221,20 @@ impl Api {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// Polls `{base}/readyz` every `poll` until it answers 200 (true) or
+/// `within` has passed since `since` (false).
+pub async fn wait_ready(base: &str, since: Instant, within: Duration, poll: Duration) -> bool {
+    let client = reqwest::Client::new();
+    let url = format!("{base}/readyz");
+    while since.elapsed() < within {
+        if let Ok(r) = client.get(&url).send().await {
+            if r.status().is_success() {
+                return true;
+            }
+        }
+        tokio::time::sleep(poll).await;
+    }
+    false
 }

@@ -48,6 +48,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures_util::StreamExt as _;
+use store::scratch::ScratchSchema;
 
 /// The services' tables, as the marketplace makes them (the columns and
 /// indexes a purchase touches).
@@ -102,7 +103,7 @@ const BUS: &str = "CREATE TABLE messages (seq INTEGER PRIMARY KEY, subject TEXT 
         visible_at BIGINT NOT NULL, PRIMARY KEY (consumer, seq));";
 
 /// A statement's parameter, from the purchase a step works on.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum P {
     Order,
     Ticket,
@@ -411,10 +412,44 @@ impl Purchase {
     fn payload(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
+
+    /// A statement's parameters for this purchase (`None`: the time now),
+    /// and the outbox row it writes, if it writes one, added to `outbox`.
+    fn bind(&self, params: &[P], outbox: &mut Vec<(String, String)>) -> Vec<Option<String>> {
+        let texts: Vec<Option<String>> = params.iter().map(|p| self.text(*p)).collect();
+        let at = |want: P| {
+            params
+                .iter()
+                .position(|p| *p == want)
+                .and_then(|i| texts[i].clone())
+        };
+        if let (Some(id), Some(payload)) = (at(P::Outbox), at(P::Payload)) {
+            outbox.push((id, payload));
+        }
+        texts
+    }
 }
 
+/// Ticket `n`'s id, as [`listing`] writes it.
 fn ticket_id(n: u64) -> String {
-    format!("00000000-0000-7000-8002-{:012}", n)
+    format!("00000000-0000-7000-8002-{}", n + 100_000_000_000)
+}
+
+/// The tickets listed before a run, in `db`'s table of them (tickets owns
+/// them, orders keeps a replica), the same text on both engines.
+fn listing(db: Db) -> String {
+    let (series, id) = (crate::fill::series(TICKETS), crate::fill::id(2, "i"));
+    match db {
+        Db::Tickets => format!(
+            "{series}INSERT INTO tickets (id, title, price_cents, user_id, version, status, created_at) \
+             SELECT {id}, 'Raw', 2000, 'seller', 0, 'available', 0 FROM n;"
+        ),
+        Db::Orders => format!(
+            "{series}INSERT INTO tickets (id, title, price_cents, user_id, version) \
+             SELECT {id}, 'Raw', 2000, 'seller', 0 FROM n;"
+        ),
+        Db::Expiration | Db::Payments => String::new(),
+    }
 }
 
 fn now_ms() -> i64 {
@@ -457,25 +492,12 @@ pub fn sqlite(workers: usize, batch: usize, duration: Duration) -> anyhow::Resul
     };
     let mut dbs = HashMap::new();
     for (db, (name, schema)) in DBS.iter().zip(SCHEMAS) {
-        dbs.insert(*db, open(name, &format!("{schema}{OUTBOX}"))?);
+        dbs.insert(
+            *db,
+            open(name, &format!("{schema}{OUTBOX}{}", listing(*db)))?,
+        );
     }
     let bus = open("bus", BUS)?;
-    // The tickets, listed before the run.
-    for db in [Db::Tickets, Db::Orders] {
-        let mut c = dbs[&db].lock().unwrap();
-        let tx = c.transaction()?;
-        {
-            let mut insert = tx.prepare(if db == Db::Tickets {
-                "INSERT INTO tickets (id, title, price_cents, user_id, version, status, created_at) VALUES (?1, 'Raw', 2000, 'seller', 0, 'available', 0)"
-            } else {
-                "INSERT INTO tickets (id, title, price_cents, user_id, version) VALUES (?1, 'Raw', 2000, 'seller', 0)"
-            })?;
-            for n in 0..TICKETS {
-                insert.execute([ticket_id(n)])?;
-            }
-        }
-        tx.commit()?;
-    }
     let shared = Arc::new((dbs, bus, AtomicU64::new(0), AtomicU64::new(0)));
     let cpu = own_cpu_ms();
     let start = Instant::now();
@@ -508,26 +530,21 @@ pub fn sqlite(workers: usize, batch: usize, duration: Duration) -> anyhow::Resul
     let count = |c: &Mutex<rusqlite::Connection>, q: &str| -> anyhow::Result<u64> {
         Ok(c.lock().unwrap().query_row(q, [], |r| r.get::<_, i64>(0))? as u64)
     };
+    let each = EACH
+        .iter()
+        .map(|(what, db, q)| Ok((*what, count(&dbs[db], q)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let outbox_rows = DBS
+        .iter()
+        .map(|d| count(&dbs[d], OUTBOX_ROWS))
+        .sum::<anyhow::Result<u64>>()?;
+    let unacked = count(bus, "SELECT COUNT(*) FROM pending")?;
     agree(
         done,
+        &each,
         &[
-            ("tickets sold", count(&dbs[&Db::Tickets], SOLD)?),
-            ("orders complete", count(&dbs[&Db::Orders], COMPLETE)?),
-            ("replicas sold", count(&dbs[&Db::Orders], REPLICAS_SOLD)?),
-            ("payments captured", count(&dbs[&Db::Payments], CAPTURED)?),
-            ("timers", count(&dbs[&Db::Expiration], TIMERS)?),
-        ],
-        &[
-            (
-                "outbox rows",
-                DBS.iter()
-                    .map(|d| count(&dbs[d], OUTBOX_ROWS))
-                    .sum::<anyhow::Result<u64>>()?,
-            ),
-            (
-                "unacknowledged deliveries",
-                count(bus, "SELECT COUNT(*) FROM pending")?,
-            ),
+            ("outbox rows", outbox_rows),
+            ("unacknowledged deliveries", unacked),
         ],
     )?;
     Ok(Rate {
@@ -535,6 +552,15 @@ pub fn sqlite(workers: usize, batch: usize, duration: Duration) -> anyhow::Resul
         cpu_ms: cpu / (done as f64).max(1.0),
     })
 }
+
+/// The counts that must equal the purchases run: (what, where, query).
+const EACH: [(&str, Db, &str); 5] = [
+    ("tickets sold", Db::Tickets, SOLD),
+    ("orders complete", Db::Orders, COMPLETE),
+    ("replicas sold", Db::Orders, REPLICAS_SOLD),
+    ("payments captured", Db::Payments, CAPTURED),
+    ("timers", Db::Expiration, TIMERS),
+];
 
 const SOLD: &str = "SELECT COUNT(*) FROM tickets WHERE status = 'sold' AND order_id IS NOT NULL";
 const COMPLETE: &str = "SELECT COUNT(*) FROM orders WHERE status = 'complete'";
@@ -573,18 +599,10 @@ fn sqlite_tx(
     for purchase in on {
         for (text, params) in sql {
             let mut stmt = tx.prepare_cached(sqlite_text(text))?;
-            let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(params.len());
-            for p in *params {
-                values.push(match purchase.text(*p) {
-                    Some(t) => {
-                        if matches!(p, P::Outbox) {
-                            outbox.push((t.clone(), purchase.payload()));
-                        }
-                        t.into()
-                    }
-                    None => now.into(),
-                });
-            }
+            let values = purchase
+                .bind(params, &mut outbox)
+                .into_iter()
+                .map(|t| t.map_or(rusqlite::types::Value::from(now), Into::into));
             let mut rows = stmt.query(rusqlite::params_from_iter(values))?;
             while rows.next()?.is_some() {}
         }
@@ -688,7 +706,7 @@ fn sqlite_purchases(
 
 // ------------------------------------------- PostgreSQL and JetStream
 
-/// PostgreSQL (a scratch database per service on `database_url`'s server)
+/// PostgreSQL (a scratch schema per service on `database_url`'s server)
 /// and JetStream at `nats_url` (a stream and a durable pull consumer per
 /// service and subject), `workers` tasks each with its own connection to
 /// every database, running purchases for `duration`.
@@ -699,77 +717,27 @@ pub async fn engines(
     batch: usize,
     duration: Duration,
 ) -> anyhow::Result<Rate> {
-    let tag = format!("loadgen_cascade_{}", std::process::id());
-    let (admin, conn) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
-        .await
-        .with_context(|| database_url.to_owned())?;
-    tokio::spawn(conn);
-    let (head, _) = database_url
-        .rsplit_once('/')
-        .context("the database URL names no database")?;
-    let mut urls = HashMap::new();
-    let result = engines_setup(
-        &admin,
-        head,
-        &tag,
-        &mut urls,
-        nats_url,
-        (workers, batch.max(1)),
-        duration,
-    )
-    .await;
-    for url in urls.values() {
-        if let Some((_, db)) = url.rsplit_once('/') {
-            let _ = admin
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-                .await;
-        }
-    }
-    result
-}
-
-async fn engines_setup(
-    admin: &tokio_postgres::Client,
-    head: &str,
-    tag: &str,
-    urls: &mut HashMap<Db, String>,
-    nats_url: &str,
-    shape: (usize, usize),
-    duration: Duration,
-) -> anyhow::Result<Rate> {
     use async_nats::jetstream::{self, consumer::pull, stream};
+    // A scratch schema per service, dropped with it.
+    let mut schemas = Vec::new();
+    let mut urls = HashMap::new();
     for (db, (name, schema)) in DBS.iter().zip(SCHEMAS) {
-        let database = format!("{tag}_{name}");
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {database}"))
-            .await?;
-        admin
-            .batch_execute(&format!("CREATE DATABASE {database}"))
-            .await?;
-        let url = format!("{head}/{database}");
-        urls.insert(*db, url.clone());
-        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+        let scratch = ScratchSchema::create(database_url, &format!("loadgen_cascade_{name}"))
+            .await
+            .with_context(|| database_url.to_owned())?;
+        let (c, conn) = tokio_postgres::connect(&scratch.url, tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
-        c.batch_execute(&format!("{schema}{OUTBOX}")).await?;
-        if matches!(db, Db::Tickets | Db::Orders) {
-            let last = TICKETS - 1;
-            let sql = if *db == Db::Tickets {
-                format!("INSERT INTO tickets (id, title, price_cents, user_id, version, status, created_at)
-                 SELECT '00000000-0000-7000-8002-' || lpad(n::text, 12, '0'), 'Raw', 2000, 'seller', 0, 'available', 0
-                 FROM generate_series(0, {last}) n")
-            } else {
-                format!("INSERT INTO tickets (id, title, price_cents, user_id, version)
-                 SELECT '00000000-0000-7000-8002-' || lpad(n::text, 12, '0'), 'Raw', 2000, 'seller', 0
-                 FROM generate_series(0, {last}) n")
-            };
-            c.batch_execute(&sql).await?;
-            c.batch_execute("ANALYZE").await?;
-        }
+        c.batch_execute(&format!("{schema}{OUTBOX}{}", listing(*db)))
+            .await?;
+        c.batch_execute("ANALYZE").await?;
+        urls.insert(*db, scratch.url.clone());
+        schemas.push(scratch);
     }
     let nats = async_nats::connect(nats_url)
         .await
         .with_context(|| nats_url.to_owned())?;
     let js = jetstream::new(nats);
+    let tag = format!("loadgen_cascade_{}", std::process::id());
     let stream_name = tag.to_uppercase();
     let prefix = format!("{tag}.");
     let _ = js.delete_stream(&stream_name).await;
@@ -800,7 +768,15 @@ async fn engines_setup(
             pull_consumers.entry(name).or_insert(c);
         }
     }
-    let result = engines_run(urls, &js, &prefix, &pull_consumers, shape, duration).await;
+    let result = engines_run(
+        &urls,
+        &js,
+        &prefix,
+        &pull_consumers,
+        (workers, batch.max(1)),
+        duration,
+    )
+    .await;
     let _ = js.delete_stream(&stream_name).await;
     result
 }
@@ -860,17 +836,23 @@ async fn engines_run(
     let elapsed = start.elapsed().as_secs_f64();
     let cpu = own_cpu_ms() - cpu;
     let done = done.load(Ordering::Relaxed);
-    let mut counts = HashMap::new();
+    let mut clients = HashMap::new();
     for (db, url) in urls {
         let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
-        for q in [SOLD, COMPLETE, REPLICAS_SOLD, CAPTURED, TIMERS, OUTBOX_ROWS] {
-            if let Ok(row) = c.query_one(q, &[]).await {
-                *counts.entry((*db, q)).or_insert(0u64) += row.get::<_, i64>(0) as u64;
-            }
-        }
+        clients.insert(*db, c);
     }
-    let n = |db: Db, q: &str| counts.get(&(db, q)).copied().unwrap_or(0);
+    let count = async |db: &Db, q: &str| -> anyhow::Result<u64> {
+        Ok(clients[db].query_one(q, &[]).await?.get::<_, i64>(0) as u64)
+    };
+    let mut each = Vec::new();
+    for (what, db, q) in &EACH {
+        each.push((*what, count(db, q).await?));
+    }
+    let mut outbox_rows = 0;
+    for db in &DBS {
+        outbox_rows += count(db, OUTBOX_ROWS).await?;
+    }
     let mut unacked = 0;
     for c in pull_consumers.values() {
         let mut c = c.clone();
@@ -882,15 +864,9 @@ async fn engines_run(
     }
     agree(
         done,
+        &each,
         &[
-            ("tickets sold", n(Db::Tickets, SOLD)),
-            ("orders complete", n(Db::Orders, COMPLETE)),
-            ("replicas sold", n(Db::Orders, REPLICAS_SOLD)),
-            ("payments captured", n(Db::Payments, CAPTURED)),
-            ("timers", n(Db::Expiration, TIMERS)),
-        ],
-        &[
-            ("outbox rows", DBS.iter().map(|d| n(*d, OUTBOX_ROWS)).sum()),
+            ("outbox rows", outbox_rows),
             ("unacknowledged deliveries", unacked),
         ],
     )?;
@@ -942,13 +918,7 @@ async fn engines_purchases(
                                 s
                             }
                         };
-                        let texts: Vec<Option<String>> =
-                            params.iter().map(|p| purchase.text(*p)).collect();
-                        for (p, t) in params.iter().zip(&texts) {
-                            if let (P::Outbox, Some(id)) = (p, t) {
-                                outbox.push((id.clone(), purchase.payload()));
-                            }
-                        }
+                        let texts = purchase.bind(params, &mut outbox);
                         let values: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = texts
                             .iter()
                             .map(|t| match t {

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde_json::json;
 
+use store::scratch::ScratchSchema;
+
 use crate::api::Api;
 use crate::drive::Load;
 use crate::procs;
@@ -43,13 +45,13 @@ pub const SERVICES: [&str; 5] = ["auth", "tickets", "orders", "expiration", "pay
 /// SQL integer expression `n`: a UUID-shaped text, the same in SQLite and
 /// PostgreSQL (both concatenate text and integers; the offset keeps the
 /// last group at twelve digits).
-fn id(kind: u8, n: &str) -> String {
+pub fn id(kind: u8, n: &str) -> String {
     format!("('00000000-0000-7000-800{kind}-' || ({n} + 100000000000))")
 }
 
 /// Rows `i` = 0 … `count` − 1 for an `INSERT … SELECT`: a recursive common
 /// table expression, which both engines run as written.
-fn series(count: u64) -> String {
+pub fn series(count: u64) -> String {
     format!(
         "WITH RECURSIVE n(i) AS (SELECT CAST(0 AS BIGINT) UNION ALL SELECT i + 1 FROM n WHERE i + 1 < {count}) "
     )
@@ -174,8 +176,9 @@ fn tables(service: &str) -> &'static [&'static str] {
 enum Stores {
     /// SQLite files in the data directory.
     Sqlite,
-    /// A PostgreSQL database per service (`<SERVICE>_DATABASE_URL`).
-    Postgres(BTreeMap<&'static str, String>),
+    /// A PostgreSQL scratch schema per service (`<SERVICE>_DATABASE_URL`),
+    /// dropped with the value.
+    Postgres(BTreeMap<&'static str, ScratchSchema>),
 }
 
 /// One marketplace's data directory and stores.
@@ -191,28 +194,14 @@ impl Target {
         let stores = match database_url {
             None => Stores::Sqlite,
             Some(base) => {
-                let (admin, conn) = tokio_postgres::connect(base, tokio_postgres::NoTls)
-                    .await
-                    .with_context(|| base.to_owned())?;
-                tokio::spawn(conn);
-                let (head, _) = base
-                    .rsplit_once('/')
-                    .context("--database-url names no database")?;
-                let mut urls = BTreeMap::new();
+                let mut schemas = BTreeMap::new();
                 for service in SERVICES {
-                    let db = format!("loadgen_{name}_{}_{service}", std::process::id());
-                    for sql in [
-                        format!("DROP DATABASE IF EXISTS {db}"),
-                        format!("CREATE DATABASE {db}"),
-                    ] {
-                        admin
-                            .batch_execute(&sql)
-                            .await
-                            .with_context(|| format!("creating {db}"))?;
-                    }
-                    urls.insert(service, format!("{head}/{db}"));
+                    let schema = ScratchSchema::create(base, &format!("loadgen_{name}_{service}"))
+                        .await
+                        .with_context(|| base.to_owned())?;
+                    schemas.insert(service, schema);
                 }
-                Stores::Postgres(urls)
+                Stores::Postgres(schemas)
             }
         };
         Ok(Target { name, dir, stores })
@@ -234,16 +223,12 @@ impl Target {
             .env("JWT_KEY", "loadgen-fill-key-0123456789abcdef")
             .env("RUST_LOG", "error")
             .stdout(Stdio::null());
-        if let Stores::Postgres(urls) = &self.stores {
+        if let Stores::Postgres(schemas) = &self.stores {
             // DATABASE_URL chooses PostgreSQL; each service's own URL wins.
-            cmd.env(
-                "DATABASE_URL",
-                urls.values().next().cloned().unwrap_or_default(),
-            );
-            for (service, url) in urls {
-                cmd.env(
+            for (service, schema) in schemas {
+                cmd.env("DATABASE_URL", &schema.url).env(
                     format!("{}_DATABASE_URL", service.to_ascii_uppercase()),
-                    url,
+                    &schema.url,
                 );
             }
         }
@@ -253,15 +238,9 @@ impl Target {
             url: format!("http://127.0.0.1:{port}"),
             port,
         };
-        let client = reqwest::Client::new();
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(120) {
-            if let Ok(r) = client.get(format!("{}/readyz", running.url)).send().await {
-                if r.status().is_success() {
-                    return Ok(running);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let (since, within) = (Instant::now(), Duration::from_secs(120));
+        if crate::api::wait_ready(&running.url, since, within, Duration::from_millis(20)).await {
+            return Ok(running);
         }
         anyhow::bail!(
             "the marketplace on the {} stores never became ready",
@@ -300,9 +279,10 @@ impl Target {
                     })
                     .await??
                 }
-                Stores::Postgres(urls) => {
+                Stores::Postgres(schemas) => {
                     let (mut c, conn) =
-                        tokio_postgres::connect(&urls[service], tokio_postgres::NoTls).await?;
+                        tokio_postgres::connect(&schemas[service].url, tokio_postgres::NoTls)
+                            .await?;
                     tokio::spawn(conn);
                     let tx = c.transaction().await?;
                     for s in &sql {
@@ -322,21 +302,6 @@ impl Target {
             }
         }
         Ok(counts)
-    }
-
-    async fn drop_databases(&self, base: &str) {
-        if let Stores::Postgres(urls) = &self.stores {
-            if let Ok((admin, conn)) = tokio_postgres::connect(base, tokio_postgres::NoTls).await {
-                tokio::spawn(conn);
-                for url in urls.values() {
-                    if let Some((_, db)) = url.rsplit_once('/') {
-                        let _ = admin
-                            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-                            .await;
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -378,8 +343,8 @@ pub struct Args {
     /// Tickets listed before each purchase run.
     #[arg(long = "listed", default_value_t = 40_000)]
     pub listed: usize,
-    /// Store in PostgreSQL (a database per service and set of stores,
-    /// created on this server and dropped afterwards) instead of SQLite.
+    /// Store in PostgreSQL (a scratch schema per service and set of
+    /// stores, on this server, dropped afterwards) instead of SQLite.
     #[arg(long)]
     pub database_url: Option<String>,
 }
@@ -462,12 +427,7 @@ pub async fn run(args: &Args, load: &Load) -> anyhow::Result<Outcome> {
     };
     let empty = Target::new("empty", args.database_url.as_deref()).await?;
     let full = Target::new("full", args.database_url.as_deref()).await?;
-    let result = rounds(args, load, &size, &empty, &full).await;
-    if let Some(base) = &args.database_url {
-        empty.drop_databases(base).await;
-        full.drop_databases(base).await;
-    }
-    result
+    rounds(args, load, &size, &empty, &full).await
 }
 
 async fn rounds(

@@ -606,18 +606,15 @@ async fn startup(binary: &PathBuf, runs: usize, json: bool) -> anyhow::Result<bo
             .stderr(std::process::Stdio::null())
             .spawn()
             .with_context(|| format!("{}", binary.display()))?;
-        let url = format!("http://127.0.0.1:{port}/readyz");
-        let client = reqwest::Client::new();
-        let mut took = None;
-        while started.elapsed() < Duration::from_secs(30) {
-            if let Ok(r) = client.get(&url).send().await {
-                if r.status().is_success() {
-                    took = Some(started.elapsed());
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        let base = format!("http://127.0.0.1:{port}");
+        let took = api::wait_ready(
+            &base,
+            started,
+            Duration::from_secs(30),
+            Duration::from_millis(2),
+        )
+        .await
+        .then(|| started.elapsed());
         tokio::time::sleep(Duration::from_secs(2)).await;
         if let Some(mb) = procs::rss_mb(child.id()) {
             idle.push(mb);

@@ -358,3 +358,21 @@ async fn the_fill_scenario_fills_postgresql_stores_that_the_marketplace_serves()
     let url = store::testing::postgres_url();
     fill_small(Some(&url)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_startup_scenario_times_the_binary_to_ready() {
+    let bin = ticketing_bin();
+    let (ok, report) = loadgen(args(&[
+        "startup",
+        "--binary",
+        bin.to_str().unwrap(),
+        "--runs",
+        "1",
+    ]))
+    .await;
+    assert!(ok, "{report:#}");
+    let ready = report["figures"][0]["value"].as_f64().unwrap();
+    assert!(ready > 0.0 && ready < 30_000.0, "{report:#}");
+    let idle = report["figures"][1]["value"].as_f64().unwrap();
+    assert!(idle > 0.0, "{report:#}");
+}
